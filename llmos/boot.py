@@ -1,0 +1,103 @@
+"""Boot: bring up llmos in the order its parts depend on, one step a line.
+
+    1. home directory ($LLMOS_HOME or the per-user data directory)
+    2. configuration (config.json: default model, aliases, OpenAI settings)
+    3. the log (checks FTS5, applies migrations, fails runs left 'running' by a dead llmos)
+    4. program search path (<home>/programs, ./.agents/skills)
+    5. CPUs, loaded lazily on first use (a model is loaded once per process)
+
+`System` is what boot returns: the handles the command line and the kernel use. It holds no
+policy of its own.
+
+What this module does not do: run the kernel daemon or schedule anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmos import config as config_mod
+from llmos import cpu as cpu_mod
+from llmos import program as program_mod
+from llmos.config import Config
+from llmos.cpu.base import CPU
+from llmos.errors import LlmosError, ProgramError
+from llmos.log import Log
+from llmos.program import Program
+from llmos.run import RunResult, run_program
+
+
+@dataclass
+class System:
+    home: Path
+    config: Config
+    search_dirs: list[Path]
+    _log: Log | None = None
+    _opened_at: float = field(default_factory=time.time)
+
+    @property
+    def log(self) -> Log:
+        if self._log is None:
+            self._log = Log.open(self.home / "logs.db")
+            self._log.fail_stale_runs("llmos exited before the run finished")
+        return self._log
+
+    def cpu(self, spec: str | None) -> CPU:
+        return cpu_mod.resolve(spec, self.config)
+
+    def load_program(self, ref: str) -> Program:
+        return program_mod.load(ref, self.search_dirs)
+
+    def discover_programs(self, problems: list[LlmosError] | None = None) -> list[Program]:
+        found: list[ProgramError] = []
+        programs = program_mod.discover(self.search_dirs, found)
+        if problems is not None:
+            problems.extend(found)
+        return programs
+
+    def run(
+        self,
+        program: Program,
+        inputs: dict[str, Any],
+        cpu: CPU,
+        on_text: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        return run_program(program, inputs, cpu, self.log, on_text, pid=os.getpid())
+
+    def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
+        """Journal a run that failed before it could start (bad program, input or model)."""
+        run_id = self.log.start_run(program, "-", {}, [], program_path=program_path,
+                                    pid=os.getpid())
+        self.log.finish_run(run_id, status="failed", error_kind=exc.kind, error=str(exc))
+
+    def list_models(self) -> list[dict[str, str]]:
+        rows = []
+        try:
+            rows.append({"name": "embedded", "kind": "embedded",
+                         "detail": str(cpu_mod.embedded_model_path())})
+        except LlmosError as exc:
+            rows.append({"name": "embedded", "kind": "embedded", "detail": f"unavailable: {exc}"})
+        base_url = self.config.openai_base_url()
+        rows.append({"name": "openai/<model>", "kind": "openai",
+                     "detail": base_url or "https://api.openai.com/v1 (set LLMOS_OPENAI_BASE_URL)"})
+        for alias, target in sorted(self.config.aliases.items()):
+            rows.append({"name": alias, "kind": "alias", "detail": target})
+        return rows
+
+
+def boot(*, open_log: bool = True) -> System:
+    home = config_mod.home()  # 1
+    config = config_mod.load(home)  # 2
+    system = System(  # 4
+        home=home,
+        config=config,
+        search_dirs=program_mod.default_search_dirs(home, Path.cwd()),
+    )
+    if open_log:
+        _ = system.log  # 3
+    return system  # 5: CPUs load on first use

@@ -1,0 +1,89 @@
+"""Where llmos keeps its files, and the user's configuration.
+
+The home directory is `$LLMOS_HOME` if set, else the platform's per-user data directory
+(`~/.local/share/llmos` on Linux). It holds the log database, `config.json` and the installed
+`programs/` directory.
+
+`config.json` (all keys optional):
+
+    {
+      "default_model": "embedded",
+      "aliases": {"fast": "openai/gpt-4o-mini", "local": "/models/qwen.gguf"},
+      "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192}
+    }
+
+The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
+`LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
+
+What this module does not do: create the log (see `llmos.log`) or resolve models (see
+`llmos.cpu`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from llmos import params
+from llmos.errors import ConfigError
+
+
+def home() -> Path:
+    """The llmos home directory, created if missing."""
+    env = os.environ.get(params.ENV_HOME)
+    path = Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create llmos home {path}: {exc.strerror}") from exc
+    return path
+
+
+@dataclass
+class Config:
+    default_model: str = "embedded"
+    aliases: dict[str, str] = field(default_factory=dict)
+    openai: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def openai_base_url(self) -> str | None:
+        return (
+            os.environ.get(params.ENV_OPENAI_BASE_URL)
+            or os.environ.get("OPENAI_BASE_URL")
+            or self.openai.get("base_url")
+        )
+
+    def openai_api_key(self) -> str | None:
+        return (
+            os.environ.get(params.ENV_OPENAI_API_KEY)
+            or os.environ.get("OPENAI_API_KEY")
+            or self.openai.get("api_key")
+        )
+
+
+def load(home_dir: Path | None = None) -> Config:
+    """Read `config.json` from the home directory; a missing file means the defaults."""
+    path = (home_dir or home()) / params.CONFIG_FILE_NAME
+    if not path.exists():
+        return Config(path=path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config must be a JSON object")
+    aliases = raw.get("aliases", {})
+    openai = raw.get("openai", {})
+    default_model = raw.get("default_model", "embedded")
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise ConfigError(f"{path}: 'aliases' must map names to model specs")
+    if not isinstance(openai, dict):
+        raise ConfigError(f"{path}: 'openai' must be an object")
+    if not isinstance(default_model, str):
+        raise ConfigError(f"{path}: 'default_model' must be a string")
+    return Config(default_model=default_model, aliases=aliases, openai=openai, path=path)

@@ -1,0 +1,85 @@
+"""The exception tree of llmos, and the exit code each error gives on the command line.
+
+    LlmosError                       exit 1  (an internal error that has no better class)
+     +-- ProgramError                exit 3  a program file that cannot be loaded
+     +-- InputError                  exit 4  a missing or invalid program input
+     +-- ModelError                  exit 5  a model spec or GGUF file that cannot be used
+     +-- BackendError                exit 6  a remote CPU that is unreachable or fails
+     +-- OutputError                 exit 7  a reply that cannot be made to fit the output schema
+     +-- ContextOverflowError        exit 8  a prompt longer than the CPU's context window
+     +-- LogStoreError               exit 9  the log database is unusable (no FTS5, corrupt)
+     +-- ConfigError                 exit 10 a config file that cannot be read
+
+Usage errors (unknown flags, bad option values) exit 2, as click does. An interrupt exits 130.
+Every error's message is one line that names the file, field or server at fault; the CLI prints
+it as `llmos: error: <message>` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class LlmosError(Exception):
+    """Base class: an error with a one-line message and an exit code."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class ProgramError(LlmosError):
+    exit_code = 3
+    kind = "program"
+
+
+class InputError(LlmosError):
+    exit_code = 4
+    kind = "input"
+
+
+class ModelError(LlmosError):
+    exit_code = 5
+    kind = "model"
+
+
+class BackendError(LlmosError):
+    exit_code = 6
+    kind = "backend"
+
+
+class OutputError(LlmosError):
+    exit_code = 7
+    kind = "output"
+
+
+class ContextOverflowError(LlmosError):
+    exit_code = 8
+    kind = "context_overflow"
+
+
+class LogStoreError(LlmosError):
+    exit_code = 9
+    kind = "log"
+
+
+class ConfigError(LlmosError):
+    exit_code = 10
+    kind = "config"
+
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        LlmosError,
+        ProgramError,
+        InputError,
+        ModelError,
+        BackendError,
+        OutputError,
+        ContextOverflowError,
+        LogStoreError,
+        ConfigError,
+    )
+}

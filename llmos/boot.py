@@ -71,20 +71,31 @@ class System:
 
     def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
         """Journal a run that failed before it could start (bad program, input or model)."""
-        run_id = self.log.start_run(program, "-", {}, [], program_path=program_path,
-                                    pid=os.getpid())
+        run_id = self.log.start_run(
+            program, "-", {}, [], program_path=program_path, pid=os.getpid()
+        )
         self.log.finish_run(run_id, status="failed", error_kind=exc.kind, error=str(exc))
 
     def list_models(self) -> list[dict[str, str]]:
         rows = []
         try:
-            rows.append({"name": "embedded", "kind": "embedded",
-                         "detail": str(cpu_mod.embedded_model_path())})
+            rows.append(
+                {
+                    "name": "embedded",
+                    "kind": "embedded",
+                    "detail": str(cpu_mod.embedded_model_path()),
+                }
+            )
         except LlmosError as exc:
             rows.append({"name": "embedded", "kind": "embedded", "detail": f"unavailable: {exc}"})
         base_url = self.config.openai_base_url()
-        rows.append({"name": "openai/<model>", "kind": "openai",
-                     "detail": base_url or "https://api.openai.com/v1 (set LLMOS_OPENAI_BASE_URL)"})
+        rows.append(
+            {
+                "name": "openai/<model>",
+                "kind": "openai",
+                "detail": base_url or "https://api.openai.com/v1 (set LLMOS_OPENAI_BASE_URL)",
+            }
+        )
         for alias, target in sorted(self.config.aliases.items()):
             rows.append({"name": alias, "kind": "alias", "detail": target})
         return rows

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -81,14 +80,21 @@ def _read_stdin() -> str | None:
 
 @cli.command()
 @click.argument("program_ref", metavar="PROGRAM")
-@click.option("-i", "--input", "input_pairs", multiple=True, metavar="KEY=VALUE",
-              help="A program input (repeatable). Piped stdin is the input named 'input'.")
+@click.option(
+    "-i",
+    "--input",
+    "input_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A program input (repeatable). Piped stdin is the input named 'input'.",
+)
 @click.option("-m", "--model", help="CPU to run on: embedded, openai/<model>, PATH.gguf, alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Print run statistics on stderr.")
 @handle_errors
-def run(program_ref: str, input_pairs: tuple[str, ...], model: str | None, as_json: bool,
-        verbose: bool) -> None:
+def run(
+    program_ref: str, input_pairs: tuple[str, ...], model: str | None, as_json: bool, verbose: bool
+) -> None:
     """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
     system = boot.boot()
     try:
@@ -152,10 +158,19 @@ def programs(as_json: bool) -> None:
     problems: list[LlmosError] = []
     found = system.discover_programs(problems)
     if as_json:
-        click.echo(json.dumps([
-            {"name": p.name, "kind": p.kind, "description": p.description, "path": str(p.path)}
-            for p in found
-        ]))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": p.name,
+                        "kind": p.kind,
+                        "description": p.description,
+                        "path": str(p.path),
+                    }
+                    for p in found
+                ]
+            )
+        )
     else:
         for p in found:
             click.echo(f"{p.name:<24} {p.kind:<10} {p.description}")
@@ -183,8 +198,14 @@ def _run_row(r: RunRecord) -> str:
 @click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def logs(run_id: str | None, query: str | None, limit: int, program: str | None,
-         status: str | None, as_json: bool) -> None:
+def logs(
+    run_id: str | None,
+    query: str | None,
+    limit: int,
+    program: str | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
     """List logged runs, search them, or show one run in full."""
     system = boot.boot()
     log = system.log
@@ -194,8 +215,9 @@ def logs(run_id: str | None, query: str | None, limit: int, program: str | None,
             raise InputError(f"no run with id '{run_id}' in {log.path}")
         messages = log.messages(record.id)
         if as_json:
-            click.echo(json.dumps({**_record_json(record), "messages": messages},
-                                  ensure_ascii=False))
+            click.echo(
+                json.dumps({**_record_json(record), "messages": messages}, ensure_ascii=False)
+            )
             return
         click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
         if record.inputs:
@@ -204,8 +226,10 @@ def logs(run_id: str | None, query: str | None, limit: int, program: str | None,
             click.echo(f"--- {m.get('role')}\n{m.get('content')}")
         if record.error:
             click.echo(f"--- error ({record.error_kind})\n{record.error}")
-        click.echo(f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
-                   f"tokens, {record.duration_ms or 0:.0f} ms")
+        click.echo(
+            f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
+            f"tokens, {record.duration_ms or 0:.0f} ms"
+        )
         return
     rows = log.list_runs(limit=limit, query=query, program=program, status=status)
     if as_json:
@@ -217,11 +241,20 @@ def logs(run_id: str | None, query: str | None, limit: int, program: str | None,
 
 def _record_json(r: RunRecord) -> dict[str, Any]:
     return {
-        "id": r.id, "program": r.program, "program_path": r.program_path, "cpu": r.cpu,
-        "status": r.status, "inputs": r.inputs, "response": r.response,
-        "error_kind": r.error_kind, "error": r.error, "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens, "started_at": r.started_at,
-        "duration_ms": r.duration_ms, "ttft_ms": r.ttft_ms,
+        "id": r.id,
+        "program": r.program,
+        "program_path": r.program_path,
+        "cpu": r.cpu,
+        "status": r.status,
+        "inputs": r.inputs,
+        "response": r.response,
+        "error_kind": r.error_kind,
+        "error": r.error,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "started_at": r.started_at,
+        "duration_ms": r.duration_ms,
+        "ttft_ms": r.ttft_ms,
     }
 
 
@@ -231,13 +264,12 @@ def main() -> None:
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging
         if os.environ.get("LLMOS_DEBUG"):
             raise
-        click.echo(f"llmos: internal error: {type(exc).__name__}: {exc} "
-                   "(set LLMOS_DEBUG=1 for a traceback)", err=True)
+        click.echo(
+            f"llmos: internal error: {type(exc).__name__}: {exc} "
+            "(set LLMOS_DEBUG=1 for a traceback)",
+            err=True,
+        )
         sys.exit(1)
 
 
 __all__ = ["cli", "main"]
-
-
-def _unused(_: Path) -> None:  # keeps Path imported for type hints in callers' monkeypatches
-    return None

@@ -55,7 +55,9 @@ class RunResult:
     @property
     def tokens_per_s(self) -> float:
         gen_s = (self.duration_ms - (self.ttft_ms or 0.0)) / 1000.0
-        return (self.completion_tokens - 1) / gen_s if gen_s > 0 and self.completion_tokens > 1 else 0.0
+        if gen_s <= 0 or self.completion_tokens <= 1:
+            return 0.0
+        return (self.completion_tokens - 1) / gen_s
 
     def to_json(self, program: Program, cpu: CPU) -> dict[str, Any]:
         return {
@@ -229,9 +231,7 @@ def _generate(
         )
 
 
-def _stream(
-    chunks: Any, on_text: Callable[[str], None] | None
-) -> tuple[str, Chunk, float | None]:
+def _stream(chunks: Any, on_text: Callable[[str], None] | None) -> tuple[str, Chunk, float | None]:
     parts: list[str] = []
     last = Chunk(done=True)
     first_at: float | None = None

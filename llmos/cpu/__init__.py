@@ -5,7 +5,6 @@ A model spec is what a program's `model:` field or `--model` says:
 - `openai/<model>`: any OpenAI-compatible server (base URL and key from env or config);
 - a path to a `.gguf` file: that local model, run by the embedded engine;
 - an alias from `config.json`'s `aliases`, resolved to one of the above;
-- `scripted`: the deterministic test double (kernel tests only).
 
 `resolve` caches one CPU per spec for the life of the process: a model is loaded once and
 shared by every process that uses it.
@@ -82,10 +81,6 @@ def _build(spec: str, config: Config) -> CPU:
             api_key=config.openai_api_key(),
             n_ctx=int(n_ctx) if n_ctx else None,
         )
-    if spec == "scripted":
-        from llmos.cpu.scripted import ScriptedCPU
-
-        return ScriptedCPU()
     if spec.endswith(".gguf") or "/" in spec or Path(spec).exists():
         from llmos.cpu.llama import EmbeddedCPU
 

@@ -117,7 +117,7 @@ class EmbeddedCPU(CPU):
 
     def render_prompt(self, messages: list[Message]) -> str:
         try:
-            return self._formatter(messages=messages).prompt
+            return self._formatter(messages=messages).prompt  # type: ignore[arg-type]
         except Exception as exc:  # a Jinja template error in the model's own template
             raise LlmosError(f"{self.name}: chat template failed: {exc}") from exc
 

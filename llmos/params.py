@@ -34,6 +34,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.0  # greedy unless the program asks otherwise: reproducible by default
 DEFAULT_TOP_K = 40
 DEFAULT_TOP_P = 0.95
+DEFAULT_REPEAT_PENALTY = 1.1  # small models loop under greedy decoding without it
+REPEAT_LAST_N = 64  # how many recent tokens the repeat penalty looks at
 JSON_RETRIES = 1  # remote CPUs: how many retries after a reply fails its output schema
 
 # --- Remote (OpenAI-compatible) CPUs ----------------------------------------------------------

@@ -65,6 +65,7 @@ class GenRequest:
     temperature: float = params.DEFAULT_TEMPERATURE
     top_k: int = params.DEFAULT_TOP_K
     top_p: float = params.DEFAULT_TOP_P
+    repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY  # 1.0 disables; CPUs may ignore it
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the reply must be JSON valid against this

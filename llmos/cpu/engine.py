@@ -109,6 +109,8 @@ class Sampler:
         top_p: float,
         seed: int,
         grammar: str | None = None,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = params.REPEAT_LAST_N,
     ) -> None:
         sparams = ll.llama_sampler_chain_default_params()
         sparams.no_perf = True
@@ -119,6 +121,16 @@ class Sampler:
                 ll.llama_sampler_free(self.ptr)
                 raise LlmosError("cannot build a grammar sampler from the output schema")
             ll.llama_sampler_chain_add(self.ptr, gptr)
+        if repeat_penalty != 1.0:
+            # The binding declares a leading n_vocab that the C function no longer has; on the
+            # x86-64 and arm64 ABIs the ints and floats travel in separate registers, so
+            # passing last_n in both int positions is right for either signature.
+            ll.llama_sampler_chain_add(
+                self.ptr,
+                ll.llama_sampler_init_penalties(
+                    repeat_last_n, repeat_last_n, repeat_penalty, 0.0, 0.0
+                ),
+            )
         if temperature <= 0:
             ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_greedy())
         else:
@@ -263,6 +275,7 @@ class Engine:
         top_p: float = params.DEFAULT_TOP_P,
         seed: int = params.EMBEDDED_SEED,
         grammar: str | None = None,
+        repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY,
     ) -> Sequence:
         """A parked sequence that will prefill `prompt` once it gets a slot."""
         if not prompt:
@@ -278,6 +291,7 @@ class Engine:
             top_p=top_p,
             seed=seed,
             grammar=grammar,
+            repeat_penalty=repeat_penalty,
         )
         return Sequence(pending=list(prompt), sampler=sampler, n_prompt=len(prompt))
 

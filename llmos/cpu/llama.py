@@ -149,6 +149,7 @@ class EmbeddedCPU(CPU):
             top_p=request.top_p,
             seed=params.EMBEDDED_SEED if request.seed is None else request.seed,
             grammar=grammar,
+            repeat_penalty=request.repeat_penalty,
         )
         max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
         job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))

@@ -71,3 +71,15 @@ DEFAULT_MAX_STEPS = 8
 LOG_BUSY_TIMEOUT_S = 10.0  # how long a writer waits for a lock held by another llmos
 LOG_LIST_DEFAULT = 20  # rows `llmos logs` shows by default
 LOG_STALE_NO_PID_S = 3600.0  # a 'running' run with no pid, older than this, is taken as lost
+
+# --- Processes and scheduling -------------------------------------------------------------------
+SCHED_POLICY = "priority"  # fifo | rr | priority | fair
+SCHED_QUANTUM_TOKENS = 32  # tokens a process decodes before round-robin moves it to the back
+SCHED_AGING_PER_S = 1.0  # priority levels a waiting process gains per second (no starvation)
+MAX_PROCESSES = 4096  # live (not exited) processes in the table; beyond it spawn is refused
+MAX_RESIDENT = EMBEDDED_N_SEQ_MAX  # processes resident in KV at once on the embedded CPU
+EXITED_KEEP = 1024  # exited processes kept in the table for ps/wait (older ones only in the log)
+MAX_SPAWN_DEPTH = 8  # most ancestors a process may have
+REMOTE_MAX_IN_FLIGHT = 4  # requests in flight per remote CPU
+SWAP_RAM_BYTES = 512 * 1024 * 1024  # saved KV kept in RAM; beyond it states go to disk files
+SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk

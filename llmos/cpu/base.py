@@ -22,9 +22,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos import params
+
+if TYPE_CHECKING:
+    from llmos.sched import Entity
 
 Message = dict[str, Any]
 
@@ -70,6 +73,7 @@ class GenRequest:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the reply must be JSON valid against this
     tools: list[ToolSpec] | None = None
+    entity: Entity | None = None  # the process asking, for CPUs that schedule (see sched)
 
 
 @dataclass

@@ -167,6 +167,7 @@ class Sequence:
     saved: bytes | None = None  # KV bytes of `tokens` while parked in RAM
     saved_path: Path | None = None  # KV file of `tokens` while parked on disk
     n_prompt: int = 0
+    prompt: list[int] = field(default_factory=list)
     restore_failures: int = 0  # times a saved state could not be restored
 
     @property
@@ -293,7 +294,9 @@ class Engine:
             grammar=grammar,
             repeat_penalty=repeat_penalty,
         )
-        return Sequence(pending=list(prompt), sampler=sampler, n_prompt=len(prompt))
+        return Sequence(
+            pending=list(prompt), sampler=sampler, n_prompt=len(prompt), prompt=list(prompt)
+        )
 
     @property
     def free_slots(self) -> int:

@@ -27,7 +27,6 @@ import json
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,11 @@ from llmos import params
 from llmos.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
 from llmos.cpu.engine import Engine, EngineFull, Sequence
 from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.prefix import PrefixIndex
+from llmos.sched import FIFO, Entity, Policy
+
+# Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
+KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
 # Used when a GGUF carries no chat template: ChatML, the most common convention.
 CHATML_TEMPLATE = (
@@ -72,6 +76,8 @@ class Job:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
     first_token_at: float | None = None
+    entity: Entity = field(default_factory=Entity)
+    charged_prompt: bool = False
 
 
 class EmbeddedCPU(CPU):
@@ -89,6 +95,9 @@ class EmbeddedCPU(CPU):
         n_ctx: int = params.EMBEDDED_N_CTX,
         n_seq_max: int = params.EMBEDDED_N_SEQ_MAX,
         n_threads: int = params.EMBEDDED_N_THREADS,
+        policy: Policy | None = None,
+        swap_dir: Path | None = None,
+        swap_ram_max: int = params.SWAP_RAM_BYTES,
     ) -> None:
         self.name = name
         self.engine = Engine(model_path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
@@ -97,10 +106,16 @@ class EmbeddedCPU(CPU):
         eos = self._special_text("tokenizer.ggml.eos_token_id")
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         self._lock = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._running: list[Job] = []
+        self._jobs: list[Job] = []  # live jobs, resident or parked, in arrival order
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.policy: Policy = policy or FIFO()
+        self.max_resident = self.engine.n_seq_max
+        self.swap_dir = swap_dir
+        self.swap_ram_max = swap_ram_max
+        self._swap_ram = 0  # bytes of saved KV held in RAM
+        self._prefix = PrefixIndex()
+        self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
 
     def _special_text(self, key: str) -> str:
         value = self.engine.meta(key)
@@ -153,6 +168,9 @@ class EmbeddedCPU(CPU):
         )
         max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
         job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))
+        if request.entity is not None:
+            job.entity = request.entity
+            job.entity.on_change = self.wake
         self._submit(job)
         try:
             while True:
@@ -164,6 +182,31 @@ class EmbeddedCPU(CPU):
                     return
         finally:
             job.cancelled = True  # a no-op once finished; cancels a job abandoned mid-stream
+
+    def set_policy(self, policy: Policy, max_resident: int | None = None) -> None:
+        """Schedule this CPU's jobs by `policy`, with at most `max_resident` in KV at once."""
+        with self._lock:
+            self.policy = policy
+            if max_resident is not None:
+                self.max_resident = max(1, min(max_resident, self.engine.n_seq_max))
+            self._lock.notify_all()
+
+    def wake(self) -> None:
+        """Something a policy looks at changed (stop, continue, kill, renice)."""
+        with self._lock:
+            self._lock.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "jobs": len(self._jobs),
+                "resident": sum(1 for j in self._jobs if j.seq.resident),
+                "swapped_ram_bytes": self._swap_ram,
+                "steps": self.steps,
+                "preemptions": self.preemptions,
+                "restores": self.restores,
+                "prefix_shared_tokens": self.prefix_shared_tokens,
+            }
 
     def close(self) -> None:
         with self._lock:
@@ -178,7 +221,7 @@ class EmbeddedCPU(CPU):
         with self._lock:
             if self._closing:
                 raise LlmosError(f"{self.name} is shutting down")
-            self._waiting.append(job)
+            self._jobs.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"llmos-engine-{self.name}", daemon=True
@@ -189,46 +232,96 @@ class EmbeddedCPU(CPU):
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._running and not self._closing:
-                    self._lock.wait()
+                while not self._closing and not self._schedulable():
+                    self._lock.wait(timeout=1.0)
                 if self._closing:
-                    for job in list(self._waiting) + self._running:
+                    for job in list(self._jobs):
                         self._end(job, "cancelled")
                     return
-                while self._waiting and self.engine.free_slots:
-                    job = self._waiting.popleft()
-                    self.engine.admit(job.seq, share_from=self._best_prefix(job.seq))
-                    self._running.append(job)
-            self._step()
+                for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
+                    self._end(job, "cancelled")
+                for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
+                    self._end(job, "length" if job.max_tokens == 0 else "budget")
+                by_entity = {j.entity: j for j in self._jobs if not j.entity.stopped}
+                resident = {j.entity for j in self._jobs if j.seq.resident}
+                chosen_entities = self.policy.select(list(by_entity), self.max_resident, resident)
+                chosen = [by_entity[e] for e in chosen_entities]
+            try:
+                self._place(chosen)
+            except LlmosError as exc:
+                for job in chosen:
+                    self._fail(job, exc)
+                continue
+            self._step(chosen)
+
+    def _schedulable(self) -> bool:
+        return any(not j.entity.stopped or j.cancelled or j.entity.killed for j in self._jobs)
+
+    def _place(self, chosen: list[Job]) -> None:
+        """Preempt residents that were not chosen; bring in chosen ones that are not."""
+        chosen_set = set(chosen)
+        for job in self._jobs:
+            if job.seq.resident and job not in chosen_set:
+                self._preempt(job)
+        for job in chosen:
+            if not job.seq.resident:
+                had_state = job.seq.saved is not None or job.seq.saved_path is not None
+                if had_state:
+                    self._swap_ram -= len(job.seq.saved or b"")
+                before = job.seq.n_past
+                self.engine.admit(job.seq, share_from=self._best_prefix(job.seq))
+                if had_state:
+                    self.restores += 1
+                elif job.seq.n_past > before:
+                    self.prefix_shared_tokens += job.seq.n_past - before
+                if not job.charged_prompt:
+                    job.charged_prompt = True
+                    job.entity.charge(prompt=job.seq.n_prompt)
+                self._prefix.insert(job.seq, job.seq.prompt)
+                job.entity.resident = True
+                job.entity.swapped = None
+
+    def _preempt(self, job: Job) -> None:
+        self.preemptions += 1
+        path = None
+        if self.swap_dir is not None and self._swap_ram + self._kv_bytes(job) > self.swap_ram_max:
+            self.swap_dir.mkdir(parents=True, exist_ok=True)
+            path = self.swap_dir / f"seq-{job.seq.id}.kv"
+        try:
+            self.engine.save(job.seq, to_path=path)
+        except OSError:
+            # The disk is full or gone: keep the state in RAM rather than lose it.
+            self.engine.save(job.seq)
+        self._swap_ram += len(job.seq.saved or b"")
+        self._prefix.remove(job.seq)
+        job.entity.resident = False
+        job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
+
+    def _kv_bytes(self, job: Job) -> int:
+        return job.seq.n_past * KV_BYTES_PER_TOKEN_ESTIMATE
 
     def _best_prefix(self, seq: Sequence) -> Sequence | None:
         """The resident sequence sharing the longest token prefix with `seq`'s prompt."""
-        best, best_n = None, 0
-        for job in self._running:
-            other = job.seq.tokens
-            n = 0
-            limit = min(len(other), len(seq.pending))
-            while n < limit and other[n] == seq.pending[n]:
-                n += 1
-            if n > best_n:
-                best, best_n = job.seq, n
-        return best
+        if seq.tokens:
+            return None
+        best, n = self._prefix.longest(seq.pending)
+        return best if isinstance(best, Sequence) and best.resident and n > 0 else None
 
-    def _step(self) -> None:
-        for job in [j for j in self._running if j.cancelled or j.max_tokens == 0]:
-            self._end(job, "cancelled" if job.cancelled else "length")
-        if not self._running:
+    def _step(self, chosen: list[Job]) -> None:
+        if not chosen:
             return
         try:
-            sampled = self.engine.step([j.seq for j in self._running])
+            sampled = self.engine.step([j.seq for j in chosen])
         except (EngineFull, LlmosError) as exc:
-            for job in list(self._running):
+            for job in chosen:
                 self._fail(job, exc)
             return
-        for job in list(self._running):
-            token = sampled.get(job.seq)
-            if token is not None:
-                self._on_token(job, token)
+        self.steps += 1
+        with self._lock:
+            for job in chosen:
+                token = sampled.get(job.seq)
+                if token is not None and job in self._jobs:
+                    self._on_token(job, token)
 
     def _on_token(self, job: Job, token: int) -> None:
         if job.first_token_at is None:
@@ -238,6 +331,7 @@ class EmbeddedCPU(CPU):
             self._end(job, "stop")
             return
         job.generated += 1
+        within_budget = job.entity.charge(generated=1)
         job.text += job.decoder.decode(self.engine.piece(token))
         for stop in job.stop:
             at = job.text.find(stop) if stop else -1
@@ -247,9 +341,9 @@ class EmbeddedCPU(CPU):
                 self._end(job, "stop")
                 return
         self._flush(job, final=False)
-        if job.generated >= job.max_tokens:
+        if job.generated >= job.max_tokens or not within_budget:
             self._flush(job, final=True)
-            self._end(job, "length")
+            self._end(job, "length" if within_budget else "budget")
 
     def _flush(self, job: Job, *, final: bool) -> None:
         """Emit decoded text, holding back a tail that could still become a stop string."""
@@ -282,8 +376,10 @@ class EmbeddedCPU(CPU):
         job.out.put(exc)
 
     def _finish_seq(self, job: Job) -> None:
+        self._swap_ram -= len(job.seq.saved or b"")
         self.engine.finish(job.seq)
-        if job in self._running:
-            self._running.remove(job)
-        elif job in self._waiting:
-            self._waiting.remove(job)
+        self._prefix.remove(job.seq)
+        job.entity.resident = False
+        job.entity.swapped = None
+        if job in self._jobs:
+            self._jobs.remove(job)

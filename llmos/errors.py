@@ -9,6 +9,9 @@
      +-- ContextOverflowError        exit 8  a prompt longer than the CPU's context window
      +-- LogStoreError               exit 9  the log database is unusable (no FTS5, corrupt)
      +-- ConfigError                 exit 10 a config file that cannot be read
+     +-- AdmissionError              exit 11 the kernel refuses a new process (table full, depth)
+     +-- NoSuchProcessError          exit 12 no process with that pid
+     +-- KernelError                 exit 13 the kernel daemon is not running or not answering
 
 Usage errors (unknown flags, bad option values) exit 2, as click does. An interrupt exits 130.
 Every error's message is one line that names the file, field or server at fault; the CLI prints
@@ -65,6 +68,21 @@ class ConfigError(LlmosError):
     kind = "config"
 
 
+class AdmissionError(LlmosError):
+    exit_code = 11
+    kind = "admission"
+
+
+class NoSuchProcessError(LlmosError):
+    exit_code = 12
+    kind = "no_such_process"
+
+
+class KernelError(LlmosError):
+    exit_code = 13
+    kind = "kernel"
+
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -81,5 +99,8 @@ EXIT_CODES: dict[str, int] = {
         ContextOverflowError,
         LogStoreError,
         ConfigError,
+        AdmissionError,
+        NoSuchProcessError,
+        KernelError,
     )
 }

@@ -37,6 +37,7 @@ from llmos.cpu.base import CPU, Chunk, GenRequest, Message
 from llmos.errors import ContextOverflowError, LlmosError, OutputError
 from llmos.log import Log
 from llmos.program import Program
+from llmos.sched import Entity
 
 
 @dataclass
@@ -112,6 +113,8 @@ def run_program(
     *,
     owner: str | None = None,
     pid: int | None = None,
+    entity: Entity | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run `program` once; see the module note. Raises an LlmosError after logging it."""
     started = time.perf_counter()
@@ -130,8 +133,10 @@ def run_program(
                 pid=pid,
                 owner=owner,
             )
+            if on_run is not None:
+                on_run(run_id)
         check_fits(cpu, messages, program)
-        result = _generate(program, cpu, messages, on_text, started)
+        result = _generate(program, cpu, messages, on_text, started, entity)
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -154,9 +159,18 @@ def run_program(
             )
         raise
     result.run_id = run_id
+    ended_early = result.finish_reason in ("cancelled", "budget")
     log.finish_run(
         run_id,
-        status="ok",
+        status="cancelled" if ended_early else "ok",
+        error_kind=("killed" if result.finish_reason == "cancelled" else "budget")
+        if ended_early
+        else None,
+        error="killed before it finished"
+        if result.finish_reason == "cancelled"
+        else "token budget exhausted"
+        if ended_early
+        else None,
         response=result.text,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
@@ -173,6 +187,7 @@ def _generate(
     messages: list[Message],
     on_text: Callable[[str], None] | None,
     started: float,
+    entity: Entity | None = None,
 ) -> RunResult:
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
@@ -187,6 +202,7 @@ def _generate(
         request = GenRequest(
             messages=conversation,
             json_schema=(schema or {"type": "object"}) if program.json_mode else None,
+            entity=entity,
             **settings,
         )
         text, last, first_at = _stream(cpu.generate(request), stream_to)
@@ -195,7 +211,7 @@ def _generate(
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
         output: Any = text
-        if program.json_mode:
+        if program.json_mode and last.finish_reason not in ("cancelled", "budget"):
             try:
                 output = validate_json(text, schema)
             except OutputError as exc:

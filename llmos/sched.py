@@ -265,6 +265,11 @@ class Gate:
             self._holders.discard(entity)
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Re-check waiters (a kill, stop or continue happened)."""
+        with self._cond:
+            self._cond.notify_all()
+
     @property
     def in_flight(self) -> int:
         return len(self._holders)

@@ -1,0 +1,267 @@
+"""The kernel: runs programs as processes that time-share the CPUs.
+
+`Kernel.spawn` loads a program, creates a process in the table and starts it. Each process
+runs in its own thread (`_main`), which renders its program and asks its CPU to generate;
+the thread is blocked while the CPU's engine thread decodes, so a thread costs nothing while
+its process waits. All the processes on the embedded CPU share its engine: every engine step
+decodes one token for each resident process in one batch, and the kernel's policy (one
+`sched.Policy` per kernel, shared by all CPUs) decides who is resident. Remote CPUs, which do
+not batch, get a `sched.Gate`: a limit on requests in flight, granted in the policy's order.
+
+Signals: `kill` (the process ends at its next token, its output so far kept and logged),
+`stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
+`renice` (a new priority, never above the parent's). `wait` blocks until exit.
+
+Invariants:
+- Every process that was spawned ends in the table as exited with a status (`ok`, `failed`,
+  `killed`, `budget`) and, unless it failed before its program could be read, in the log.
+- The kernel never waits on a process while holding a lock another process needs.
+
+What this module does not do: talk to clients (see `llmos.kerneld`), or decide batching
+mechanics (see `llmos.cpu.llama`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any
+
+from llmos import params
+from llmos.boot import System
+from llmos.cpu.base import CPU
+from llmos.cpu.llama import EmbeddedCPU
+from llmos.errors import LlmosError, NoSuchProcessError
+from llmos.proc import Process, ProcessTable, State
+from llmos.program import Program
+from llmos.run import run_program
+from llmos.sched import Gate, Policy, make_policy
+
+
+class Kernel:
+    def __init__(
+        self,
+        system: System,
+        *,
+        policy: str | Policy = params.SCHED_POLICY,
+        max_resident: int = params.MAX_RESIDENT,
+        max_processes: int = params.MAX_PROCESSES,
+        user_budgets: dict[str, int] | None = None,
+        remote_in_flight: int = params.REMOTE_MAX_IN_FLIGHT,
+    ) -> None:
+        self.system = system
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.max_resident = max_resident
+        self.remote_in_flight = remote_in_flight
+        self.table = ProcessTable(max_processes=max_processes, user_budgets=user_budgets)
+        self._lock = threading.Lock()
+        self._cpus: dict[str, CPU] = {}
+        self._gates: dict[str, Gate] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._rates: dict[int, tuple[float, int]] = {}
+        self.started_at = time.time()
+
+    # --- CPUs ------------------------------------------------------------------------------------
+    def cpu(self, spec: str | None) -> CPU:
+        """The CPU for `spec`, configured for this kernel's scheduling on first use."""
+        cpu = self.system.cpu(spec)
+        with self._lock:
+            if cpu.name not in self._cpus:
+                self._cpus[cpu.name] = cpu
+                if isinstance(cpu, EmbeddedCPU):
+                    cpu.set_policy(self.policy, self.max_resident)
+                    cpu.swap_dir = self.system.home / params.SWAP_DIR_NAME
+                elif not cpu.capabilities.batching:
+                    self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
+        return cpu
+
+    def add_cpu(self, cpu: CPU) -> None:
+        """Register a CPU built elsewhere (tests: a scripted CPU)."""
+        with self._lock:
+            self._cpus[cpu.name] = cpu
+            if not cpu.capabilities.batching:
+                self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
+
+    # --- processes -------------------------------------------------------------------------------
+    def spawn(
+        self,
+        program_ref: str | Program,
+        inputs: dict[str, Any] | None = None,
+        *,
+        owner: str = "default",
+        model: str | None = None,
+        priority: int | None = None,
+        budget: int | None = None,
+        parent: int = 0,
+    ) -> Process:
+        """Start a process; ProgramError/ModelError/AdmissionError if it cannot start."""
+        inputs = dict(inputs or {})
+        program = (
+            program_ref
+            if isinstance(program_ref, Program)
+            else self.system.load_program(program_ref)
+        )
+        if model is not None and model in self._cpus:
+            cpu = self._cpus[model]
+        else:
+            cpu = self.cpu(model or program.model)
+        if budget is None and "budget" in program.llmos:
+            budget = int(program.llmos["budget"])
+        proc = self.table.create(
+            owner=owner,
+            program=program.name,
+            program_path=str(program.path),
+            inputs=inputs,
+            cpu=cpu.name,
+            priority=program.priority if priority is None else priority,
+            budget=budget,
+            parent=parent,
+        )
+        proc.context_limit = cpu.n_ctx
+        proc.entity.on_change = getattr(cpu, "wake", None)
+        thread = threading.Thread(
+            target=self._main,
+            args=(proc, program, cpu),
+            name=f"llmos-pid-{proc.pid}",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads[proc.pid] = thread
+        thread.start()
+        return proc
+
+    def _main(self, proc: Process, program: Program, cpu: CPU) -> None:
+        gate = self._gates.get(cpu.name)
+        status, error = "ok", None
+        try:
+            if gate is not None and not gate.acquire(proc.entity):
+                status, error = "killed", "killed before it started"
+                return
+            result = run_program(
+                program,
+                proc.inputs,
+                cpu,
+                self.system.log,
+                on_text=proc.append_output,
+                owner=proc.owner,
+                pid=os.getpid(),
+                entity=proc.entity,
+                on_run=lambda run_id: setattr(proc, "run_id", run_id),
+            )
+            if result.finish_reason == "cancelled":
+                status, error = "killed", "killed before it finished"
+            elif result.finish_reason == "budget":
+                status, error = "budget", "token budget exhausted"
+        except LlmosError as exc:
+            status, error = ("killed", str(exc)) if proc.entity.killed else ("failed", str(exc))
+        except Exception as exc:  # a bug must not take the kernel down with it
+            status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            if gate is not None:
+                gate.release(proc.entity)
+            proc.exit(status, error)
+            self.table.reaped(proc)
+            with self._lock:
+                self._threads.pop(proc.pid, None)
+                self._rates.pop(proc.pid, None)
+
+    def kill(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.killed = True
+        proc.entity.poke()
+        self._wake_gates()
+        return proc
+
+    def stop(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.stopped = True
+        proc.entity.poke()
+        return proc
+
+    def cont(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.stopped = False
+        proc.entity.poke()
+        self._wake_gates()
+        return proc
+
+    def renice(self, pid: int, priority: int) -> Process:
+        proc = self._live(pid)
+        priority = max(params.MIN_PRIORITY, min(params.MAX_PRIORITY, priority))
+        if proc.ppid:
+            with contextlib.suppress(NoSuchProcessError):
+                priority = min(priority, self.table.get(proc.ppid).priority)
+        proc.entity.priority = priority
+        proc.entity.poke()
+        return proc
+
+    def wait(self, pid: int, timeout: float | None = None) -> Process:
+        proc = self.table.get(pid)
+        proc.wait(timeout)
+        return proc
+
+    def _live(self, pid: int) -> Process:
+        proc = self.table.get(pid)
+        if not proc.alive:
+            raise NoSuchProcessError(f"process {pid} has already exited ({proc.exit_status})")
+        return proc
+
+    def _wake_gates(self) -> None:
+        for gate in list(self._gates.values()):
+            gate.wake()
+
+    # --- observing -------------------------------------------------------------------------------
+    def ps(self, *, include_exited: bool = True) -> list[dict[str, Any]]:
+        return [p.info() for p in self.table.all(include_exited=include_exited)]
+
+    def top(self) -> dict[str, Any]:
+        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot),
+        per user, per CPU."""
+        now = time.monotonic()
+        procs = []
+        for p in self.table.all():
+            info = p.info()
+            last = self._rates.get(p.pid)
+            gen = p.entity.generated
+            info["tokens_per_s"] = (
+                round((gen - last[1]) / (now - last[0]), 1) if last and now > last[0] else 0.0
+            )
+            if p.alive:
+                self._rates[p.pid] = (now, gen)
+            procs.append(info)
+        users: dict[str, dict[str, Any]] = {}
+        for acct in self.table.accounts():
+            users[acct.owner] = {"tokens": acct.tokens, "budget": acct.budget, "processes": 0}
+        for info in procs:
+            if info["state"] != State.EXITED.value:
+                users.setdefault(info["owner"], {"tokens": 0, "budget": None, "processes": 0})
+                users[info["owner"]]["processes"] += 1
+        cpus = {}
+        with self._lock:
+            for name, cpu in self._cpus.items():
+                stats = cpu.stats() if isinstance(cpu, EmbeddedCPU) else {}
+                gate = self._gates.get(name)
+                if gate is not None:
+                    stats["in_flight"] = gate.in_flight
+                cpus[name] = stats
+        return {
+            "policy": self.policy.name,
+            "processes": procs,
+            "users": users,
+            "cpus": cpus,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Kill every live process, wait for them, release the CPUs."""
+        for p in self.table.all(include_exited=False):
+            p.entity.killed = True
+            p.entity.poke()
+        self._wake_gates()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads.values())
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +205,10 @@ def _generate(
             entity=entity,
             **settings,
         )
-        text, last, first_at = _stream(cpu.generate(request), stream_to)
+        # A CPU that schedules (batching) enforces budgets and kills per token itself; for
+        # the others (remote servers) the budget and kill flag are checked per chunk here.
+        police = entity if entity is not None and not cpu.capabilities.batching else None
+        text, last, first_at = _stream(cpu.generate(request), stream_to, cpu, police)
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
@@ -247,17 +250,40 @@ def _generate(
         )
 
 
-def _stream(chunks: Any, on_text: Callable[[str], None] | None) -> tuple[str, Chunk, float | None]:
+def _stream(
+    chunks: Iterator[Chunk],
+    on_text: Callable[[str], None] | None,
+    cpu: CPU,
+    entity: Entity | None,
+) -> tuple[str, Chunk, float | None]:
     parts: list[str] = []
     last = Chunk(done=True)
     first_at: float | None = None
-    for chunk in chunks:
-        if chunk.text:
-            if first_at is None:
-                first_at = time.perf_counter()
-            parts.append(chunk.text)
-            if on_text is not None:
-                on_text(chunk.text)
-        if chunk.done:
-            last = chunk
+    charged = False
+    try:
+        for chunk in chunks:
+            if chunk.text:
+                if first_at is None:
+                    first_at = time.perf_counter()
+                parts.append(chunk.text)
+                if on_text is not None:
+                    on_text(chunk.text)
+            if chunk.done:
+                last = chunk
+            if entity is not None:
+                generated = cpu.count_tokens(chunk.text) if chunk.text else 0
+                within = entity.charge(
+                    prompt=0 if charged else last.prompt_tokens, generated=generated
+                )
+                charged = charged or bool(last.prompt_tokens)
+                if entity.killed or not within:
+                    reason = "cancelled" if entity.killed else "budget"
+                    last = Chunk(
+                        done=True, finish_reason=reason, completion_tokens=entity.generated
+                    )
+                    break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
     return "".join(parts), last, first_at

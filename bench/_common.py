@@ -52,3 +52,43 @@ def patch_llama_model_params() -> None:
         return p
 
     low_level.llama_model_default_params = default_params
+
+
+# --- helpers for the scheduling and quantization benchmarks ---------------------------------------
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+
+def quick() -> bool:
+    """BENCH_QUICK=1: tiny sizes; a smoke run that checks a benchmark works."""
+    return QUICK
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), interpolated; 0.0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
+
+
+def rss_kib() -> int:
+    """This process's resident set size now (VmRSS), in KiB."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def jain(values: Sequence[float]) -> float:
+    """Jain's fairness index: 1.0 when all equal, 1/n when one gets everything."""
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    return total * total / (len(values) * squares) if squares else 0.0
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

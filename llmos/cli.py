@@ -8,6 +8,17 @@ shown only with `LLMOS_DEBUG=1`.
     llmos models
     llmos programs
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
+    llmos logs -f PID                      follow a kernel process's output as it is generated
+
+The kernel daemon (see `llmos.kerneld`); these talk to it over its socket:
+
+    llmos kernel start [--policy P] [--max-resident N] [--max-processes N] | stop | status
+    llmos run -d PROGRAM ...               start a background process; prints its pid
+    llmos ps [--all] [--json]    llmos kill PID...    llmos stop PID    llmos cont PID
+    llmos renice PRIORITY PID    llmos wait PID [--timeout S]    llmos top [--once]
+
+Exit codes of `wait` and `logs -f`: 0 the process ended ok, 14 it was killed, ran out of
+budget or failed, 124 `wait --timeout` ran out; 13 there is no kernel to ask.
 
 What this module does not do: any work of its own. It parses arguments, calls the modules that
 do the work, and formats what they return.
@@ -25,10 +36,11 @@ from typing import Any, TypeVar
 
 import click
 
-from llmos import boot, params
+from llmos import boot, kerneld, params
 from llmos import program as programs_mod
-from llmos.errors import EXIT_INTERRUPTED, InputError, LlmosError
+from llmos.errors import EXIT_INTERRUPTED, InputError, KernelError, LlmosError
 from llmos.log import RunRecord
+from llmos.sched import POLICIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,11 +103,31 @@ def _read_stdin() -> str | None:
 @click.option("-m", "--model", help="CPU to run on: embedded, openai/<model>, PATH.gguf, alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Print run statistics on stderr.")
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    help="Run as a background process of the kernel daemon; print its pid.",
+)
+@click.option("--priority", type=int, help="With -d: scheduling priority (0-39).")
+@click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
-    program_ref: str, input_pairs: tuple[str, ...], model: str | None, as_json: bool, verbose: bool
+    program_ref: str,
+    input_pairs: tuple[str, ...],
+    model: str | None,
+    as_json: bool,
+    verbose: bool,
+    detach: bool,
+    priority: int | None,
+    budget: int | None,
 ) -> None:
     """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
+    if detach:
+        _run_detached(program_ref, input_pairs, model, priority, budget, as_json)
+        return
+    if priority is not None or budget is not None:
+        raise click.UsageError("--priority and --budget need -d (a kernel process)")
     system = boot.boot()
     try:
         prog = system.load_program(program_ref)
@@ -197,6 +229,14 @@ def _run_row(r: RunRecord) -> str:
 @click.option("--program", help="Only runs of this program.")
 @click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "-f",
+    "--follow",
+    "follow_pid",
+    type=int,
+    metavar="PID",
+    help="Follow a live kernel process's output until it ends.",
+)
 @handle_errors
 def logs(
     run_id: str | None,
@@ -205,8 +245,14 @@ def logs(
     program: str | None,
     status: str | None,
     as_json: bool,
+    follow_pid: int | None,
 ) -> None:
-    """List logged runs, search them, or show one run in full."""
+    """List logged runs, search them, or show one run in full; -f PID follows a process."""
+    if follow_pid is not None:
+        if run_id is not None:
+            raise click.UsageError("give either RUN_ID or -f PID, not both")
+        _follow(follow_pid)
+        return
     system = boot.boot()
     log = system.log
     if run_id:
@@ -256,6 +302,327 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
         "duration_ms": r.duration_ms,
         "ttft_ms": r.ttft_ms,
     }
+
+
+# --- The kernel daemon and its processes ---------------------------------------------------------
+
+
+def _client() -> kerneld.KernelClient:
+    return kerneld.KernelClient(kerneld.kernel_home())
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _lost_line(lost: list[dict[str, Any]]) -> str:
+    items = ", ".join(
+        f"run {x.get('run_id', '?')[:12]} {x.get('program')} (owner {x.get('owner') or '-'})"
+        for x in lost
+    )
+    return f"llmos: kernel restarted; {len(lost)} processes were lost: {items}"
+
+
+def _run_detached(
+    program_ref: str,
+    input_pairs: tuple[str, ...],
+    model: str | None,
+    priority: int | None,
+    budget: int | None,
+    as_json: bool,
+) -> None:
+    client = _client()
+    client.connect().close()  # no kernel: say so before reading stdin
+    fields: dict[str, Any] = {"input_pairs": list(input_pairs)}
+    stdin = _read_stdin()
+    if stdin is not None:
+        fields["stdin"] = stdin
+    for key, value in (("model", model), ("priority", priority), ("budget", budget)):
+        if value is not None:
+            fields[key] = value
+    pid = client.spawn(program_ref, **fields)
+    click.echo(json.dumps({"pid": pid}) if as_json else str(pid))
+
+
+@cli.group()
+def kernel() -> None:
+    """Start, stop and inspect the kernel daemon (programs as background processes)."""
+
+
+@kernel.command("start")
+@click.option("--policy", type=click.Choice(list(POLICIES)), help="Scheduling policy.")
+@click.option("--max-resident", type=click.IntRange(min=1), help="Processes resident in KV.")
+@click.option("--max-processes", type=click.IntRange(min=1), help="Live processes allowed.")
+@handle_errors
+def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
+    """Start the kernel daemon in the background; print its pid."""
+    home = kerneld.kernel_home(create=True)
+    pid = kerneld.start_daemon(
+        home, policy=policy, max_resident=max_resident, max_processes=max_processes
+    )
+    status = kerneld.KernelClient(home).request("status")
+    click.echo(str(pid))
+    click.echo(f"llmos: kernel started (pid {pid}, policy {status.get('policy')})", err=True)
+    lost = status.get("lost") or []
+    if lost:
+        click.echo(_lost_line(lost), err=True)
+
+
+@kernel.command("serve")
+@click.option("--policy", type=click.Choice(list(POLICIES)), default=params.SCHED_POLICY)
+@click.option("--max-resident", type=click.IntRange(min=1), default=params.MAX_RESIDENT)
+@click.option("--max-processes", type=click.IntRange(min=1), default=params.MAX_PROCESSES)
+@handle_errors
+def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
+    """Run the kernel daemon in the foreground (`kernel start` runs this)."""
+    kerneld.kernel_home(create=True)
+    system = boot.boot(open_log=False)
+    kerneld.serve(system, policy=policy, max_resident=max_resident, max_processes=max_processes)
+
+
+@kernel.command("stop")
+@handle_errors
+def kernel_stop() -> None:
+    """Kill every process and stop the kernel daemon."""
+    reply = kerneld.stop_daemon(kerneld.kernel_home())
+    click.echo(
+        f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
+        "killed)",
+        err=True,
+    )
+
+
+@kernel.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def kernel_status(as_json: bool) -> None:
+    """Is the kernel running: pid, uptime, policy, processes, processes lost at its start."""
+    st = _client().request("status")
+    st.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(st, ensure_ascii=False))
+        return
+    counts = st.get("counts") or {}
+    detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    click.echo(
+        f"kernel running: pid {st.get('pid')}, up {_duration(float(st.get('uptime_s', 0)))}, "
+        f"policy {st.get('policy')}"
+    )
+    click.echo(
+        f"processes: {st.get('live', 0)} live"
+        + (f" ({detail})" if detail else "")
+        + f", {st.get('exited', 0)} exited; limits {st.get('max_processes')} processes, "
+        f"{st.get('max_resident')} resident"
+    )
+    click.echo(f"socket: {st.get('socket')}")
+    lost = st.get("lost") or []
+    if lost:
+        click.echo(f"lost at start: {len(lost)} processes")
+        for x in lost:
+            click.echo(f"  run {x.get('run_id')} {x.get('program')} (owner {x.get('owner')})")
+
+
+def _state(info: dict[str, Any]) -> str:
+    if info.get("state") == "exited":
+        return f"exit:{info.get('exit_status')}"
+    return str(info.get("state"))
+
+
+def _ctx(info: dict[str, Any]) -> str:
+    used = info.get("context_used") or (
+        int(info.get("prompt_tokens") or 0) + int(info.get("generated_tokens") or 0)
+    )
+    return f"{used}/{info.get('context_limit') or '?'}"
+
+
+def _budget(info: dict[str, Any]) -> str:
+    left = info.get("budget_left")
+    return "-" if left is None else str(left)
+
+
+PS_HEADER = (
+    f"{'PID':>6} {'PPID':>5} {'OWNER':<10} {'STATE':<12} {'PRI':>3} {'TOKENS':>7} "
+    f"{'CTX':>11} {'BUDGET':>7} PROGRAM"
+)
+
+
+def _ps_row(p: dict[str, Any]) -> str:
+    tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
+    return (
+        f"{p['pid']:>6} {p.get('ppid', 0):>5} {str(p.get('owner'))[:10]:<10} "
+        f"{_state(p):<12} {p.get('priority'):>3} {tokens:>7} {_ctx(p):>11} "
+        f"{_budget(p):>7} {p.get('program')}"
+    )
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include exited processes.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def ps(show_all: bool, as_json: bool) -> None:
+    """List the kernel's processes."""
+    procs = _client().request("ps", all=show_all)["processes"]
+    if as_json:
+        click.echo(json.dumps(procs, ensure_ascii=False))
+        return
+    click.echo(PS_HEADER)
+    for p in procs:
+        click.echo(_ps_row(p))
+
+
+@cli.command()
+@click.argument("pids", metavar="PID...", nargs=-1, required=True, type=int)
+@handle_errors
+def kill(pids: tuple[int, ...]) -> None:
+    """Kill processes (each ends at its next token; its output so far is logged)."""
+    client = _client()
+    failed: LlmosError | None = None
+    for pid in pids:
+        try:
+            client.request("kill", pid=pid)
+        except KernelError:
+            raise
+        except LlmosError as exc:
+            if failed is not None:
+                click.echo(f"llmos: error: {failed}", err=True)
+            failed = exc
+    if failed is not None:
+        raise failed
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def stop(pid: int) -> None:
+    """Stop a process (it is preempted and keeps its place until `cont`)."""
+    _client().request("stop", pid=pid)
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def cont(pid: int) -> None:
+    """Continue a stopped process."""
+    _client().request("cont", pid=pid)
+
+
+@cli.command()
+@click.argument("priority", type=int)
+@click.argument("pid", type=int)
+@handle_errors
+def renice(priority: int, pid: int) -> None:
+    """Give a process a new priority (0-39, never above its parent's)."""
+    reply = _client().request("renice", pid=pid, priority=priority)
+    click.echo(f"{pid}: priority {reply.get('old_priority')} -> {reply['process']['priority']}")
+
+
+def _end_code(info: dict[str, Any]) -> int:
+    if info.get("exit_status") == "ok":
+        return 0
+    click.echo(
+        f"llmos: error: process {info.get('pid')} ended {info.get('exit_status')}"
+        + (f": {info.get('error')}" if info.get("error") else ""),
+        err=True,
+    )
+    return params.EXIT_PROCESS_NOT_OK
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def wait(pid: int, timeout: float | None, as_json: bool) -> None:
+    """Wait for a process to end; print its output. Exit 0 if it ended ok, 14 if it was
+    killed, ran out of budget or failed, 124 on --timeout."""
+    reply = _client().request("wait", pid=pid, timeout=timeout)
+    info = reply["process"]
+    if reply.get("timed_out"):
+        _fail(
+            f"process {pid} is still {info.get('state')} after {timeout:g} s",
+            params.EXIT_WAIT_TIMEOUT,
+        )
+    text = str(reply.get("text") or "")
+    if as_json:
+        click.echo(json.dumps({**info, "text": text}, ensure_ascii=False))
+    elif text:
+        click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+    sys.exit(_end_code(info))
+
+
+def _follow(pid: int) -> None:
+    client = _client()
+    wrote_newline = True
+    for text in client.follow(pid):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        wrote_newline = text.endswith("\n")
+    if not wrote_newline:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    sys.exit(_end_code((client.last_exit or {}).get("process") or {}))
+
+
+def _top_text(snap: dict[str, Any]) -> str:
+    procs = [p for p in snap.get("processes", []) if p.get("state") != "exited"]
+    states: dict[str, int] = {}
+    for p in procs:
+        states[p["state"]] = states.get(p["state"], 0) + 1
+    lines = [
+        f"llmos top - pid {snap.get('pid')}, up {_duration(float(snap.get('uptime_s', 0)))}, "
+        f"policy {snap.get('policy')}, {len(procs)} processes"
+        + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")" if states else "")
+    ]
+    for name, st in sorted((snap.get("cpus") or {}).items()):
+        stats = " ".join(f"{k} {v}" for k, v in st.items())
+        lines.append(f"cpu {name}: {stats}" if stats else f"cpu {name}")
+    lines.append("")
+    lines.append(f"{'USER':<16} {'TOKENS':>9} {'BUDGET':>9} {'PROCS':>5}")
+    for owner, u in sorted((snap.get("users") or {}).items()):
+        budget = "-" if u.get("budget") is None else str(u["budget"])
+        lines.append(
+            f"{owner[:16]:<16} {u.get('tokens', 0):>9} {budget:>9} {u.get('processes', 0):>5}"
+        )
+    lines.append("")
+    lines.append(
+        f"{'PID':>6} {'OWNER':<10} {'STATE':<9} {'PRI':>3} {'TOK/S':>6} {'TOKENS':>7} "
+        f"{'CTX':>11} {'BUDGET-LEFT':>11} PROGRAM"
+    )
+    for p in procs:
+        tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
+        lines.append(
+            f"{p['pid']:>6} {str(p.get('owner'))[:10]:<10} {p.get('state'):<9} "
+            f"{p.get('priority'):>3} {p.get('tokens_per_s', 0.0):>6.1f} {tokens:>7} "
+            f"{_ctx(p):>11} {_budget(p):>11} {p.get('program')}"
+        )
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=params.TOP_INTERVAL_S,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@handle_errors
+def top(once: bool, interval: float) -> None:
+    """A live view of the kernel: CPUs, users, processes (Ctrl-C to quit)."""
+    client = _client()
+    if once:
+        click.echo(_top_text(client.request("top")))
+        return
+    try:
+        while True:
+            text = _top_text(client.request("top"))
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
 
 
 def main() -> None:

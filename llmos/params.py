@@ -28,6 +28,8 @@ EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at 
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
 EMBEDDED_SEED = 0  # sampler seed for reproducible runs
 PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
+PREFIX_MIN_SHARE = 16  # shortest shared prompt prefix worth copying KV for (or waiting on)
+PREFIX_CACHE_TOKENS = 2048  # finished prompts' KV kept resident for later sharing, in tokens
 
 # --- Generation defaults (a program's `config` overrides them) ---------------------------------
 DEFAULT_MAX_OUTPUT_TOKENS = 512
@@ -83,3 +85,31 @@ MAX_SPAWN_DEPTH = 8  # most ancestors a process may have
 REMOTE_MAX_IN_FLIGHT = 4  # requests in flight per remote CPU
 SWAP_RAM_BYTES = 512 * 1024 * 1024  # saved KV kept in RAM; beyond it states go to disk files
 SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
+
+# --- Quantization -------------------------------------------------------------------------------
+# The embedded model's weights: "q4_1" runs the shipped file as-is; "q4_0" or "q8_0" converts it
+# once (llama.cpp's quantizer) into <home>/models and runs the converted file (see
+# llmos.cpu.quant and bench/quant.py for the measured speed/quality trade-off).
+EMBEDDED_QUANT = "q4_1"
+QUANT_SHIPPED = "q4_1"  # the quantization of the file in the wheel
+QUANT_FTYPES = ("q4_1", "q4_0", "q8_0")  # the values EMBEDDED_QUANT may take
+QUANT_CACHE_DIR_NAME = "models"  # <home>/models holds converted GGUF files
+QUANT_MIN_BYTES = 1024 * 1024  # a cached GGUF smaller than this is taken as partial and rebuilt
+
+# --- Kernel daemon ------------------------------------------------------------------------------
+KERNEL_SOCKET_NAME = "kernel.sock"  # <home>/kernel.sock: the daemon's owner-only Unix socket
+KERNEL_PID_NAME = "kernel.pid"  # <home>/kernel.pid: the daemon's OS pid, locked while it runs
+KERNEL_LOG_NAME = "kernel.log"  # <home>/kernel.log: the daemon's stderr (appended)
+KERNEL_REQUEST_MAX_BYTES = 1024 * 1024  # a request line longer than this is refused
+KERNEL_CONNECT_TIMEOUT_S = 5.0  # a client gives up connecting to the socket after this
+KERNEL_REPLY_TIMEOUT_S = 120.0  # a client gives up on a reply after this (not wait/follow)
+KERNEL_PROBE_TIMEOUT_S = 2.0  # how long `status` may take when checking for a live daemon
+KERNEL_START_TIMEOUT_S = 30.0  # `kernel start` waits this long for the daemon to answer
+KERNEL_STOP_TIMEOUT_S = 30.0  # `kernel stop` waits this long for the daemon to exit
+KERNEL_SHUTDOWN_GRACE_S = 10.0  # shutdown waits this long for killed processes to end
+KERNEL_POLL_S = 0.5  # how often a blocked wait/follow checks that its client is still there
+KERNEL_LOG_TAIL_LINES = 20  # lines of kernel.log quoted when the daemon fails to start
+KERNEL_LOST_SCAN = 10_000  # newest failed runs searched for ones lost by a killed daemon
+TOP_INTERVAL_S = 1.0  # `llmos top` refresh interval
+EXIT_PROCESS_NOT_OK = 14  # `llmos wait` / `logs -f`: the process ended killed, budget, failed
+EXIT_WAIT_TIMEOUT = 124  # `llmos wait --timeout`: the process was still running (as timeout(1))

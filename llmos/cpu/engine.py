@@ -48,7 +48,8 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """llama.cpp's loader chatter is not the user's business; errors surface as codes."""
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Initialise llama.cpp once per process (and silence its loader unless asked)."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
@@ -196,7 +197,7 @@ class Engine:
         n_threads: int = params.EMBEDDED_N_THREADS,
     ) -> None:
         check_gguf(model_path)
-        _init_backend()
+        init_backend()
         self.model_path = model_path
         mparams = ll.llama_model_default_params()
         mparams.use_extra_bufts = extra_buffers_safe()
@@ -392,6 +393,16 @@ class Engine:
         if seq.saved_path is not None:
             seq.saved_path.unlink(missing_ok=True)
             seq.saved_path = None
+
+    def truncate(self, seq: Sequence, n: int) -> None:
+        """Keep only the first `n` tokens of a resident sequence's KV (it will not decode
+        again: used to keep a finished prompt's KV as a shareable prefix)."""
+        n = min(n, seq.n_past)
+        if seq.slot is not None:
+            ll.llama_memory_seq_rm(self.mem, seq.slot, n, -1)
+        del seq.tokens[n:]
+        seq.pending = []
+        seq.sampler.free()
 
     def finish(self, seq: Sequence) -> None:
         """The sequence is done: free its slot, saved state and sampler."""

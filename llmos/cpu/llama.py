@@ -115,6 +115,7 @@ class EmbeddedCPU(CPU):
         self.swap_ram_max = swap_ram_max
         self._swap_ram = 0  # bytes of saved KV held in RAM
         self._prefix = PrefixIndex()
+        self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
         self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
 
     def _special_text(self, key: str) -> str:
@@ -201,6 +202,7 @@ class EmbeddedCPU(CPU):
             return {
                 "jobs": len(self._jobs),
                 "resident": sum(1 for j in self._jobs if j.seq.resident),
+                "cached_prefixes": len(self._cached),
                 "swapped_ram_bytes": self._swap_ram,
                 "steps": self.steps,
                 "preemptions": self.preemptions,
@@ -237,6 +239,8 @@ class EmbeddedCPU(CPU):
                 if self._closing:
                     for job in list(self._jobs):
                         self._end(job, "cancelled")
+                    while self._cached:
+                        self._evict_cached()
                     return
                 for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
                     self._end(job, "cancelled")
@@ -247,24 +251,31 @@ class EmbeddedCPU(CPU):
                 chosen_entities = self.policy.select(list(by_entity), self.max_resident, resident)
                 chosen = [by_entity[e] for e in chosen_entities]
             try:
-                self._place(chosen)
+                placed = self._place(chosen)
             except LlmosError as exc:
                 for job in chosen:
                     self._fail(job, exc)
                 continue
-            self._step(chosen)
+            self._step(placed)
 
     def _schedulable(self) -> bool:
         return any(not j.entity.stopped or j.cancelled or j.entity.killed for j in self._jobs)
 
-    def _place(self, chosen: list[Job]) -> None:
-        """Preempt residents that were not chosen; bring in chosen ones that are not."""
+    def _place(self, chosen: list[Job]) -> list[Job]:
+        """Preempt residents that were not chosen; bring in chosen ones that are not.
+        Returns the jobs to step: a new job whose prompt prefix another resident sequence is
+        still computing waits a step or more, then copies that KV instead of recomputing it."""
         chosen_set = set(chosen)
         for job in self._jobs:
             if job.seq.resident and job not in chosen_set:
                 self._preempt(job)
+        placed = []
         for job in chosen:
             if not job.seq.resident:
+                if self._prefix_pending(job.seq):
+                    continue
+                if not self.engine.free_slots:
+                    self._evict_cached()
                 had_state = job.seq.saved is not None or job.seq.saved_path is not None
                 if had_state:
                     self._swap_ram -= len(job.seq.saved or b"")
@@ -280,6 +291,44 @@ class EmbeddedCPU(CPU):
                 self._prefix.insert(job.seq, job.seq.prompt)
                 job.entity.resident = True
                 job.entity.swapped = None
+            placed.append(job)
+        return placed
+
+    def _prefix_pending(self, seq: Sequence) -> bool:
+        """Whether a resident sequence shares a useful prefix with `seq` but has not computed
+        it yet (then `seq` should wait for it rather than compute it again)."""
+        if seq.tokens or seq.saved is not None or seq.saved_path is not None:
+            return False
+        src, n = self._prefix.longest(seq.pending)
+        n = min(n, len(seq.pending) - 1)
+        return (
+            isinstance(src, Sequence)
+            and src.resident
+            and n >= params.PREFIX_MIN_SHARE
+            and src.n_past < n
+        )
+
+    def _evict_cached(self) -> None:
+        """Free the slot of the oldest kept prefix."""
+        if self._cached:
+            seq = self._cached.pop(0)
+            self._prefix.remove(seq)
+            self.engine.finish(seq)
+
+    def _keep_prefix(self, seq: Sequence) -> bool:
+        """Keep a finished sequence's prompt KV resident as a shareable prefix, within
+        params.PREFIX_CACHE_TOKENS; the oldest kept prefixes go first."""
+        n = min(seq.n_prompt, seq.n_past)
+        if not seq.resident or n < params.PREFIX_MIN_SHARE or n > params.PREFIX_CACHE_TOKENS:
+            return False
+        while self._cached and (
+            sum(c.n_past for c in self._cached) + n > params.PREFIX_CACHE_TOKENS
+        ):
+            self._evict_cached()
+        self.engine.truncate(seq, n)
+        self._prefix.insert(seq, seq.tokens)
+        self._cached.append(seq)
+        return True
 
     def _preempt(self, job: Job) -> None:
         self.preemptions += 1
@@ -377,8 +426,9 @@ class EmbeddedCPU(CPU):
 
     def _finish_seq(self, job: Job) -> None:
         self._swap_ram -= len(job.seq.saved or b"")
-        self.engine.finish(job.seq)
         self._prefix.remove(job.seq)
+        if not self._keep_prefix(job.seq):
+            self.engine.finish(job.seq)
         job.entity.resident = False
         job.entity.swapped = None
         if job in self._jobs:

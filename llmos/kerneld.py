@@ -1,0 +1,891 @@
+"""The kernel daemon: one long-lived `Kernel` that every `llmos` command can talk to.
+
+`serve` runs a `Kernel` in this process and answers requests on an owner-only Unix socket,
+`<home>/kernel.sock` (mode 0600; a home directory it creates is 0700). `start_daemon` starts
+`llmos kernel serve` in the background and waits until it answers; `KernelClient` is what the
+command line uses to talk to it.
+
+Protocol: newline-delimited UTF-8 JSON. A client sends one request line per connection,
+
+    {"op": "spawn" | "ps" | "kill" | "stop" | "cont" | "renice" | "wait" | "follow" | "top"
+           | "status" | "shutdown", ...arguments}
+
+and gets one reply line, `{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind":
+"<LlmosError.kind>", "exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines
+(the process's output from its start, then live) and ends with `{"done": true, "exit_status":
+..., "error": ...}`. Arguments:
+
+    spawn    program (path or name), cwd, owner, inputs {..}, input_pairs ["k=v"], stdin,
+             model, priority, budget                          -> pid, process
+    ps       all (bool: include exited)                       -> processes [info, ...]
+    kill / stop / cont   pid                                  -> process
+    renice   pid, priority                                    -> process, old_priority
+    wait     pid, timeout (s, optional)                       -> process, text, timed_out
+    top                                                       -> Kernel.top() + pid
+    status                                                    -> pid, uptime_s, policy,
+             max_resident, max_processes, counts {state: n}, live, exited, lost [..]
+    shutdown                                                  -> pid, killed
+
+Invariants:
+- At most one daemon per home: a live one holds an exclusive lock on `kernel.pid`; a second
+  refuses to start (KernelError "kernel already running (pid N)"). A socket left by a daemon
+  that was killed (nobody answers, nobody holds the lock) is removed and replaced.
+- A daemon that starts after one was killed fails the runs the dead one left 'running' (error
+  kind 'lost') and reports them in `status` as `lost`; nothing is silently forgotten.
+- No request can take the daemon down: malformed JSON, oversized lines, unknown ops, bad
+  arguments and clients that vanish mid-`wait` or mid-`follow` get an error reply or are dropped
+  quietly; the kernel and its processes never notice.
+- Only the socket's owner (same uid, or root) is served: mode 0600 and a SO_PEERCRED check.
+- `shutdown`, SIGTERM and SIGINT all end the same way: every process killed (its partial output
+  logged), the socket and pid file removed, the CPUs closed.
+
+What this module does not do: schedule or run processes (see `llmos.kernel`), format output
+for people (see `llmos.cli`), authenticate anyone but the socket's owner, or listen on a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import getpass
+import json
+import os
+import select
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from llmos import cpu as cpu_mod
+from llmos import params
+from llmos import program as program_mod
+from llmos.boot import System
+from llmos.errors import AdmissionError, KernelError, LlmosError
+from llmos.kernel import Kernel
+from llmos.log import Log
+from llmos.proc import Process, State
+
+OPS = (
+    "spawn",
+    "ps",
+    "kill",
+    "stop",
+    "cont",
+    "renice",
+    "wait",
+    "follow",
+    "top",
+    "status",
+    "shutdown",
+)
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
+
+
+class ProtocolError(LlmosError):
+    """A request the daemon cannot understand (bad JSON, unknown op, bad argument)."""
+
+    exit_code = 2
+    kind = "protocol"
+
+
+# --- Paths ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelPaths:
+    home: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.home / params.KERNEL_SOCKET_NAME
+
+    @property
+    def pid(self) -> Path:
+        return self.home / params.KERNEL_PID_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.home / params.KERNEL_LOG_NAME
+
+
+def kernel_home(*, create: bool = False) -> Path:
+    """The llmos home (as `llmos.config.home` finds it); created 0700 when `create` and missing.
+
+    Without `create` a missing home is returned as is (a client has nothing to connect to).
+    An existing directory's mode is never changed.
+    """
+    env = os.environ.get(params.ENV_HOME)
+    path = Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))
+    path = path.absolute()
+    if create and not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise KernelError(f"cannot create llmos home {path}: {exc.strerror}") from exc
+    return path
+
+
+def _check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > _SUN_PATH_MAX:
+        raise KernelError(
+            f"socket path {path} is longer than {_SUN_PATH_MAX} bytes; "
+            f"set {params.ENV_HOME} to a shorter directory"
+        )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process here (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+# --- Errors over the wire ------------------------------------------------------------------------
+
+
+def _error_classes() -> dict[str, type[LlmosError]]:
+    found: dict[str, type[LlmosError]] = {}
+    todo: list[type[LlmosError]] = [LlmosError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.kind, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def error_reply(exc: LlmosError) -> dict[str, Any]:
+    return {"ok": False, "error": str(exc), "kind": exc.kind, "exit_code": exc.exit_code}
+
+
+def reply_error(reply: dict[str, Any]) -> LlmosError:
+    """The LlmosError a failed reply stands for, with the reply's exit code."""
+    cls = _error_classes().get(str(reply.get("kind")), LlmosError)
+    exc = cls(str(reply.get("error") or "the kernel refused the request"))
+    code = reply.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code != exc.exit_code:
+        exc.exit_code = code
+    return exc
+
+
+# --- The daemon ------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """What the request handlers share: the kernel and facts about this daemon."""
+
+    kernel: Kernel
+    paths: KernelPaths
+    max_resident: int
+    max_processes: int
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    stopping: bool = False
+    server: socketserver.BaseServer | None = None
+
+    def request_stop(self) -> None:
+        """Stop serving (from any thread but the one running serve_forever)."""
+        self.stopping = True
+        server = self.server
+        if server is not None:
+            threading.Thread(target=server.shutdown, name="llmos-kernel-stop", daemon=True).start()
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = False
+
+    def __init__(self, path: str, daemon: Daemon) -> None:
+        self.kernel_daemon = daemon
+        super().__init__(path, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A handler bug: say so in kernel.log and keep serving.
+        print("llmos: kernel: error while serving a request:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            if not self._peer_allowed():
+                self._send(error_reply(KernelError("permission denied: not the kernel's owner")))
+                return
+            line = self.rfile.readline(params.KERNEL_REQUEST_MAX_BYTES + 1)
+            if not line:
+                return
+            try:
+                request = _parse_request(line)
+                self._dispatch(request)
+            except LlmosError as exc:
+                self._send(error_reply(exc))
+            except _ClientGone:
+                return
+            except Exception as exc:  # a bug must not take the daemon down
+                traceback.print_exc(file=sys.stderr)
+                self._send(error_reply(LlmosError(f"internal error: {type(exc).__name__}: {exc}")))
+        except (_ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                raise
+
+    # --- plumbing ---
+    def _peer_allowed(self) -> bool:
+        if not hasattr(socket, "SO_PEERCRED"):
+            return True
+        creds = self.request.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return bool(uid == os.getuid() or uid == 0)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _ClientGone() from exc
+
+    def _peer_gone(self) -> bool:
+        sock: socket.socket = self.request
+        try:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if not ready:
+                return False
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return data == b""
+
+    @property
+    def daemon(self) -> Daemon:
+        return self.server.kernel_daemon
+
+    # --- ops ---
+    def _dispatch(self, req: dict[str, Any]) -> None:
+        op = req["op"]
+        d = self.daemon
+        k = d.kernel
+        if op == "status":
+            self._send({"ok": True, **status_of(d)})
+        elif op == "ps":
+            self._send({"ok": True, "processes": k.ps(include_exited=_bool(req, "all"))})
+        elif op == "top":
+            self._send({"ok": True, **k.top(), "pid": os.getpid()})
+        elif op == "spawn":
+            if d.stopping:
+                raise KernelError("kernel is shutting down")
+            proc = _spawn(d, req)
+            self._send({"ok": True, "pid": proc.pid, "process": proc.info()})
+        elif op in ("kill", "stop", "cont"):
+            pid = _int(req, "pid")
+            proc = {"kill": k.kill, "stop": k.stop, "cont": k.cont}[op](pid)
+            self._send({"ok": True, "process": proc.info()})
+        elif op == "renice":
+            pid = _int(req, "pid")
+            old = k.table.get(pid).priority
+            proc = k.renice(pid, _int(req, "priority"))
+            self._send({"ok": True, "process": proc.info(), "old_priority": old})
+        elif op == "wait":
+            self._wait(_int(req, "pid"), _number(req, "timeout"))
+        elif op == "follow":
+            self._follow(_int(req, "pid"))
+        elif op == "shutdown":
+            killed = len(k.table.all(include_exited=False))
+            d.stopping = True
+            k.shutdown(timeout=params.KERNEL_SHUTDOWN_GRACE_S)
+            try:
+                self._send({"ok": True, "pid": os.getpid(), "killed": killed})
+            finally:
+                d.request_stop()
+
+    def _wait(self, pid: int, timeout: float | None) -> None:
+        proc = self.daemon.kernel.table.get(pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = False
+        while True:
+            step = params.KERNEL_POLL_S
+            if deadline is not None:
+                step = max(0.0, min(step, deadline - time.monotonic()))
+            if proc.wait(step):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+            if self._peer_gone():
+                raise _ClientGone()
+        self._send({"ok": True, "process": proc.info(), "text": proc.text, "timed_out": timed_out})
+
+    def _follow(self, pid: int) -> None:
+        proc = self.daemon.kernel.table.get(pid)
+        sent = 0
+        while True:
+            with proc.cond:
+                if len(proc.output) == sent and proc.alive:
+                    proc.cond.wait(timeout=params.KERNEL_POLL_S)
+                chunks = proc.output[sent:]
+                sent += len(chunks)
+                alive = proc.alive
+            if chunks:
+                self._send({"text": "".join(chunks)})
+            if not alive:
+                self._send(
+                    {
+                        "done": True,
+                        "exit_status": proc.exit_status,
+                        "error": proc.error,
+                        "process": proc.info(),
+                    }
+                )
+                return
+            if not chunks and self._peer_gone():
+                return
+
+
+def _parse_request(line: bytes) -> dict[str, Any]:
+    if len(line) > params.KERNEL_REQUEST_MAX_BYTES:
+        raise ProtocolError(f"request longer than {params.KERNEL_REQUEST_MAX_BYTES} bytes; refused")
+    try:
+        request = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"request is not UTF-8 (bad byte at offset {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"request is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if not isinstance(request, dict):
+        raise ProtocolError("request must be a JSON object with an 'op'")
+    op = request.get("op")
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}: use one of {', '.join(OPS)}")
+    return request
+
+
+def _int(req: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = req.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _opt_int(req: dict[str, Any], key: str) -> int | None:
+    return None if req.get(key) is None else _int(req, key)
+
+
+def _number(req: dict[str, Any], key: str) -> float | None:
+    value = req.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ProtocolError(f"'{key}' must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _bool(req: dict[str, Any], key: str) -> bool:
+    value = req.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _str(req: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = req.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"'{key}' must be a string, got {value!r}")
+    return value
+
+
+def _spawn(d: Daemon, req: dict[str, Any]) -> Process:
+    ref = _str(req, "program")
+    if not ref:
+        raise ProtocolError("spawn needs a 'program' (a path or a name)")
+    cwd = Path(_str(req, "cwd") or "/")
+    if not cwd.is_absolute():
+        raise ProtocolError(f"'cwd' must be an absolute path, got {str(cwd)!r}")
+    owner = _str(req, "owner") or "default"
+    model = _str(req, "model")
+    inputs = req.get("inputs") or {}
+    if not isinstance(inputs, dict):
+        raise ProtocolError("'inputs' must be a JSON object")
+    pairs = req.get("input_pairs") or []
+    if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+        raise ProtocolError("'input_pairs' must be a list of 'key=value' strings")
+    stdin = _str(req, "stdin")
+    priority = _opt_int(req, "priority")
+    budget = _opt_int(req, "budget")
+    if budget is not None and budget < 0:
+        raise ProtocolError(f"'budget' must not be negative, got {budget}")
+
+    system = d.kernel.system
+    candidate = cwd / ref
+    if not Path(ref).is_absolute() and (
+        "/" in ref
+        or ref.endswith(params.PROGRAM_SUFFIXES)
+        or candidate.is_file()
+        or (candidate / params.SKILL_FILE).is_file()
+    ):
+        ref = str(candidate)
+    search_dirs = program_mod.default_search_dirs(system.home, cwd)
+    try:
+        program = program_mod.load(ref, search_dirs)
+    except LlmosError as exc:
+        system.log_failure(ref, exc)
+        raise
+    try:
+        merged = dict(inputs)
+        merged.update(program_mod.parse_cli_inputs(list(pairs), program.input_schema))
+        if stdin is not None and "input" not in merged:
+            merged["input"] = stdin
+        return d.kernel.spawn(
+            program, merged, owner=owner, model=model, priority=priority, budget=budget
+        )
+    except AdmissionError:
+        raise
+    except LlmosError as exc:
+        system.log_failure(program.name, exc, program_path=str(program.path))
+        raise
+
+
+def status_of(d: Daemon) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    exited = 0
+    for p in d.kernel.table.all():
+        state = p.state
+        if state == State.EXITED:
+            exited += 1
+        else:
+            counts[state.value] = counts.get(state.value, 0) + 1
+    return {
+        "pid": os.getpid(),
+        "started_at": d.started_at,
+        "uptime_s": round(time.time() - d.started_at, 1),
+        "policy": d.kernel.policy.name,
+        "max_resident": d.max_resident,
+        "max_processes": d.max_processes,
+        "counts": counts,
+        "live": sum(counts.values()),
+        "exited": exited,
+        "lost": list(d.lost),
+        "socket": str(d.paths.socket),
+        "home": str(d.paths.home),
+    }
+
+
+def _lock_pid_file(path: Path) -> int:
+    """Open and lock the pid file; KernelError if a live daemon holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            other = _read_pid(path)
+            raise KernelError(
+                f"kernel already running (pid {other if other is not None else '?'})"
+            ) from exc
+        raise KernelError(f"cannot lock {path}: {exc.strerror}") from exc
+    return fd
+
+
+def _recover_lost(log: Log, old_pid: int | None, old_started: float) -> list[dict[str, Any]]:
+    """Fail the runs a killed daemon (`old_pid`) left 'running'; return what was lost.
+
+    Runs another llmos already failed as 'lost' (its boot sweeps stale runs) are reported too.
+    """
+    if old_pid is None or old_pid == os.getpid():
+        return []
+    reason = f"the kernel daemon (pid {old_pid}) was killed before the process finished"
+    lost: list[dict[str, Any]] = []
+    candidates = log.list_runs(status="running", limit=0) + [
+        r
+        for r in log.list_runs(status="failed", limit=params.KERNEL_LOST_SCAN)
+        if r.error_kind == "lost"
+    ]
+    for r in sorted(candidates, key=lambda r: r.id):
+        if r.pid != old_pid or r.started_at < old_started - 1.0:
+            continue
+        if r.status == "running":
+            try:
+                log.finish_run(r.id, status="failed", error_kind="lost", error=reason)
+            except LlmosError:
+                continue  # finished meanwhile by someone else: not lost
+        lost.append({"run_id": r.id, "program": r.program, "owner": r.owner})
+    return lost
+
+
+def serve(
+    system: System,
+    *,
+    policy: str = params.SCHED_POLICY,
+    max_resident: int = params.MAX_RESIDENT,
+    max_processes: int = params.MAX_PROCESSES,
+    on_ready: Callable[[Daemon], None] | None = None,
+) -> None:
+    """Run the kernel daemon in this process until `shutdown` or SIGTERM/SIGINT.
+
+    `system` must come from `boot.boot(open_log=False)`: the daemon opens the log itself, so
+    that it can see the runs a killed daemon left behind before anything sweeps them.
+    """
+    paths = KernelPaths(system.home)
+    _check_socket_path(paths.socket)
+    probe = probe_status(paths.socket)
+    if probe is not None:
+        raise KernelError(f"kernel already running (pid {probe.get('pid', '?')})")
+    lock_fd = _lock_pid_file(paths.pid)
+    server: _Server | None = None
+    daemon: Daemon | None = None
+    log: Log | None = None
+    old_handlers: dict[int, Any] = {}
+    try:
+        old_pid = _read_pid(paths.pid)
+        old_started = paths.pid.stat().st_mtime
+        os.ftruncate(lock_fd, 0)
+        os.write(lock_fd, f"{os.getpid()}\n".encode())
+        log = Log.open(system.home / params.LOG_DB_NAME)
+        lost = _recover_lost(log, old_pid, old_started)
+        log.fail_stale_runs("llmos exited before the run finished")
+        system._log = log  # the System's log, already swept (see the docstring)
+        kernel = Kernel(
+            system, policy=policy, max_resident=max_resident, max_processes=max_processes
+        )
+        daemon = Daemon(
+            kernel=kernel,
+            paths=paths,
+            max_resident=max_resident,
+            max_processes=max_processes,
+            lost=lost,
+        )
+        try:
+            kernel.cpu(None)  # load the default model now, not on the first spawn
+        except LlmosError as exc:
+            print(f"llmos: kernel: warning: default CPU not loaded: {exc}", file=sys.stderr)
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()  # stale: its daemon is dead (we hold the lock)
+        old_umask = os.umask(0o177)
+        try:
+            server = _Server(str(paths.socket), daemon)
+        finally:
+            os.umask(old_umask)
+        os.chmod(paths.socket, 0o600)
+        daemon.server = server
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[signum] = signal.signal(
+                    signum, lambda _s, _f: daemon.request_stop() if daemon else None
+                )
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        print(
+            f"llmos: kernel: pid {os.getpid()} serving {paths.socket} "
+            f"(policy {kernel.policy.name}, {len(lost)} lost)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if on_ready is not None:
+            on_ready(daemon)
+        if not daemon.stopping:
+            server.serve_forever(poll_interval=0.25)
+    finally:
+        if daemon is not None:
+            daemon.stopping = True
+            daemon.kernel.shutdown(timeout=params.KERNEL_SHUTDOWN_GRACE_S)
+        if server is not None:
+            server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                paths.socket.unlink()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid.unlink()
+        os.close(lock_fd)
+        with contextlib.suppress(Exception):
+            cpu_mod.close_all()
+        if log is not None:
+            with contextlib.suppress(LlmosError):
+                log.close()
+        print(f"llmos: kernel: pid {os.getpid()} stopped", file=sys.stderr, flush=True)
+
+
+# --- The client ------------------------------------------------------------------------------
+
+
+def _client_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+class KernelClient:
+    """Talks to the daemon of one home. Each request is one connection."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.paths = KernelPaths(home if home is not None else kernel_home())
+        self.last_exit: dict[str, Any] | None = None  # the `done` message of the last follow
+
+    def connect(self, timeout: float = params.KERNEL_CONNECT_TIMEOUT_S) -> socket.socket:
+        path = self.paths.socket
+        _check_socket_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            sock.close()
+            raise KernelError(NOT_RUNNING) from exc
+        except TimeoutError as exc:
+            sock.close()
+            raise KernelError(f"kernel is not answering on {path}") from exc
+        except OSError as exc:
+            sock.close()
+            raise KernelError(f"cannot connect to the kernel at {path}: {exc.strerror}") from exc
+        return sock
+
+    def _open(
+        self, op: str, fields: dict[str, Any], reply_timeout: float | None
+    ) -> tuple[socket.socket, Any]:
+        sock = self.connect()
+        line = (json.dumps({"op": op, **fields}, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            sock.sendall(line)
+            sock.settimeout(reply_timeout)
+        except OSError as exc:
+            sock.close()
+            raise KernelError(f"kernel went away during '{op}': {exc}") from exc
+        return sock, sock.makefile("rb")
+
+    @staticmethod
+    def _read(reader: Any, op: str) -> dict[str, Any]:
+        try:
+            line = reader.readline()
+        except TimeoutError as exc:
+            raise KernelError(f"kernel did not answer '{op}' in time") from exc
+        except OSError as exc:
+            raise KernelError(f"kernel went away during '{op}': {exc}") from exc
+        if not line:
+            raise KernelError(f"kernel closed the connection during '{op}'")
+        try:
+            message = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KernelError(f"kernel sent a malformed reply to '{op}'") from exc
+        if not isinstance(message, dict):
+            raise KernelError(f"kernel sent a malformed reply to '{op}'")
+        return message
+
+    def request(
+        self,
+        op: str,
+        *,
+        reply_timeout: float | None = params.KERNEL_REPLY_TIMEOUT_S,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Send one request; its reply, or the LlmosError the reply names."""
+        if op == "wait":
+            t = fields.get("timeout")
+            reply_timeout = None if t is None else float(t) + params.KERNEL_REPLY_TIMEOUT_S
+        sock, reader = self._open(op, fields, reply_timeout)
+        try:
+            reply = self._read(reader, op)
+        finally:
+            reader.close()
+            sock.close()
+        if not reply.get("ok"):
+            raise reply_error(reply)
+        return reply
+
+    def spawn(self, program: str, **fields: Any) -> int:
+        fields.setdefault("cwd", os.getcwd())
+        fields.setdefault("owner", _client_user())
+        return int(self.request("spawn", program=program, **fields)["pid"])
+
+    def follow(self, pid: int) -> Iterator[str]:
+        """The process's output, from its start, as it is generated; ends when it exits.
+        The final `done` message is left in `self.last_exit`."""
+        self.last_exit = None
+        sock, reader = self._open("follow", {"pid": pid}, None)
+        try:
+            while True:
+                message = self._read(reader, "follow")
+                if message.get("ok") is False:
+                    raise reply_error(message)
+                if "text" in message:
+                    yield str(message["text"])
+                if message.get("done"):
+                    self.last_exit = message
+                    return
+        finally:
+            reader.close()
+            sock.close()
+
+
+def probe_status(path: Path) -> dict[str, Any] | None:
+    """The status of the daemon answering on `path`, or None if nobody answers."""
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(params.KERNEL_PROBE_TIMEOUT_S)
+    try:
+        sock.connect(str(path))
+        sock.sendall(b'{"op": "status"}\n')
+        with sock.makefile("rb") as reader:
+            line = reader.readline(params.KERNEL_REQUEST_MAX_BYTES)
+        reply = json.loads(line.decode("utf-8")) if line else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+    return reply if isinstance(reply, dict) and reply.get("ok") else None
+
+
+def _serve_command() -> list[str]:
+    return [sys.executable, "-c", "from llmos.cli import main; main()", "kernel", "serve"]
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-params.KERNEL_LOG_TAIL_LINES :])
+
+
+def start_daemon(
+    home: Path,
+    *,
+    policy: str | None = None,
+    max_resident: int | None = None,
+    max_processes: int | None = None,
+    timeout: float = params.KERNEL_START_TIMEOUT_S,
+) -> int:
+    """Start `llmos kernel serve` in the background for `home`; its pid once it answers."""
+    paths = KernelPaths(home)
+    _check_socket_path(paths.socket)
+    running = probe_status(paths.socket)
+    if running is not None:
+        raise KernelError(f"kernel already running (pid {running.get('pid', '?')})")
+    args = _serve_command()
+    if policy is not None:
+        args += ["--policy", policy]
+    if max_resident is not None:
+        args += ["--max-resident", str(max_resident)]
+    if max_processes is not None:
+        args += ["--max-processes", str(max_processes)]
+    env = dict(os.environ)
+    env[params.ENV_HOME] = str(home)
+    try:
+        log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise KernelError(f"cannot open {paths.log}: {exc.strerror}") from exc
+    offset = os.lseek(log_fd, 0, os.SEEK_END)
+    try:
+        child = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise KernelError(f"cannot start the kernel daemon: {exc.strerror}") from exc
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = probe_status(paths.socket)
+        if status is not None and status.get("pid") == child.pid:
+            return child.pid
+        code = child.poll()
+        if code is not None:
+            tail = _log_tail(paths.log, offset)
+            raise KernelError(
+                f"kernel daemon exited with status {code} before it was ready"
+                + (f": {tail}" if tail else "")
+            )
+        if time.monotonic() > deadline:
+            with contextlib.suppress(OSError):
+                child.kill()
+            child.wait()
+            tail = _log_tail(paths.log, offset)
+            raise KernelError(
+                f"kernel daemon did not answer within {timeout:.0f} s"
+                + (f": {tail}" if tail else "")
+            )
+        time.sleep(0.1)
+
+
+def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the daemon to shut down and wait until its process has gone; the shutdown reply."""
+    client = KernelClient(home)
+    reply = client.request("shutdown")
+    pid = int(reply.get("pid") or 0)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) or client.paths.socket.exists():
+        if time.monotonic() > deadline:
+            raise KernelError(f"kernel (pid {pid}) did not exit within {timeout:.0f} s")
+        time.sleep(0.05)
+    return reply
+
+
+__all__ = [
+    "NOT_RUNNING",
+    "OPS",
+    "Daemon",
+    "KernelClient",
+    "KernelPaths",
+    "ProtocolError",
+    "kernel_home",
+    "pid_alive",
+    "probe_status",
+    "serve",
+    "start_daemon",
+    "status_of",
+    "stop_daemon",
+]

@@ -13,7 +13,10 @@
      +-- NoSuchProcessError          exit 12 no process with that pid
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
 
-Usage errors (unknown flags, bad option values) exit 2, as click does. An interrupt exits 130.
+Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
+request to the kernel daemon (`kerneld.ProtocolError`). `llmos wait PID` and `llmos logs -f PID`
+exit 14 when the process ended killed, out of budget, failed or lost, and 124 when
+`wait --timeout` runs out. An interrupt exits 130.
 Every error's message is one line that names the file, field or server at fault; the CLI prints
 it as `llmos: error: <message>` on stderr, never a traceback.
 """

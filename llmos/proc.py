@@ -77,7 +77,6 @@ class Process:
     run_id: str | None = None
     output: list[str] = field(default_factory=list)
     syscalls: int = 0
-    context_used: int = 0
     context_limit: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -153,7 +152,7 @@ class Process:
             "budget": e.budget,
             "budget_left": self.budget_left,
             "syscalls": self.syscalls,
-            "context_used": self.context_used,
+            "context_used": e.context_used or e.tokens,
             "context_limit": self.context_limit,
             "created_at": self.created_at,
             "ended_at": self.ended_at,

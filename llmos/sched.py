@@ -72,6 +72,7 @@ class Entity:
     waiting_since: float = field(default_factory=time.monotonic)
     stopped: bool = False
     killed: bool = False
+    context_used: int = 0  # tokens in the context window now (set by CPUs that know)
     resident: bool = False  # has a KV slot on its CPU now (set by the CPU)
     swapped: str | None = None  # "ram" or "disk" while its KV is parked (set by the CPU)
     on_change: Callable[[], None] | None = None  # wakes the CPU's loop

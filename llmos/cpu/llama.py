@@ -380,6 +380,7 @@ class EmbeddedCPU(CPU):
             self._end(job, "stop")
             return
         job.generated += 1
+        job.entity.context_used = job.seq.n_past + len(job.seq.pending)
         within_budget = job.entity.charge(generated=1)
         job.text += job.decoder.decode(self.engine.piece(token))
         for stop in job.stop:

@@ -192,7 +192,9 @@ def _generate(
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
     constrained = program.json_mode and cpu.capabilities.grammar
-    stream_to = on_text if (not program.json_mode or constrained) else None
+    # JSON is printed only once it validates: a reply cut short must not leave half an
+    # object on stdout for the next program in a pipe.
+    stream_to = None if program.json_mode else on_text
     attempts = 0
     conversation = list(messages)
     prompt_total = completion_total = 0

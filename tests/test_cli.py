@@ -276,12 +276,6 @@ def test_json_cut_short_by_token_limit_exits_7(run_cli: RunCli, home: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="llmos/run.py _generate streams grammar-constrained JSON to stdout as it is "
-    "generated (stream_to = on_text when constrained), so a reply that then fails validation "
-    "leaves invalid partial JSON (here '{ \"') on stdout of a command that exits 7",
-    strict=True,
-)
 def test_json_cut_short_prints_nothing_on_stdout(run_cli: RunCli, home: Path) -> None:
     proc = run_cli("run", DATA / "truncated.prompt")
     assert proc.returncode == EXIT_OUTPUT

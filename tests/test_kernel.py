@@ -349,7 +349,7 @@ def test_kill_while_stopped(make_kernel: Callable[..., Kernel], system: System) 
 @pytest.mark.slow
 def test_kill_while_queued(make_kernel: Callable[..., Kernel], system: System) -> None:
     kernel = make_kernel(policy="fifo", max_resident=1)
-    first = kernel.spawn("short", {"input": "Count to twenty."})
+    first = kernel.spawn("story", {"input": TOPICS[1]})
     assert wait_for(lambda: first.state == State.RUNNING)
     queued = kernel.spawn("story", {"input": TOPICS[0]})
     assert wait_for(lambda: kernel.cpu("embedded").stats()["jobs"] == 2)  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import json
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -56,9 +57,12 @@ CHATML_TEMPLATE = (
 def schema_grammar(schema: dict[str, Any]) -> str:
     """GBNF text for a JSON Schema, or OutputError if the converter cannot handle it."""
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
         raise OutputError(f"output schema cannot be turned into a grammar: {exc}") from exc
+    # The converter's string characters admit raw control characters (a newline inside a
+    # string), which JSON forbids: exclude them as JSON does.
+    return grammar.replace(r'char ::= [^"\\]', r'char ::= [^"\\\x7F\x00-\x1F]')
 
 
 @dataclass(eq=False)
@@ -138,6 +142,29 @@ class EmbeddedCPU(CPU):
             raise LlmosError(f"{self.name}: chat template failed: {exc}") from exc
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        """Tokens of the conversation as the model's chat template lays it out. The template's
+        own text may hold special tokens (role markers); message contents never do: text a
+        user or a document supplies cannot forge a role marker."""
+        nonce = secrets.token_hex(8)
+        marks = [f"\x00{nonce}:{i}\x00" for i in range(len(messages))]
+        layout = self.render_prompt(
+            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        )
+        tokens: list[int] = []
+        pos = 0
+        for message, mark in zip(messages, marks, strict=True):
+            at = layout.find(mark, pos)
+            if at < 0:  # the template rewrote the content: lay it out whole instead
+                return self._prompt_tokens_whole(messages)
+            tokens += self.engine.tokenize(layout[pos:at], special=True)
+            tokens += self.engine.tokenize(str(message.get("content") or ""), special=False)
+            pos = at + len(mark)
+        tokens += self.engine.tokenize(layout[pos:], special=True)
+        return tokens
+
+    def _prompt_tokens_whole(self, messages: list[Message]) -> list[int]:
+        # Only for templates that transform message contents (none known in practice): the
+        # role markers must stay special, so contents are not protected on this path.
         return self.engine.tokenize(self.render_prompt(messages), special=True)
 
     def count_messages(self, messages: list[Message]) -> int:

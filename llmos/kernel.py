@@ -67,21 +67,20 @@ class Kernel:
     def cpu(self, spec: str | None) -> CPU:
         """The CPU for `spec`, configured for this kernel's scheduling on first use."""
         cpu = self.system.cpu(spec)
-        with self._lock:
-            if cpu.name not in self._cpus:
-                self._cpus[cpu.name] = cpu
-                if isinstance(cpu, EmbeddedCPU):
-                    cpu.set_policy(self.policy, self.max_resident)
-                    cpu.swap_dir = self.system.home / params.SWAP_DIR_NAME
-                elif not cpu.capabilities.batching:
-                    self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
+        self.add_cpu(cpu)
         return cpu
 
     def add_cpu(self, cpu: CPU) -> None:
-        """Register a CPU built elsewhere (tests: a scripted CPU)."""
+        """Put a CPU under this kernel's scheduling (once): a batching CPU gets the policy,
+        the residency limit and the swap directory; any other gets a Gate."""
         with self._lock:
+            if cpu.name in self._cpus:
+                return
             self._cpus[cpu.name] = cpu
-            if not cpu.capabilities.batching:
+            if isinstance(cpu, EmbeddedCPU):
+                cpu.set_policy(self.policy, self.max_resident)
+                cpu.swap_dir = self.system.home / params.SWAP_DIR_NAME
+            elif not cpu.capabilities.batching:
                 self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
 
     # --- processes -------------------------------------------------------------------------------
@@ -136,9 +135,12 @@ class Kernel:
         gate = self._gates.get(cpu.name)
         status, error = "ok", None
         try:
-            if gate is not None and not gate.acquire(proc.entity):
-                status, error = "killed", "killed before it started"
-                return
+            if gate is not None:
+                if not gate.acquire(proc.entity):
+                    status, error = "killed", "killed before it started"
+                    self._log_unstarted(proc, program, cpu, error)
+                    return
+                proc.entity.resident = True  # holds one of the CPU's in-flight places
             result = run_program(
                 program,
                 proc.inputs,
@@ -161,11 +163,26 @@ class Kernel:
         finally:
             if gate is not None:
                 gate.release(proc.entity)
+                proc.entity.resident = False
+            self.table.reaped(proc)  # before exit wakes waiters: a spawn after wait() fits
             proc.exit(status, error)
-            self.table.reaped(proc)
             with self._lock:
                 self._threads.pop(proc.pid, None)
                 self._rates.pop(proc.pid, None)
+
+    def _log_unstarted(self, proc: Process, program: Program, cpu: CPU, error: str) -> None:
+        log = self.system.log
+        run_id = log.start_run(
+            program.name,
+            cpu.name,
+            proc.inputs,
+            [],
+            program_path=str(program.path),
+            pid=os.getpid(),
+            owner=proc.owner,
+        )
+        log.finish_run(run_id, status="cancelled", error_kind="killed", error=error)
+        proc.run_id = run_id
 
     def kill(self, pid: int) -> Process:
         proc = self._live(pid)

@@ -86,7 +86,7 @@ class Process:
             return State.EXITED
         if self.entity.stopped:
             return State.STOPPED
-        if self.base_state == State.RUNNABLE and self.entity.resident:
+        if self.base_state == State.RUNNABLE and (self.entity.resident or self.entity.done):
             return State.RUNNING
         return self.base_state
 
@@ -175,6 +175,7 @@ class ProcessTable:
         self._procs: dict[int, Process] = {}
         self._exited: deque[int] = deque()
         self._next_pid = 1
+        self._live = 0  # processes not yet reaped
         self._accounts: dict[str, Account] = {}
         self._user_budgets = dict(user_budgets or {})
 
@@ -207,7 +208,7 @@ class ProcessTable:
     ) -> Process:
         """A new runnable process; AdmissionError when the table is full."""
         with self._lock:
-            live = len(self._procs) - len(self._exited)
+            live = self._live
             if live >= self.max_processes:
                 raise AdmissionError(
                     f"process table full: {live} live processes (limit {self.max_processes})"
@@ -247,11 +248,13 @@ class ProcessTable:
                 depth=depth,
             )
             self._procs[pid] = proc
+            self._live += 1
             return proc
 
     def reaped(self, proc: Process) -> None:
         """Note an exit; forget the oldest exited processes beyond params.EXITED_KEEP."""
         with self._lock:
+            self._live -= 1
             self._exited.append(proc.pid)
             while len(self._exited) > params.EXITED_KEEP:
                 self._procs.pop(self._exited.popleft(), None)

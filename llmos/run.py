@@ -135,8 +135,8 @@ def run_program(
             )
             if on_run is not None:
                 on_run(run_id)
-        check_fits(cpu, messages, program)
-        result = _generate(program, cpu, messages, on_text, started, entity)
+        n_prompt = check_fits(cpu, messages, program)
+        result = _generate(program, cpu, messages, on_text, started, entity, n_prompt)
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -188,6 +188,7 @@ def _generate(
     on_text: Callable[[str], None] | None,
     started: float,
     entity: Entity | None = None,
+    n_prompt: int = 0,
 ) -> RunResult:
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
@@ -195,6 +196,20 @@ def _generate(
     # JSON is printed only once it validates: a reply cut short must not leave half an
     # object on stdout for the next program in a pipe.
     stream_to = None if program.json_mode else on_text
+    # A CPU that schedules (batching) enforces budgets and kills per token itself; for
+    # the others (remote servers) they are checked here, the prompt charged up front.
+    police = entity if entity is not None and not cpu.capabilities.batching else None
+    if police is not None and not police.charge(prompt=n_prompt):
+        return RunResult(
+            run_id="",
+            text="",
+            output="",
+            finish_reason="budget",
+            prompt_tokens=n_prompt,
+            completion_tokens=0,
+            ttft_ms=None,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
     attempts = 0
     conversation = list(messages)
     prompt_total = completion_total = 0
@@ -207,9 +222,6 @@ def _generate(
             entity=entity,
             **settings,
         )
-        # A CPU that schedules (batching) enforces budgets and kills per token itself; for
-        # the others (remote servers) the budget and kill flag are checked per chunk here.
-        police = entity if entity is not None and not cpu.capabilities.batching else None
         text, last, first_at = _stream(cpu.generate(request), stream_to, cpu, police)
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
@@ -261,7 +273,6 @@ def _stream(
     parts: list[str] = []
     last = Chunk(done=True)
     first_at: float | None = None
-    charged = False
     try:
         for chunk in chunks:
             if chunk.text:
@@ -274,10 +285,7 @@ def _stream(
                 last = chunk
             if entity is not None:
                 generated = cpu.count_tokens(chunk.text) if chunk.text else 0
-                within = entity.charge(
-                    prompt=0 if charged else last.prompt_tokens, generated=generated
-                )
-                charged = charged or bool(last.prompt_tokens)
+                within = entity.charge(generated=generated)
                 if entity.killed or not within:
                     reason = "cancelled" if entity.killed else "budget"
                     last = Chunk(

@@ -75,6 +75,7 @@ class Entity:
     context_used: int = 0  # tokens in the context window now (set by CPUs that know)
     resident: bool = False  # has a KV slot on its CPU now (set by the CPU)
     swapped: str | None = None  # "ram" or "disk" while its KV is parked (set by the CPU)
+    done: bool = False  # its generation has ended (set by the CPU); the kernel still finishes
     on_change: Callable[[], None] | None = None  # wakes the CPU's loop
 
     def __post_init__(self) -> None:
@@ -152,9 +153,12 @@ class RoundRobin(Policy):
 
 
 class PriorityAging(Policy):
-    """Effective priority = priority + `aging` x seconds waited. A resident keeps the age it
-    had when placed until it has used a quantum of tokens, so two processes never swap places
-    every step (no thrashing), and a waiting one always overtakes in bounded time."""
+    """Effective priority = priority + `aging` x seconds waited, so a waiting process always
+    overtakes in bounded time (no starvation). A resident that has not yet used its quantum of
+    tokens is sticky: a waiter displaces it only if the waiter's base priority beats the
+    resident's effective priority at placement (its priority plus the age it had waited), never
+    by aging alone, so equal processes trade places once per quantum, not every step, and a
+    process placed by aging keeps its slot for a quantum."""
 
     name = "priority"
 
@@ -168,17 +172,32 @@ class PriorityAging(Policy):
 
     def effective(self, e: Entity, now: float, resident: set[Entity]) -> float:
         if e in resident:
-            if e.quantum_used >= self.quantum:
-                e.boost = 0.0
-            return e.priority + self.aging * e.boost
+            return e.priority + self.aging * (e.boost if e.quantum_used < self.quantum else 0.0)
         return e.priority + self.aging * (now - e.waiting_since)
 
     def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
         now = time.monotonic()
-        return sorted(
-            entities,
+        sticky = sorted(
+            (e for e in entities if e in resident and e.quantum_used < self.quantum),
+            key=lambda e: (-self.effective(e, now, resident), e.arrival),
+        )
+        sticky_set = set(sticky)
+        others = sorted(
+            (e for e in entities if e not in sticky_set),
             key=lambda e: (-self.effective(e, now, resident), e not in resident, e.arrival),
         )
+        order: list[Entity] = []
+        i = j = 0
+        while i < len(sticky) or j < len(others):
+            if j < len(others) and (
+                i == len(sticky) or others[j].priority > self.effective(sticky[i], now, resident)
+            ):
+                order.append(others[j])
+                j += 1
+            else:
+                order.append(sticky[i])
+                i += 1
+        return order
 
 
 class FairShare(Policy):
@@ -230,46 +249,60 @@ def make_policy(name: str) -> Policy:
 
 class Gate:
     """At most `limit` requests in flight on a CPU that does not batch (a remote server),
-    handed out in the policy's order."""
+    granted in the policy's order. Each waiter sleeps on its own event; a release ranks the
+    waiters once and wakes only those it admits."""
 
     def __init__(self, limit: int, policy: Policy) -> None:
         self.limit = limit
         self.policy = policy
-        self._cond = threading.Condition()
-        self._waiting: list[Entity] = []
+        self._lock = threading.Lock()
+        self._waiting: dict[Entity, threading.Event] = {}
         self._holders: set[Entity] = set()
 
     def acquire(self, entity: Entity, timeout: float | None = None) -> bool:
+        """True once admitted; False if the entity is killed or the timeout passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._waiting.append(entity)
-            try:
-                while True:
-                    if entity.killed:
-                        return False
-                    free = self.limit - len(self._holders)
-                    runnable = [e for e in self._waiting if not e.stopped]
-                    chosen = self.policy.rank(runnable, self._holders)[: max(free, 0)]
-                    if entity in chosen:
-                        self._holders.add(entity)
-                        self.policy.placed([entity], set())
+        event = threading.Event()
+        with self._lock:
+            self._waiting[entity] = event
+            self._dispatch()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if event.wait(timeout=left):
+                with self._lock:
+                    if entity in self._holders:
                         return True
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return False
-                    self._cond.wait(timeout=left if left is not None else 0.5)
-            finally:
-                self._waiting.remove(entity)
+                    event.clear()
+            with self._lock:
+                if entity in self._holders:
+                    return True
+                if entity.killed or (deadline is not None and time.monotonic() >= deadline):
+                    self._waiting.pop(entity, None)
+                    self._dispatch()
+                    return False
+
+    def _dispatch(self) -> None:
+        """Admit the best waiters into free places (lock held)."""
+        for e in [e for e in self._waiting if e.killed]:
+            self._waiting[e].set()  # let it see the kill and leave
+        free = self.limit - len(self._holders)
+        if free <= 0 or not self._waiting:
+            return
+        runnable = [e for e in self._waiting if not e.stopped and not e.killed]
+        for e in self.policy.rank(runnable, self._holders)[:free]:
+            self._holders.add(e)
+            self.policy.placed([e], set())
+            self._waiting.pop(e).set()
 
     def release(self, entity: Entity) -> None:
-        with self._cond:
+        with self._lock:
             self._holders.discard(entity)
-            self._cond.notify_all()
+            self._dispatch()
 
     def wake(self) -> None:
         """Re-check waiters (a kill, stop or continue happened)."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._dispatch()
 
     @property
     def in_flight(self) -> int:

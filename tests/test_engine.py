@@ -198,11 +198,6 @@ def test_a_damaged_or_missing_swap_file_falls_back_to_prefill(
         engine.finish(seq)
 
 
-@pytest.mark.xfail(
-    reason="engine._restore has no integrity check: a swap file whose KV payload (not its "
-    "header) is overwritten is restored as if valid and the sequence continues on garbage",
-    strict=True,
-)
 def test_a_swap_file_with_corrupt_kv_data_is_detected(
     engine: Engine, prompt: list[int], reference: list[int], tmp_path: Path
 ) -> None:

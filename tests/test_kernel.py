@@ -216,12 +216,6 @@ def test_runnable_running_exited(make_kernel: Callable[..., Kernel], system: Sys
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="Process.state reads 'runnable' between the CPU ending the job (entity.resident "
-    "= False) and Kernel._main calling proc.exit after the log write: running -> runnable "
-    "-> exited",
-    strict=True,
-)
 def test_a_finishing_process_goes_straight_from_running_to_exited(
     make_kernel: Callable[..., Kernel], system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,12 +279,6 @@ def test_stop_and_continue(make_kernel: Callable[..., Kernel], system: System) -
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="EmbeddedCPU._run only schedules when _schedulable() (some job not stopped), so "
-    "when every job is stopped nobody is preempted: a lone stopped process keeps its slot "
-    "and KV (entity.resident stays True) although stop promises preemption",
-    strict=True,
-)
 def test_a_lone_stopped_process_is_preempted(
     make_kernel: Callable[..., Kernel], cpu: EmbeddedCPU
 ) -> None:
@@ -443,12 +431,6 @@ def test_processes_of_one_program_share_the_prompt_prefix(
     assert cpu.stats()["prefix_shared_tokens"] - before > 0
 
 
-@pytest.mark.xfail(
-    reason="Kernel.add_cpu only sets up a Gate for non-batching CPUs; an EmbeddedCPU "
-    "registered with it never gets the kernel's policy, max_resident or swap_dir (only "
-    "Kernel.cpu() calls set_policy), and spawn then uses it as registered",
-    strict=True,
-)
 def test_add_cpu_schedules_an_embedded_cpu_by_the_kernel_policy(
     make_kernel: Callable[..., Kernel], cpu: EmbeddedCPU, system: System
 ) -> None:
@@ -498,12 +480,6 @@ def test_remote_kill_while_queued_at_the_gate(make_kernel: Callable[..., Kernel]
     assert proc.text == ""
 
 
-@pytest.mark.xfail(
-    reason="Kernel._main returns before run_program when gate.acquire fails, so a process "
-    "killed while queued at a remote CPU's Gate never reaches the log (kernel invariant: "
-    "every spawned process whose program could be read is in the log)",
-    strict=True,
-)
 def test_a_process_killed_at_the_gate_is_in_the_log(
     make_kernel: Callable[..., Kernel], system: System
 ) -> None:
@@ -535,11 +511,6 @@ def test_remote_stop_and_continue_at_the_gate(make_kernel: Callable[..., Kernel]
     assert (first.text, second.text) == ("a b c d e f", "x y")
 
 
-@pytest.mark.xfail(
-    reason="run._stream charges a remote run's prompt tokens only with the final chunk, so a "
-    "process on a non-batching CPU overspends its budget by its whole prompt",
-    strict=True,
-)
 def test_remote_budget_counts_the_prompt_before_generating(
     make_kernel: Callable[..., Kernel], system: System
 ) -> None:
@@ -558,14 +529,18 @@ def test_remote_budget_counts_the_prompt_before_generating(
 def test_remote_user_budget_stops_with_budget(make_kernel: Callable[..., Kernel]) -> None:
     kernel = make_kernel(user_budgets={"alice": 10})
     words = " ".join(f"w{i}" for i in range(30))
-    kernel.add_cpu(ScriptedCPU([words, words, "fine thanks"]))
+    kernel.add_cpu(ScriptedCPU([words, "fine thanks"]))
     first = kernel.spawn("echo", model="scripted", owner="alice")
     kernel.wait(first.pid, timeout=10)
     assert first.exit_status == "budget"
-    assert first.text.split() == [f"w{i}" for i in range(10)]
+    # the prompt is charged first; the words fill the rest of alice's 10 tokens
+    n_prompt = first.entity.prompt_tokens
+    assert 0 < n_prompt < 10
+    assert first.text.split() == [f"w{i}" for i in range(10 - n_prompt)]
     second = kernel.spawn("echo", model="scripted", owner="alice")
     kernel.wait(second.pid, timeout=10)
-    assert second.exit_status == "budget"
+    # alice is already over budget: the CPU is never asked (no reply is consumed)
+    assert (second.exit_status, second.text) == ("budget", "")
     bob = kernel.spawn("echo", model="scripted", owner="bob")
     kernel.wait(bob.pid, timeout=10)
     assert (bob.exit_status, bob.text) == ("ok", "fine thanks")
@@ -589,12 +564,6 @@ def test_admission_control(make_kernel: Callable[..., Kernel]) -> None:
         kernel.spawn("echo", model="scripted")
 
 
-@pytest.mark.xfail(
-    reason="Kernel._main calls proc.exit (which wakes wait()) before table.reaped, and "
-    "ProcessTable.create counts live processes as len(_procs) - len(_exited): a spawn right "
-    "after wait() returns can still be refused",
-    strict=True,
-)
 def test_spawn_right_after_wait_is_admitted(
     make_kernel: Callable[..., Kernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:

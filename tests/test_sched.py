@@ -206,11 +206,6 @@ def _residency_runs(policy: sched.Policy, clock: FakeClock, steps: int, dt: floa
     return runs
 
 
-@pytest.mark.xfail(
-    reason="PriorityAging thrashes: a waiter's age grows while the resident's boost is frozen, "
-    "so two equal-priority entities swap after 1, 2, 3, ... steps instead of a quantum",
-    strict=True,
-)
 def test_priority_does_not_thrash_two_equal_entities(clock: FakeClock) -> None:
     """Two entities of equal priority, one slot, one token per 10 ms step: a resident keeps
     its place until it has used its quantum (the module note: 'no thrashing')."""
@@ -406,7 +401,7 @@ def test_a_killed_waiter_gives_up() -> None:
     assert not t.is_alive()
     assert results == {waiter.pid: False}
     assert gate.in_flight == 1
-    assert gate._waiting == []
+    assert not gate._waiting
 
 
 def test_a_stopped_waiter_is_passed_over_until_continued() -> None:
@@ -435,19 +430,18 @@ class CountingFIFO(FIFO):
     def __init__(self) -> None:
         self.calls = 0
         self.ranked = 0
+        self.granted: list[int] = []
 
     def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
         self.calls += 1
         self.ranked += len(entities)
         return super().rank(entities, resident)
 
+    def placed(self, chosen: list[Entity], resident: set[Entity]) -> None:
+        self.granted.extend(e.pid for e in chosen)
+        super().placed(chosen, resident)
 
-@pytest.mark.xfail(
-    reason="Gate.release does notify_all and every woken waiter re-ranks the whole waiting "
-    "list (plus a 0.5 s polling wait): draining n waiters costs O(n^2) rank calls and "
-    "O(n^3) sorting; 2,000 kernel spawns on one remote CPU take minutes",
-    strict=True,
-)
+
 def test_gate_drains_many_waiters_without_a_thundering_herd() -> None:
     n, limit = 100, 4
     policy = CountingFIFO()
@@ -461,11 +455,13 @@ def test_gate_drains_many_waiters_without_a_thundering_herd() -> None:
     threads = [_acquire_in_thread(gate, e, results, order, hold=0.01) for e in waiters]
     assert _wait_for(lambda: len(gate._waiting) == n)
     policy.calls = policy.ranked = 0
+    policy.granted.clear()
     for h in holders:
         gate.release(h)
     for t in threads:
         t.join(30)
-    assert order == list(range(1, n + 1))  # FIFO order is kept either way
+    assert policy.granted == list(range(1, n + 1))  # granted in FIFO order
+    assert sorted(order) == list(range(1, n + 1))
     # a gate that wakes only the waiters it can admit ranks O(1) times per grant
     assert policy.calls <= 4 * n, (policy.calls, policy.ranked)
 

@@ -29,6 +29,7 @@ import ctypes
 import itertools
 import os
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class Sequence:
     slot: int | None = None
     saved: bytes | None = None  # KV bytes of `tokens` while parked in RAM
     saved_path: Path | None = None  # KV file of `tokens` while parked on disk
+    saved_crc: int = 0  # CRC-32 of the file's bytes, checked before it is loaded
     n_prompt: int = 0
     prompt: list[int] = field(default_factory=list)
     restore_failures: int = 0  # times a saved state could not be restored
@@ -333,6 +335,8 @@ class Engine:
                 data = seq.saved_path.read_bytes()
             except OSError:
                 data = None
+            if data is not None and zlib.crc32(data) != seq.saved_crc:
+                data = None  # a swap file damaged on disk is never loaded
         ok = False
         if data:
             buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
@@ -368,12 +372,13 @@ class Engine:
             size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
             buf = (ctypes.c_uint8 * size)()
             got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
-            data = bytes(buf)[:got]
+            data = ctypes.string_at(buf, got)
             if to_path is not None:
                 tmp = to_path.with_suffix(".tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, to_path)
                 seq.saved_path = to_path
+                seq.saved_crc = zlib.crc32(data)
             else:
                 seq.saved = data
             size = got

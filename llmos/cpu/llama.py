@@ -286,7 +286,11 @@ class EmbeddedCPU(CPU):
             self._step(placed)
 
     def _schedulable(self) -> bool:
-        return any(not j.entity.stopped or j.cancelled or j.entity.killed for j in self._jobs)
+        """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
+        return any(
+            not j.entity.stopped or j.cancelled or j.entity.killed or j.seq.resident
+            for j in self._jobs
+        )
 
     def _place(self, chosen: list[Job]) -> list[Job]:
         """Preempt residents that were not chosen; bring in chosen ones that are not.
@@ -459,5 +463,6 @@ class EmbeddedCPU(CPU):
             self.engine.finish(job.seq)
         job.entity.resident = False
         job.entity.swapped = None
+        job.entity.done = True
         if job in self._jobs:
             self._jobs.remove(job)

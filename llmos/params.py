@@ -63,6 +63,7 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "priority": int,  # scheduling priority (higher runs first)
     "devices": (list, dict),  # devices the program may use, with options
     "max_output_tokens": int,  # overrides config.maxOutputTokens
+    "tool_choice": str,  # "auto" (default) or "required": the first step must be a syscall
 }
 MAX_PRIORITY = 39
 MIN_PRIORITY = 0
@@ -113,3 +114,21 @@ KERNEL_LOST_SCAN = 10_000  # newest failed runs searched for ones lost by a kill
 TOP_INTERVAL_S = 1.0  # `llmos top` refresh interval
 EXIT_PROCESS_NOT_OK = 14  # `llmos wait` / `logs -f`: the process ended killed, budget, failed
 EXIT_WAIT_TIMEOUT = 124  # `llmos wait --timeout`: the process was still running (as timeout(1))
+
+# --- Devices and syscalls -----------------------------------------------------------------------
+DEVICE_TIMEOUT_S = 30.0  # wall time of one device call before it is abandoned with an error
+DEVICE_MAX_OUTPUT_BYTES = 64 * 1024  # a device result longer than this is truncated (and says so)
+SYSCALL_WORKERS = 16  # threads that run device calls off the processes' threads
+
+# --- MCP ----------------------------------------------------------------------------------------
+# MCP servers as devices (llmos.devices.mcp), and llmos as an MCP server (llmos.mcpserver).
+MCP_CONFIG_KEY = "mcpServers"  # the Claude Desktop config convention: {"mcpServers": {...}}
+MCP_START_TIMEOUT_S = 30.0  # spawn + initialize + tools/list of one server
+MCP_CALL_TIMEOUT_S = 30.0  # one tools/call before it is abandoned and the session restarted
+MCP_CLOSE_TIMEOUT_S = 10.0  # close waits this long for a server to be stopped and reaped
+MCP_MAX_RESTARTS = 3  # consecutive failed starts or crashes before a server is given up on
+MCP_RESTART_BACKOFF_S = 0.5  # wait before the 2nd consecutive restart, doubled each time after
+MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
+MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
+MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
+MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)

@@ -115,8 +115,12 @@ def run_program(
     pid: int | None = None,
     entity: Entity | None = None,
     on_run: Callable[[str], None] | None = None,
+    body: Body | None = None,
 ) -> RunResult:
-    """Run `program` once; see the module note. Raises an LlmosError after logging it."""
+    """Run `program` once; see the module note. Raises an LlmosError after logging it.
+
+    `body` does the generating (default: one reply, `generate_reply`); the agent loop of a
+    program with devices is another body (see `llmos.agent`)."""
     started = time.perf_counter()
     messages: list[Message] = []
     run_id: str | None = None
@@ -136,7 +140,9 @@ def run_program(
             if on_run is not None:
                 on_run(run_id)
         n_prompt = check_fits(cpu, messages, program)
-        result = _generate(program, cpu, messages, on_text, started, entity, n_prompt)
+        result = (body or generate_reply)(
+            program, cpu, messages, on_text, started, entity, n_prompt
+        )
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -176,12 +182,18 @@ def run_program(
         completion_tokens=result.completion_tokens,
         ttft_ms=result.ttft_ms,
         duration_ms=result.duration_ms,
-        extra={"finish_reason": result.finish_reason, "attempts": result.attempts},
+        extra={"finish_reason": result.finish_reason, "attempts": result.attempts, **result.extra},
     )
     return result
 
 
-def _generate(
+Body = Callable[
+    [Program, CPU, list[Message], Callable[[str], None] | None, float, Entity | None, int],
+    "RunResult",
+]
+
+
+def generate_reply(
     program: Program,
     cpu: CPU,
     messages: list[Message],
@@ -222,7 +234,7 @@ def _generate(
             entity=entity,
             **settings,
         )
-        text, last, first_at = _stream(cpu.generate(request), stream_to, cpu, police)
+        text, last, first_at = stream_reply(cpu.generate(request), stream_to, cpu, police)
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
@@ -264,7 +276,7 @@ def _generate(
         )
 
 
-def _stream(
+def stream_reply(
     chunks: Iterator[Chunk],
     on_text: Callable[[str], None] | None,
     cpu: CPU,

@@ -17,8 +17,9 @@ import jsonschema
 import pytest
 
 from llmos.cpu.base import Chunk, GenRequest, Message, collect
-from llmos.cpu.llama import EmbeddedCPU, schema_grammar
+from llmos.cpu.llama import EmbeddedCPU
 from llmos.errors import ContextOverflowError
+from llmos.trap import schema_grammar
 
 pytestmark = pytest.mark.slow
 

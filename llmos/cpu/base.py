@@ -73,6 +73,7 @@ class GenRequest:
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the reply must be JSON valid against this
     tools: list[ToolSpec] | None = None
+    tool_choice: str | None = None  # "auto" (default), "required" or "none", as in OpenAI's API
     entity: Entity | None = None  # the process asking, for CPUs that schedule (see sched)
 
 

@@ -23,7 +23,6 @@ when it drives the engine), or validate JSON against the schema (the caller does
 from __future__ import annotations
 
 import codecs
-import json
 import queue
 import secrets
 import threading
@@ -34,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from llmos import params
 from llmos.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
 from llmos.cpu.engine import Engine, EngineFull, Sequence
-from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.errors import ContextOverflowError, LlmosError
 from llmos.prefix import PrefixIndex
 from llmos.sched import FIFO, Entity, Policy
+from llmos.trap import call_grammar, schema_grammar
 
 # Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
@@ -52,17 +51,6 @@ CHATML_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """GBNF text for a JSON Schema, or OutputError if the converter cannot handle it."""
-    try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # the converter raises bare Exceptions on unsupported schemas
-        raise OutputError(f"output schema cannot be turned into a grammar: {exc}") from exc
-    # The converter's string characters admit raw control characters (a newline inside a
-    # string), which JSON forbids: exclude them as JSON does.
-    return grammar.replace(r'char ::= [^"\\]', r'char ::= [^"\\\x7F\x00-\x1F]')
 
 
 @dataclass(eq=False)
@@ -88,7 +76,7 @@ class EmbeddedCPU(CPU):
     """A local GGUF model behind the CPU interface. See the module note."""
 
     capabilities = Capabilities(
-        grammar=True, streaming=True, batching=True, kv_state=True, exact_tokens=True
+        grammar=True, tools=True, streaming=True, batching=True, kv_state=True, exact_tokens=True
     )
 
     def __init__(
@@ -176,15 +164,21 @@ class EmbeddedCPU(CPU):
         return info
 
     def generate(self, request: GenRequest) -> Iterator[Chunk]:
-        if request.tools:
-            raise LlmosError(f"{self.name}: tool calls are not supported by this CPU yet")
         tokens = self.prompt_tokens(request.messages)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
-        grammar = schema_grammar(request.json_schema) if request.json_schema else None
+        if request.tools and request.tool_choice != "none":
+            # Syscalls by grammar: one well-formed call to one granted device, or text.
+            grammar: str | None = call_grammar(
+                request.tools, required=request.tool_choice == "required"
+            )
+        elif request.json_schema:
+            grammar = schema_grammar(request.json_schema)
+        else:
+            grammar = None
         seq = self.engine.new_sequence(
             tokens,
             temperature=request.temperature,

@@ -243,6 +243,8 @@ class OpenAICPU(CPU):
             kwargs["seed"] = request.seed
         if request.tools:
             kwargs["tools"] = [_tool_param(tool) for tool in request.tools]
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
         if request.json_schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install the real MCP servers the test suite talks to, at set-up time (never `npx -y` in a test).
+#
+# - mcp-server-time (PyPI) into the current Python environment;
+# - @modelcontextprotocol/server-everything and server-filesystem (npm) into
+#   <repo>/.mcp-servers (gitignored), where tests/test_mcp.py looks for them.
+#
+# Idempotent and quick when everything is already there. Without npm, the npm servers are
+# skipped with a message (the tests that need them skip too); exit status is 0 either way
+# unless an install that was attempted fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TIME_VERSION="2026.10.19"
+EVERYTHING_VERSION="2026.8.31"
+FILESYSTEM_VERSION="2026.8.31"
+PREFIX=".mcp-servers"
+
+have_time="$(python3 - "$TIME_VERSION" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    print("yes" if version("mcp-server-time") == sys.argv[1] else "no")
+except PackageNotFoundError:
+    print("no")
+PY
+)"
+if [ "$have_time" != "yes" ]; then
+    python3 -m pip install -q "mcp-server-time==${TIME_VERSION}"
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+    echo "install-test-servers: npm not found; skipping the npm MCP servers" >&2
+    exit 0
+fi
+
+installed_version() {  # the version of npm package $1 under $PREFIX, or nothing
+    local manifest="$PREFIX/node_modules/$1/package.json"
+    [ -f "$manifest" ] || return 0
+    node -e 'process.stdout.write(require(process.argv[1]).version)' "$PWD/$manifest"
+}
+
+wanted=()
+if [ "$(installed_version @modelcontextprotocol/server-everything)" != "$EVERYTHING_VERSION" ]; then
+    wanted+=("@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}")
+fi
+if [ "$(installed_version @modelcontextprotocol/server-filesystem)" != "$FILESYSTEM_VERSION" ]; then
+    wanted+=("@modelcontextprotocol/server-filesystem@${FILESYSTEM_VERSION}")
+fi
+if [ "${#wanted[@]}" -gt 0 ]; then
+    mkdir -p "$PREFIX"
+    npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error --save-exact \
+        "${wanted[@]}"
+fi

@@ -102,6 +102,7 @@ def agent_body(
             ctx,
             on_trace,
             on_syscall,
+            device_options or {},
         )
 
     return body

@@ -14,6 +14,7 @@ What this module does not do: run the kernel daemon or schedule anything.
 
 from __future__ import annotations
 
+import getpass
 import os
 import time
 from collections.abc import Callable
@@ -23,13 +24,17 @@ from typing import Any
 
 from llmos import config as config_mod
 from llmos import cpu as cpu_mod
+from llmos import params
 from llmos import program as program_mod
+from llmos.agent import Trace, agent_body
 from llmos.config import Config
 from llmos.cpu.base import CPU
+from llmos.devices.base import CallContext
 from llmos.errors import LlmosError, ProgramError
 from llmos.log import Log
 from llmos.program import Program
-from llmos.run import RunResult, run_program
+from llmos.run import Body, RunResult, run_program
+from llmos.syscall import SyscallTable, grants_for
 
 
 @dataclass
@@ -38,6 +43,7 @@ class System:
     config: Config
     search_dirs: list[Path]
     _log: Log | None = None
+    _syscalls: SyscallTable | None = None
     _opened_at: float = field(default_factory=time.time)
 
     @property
@@ -49,6 +55,45 @@ class System:
 
     def cpu(self, spec: str | None) -> CPU:
         return cpu_mod.resolve(spec, self.config)
+
+    @property
+    def syscalls(self) -> SyscallTable:
+        """The syscall table: built-in and plugin devices, plus the configured MCP servers."""
+        if self._syscalls is None:
+            from llmos.devices import registry
+
+            self._syscalls = SyscallTable(registry.devices(self.config))
+        return self._syscalls
+
+    def user_root(self, owner: str) -> Path:
+        """The owner's private file namespace (what `fs` and `python` may touch)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner) or "_"
+        root = self.home / params.USERS_DIR_NAME / safe / "files"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def body_for(
+        self,
+        program: Program,
+        *,
+        owner: str,
+        pid: int,
+        on_trace: Trace | None = None,
+        on_syscall: Callable[[bool], None] | None = None,
+    ) -> Body | None:
+        """The agent loop for a program that declares devices (None for one that does not);
+        ProgramError if it declares devices that do not exist or are not granted."""
+        declared = list(program.tools)
+        raw = program.llmos.get("devices") or {}
+        options: dict[str, Any] = {name: {} for name in raw} if isinstance(raw, list) else dict(raw)
+        if not declared and not options:
+            return None
+        table = self.syscalls
+        grants = grants_for(declared, options, table.devices, str(program.path))
+        ctx = CallContext(pid=pid, owner=owner, root=self.user_root(owner))
+        return agent_body(
+            table, grants, ctx, on_trace=on_trace, on_syscall=on_syscall, device_options=options
+        )
 
     def load_program(self, ref: str) -> Program:
         return program_mod.load(ref, self.search_dirs)
@@ -66,8 +111,14 @@ class System:
         inputs: dict[str, Any],
         cpu: CPU,
         on_text: Callable[[str], None] | None = None,
+        on_trace: Trace | None = None,
     ) -> RunResult:
-        return run_program(program, inputs, cpu, self.log, on_text, pid=os.getpid())
+        """Run a program in this OS process (no kernel daemon needed)."""
+        owner = getpass.getuser()
+        body = self.body_for(program, owner=owner, pid=os.getpid(), on_trace=on_trace)
+        return run_program(
+            program, inputs, cpu, self.log, on_text, owner=owner, pid=os.getpid(), body=body
+        )
 
     def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
         """Journal a run that failed before it could start (bad program, input or model)."""

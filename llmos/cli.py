@@ -103,6 +103,7 @@ def _read_stdin() -> str | None:
 @click.option("-m", "--model", help="CPU to run on: embedded, openai/<model>, PATH.gguf, alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 @click.option("-v", "--verbose", is_flag=True, help="Print run statistics on stderr.")
+@click.option("--trace", is_flag=True, help="Show each agent step (syscalls) on stderr.")
 @click.option(
     "-d",
     "--detach",
@@ -118,6 +119,7 @@ def run(
     model: str | None,
     as_json: bool,
     verbose: bool,
+    trace: bool,
     detach: bool,
     priority: int | None,
     budget: int | None,
@@ -152,7 +154,9 @@ def run(
         sys.stdout.flush()
         wrote_newline = text.endswith("\n")
 
-    result = system.run(prog, inputs, cpu, on_text=None if as_json else emit)
+    result = system.run(
+        prog, inputs, cpu, on_text=None if as_json else emit, on_trace=_trace if trace else None
+    )
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu), ensure_ascii=False))
     elif not wrote_newline:
@@ -211,6 +215,29 @@ def programs(as_json: bool) -> None:
             click.echo(f"llmos: no programs installed (searched {dirs})", err=True)
     for problem in problems:
         click.echo(f"llmos: warning: {problem}", err=True)
+
+
+@cli.command("mcp")
+def mcp_cmd() -> None:
+    """Serve the installed programs as MCP tools over stdio (for MCP clients)."""
+    from llmos.mcpserver import serve_stdio
+
+    serve_stdio()
+
+
+def _trace(step: dict[str, Any]) -> None:
+    """One agent step on stderr, as `llmos run --trace` shows it."""
+    if step["kind"] == "syscall":
+        outcome = json.dumps(step["result"], ensure_ascii=False) if step["ok"] else step["error"]
+        click.echo(
+            f"llmos: step {step['step']}: {step['device']}({step['arguments']}) -> "
+            f"{'ok' if step['ok'] else 'error'}: {outcome} ({step['ms']:.1f} ms)",
+            err=True,
+        )
+    elif step["kind"] == "malformed":
+        click.echo(f"llmos: step {step['step']}: malformed call: {step['error']}", err=True)
+    else:
+        click.echo(f"llmos: step {step['step']}: answer ({step['tokens']} tokens)", err=True)
 
 
 def _run_row(r: RunRecord) -> str:

@@ -119,6 +119,17 @@ class Kernel:
             parent=parent,
         )
         proc.context_limit = cpu.n_ctx
+        try:
+            proc.body = self.system.body_for(
+                program,
+                owner=owner,
+                pid=proc.pid,
+                on_syscall=lambda busy: self._blocked(proc, busy),
+            )
+        except LlmosError as exc:
+            self.table.reaped(proc)
+            proc.exit("failed", str(exc))
+            raise
         proc.entity.on_change = getattr(cpu, "wake", None)
         thread = threading.Thread(
             target=self._main,
@@ -151,6 +162,7 @@ class Kernel:
                 pid=os.getpid(),
                 entity=proc.entity,
                 on_run=lambda run_id: setattr(proc, "run_id", run_id),
+                body=proc.body,
             )
             if result.finish_reason == "cancelled":
                 status, error = "killed", "killed before it finished"
@@ -169,6 +181,13 @@ class Kernel:
             with self._lock:
                 self._threads.pop(proc.pid, None)
                 self._rates.pop(proc.pid, None)
+
+    @staticmethod
+    def _blocked(proc: Process, busy: bool) -> None:
+        """A syscall starts (blocked) or ends (runnable again)."""
+        if busy:
+            proc.syscalls += 1
+        proc.set_state(State.BLOCKED if busy else State.RUNNABLE)
 
     def _log_unstarted(self, proc: Process, program: Program, cpu: CPU, error: str) -> None:
         log = self.system.log

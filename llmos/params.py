@@ -17,6 +17,7 @@ APP_NAME = "llmos"
 LOG_DB_NAME = "logs.db"
 CONFIG_FILE_NAME = "config.json"
 PROGRAMS_DIR_NAME = "programs"  # <home>/programs holds installed programs
+USERS_DIR_NAME = "users"  # <home>/users/<owner>/files is each user's file namespace
 SKILLS_DIR = ".agents/skills"  # project-level Agent Skills, relative to the working directory
 
 # --- The embedded CPU ------------------------------------------------------------------------
@@ -119,6 +120,28 @@ EXIT_WAIT_TIMEOUT = 124  # `llmos wait --timeout`: the process was still running
 DEVICE_TIMEOUT_S = 30.0  # wall time of one device call before it is abandoned with an error
 DEVICE_MAX_OUTPUT_BYTES = 64 * 1024  # a device result longer than this is truncated (and says so)
 SYSCALL_WORKERS = 16  # threads that run device calls off the processes' threads
+# Built-in devices (llmos.devices.*): calc, python, shell, fs, clock, random.
+CALC_MAX_EXPR_CHARS = 1000  # a longer calc expression is refused
+CALC_MAX_DIGITS = 4000  # most decimal digits of any exact number (below Python's 4300 str limit)
+CALC_MAX_FACTORIAL = 1000  # factorial(n) refused above this n (1000! has 2568 digits)
+CALC_DECIMAL_DIGITS = 30  # significant digits of the decimal shown for a non-terminating fraction
+PYTHON_CPU_S = 10  # RLIMIT_CPU of a sandboxed python/shell run, seconds of CPU per process
+PYTHON_MEMORY_BYTES = 1024 * 1024 * 1024  # RLIMIT_AS (address space) per sandboxed process
+PYTHON_WALL_S = 20.0  # wall-clock limit of one run; the whole process group is killed after it
+PYTHON_MAX_PROCS = 32  # RLIMIT_NPROC headroom: processes the sandboxed code may add
+PYTHON_OUTPUT_BYTES = 64 * 1024  # stdout (and stderr, each) kept; past it the run is killed
+PYTHON_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file the sandbox may write
+PYTHON_OPEN_FILES = 64  # RLIMIT_NOFILE of a sandboxed process
+PYTHON_CODE_MAX_BYTES = 256 * 1024  # python device: longer source is refused
+PYTHON_SANDBOX_UID = 65534  # when llmos runs as root, sandboxed code runs as this uid (nobody)
+PYTHON_GRANT_MAX_BYTES = 64 * 1024 * 1024  # most bytes of granted files copied into a sandbox
+SHELL_ALLOW = ("ls", "cat", "echo", "wc", "head", "tail", "grep", "date", "pwd")  # default
+SHELL_MAX_COMMAND_CHARS = 4096  # a longer shell command line is refused
+FS_MAX_FILE_BYTES = 8 * 1024 * 1024  # fs device: larger files are refused (read, write, search)
+FS_MAX_LIST_ENTRIES = 1000  # fs list: most entries returned
+FS_SEARCH_MAX_RESULTS = 200  # fs search: most matches returned
+FS_SEARCH_MAX_FILES = 5000  # fs search: most files visited in one search
+RANDOM_MAX_COUNT = 1000  # random device: most values returned by one call
 
 # --- MCP ----------------------------------------------------------------------------------------
 # MCP servers as devices (llmos.devices.mcp), and llmos as an MCP server (llmos.mcpserver).

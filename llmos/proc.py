@@ -77,6 +77,7 @@ class Process:
     run_id: str | None = None
     output: list[str] = field(default_factory=list)
     syscalls: int = 0
+    body: Any = None  # the agent loop for a program with devices (see llmos.agent)
     context_limit: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[test]'
+bash scripts/install-test-servers.sh
 python3 -m ruff check llmos tests bench
 python3 -m ruff format --check llmos tests bench
 python3 -m mypy

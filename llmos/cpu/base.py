@@ -70,6 +70,7 @@ class GenRequest:
     top_p: float = params.DEFAULT_TOP_P
     repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY  # 1.0 disables; CPUs may ignore it
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # never end on the model's end token (benchmarks); CPUs may ignore
     seed: int | None = None
     json_schema: dict[str, Any] | None = None  # the reply must be JSON valid against this
     tools: list[ToolSpec] | None = None

@@ -113,6 +113,8 @@ class Sampler:
         grammar: str | None = None,
         repeat_penalty: float = 1.0,
         repeat_last_n: int = params.REPEAT_LAST_N,
+        banned: list[int] | None = None,
+        n_vocab: int = 0,
     ) -> None:
         sparams = ll.llama_sampler_chain_default_params()
         sparams.no_perf = True
@@ -123,6 +125,15 @@ class Sampler:
                 ll.llama_sampler_free(self.ptr)
                 raise LlmosError("cannot build a grammar sampler from the output schema")
             ll.llama_sampler_chain_add(self.ptr, gptr)
+        if banned:
+            # These tokens can never be sampled (end-of-generation, for ignore_eos).
+            biases = (ll.llama_logit_bias * len(banned))()
+            for i, token in enumerate(banned):
+                biases[i].token = token
+                biases[i].bias = float("-inf")
+            ll.llama_sampler_chain_add(
+                self.ptr, ll.llama_sampler_init_logit_bias(n_vocab, len(banned), biases)
+            )
         if repeat_penalty != 1.0:
             # The binding declares a leading n_vocab that the C function no longer has; on the
             # x86-64 and arm64 ABIs the ints and floats travel in separate registers, so
@@ -230,6 +241,7 @@ class Engine:
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self._free_slots = list(range(n_seq_max - 1, -1, -1))
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._eog: list[int] | None = None
         self.closed = False
 
     # --- vocabulary ---------------------------------------------------------------------------
@@ -254,6 +266,12 @@ class Engine:
 
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (computed once)."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
 
     def meta(self, key: str) -> str | None:
         size = 1 << 16
@@ -280,6 +298,7 @@ class Engine:
         seed: int = params.EMBEDDED_SEED,
         grammar: str | None = None,
         repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY,
+        ignore_eos: bool = False,
     ) -> Sequence:
         """A parked sequence that will prefill `prompt` once it gets a slot."""
         if not prompt:
@@ -296,6 +315,8 @@ class Engine:
             seed=seed,
             grammar=grammar,
             repeat_penalty=repeat_penalty,
+            banned=self.eog_tokens() if ignore_eos else None,
+            n_vocab=self.n_vocab,
         )
         return Sequence(
             pending=list(prompt), sampler=sampler, n_prompt=len(prompt), prompt=list(prompt)

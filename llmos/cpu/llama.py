@@ -187,6 +187,7 @@ class EmbeddedCPU(CPU):
             seed=params.EMBEDDED_SEED if request.seed is None else request.seed,
             grammar=grammar,
             repeat_penalty=request.repeat_penalty,
+            ignore_eos=request.ignore_eos,
         )
         max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
         job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))

@@ -1,0 +1,34 @@
+"""The plugin contract of llmos: pluggy hook specifications (project name "llmos").
+
+A plugin is any object or module with functions marked `@hookimpl` named like the specs below.
+Installed packages expose plugins through the entry-point group "llmos"
+(`[project.entry-points.llmos] myplugin = "my_package.plugin"`); the built-in devices register
+through the same hooks (see `llmos.devices.registry`).
+
+What this module does not do: load or call plugins (see `llmos.devices.registry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from llmos.cpu.base import CPU
+    from llmos.devices.base import Device
+
+PROJECT = "llmos"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def llmos_register_devices(register: Callable[[Device], None]) -> None:
+    """Call `register(device)` once per device (a fresh `Device` instance) the plugin adds."""
+
+
+@hookspec
+def llmos_register_cpus(register: Callable[[str, Callable[[str], CPU]], None]) -> None:
+    """Call `register(prefix, factory)`; `factory(spec)` builds a CPU for specs "prefix/..."."""

@@ -1,0 +1,508 @@
+"""MCP both ways: real MCP servers as llmos devices, and llmos itself as an MCP server.
+
+Devices are tested against real servers: `mcp-server-time` (PyPI) and the npm reference server
+`@modelcontextprotocol/server-everything`, installed by `scripts/install-test-servers.sh` into
+the environment and `<repo>/.mcp-servers` (the session fixture runs the script when they are
+missing; the npm tests skip only when npm itself is absent), plus tiny misbehaving servers
+written here with the SDK's `MCPServer`: one whose tool kills the server, one whose tool never
+answers, one that writes garbage on stdout. Every test checks that no server process outlives
+`close_all` (a scan of /proc for this process's descendants).
+
+llmos as a server is spawned as `python -c "from llmos.mcpserver import serve_stdio; ..."` with
+a private LLMOS_HOME and driven with the SDK's `ClientSession` over `stdio_client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from llmos import program as program_mod
+from llmos.devices.base import CallContext
+from llmos.devices.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
+from llmos.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_SCRIPT = REPO / "scripts" / "install-test-servers.sh"
+EVERYTHING_BIN = REPO / ".mcp-servers" / "node_modules" / ".bin" / "mcp-server-everything"
+
+# A small SDK server with well-behaved and misbehaving tools.
+FLAKY_SERVER = textwrap.dedent(
+    """
+    import os, sys, time
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    app = MCPServer("flaky")
+
+    @app.tool(structured_output=False)
+    def echo(text: str) -> str:
+        \"\"\"Return the text unchanged.\"\"\"
+        return text
+
+    @app.tool(structured_output=False)
+    def die() -> str:
+        \"\"\"Kill the server process.\"\"\"
+        os._exit(1)
+
+    @app.tool(structured_output=False)
+    def hang() -> str:
+        \"\"\"Never answer.\"\"\"
+        while True:
+            time.sleep(3600)
+
+    @app.tool(structured_output=False)
+    def fail() -> str:
+        \"\"\"Report an error.\"\"\"
+        raise ToolError("the flaky tool failed on purpose")
+
+    if __name__ == "__main__":
+        app.run()
+    """
+)
+
+# Writes lines that are not JSON-RPC, then waits on stdin as a server would.
+GARBAGE_SERVER = textwrap.dedent(
+    """
+    import sys
+    print("hello, I am not JSON-RPC", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def _descendants(root: int) -> set[int]:
+    """Live (not zombie) descendants of `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _assert_no_new_children(before: set[int]) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        left = _descendants(os.getpid()) - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"server processes left behind: {sorted(left)}"
+
+
+@pytest.fixture(scope="session")
+def installed_servers() -> None:
+    """Run the install script once if the real servers are missing."""
+    if shutil.which("mcp-server-time") is None or not EVERYTHING_BIN.exists():
+        if shutil.which("npm") is None and shutil.which("mcp-server-time") is not None:
+            return
+        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True, timeout=600)
+
+
+@pytest.fixture
+def everything_bin(installed_servers: None) -> str:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("npm/node not installed: cannot run the npm reference MCP servers")
+    assert EVERYTHING_BIN.exists(), "install-test-servers.sh did not install server-everything"
+    return str(EVERYTHING_BIN)
+
+
+@pytest.fixture
+def time_bin(installed_servers: None) -> str:
+    path = shutil.which("mcp-server-time")
+    assert path is not None, "install-test-servers.sh did not install mcp-server-time"
+    return path
+
+
+@pytest.fixture
+def no_orphans() -> Iterator[None]:
+    before = _descendants(os.getpid())
+    yield
+    _assert_no_new_children(before)
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> dict[str, Any]:
+    script = tmp_path / "flaky_server.py"
+    script.write_text(FLAKY_SERVER)
+    return {"command": sys.executable, "args": [str(script)]}
+
+
+def _ctx(**kw: Any) -> CallContext:
+    return CallContext(**kw)
+
+
+# --- Configuration ------------------------------------------------------------------------------
+
+
+def test_parse_config_accepts_the_claude_desktop_shape() -> None:
+    specs = parse_config(
+        {
+            "mcpServers": {
+                "a": {"command": "x", "args": ["1"], "env": {"K": "V"}},
+                "b": {"url": "http://127.0.0.1:1/mcp"},
+                "c": {"command": "y", "disabled": True},
+            },
+            "other": 1,
+        }
+    )
+    assert [s.name for s in specs] == ["a", "b"]
+    assert specs[0] == ServerSpec(name="a", command="x", args=["1"], env={"K": "V"})
+    assert specs[1].url == "http://127.0.0.1:1/mcp"
+    assert parse_config({}) == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({}, "exactly one of 'command' or 'url'"),
+        ({"command": "x", "url": "http://h"}, "exactly one"),
+        ({"command": "x", "args": "a b"}, "args: expected a list of strings"),
+        ({"command": "x", "env": {"K": 1}}, "env: expected a mapping"),
+        ({"url": "ftp://h"}, "url: expected an http"),
+        ({"command": "x", "bogus": 1}, "unknown key 'bogus'"),
+        ("x", "expected a mapping"),
+    ],
+)
+def test_parse_config_rejects_bad_entries(entry: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"mcpServers\.s") as info:
+        parse_config({"mcpServers": {"s": entry}})
+    assert message in str(info.value)
+
+
+def test_parse_config_rejects_a_dotted_server_name() -> None:
+    with pytest.raises(ConfigError, match=r"must be non-empty and not contain '\.'"):
+        parse_config({"mcpServers": {"a.b": {"command": "x"}}})
+
+
+# --- Real servers -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_time_server_lists_and_answers(time_bin: str, no_orphans: None) -> None:
+    with MCPDevices({"mcpServers": {"time": {"command": time_bin}}}) as mcp:
+        devices = mcp.devices()
+        assert {"time.get_current_time", "time.convert_time"} <= set(devices)
+        device = devices["time.get_current_time"]
+        assert "timezone" in device.schema["properties"]
+        assert device.description
+        result = device.call({"timezone": "Europe/Paris"}, _ctx())
+        assert result.ok, result.error
+        assert result.output["timezone"] == "Europe/Paris"
+        assert "T" in result.output["datetime"]
+        bad = device.call({"timezone": "Mars/Olympus_Mons"}, _ctx())
+        assert not bad.ok
+        assert "server time, tool get_current_time" in (bad.error or "")
+
+
+@pytest.mark.slow
+def test_everything_server_echo_and_sum(everything_bin: str, no_orphans: None) -> None:
+    mcp = MCPDevices({"mcpServers": {"every": {"command": everything_bin}}})
+    try:
+        devices = mcp.devices()
+        echo = devices["every.echo"].call({"message": "hello"}, _ctx())
+        assert echo.ok and echo.output == "Echo: hello"
+        total = devices["every.get-sum"].call({"a": 2, "b": 40}, _ctx())
+        assert total.ok and "42" in total.output
+        cut = devices["every.echo"].call({"message": "x" * 500}, _ctx(max_output_bytes=20))
+        assert cut.ok and cut.truncated and len(cut.output) == 20
+    finally:
+        mcp.close_all()
+
+
+@pytest.mark.slow
+def test_two_servers_start_together(time_bin: str, everything_bin: str, no_orphans: None) -> None:
+    config = {"mcpServers": {"time": {"command": time_bin}, "every": {"command": everything_bin}}}
+    with MCPDevices(config) as mcp:
+        names = set(mcp.devices())
+    assert "time.get_current_time" in names and "every.echo" in names
+
+
+HTTP_SERVER = textwrap.dedent(
+    """
+    import sys
+    from mcp.server.mcpserver import MCPServer
+
+    app = MCPServer("web")
+
+    @app.tool(structured_output=False)
+    def shout(text: str) -> str:
+        \"\"\"Return the text in capitals.\"\"\"
+        return text.upper()
+
+    app.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    """
+)
+
+
+def test_streamable_http_server_by_url(tmp_path: Path, no_orphans: None) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "web.py"
+    script.write_text(HTTP_SERVER)
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/mcp"
+        with MCPDevices({"mcpServers": {"web": {"url": url}}}) as mcp:
+            devices = mcp.devices()
+            result = devices["web.shout"].call({"text": "hi"}, _ctx())
+            assert result.ok, result.error
+            assert result.output == "HI"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+# --- Failures -----------------------------------------------------------------------------------
+
+
+def test_missing_command_is_named_and_not_retried_forever(no_orphans: None) -> None:
+    config = {"mcpServers": {"ghost": {"command": "llmos-no-such-mcp-server"}}}
+    with MCPDevices(config, max_restarts=1) as mcp:
+        problems: list[str] = []
+        assert mcp.devices(problems) == {}
+        assert len(problems) == 1
+        assert "llmos-no-such-mcp-server" in problems[0] and "not found" in problems[0]
+        sup = mcp.supervisors["ghost"]
+        result = sup.call("anything", {})
+        assert not result.ok and "not found" in (result.error or "")
+        given_up = sup.call("anything", {})
+        assert not given_up.ok and "not restarted" in (given_up.error or "")
+        with pytest.raises(MCPServerError, match="not restarted"):
+            sup.tools()
+
+
+def test_server_that_dies_mid_call_is_restarted(flaky: dict[str, Any], no_orphans: None) -> None:
+    with MCPDevices({"mcpServers": {"flaky": flaky}}) as mcp:
+        devices = mcp.devices()
+        assert set(devices) >= {"flaky.echo", "flaky.die", "flaky.hang"}
+        assert devices["flaky.echo"].call({"text": "one"}, _ctx()).output == "one"
+        died = devices["flaky.die"].call({}, _ctx())
+        assert not died.ok
+        assert "server flaky exited during the call" in (died.error or "")
+        again = devices["flaky.echo"].call({"text": "two"}, _ctx())
+        assert again.ok, again.error
+        assert again.output == "two"
+        assert mcp.supervisors["flaky"].starts == 2
+
+
+def test_tool_error_is_a_failure_and_keeps_the_session(
+    flaky: dict[str, Any], no_orphans: None
+) -> None:
+    with MCPDevices({"mcpServers": {"flaky": flaky}}) as mcp:
+        devices = mcp.devices()
+        failed = devices["flaky.fail"].call({}, _ctx())
+        assert not failed.ok
+        assert "the flaky tool failed on purpose" in (failed.error or "")
+        assert "\n" not in (failed.error or "")
+        assert devices["flaky.echo"].call({"text": "ok"}, _ctx()).ok
+        assert mcp.supervisors["flaky"].starts == 1
+
+
+def test_server_that_never_answers_times_out(flaky: dict[str, Any], no_orphans: None) -> None:
+    with MCPDevices({"mcpServers": {"flaky": flaky}}, call_timeout_s=1.5) as mcp:
+        devices = mcp.devices()
+        started = time.monotonic()
+        hung = devices["flaky.hang"].call({}, _ctx())
+        elapsed = time.monotonic() - started
+        assert not hung.ok
+        assert "server flaky did not answer within 1.5 s" in (hung.error or "")
+        assert elapsed < 4.0
+        # the caller's own, shorter limit wins
+        started = time.monotonic()
+        hung = devices["flaky.hang"].call({}, _ctx(timeout_s=0.5))
+        assert "within 0.5 s" in (hung.error or "")
+        assert time.monotonic() - started < 4.0
+        after = devices["flaky.echo"].call({"text": "back"}, _ctx())
+        assert after.ok and after.output == "back"
+
+
+def test_restarts_are_bounded(flaky: dict[str, Any], no_orphans: None) -> None:
+    with MCPDevices({"mcpServers": {"flaky": flaky}}, max_restarts=1) as mcp:
+        sup = mcp.supervisors["flaky"]
+        first = sup.call("die", {})
+        second = sup.call("die", {})
+        assert not first.ok and not second.ok
+        third = sup.call("echo", {"text": "x"})
+        assert not third.ok
+        assert "failed 2 times in a row and is not restarted" in (third.error or "")
+        assert sup.starts == 2
+
+
+def test_garbage_on_stdout_is_a_failure(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "garbage.py"
+    script.write_text(GARBAGE_SERVER)
+    config = {"mcpServers": {"junk": {"command": sys.executable, "args": [str(script)]}}}
+    with MCPDevices(config, start_timeout_s=10, max_restarts=0) as mcp:
+        started = time.monotonic()
+        problems: list[str] = []
+        assert mcp.devices(problems) == {}
+        assert time.monotonic() - started < 8
+        assert len(problems) == 1
+        assert "server junk wrote output that is not JSON-RPC" in problems[0]
+        assert "hello, I am not JSON-RPC" in problems[0]
+
+
+def test_server_crashing_at_start_quotes_its_stderr(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nsys.exit('cannot open the frobnicator')\n")
+    config = {"mcpServers": {"crash": {"command": sys.executable, "args": [str(script)]}}}
+    with MCPDevices(config, max_restarts=0) as mcp:
+        problems: list[str] = []
+        mcp.devices(problems)
+    assert len(problems) == 1
+    assert "server crash exited during start-up" in problems[0]
+    assert "cannot open the frobnicator" in problems[0]
+
+
+def test_close_kills_a_busy_server(flaky: dict[str, Any], no_orphans: None) -> None:
+    sup = MCPSupervisor(ServerSpec(name="flaky", **flaky), call_timeout_s=60)
+    assert {t.name for t in sup.tools()} >= {"hang"}
+    assert _descendants(os.getpid())
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pending = pool.submit(sup.call, "hang", {})
+    time.sleep(0.5)
+    started = time.monotonic()
+    sup.close()
+    assert time.monotonic() - started < 10
+    result = pending.result(timeout=10)
+    assert not result.ok
+    pool.shutdown()
+    closed = sup.call("echo", {"text": "x"})
+    assert not closed.ok and "closed" in (closed.error or "")
+
+
+# --- llmos as an MCP server -------------------------------------------------------------------
+
+PROGRAM = """\
+---
+name: shout
+description: Repeat the text in capitals.
+config:
+  temperature: 0
+  maxOutputTokens: 8
+input:
+  schema:
+    text: string, what to repeat
+---
+Repeat in capitals: {{text}}
+"""
+
+
+@pytest.fixture
+def llmos_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / "programs").mkdir(parents=True)
+    (home / "programs" / "shout.prompt").write_text(PROGRAM)
+    (home / "programs" / "notes.md").write_text("Summarise the text in one line.\n")
+    return home
+
+
+def _llmos_server(home: Path) -> StdioServerParameters:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOS_", "OPENAI_"))}
+    env["LLMOS_HOME"] = str(home)
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-c", "from llmos.mcpserver import serve_stdio; serve_stdio()"],
+        env=env,
+        cwd=str(home),
+    )
+
+
+async def _with_llmos(home: Path, calls: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[Any]]:
+    async with (
+        stdio_client(_llmos_server(home)) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await asyncio.wait_for(session.initialize(), 60)
+        tools = await asyncio.wait_for(session.list_tools(), 60)
+        results = [
+            await asyncio.wait_for(session.call_tool(name, args), 240) for name, args in calls
+        ]
+        return tools, results
+
+
+def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> None:
+    tools, results = asyncio.run(
+        _with_llmos(
+            llmos_home,
+            [("shout", {"text": 5}), ("shout", {}), ("nope", {}), ("notes", {"bogus": "x"})],
+        )
+    )
+    by_name = {t.name: t for t in tools.tools}
+    assert set(by_name) == {"shout", "notes"}
+    assert by_name["shout"].description == "Repeat the text in capitals."
+    shout = program_mod.load(llmos_home / "programs" / "shout.prompt")
+    assert shout.input_schema is not None and "text" in shout.input_schema["properties"]
+    assert by_name["shout"].input_schema == shout.input_schema
+    assert by_name["notes"].input_schema == {
+        "type": "object",
+        "properties": {"input": {"type": "string"}},
+    }
+    for result in results:
+        assert result.is_error
+        assert len(result.content) == 1 and "\n" not in result.content[0].text
+    assert "text" in results[0].content[0].text
+    assert "no program named 'nope'" in results[2].content[0].text
+    assert "bogus" in results[3].content[0].text
+
+
+@pytest.mark.slow
+def test_llmos_tool_call_runs_the_program(llmos_home: Path, no_orphans: None) -> None:
+    (llmos_home / "programs" / "person.prompt").write_text(
+        (REPO / "tests" / "data" / "cli" / "person.prompt").read_text()
+    )
+    _, results = asyncio.run(
+        _with_llmos(
+            llmos_home,
+            [("shout", {"text": "hello"}), ("person", {"input": "Ada is 36 years old."})],
+        )
+    )
+    text, person = results
+    assert not text.is_error, text.content
+    assert text.content[0].text.strip()
+    assert not person.is_error, person.content
+    parsed = json.loads(person.content[0].text)
+    assert set(parsed) == {"name", "age"}
+    assert person.structured_content == parsed

@@ -40,34 +40,43 @@ Trace = Callable[[dict[str, Any]], None]
 
 
 class TextGate:
-    """Streams a step's text only once it is clearly an answer (does not start a call)."""
+    """Streams a step's text, but never a syscall: text from a `<tool_call>` marker on is held
+    back (so is a tail that could still grow into the marker)."""
 
     def __init__(self, on_text: Callable[[str], None] | None) -> None:
         self.on_text = on_text
-        self.held: list[str] = []
-        self.open: bool | None = None  # None: undecided; True: streaming; False: a call
+        self.buffer = ""
+        self.closed = False  # a call began: nothing more is streamed
 
     def __call__(self, text: str) -> None:
-        if self.open is None:
-            self.held.append(text)
-            head = "".join(self.held).lstrip()
-            if not head:
-                return
-            if CALL_OPEN.startswith(head[: len(CALL_OPEN)]) or head.startswith(CALL_OPEN):
-                if len(head) < len(CALL_OPEN):
-                    return  # could still be a call
-                self.open = False
-                return
-            self.open = True
-            text, self.held = "".join(self.held), []
-        if self.open and self.on_text is not None:
-            self.on_text(text)
+        if self.closed:
+            return
+        self.buffer += text
+        at = self.buffer.find(CALL_OPEN)
+        if at >= 0:
+            self._emit(self.buffer[:at].rstrip())
+            self.buffer, self.closed = "", True
+            return
+        keep = next(
+            (
+                n
+                for n in range(min(len(CALL_OPEN) - 1, len(self.buffer)), 0, -1)
+                if CALL_OPEN.startswith(self.buffer[-n:])
+            ),
+            0,
+        )
+        self._emit(self.buffer[: len(self.buffer) - keep])
+        self.buffer = self.buffer[len(self.buffer) - keep :]
 
     def flush(self) -> None:
-        """The step ended as an answer while still undecided (a short reply)."""
-        if self.open is None and self.held and self.on_text is not None:
-            self.on_text("".join(self.held))
-        self.held = []
+        """The step ended as an answer: emit what was held back."""
+        if not self.closed:
+            self._emit(self.buffer)
+        self.buffer = ""
+
+    def _emit(self, text: str) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
 
 
 def agent_body(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class System:
     search_dirs: list[Path]
     _log: Log | None = None
     _syscalls: SyscallTable | None = None
+    _mcp: Any = None  # MCPDevices, when config.json names MCP servers
     _opened_at: float = field(default_factory=time.time)
 
     @property
@@ -62,8 +64,25 @@ class System:
         if self._syscalls is None:
             from llmos.devices import registry
 
-            self._syscalls = SyscallTable(registry.devices(self.config))
+            devices = registry.devices(self.config)
+            if self.config.mcp_servers:
+                from llmos.devices.mcp import MCPDevices
+
+                self._mcp = MCPDevices({"mcpServers": self.config.mcp_servers})
+                problems: list[str] = []
+                for name, device in self._mcp.devices(problems).items():
+                    devices.setdefault(name, device)
+                for problem in problems:
+                    print(f"llmos: warning: {problem}", file=sys.stderr)
+            self._syscalls = SyscallTable(devices)
         return self._syscalls
+
+    def close(self) -> None:
+        """Stop device servers and close the syscall table (CPUs close with the process)."""
+        if self._syscalls is not None:
+            self._syscalls.close()
+        if self._mcp is not None:
+            self._mcp.close_all()
 
     def user_root(self, owner: str) -> Path:
         """The owner's private file namespace (what `fs` and `python` may touch)."""

@@ -9,7 +9,8 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
     {
       "default_model": "embedded",
       "aliases": {"fast": "openai/gpt-4o-mini", "local": "/models/qwen.gguf"},
-      "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192}
+      "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192},
+      "mcpServers": {"time": {"command": "mcp-server-time", "args": []}}
     }
 
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
@@ -49,6 +50,7 @@ class Config:
     default_model: str = "embedded"
     aliases: dict[str, str] = field(default_factory=dict)
     openai: dict[str, Any] = field(default_factory=dict)
+    mcp_servers: dict[str, Any] = field(default_factory=dict)  # Claude-Desktop `mcpServers`
     path: Path | None = None
 
     def openai_base_url(self) -> str | None:
@@ -86,4 +88,13 @@ def load(home_dir: Path | None = None) -> Config:
         raise ConfigError(f"{path}: 'openai' must be an object")
     if not isinstance(default_model, str):
         raise ConfigError(f"{path}: 'default_model' must be a string")
-    return Config(default_model=default_model, aliases=aliases, openai=openai, path=path)
+    mcp_servers = raw.get("mcpServers", {})
+    if not isinstance(mcp_servers, dict):
+        raise ConfigError(f"{path}: 'mcpServers' must map server names to their settings")
+    return Config(
+        default_model=default_model,
+        aliases=aliases,
+        openai=openai,
+        mcp_servers=mcp_servers,
+        path=path,
+    )

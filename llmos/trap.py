@@ -2,14 +2,16 @@
 
 A CPU with native tool calls (OpenAI-compatible servers) returns `ToolCall`s itself. A CPU
 that only emits text (the embedded model) makes a syscall by writing one call in the Hermes
-convention most small instruction-tuned models were trained on:
+convention most small instruction-tuned models were trained on (text may come before it):
 
     <tool_call>{"name": "calc", "arguments": {"expression": "17*23"}}</tool_call>
 
 `call_grammar` builds a GBNF grammar from the granted devices' schemas that admits exactly one
-such call to one granted device with schema-valid arguments, or (unless a call is required)
-plain text that does not start with the call marker. With it in the sampler, even a 135M model
-can only emit a well-formed call or an answer. `classify` turns the emitted text back into a
+such call to one granted device with schema-valid arguments (or, if asked, plain text that
+does not start with the call marker). The embedded CPU applies it from the first token when a
+call is required, and otherwise lazily, from the moment the model writes `<tool_call>`
+(`CALL_TRIGGER`): text stays fast and free, and a call, once begun, can only be well formed.
+`classify` turns the emitted text back into a
 `Trapped` value; anything that starts like a call but does not parse is `malformed`, with the
 reason, so the process sees an error it can recover from.
 
@@ -30,7 +32,9 @@ from llmos.errors import OutputError
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
-_CALL_RE = re.compile(r"^\s*<tool_call>\s*(.*?)\s*</tool_call>\s*$", re.DOTALL)
+# For llama.cpp's lazy grammars: the call grammar applies from the marker on.
+CALL_TRIGGER = r"[\s\S]*?(<tool_call>)[\s\S]*"
+_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 @dataclass
@@ -88,10 +92,10 @@ def classify(text: str, native_calls: list[ToolCall] | None = None) -> Trapped:
     """What the CPU emitted: native tool calls win; else parse a `<tool_call>` block."""
     if native_calls:
         return Trapped(kind="syscall", text=text, calls=list(native_calls))
-    stripped = text.strip()
-    if not stripped.startswith(CALL_OPEN):
+    at = text.find(CALL_OPEN)
+    if at < 0:
         return Trapped(kind="text", text=text)
-    match = _CALL_RE.match(stripped)
+    match = _CALL_RE.search(text, at)
     if match is None:
         return Trapped(kind="malformed", text=text, error="unterminated <tool_call> block")
     try:

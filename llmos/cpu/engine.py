@@ -115,12 +115,27 @@ class Sampler:
         repeat_last_n: int = params.REPEAT_LAST_N,
         banned: list[int] | None = None,
         n_vocab: int = 0,
+        lazy_triggers: list[str] | None = None,
     ) -> None:
         sparams = ll.llama_sampler_chain_default_params()
         sparams.no_perf = True
         self.ptr = ll.llama_sampler_chain_init(sparams)
         if grammar is not None:
-            gptr = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if lazy_triggers:
+                # The grammar applies only from where a trigger pattern's first group matches
+                # (a tool call's opening marker); text before it is free, and fast.
+                pats = (ctypes.c_char_p * len(lazy_triggers))(*[p.encode() for p in lazy_triggers])
+                gptr = ll.llama_sampler_init_grammar_lazy_patterns(
+                    vocab,
+                    grammar.encode(),
+                    b"root",
+                    pats,
+                    len(lazy_triggers),
+                    (ll.llama_token * 0)(),
+                    0,
+                )
+            else:
+                gptr = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
             if not gptr:
                 ll.llama_sampler_free(self.ptr)
                 raise LlmosError("cannot build a grammar sampler from the output schema")
@@ -129,7 +144,7 @@ class Sampler:
             # These tokens can never be sampled (end-of-generation, for ignore_eos).
             biases = (ll.llama_logit_bias * len(banned))()
             for i, token in enumerate(banned):
-                biases[i].token = token
+                biases[i].token = ll.llama_token(token)
                 biases[i].bias = float("-inf")
             ll.llama_sampler_chain_add(
                 self.ptr, ll.llama_sampler_init_logit_bias(n_vocab, len(banned), biases)
@@ -299,6 +314,7 @@ class Engine:
         grammar: str | None = None,
         repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY,
         ignore_eos: bool = False,
+        lazy_triggers: list[str] | None = None,
     ) -> Sequence:
         """A parked sequence that will prefill `prompt` once it gets a slot."""
         if not prompt:
@@ -317,6 +333,7 @@ class Engine:
             repeat_penalty=repeat_penalty,
             banned=self.eog_tokens() if ignore_eos else None,
             n_vocab=self.n_vocab,
+            lazy_triggers=lazy_triggers,
         )
         return Sequence(
             pending=list(prompt), sampler=sampler, n_prompt=len(prompt), prompt=list(prompt)

@@ -40,7 +40,7 @@ from llmos.cpu.engine import Engine, EngineFull, Sequence
 from llmos.errors import ContextOverflowError, LlmosError
 from llmos.prefix import PrefixIndex
 from llmos.sched import FIFO, Entity, Policy
-from llmos.trap import call_grammar, schema_grammar
+from llmos.trap import CALL_TRIGGER, call_grammar, schema_grammar
 
 # Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
@@ -170,11 +170,14 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
+        lazy: list[str] | None = None
         if request.tools and request.tool_choice != "none":
-            # Syscalls by grammar: one well-formed call to one granted device, or text.
-            grammar: str | None = call_grammar(
-                request.tools, required=request.tool_choice == "required"
-            )
+            # Syscalls by grammar: one well-formed call to one granted device. With
+            # tool_choice "required" the reply must be the call; otherwise the grammar wakes
+            # up only if the model opens a call, and text before it is unconstrained.
+            grammar: str | None = call_grammar(request.tools, required=True)
+            if request.tool_choice != "required":
+                lazy = [CALL_TRIGGER]
         elif request.json_schema:
             grammar = schema_grammar(request.json_schema)
         else:
@@ -188,6 +191,7 @@ class EmbeddedCPU(CPU):
             grammar=grammar,
             repeat_penalty=request.repeat_penalty,
             ignore_eos=request.ignore_eos,
+            lazy_triggers=lazy,
         )
         max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
         job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))

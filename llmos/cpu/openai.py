@@ -147,11 +147,24 @@ def _fallback_kwargs(kwargs: dict[str, Any], exc: openai.APIStatusError) -> dict
     return None
 
 
+# OpenAI function names allow only [A-Za-z0-9_-]: device names like `time.now` (an MCP
+# server's tool) travel as `time__now` and are mapped back when the server calls them.
+_DOT = "__"
+
+
+def _wire_name(name: str) -> str:
+    return name.replace(".", _DOT)
+
+
+def _device_name(name: str) -> str:
+    return name.replace(_DOT, ".")
+
+
 def _tool_param(tool: ToolSpec) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
-            "name": tool.name,
+            "name": _wire_name(tool.name),
             "description": tool.description,
             "parameters": tool.parameters,
         },
@@ -323,7 +336,7 @@ class OpenAICPU(CPU):
         tool_calls = [
             ToolCall(
                 id=pending.id or f"call_{index}",
-                name=pending.name,
+                name=_device_name(pending.name),
                 arguments="".join(pending.arguments),
             )
             for index, pending in sorted(calls.items())
@@ -366,7 +379,7 @@ class OpenAICPU(CPU):
         tool_calls = [
             ToolCall(
                 id=call.id or f"call_{i}",
-                name=call.function.name,
+                name=_device_name(call.function.name),
                 arguments=call.function.arguments or "",
             )
             for i, call in enumerate(message.tool_calls or [])

@@ -397,6 +397,9 @@ class CalcDevice(Device):
                 "description": "The expression, e.g. '2**100 / 3' or 'sqrt(2) * pi'.",
                 "minLength": 1,
                 "maxLength": params.CALC_MAX_EXPR_CHARS,
+                # Only what an expression can hold: the grammar built from this schema keeps
+                # a small model from writing anything else (template braces, prose).
+                "pattern": "^[0-9a-z(-][0-9a-z_+*/%().,<>=! -]*$",
             }
         },
         "required": ["expression"],

@@ -104,6 +104,11 @@ def open_dir(root: Path, parts: list[str], *, create: bool = False) -> Iterator[
                 os.mkdir(part, 0o755, dir_fd=fd)
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode):
+                        raise FsError(
+                            f"refused: {shown!r} is or passes through a symbolic link"
+                        ) from None
                 raise _os_error(exc, shown) from None
             os.close(fd)
             fd = nfd
@@ -112,11 +117,13 @@ def open_dir(root: Path, parts: list[str], *, create: bool = False) -> Iterator[
         os.close(fd)
 
 
-def open_regular(root: Path, path: str, *, max_bytes: int = params.FS_MAX_FILE_BYTES) -> int:
+def open_regular(root: Path, path: str, *, max_bytes: int | None = None) -> int:
     """A read fd on the regular file `root/path` (no symlinks, no special files, size capped).
 
     Raises FsError with a one-line reason. The caller closes the fd.
     """
+    if max_bytes is None:
+        max_bytes = params.FS_MAX_FILE_BYTES
     parts = split_path(path)
     if not parts:
         raise FsError("a file path is required")

@@ -28,9 +28,10 @@ Exit status follows the shell convention: a child killed by signal N reports 128
 What protects what (measured in this repository's tests as root in its container):
 - network: the network namespace (no interfaces but a down loopback) is the boundary; the audit
   hook's socket refusal is a second layer. Without `unshare` only the audit hook applies.
-- fork bombs: RLIMIT_NPROC (current processes of the sandbox uid + `PYTHON_MAX_PROCS`) plus the
-  pid namespace and the process-group kill. As root without the uid drop (impossible here, but
-  say if it happens) RLIMIT_NPROC would not hold.
+- fork bombs: RLIMIT_NPROC (current processes of the sandbox uid + `PYTHON_MAX_PROCS`) makes
+  fork fail; the pid namespace and the process-group kill (repeated until /proc shows no live
+  member of the session) end the tree. RLIMIT_NPROC holds only because of the uid drop: the
+  kernel never enforces it for uid 0.
 - memory: RLIMIT_AS per process (a big allocation raises MemoryError); CPU: RLIMIT_CPU per
   process and the wall-clock kill for the tree.
 - files: the uid drop (nobody cannot write system files or read /root) is the boundary; the
@@ -126,6 +127,7 @@ PRELOAD = (
     "abc",
     "types",
     "inspect",
+    "encodings.idna",
     "socket",
     "subprocess",
     "select",
@@ -158,6 +160,7 @@ if pid:
             os._exit(rc if rc >= 0 else 128 - rc)
 work = spec["work"]
 os.chdir(work)
+import warnings  # os.execvpe needs it; the interpreter may be unreadable after the drop
 if spec["mode"] == "python":
     import importlib
     for mod in spec["preload"]:
@@ -509,8 +512,7 @@ def run_sandboxed(
                 reason = f"output limit ({limits.output_bytes} bytes)"
                 break
     finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc.pid)
         proc.wait()
         for key in list(sel.get_map().values()):
             over = _read_into(key.fd, bufs[key.fd], limits.output_bytes, sel, drain=True) or over
@@ -563,6 +565,21 @@ def _read_into(
         if not drain:
             return over
     return over
+
+
+def _kill_session(session: int, patience_s: float = 5.0) -> None:
+    """SIGKILL the process group `session` until no process of the session is left.
+
+    Killed processes take a moment to go (and a fork racing the kill may add one), so this
+    repeats the kill while /proc still lists a live member, for at most `patience_s`.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
+        if not session_processes(session) or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def session_processes(session: int) -> list[int]:

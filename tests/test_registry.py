@@ -1,0 +1,163 @@
+"""The device/CPU registry and plugins (pluggy hooks, entry points)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmos.devices import registry
+from llmos.devices.base import CallContext, Device, DeviceResult
+from llmos.errors import LlmosError
+from llmos.hookspecs import hookimpl
+
+BUILTINS = ["calc", "python", "shell", "fs", "clock", "random"]
+
+
+class Echo(Device):
+    name = "echo"
+    description = "Echo the text."
+    schema: dict[str, Any] = {  # noqa: RUF012
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "additionalProperties": False,
+    }
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        return DeviceResult.success(args["text"])
+
+
+class EchoPlugin:
+    @hookimpl
+    def llmos_register_devices(self, register: Callable[[Device], None]) -> None:
+        register(Echo())
+
+    @hookimpl
+    def llmos_register_cpus(self, register: Callable[[str, Any], None]) -> None:
+        register("echo", lambda spec: spec)
+
+
+def test_builtins_register_through_the_hook() -> None:
+    pm = registry.make_plugin_manager(entry_points=False)
+    found = registry.devices(pm=pm)
+    assert list(found) == BUILTINS
+    assert registry.cpu_factories(pm=pm) == {}
+    again = registry.devices(pm=pm)
+    assert all(again[n] is not found[n] for n in BUILTINS)  # fresh instances
+    assert pm.get_plugin(registry.BUILTIN_NAME) is registry.BUILTIN
+
+
+def test_global_plugin_manager_has_builtins() -> None:
+    assert registry.get_plugin_manager() is registry.get_plugin_manager()
+    assert list(registry.devices())[:6] == BUILTINS
+
+
+def test_plugin_object_adds_device_and_cpu() -> None:
+    pm = registry.make_plugin_manager(entry_points=False)
+    pm.register(EchoPlugin(), name="echo-plugin")
+    found = registry.devices(pm=pm)
+    assert list(found) == [*BUILTINS, "echo"]
+    assert found["echo"].call({"text": "hi"}, CallContext()).output == "hi"
+    factories = registry.cpu_factories(pm=pm)
+    assert list(factories) == ["echo"] and factories["echo"]("echo/x") == "echo/x"
+
+
+def test_duplicate_device_names_both_plugins() -> None:
+    class Dup:
+        @hookimpl
+        def llmos_register_devices(self, register: Callable[[Device], None]) -> None:
+            calc = Echo()
+            calc.name = "calc"
+            register(calc)
+
+    pm = registry.make_plugin_manager(entry_points=False)
+    pm.register(Dup(), name="dup-plugin")
+    with pytest.raises(LlmosError) as info:
+        registry.devices(pm=pm)
+    assert str(info.value) == (
+        "device 'calc' registered twice: by plugin 'llmos.builtin' and by plugin 'dup-plugin'"
+    )
+
+
+def test_duplicate_cpu_prefix() -> None:
+    pm = registry.make_plugin_manager(entry_points=False)
+    pm.register(EchoPlugin(), name="one")
+    pm.register(EchoPlugin(), name="two")
+    with pytest.raises(LlmosError, match="CPU prefix 'echo' registered twice: by plugin 'one'"):
+        registry.cpu_factories(pm=pm)
+
+
+def test_broken_plugin_is_named() -> None:
+    class Broken:
+        @hookimpl
+        def llmos_register_devices(self, register: Callable[[Device], None]) -> None:
+            raise RuntimeError("boom")
+
+    class NotADevice:
+        @hookimpl
+        def llmos_register_devices(self, register: Callable[[Any], None]) -> None:
+            register("calc")
+
+    pm = registry.make_plugin_manager(entry_points=False)
+    pm.register(Broken(), name="broken")
+    with pytest.raises(LlmosError) as info:
+        registry.devices(pm=pm)
+    assert str(info.value) == "plugin 'broken' failed in llmos_register_devices: RuntimeError: boom"
+    pm = registry.make_plugin_manager(entry_points=False)
+    pm.register(NotADevice(), name="nad")
+    with pytest.raises(LlmosError, match="plugin 'nad' registered str, not a Device instance"):
+        registry.devices(pm=pm)
+
+
+@pytest.fixture
+def dist_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fake installed distribution `llmos-echo` with an entry point in group "llmos"."""
+    (tmp_path / "llmos_echo_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from llmos.hookspecs import hookimpl
+            from llmos.devices.base import Device, DeviceResult
+
+            class Shout(Device):
+                name = "shout"
+                description = "Upper-case the text."
+                schema = {"type": "object", "properties": {}, "additionalProperties": False}
+
+                def call(self, args, ctx):
+                    return DeviceResult.success("HI")
+
+            @hookimpl
+            def llmos_register_devices(register):
+                register(Shout())
+            """
+        )
+    )
+    info = tmp_path / "llmos_echo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llmos-echo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[llmos]\nshout = llmos_echo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("llmos_echo_plugin", None)
+
+
+def test_entry_point_plugin_loads(dist_on_path: Path) -> None:
+    pm = registry.make_plugin_manager()
+    found = registry.devices(pm=pm)
+    assert "shout" in found
+    assert found["shout"].call({}, CallContext()).output == "HI"
+    assert pm.get_plugin("shout") is sys.modules["llmos_echo_plugin"]
+
+
+def test_entry_point_that_fails_to_import(dist_on_path: Path) -> None:
+    (dist_on_path / "llmos_echo_plugin.py").write_text("raise ImportError('missing dep')\n")
+    with pytest.raises(LlmosError) as info:
+        registry.make_plugin_manager()
+    assert str(info.value) == (
+        "plugin 'shout' (entry point 'llmos_echo_plugin' of llmos-echo) failed to load: "
+        "ImportError: missing dep"
+    )

@@ -1,0 +1,294 @@
+"""Syscalls: trap classification, the call grammar, dispatch faults, grants, the agent loop."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmos.agent import TextGate, agent_body
+from llmos.boot import boot
+from llmos.cpu.base import ToolCall, ToolSpec
+from llmos.cpu.scripted import ScriptedCPU
+from llmos.devices.base import CallContext, Device, DeviceResult
+from llmos.devices.registry import devices as builtin_devices
+from llmos.errors import OutputError, ProgramError
+from llmos.kernel import Kernel
+from llmos.log import Log
+from llmos.program import load
+from llmos.run import run_program
+from llmos.syscall import SyscallTable, grants_for
+from llmos.trap import call_grammar, classify
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+# --- test devices ------------------------------------------------------------------------------
+
+
+class Echo(Device):
+    name = "echo"
+    description = "Echo a word."
+    schema = {  # noqa: RUF012
+        "type": "object",
+        "properties": {"word": {"type": "string"}},
+        "required": ["word"],
+        "additionalProperties": False,
+    }
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        return DeviceResult.success({"echo": args["word"]})
+
+
+class Boom(Echo):
+    name = "boom"
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        raise RuntimeError("kaboom")
+
+
+class Hang(Echo):
+    name = "hang"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        self.entered.set()
+        self.release.wait(30)
+        return DeviceResult.success("late")
+
+
+class Flood(Echo):
+    name = "flood"
+
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        return DeviceResult.success("x" * (100 * 1024 * 1024))
+
+
+def call(name: str, args: Any) -> ToolCall:
+    return ToolCall(
+        id="c1", name=name, arguments=args if isinstance(args, str) else json.dumps(args)
+    )
+
+
+@pytest.fixture
+def table() -> Any:
+    t = SyscallTable({d.name: d for d in (Echo(), Boom(), Hang(), Flood())})
+    yield t
+    for d in t.devices.values():
+        if isinstance(d, Hang):
+            d.release.set()
+    t.close()
+
+
+# --- trap ----------------------------------------------------------------------------------------
+
+
+def test_classify_text_call_and_malformed() -> None:
+    assert classify("The answer is 4.").kind == "text"
+    got = classify('<tool_call>{"name": "calc", "arguments": {"expression": "2+2"}}</tool_call>')
+    assert got.kind == "syscall"
+    assert (got.calls[0].name, json.loads(got.calls[0].arguments)) == (
+        "calc",
+        {"expression": "2+2"},
+    )
+    before = classify('Let me see. <tool_call>{"name": "echo", "arguments": {}}</tool_call>')
+    assert before.kind == "syscall" and before.calls[0].name == "echo"
+    assert classify('<tool_call>{"name": "calc"').error == "unterminated <tool_call> block"
+    assert classify("<tool_call>{oops}</tool_call>").kind == "malformed"
+    assert classify('<tool_call>{"arguments": {}}</tool_call>').error == "call has no 'name' string"
+    native = [ToolCall(id="x", name="echo", arguments="{}")]
+    assert classify("", native).calls == native
+
+
+def test_call_grammar_names_each_device_and_requires_when_asked() -> None:
+    tools = [ToolSpec(d.name, d.description, d.schema) for d in (Echo(), Boom())]
+    required = call_grammar(tools, required=True)
+    assert required.startswith("root ::= call\n")
+    assert '"\\"echo\\""' in required and '"\\"boom\\""' in required
+    optional = call_grammar(tools)
+    assert optional.startswith("root ::= call | text\n")
+    with pytest.raises(OutputError):
+        call_grammar([])
+
+
+def test_text_gate_streams_text_but_never_a_call() -> None:
+    seen: list[str] = []
+    gate = TextGate(seen.append)
+    for piece in ["Let me ", "compute. <tool", '_call>{"name"', "}</tool_call>"]:
+        gate(piece)
+    gate.flush()
+    assert "".join(seen).strip() == "Let me compute."
+    seen.clear()
+    gate = TextGate(seen.append)
+    for piece in ["4 < 5", " is true"]:
+        gate(piece)
+    gate.flush()
+    assert "".join(seen) == "4 < 5 is true"
+
+
+# --- dispatch ------------------------------------------------------------------------------------
+
+
+def test_dispatch_ok_and_every_fault(table: SyscallTable) -> None:
+    grants = dict(table.devices)
+    ctx = CallContext(timeout_s=0.5)
+    ok = table.dispatch(call("echo", {"word": "hi"}), grants, ctx)
+    assert (ok.ok, ok.output) == (True, {"echo": "hi"})
+    assert json.loads(ok.segment()) == {"ok": True, "result": {"echo": "hi"}}
+    cases = {
+        "unknown device 'nope'": call("nope", {}),
+        "arguments are not valid JSON": call("echo", "{bad"),
+        "arguments must be a JSON object": call("echo", "[1]"),
+        "invalid arguments at (arguments): 'word' is a required property": call("echo", {}),
+        "invalid arguments at word: 3 is not of type 'string'": call("echo", {"word": 3}),
+        "device 'boom' failed: RuntimeError: kaboom": call("boom", {"word": "x"}),
+        "device 'hang' did not answer within 0.5 s": call("hang", {"word": "x"}),
+    }
+    for expected, c in cases.items():
+        result = table.dispatch(c, grants, ctx)
+        assert not result.ok
+        assert result.error is not None and result.error.startswith(expected), result.error
+        assert json.loads(result.segment())["ok"] is False
+    flood = table.dispatch(call("flood", {"word": "x"}), grants, ctx)
+    assert flood.ok and flood.truncated
+    assert len(flood.output.encode()) <= ctx.max_output_bytes
+
+
+def test_dispatch_denies_devices_not_granted(table: SyscallTable) -> None:
+    grants = {"echo": table.devices["echo"]}
+    denied = table.dispatch(call("boom", {"word": "x"}), grants, CallContext())
+    assert denied.error == "device 'boom' is not granted to this program"
+
+
+def test_grants_follow_declarations() -> None:
+    devices = builtin_devices()
+    assert set(grants_for(["calc"], {}, devices, "p")) == {"calc"}
+    with pytest.raises(ProgramError, match="declares unknown device 'teleport'"):
+        grants_for(["teleport"], {}, devices, "p")
+    with pytest.raises(ProgramError, match="device 'shell' is off by default"):
+        grants_for(["shell"], {}, devices, "p")
+    assert "shell" in grants_for([], {"shell": {"grant": True}}, devices, "p")
+
+
+# --- the agent loop ------------------------------------------------------------------------------
+
+
+PROGRAM = """---
+name: agent
+description: test agent
+tools: [calc]
+llmos.max_steps: 3
+---
+{{role "user"}}
+{{input}}
+"""
+
+
+@pytest.fixture
+def agent_program(tmp_path: Path) -> Any:
+    path = tmp_path / "agent.prompt"
+    path.write_text(PROGRAM)
+    return load(path)
+
+
+def _run(tmp_path: Path, program: Any, cpu: ScriptedCPU) -> Any:
+    table = SyscallTable(builtin_devices())
+    grants = grants_for(program.tools, {}, table.devices, "agent")
+    trace: list[dict[str, Any]] = []
+    body = agent_body(table, grants, CallContext(root=tmp_path), on_trace=trace.append)
+    with Log.open(tmp_path / "logs.db") as log:
+        try:
+            result = run_program(program, {"input": "q"}, cpu, log, body=body)
+        finally:
+            table.close()
+        record = log.get_run(result.run_id)
+    return result, trace, record
+
+
+def test_agent_loop_calls_then_answers(tmp_path: Path, agent_program: Any) -> None:
+    cpu = ScriptedCPU([[call("calc", {"expression": "17*23"})], "It is 391."])
+    result, trace, record = _run(tmp_path, agent_program, cpu)
+    assert result.output == "It is 391."
+    assert [t["kind"] for t in trace] == ["syscall", "text"]
+    assert trace[0]["result"] == {"result": "391", "exact": True}
+    # the second request carried the call and its result back to the model
+    second = cpu.requests[1].messages
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "calc"
+    assert second[-1]["role"] == "tool"
+    assert json.loads(second[-1]["content"]) == {
+        "ok": True,
+        "result": {"result": "391", "exact": True},
+    }
+    assert cpu.requests[0].tools is not None and cpu.requests[0].tools[0].name == "calc"
+    assert record.extra["steps"][0]["device"] == "calc"  # every step is in the log
+
+
+def test_agent_loop_recovers_from_errors_and_denials(tmp_path: Path, agent_program: Any) -> None:
+    cpu = ScriptedCPU(
+        [
+            [call("fs", {"op": "read", "path": "x"})],  # not declared: denied
+            [call("calc", {"expression": "1/0"})],  # the device reports an error
+            "I could not compute it.",
+        ]
+    )
+    result, trace, _ = _run(tmp_path, agent_program, cpu)
+    assert trace[0]["error"] == "device 'fs' is not granted to this program"
+    assert not trace[1]["ok"] and "division by zero" in trace[1]["error"]
+    assert result.output == "I could not compute it."
+
+
+def test_agent_loop_stops_at_max_steps(tmp_path: Path, agent_program: Any) -> None:
+    cpu = ScriptedCPU([[call("calc", {"expression": "1+1"})]] * 3)
+    with pytest.raises(OutputError, match=r"reached llmos.max_steps \(3\)"):
+        _run(tmp_path, agent_program, cpu)
+
+
+def test_a_process_is_blocked_during_its_syscall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_program: Any
+) -> None:
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+    system = boot()
+    hang = Hang()
+    system._syscalls = SyscallTable({"calc": hang})
+    hang.name = "calc"
+    kernel = Kernel(system)
+    kernel.add_cpu(ScriptedCPU([[call("calc", {"word": "x"})], "done"]))
+    proc = kernel.spawn(agent_program, {"input": "q"}, model="scripted")
+    assert hang.entered.wait(10)
+    assert proc.state.value == "blocked"
+    assert proc.syscalls == 1
+    hang.release.set()
+    kernel.wait(proc.pid, timeout=10)
+    assert (proc.exit_status, proc.text) == ("ok", "done")
+    kernel.shutdown()
+    system.close()
+
+
+# --- end to end on the embedded model --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_embedded_model_calls_calc_and_uses_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
+    system = boot()
+    program = load(EXAMPLES / "arithmetic.prompt")
+    trace: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    result = system.run(
+        program, {"input": "What is 1234 * 5678?"}, system.cpu("embedded"), on_trace=trace.append
+    )
+    assert time.perf_counter() - started < 120
+    assert trace[0]["kind"] == "syscall" and trace[0]["device"] == "calc"
+    assert json.loads(trace[0]["arguments"]) == {"expression": "1234 * 5678"}
+    assert trace[0]["result"] == {"result": "7006652", "exact": True}
+    assert "7006652" in result.output
+    system.close()

@@ -70,6 +70,7 @@ class Job:
     first_token_at: float | None = None
     entity: Entity = field(default_factory=Entity)
     charged_prompt: bool = False
+    deferred: int | None = None  # a token sampled in the step during which it was stopped
 
 
 class EmbeddedCPU(CPU):
@@ -301,6 +302,12 @@ class EmbeddedCPU(CPU):
                 self._preempt(job)
         placed = []
         for job in chosen:
+            if job.deferred is not None:  # continued after a stop: deliver its held token
+                token, job.deferred = job.deferred, None
+                with self._lock:
+                    self._on_token(job, token)
+                    if job not in self._jobs:
+                        continue
             if not job.seq.resident:
                 if self._prefix_pending(job.seq):
                     continue
@@ -399,7 +406,13 @@ class EmbeddedCPU(CPU):
         with self._lock:
             for job in chosen:
                 token = sampled.get(job.seq)
-                if token is not None and job in self._jobs:
+                if token is None or job not in self._jobs:
+                    continue
+                if job.entity.stopped and not (job.cancelled or job.entity.killed):
+                    # Stopped while this step ran: the token is the process's, but it shows
+                    # (and counts) only when the process continues.
+                    job.deferred = token
+                else:
                     self._on_token(job, token)
 
     def _on_token(self, job: Job, token: int) -> None:

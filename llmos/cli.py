@@ -496,6 +496,8 @@ def ps(show_all: bool, as_json: bool) -> None:
     click.echo(PS_HEADER)
     for p in procs:
         click.echo(_ps_row(p))
+        if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
+            click.echo(f"{'':>6} asks: {p['question']}")
 
 
 @cli.command()
@@ -542,6 +544,15 @@ def renice(priority: int, pid: int) -> None:
     """Give a process a new priority (0-39, never above its parent's)."""
     reply = _client().request("renice", pid=pid, priority=priority)
     click.echo(f"{pid}: priority {reply.get('old_priority')} -> {reply['process']['priority']}")
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@click.argument("text", nargs=-1, required=True)
+@handle_errors
+def answer(pid: int, text: tuple[str, ...]) -> None:
+    """Answer the question a process is waiting on (its `ask`; `llmos ps` shows it)."""
+    _client().request("answer", pid=pid, text=" ".join(text))
 
 
 def _end_code(info: dict[str, Any]) -> int:

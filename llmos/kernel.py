@@ -10,7 +10,9 @@ not batch, get a `sched.Gate`: a limit on requests in flight, granted in the pol
 
 Signals: `kill` (the process ends at its next token, its output so far kept and logged),
 `stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
-`renice` (a new priority, never above the parent's). `wait` blocks until exit.
+`renice` (a new priority, never above the parent's). `wait` blocks until exit. `answer`
+resumes a process waiting on a question (the `ask` device); `off_cpu` gives a remote CPU's
+place back while a process waits on a child or a person (the `call` and `ask` devices).
 
 Invariants:
 - Every process that was spawned ends in the table as exited with a status (`ok`, `failed`,
@@ -27,6 +29,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from llmos import params
@@ -61,6 +64,7 @@ class Kernel:
         self._gates: dict[str, Gate] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._rates: dict[int, tuple[float, int]] = {}
+        self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
         self.started_at = time.time()
 
     # --- CPUs ------------------------------------------------------------------------------------
@@ -125,6 +129,7 @@ class Kernel:
                 owner=owner,
                 pid=proc.pid,
                 on_syscall=lambda busy: self._blocked(proc, busy),
+                kernel=self,  # for the call/ask devices (llmos.devices.proc_devices)
             )
         except LlmosError as exc:
             self.table.reaped(proc)
@@ -248,9 +253,85 @@ class Kernel:
         for gate in list(self._gates.values()):
             gate.wake()
 
+    # --- waiting off the CPU: the call and ask devices (llmos.devices.proc_devices) ----------
+    @contextlib.contextmanager
+    def off_cpu(self, pid: int) -> Iterator[None]:
+        """While process `pid` waits in a syscall on something other than its CPU (a child, a
+        person), its place on a remote CPU's gate is given back, so waiting parents cannot
+        starve their own children; it is taken again (in the policy's order) afterwards."""
+        proc = self.table.get(pid)
+        gate = self._gates.get(proc.cpu)
+        if gate is None or not proc.entity.resident:
+            yield
+            return
+        gate.release(proc.entity)
+        proc.entity.resident = False
+        try:
+            yield
+        finally:
+            if gate.acquire(proc.entity):  # False when killed: _main's release is a no-op then
+                proc.entity.resident = True
+
+    def ask(self, pid: int, question: str, timeout: float) -> str:
+        """Put process `pid` in state waiting until `answer(pid, text)`; the answer.
+        LlmosError if no answer comes within `timeout` seconds or the process is killed."""
+        proc = self._live(pid)
+        pending = _Question(question)
+        with self._lock:
+            if pid in self._questions:
+                raise LlmosError(f"process {pid} is already waiting for an answer")
+            self._questions[pid] = pending
+        proc.set_state(State.WAITING)
+        deadline = time.monotonic() + timeout
+        try:
+            with self.off_cpu(pid):
+                while not pending.event.wait(params.PROC_DEVICE_POLL_S):
+                    if proc.entity.killed or time.monotonic() >= deadline:
+                        break
+        finally:
+            with self._lock:
+                if self._questions.get(pid) is pending:
+                    del self._questions[pid]
+                answered = pending.event.is_set()
+            with proc.cond:
+                if proc.base_state == State.WAITING:
+                    proc.base_state = State.BLOCKED  # still in its syscall
+                    proc.cond.notify_all()
+        if answered:
+            return pending.answer
+        if proc.entity.killed:
+            raise LlmosError("killed while waiting for an answer")
+        raise LlmosError(f"no answer within {timeout:g} s")
+
+    def answer(self, pid: int, text: str) -> Process:
+        """Answer the question process `pid` is waiting on; NoSuchProcessError if it is not
+        waiting for one."""
+        proc = self._live(pid)
+        with self._lock:
+            pending = self._questions.pop(pid, None)
+            if pending is None:
+                raise NoSuchProcessError(
+                    f"process {pid} is not waiting for an answer (it is {proc.state.value})"
+                )
+            pending.answer = text
+            pending.event.set()
+        return proc
+
+    def question(self, pid: int) -> str | None:
+        """The question process `pid` is waiting on, if any."""
+        with self._lock:
+            pending = self._questions.get(pid)
+        return None if pending is None else pending.text
+
     # --- observing -------------------------------------------------------------------------------
     def ps(self, *, include_exited: bool = True) -> list[dict[str, Any]]:
-        return [p.info() for p in self.table.all(include_exited=include_exited)]
+        return [self._info(p) for p in self.table.all(include_exited=include_exited)]
+
+    def _info(self, proc: Process) -> dict[str, Any]:
+        """`Process.info()` plus the question the process is waiting on (None if none)."""
+        info = proc.info()
+        info["question"] = self.question(proc.pid)
+        return info
 
     def top(self) -> dict[str, Any]:
         """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot),
@@ -258,7 +339,7 @@ class Kernel:
         now = time.monotonic()
         procs = []
         for p in self.table.all():
-            info = p.info()
+            info = self._info(p)
             last = self._rates.get(p.pid)
             gen = p.entity.generated
             info["tokens_per_s"] = (
@@ -301,3 +382,12 @@ class Kernel:
             threads = list(self._threads.values())
         for t in threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+class _Question:
+    """A pending `ask`: its text, and the answer once `Kernel.answer` gives one."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.answer = ""
+        self.event = threading.Event()

@@ -8,7 +8,7 @@ command line uses to talk to it.
 Protocol: newline-delimited UTF-8 JSON. A client sends one request line per connection,
 
     {"op": "spawn" | "ps" | "kill" | "stop" | "cont" | "renice" | "wait" | "follow" | "top"
-           | "status" | "shutdown", ...arguments}
+           | "answer" | "status" | "shutdown", ...arguments}
 
 and gets one reply line, `{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind":
 "<LlmosError.kind>", "exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines
@@ -22,6 +22,7 @@ and gets one reply line, `{"ok": true, ...}` or `{"ok": false, "error": "<one li
     renice   pid, priority                                    -> process, old_priority
     wait     pid, timeout (s, optional)                       -> process, text, timed_out
     top                                                       -> Kernel.top() + pid
+    answer   pid, text (to the question it waits on: `ask`)   -> process
     status                                                    -> pid, uptime_s, policy,
              max_resident, max_processes, counts {state: n}, live, exited, lost [..]
     shutdown                                                  -> pid, killed
@@ -87,6 +88,7 @@ OPS = (
     "wait",
     "follow",
     "top",
+    "answer",
     "status",
     "shutdown",
 )
@@ -335,6 +337,12 @@ class _Handler(socketserver.StreamRequestHandler):
             self._wait(_int(req, "pid"), _number(req, "timeout"))
         elif op == "follow":
             self._follow(_int(req, "pid"))
+        elif op == "answer":  # the `ask` device's reply (llmos.devices.proc_devices)
+            text = _str(req, "text")
+            if text is None:
+                raise ProtocolError("answer needs a 'text' (the answer)")
+            proc = k.answer(_int(req, "pid"), text)
+            self._send({"ok": True, "process": proc.info()})
         elif op == "shutdown":
             killed = len(k.table.all(include_exited=False))
             d.stopping = True

@@ -155,3 +155,9 @@ MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
 MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
+
+# --- Process devices (llmos.devices.proc_devices: call, ask) ----------------------------------
+CALL_TIMEOUT_S = 600.0  # longest a `call` waits for its child program (then the child is killed)
+ASK_TIMEOUT_S = 600.0  # longest an `ask` waits for `llmos answer PID TEXT`
+PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its process was killed
+PROC_DEVICE_MARGIN_S = 5.0  # call/ask give up this long before the syscall layer would

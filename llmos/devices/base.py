@@ -37,6 +37,7 @@ class CallContext:
     options: dict[str, Any] = field(default_factory=dict)  # from the program's llmos.devices
     timeout_s: float = params.DEVICE_TIMEOUT_S
     max_output_bytes: int = params.DEVICE_MAX_OUTPUT_BYTES
+    kernel: Any = None  # the llmos.kernel.Kernel running this process; None in a plain run
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 `get_plugin_manager()` builds (once per llmos process) a pluggy `PluginManager` for the project
 "llmos" with the specs of `llmos.hookspecs`, registers the built-in plugin (`BUILTIN`, which
-adds calc, python, shell, fs, clock and random through `llmos_register_devices` like any other
-plugin), then loads installed plugins from the entry-point group "llmos".
+adds calc, python, shell, fs, clock, random, call and ask through `llmos_register_devices`
+like any other plugin), then loads installed plugins from the entry-point group "llmos".
 
 - `devices(config=None, pm=None) -> dict[str, Device]`: calls every plugin's
   `llmos_register_devices(register)` and returns fresh instances by name.
@@ -51,11 +51,14 @@ class BuiltinDevices:
         from llmos.devices.calc import CalcDevice
         from llmos.devices.clock import ClockDevice, RandomDevice
         from llmos.devices.fs import FsDevice
+        from llmos.devices.proc_devices import AskDevice, CallDevice
         from llmos.devices.python import PythonDevice
         from llmos.devices.shell import ShellDevice
 
         for cls in (CalcDevice, PythonDevice, ShellDevice, FsDevice, ClockDevice, RandomDevice):
             register(cls())
+        for proc_cls in (CallDevice, AskDevice):  # need the kernel: llmos.devices.proc_devices
+            register(proc_cls())
 
 
 BUILTIN = BuiltinDevices()

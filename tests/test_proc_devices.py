@@ -22,17 +22,16 @@ from llmos.devices.base import CallContext
 from llmos.devices.proc_devices import NO_KERNEL, AskDevice, CallDevice, syscall_timeout
 from llmos.errors import NoSuchProcessError
 from llmos.kernel import Kernel
-from llmos.proc import Process
 
 
 def call(name: str, args: dict[str, Any], cid: str = "c1") -> ToolCall:
     return ToolCall(id=cid, name=name, arguments=json.dumps(args))
 
 
-def prog(name: str, tools: list[str], extra: str = "") -> str:
+def prog(name: str, tools: list[str], extra: str = "", steps: int = 4) -> str:
     return (
         f"---\nname: {name}\ndescription: test {name}\ntools: [{', '.join(tools)}]\n"
-        f"llmos.max_steps: 4\n{extra}---\n{{{{role \"user\"}}}}\nGo.\n"
+        f'llmos.max_steps: {steps}\n{extra}---\n{{{{role "user"}}}}\nGo.\n'
     )
 
 
@@ -43,7 +42,7 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
     programs.mkdir()
     (programs / "parent.prompt").write_text(prog("parent", ["call"]))
     (programs / "child.prompt").write_text(prog("child", ["clock"], "llmos.priority: 35\n"))
-    (programs / "loop.prompt").write_text(prog("loop", ["call"], "llmos.max_steps: 2\n"))
+    (programs / "loop.prompt").write_text(prog("loop", ["call"], steps=2))
     (programs / "asker.prompt").write_text(prog("asker", ["ask"]))
     (programs / "quick.prompt").write_text(
         prog("quick", ["ask"], "llmos.devices:\n  ask: {timeout_s: 0.3}\n")
@@ -178,29 +177,30 @@ def test_ask_waits_until_answered(system: System) -> None:
 
 
 def test_answering_a_process_that_is_not_asking_is_an_error(system: System) -> None:
-    kernel, _ = kernel_with(system, [])
-    gate = threading.Event()
+    kernel, cpu = kernel_with(
+        system,
+        [
+            [call("call", {"program": "asker"})],
+            [call("ask", {"question": "Sure?"})],
+            "child done",
+            "parent done",
+        ],
+    )
     try:
-        proc: Process = kernel.spawn("asker", {}, model="scripted")
-        # no reply queued: the process fails at once; spawn another that is stopped first
-        kernel.wait(proc.pid, timeout=10)
+        parent = kernel.spawn("parent", {}, model="scripted")
+        wait_for(lambda: any(p.program == "asker" for p in kernel.table.children(parent.pid)))
+        [child] = kernel.table.children(parent.pid)
+        wait_for(lambda: kernel.question(child.pid) == "Sure?")
+        assert parent.state.value == "blocked"  # in its call, not asking
+        with pytest.raises(NoSuchProcessError, match="is not waiting for an answer"):
+            kernel.answer(parent.pid, "x")
         with pytest.raises(NoSuchProcessError, match="no process with pid 99"):
             kernel.answer(99, "x")
-        kernel2, _ = kernel_with(system, [[call("ask", {"question": "q?"})], "ok"])
-        try:
-            running = kernel2.spawn("asker", {}, model="scripted")
-            kernel2.stop(running.pid)
-            with pytest.raises(NoSuchProcessError, match="is not waiting for an answer"):
-                kernel2.answer(running.pid, "x")
-            kernel2.cont(running.pid)
-            wait_for(lambda: kernel2.question(running.pid) is not None)
-            kernel2.answer(running.pid, "x")
-            kernel2.wait(running.pid, timeout=10)
-            assert running.exit_status == "ok"
-        finally:
-            kernel2.shutdown()
+        kernel.answer(child.pid, "yes")
+        kernel.wait(parent.pid, timeout=10)
+        assert (parent.exit_status, parent.text) == ("ok", "parent done")
+        assert tool_results(cpu, 3)[0]["result"]["output"] == "child done"
     finally:
-        gate.set()
         kernel.shutdown()
 
 
@@ -257,9 +257,7 @@ def test_answer_through_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         assert ready.wait(10)
         pid = client.spawn("asker", model="scripted")
-        wait_for(
-            lambda: any(p.get("question") for p in client.request("ps")["processes"]), 10
-        )
+        wait_for(lambda: any(p.get("question") for p in client.request("ps")["processes"]), 10)
         [info] = client.request("ps")["processes"]
         assert (info["pid"], info["state"], info["question"]) == (pid, "waiting", "Name?")
         with pytest.raises(NoSuchProcessError):

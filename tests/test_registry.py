@@ -15,7 +15,7 @@ from llmos.devices.base import CallContext, Device, DeviceResult
 from llmos.errors import LlmosError
 from llmos.hookspecs import hookimpl
 
-BUILTINS = ["calc", "python", "shell", "fs", "clock", "random"]
+BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
 
 
 class Echo(Device):

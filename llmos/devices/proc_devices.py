@@ -144,10 +144,8 @@ class CallDevice(Device):
             )
         output: Any = child.text
         if program.json_mode:
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # else keep the text
                 output = json.loads(output)
-            except json.JSONDecodeError:
-                pass
         return DeviceResult.success(
             {"pid": child.pid, "exit_status": child.exit_status, "output": output}
         )

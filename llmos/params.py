@@ -72,7 +72,7 @@ DEFAULT_PRIORITY = 20
 DEFAULT_MAX_STEPS = 8
 
 # --- Log ----------------------------------------------------------------------------------------
-LOG_BUSY_TIMEOUT_S = 10.0  # how long a writer waits for a lock held by another llmos
+LOG_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for a lock held by another llmos
 LOG_LIST_DEFAULT = 20  # rows `llmos logs` shows by default
 LOG_STALE_NO_PID_S = 3600.0  # a 'running' run with no pid, older than this, is taken as lost
 

@@ -394,7 +394,7 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
         (
             b'{"op": "reboot"}\n',
             "unknown op 'reboot': use one of spawn, ps, kill, stop, cont, renice, wait, "
-            "follow, top, status, shutdown",
+            "follow, top, answer, status, shutdown",
         ),
         (b'{"op": "kill", "pid": "1"}\n', "'pid' must be an integer, got '1'"),
         (b'{"op": "kill"}\n', "'pid' must be an integer, got None"),

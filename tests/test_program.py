@@ -325,7 +325,7 @@ def test_folder_without_skill_file(tmp_path: Path) -> None:
         (
             "unknown_llmos.prompt",
             "unknown key 'llmos.max_stepz' (valid llmos keys: budget, devices,"
-            " max_output_tokens, max_steps, priority)",
+            " max_output_tokens, max_steps, priority, tool_choice)",
         ),
         ("unknown_nested_llmos.prompt", "unknown key 'llmos.colour' (valid llmos keys: "),
         ("wrong_type_llmos.prompt", "'llmos.max_steps' must be an integer, got \"four\""),
@@ -720,4 +720,11 @@ def test_discover_examples() -> None:
     problems: list[ProgramError] = []
     found = prog.discover([EXAMPLES, EXAMPLES / "skills"], problems)
     assert problems == []
-    assert [p.name for p in found] == ["classify", "extract", "haiku", "summarize", "translate"]
+    assert [p.name for p in found] == [
+        "arithmetic",
+        "classify",
+        "extract",
+        "haiku",
+        "summarize",
+        "translate",
+    ]

@@ -13,6 +13,7 @@ shared by every process that uses it.
 from __future__ import annotations
 
 import importlib.resources
+import os
 import threading
 from pathlib import Path
 
@@ -65,9 +66,15 @@ def canonical(spec: str | None, config: Config) -> str:
 
 def _build(spec: str, config: Config) -> CPU:
     if spec == "embedded":
+        from llmos.config import home
         from llmos.cpu.llama import EmbeddedCPU
+        from llmos.cpu.quant import prepared_model
 
-        return EmbeddedCPU(embedded_model_path(), name="embedded")
+        # The weight format is chosen by bench/quant.py's measurement (params.EMBEDDED_QUANT);
+        # LLMOS_EMBEDDED_QUANT overrides it. Other formats are converted once and cached.
+        ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
+        cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
+        return EmbeddedCPU(prepared_model(embedded_model_path(), cache, ftype), name="embedded")
     if spec.startswith("openai/"):
         from llmos.cpu.openai import OpenAICPU
 

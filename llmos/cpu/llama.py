@@ -283,7 +283,19 @@ class EmbeddedCPU(CPU):
                 for job in chosen:
                     self._fail(job, exc)
                 continue
-            self._step(placed)
+            self._step(self._urgent(placed))
+
+    @staticmethod
+    def _urgent(placed: list[Job]) -> list[Job]:
+        """Jobs to step now. A prompt of higher priority than every decoding job is prefilled
+        in a step of its own (in full-size chunks), so an interactive arrival's first token is
+        not held behind a batch of lower-priority decodes; everyone else waits one step."""
+        decoding = [j for j in placed if not j.seq.prefilling]
+        if not decoding:
+            return placed
+        top = max(j.entity.priority for j in decoding)
+        urgent = [j for j in placed if j.seq.prefilling and j.entity.priority > top]
+        return urgent or placed
 
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""

@@ -37,6 +37,7 @@ fi
 installed_version() {  # the version of npm package $1 under $PREFIX, or nothing
     local manifest="$PREFIX/node_modules/$1/package.json"
     [ -f "$manifest" ] || return 0
+    [ -f "$PREFIX/node_modules/$1/dist/index.js" ] || return 0  # an incomplete install
     node -e 'process.stdout.write(require(process.argv[1]).version)' "$PWD/$manifest"
 }
 
@@ -51,4 +52,20 @@ if [ "${#wanted[@]}" -gt 0 ]; then
     mkdir -p "$PREFIX"
     npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error --save-exact \
         "${wanted[@]}"
+fi
+
+# npm has been seen to leave a package without its dist/ (an incomplete extraction from its
+# cache); check the entry points and reinstall from the registry once if one is missing.
+complete() {
+    [ -f "$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ] &&
+        [ -f "$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" ]
+}
+if ! complete; then
+    rm -rf "$PREFIX/node_modules"
+    npm cache verify >/dev/null 2>&1 || true
+    npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error --save-exact \
+        --prefer-online \
+        "@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}" \
+        "@modelcontextprotocol/server-filesystem@${FILESYSTEM_VERSION}"
+    complete || { echo "install-test-servers: npm installed incomplete MCP servers" >&2; exit 1; }
 fi

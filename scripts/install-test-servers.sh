@@ -54,8 +54,8 @@ if [ "${#wanted[@]}" -gt 0 ]; then
         "${wanted[@]}"
 fi
 
-# npm has been seen to leave a package without its dist/ (an incomplete extraction from its
-# cache); check the entry points and reinstall from the registry once if one is missing.
+# A package directory without its dist/ (copied or restored incompletely) is not a server:
+# check the entry points and reinstall from the registry once if one is missing.
 complete() {
     [ -f "$PREFIX/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ] &&
         [ -f "$PREFIX/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" ]

@@ -75,7 +75,7 @@ from llmos import program as program_mod
 from llmos.boot import System
 from llmos.errors import AdmissionError, KernelError, LlmosError
 from llmos.kernel import Kernel
-from llmos.log import Log
+from llmos.log import Log, pid_alive
 from llmos.proc import Process, State
 
 OPS = (
@@ -149,24 +149,6 @@ def _check_socket_path(path: Path) -> None:
             f"socket path {path} is longer than {_SUN_PATH_MAX} bytes; "
             f"set {params.ENV_HOME} to a shorter directory"
         )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` is a live process here (a zombie counts as gone)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _read_pid(path: Path) -> int | None:

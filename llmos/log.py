@@ -160,7 +160,8 @@ def new_run_id() -> str:
     return f"{ms:012x}{rand:020x}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process on this machine (a zombie counts as gone)."""
     if pid <= 0:
         return False
     try:
@@ -171,7 +172,12 @@ def _pid_alive(pid: int) -> bool:
         return True  # it exists, owned by someone else
     except OSError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _fts_query(text: str) -> str | None:
@@ -586,7 +592,7 @@ class Log:
                 if row["pid"] is None:
                     stale = now - row["started_at"] > params.LOG_STALE_NO_PID_S
                 else:
-                    stale = not _pid_alive(int(row["pid"]))
+                    stale = not pid_alive(int(row["pid"]))
                 if not stale:
                     continue
                 conn.execute(

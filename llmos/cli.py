@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import click
 
-from llmos import boot, kerneld, params
+from llmos import boot, kclient, params
 from llmos import program as programs_mod
 from llmos.errors import EXIT_INTERRUPTED, InputError, KernelError, LlmosError
 from llmos.log import RunRecord
@@ -334,8 +334,8 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
 # --- The kernel daemon and its processes ---------------------------------------------------------
 
 
-def _client() -> kerneld.KernelClient:
-    return kerneld.KernelClient(kerneld.kernel_home())
+def _client() -> kclient.KernelClient:
+    return kclient.KernelClient(kclient.kernel_home())
 
 
 def _duration(seconds: float) -> str:
@@ -384,11 +384,11 @@ def kernel() -> None:
 @handle_errors
 def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
     """Start the kernel daemon in the background; print its pid."""
-    home = kerneld.kernel_home(create=True)
-    pid = kerneld.start_daemon(
+    home = kclient.kernel_home(create=True)
+    pid = kclient.start_daemon(
         home, policy=policy, max_resident=max_resident, max_processes=max_processes
     )
-    status = kerneld.KernelClient(home).request("status")
+    status = kclient.KernelClient(home).request("status")
     click.echo(str(pid))
     click.echo(f"llmos: kernel started (pid {pid}, policy {status.get('policy')})", err=True)
     lost = status.get("lost") or []
@@ -403,7 +403,9 @@ def kernel_start(policy: str | None, max_resident: int | None, max_processes: in
 @handle_errors
 def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
     """Run the kernel daemon in the foreground (`kernel start` runs this)."""
-    kerneld.kernel_home(create=True)
+    kclient.kernel_home(create=True)
+    from llmos import kerneld  # the server side, only for `kernel serve`
+
     system = boot.boot(open_log=False)
     kerneld.serve(system, policy=policy, max_resident=max_resident, max_processes=max_processes)
 
@@ -412,7 +414,7 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 @handle_errors
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
-    reply = kerneld.stop_daemon(kerneld.kernel_home())
+    reply = kclient.stop_daemon(kclient.kernel_home())
     click.echo(
         f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
         "killed)",

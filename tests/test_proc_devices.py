@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from llmos import cpu as cpu_mod
-from llmos import kerneld, params
+from llmos import kclient, kerneld, params
 from llmos.boot import System, boot
 from llmos.cpu.base import ToolCall
 from llmos.cpu.scripted import ScriptedCPU
@@ -253,7 +253,7 @@ def test_answer_through_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
         target=kerneld.serve, args=(system,), kwargs={"on_ready": lambda d: ready.set()}
     )
     server.start()
-    client = kerneld.KernelClient(home)
+    client = kclient.KernelClient(home)
     try:
         assert ready.wait(10)
         pid = client.spawn("asker", model="scripted")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos import config as config_mod
 from llmos import cpu as cpu_mod
@@ -35,8 +35,11 @@ from llmos.devices.proc_devices import syscall_timeout
 from llmos.errors import LlmosError, ProgramError
 from llmos.log import Log
 from llmos.program import Program
-from llmos.run import Body, RunResult, run_program
+from llmos.run import Body, RunResult
 from llmos.syscall import SyscallTable, grants_for
+
+if TYPE_CHECKING:
+    from llmos.kernel import Kernel
 
 
 @dataclass
@@ -47,6 +50,7 @@ class System:
     _log: Log | None = None
     _syscalls: SyscallTable | None = None
     _mcp: Any = None  # MCPDevices, when config.json names MCP servers
+    _kernel: Kernel | None = None
     _opened_at: float = field(default_factory=time.time)
 
     @property
@@ -127,6 +131,15 @@ class System:
             problems.extend(found)
         return programs
 
+    def kernel(self) -> Kernel:
+        """The in-process kernel (booted on first use) that `llmos run` runs programs on when
+        no daemon is involved."""
+        if self._kernel is None:
+            from llmos.kernel import Kernel
+
+            self._kernel = Kernel(self)
+        return self._kernel
+
     def run(
         self,
         program: Program,
@@ -135,12 +148,40 @@ class System:
         on_text: Callable[[str], None] | None = None,
         on_trace: Trace | None = None,
     ) -> RunResult:
-        """Run a program in this OS process (no kernel daemon needed)."""
-        owner = getpass.getuser()
-        body = self.body_for(program, owner=owner, pid=os.getpid(), on_trace=on_trace)
-        return run_program(
-            program, inputs, cpu, self.log, on_text, owner=owner, pid=os.getpid(), body=body
-        )
+        """Run a program as a process of the in-process kernel and wait for it, streaming its
+        output to `on_text`; raise the error it failed with. If the caller is interrupted (or
+        its output pipe closes), the process is killed and logged as such first."""
+        kernel = self.kernel()
+        proc = kernel.spawn(program, inputs, owner=getpass.getuser(), cpu=cpu, on_trace=on_trace)
+        seen = 0
+
+        def news() -> bool:
+            return len(proc.output) > seen or not proc.alive
+
+        try:
+            while True:
+                with proc.cond:
+                    proc.cond.wait_for(news)
+                    fresh, alive = proc.output[seen:], proc.alive
+                seen += len(fresh)
+                for text in fresh:
+                    if on_text is not None:
+                        on_text(text)
+                if not alive:
+                    break
+        except BaseException:
+            if proc.alive:
+                kernel.kill(proc.pid)
+                proc.wait(timeout=10)
+            raise
+        if proc.exception is not None:
+            raise proc.exception
+        if proc.result is None:
+            raise LlmosError(
+                f"{program.path}: process {proc.pid} ended {proc.exit_status}: {proc.error}"
+            )
+        result: RunResult = proc.result
+        return result
 
     def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
         """Journal a run that failed before it could start (bad program, input or model)."""

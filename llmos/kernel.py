@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos import params
 from llmos.boot import System
@@ -41,6 +41,9 @@ from llmos.proc import Process, ProcessTable, State
 from llmos.program import Program
 from llmos.run import run_program
 from llmos.sched import Gate, Policy, make_policy
+
+if TYPE_CHECKING:
+    from llmos.agent import Trace
 
 
 class Kernel:
@@ -98,15 +101,20 @@ class Kernel:
         priority: int | None = None,
         budget: int | None = None,
         parent: int = 0,
+        cpu: CPU | None = None,
+        on_trace: Trace | None = None,
     ) -> Process:
-        """Start a process; ProgramError/ModelError/AdmissionError if it cannot start."""
+        """Start a process (on `cpu` if given, else the one `model` or the program names);
+        ProgramError/ModelError/AdmissionError if it cannot start."""
         inputs = dict(inputs or {})
         program = (
             program_ref
             if isinstance(program_ref, Program)
             else self.system.load_program(program_ref)
         )
-        if model is not None and model in self._cpus:
+        if cpu is not None:
+            self.add_cpu(cpu)
+        elif model is not None and model in self._cpus:
             cpu = self._cpus[model]
         else:
             cpu = self.cpu(model or program.model)
@@ -129,6 +137,7 @@ class Kernel:
                 owner=owner,
                 pid=proc.pid,
                 on_syscall=lambda busy: self._blocked(proc, busy),
+                on_trace=on_trace,
                 kernel=self,  # for the call/ask devices (llmos.devices.proc_devices)
             )
         except LlmosError as exc:
@@ -169,11 +178,13 @@ class Kernel:
                 on_run=lambda run_id: setattr(proc, "run_id", run_id),
                 body=proc.body,
             )
+            proc.result = result
             if result.finish_reason == "cancelled":
                 status, error = "killed", "killed before it finished"
             elif result.finish_reason == "budget":
                 status, error = "budget", "token budget exhausted"
         except LlmosError as exc:
+            proc.exception = exc
             status, error = ("killed", str(exc)) if proc.entity.killed else ("failed", str(exc))
         except Exception as exc:  # a bug must not take the kernel down with it
             status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"

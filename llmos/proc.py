@@ -78,6 +78,8 @@ class Process:
     output: list[str] = field(default_factory=list)
     syscalls: int = 0
     body: Any = None  # the agent loop for a program with devices (see llmos.agent)
+    result: Any = None  # the RunResult of a process that ran to its end
+    exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 

@@ -31,7 +31,6 @@ from llmos.agent import Trace, agent_body
 from llmos.config import Config
 from llmos.cpu.base import CPU
 from llmos.devices.base import CallContext
-from llmos.devices.proc_devices import syscall_timeout
 from llmos.errors import LlmosError, ProgramError
 from llmos.log import Log
 from llmos.program import Program
@@ -116,7 +115,6 @@ class System:
         table = self.syscalls
         grants = grants_for(declared, options, table.devices, str(program.path))
         ctx = CallContext(pid=pid, owner=owner, root=self.user_root(owner), kernel=kernel)
-        ctx.timeout_s = syscall_timeout(grants, ctx.timeout_s)  # call/ask wait longer
         return agent_body(
             table, grants, ctx, on_trace=on_trace, on_syscall=on_syscall, device_options=options
         )

@@ -130,6 +130,8 @@ class SyscallTable:
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
             return _fail(name, f"invalid arguments at {where}: {error.message}")
+        if device.timeout_s is not None:  # a device that waits on purpose (call, ask)
+            ctx = dataclasses.replace(ctx, timeout_s=device.timeout_s)
         future = self._pool.submit(device.call, args, ctx)
         try:
             out: DeviceResult = future.result(timeout=ctx.timeout_s)

@@ -161,3 +161,33 @@ def test_entry_point_that_fails_to_import(dist_on_path: Path) -> None:
         "plugin 'shout' (entry point 'llmos_echo_plugin' of llmos-echo) failed to load: "
         "ImportError: missing dep"
     )
+
+
+def test_a_plugin_cpu_is_resolved_by_its_prefix() -> None:
+    from llmos import cpu as cpu_mod
+    from llmos.config import Config
+    from llmos.cpu.scripted import ScriptedCPU
+
+    built: list[str] = []
+
+    class ScriptedCPUPlugin:
+        @hookimpl
+        def llmos_register_cpus(self, register: Callable[[str, Any], None]) -> None:
+            def factory(spec: str) -> ScriptedCPU:
+                built.append(spec)
+                return ScriptedCPU(["hi"])
+
+            register("scriptedplugin", factory)
+
+    pm = registry.get_plugin_manager()
+    plugin = ScriptedCPUPlugin()
+    pm.register(plugin, name="scripted-cpu-plugin")
+    try:
+        cpu = cpu_mod.resolve("scriptedplugin/tiny", Config())
+        assert isinstance(cpu, ScriptedCPU)
+        assert built == ["scriptedplugin/tiny"]
+        with pytest.raises(LlmosError, match="scriptedplugin"):
+            cpu_mod.resolve("nosuchcpu/x", Config())
+    finally:
+        pm.unregister(plugin)
+        cpu_mod._cache.pop("scriptedplugin/tiny", None)

@@ -5,6 +5,7 @@ A model spec is what a program's `model:` field or `--model` says:
 - `openai/<model>`: any OpenAI-compatible server (base URL and key from env or config);
 - a path to a `.gguf` file: that local model, run by the embedded engine;
 - an alias from `config.json`'s `aliases`, resolved to one of the above;
+- `<prefix>` or `<prefix>/<model>`, for a CPU a plugin registered (`llmos_register_cpus`);
 
 `resolve` caches one CPU per spec for the life of the process: a model is loaded once and
 shared by every process that uses it.
@@ -88,12 +89,20 @@ def _build(spec: str, config: Config) -> CPU:
             api_key=config.openai_api_key(),
             n_ctx=int(n_ctx) if n_ctx else None,
         )
-    if spec.endswith(".gguf") or "/" in spec or Path(spec).exists():
+    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or Path(spec).exists():
         from llmos.cpu.llama import EmbeddedCPU
 
         path = Path(spec).expanduser().resolve()
         return EmbeddedCPU(path, name=str(path))
-    known = ", ".join(["embedded", "openai/<model>", "PATH.gguf", *sorted(config.aliases)])
+    from llmos.devices.registry import cpu_factories
+
+    plugins = cpu_factories()  # CPUs from plugins: `<prefix>` or `<prefix>/<model>`
+    factory = plugins.get(spec.split("/", 1)[0])
+    if factory is not None:
+        return factory(spec)
+    known = ", ".join(
+        ["embedded", "openai/<model>", "PATH.gguf", *sorted(config.aliases), *sorted(plugins)]
+    )
     raise ModelError(f"unknown model '{spec}': use one of {known}")
 
 

@@ -63,6 +63,7 @@ class Device(abc.ABC):
     description: str = ""  # what the model reads: what it does, when to use it
     schema: dict[str, Any] = {"type": "object", "properties": {}}  # noqa: RUF012
     default_on: bool = True  # False: only when a program both declares and is granted it
+    timeout_s: float | None = None  # its own wall-clock limit, when it differs from the default
 
     @abc.abstractmethod
     def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:

@@ -20,9 +20,9 @@ and reads a line from the terminal when stdin is a TTY ("no one to ask" otherwis
 
 Waiting: a `call` waits at most `llmos.devices.call.timeout_s` (default and cap
 `params.CALL_TIMEOUT_S`), then kills the child; an `ask` waits at most
-`llmos.devices.ask.timeout_s` (cap `params.ASK_TIMEOUT_S`). `syscall_timeout` raises a process's
-syscall wall-clock limit (`ctx.timeout_s`) above these when either device is granted, so the
-syscall layer never abandons them first. While waiting, the process gives back its place on a
+`llmos.devices.ask.timeout_s` (cap `params.ASK_TIMEOUT_S`). Each device declares a syscall
+wall-clock limit (`Device.timeout_s`) a margin above its cap, so the syscall layer never
+abandons it first. While waiting, the process gives back its place on a
 remote CPU (`Kernel.off_cpu`), so a chain of calls cannot starve its own children of the CPU;
 and a waiting process that is killed stops waiting (a `call` kills its child too).
 
@@ -43,7 +43,6 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,18 +61,6 @@ NO_ONE_TO_ASK = (
 )
 
 
-def syscall_timeout(granted: Iterable[str], default: float) -> float:
-    """The syscall wall-clock limit for a process granted `granted` devices: long enough that
-    `call` and `ask` time out on their own terms, before the syscall layer abandons them."""
-    names = set(granted)
-    longest = default
-    if "call" in names:
-        longest = max(longest, params.CALL_TIMEOUT_S + params.PROC_DEVICE_MARGIN_S)
-    if "ask" in names:
-        longest = max(longest, params.ASK_TIMEOUT_S + params.PROC_DEVICE_MARGIN_S)
-    return longest
-
-
 def _wait_limit(ctx: CallContext, cap: float) -> float:
     """How long a device may wait: the program's `timeout_s` option, at most `cap`, and always
     a margin inside the syscall layer's own limit."""
@@ -89,6 +76,7 @@ def _wait_limit(ctx: CallContext, cap: float) -> float:
 
 class CallDevice(Device):
     name = "call"
+    timeout_s = params.CALL_TIMEOUT_S + params.PROC_DEVICE_MARGIN_S
     description = (
         "Run another program as a child process and get its output. Give the program's name "
         "(or path) and its inputs as an object. Returns {pid, exit_status, output}."
@@ -167,6 +155,7 @@ def _load(kernel: Kernel, ref: str, parent_path: str | None) -> Program:
 
 class AskDevice(Device):
     name = "ask"
+    timeout_s = params.ASK_TIMEOUT_S + params.PROC_DEVICE_MARGIN_S
     description = (
         "Ask the user a question and wait for the answer. Use it only when you cannot go on "
         "without information only the user has. Returns {answer}."

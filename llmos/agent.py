@@ -6,8 +6,12 @@ admits one well-formed call or an answer, see `llmos.trap`). `trap.classify` sor
 
 - text: the answer; the loop ends and the text is the program's output;
 - a syscall: `SyscallTable.dispatch` runs it (the process is blocked meanwhile) and its result,
-  or a clear error, is appended as a `tool` message; the loop continues;
+  or a clear error, is appended as a `tool` message (a `syscall` segment of the process's
+  context); the loop continues;
 - malformed: the model is told what was wrong, and the loop continues.
+
+The conversation lives in the process's `Context`; before each step it is fitted to the
+context limit (the pager pages out what no longer fits, see `llmos.paging`).
 
 Every step (kind, device, arguments, result, duration) is kept in `RunResult.extra["steps"]`,
 which the log stores with the run; `on_trace` sees each step as it happens (`llmos run
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmos.context import Context
 from llmos.cpu.base import CPU, GenRequest, Message, ToolCall
 from llmos.devices.base import CallContext, Device
 from llmos.errors import OutputError
@@ -93,16 +98,15 @@ def agent_body(
     def body(
         program: Program,
         cpu: CPU,
-        messages: list[Message],
+        context: Context,
         on_text: Callable[[str], None] | None,
         started: float,
         entity: Entity | None,
-        n_prompt: int,
     ) -> RunResult:
         return _loop(
             program,
             cpu,
-            messages,
+            context,
             on_text,
             started,
             entity,
@@ -120,7 +124,7 @@ def agent_body(
 def _loop(
     program: Program,
     cpu: CPU,
-    messages: list[Message],
+    context: Context,
     on_text: Callable[[str], None] | None,
     started: float,
     entity: Entity | None,
@@ -134,15 +138,20 @@ def _loop(
     specs = syscalls.specs(grants)
     settings = program.gen_settings()
     required_first = program.llmos.get("tool_choice") == "required"
-    conversation = list(messages)
     steps: list[dict[str, Any]] = []
     prompt_total = completion_total = 0
     ttft_ms: float | None = None
     police = entity if entity is not None and not cpu.capabilities.batching else None
     for step in range(1, program.max_steps + 1):
         choice = "required" if (required_first and step == 1) else "auto"
+        context.step = step
+        context.fit()  # pages out what no longer fits (see llmos.paging)
         request = GenRequest(
-            messages=conversation, tools=specs, tool_choice=choice, entity=entity, **settings
+            messages=context.messages(),
+            tools=specs,
+            tool_choice=choice,
+            entity=entity,
+            **settings,
         )
         gate = TextGate(on_text)
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
@@ -151,6 +160,7 @@ def _loop(
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
         trapped = classify(text, last.tool_calls)
+        context.touch(text)
         if last.finish_reason in ("cancelled", "budget") or trapped.kind == "text":
             gate.flush()
             record = {"step": step, "kind": "text", "tokens": last.completion_tokens}
@@ -171,16 +181,23 @@ def _loop(
             record = {"step": step, "kind": "malformed", "error": trapped.error}
             steps.append(record)
             _trace(on_trace, record)
-            conversation += [
-                {"role": "assistant", "content": text},
-                {
-                    "role": "user",
-                    "content": f"That call was malformed ({trapped.error}). "
-                    "Reply with one valid call or with your answer.",
-                },
-            ]
+            context.append("assistant", text, "turn", {"step": step})
+            context.append(
+                "user",
+                f"That call was malformed ({trapped.error}). "
+                "Reply with one valid call or with your answer.",
+                "turn",
+                {"step": step, "from": "kernel"},
+            )
             continue
-        conversation.append(_assistant_call(text, trapped.calls))
+        call_message = _assistant_call(text, trapped.calls)
+        context.append(
+            "assistant",
+            str(call_message["content"]),
+            "turn",
+            {"step": step},
+            tool_calls=call_message["tool_calls"],
+        )
         for call in trapped.calls:
             if on_syscall is not None:
                 on_syscall(True)
@@ -192,13 +209,13 @@ def _loop(
             record = _step_record(step, call, result)
             steps.append(record)
             _trace(on_trace, record)
-            conversation.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "name": call.name,
-                    "content": result.segment(),
-                }
+            context.append(
+                "tool",
+                result.segment(),
+                "syscall",
+                {"step": step, "device": call.name, "ok": result.ok},
+                tool_call_id=call.id,
+                name=call.name,
             )
     raise OutputError(
         f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"

@@ -3,6 +3,7 @@
     1. home directory ($LLMOS_HOME or the per-user data directory)
     2. configuration (config.json: default model, aliases, OpenAI settings)
     3. the log (checks FTS5, applies migrations, fails runs left 'running' by a dead llmos)
+       (the memory store, <home>/memory.db, opens on first use: paging, memory, shm)
     4. program search path (<home>/programs, ./.agents/skills)
     5. CPUs, loaded lazily on first use (a model is loaded once per process)
 
@@ -29,12 +30,16 @@ from llmos import params
 from llmos import program as program_mod
 from llmos.agent import Trace, agent_body
 from llmos.config import Config
+from llmos.context import Context
 from llmos.cpu.base import CPU
 from llmos.devices.base import CallContext
 from llmos.errors import LlmosError, ProgramError
 from llmos.log import Log
+from llmos.memory import MemoryStore
+from llmos.paging import Pager, cpu_summarizer, make_policy, recall_into
 from llmos.program import Program
 from llmos.run import Body, RunResult
+from llmos.shm import SharedMemory
 from llmos.syscall import SyscallTable, grants_for
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ class System:
     _syscalls: SyscallTable | None = None
     _mcp: Any = None  # MCPDevices, when config.json names MCP servers
     _kernel: Kernel | None = None
+    _memory: MemoryStore | None = None
     _opened_at: float = field(default_factory=time.time)
 
     @property
@@ -59,8 +65,53 @@ class System:
             self._log.fail_stale_runs("llmos exited before the run finished")
         return self._log
 
+    @property
+    def memory(self) -> MemoryStore:
+        """The memory store (<home>/memory.db), opened on first use; MemoryStoreError if it
+        is corrupt or locked."""
+        if self._memory is None:
+            self._memory = MemoryStore.open(self.home / params.MEMORY_DB_NAME)
+        return self._memory
+
     def cpu(self, spec: str | None) -> CPU:
         return cpu_mod.resolve(spec, self.config)
+
+    def pager_for(
+        self, program: Program, *, owner: str, process: str, cpu: CPU, entity: Any = None
+    ) -> Pager:
+        """The memory manager of one process: its paging policy and swap key."""
+        name = str(program.llmos.get("paging") or params.PAGING_POLICY)
+        policy = make_policy(name, cpu_summarizer(cpu, entity) if name == "summarize" else None)
+        reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
+        return Pager(
+            store=lambda: self.memory, owner=owner, process=process, policy=policy, reserve=reserve
+        )
+
+    def prepare_context(
+        self, context: Context, program: Program, inputs: dict[str, Any], pager: Pager
+    ) -> None:
+        """At spawn: attach the pager; page in the owner's memories most relevant to the
+        input (`llmos.memory.auto_recall` tokens) and the shared segments the program names
+        (`llmos.shm`)."""
+        pager.attach(context)
+        owner = pager.owner
+        for name in program.llmos.get("shm") or []:
+            seg = SharedMemory(self.memory).read(owner, name)
+            context.insert_after_program(
+                "system",
+                f"Shared segment {seg.name} (version {seg.version}, owner {seg.owner}):\n"
+                f"{seg.text}",
+                "shm",
+                {"shm": seg.name, "version": seg.version},
+            )
+        budget = int((program.llmos.get("memory") or {}).get("auto_recall") or 0)
+        if budget > 0:
+            query = " ".join(str(v) for v in inputs.values() if isinstance(v, str))
+            if query.strip():
+                hits = self.memory.recall(owner, query, params.RECALL_MAX_K)
+                recall_into(
+                    context, hits, budget, header="Memories from earlier runs that may help:"
+                )
 
     @property
     def syscalls(self) -> SyscallTable:
@@ -87,6 +138,9 @@ class System:
             self._syscalls.close()
         if self._mcp is not None:
             self._mcp.close_all()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
 
     def user_root(self, owner: str) -> Path:
         """The owner's private file namespace (what `fs` and `python` may touch)."""
@@ -104,6 +158,7 @@ class System:
         on_trace: Trace | None = None,
         on_syscall: Callable[[bool], None] | None = None,
         kernel: Any = None,
+        memory: Pager | None = None,
     ) -> Body | None:
         """The agent loop for a program that declares devices (None for one that does not);
         ProgramError if it declares devices that do not exist or are not granted."""
@@ -114,7 +169,9 @@ class System:
             return None
         table = self.syscalls
         grants = grants_for(declared, options, table.devices, str(program.path))
-        ctx = CallContext(pid=pid, owner=owner, root=self.user_root(owner), kernel=kernel)
+        ctx = CallContext(
+            pid=pid, owner=owner, root=self.user_root(owner), kernel=kernel, memory=memory
+        )
         return agent_body(
             table, grants, ctx, on_trace=on_trace, on_syscall=on_syscall, device_options=options
         )

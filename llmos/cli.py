@@ -462,7 +462,9 @@ def _ctx(info: dict[str, Any]) -> str:
     used = info.get("context_used") or (
         int(info.get("prompt_tokens") or 0) + int(info.get("generated_tokens") or 0)
     )
-    return f"{used}/{info.get('context_limit') or '?'}"
+    pages = int(info.get("pages_out") or 0)
+    paged = f" +{pages}p" if pages else ""  # segments paged out to the swap store
+    return f"{used}/{info.get('context_limit') or '?'}{paged}"
 
 
 def _budget(info: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@
      +-- AdmissionError              exit 11 the kernel refuses a new process (table full, depth)
      +-- NoSuchProcessError          exit 12 no process with that pid
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
+     +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
+     +-- AccessError                 exit 16 no right to a shared memory segment or memory
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
 request to the kernel daemon (`kerneld.ProtocolError`). `llmos wait PID` and `llmos logs -f PID`
@@ -86,6 +88,16 @@ class KernelError(LlmosError):
     kind = "kernel"
 
 
+class MemoryStoreError(LlmosError):
+    exit_code = 15
+    kind = "memory"
+
+
+class AccessError(LlmosError):
+    exit_code = 16
+    kind = "access"
+
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -105,5 +117,7 @@ EXIT_CODES: dict[str, int] = {
         AdmissionError,
         NoSuchProcessError,
         KernelError,
+        MemoryStoreError,
+        AccessError,
     )
 }

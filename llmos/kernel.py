@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -34,12 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from llmos import params
 from llmos.boot import System
+from llmos.context import Context
 from llmos.cpu.base import CPU
 from llmos.cpu.llama import EmbeddedCPU
 from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.proc import Process, ProcessTable, State
 from llmos.program import Program
-from llmos.run import run_program
+from llmos.run import context_limit, run_program
 from llmos.sched import Gate, Policy, make_policy
 
 if TYPE_CHECKING:
@@ -130,7 +132,14 @@ class Kernel:
             budget=budget,
             parent=parent,
         )
-        proc.context_limit = cpu.n_ctx
+        proc.context_limit = context_limit(program, cpu)
+        proc.memory = self.system.pager_for(
+            program,
+            owner=owner,
+            process=f"{os.getpid()}.{proc.pid}.{secrets.token_hex(4)}",
+            cpu=cpu,
+            entity=proc.entity,
+        )
         try:
             proc.body = self.system.body_for(
                 program,
@@ -139,6 +148,7 @@ class Kernel:
                 on_syscall=lambda busy: self._blocked(proc, busy),
                 on_trace=on_trace,
                 kernel=self,  # for the call/ask devices (llmos.devices.proc_devices)
+                memory=proc.memory,  # for the memory devices (llmos.devices.memory)
             )
         except LlmosError as exc:
             self.table.reaped(proc)
@@ -177,6 +187,7 @@ class Kernel:
                 entity=proc.entity,
                 on_run=lambda run_id: setattr(proc, "run_id", run_id),
                 body=proc.body,
+                prepare=lambda ctx: self._prepare(proc, program, ctx),
             )
             proc.result = result
             if result.finish_reason == "cancelled":
@@ -197,6 +208,10 @@ class Kernel:
             with self._lock:
                 self._threads.pop(proc.pid, None)
                 self._rates.pop(proc.pid, None)
+
+    def _prepare(self, proc: Process, program: Program, context: Context) -> None:
+        proc.context = context
+        self.system.prepare_context(context, program, proc.inputs, proc.memory)
 
     @staticmethod
     def _blocked(proc: Process, busy: bool) -> None:

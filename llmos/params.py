@@ -65,6 +65,10 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "devices": (list, dict),  # devices the program may use, with options
     "max_output_tokens": int,  # overrides config.maxOutputTokens
     "tool_choice": str,  # "auto" (default) or "required": the first step must be a syscall
+    "context": int,  # most tokens of context window the process may use (<= the CPU's)
+    "paging": str,  # page-out policy: oldest | lru | summarize (see llmos.paging)
+    "memory": dict,  # long-term memory: {auto_recall: tokens} pages in memories at spawn
+    "shm": list,  # shared memory segments attached (read) at spawn, by name
 }
 MAX_PRIORITY = 39
 MIN_PRIORITY = 0
@@ -87,6 +91,40 @@ MAX_SPAWN_DEPTH = 8  # most ancestors a process may have
 REMOTE_MAX_IN_FLIGHT = 4  # requests in flight per remote CPU
 SWAP_RAM_BYTES = 512 * 1024 * 1024  # saved KV kept in RAM; beyond it states go to disk files
 SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
+
+# --- Memory: context segments, paging, long-term and shared memory ----------------------------
+# See llmos.context, llmos.paging, llmos.memory, llmos.shm and llmos.embed.
+MEMORY_DB_NAME = "memory.db"  # <home>/memory.db: long-term memories, swapped pages, shm segments
+MEMORY_BUSY_TIMEOUT_S = 10.0  # a writer waits this long for another writer's lock, then errors
+SEGMENT_CHARS = 2000  # a message longer than this is split into segments of about this size
+SEGMENT_SPLIT_WINDOW = 200  # a split looks this far back for a newline or space to cut at
+MAX_CHARS_PER_TOKEN = 32  # more resident characters than budget x this cannot fit: page first
+MESSAGE_OVERHEAD_GUESS = 8  # chat-template tokens per message, before the exact check
+PAGING_POLICY = "oldest"  # oldest | lru | summarize
+PAGE_LOW_WATER = 0.75  # a page-out frees context down to this share of the limit (hysteresis)
+PAGE_SUMMARY_CHARS = 80  # a page's one-line summary (extractive) is at most this long
+PAGE_STUB_LIST = 3  # a stub names at most this many page summaries of a paged-out run
+SUMMARY_MAX_TOKENS = 48  # summarize policy: length of the model's one-line summary
+SUMMARY_INPUT_CHARS = 4000  # summarize policy: most text of a run shown to the summarizer
+SUMMARY_MAX_CALLS = 4  # summarize policy: model summaries per page-out (others are extractive)
+LRU_SHINGLE = 5  # lru policy: a reply quoting this many consecutive words of a segment touches it
+LOG_MAX_PAGE_IDS = 1000  # a run's log record lists at most this many of its page ids
+MIN_REPLY_TOKENS = 16  # paging always leaves at least this much room for the reply
+RECALL_DEFAULT_K = 5  # recall: results returned when k is not given
+RECALL_MAX_K = 50  # recall: most results one call may ask for
+RECALL_CANDIDATES = 50  # hybrid retrieval: candidates taken from each of BM25 and vectors
+RRF_K = 60  # reciprocal rank fusion constant: score = sum of 1 / (RRF_K + rank)
+MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
+MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
+MEMORY_QUERY_MAX_CHARS = 2000  # a recall query is cut to this many characters
+PAGE_IN_MAX_BYTES = 16 * 1024  # page_in: a page longer than this is returned in part (and says so)
+AUTO_RECALL_MAX_TOKENS = 2048  # llmos.memory.auto_recall: the largest budget a program may set
+SHM_NAME_MAX = 64  # shared memory segment names: [a-z0-9._-], at most this long
+SHM_MAX_BYTES = 256 * 1024  # a shared memory segment holds at most this much text
+EMBED_PACKAGE = "wordllama"  # the embedding model ships in this wheel (static, numpy, offline)
+EMBED_CONFIG = "l2_supercat"  # its weights and tokenizer files in the wheel
+EMBED_DIM = 256
+EMBED_BATCH = 512  # texts embedded per batch
 
 # --- Quantization -------------------------------------------------------------------------------
 # The embedded model's weights: "q4_1" runs the shipped file as-is; "q4_0" or "q8_0" converts it

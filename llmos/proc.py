@@ -81,6 +81,8 @@ class Process:
     result: Any = None  # the RunResult of a process that ran to its end
     exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0
+    context: Any = None  # its llmos.context.Context, once its program is rendered
+    memory: Any = None  # its llmos.paging.Pager (policy, swap key)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -155,14 +157,25 @@ class Process:
             "budget": e.budget,
             "budget_left": self.budget_left,
             "syscalls": self.syscalls,
-            "context_used": e.context_used or e.tokens,
+            "context_used": self._context_used(),
             "context_limit": self.context_limit,
+            "pages_out": self.memory.pages_out if self.memory is not None else 0,
             "created_at": self.created_at,
             "ended_at": self.ended_at,
             "exit_status": self.exit_status,
             "error": self.error,
             "run_id": self.run_id,
         }
+
+    def _context_used(self) -> int:
+        """Tokens in the context window now: the CPU's count while the process is resident
+        (prompt plus what it generated), else the context's last exact measure."""
+        e = self.entity
+        if e.resident and e.context_used:
+            return e.context_used
+        if self.context is not None and self.context.used:
+            return int(self.context.used)
+        return e.context_used or e.tokens
 
 
 class ProcessTable:

@@ -80,7 +80,7 @@ _CONFIG_KEYS: dict[str, tuple[str, tuple[type, ...], str]] = {
     "stopSequences": ("stop", (list,), "a list of strings"),
     "seed": ("seed", (int,), "an integer"),
 }
-_POSITIVE_LLMOS = ("budget", "max_steps", "max_output_tokens")
+_POSITIVE_LLMOS = ("budget", "max_steps", "max_output_tokens", "context")
 _TYPE_NAMES: dict[type, str] = {
     int: "an integer",
     list: "a list",
@@ -411,8 +411,31 @@ def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
             )
         if key in _POSITIVE_LLMOS and number < 1:
             raise ProgramError(f"{path}: '{shown}' must be positive, got {value}")
+        _check_memory_setting(path, shown, key, value)
         out[key] = value
     return out
+
+
+def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
+    """`llmos.paging`, `llmos.memory` and `llmos.shm` (see llmos.paging, llmos.shm)."""
+    if key == "paging" and value not in ("oldest", "lru", "summarize"):
+        raise ProgramError(f"{path}: '{shown}' must be oldest, lru or summarize, got {value!r}")
+    if key == "memory":
+        unknown = sorted(set(value) - {"auto_recall"})
+        if unknown:
+            raise ProgramError(f"{path}: '{shown}' has unknown keys {unknown} (valid: auto_recall)")
+        budget = value.get("auto_recall", 0)
+        if (
+            isinstance(budget, bool)
+            or not isinstance(budget, int)
+            or not 0 <= budget <= params.AUTO_RECALL_MAX_TOKENS
+        ):
+            raise ProgramError(
+                f"{path}: '{shown}.auto_recall' must be a token budget from 0 to "
+                f"{params.AUTO_RECALL_MAX_TOKENS}, got {_json(budget)}"
+            )
+    if key == "shm" and not all(isinstance(n, str) and n for n in value):
+        raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
 
 
 def _check_config(path: Path, config: Any) -> dict[str, Any]:

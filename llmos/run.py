@@ -33,6 +33,7 @@ from typing import Any
 import jsonschema
 
 from llmos import params
+from llmos.context import Context
 from llmos.cpu.base import CPU, Chunk, GenRequest, Message
 from llmos.errors import ContextOverflowError, LlmosError, OutputError
 from llmos.log import Log
@@ -77,13 +78,13 @@ class RunResult:
         }
 
 
-def check_fits(cpu: CPU, messages: list[Message], program: Program) -> int:
+def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) -> int:
     """Prompt tokens, or ContextOverflowError if the prompt leaves no room to answer."""
     n = cpu.count_messages(messages)
-    if n >= cpu.n_ctx:
+    if n >= limit:
         raise ContextOverflowError(
-            f"{program.path}: prompt is {n} tokens but {cpu.name}'s context window is "
-            f"{cpu.n_ctx} tokens"
+            f"{program.path}: prompt is {n} tokens but the context limit is {limit} tokens "
+            f"({cpu.name}'s window is {cpu.n_ctx})"
         )
     return n
 
@@ -116,14 +117,19 @@ def run_program(
     entity: Entity | None = None,
     on_run: Callable[[str], None] | None = None,
     body: Body | None = None,
+    prepare: Callable[[Context], None] | None = None,
 ) -> RunResult:
     """Run `program` once; see the module note. Raises an LlmosError after logging it.
 
+    The rendered messages become the process's `Context` (typed segments); `prepare` may
+    attach a pager to it and add segments (memories, shared segments) before the first step.
+    Without a pager, a prompt that does not fit is a ContextOverflowError.
     `body` does the generating (default: one reply, `generate_reply`); the agent loop of a
     program with devices is another body (see `llmos.agent`)."""
     started = time.perf_counter()
     messages: list[Message] = []
     run_id: str | None = None
+    context: Context | None = None
     try:
         try:
             messages = program.render(inputs)
@@ -139,10 +145,12 @@ def run_program(
             )
             if on_run is not None:
                 on_run(run_id)
-        n_prompt = check_fits(cpu, messages, program)
-        result = (body or generate_reply)(
-            program, cpu, messages, on_text, started, entity, n_prompt
-        )
+        context = Context.from_messages(messages, context_limit(program, cpu), cpu)
+        if prepare is not None:
+            prepare(context)
+        if context.fitter is None:
+            check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
+        result = (body or generate_reply)(program, cpu, context, on_text, started, entity)
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -151,6 +159,7 @@ def run_program(
                 error_kind=exc.kind,
                 error=str(exc),
                 duration_ms=(time.perf_counter() - started) * 1000,
+                extra=_context_extra(context),
             )
         raise
     except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
@@ -182,13 +191,39 @@ def run_program(
         completion_tokens=result.completion_tokens,
         ttft_ms=result.ttft_ms,
         duration_ms=result.duration_ms,
-        extra={"finish_reason": result.finish_reason, "attempts": result.attempts, **result.extra},
+        extra={
+            "finish_reason": result.finish_reason,
+            "attempts": result.attempts,
+            **result.extra,
+            **_context_extra(context),
+        },
     )
     return result
 
 
+def context_limit(program: Program, cpu: CPU) -> int:
+    """The process's context limit: the CPU's window, or the program's smaller `llmos.context`."""
+    limit = cpu.n_ctx
+    asked = program.llmos.get("context")
+    if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < limit:
+        limit = asked
+    return limit
+
+
+def _context_extra(context: Context | None) -> dict[str, Any]:
+    """The context's final accounting, for the log (pages say where paged-out text went)."""
+    if context is None or not context.paged():
+        return {} if context is None else {"context": context.accounting()}
+    return {
+        "context": {
+            **context.accounting(),
+            "pages": [s.page for s in context.paged()][: params.LOG_MAX_PAGE_IDS],
+        }
+    }
+
+
 Body = Callable[
-    [Program, CPU, list[Message], Callable[[str], None] | None, float, Entity | None, int],
+    [Program, CPU, Context, Callable[[str], None] | None, float, Entity | None],
     "RunResult",
 ]
 
@@ -196,11 +231,10 @@ Body = Callable[
 def generate_reply(
     program: Program,
     cpu: CPU,
-    messages: list[Message],
+    context: Context,
     on_text: Callable[[str], None] | None,
     started: float,
     entity: Entity | None = None,
-    n_prompt: int = 0,
 ) -> RunResult:
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
@@ -211,6 +245,9 @@ def generate_reply(
     # A CPU that schedules (batching) enforces budgets and kills per token itself; for
     # the others (remote servers) they are checked here, the prompt charged up front.
     police = entity if entity is not None and not cpu.capabilities.batching else None
+    context.fit()
+    messages = context.messages()
+    n_prompt = context.used
     if police is not None and not police.charge(prompt=n_prompt):
         return RunResult(
             run_id="",
@@ -223,7 +260,7 @@ def generate_reply(
             duration_ms=(time.perf_counter() - started) * 1000,
         )
     attempts = 0
-    conversation = list(messages)
+    conversation = messages
     prompt_total = completion_total = 0
     ttft_ms: float | None = None
     while True:
@@ -251,15 +288,16 @@ def generate_reply(
                             f"before its JSON was complete ({exc})"
                         ) from exc
                     raise OutputError(f"{program.path}: {exc}") from exc
-                conversation = [
-                    *messages,
-                    {"role": "assistant", "content": text},
-                    {
-                        "role": "user",
-                        "content": f"That reply is invalid: {exc}. Reply again with only "
-                        "JSON that matches the schema.",
-                    },
-                ]
+                context.append("assistant", text, "turn", {"attempt": attempts})
+                context.append(
+                    "user",
+                    f"That reply is invalid: {exc}. Reply again with only JSON that matches "
+                    "the schema.",
+                    "turn",
+                    {"attempt": attempts, "from": "kernel"},
+                )
+                context.fit()
+                conversation = context.messages()
                 continue
             if on_text is not None and stream_to is None:
                 on_text(text)

@@ -38,6 +38,7 @@ class CallContext:
     timeout_s: float = params.DEVICE_TIMEOUT_S
     max_output_bytes: int = params.DEVICE_MAX_OUTPUT_BYTES
     kernel: Any = None  # the llmos.kernel.Kernel running this process; None in a plain run
+    memory: Any = None  # the process's llmos.paging.Pager (store, owner, swap key); or None
 
 
 @dataclass

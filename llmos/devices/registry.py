@@ -59,6 +59,10 @@ class BuiltinDevices:
             register(cls())
         for proc_cls in (CallDevice, AskDevice):  # need the kernel: llmos.devices.proc_devices
             register(proc_cls())
+        from llmos.devices.memory import DEVICES as MEMORY_DEVICES
+
+        for mem_cls in MEMORY_DEVICES:  # need the process's pager: llmos.devices.memory
+            register(mem_cls())
 
 
 BUILTIN = BuiltinDevices()

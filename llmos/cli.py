@@ -9,6 +9,8 @@ shown only with `LLMOS_DEBUG=1`.
     llmos programs
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
     llmos logs -f PID                      follow a kernel process's output as it is generated
+    llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
+                                           (see llmos.cli_memory)
 
 The kernel daemon (see `llmos.kerneld`); these talk to it over its socket:
 
@@ -668,6 +670,8 @@ def top(once: bool, interval: float) -> None:
 
 
 def main() -> None:
+    from llmos import cli_memory  # noqa: F401 - registers `llmos memory` and `llmos shm`
+
     try:
         cli.main(prog_name="llmos", standalone_mode=True)
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging

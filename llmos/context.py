@@ -217,23 +217,37 @@ class Context:
 
     # --- rendering -----------------------------------------------------------------------------
     def messages(self) -> list[Message]:
-        """The chat messages the CPU sees: paged-out runs become stubs."""
+        """The chat messages the CPU sees. Paged-out runs within a message become a stub; a
+        run of several messages paged out whole becomes one stub message (so a long paged
+        history costs one line, not a line per message)."""
         out: list[Message] = []
-        for group in self._groups():
+        groups = list(self._groups())
+        i = 0
+        while i < len(groups):
+            j = i
+            while j < len(groups) and not any(s.resident for s in groups[j]):
+                j += 1
+            if j - i >= 2:
+                run = [s for g in groups[i:j] for s in g]
+                out.append({"role": "user", "content": stub(run, messages=j - i)})
+                i = j
+                continue
+            group = groups[i]
             parts: list[str] = []
-            run: list[Segment] = []
+            paged: list[Segment] = []
             for seg in group:
                 if seg.resident:
-                    if run:
-                        parts.append(stub(run))
-                        run = []
+                    if paged:
+                        parts.append(stub(paged))
+                        paged = []
                     parts.append(seg.text)
                 else:
-                    run.append(seg)
-            if run:
-                parts.append(stub(run))
+                    paged.append(seg)
+            if paged:
+                parts.append(stub(paged))
             out.append({**group[0].fields, "role": group[0].role, "content": "".join(parts)})
-        return out
+            i += 1
+        return _pair_tool_calls(out)
 
     def reassemble(self, page_text: Callable[[int], str]) -> list[Message]:
         """The messages with every paged-out segment's text read back from its page."""
@@ -296,7 +310,7 @@ class Context:
         }
 
 
-def stub(run: list[Segment]) -> str:
+def stub(run: list[Segment], messages: int = 1) -> str:
     """The text standing in for a run of consecutive paged-out segments."""
     first, last = run[0].page, run[-1].page
     ids = f"p{first}" if len(run) == 1 else f"p{first}-p{last}"
@@ -308,10 +322,36 @@ def stub(run: list[Segment]) -> str:
     if more > 0:
         shown += f"; (+{more} more)"
     pages = "1 page" if len(run) == 1 else f"{len(run)} pages"
+    if messages > 1:
+        pages += f" of {messages} messages"
     return (
         f"[paged out: {ids} ({pages}, {chars} chars of {'/'.join(kinds)}): {shown}. "
         f"Use recall to search paged-out text and page_in to read a page.]"
     )
+
+
+def _pair_tool_calls(messages: list[Message]) -> list[Message]:
+    """Keep tool calls and their results paired after paging (APIs refuse orphans): an
+    assistant message whose results were paged out loses its `tool_calls` (its text keeps
+    the call), and a result whose call was paged out is shown as a user note."""
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        calls = m.get("tool_calls")
+        if m.get("role") == "assistant" and calls:
+            follows = {
+                n.get("tool_call_id")
+                for n in messages[i + 1 : i + 1 + len(calls)]
+                if n.get("role") == "tool"
+            }
+            if not {c.get("id") for c in calls} <= follows:
+                m = {k: v for k, v in m.items() if k != "tool_calls"}
+        elif m.get("role") == "tool":
+            prev = next((p for p in reversed(out) if p.get("role") != "tool"), None)
+            ids = {c.get("id") for c in (prev or {}).get("tool_calls") or []}
+            if m.get("tool_call_id") not in ids:
+                m = {"role": "user", "content": f"[result of {m.get('name')}] {m['content']}"}
+        out.append(m)
+    return out
 
 
 def _fields(message: Message) -> dict[str, Any]:

@@ -107,8 +107,17 @@ def fts_query(scope: str, query: str) -> str | None:
     return f'scope:"{scope}" AND ({terms})'
 
 
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Each statement of `script`, inside the caller's transaction (executescript would
+    commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _migration_1(db: sqlite3.Connection) -> None:
-    db.executescript(
+    _run_script(
+        db,
         """
         CREATE TABLE memories (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -153,7 +162,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
             updated_at REAL NOT NULL,
             updated_by TEXT NOT NULL
         );
-        """
+        """,
     )
 
 

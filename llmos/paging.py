@@ -149,13 +149,16 @@ class Pager:
             )
         order = self.policy.order([s for s in ctx.segments if s.resident and not s.pinned])
         target = int(budget * params.PAGE_LOW_WATER)
-        kept = pinned_tokens + params.MESSAGE_OVERHEAD_GUESS * (ctx.segments[-1].msg + 1)
+        overhead = params.MESSAGE_OVERHEAD_GUESS
+        msgs = {s.msg for s in pinned}
+        kept = pinned_tokens + overhead * len(msgs) + params.STUB_TOKENS_GUESS
         keep: set[int] = set()
         for seg in reversed(order):  # the most valuable first
-            tokens = ctx.count(seg)
+            tokens = ctx.count(seg) + (0 if seg.msg in msgs else overhead)
             if kept + tokens > target:
                 break
             kept += tokens
+            msgs.add(seg.msg)
             keep.add(seg.id)
         victims = [s for s in order if s.id not in keep]
         self._page_out(ctx, victims)

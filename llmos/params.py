@@ -100,6 +100,7 @@ SEGMENT_CHARS = 2000  # a message longer than this is split into segments of abo
 SEGMENT_SPLIT_WINDOW = 200  # a split looks this far back for a newline or space to cut at
 MAX_CHARS_PER_TOKEN = 32  # more resident characters than budget x this cannot fit: page first
 MESSAGE_OVERHEAD_GUESS = 8  # chat-template tokens per message, before the exact check
+STUB_TOKENS_GUESS = 96  # room left for the stubs of a page-out, before the exact check
 PAGING_POLICY = "oldest"  # oldest | lru | summarize
 PAGE_LOW_WATER = 0.75  # a page-out frees context down to this share of the limit (hysteresis)
 PAGE_SUMMARY_CHARS = 80  # a page's one-line summary (extractive) is at most this long

@@ -409,7 +409,15 @@ class EmbeddedCPU(CPU):
         if not chosen:
             return
         try:
-            sampled = self.engine.step([j.seq for j in chosen])
+            try:
+                sampled = self.engine.step([j.seq for j in chosen])
+            except EngineFull:
+                if not self._cached:
+                    raise
+                # Kept prefixes are a cache: give their KV cells to live work and retry.
+                while self._cached:
+                    self._evict_cached()
+                sampled = self.engine.step([j.seq for j in chosen])
         except (EngineFull, LlmosError) as exc:
             for job in chosen:
                 self._fail(job, exc)

@@ -1,0 +1,235 @@
+"""Context accounting and paging: segments counted by the real tokenizer, each paging policy,
+page-out/page-in round trips, pinned overflow, a full disk during a page-out, huge inputs, and
+how a page-out meets the embedded CPU's KV (only the changed suffix is prefilled again)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llmos import params
+from llmos.context import Context, split_text
+from llmos.cpu.base import GenRequest, collect
+from llmos.cpu.llama import EmbeddedCPU
+from llmos.cpu.scripted import ScriptedCPU
+from llmos.errors import ContextOverflowError, MemoryStoreError
+from llmos.memory import MemoryStore
+from llmos.paging import LRU, Oldest, Pager, Summarize, cpu_summarizer
+
+SYSTEM = "You answer questions about the notes the user gave you."
+
+
+def notes(n: int, words: int = 40) -> list[str]:
+    return [
+        f"Note {i}: " + " ".join(f"w{i}x{j}" for j in range(words)) + f" The code of note {i} is "
+        f"K{i * 7919 % 10007}."
+        for i in range(n)
+    ]
+
+
+def conversation(n: int) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for i, note in enumerate(notes(n)):
+        msgs.append({"role": "user", "content": note})
+        msgs.append({"role": "assistant", "content": f"Noted {i}."})
+    msgs.append({"role": "user", "content": "What is the code of note 3?"})
+    return msgs
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MemoryStore:
+    s = MemoryStore.open(tmp_path / "memory.db")
+    yield s
+    s.close()
+
+
+def pager(store: MemoryStore, policy: object, reserve: int = 32) -> Pager:
+    return Pager(
+        store=lambda: store, owner="alice", process="proc-1", policy=policy, reserve=reserve
+    )
+
+
+def page_text(store: MemoryStore):
+    def read(page_id: int) -> str:
+        page = store.page("alice", page_id)
+        assert page is not None
+        return str(page["text"])
+
+    return read
+
+
+# --- accounting ------------------------------------------------------------------------------
+def test_segments_are_counted_by_the_real_tokenizer(embedded: EmbeddedCPU) -> None:
+    msgs = conversation(4)
+    msgs[1]["content"] = "long " * 1500  # split into several segments
+    ctx = Context.from_messages(msgs, 2048, embedded)
+    assert len(ctx.segments) > len(msgs)
+    for seg in ctx.segments:
+        assert ctx.count(seg) == len(embedded.tokenize(seg.text))
+        assert seg.provenance["message"] >= 0
+    assert ctx.measure() == embedded.count_messages(msgs)
+    assert ctx.messages() == msgs  # segments rejoin into the original messages
+    kinds = ctx.accounting()["by_kind"]
+    assert set(kinds) == {"program", "input", "turn"}
+    assert ctx.segments[0].pinned and ctx.segments[-1].pinned
+
+
+def test_split_text_cuts_at_spaces_and_rejoins() -> None:
+    text = ("word " * 3000) + "x" * 5000
+    pieces = split_text(text, 1000)
+    assert "".join(pieces) == text
+    assert all(len(p) <= 1000 for p in pieces)
+    assert pieces[0].endswith(" ")
+
+
+# --- policies and round trips ----------------------------------------------------------------
+@pytest.mark.parametrize("policy", [Oldest(), LRU()], ids=["oldest", "lru"])
+def test_page_out_fits_and_round_trips(store: MemoryStore, policy: object) -> None:
+    cpu = ScriptedCPU()
+    msgs = conversation(30)
+    ctx = Context.from_messages(msgs, 600, cpu)
+    p = pager(store, policy)
+    p.attach(ctx)
+    ctx.fit()
+    assert ctx.used <= 600 - 32
+    assert ctx.used <= int((600 - 32) * params.PAGE_LOW_WATER) + 40  # hysteresis
+    assert p.pages_out > 0
+    rendered = ctx.messages()
+    assert rendered[0]["content"] == SYSTEM  # pinned
+    assert rendered[-1]["content"] == msgs[-1]["content"]  # pinned
+    assert any("[paged out: p" in str(m["content"]) for m in rendered)
+    assert len(rendered) < len(msgs)  # a run of whole messages paged out is one stub
+    # Nothing lost: the pages reassemble the original history exactly...
+    assert ctx.reassemble(page_text(store)) == msgs
+    # ...and paging every page back in, in place, restores it too.
+    for seg in ctx.paged():
+        page = store.page("alice", seg.page or 0)
+        assert page is not None
+        ctx.page_in(seg.page or 0, page["text"])
+    assert ctx.messages() == msgs
+
+
+def test_oldest_pages_out_the_oldest_first(store: MemoryStore) -> None:
+    ctx = Context.from_messages(conversation(30), 600, ScriptedCPU())
+    pager(store, Oldest()).attach(ctx)
+    ctx.fit()
+    paged = [s.id for s in ctx.paged()]
+    resident = [s.id for s in ctx.segments if s.resident and not s.pinned]
+    assert paged and resident and max(paged) < min(resident)
+
+
+def test_lru_keeps_what_was_referenced(store: MemoryStore) -> None:
+    ctx = Context.from_messages(conversation(30), 600, ScriptedCPU())
+    p = pager(store, LRU())
+    p.attach(ctx)
+    ctx.step = 5
+    ctx.touch("I see that " + " ".join(f"w2x{j}" for j in range(8)))  # quotes note 2
+    ctx.fit()
+    note2 = next(s for s in ctx.segments if s.text.startswith("Note 2:"))
+    assert note2.resident
+    assert not next(s for s in ctx.segments if s.id == 3).resident  # note 1 was not quoted
+    # With oldest-first, the same note would have gone.
+    ctx2 = Context.from_messages(conversation(30), 600, ScriptedCPU())
+    pager(store, Oldest()).attach(ctx2)
+    ctx2.fit()
+    assert all(not s.resident for s in ctx2.segments if s.text.startswith("Note 2:"))
+
+
+def test_summarize_writes_a_model_summary_into_the_stub(store: MemoryStore) -> None:
+    summarizer_cpu = ScriptedCPU(["Notes zero to twenty list codes."] * params.SUMMARY_MAX_CALLS)
+    ctx = Context.from_messages(conversation(30), 600, ScriptedCPU())
+    p = pager(store, Summarize(cpu_summarizer(summarizer_cpu)))
+    p.attach(ctx)
+    ctx.fit()
+    text = "\n".join(str(m["content"]) for m in ctx.messages())
+    assert "Notes zero to twenty list codes." in text
+    assert summarizer_cpu.requests, "the summarizer was asked"
+    first = next(s for s in ctx.paged())
+    page = store.page("alice", first.page or 0)
+    assert page is not None and page["summary"] == "Notes zero to twenty list codes."
+    assert ctx.reassemble(page_text(store)) == conversation(30)
+
+
+def test_pinned_text_that_cannot_fit_is_a_clear_overflow(store: MemoryStore) -> None:
+    msgs = [{"role": "system", "content": "word " * 900}, {"role": "user", "content": "hi"}]
+    ctx = Context.from_messages(msgs, 500, ScriptedCPU())
+    pager(store, Oldest()).attach(ctx)
+    with pytest.raises(ContextOverflowError, match="program's text and latest message"):
+        ctx.fit()
+
+
+def test_disk_full_during_page_out_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    store = MemoryStore.open(path)
+    used = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {used + 2}")  # a disk with 8 KiB left
+    msgs = conversation(60)
+    ctx = Context.from_messages(msgs, 600, ScriptedCPU())
+    pager(store, Oldest()).attach(ctx)
+    before = ctx.messages()
+    with pytest.raises(MemoryStoreError, match="disk is full"):
+        ctx.fit()
+    assert ctx.messages() == before and not ctx.paged()
+    assert store.db.execute("SELECT count(*) FROM pages").fetchone()[0] == 0
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_a_huge_input_pages_instead_of_truncating(
+    store: MemoryStore, embedded: EmbeddedCPU
+) -> None:
+    line = "The quick brown fox jumps over the lazy dog near the river bank. "
+    big = "".join(f"{line}[{i}]\n" for i in range(80_000))  # about 5.4 MB
+    big += "The secret word is PAPAYA."
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": big}]
+    ctx = Context.from_messages(msgs, 2048, embedded)
+    p = pager(store, Oldest(), reserve=128)
+    p.attach(ctx)
+    ctx.fit()
+    assert ctx.used <= 2048 - 128
+    assert ctx.used == embedded.count_messages(ctx.messages())
+    assert "PAPAYA" in str(ctx.messages()[1]["content"])  # the end (pinned) stays in view
+    assert p.pages_out > 2000
+    # Untouched segments were never tokenized: only what stayed was counted.
+    assert sum(1 for s in ctx.segments if s.tokens is not None) < 50
+    assert ctx.reassemble(page_text(store))[1]["content"] == big
+    hits = store.search_pages("alice", "proc-1", "fox jumps [79000]", 3)
+    assert hits and hits[0].ref.startswith("p")
+
+
+# --- the two layers: a page-out edits a resident sequence's KV ------------------------------
+def test_page_out_reprefills_only_the_changed_suffix(
+    store: MemoryStore, embedded: EmbeddedCPU
+) -> None:
+    msgs = conversation(8)  # within params.PREFIX_CACHE_TOKENS, so its prompt KV is kept
+    ctx = Context.from_messages(msgs, 4096, embedded)
+    p = pager(store, LRU(), reserve=16)
+    p.attach(ctx)
+    ctx.fit()
+    assert not ctx.paged()
+    collect(embedded.generate(GenRequest(messages=ctx.messages(), max_tokens=1)))
+    first = embedded.prompt_tokens(ctx.messages())
+    # Page out one late segment only (everything before it is unchanged).
+    late = [s for s in ctx.segments if s.kind == "input" and not s.pinned][-1]
+    p._page_out(ctx, [late])
+    assert [s.id for s in ctx.paged()] == [late.id]
+    second = embedded.prompt_tokens(ctx.messages())
+    common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    shared_before = embedded.prefix_shared_tokens
+    collect(embedded.generate(GenRequest(messages=ctx.messages(), max_tokens=1)))
+    reused = embedded.prefix_shared_tokens - shared_before
+    assert reused >= common - 1  # the KV up to the page-out was kept
+    assert len(second) - reused <= len(second) - common + 1  # only the suffix was prefilled
+    assert common > len(second) // 2
+
+
+def test_store_file_is_not_touched_by_a_failed_open(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(MemoryStoreError, match="is corrupt"):
+        MemoryStore.open(path)
+    assert path.read_bytes() == before
+    assert sqlite3.sqlite_version  # the check above ran on a real SQLite

@@ -71,6 +71,20 @@ class Hit:
         return out
 
 
+def snippet(text: str, query: str, size: int = 400) -> str:
+    """About `size` characters of `text` around the first word of `query` it contains (the
+    start when none); marked with ... where cut."""
+    if len(text) <= size:
+        return text
+    low = text.lower()
+    words = [w for w in _WORD.findall(query.lower()) if w not in STOP_WORDS]
+    found = [i for i in (low.find(w) for w in words) if i >= 0]
+    at = min(found) if found else 0
+    start = max(0, min(at - size // 4, len(text) - size))
+    cut = text[start : start + size]
+    return ("..." if start else "") + cut + ("..." if start + size < len(text) else "")
+
+
 def check_text(text: str, what: str, max_bytes: int) -> str:
     """`text` if it is non-empty UTF-8 within `max_bytes`, else InputError."""
     try:

@@ -140,14 +140,15 @@ class Pager:
         small = ctx.resident_chars() <= budget * params.MAX_CHARS_PER_TOKEN
         if small and ctx.measure() <= budget:
             return
-        pinned = [s for s in ctx.segments if s.resident and s.pinned]
+        pinned = self._pinned(ctx, budget)
         pinned_tokens = sum(ctx.count(s) for s in pinned)
         if pinned_tokens > budget:
             raise ContextOverflowError(
                 f"the program's text and latest message are {pinned_tokens} tokens; the "
                 f"context limit leaves {budget} (of {ctx.limit}) after room for the reply"
             )
-        order = self.policy.order([s for s in ctx.segments if s.resident and not s.pinned])
+        held = {s.id for s in pinned}
+        order = self.policy.order([s for s in ctx.segments if s.resident and s.id not in held])
         target = int(budget * params.PAGE_LOW_WATER)
         overhead = params.MESSAGE_OVERHEAD_GUESS
         msgs = {s.msg for s in pinned}
@@ -173,6 +174,18 @@ class Pager:
             take = max(1, len(rest) // 4)
             self._page_out(ctx, rest[:take])
             rest = rest[take:]
+
+    @staticmethod
+    def _pinned(ctx: Context, budget: int) -> list[Segment]:
+        """What may not leave: pinned segments, and the whole latest message (what the model
+        must answer or has just been given) when it takes at most half the budget."""
+        pinned = [s for s in ctx.segments if s.resident and s.pinned]
+        last = [s for s in ctx.segments if s.resident and s.msg == ctx.segments[-1].msg]
+        if sum(len(s.text) for s in last) <= budget * params.MAX_CHARS_PER_TOKEN and (
+            sum(ctx.count(s) for s in last) <= budget // 2
+        ):
+            pinned += [s for s in last if not s.pinned]
+        return pinned
 
     def _page_out(self, ctx: Context, victims: list[Segment]) -> None:
         if not victims:

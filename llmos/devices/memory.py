@@ -2,7 +2,8 @@
 
     remember {text, tags?}        store a memory for the process's owner; returns its id (m12)
     recall {query, k?, source?}   the owner's memories and this process's paged-out pages most
-                                  relevant to the query (hybrid BM25 + vectors), best first
+                                  relevant to the query (hybrid BM25 + vectors), best first;
+                                  long texts come as a snippet around the query's words
     forget {id}                   delete one of the owner's memories
     page_in {page}                the text of a page this process paged out (p7), back in view
     shm_read {name}               a shared segment's text (read right needed)
@@ -29,6 +30,7 @@ from typing import Any
 from llmos import params
 from llmos.devices.base import CallContext, Device, DeviceResult, truncate_text
 from llmos.errors import LlmosError
+from llmos.memory import snippet
 from llmos.shm import SharedMemory
 
 NO_MEMORY = "memory devices need the kernel's memory manager (run the program with llmos run)"
@@ -105,13 +107,12 @@ class RecallDevice(_MemoryDevice):
         hits.sort(key=lambda h: -h.score)
         hits = hits[:k]
         pager.touch_pages([_parse_ref(h.ref, "p") for h in hits if h.ref.startswith("p")])
-        per_hit = max(256, ctx.max_output_bytes // max(1, len(hits)) - 128)
         out = []
         for hit in hits:
             row = hit.to_json()
-            row["text"], cut = truncate_text(hit.text, per_hit)
-            if cut:
-                row["truncated"] = True
+            row["text"] = snippet(hit.text, args["query"], params.RECALL_SNIPPET_CHARS)
+            if row["text"] != hit.text:
+                row["snippet"] = True  # page_in (pages) gives the whole text
             out.append(row)
         return DeviceResult.success(out)
 

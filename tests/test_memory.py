@@ -1,0 +1,326 @@
+"""Long-term memory: remember/recall/forget, hybrid retrieval (BM25 + vectors, fused), memory
+across a kernel restart, auto-recall at spawn, the memory devices in the agent loop, and the
+faults: non-UTF-8 text, an empty query, concurrent writers, a corrupt or locked store."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llmos import boot, embed, params
+from llmos.cpu.base import ToolCall
+from llmos.cpu.scripted import ScriptedCPU
+from llmos.errors import InputError, MemoryStoreError
+from llmos.kernel import Kernel
+from llmos.memory import MemoryStore, fts_query
+from tests.conftest import RunCli
+
+FACTS = [
+    "Alice's dog is called Biscuit.",
+    "The staging database password rotates every Tuesday.",
+    "Bob prefers green tea over coffee.",
+    "The quarterly report is due on the fifth of March.",
+    "Carol's car is a blue hatchback.",
+]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MemoryStore:
+    s = MemoryStore.open(tmp_path / "memory.db")
+    yield s
+    s.close()
+
+
+def test_embeddings_are_normalised_and_offline() -> None:
+    vectors = embed.embed(["a dog", "a puppy", "tax law"])
+    assert vectors.shape == (3, params.EMBED_DIM)
+    norms = (vectors**2).sum(axis=1)
+    assert all(abs(n - 1) < 1e-4 for n in norms)
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
+
+
+def test_remember_recall_forget(store: MemoryStore) -> None:
+    ids = [store.remember("alice", f, ["fact"]) for f in FACTS]
+    hits = store.recall("alice", "What is the name of Alice's dog?", 3)
+    assert hits[0].ref == f"m{ids[0]}" and hits[0].tags == ["fact"]
+    assert store.recall("bob", "dog", 3) == []  # owners are kept apart
+    assert store.forget("alice", ids[0])
+    assert not store.forget("alice", ids[0])
+    assert not store.forget("bob", ids[1])  # not bob's to forget
+    assert all(h.ref != f"m{ids[0]}" for h in store.recall("alice", "Biscuit dog", 5))
+    # forget removes the text for real
+    assert (
+        store.db.execute("SELECT count(*) FROM memories WHERE id = ?", (ids[0],)).fetchone()[0] == 0
+    )
+
+
+def test_hybrid_retrieval_fuses_both_rankings(store: MemoryStore) -> None:
+    for f in FACTS:
+        store.remember("alice", f)
+    # An exact rare word: BM25 finds it.
+    hit = store.recall("alice", "Biscuit", 1)[0]
+    assert "Biscuit" in hit.text and hit.bm25_rank == 1
+    # No word in common (after stop words): only the vectors can find it.
+    hit = store.recall("alice", "which beverage does he like to drink", 1)[0]
+    assert "tea" in hit.text and hit.bm25_rank is None and hit.vector_rank == 1
+    # Both sides agree: the fused score is the sum of both reciprocal ranks.
+    hit = store.recall("alice", "Carol car colour hatchback", 1)[0]
+    assert "hatchback" in hit.text and hit.bm25_rank == 1 and hit.vector_rank is not None
+    assert hit.score == pytest.approx(
+        1 / (params.RRF_K + hit.bm25_rank) + 1 / (params.RRF_K + hit.vector_rank)
+    )
+
+
+def test_fts_query_drops_stop_words_and_quotes() -> None:
+    q = fts_query("u1", 'what is "the" password?')
+    assert q == 'scope:"u1" AND ("password")'
+    assert fts_query("u1", "   ") is None
+
+
+def test_bad_text_and_queries(store: MemoryStore) -> None:
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        store.remember("alice", "bad \udcff surrogate")
+    with pytest.raises(InputError, match="empty"):
+        store.remember("alice", "   ")
+    with pytest.raises(InputError, match="empty"):
+        store.recall("alice", "")
+    with pytest.raises(InputError, match="bytes; the limit"):
+        store.remember("alice", "x" * (params.MEMORY_MAX_TEXT_BYTES + 1))
+
+
+def _writer(path: str, n: int, who: int) -> None:
+    s = MemoryStore.open(Path(path))
+    for i in range(n):
+        s.remember("alice", f"writer {who} fact number {i} about topic{who}x{i}")
+    s.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    reader = MemoryStore.open(path)
+    assert reader.recall("alice", "anything") == []  # warm its cache before the writers
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), 25, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert reader.db.execute("SELECT count(*) FROM memories").fetchone()[0] == 100
+    assert reader.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    hits = reader.recall("alice", "topic3x17", 1)  # the cache caught up with other writers
+    assert hits and "writer 3 fact number 17" in hits[0].text
+    reader.close()
+
+
+def test_a_corrupt_store_is_reported_and_left_alone(home: Path, run_cli: RunCli) -> None:
+    result = run_cli("memory", "remember", "hello")
+    assert result.returncode == 0, result.stderr
+    db = home / "memory.db"
+    data = bytearray(db.read_bytes())
+    data[:16] = b"garbage-garbage!"  # the SQLite header
+    db.write_bytes(bytes(data))
+    for wal in db.parent.glob("memory.db-*"):
+        wal.unlink()
+    before = db.read_bytes()
+    result = run_cli("memory", "recall", "hello")
+    assert result.returncode == 15
+    assert result.stderr.strip().startswith("llmos: error: memory store")
+    assert "corrupt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert db.read_bytes() == before
+
+
+def test_a_locked_store_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    MemoryStore.open(path).close()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store = MemoryStore.open(path, busy_timeout_s=0.2)
+    except MemoryStoreError as exc:  # WAL readers may fail at open already
+        assert "locked" in str(exc)
+    else:
+        with pytest.raises(MemoryStoreError, match="locked by another writer"):
+            store.remember("alice", "blocked")
+        store.close()
+    holder.execute("ROLLBACK")
+    holder.close()
+    s = MemoryStore.open(path)
+    assert s.db.execute("SELECT count(*) FROM memories").fetchone()[0] == 0
+    s.close()
+
+
+# --- memory through the kernel ---------------------------------------------------------------
+REMEMBERER = """---
+name: rememberer
+model: scripted
+tools: [remember]
+input:
+  schema:
+    input: string
+---
+{{role "system"}}
+Remember what you are told.
+{{role "user"}}
+{{input}}
+"""
+
+RECALLER = """---
+name: recaller
+tools: [recall]
+llmos.memory:
+  auto_recall: 200
+input:
+  schema:
+    input: string
+---
+{{role "system"}}
+Answer from memory.
+{{role "user"}}
+{{input}}
+"""
+
+
+def test_memory_survives_a_kernel_restart(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "rememberer.prompt").write_text(REMEMBERER)
+    (tmp_path / "recaller.prompt").write_text(RECALLER)
+    cpu = ScriptedCPU(
+        [
+            [
+                ToolCall(
+                    id="c1",
+                    name="remember",
+                    arguments=json.dumps({"text": FACTS[0], "tags": ["pets"]}),
+                )
+            ],
+            "Remembered.",
+        ]
+    )
+    system = boot.boot()
+    kernel = Kernel(system)
+    proc = kernel.spawn(
+        str(tmp_path / "rememberer.prompt"), {"input": FACTS[0]}, owner="alice", cpu=cpu
+    )
+    proc.wait(30)
+    assert proc.exit_status == "ok", proc.error
+    kernel.shutdown()
+    system.close()
+
+    # A new boot (a new kernel, a new store handle): the memory is still there, and
+    # auto-recall pages it into the context of a new process at spawn.
+    system = boot.boot()
+    kernel = Kernel(system)
+    cpu2 = ScriptedCPU(
+        [
+            [ToolCall(id="c2", name="recall", arguments=json.dumps({"query": "dog name"}))],
+            "Biscuit.",
+        ]
+    )
+    proc = kernel.spawn(
+        str(tmp_path / "recaller.prompt"),
+        {"input": "What is my dog called?"},
+        owner="alice",
+        cpu=cpu2,
+    )
+    proc.wait(30)
+    assert proc.exit_status == "ok", proc.error
+    first = cpu2.requests[0].messages
+    assert any(m["role"] == "system" and FACTS[0] in str(m["content"]) for m in first)
+    tool = next(m for m in cpu2.requests[1].messages if m["role"] == "tool")
+    assert FACTS[0] in str(tool["content"])
+    segs = proc.context.accounting()["by_kind"]
+    assert "memory" in segs and "syscall" in segs
+    # Another owner's process sees none of alice's memories.
+    cpu3 = ScriptedCPU(["I don't know."])
+    proc = kernel.spawn(
+        str(tmp_path / "recaller.prompt"),
+        {"input": "What is my dog called?"},
+        owner="bob",
+        cpu=cpu3,
+    )
+    proc.wait(30)
+    assert all(FACTS[0] not in str(m["content"]) for m in cpu3.requests[0].messages)
+    kernel.shutdown()
+    system.close()
+
+
+PAGER_PROGRAM = """---
+name: pager
+tools: [page_in, recall]
+llmos.context: 1200
+config:
+  maxOutputTokens: 32
+input:
+  schema:
+    input: string
+---
+{{role "system"}}
+Read the notes.
+{{role "user"}}
+{{input}}
+"""
+
+
+def test_a_process_pages_out_and_pages_back_in(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "pager.prompt").write_text(PAGER_PROGRAM)
+    notes = "\n".join(f"Note {i}: the code word of note {i} is CODE{i}. " * 3 for i in range(60))
+    cpu = ScriptedCPU(n_ctx=4096)
+    system = boot.boot()
+    kernel = Kernel(system)
+    # A fresh store numbers pages from 1: the stub will name p1 as the first page.
+    recall = json.dumps({"query": "CODE7", "source": "pages", "k": 2})
+    cpu.queue(
+        [ToolCall(id="c1", name="recall", arguments=recall)],
+        [ToolCall(id="c2", name="page_in", arguments=json.dumps({"page": "p1"}))],
+        "CODE7.",
+    )
+    proc = kernel.spawn(
+        str(tmp_path / "pager.prompt"),
+        {"input": notes + "\nWhich is note 7's code?"},
+        owner="alice",
+        cpu=cpu,
+    )
+    proc.wait(30)
+    assert proc.exit_status == "ok", proc.error
+    kernel.shutdown()
+    info = proc.info()
+    assert info["pages_out"] > 0 and info["context_limit"] == 1200
+    recall_result = [m for m in cpu.requests[1].messages if m["role"] == "tool"][-1]
+    assert "CODE7" in str(recall_result["content"])
+    page_result = [m for m in cpu.requests[2].messages if m["role"] == "tool"][-1]
+    assert "Note 0" in str(page_result["content"])
+    for request in cpu.requests:
+        assert cpu.count_messages(request.messages) <= 1200
+    assert _first_page(str(cpu.requests[0].messages[1]["content"])) == "p1"
+    run = system.log.get_run(proc.run_id)
+    assert run is not None and run.extra["context"]["paged"] > 0
+    system.close()
+
+
+def _first_page(stub: str) -> str:
+    import re
+
+    match = re.search(r"\[paged out: (p\d+)", stub)
+    assert match
+    return match.group(1)
+
+
+def test_cli_memory_commands(run_cli: RunCli) -> None:
+    result = run_cli("memory", "remember", "-t", "pets", input=FACTS[0])
+    assert result.returncode == 0 and result.stdout.strip().startswith("m"), result.stderr
+    mid = result.stdout.strip()
+    result = run_cli("memory", "recall", "dog name", "--json")
+    hits = json.loads(result.stdout)
+    assert hits[0]["id"] == mid and hits[0]["tags"] == ["pets"]
+    result = run_cli("memory", "remember", input=b"caf\xe9 \xff")
+    assert result.returncode == 4 and "not UTF-8" in result.stderr
+    result = run_cli("memory", "recall", "")
+    assert result.returncode == 4 and "empty" in result.stderr
+    assert run_cli("memory", "forget", mid).returncode == 0
+    result = run_cli("memory", "forget", mid)
+    assert result.returncode == 4 and "no memory" in result.stderr
+    assert run_cli("memory", "list").stdout == ""

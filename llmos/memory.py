@@ -339,11 +339,14 @@ class MemoryStore:
         )
         return [Hit(f"m{r[0]}", r[1], 0.0, json.loads(r[2]), r[3]) for r in rows]
 
-    def recall(self, owner: str, query: str, k: int = params.RECALL_DEFAULT_K) -> list[Hit]:
-        """The owner's k memories most relevant to `query` (hybrid BM25 + vectors, fused)."""
+    def recall(
+        self, owner: str, query: str, k: int = params.RECALL_DEFAULT_K, *, mode: str = "hybrid"
+    ) -> list[Hit]:
+        """The owner's k memories most relevant to `query`: hybrid (BM25 and vectors, fused),
+        or one side alone (`mode` "bm25" or "vector", for comparison)."""
         query = _check_query(query)
         scope = scope_token("u", owner)
-        ranked = self._hybrid("memories", owner, scope, query, k)
+        ranked = self._hybrid("memories", owner, scope, query, k, mode)
         if not ranked:
             return []
         ids = [mid for mid, _, _, _ in ranked]
@@ -443,13 +446,15 @@ class MemoryStore:
 
     # --- hybrid retrieval ------------------------------------------------------------------------
     def _hybrid(
-        self, table: str, key: str, scope: str, query: str, k: int
+        self, table: str, key: str, scope: str, query: str, k: int, mode: str = "hybrid"
     ) -> list[tuple[int, float, int | None, int | None]]:
         """(id, fused score, BM25 rank, vector rank), best first, at most k."""
+        if mode not in ("hybrid", "bm25", "vector"):
+            raise InputError(f"unknown retrieval mode {mode!r} (hybrid, bm25 or vector)")
         k = max(1, min(k, params.RECALL_MAX_K))
         n = max(params.RECALL_CANDIDATES, k)
         bm25: list[int] = []
-        match = fts_query(scope, query)
+        match = fts_query(scope, query) if mode != "vector" else None
         if match is not None:
             bm25 = [
                 r[0]
@@ -459,7 +464,9 @@ class MemoryStore:
                     (match, n),
                 )
             ]
-        vectors = [i for i, _ in self._vector_search(table, key, query, n)]
+        vectors = (
+            [i for i, _ in self._vector_search(table, key, query, n)] if mode != "bm25" else []
+        )
         scores: dict[int, float] = {}
         b_rank: dict[int, int] = {}
         v_rank: dict[int, int] = {}

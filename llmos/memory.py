@@ -110,14 +110,19 @@ def scope_token(kind: str, key: str) -> str:
     return kind + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def fts_query(scope: str, query: str) -> str | None:
-    """An FTS5 MATCH expression: the scope AND any of the query's words (None: no words)."""
-    words = [w for w in _WORD.findall(query.lower()) if w not in STOP_WORDS]
-    if not words:
-        words = _WORD.findall(query.lower())
+def query_words(query: str) -> list[str]:
+    """The words of a query worth searching for: stop words dropped (unless that leaves none),
+    each once, in order."""
+    every = _WORD.findall(query.lower())
+    words = [w for w in every if w not in STOP_WORDS] or every
+    return list(dict.fromkeys(words))
+
+
+def fts_query(scope: str, words: list[str]) -> str | None:
+    """An FTS5 MATCH expression: the scope AND any of the words (None: no words)."""
     if not words:
         return None
-    terms = " OR ".join('"' + w.replace('"', '""') + '"' for w in dict.fromkeys(words))
+    terms = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
     return f'scope:"{scope}" AND ({terms})'
 
 
@@ -180,8 +185,15 @@ def _migration_1(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_2(db: sqlite3.Connection) -> None:
+    # Document frequencies, to leave out of a BM25 query the words too common to rank by.
+    db.execute("CREATE VIRTUAL TABLE memories_vocab USING fts5vocab(memories_fts, 'row')")
+    db.execute("CREATE VIRTUAL TABLE pages_vocab USING fts5vocab(pages_fts, 'row')")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_memories_pages_shm", _migration_1),
+    ("002_fts_vocab", _migration_2),
 ]
 
 
@@ -454,7 +466,9 @@ class MemoryStore:
         k = max(1, min(k, params.RECALL_MAX_K))
         n = max(params.RECALL_CANDIDATES, k)
         bm25: list[int] = []
-        match = fts_query(scope, query) if mode != "vector" else None
+        match = (
+            fts_query(scope, self._rare_words(table, scope, query)) if mode != "vector" else None
+        )
         if match is not None:
             bm25 = [
                 r[0]
@@ -478,6 +492,24 @@ class MemoryStore:
             v_rank[i] = rank
         best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
         return [(i, scores[i], b_rank.get(i), v_rank.get(i)) for i in best]
+
+    def _rare_words(self, table: str, scope: str, query: str) -> list[str]:
+        """The query's words minus those in more than params.BM25_COMMON_SHARE of the scope's
+        documents (and at least params.BM25_COMMON_MIN of them): such words barely move BM25
+        but make it score every document they occur in. The rarest word always stays."""
+        words = query_words(query)
+        if not words:
+            return []
+        rows = self.read(
+            f"SELECT term, doc FROM {table}_vocab WHERE term IN "
+            f"({','.join('?' * (len(words) + 1))})",
+            (*words, scope),
+        )
+        df = dict(rows)
+        total = df.pop(scope, 0)
+        limit = max(params.BM25_COMMON_MIN, params.BM25_COMMON_SHARE * total)
+        kept = [w for w in words if df.get(w, 0) <= limit]
+        return kept or [min(words, key=lambda w: df.get(w, 0))]
 
     def _vector_search(self, table: str, key: str, query: str, n: int) -> list[tuple[int, float]]:
         with self.lock:

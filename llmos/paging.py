@@ -262,9 +262,12 @@ def recall_into(
     header: str,
     kind: str = "memory",
     counter: Counter | None = None,
+    at_end: bool = False,
 ) -> list[str]:
-    """Insert retrieved texts as one message after the program's text, best first, within
-    `budget_tokens`; the refs inserted."""
+    """Insert retrieved texts as one message, best first, within `budget_tokens`; the refs
+    inserted. At spawn they go right after the program's text; in a running conversation
+    (`at_end`) they go at the end, next to the question: that keeps the KV of everything
+    before (no re-prefill) and puts them where a small model attends most."""
     counter = counter or ctx.counter
     lines: list[str] = []
     refs: list[str] = []
@@ -278,7 +281,9 @@ def recall_into(
         lines.append(line)
         refs.append(hit.ref)
     if lines:
-        ctx.insert_after_program(
-            "system", header + "\n" + "\n".join(lines), kind, {"recalled": refs}
-        )
+        text = header + "\n" + "\n".join(lines)
+        if at_end:
+            ctx.append("system", text, kind, {"recalled": refs})
+        else:
+            ctx.insert_after_program("system", text, kind, {"recalled": refs})
     return refs

@@ -116,6 +116,8 @@ RECALL_MAX_K = 50  # recall: most results one call may ask for
 RECALL_SNIPPET_CHARS = 300  # recall: a longer hit is shown as a snippet this long (page_in: all)
 RECALL_CANDIDATES = 50  # hybrid retrieval: candidates taken from each of BM25 and vectors
 RRF_K = 60  # reciprocal rank fusion constant: score = sum of 1 / (RRF_K + rank)
+BM25_COMMON_SHARE = 0.02  # a query word in more than this share of documents is left out...
+BM25_COMMON_MIN = 500  # ...when it is also in more documents than this (see memory._rare_words)
 MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 MEMORY_QUERY_MAX_CHARS = 2000  # a recall query is cut to this many characters

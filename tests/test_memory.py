@@ -16,7 +16,7 @@ from llmos.cpu.base import ToolCall
 from llmos.cpu.scripted import ScriptedCPU
 from llmos.errors import InputError, MemoryStoreError
 from llmos.kernel import Kernel
-from llmos.memory import MemoryStore, fts_query
+from llmos.memory import MemoryStore, fts_query, query_words
 from tests.conftest import RunCli
 
 FACTS = [
@@ -76,9 +76,10 @@ def test_hybrid_retrieval_fuses_both_rankings(store: MemoryStore) -> None:
 
 
 def test_fts_query_drops_stop_words_and_quotes() -> None:
-    q = fts_query("u1", 'what is "the" password?')
+    q = fts_query("u1", query_words('what is "the" password? password'))
     assert q == 'scope:"u1" AND ("password")'
-    assert fts_query("u1", "   ") is None
+    assert fts_query("u1", query_words("   ")) is None
+    assert query_words("what is it") == ["what", "is", "it"]  # only stop words: keep them
 
 
 def test_bad_text_and_queries(store: MemoryStore) -> None:

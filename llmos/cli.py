@@ -164,6 +164,7 @@ def run(
     elif not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
+    _paging_note(result.extra.get("context") or {}, result.run_id)
     if verbose:
         click.echo(
             f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
@@ -225,6 +226,19 @@ def mcp_cmd() -> None:
     from llmos.mcpserver import serve_stdio
 
     serve_stdio()
+
+
+def _paging_note(context: dict[str, Any], run_id: str) -> None:
+    """Say on stderr when part of the context was paged out: never a silent truncation."""
+    paged = int(context.get("paged") or 0)
+    if paged:
+        mb = int(context.get("paged_chars") or 0) / 1e6
+        click.echo(
+            f"llmos: the context did not fit its {context.get('limit')}-token limit: {paged} "
+            f"segments ({mb:.1f} MB) were paged out to the swap store (page ids: "
+            f"`llmos logs {run_id} --json`; read one: `llmos memory page ID`)",
+            err=True,
+        )
 
 
 def _trace(step: dict[str, Any]) -> None:
@@ -330,6 +344,7 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
         "started_at": r.started_at,
         "duration_ms": r.duration_ms,
         "ttft_ms": r.ttft_ms,
+        "context": (r.extra or {}).get("context"),  # accounting, and page ids if it paged
     }
 
 

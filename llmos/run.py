@@ -75,6 +75,9 @@ class RunResult:
             "ttft_ms": self.ttft_ms,
             "duration_ms": self.duration_ms,
             "tokens_per_s": round(self.tokens_per_s, 2),
+            "context": {
+                k: v for k, v in (self.extra.get("context") or {}).items() if k != "pages"
+            },
         }
 
 
@@ -174,6 +177,7 @@ def run_program(
             )
         raise
     result.run_id = run_id
+    result.extra.update(_context_extra(context))
     ended_early = result.finish_reason in ("cancelled", "budget")
     log.finish_run(
         run_id,
@@ -195,7 +199,6 @@ def run_program(
             "finish_reason": result.finish_reason,
             "attempts": result.attempts,
             **result.extra,
-            **_context_extra(context),
         },
     )
     return result
@@ -212,14 +215,13 @@ def context_limit(program: Program, cpu: CPU) -> int:
 
 def _context_extra(context: Context | None) -> dict[str, Any]:
     """The context's final accounting, for the log (pages say where paged-out text went)."""
-    if context is None or not context.paged():
-        return {} if context is None else {"context": context.accounting()}
-    return {
-        "context": {
-            **context.accounting(),
-            "pages": [s.page for s in context.paged()][: params.LOG_MAX_PAGE_IDS],
-        }
-    }
+    if context is None:
+        return {}
+    paged = context.paged()
+    out = {**context.accounting(), "paged_chars": sum(s.chars for s in paged)}
+    if paged:
+        out["pages"] = [s.page for s in paged][: params.LOG_MAX_PAGE_IDS]
+    return {"context": out}
 
 
 Body = Callable[

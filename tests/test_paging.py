@@ -4,6 +4,7 @@ how a page-out meets the embedded CPU's KV (only the changed suffix is prefilled
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from llmos.cpu.scripted import ScriptedCPU
 from llmos.errors import ContextOverflowError, MemoryStoreError
 from llmos.memory import MemoryStore
 from llmos.paging import LRU, Oldest, Pager, Summarize, cpu_summarizer
+from tests.conftest import RunCli
 
 SYSTEM = "You answer questions about the notes the user gave you."
 
@@ -233,3 +235,41 @@ def test_store_file_is_not_touched_by_a_failed_open(tmp_path: Path) -> None:
         MemoryStore.open(path)
     assert path.read_bytes() == before
     assert sqlite3.sqlite_version  # the check above ran on a real SQLite
+
+
+SUMMARIZE_2K = """---
+name: summarize2k
+config:
+  maxOutputTokens: 24
+input:
+  schema:
+    input: string
+llmos.max_steps: 1
+llmos.context: 2048
+---
+{{role "system"}}
+You write short summaries.
+{{role "user"}}
+Summarize this text:
+
+{{input}}
+"""
+
+
+def test_a_50_mb_input_to_a_2k_context_pages(run_cli: RunCli, tmp_path: Path) -> None:
+    """The whole path: `llmos run` on the embedded model with 50 MB on stdin."""
+    program = tmp_path / "summarize2k.prompt"
+    program.write_text(SUMMARIZE_2K)
+    line = "Kernels page memory between RAM and disk when the working set grows. "
+    data = ("".join(f"{line}[{i}]\n" for i in range(700_000)))[: 50 * 1024 * 1024]
+    data += "\nThe last line says: the answer is OCELOT."
+    result = run_cli("run", program, "--json", input=data, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["context"]["used"] <= 2048 and out["context"]["limit"] == 2048
+    assert out["context"]["paged"] > 20_000
+    assert "were paged out to the swap store" in result.stderr  # said, not silent
+    logs = json.loads(run_cli("logs", out["run_id"], "--json").stdout)
+    first = logs["context"]["pages"][0]
+    page = run_cli("memory", "page", f"p{first}")
+    assert page.returncode == 0 and page.stdout.startswith("Summarize this text:")

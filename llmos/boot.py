@@ -84,7 +84,12 @@ class System:
         policy = make_policy(name, cpu_summarizer(cpu, entity) if name == "summarize" else None)
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
         return Pager(
-            store=lambda: self.memory, owner=owner, process=process, policy=policy, reserve=reserve
+            store=lambda: self.memory,
+            owner=owner,
+            process=process,
+            policy=policy,
+            reserve=reserve,
+            label=str(program.path),
         )
 
     def prepare_context(

@@ -110,6 +110,7 @@ class Pager:
     process: str  # the process's key in the swap store
     policy: Policy
     reserve: int  # tokens kept free for the reply
+    label: str = "context"  # how errors name the process (its program's path)
     pages_out: int = 0
     page_outs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -144,7 +145,8 @@ class Pager:
         pinned_tokens = sum(ctx.count(s) for s in pinned)
         if pinned_tokens > budget:
             raise ContextOverflowError(
-                f"the program's text and latest message are {pinned_tokens} tokens; the "
+                f"{self.label}: the program's text and latest message are {pinned_tokens} "
+                f"tokens; the "
                 f"context limit leaves {budget} (of {ctx.limit}) after room for the reply"
             )
         held = {s.id for s in pinned}
@@ -168,7 +170,7 @@ class Pager:
         while ctx.measure() > budget:
             if not rest:
                 raise ContextOverflowError(
-                    f"context is {ctx.used} tokens after paging out everything it may; "
+                    f"{self.label}: context is {ctx.used} tokens after paging out all it may; "
                     f"the limit leaves {budget} (of {ctx.limit})"
                 )
             take = max(1, len(rest) // 4)

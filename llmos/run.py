@@ -75,9 +75,7 @@ class RunResult:
             "ttft_ms": self.ttft_ms,
             "duration_ms": self.duration_ms,
             "tokens_per_s": round(self.tokens_per_s, 2),
-            "context": {
-                k: v for k, v in (self.extra.get("context") or {}).items() if k != "pages"
-            },
+            "context": {k: v for k, v in (self.extra.get("context") or {}).items() if k != "pages"},
         }
 
 

@@ -313,13 +313,26 @@ def test_remote_reply_that_is_not_json_exits_7_after_a_retry(run_cli: RunCli, ho
 
 
 @pytest.mark.slow
-def test_prompt_over_the_context_exits_8(run_cli: RunCli, home: Path) -> None:
-    text = " ".join(["word"] * 40_000)
-    proc = run_cli("run", SUMMARIZE, input=text)
-    message = assert_failed(proc, home, EXIT_CONTEXT, "context_overflow", str(SUMMARIZE))
-    assert "8192 tokens" in message
+def test_prompt_over_the_context_exits_8(run_cli: RunCli, home: Path, tmp_path: Path) -> None:
+    # Text in the program's own (system) part is pinned: it cannot be paged out.
+    program = tmp_path / "pinned.prompt"
+    program.write_text(
+        "---\nname: pinned\ninput:\n  schema:\n    input: string\n---\n"
+        '{{role "system"}}\nKnow this: {{input}}\n{{role "user"}}\nSummarize it.\n'
+    )
+    proc = run_cli("run", program, input=" ".join(["word"] * 40_000))
+    message = assert_failed(proc, home, EXIT_CONTEXT, "context_overflow", str(program))
+    assert "(of 8192)" in message and "program's text" in message
     record = runs(home)[0]
     assert record.completion_tokens == 0
+
+
+def test_an_input_over_the_context_is_paged_not_refused(run_cli: RunCli, home: Path) -> None:
+    proc = run_cli("run", SUMMARIZE, "--json", input=" ".join(["word"] * 40_000))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["context"]["paged"] > 0 and out["context"]["used"] < 8192
+    assert "were paged out to the swap store" in proc.stderr
 
 
 # --- usage errors: exit 2 -----------------------------------------------------------------------

@@ -273,3 +273,31 @@ def test_a_50_mb_input_to_a_2k_context_pages(run_cli: RunCli, tmp_path: Path) ->
     first = logs["context"]["pages"][0]
     page = run_cli("memory", "page", f"p{first}")
     assert page.returncode == 0 and page.stdout.startswith("Summarize this text:")
+
+
+def test_disk_full_stops_the_process_with_a_clear_status(home: Path, tmp_path: Path) -> None:
+    from llmos import boot
+    from llmos.kernel import Kernel
+
+    program = tmp_path / "small.prompt"
+    program.write_text(
+        "---\nname: small\nllmos.context: 300\nconfig:\n  maxOutputTokens: 16\n"
+        "input:\n  schema:\n    input: string\n---\n"
+        '{{role "system"}}\nRead.\n{{role "user"}}\n{{input}}\n'
+    )
+    system = boot.boot()
+    used = system.memory.db.execute("PRAGMA page_count").fetchone()[0]
+    system.memory.db.execute(f"PRAGMA max_page_count = {used + 2}")  # the disk is all but full
+    kernel = Kernel(system)
+    cpu = ScriptedCPU(["never reached"])
+    text = "\n".join(notes(200))
+    proc = kernel.spawn(str(program), {"input": text}, owner="alice", cpu=cpu)
+    proc.wait(30)
+    assert proc.exit_status == "failed"
+    assert "disk is full" in str(proc.error) and "nothing was written" in str(proc.error)
+    assert cpu.requests == []  # it stopped before the step that would not fit
+    assert system.memory.db.execute("SELECT count(*) FROM pages").fetchone()[0] == 0
+    run = system.log.get_run(proc.run_id or "")
+    assert run is not None and run.status == "failed" and run.error_kind == "memory"
+    kernel.shutdown()
+    system.close()

@@ -359,22 +359,7 @@ class MemoryStore:
         query = _check_query(query)
         scope = scope_token("u", owner)
         ranked = self._hybrid("memories", owner, scope, query, k, mode)
-        if not ranked:
-            return []
-        ids = [mid for mid, _, _, _ in ranked]
-        rows = {
-            r[0]: r
-            for r in self.read(
-                f"SELECT id, text, tags, created_at FROM memories WHERE owner = ? AND id IN "
-                f"({','.join('?' * len(ids))})",
-                (owner, *ids),
-            )
-        }
-        return [
-            Hit(f"m{mid}", rows[mid][1], score, json.loads(rows[mid][2]), rows[mid][3], b, v)
-            for mid, score, b, v in ranked
-            if mid in rows
-        ]
+        return self._hits("memories", "m", owner, ranked)
 
     # --- pages (the swap store of llmos.paging) --------------------------------------------------
     def page_out(self, owner: str, process: str, pages: list[dict[str, Any]]) -> list[int]:
@@ -439,21 +424,32 @@ class MemoryStore:
         """The k pages of one process most relevant to `query`."""
         query = _check_query(query)
         ranked = self._hybrid("pages", process, scope_token("p", process), query, k)
+        return self._hits("pages", "p", owner, ranked)
+
+    def _hits(
+        self,
+        table: str,
+        prefix: str,
+        owner: str,
+        ranked: list[tuple[int, float, int | None, int | None]],
+    ) -> list[Hit]:
+        """The ranked ids as Hits, read back (and checked to be the owner's) in one query."""
         if not ranked:
             return []
-        ids = [pid for pid, _, _, _ in ranked]
+        ids = [i for i, _, _, _ in ranked]
+        tags = "tags" if table == "memories" else "'[]'"
         rows = {
             r[0]: r
             for r in self.read(
-                f"SELECT id, text, created_at FROM pages WHERE owner = ? AND id IN "
+                f"SELECT id, text, {tags}, created_at FROM {table} WHERE owner = ? AND id IN "
                 f"({','.join('?' * len(ids))})",
                 (owner, *ids),
             )
         }
         return [
-            Hit(f"p{pid}", rows[pid][1], score, [], rows[pid][2], b, v)
-            for pid, score, b, v in ranked
-            if pid in rows
+            Hit(f"{prefix}{i}", rows[i][1], score, json.loads(rows[i][2]), rows[i][3], b, v)
+            for i, score, b, v in ranked
+            if i in rows
         ]
 
     # --- hybrid retrieval ------------------------------------------------------------------------

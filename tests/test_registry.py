@@ -16,6 +16,7 @@ from llmos.errors import LlmosError
 from llmos.hookspecs import hookimpl
 
 BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
+BUILTINS += ["remember", "recall", "forget", "page_in", "shm_read", "shm_write", "shm_list"]
 
 
 class Echo(Device):

@@ -138,7 +138,7 @@ class ForgetDevice(_MemoryDevice):
 
 class PageInDevice(_MemoryDevice):
     name = "page_in"
-    description = "Read back a page of this process's context that was paged out (p7)."
+    description = "Read back a page of context that was paged out (p7), in full."
     schema = {  # noqa: RUF012
         "type": "object",
         "properties": {"page": {"type": ["string", "integer"]}},

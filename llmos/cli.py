@@ -491,7 +491,7 @@ def _budget(info: dict[str, Any]) -> str:
 
 PS_HEADER = (
     f"{'PID':>6} {'PPID':>5} {'OWNER':<10} {'STATE':<12} {'PRI':>3} {'TOKENS':>7} "
-    f"{'CTX':>11} {'BUDGET':>7} PROGRAM"
+    f"{'CTX':>16} {'BUDGET':>7} PROGRAM"
 )
 
 
@@ -499,7 +499,7 @@ def _ps_row(p: dict[str, Any]) -> str:
     tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
     return (
         f"{p['pid']:>6} {p.get('ppid', 0):>5} {str(p.get('owner'))[:10]:<10} "
-        f"{_state(p):<12} {p.get('priority'):>3} {tokens:>7} {_ctx(p):>11} "
+        f"{_state(p):<12} {p.get('priority'):>3} {tokens:>7} {_ctx(p):>16} "
         f"{_budget(p):>7} {p.get('program')}"
     )
 
@@ -646,14 +646,14 @@ def _top_text(snap: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"{'PID':>6} {'OWNER':<10} {'STATE':<9} {'PRI':>3} {'TOK/S':>6} {'TOKENS':>7} "
-        f"{'CTX':>11} {'BUDGET-LEFT':>11} PROGRAM"
+        f"{'CTX':>16} {'BUDGET-LEFT':>11} PROGRAM"
     )
     for p in procs:
         tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
         lines.append(
             f"{p['pid']:>6} {str(p.get('owner'))[:10]:<10} {p.get('state'):<9} "
             f"{p.get('priority'):>3} {p.get('tokens_per_s', 0.0):>6.1f} {tokens:>7} "
-            f"{_ctx(p):>11} {_budget(p):>11} {p.get('program')}"
+            f"{_ctx(p):>16} {_budget(p):>11} {p.get('program')}"
         )
     return "\n".join(lines)
 

@@ -216,9 +216,18 @@ def _context_extra(context: Context | None) -> dict[str, Any]:
     if context is None:
         return {}
     paged = context.paged()
-    out = {**context.accounting(), "paged_chars": sum(s.chars for s in paged)}
+    out: dict[str, Any] = {**context.accounting(), "paged_chars": sum(s.chars for s in paged)}
     if paged:
         out["pages"] = [s.page for s in paged][: params.LOG_MAX_PAGE_IDS]
+    # What the kernel added at spawn (memories, shared segments) is not in the rendered
+    # messages the log opened the run with: keep its text here, so the log has it all.
+    attached = [
+        {"kind": s.kind, "provenance": s.provenance, "text": s.text}
+        for s in context.segments
+        if s.kind in ("memory", "shm") and s.resident
+    ]
+    if attached:
+        out["attached"] = attached
     return {"context": out}
 
 

@@ -325,3 +325,27 @@ def test_cli_memory_commands(run_cli: RunCli) -> None:
     result = run_cli("memory", "forget", mid)
     assert result.returncode == 4 and "no memory" in result.stderr
     assert run_cli("memory", "list").stdout == ""
+
+
+def test_memory_across_a_daemon_restart(run_cli: RunCli, tmp_path: Path) -> None:
+    """The real path: the CLI remembers, a daemon's process recalls it at spawn; the daemon
+    restarts and a new process still gets it (the store outlives both kernels)."""
+    program = tmp_path / "ask.prompt"
+    program.write_text(
+        "---\nname: ask\nllmos.memory:\n  auto_recall: 200\nconfig:\n  maxOutputTokens: 8\n"
+        "input:\n  schema:\n    input: string\n---\n"
+        '{{role "system"}}\nAnswer briefly.\n{{role "user"}}\n{{input}}\n'
+    )
+    assert run_cli("memory", "remember", FACTS[1]).returncode == 0
+    for _ in range(2):
+        assert run_cli("kernel", "start").returncode == 0
+        try:
+            pid = run_cli("run", "-d", program, input="When does the password rotate?")
+            assert pid.returncode == 0, pid.stderr
+            assert run_cli("wait", pid.stdout.strip()).returncode == 0
+            runs = json.loads(run_cli("logs", "--json", "-n", "1").stdout)
+            record = json.loads(run_cli("logs", runs[0]["id"], "--json").stdout)
+            attached = record["context"]["attached"]
+            assert attached[0]["kind"] == "memory" and FACTS[1] in attached[0]["text"]
+        finally:
+            assert run_cli("kernel", "stop").returncode == 0

@@ -286,14 +286,30 @@ class Log:
             raise _store_error(path, "open", exc) from exc
         conn.row_factory = sqlite3.Row
         log = cls(conn, path)
+        deadline = time.monotonic() + timeout
         try:
-            with log._guard("open"):
-                conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-                conn.execute("PRAGMA foreign_keys = ON")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise LogStoreError(f"{path}: cannot put the log in WAL mode (got {mode})")
-                log._migrate()
+            while True:
+                try:
+                    with log._guard("open"):
+                        # Short waits while opening: two openers that deadlock (both want
+                        # the exclusive lock to switch to WAL) part at once and retry.
+                        conn.execute(f"PRAGMA busy_timeout = {params.STORE_OPEN_BUSY_MS}")
+                        conn.execute("PRAGMA foreign_keys = ON")
+                        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                        if str(mode).lower() != "wal":
+                            raise LogStoreError(
+                                f"{path}: cannot put the log in WAL mode (got {mode})"
+                            )
+                        log._migrate()
+                        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                    break
+                except LogStoreError as exc:
+                    # Two llmos opening a new log at once (`llmos run a | llmos run b`):
+                    # switching to WAL or migrating can get SQLITE_BUSY at once, without the
+                    # busy handler being called. Wait a moment and try again.
+                    if not _is_busy(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(params.STORE_OPEN_RETRY_S)
         except BaseException:
             conn.close()
             raise
@@ -644,6 +660,13 @@ def _check_header(path: Path) -> None:
             f"{path}: log database is corrupt or not a database: no SQLite header "
             "(move the file away to start a new log)"
         )
+
+
+def _is_busy(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and (
+        "locked" in str(cause) or "busy" in str(cause)
+    )
 
 
 def _store_error(path: Path, what: str, exc: sqlite3.Error) -> LogStoreError:

@@ -222,21 +222,34 @@ class MemoryStore:
         cls, path: Path, *, busy_timeout_s: float = params.MEMORY_BUSY_TIMEOUT_S
     ) -> MemoryStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        store: MemoryStore | None = None
-        try:
-            db = sqlite3.connect(
-                str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            store = cls(path, db)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            store._migrate()
-        except sqlite3.Error as exc:
-            if store is not None:
-                store.db.close()
-            raise store_error(path, exc) from exc
-        return store
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            store: MemoryStore | None = None
+            try:
+                db = sqlite3.connect(
+                    str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                store = cls(path, db)
+                # Short waits while opening (see Log.open): deadlocked openers part at once.
+                db.execute(f"PRAGMA busy_timeout = {params.STORE_OPEN_BUSY_MS}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                store._migrate()
+                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                return store
+            except (sqlite3.Error, MemoryStoreError) as exc:
+                if store is not None:
+                    store.db.close()
+                cause = exc.__cause__ if isinstance(exc, MemoryStoreError) else exc
+                busy = isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
+                # Two llmos creating the store at once: switching to WAL can get SQLITE_BUSY
+                # without the busy handler being called. Wait a moment and try again.
+                if busy and time.monotonic() < deadline:
+                    time.sleep(params.STORE_OPEN_RETRY_S)
+                    continue
+                if isinstance(exc, MemoryStoreError):
+                    raise
+                raise store_error(path, exc) from exc
 
     def close(self) -> None:
         with self.lock:

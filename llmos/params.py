@@ -77,6 +77,8 @@ DEFAULT_MAX_STEPS = 8
 
 # --- Log ----------------------------------------------------------------------------------------
 LOG_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for a lock held by another llmos
+STORE_OPEN_RETRY_S = 0.05  # a log or memory store found busy while opening is retried after this
+STORE_OPEN_BUSY_MS = 200  # lock wait while opening (switching to WAL, migrating), then retry
 LOG_LIST_DEFAULT = 20  # rows `llmos logs` shows by default
 LOG_STALE_NO_PID_S = 3600.0  # a 'running' run with no pid, older than this, is taken as lost
 

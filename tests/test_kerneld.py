@@ -35,7 +35,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 OWNER = "kdtester"
 ENV = {"LOGNAME": OWNER, "USER": OWNER}
 NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
-PS_HEADER = "   PID  PPID OWNER      STATE        PRI  TOKENS         CTX  BUDGET PROGRAM"
+PS_HEADER = "   PID  PPID OWNER      STATE        PRI  TOKENS              CTX  BUDGET PROGRAM"
 
 SHORT = """---
 name: short

@@ -349,3 +349,21 @@ def test_memory_across_a_daemon_restart(run_cli: RunCli, tmp_path: Path) -> None
             assert attached[0]["kind"] == "memory" and FACTS[1] in attached[0]["text"]
         finally:
             assert run_cli("kernel", "stop").returncode == 0
+
+
+def test_cli_on_a_locked_store_exits_15(run_cli: RunCli, home: Path) -> None:
+    assert run_cli("memory", "remember", "first").returncode == 0
+    holder = sqlite3.connect(str(home / "memory.db"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the store
+    try:
+        result = run_cli("memory", "remember", "second")
+        assert result.returncode == 15, result.stderr
+        assert "locked by another writer" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        read = run_cli("memory", "list")  # readers are not blocked by a writer (WAL)
+        assert read.returncode == 0 and "first" in read.stdout
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert run_cli("memory", "remember", "second").returncode == 0
+    assert run_cli("memory", "list").stdout.count("\n") == 2

@@ -33,7 +33,7 @@ from llmos.config import Config
 from llmos.context import Context
 from llmos.cpu.base import CPU
 from llmos.devices.base import CallContext
-from llmos.errors import LlmosError, ProgramError
+from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.log import Log
 from llmos.memory import MemoryStore
 from llmos.paging import Pager, cpu_summarizer, make_policy, recall_into
@@ -81,7 +81,10 @@ class System:
     ) -> Pager:
         """The memory manager of one process: its paging policy and swap key."""
         name = str(program.llmos.get("paging") or params.PAGING_POLICY)
-        policy = make_policy(name, cpu_summarizer(cpu, entity) if name == "summarize" else None)
+        try:
+            policy = make_policy(name, cpu_summarizer(cpu, entity))
+        except InputError as exc:
+            raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
         return Pager(
             store=lambda: self.memory,

@@ -2,8 +2,8 @@
 
 A plugin is any object or module with functions marked `@hookimpl` named like the specs below.
 Installed packages expose plugins through the entry-point group "llmos"
-(`[project.entry-points.llmos] myplugin = "my_package.plugin"`); the built-in devices register
-through the same hooks (see `llmos.devices.registry`).
+(`[project.entry-points.llmos] myplugin = "my_package.plugin"`); the built-in devices, CPUs
+and paging policies register through the same hooks (see `llmos.devices.registry`).
 
 What this module does not do: load or call plugins (see `llmos.devices.registry`).
 """
@@ -18,6 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from llmos.cpu.base import CPU
     from llmos.devices.base import Device
+    from llmos.paging import Policy, Summarizer
 
 PROJECT = "llmos"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -32,3 +33,12 @@ def llmos_register_devices(register: Callable[[Device], None]) -> None:
 @hookspec
 def llmos_register_cpus(register: Callable[[str, Callable[[str], CPU]], None]) -> None:
     """Call `register(prefix, factory)`; `factory(spec)` builds a CPU for specs "prefix/..."."""
+
+
+@hookspec
+def llmos_register_paging_policies(
+    register: Callable[[str, Callable[[Summarizer | None], Policy]], None],
+) -> None:
+    """Call `register(name, factory)`; `factory(summarizer)` builds a paging `Policy` (see
+    `llmos.paging`) for programs that set `llmos.paging: name`. `summarizer(text)` writes a
+    one-line summary with the process's CPU, for policies that want one."""

@@ -12,6 +12,10 @@ page-out, and each page-out edits the prompt once rather than every step):
   written by the process's own CPU (at most params.SUMMARY_MAX_CALLS a page-out; the rest
   get the extractive one), which the stub shows in their place.
 
+Policies are pluggable: a policy is a `Policy` subclass (one method, `order`, and optionally
+`summarize`), registered by name through the `llmos_register_paging_policies` hook, the way
+the built-in three are.
+
 Pinned segments (the program's text, the end of the latest message) never leave; if they
 alone do not fit, the process fails with ContextOverflowError. A paged-out segment is written
 to the swap store (`MemoryStore.page_out`, one transaction) before it leaves the context, and
@@ -88,17 +92,20 @@ class Summarize(Oldest):
         return line or None
 
 
-POLICIES = ("oldest", "lru", "summarize")
+def make_policy(name: str, summarizer: Summarizer | None = None, pm: Any = None) -> Policy:
+    """The policy registered as `name` (built-ins: oldest, lru, summarize; plugins add more
+    through the `llmos_register_paging_policies` hook); InputError if there is none."""
+    from llmos.devices import registry
 
-
-def make_policy(name: str, summarizer: Summarizer | None = None) -> Policy:
-    if name == "oldest":
-        return Oldest()
-    if name == "lru":
-        return LRU()
-    if name == "summarize":
-        return Summarize(summarizer)
-    raise InputError(f"unknown paging policy {name!r} (use one of: {', '.join(POLICIES)})")
+    factories = registry.paging_policies(pm)
+    if name not in factories:
+        raise InputError(
+            f"unknown paging policy {name!r} (registered: {', '.join(sorted(factories))})"
+        )
+    policy = factories[name](summarizer)
+    if not isinstance(policy, Policy):
+        raise InputError(f"paging policy {name!r} built {type(policy).__name__}, not a Policy")
+    return policy
 
 
 @dataclass

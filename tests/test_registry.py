@@ -10,10 +10,14 @@ from typing import Any
 
 import pytest
 
+from llmos.context import Context, Segment
+from llmos.cpu.scripted import ScriptedCPU
 from llmos.devices import registry
 from llmos.devices.base import CallContext, Device, DeviceResult
-from llmos.errors import LlmosError
+from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.hookspecs import hookimpl
+from llmos.memory import MemoryStore
+from llmos.paging import Pager, Policy, make_policy
 
 BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
 BUILTINS += ["remember", "recall", "forget", "page_in", "shm_read", "shm_write", "shm_list"]
@@ -192,3 +196,52 @@ def test_a_plugin_cpu_is_resolved_by_its_prefix() -> None:
     finally:
         pm.unregister(plugin)
         cpu_mod._cache.pop("scriptedplugin/tiny", None)
+
+
+class NewestFirst(Policy):
+    """A plugin's paging policy: page out the newest segments first."""
+
+    name = "newest"
+
+    def order(self, candidates: list[Segment]) -> list[Segment]:
+        return sorted(candidates, key=lambda s: -s.id)
+
+
+class PolicyPlugin:
+    @hookimpl
+    def llmos_register_paging_policies(self, register: Callable[..., None]) -> None:
+        register("newest", lambda summarizer: NewestFirst())
+
+
+def test_paging_policies_are_pluggable(tmp_path: Path) -> None:
+    pm = registry.make_plugin_manager(entry_points=False)
+    assert list(registry.paging_policies(pm)) == ["oldest", "lru", "summarize"]
+    pm.register(PolicyPlugin(), name="policy-plugin")
+    policy = make_policy("newest", None, pm)
+    assert isinstance(policy, NewestFirst)
+    with pytest.raises(InputError, match="registered: lru, newest, oldest, summarize"):
+        make_policy("nosuch", None, pm)
+    # The plugin's policy drives a real pager: the newest unpinned segments leave first.
+    msgs = [{"role": "system", "content": "Notes."}]
+    msgs += [{"role": "user", "content": f"note {i} " + "word " * 40} for i in range(30)]
+    msgs.append({"role": "user", "content": "Which note?"})
+    ctx = Context.from_messages(msgs, 600, ScriptedCPU())
+    store = MemoryStore.open(tmp_path / "memory.db")
+    Pager(store=lambda: store, owner="a", process="p", policy=policy, reserve=32).attach(ctx)
+    ctx.fit()
+    paged = [s.id for s in ctx.paged()]
+    resident = [s.id for s in ctx.segments if s.resident and not s.pinned and s.kind == "input"]
+    assert paged and resident and min(paged) > max(resident)
+    store.close()
+
+
+def test_an_unknown_paging_policy_fails_the_spawn(home: Path, tmp_path: Path) -> None:
+    from llmos import boot
+    from llmos.kernel import Kernel
+
+    program = tmp_path / "p.prompt"
+    program.write_text("---\nname: p\nllmos.paging: nosuch\n---\nHello.\n")
+    system = boot.boot()
+    with pytest.raises(ProgramError, match=r"llmos\.paging: unknown paging policy 'nosuch'"):
+        Kernel(system).spawn(str(program), cpu=ScriptedCPU(["hi"]))
+    system.close()

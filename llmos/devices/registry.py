@@ -64,6 +64,14 @@ class BuiltinDevices:
         for mem_cls in MEMORY_DEVICES:  # need the process's pager: llmos.devices.memory
             register(mem_cls())
 
+    @hookspecs.hookimpl
+    def llmos_register_paging_policies(self, register: Callable[..., None]) -> None:
+        from llmos.paging import LRU, Oldest, Summarize
+
+        register("oldest", lambda summarizer: Oldest())
+        register("lru", lambda summarizer: LRU())
+        register("summarize", Summarize)
+
 
 BUILTIN = BuiltinDevices()
 
@@ -174,4 +182,27 @@ def cpu_factories(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[
         owners[prefix] = plugin
 
     _call_each(pm, "llmos_register_cpus", register)
+    return found
+
+
+def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
+    """Every registered paging policy factory, by name (built-ins first)."""
+    pm = pm or get_plugin_manager()
+    found: dict[str, Callable[..., Any]] = {}
+    owners: dict[str, str] = {}
+
+    def register(plugin: str, name: str, factory: Callable[..., Any]) -> None:
+        if not isinstance(name, str) or not _NAME.match(name) or not callable(factory):
+            raise LlmosError(
+                f"plugin {plugin!r} registered a bad paging policy: {name!r}, {factory!r}"
+            )
+        if name in found:
+            raise LlmosError(
+                f"paging policy {name!r} registered twice: by plugin {owners[name]!r} and by "
+                f"plugin {plugin!r}"
+            )
+        found[name] = factory
+        owners[name] = plugin
+
+    _call_each(pm, "llmos_register_paging_policies", register)
     return found

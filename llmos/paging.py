@@ -46,7 +46,7 @@ from typing import Any
 
 from llmos import params
 from llmos.context import Context, Counter, Segment, one_line
-from llmos.errors import ContextOverflowError, InputError
+from llmos.errors import ContextOverflowError, InputError, LlmosError
 from llmos.memory import MemoryStore
 
 Summarizer = Callable[[str], str]
@@ -153,8 +153,8 @@ class Pager:
         if pinned_tokens > budget:
             raise ContextOverflowError(
                 f"{self.label}: the program's text and latest message are {pinned_tokens} "
-                f"tokens; the "
-                f"context limit leaves {budget} (of {ctx.limit}) after room for the reply"
+                f"tokens; the context limit leaves {budget} (of {ctx.limit}) after room for "
+                "the reply"
             )
         held = {s.id for s in pinned}
         order = self.policy.order([s for s in ctx.segments if s.resident and s.id not in held])
@@ -189,6 +189,8 @@ class Pager:
         """What may not leave: pinned segments, and the whole latest message (what the model
         must answer or has just been given) when it takes at most half the budget."""
         pinned = [s for s in ctx.segments if s.resident and s.pinned]
+        if not ctx.segments:
+            return pinned
         last = [s for s in ctx.segments if s.resident and s.msg == ctx.segments[-1].msg]
         if sum(len(s.text) for s in last) <= budget * params.MAX_CHARS_PER_TOKEN and (
             sum(ctx.count(s) for s in last) <= budget // 2
@@ -231,7 +233,10 @@ class Pager:
                 continue
             if run and calls < params.SUMMARY_MAX_CALLS:
                 text = "".join(s.text for s in run)
-                line = self.policy.summarize(text)
+                try:
+                    line = self.policy.summarize(text)
+                except LlmosError:  # the CPU failed or the process ran out: extractive
+                    line = None
                 if line is not None:
                     calls += 1
                     for s in run:

@@ -14,11 +14,12 @@ from). The chat messages sent to the CPU are rendered from the segments every st
     shm       a shared memory segment attached at spawn       no
     summary   a summary written when segments were paged out  no
 
-A message longer than params.SEGMENT_CHARS is split into several segments (cut at a newline
-or space), so a 50 MB input is tens of thousands of segments of which only those that fit are
-ever tokenized. A segment that has been paged out (`llmos.paging`) keeps its place: the run of
-consecutive paged-out segments in a message renders as one short stub naming the page ids and
-a one-line summary each, so the model knows what is missing and how to get it back.
+A message longer than params.SEGMENT_CHARS (less in a small window: about a sixth of it) is
+split into several segments (cut at a newline or space), so a 50 MB input is tens of
+thousands of segments of which only those that fit are ever tokenized. A segment that has
+been paged out (`llmos.paging`) keeps its place: the run of consecutive paged-out segments in
+a message renders as one short stub naming the page ids and a one-line summary each, so the
+model knows what is missing and how to get it back.
 
 Invariants:
 - Concatenating the texts of a message's segments gives the message's original content;
@@ -91,12 +92,13 @@ def split_text(text: str, size: int = params.SEGMENT_CHARS) -> list[str]:
         return [text]
     pieces: list[str] = []
     start, n = 0, len(text)
+    span = min(params.SEGMENT_SPLIT_WINDOW, size // 2)
     while n - start > size:
         cut = start + size
-        window = text[cut - params.SEGMENT_SPLIT_WINDOW : cut]
+        window = text[cut - span : cut]
         at = max(window.rfind("\n"), window.rfind(" "))
         if at >= 0:
-            cut = cut - params.SEGMENT_SPLIT_WINDOW + at + 1
+            cut = cut - span + at + 1
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])
@@ -121,6 +123,12 @@ class Context:
         self._next_id = 1
         self._next_msg = 0
         self.fitter: Callable[[Context], None] | None = None  # set by a pager
+        # Segments are small next to the window, so the end of a message (pinned) plus the
+        # stubs always fit: at most params.SEGMENT_WINDOW_SHARE of the limit, roughly.
+        self.segment_chars = max(
+            params.SEGMENT_MIN_CHARS,
+            min(params.SEGMENT_CHARS, int(limit * params.SEGMENT_WINDOW_SHARE * 3)),
+        )
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
@@ -171,7 +179,7 @@ class Context:
         msg = self._next_msg
         self._next_msg += 1
         new = []
-        for n, piece in enumerate(split_text(text)):
+        for n, piece in enumerate(split_text(text, self.segment_chars)):
             seg = Segment(
                 id=self._next_id,
                 kind=kind,

@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ class KernelPaths:
     @property
     def log(self) -> Path:
         return self.home / params.KERNEL_LOG_NAME
+
+    @property
+    def spool(self) -> Path:
+        return self.home / params.KERNEL_SPOOL_DIR_NAME
 
 
 def kernel_home(*, create: bool = False) -> Path:
@@ -230,9 +235,33 @@ class KernelClient:
         return reply
 
     def spawn(self, program: str, **fields: Any) -> int:
+        """Start a process; its pid. A stdin too large for one request line goes through an
+        owner-only file in the spool directory, which the daemon reads and deletes."""
         fields.setdefault("cwd", os.getcwd())
         fields.setdefault("owner", _client_user())
-        return int(self.request("spawn", program=program, **fields)["pid"])
+        spooled: Path | None = None
+        stdin = fields.get("stdin")
+        if isinstance(stdin, str) and len(stdin) > params.KERNEL_INLINE_STDIN_CHARS:
+            spooled = self._spool(stdin)
+            fields["stdin_file"] = str(spooled)
+            del fields["stdin"]
+        try:
+            return int(self.request("spawn", program=program, **fields)["pid"])
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+    def _spool(self, text: str) -> Path:
+        directory = self.paths.spool
+        directory.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".txt", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            Path(name).unlink(missing_ok=True)
+            raise KernelError(f"cannot spool the input to {directory}: {exc.strerror}") from exc
+        return Path(name)
 
     def follow(self, pid: int) -> Iterator[str]:
         """The process's output, from its start, as it is generated; ends when it exits.

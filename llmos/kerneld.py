@@ -15,8 +15,9 @@ and gets one reply line, `{"ok": true, ...}` or `{"ok": false, "error": "<one li
 (the process's output from its start, then live) and ends with `{"done": true, "exit_status":
 ..., "error": ...}`. Arguments:
 
-    spawn    program (path or name), cwd, owner, inputs {..}, input_pairs ["k=v"], stdin,
-             model, priority, budget                          -> pid, process
+    spawn    program (path or name), cwd, owner, inputs {..}, input_pairs ["k=v"], stdin
+             (or stdin_file: a file in <home>/spool, read and deleted), model, priority,
+             budget                                           -> pid, process
     ps       all (bool: include exited)                       -> processes [info, ...]
     kill / stop / cont   pid                                  -> process
     renice   pid, priority                                    -> process, old_priority
@@ -69,7 +70,7 @@ from llmos import cpu as cpu_mod
 from llmos import params
 from llmos import program as program_mod
 from llmos.boot import System
-from llmos.errors import AdmissionError, KernelError, LlmosError
+from llmos.errors import AdmissionError, InputError, KernelError, LlmosError
 from llmos.kclient import (  # the protocol both sides share
     OPS,
     KernelPaths,
@@ -325,6 +326,25 @@ def _str(req: dict[str, Any], key: str, default: str | None = None) -> str | Non
     return value
 
 
+def _read_spooled(home: Path, name: str) -> str:
+    """A large stdin the client left in <home>/spool (see KernelClient.spawn); deleted once
+    read. Only a regular file directly in the spool directory is accepted."""
+    spool = (home / params.KERNEL_SPOOL_DIR_NAME).resolve()
+    path = Path(name)
+    if path.parent.resolve() != spool or path.is_symlink() or not path.is_file():
+        raise ProtocolError(f"'stdin_file' must be a file in {spool}, got {name!r}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProtocolError(f"cannot read 'stdin_file' {name}: {exc.strerror}") from exc
+    finally:
+        path.unlink(missing_ok=True)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from exc
+
+
 def _spawn(d: Daemon, req: dict[str, Any]) -> Process:
     ref = _str(req, "program")
     if not ref:
@@ -341,6 +361,9 @@ def _spawn(d: Daemon, req: dict[str, Any]) -> Process:
     if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
         raise ProtocolError("'input_pairs' must be a list of 'key=value' strings")
     stdin = _str(req, "stdin")
+    spooled = _str(req, "stdin_file")
+    if spooled is not None:
+        stdin = _read_spooled(d.kernel.system.home, spooled)
     priority = _opt_int(req, "priority")
     budget = _opt_int(req, "budget")
     if budget is not None and budget < 0:

@@ -59,6 +59,20 @@ You are a storyteller who writes very long stories.
 {{role "user"}}
 Write a very long story about a dragon and a castle, with many chapters.
 """
+DIGEST = """---
+name: digest
+description: Reads a long input in a small context; one token out.
+config:
+  temperature: 0
+  maxOutputTokens: 1
+input:
+  schema:
+    input: string
+llmos.context: 512
+---
+{{role "user"}}
+{{input}}
+"""
 TINY = """---
 name: tiny
 description: One token.
@@ -79,7 +93,7 @@ def make_home() -> Path:
     home = base / "home"
     progs = base / "progs"
     progs.mkdir()
-    for name, text in (("short", SHORT), ("long", LONG), ("tiny", TINY)):
+    for name, text in (("short", SHORT), ("long", LONG), ("tiny", TINY), ("digest", DIGEST)):
         (progs / f"{name}.prompt").write_text(text, encoding="utf-8")
     return home
 
@@ -386,6 +400,17 @@ def test_follower_that_disconnects_does_not_disturb(kd: Path) -> None:
     assert client.last_exit is not None and client.last_exit["exit_status"] == "ok"
 
 
+def test_a_large_detached_input_goes_through_the_spool(kd: Path) -> None:
+    text = "A line of a long report about the kernel and its memory. " * 40_000  # 2.3 MB
+    pid = int(ok(llmos(kd, "run", "-d", "digest.prompt", input=text)))
+    assert llmos(kd, "wait", pid).returncode == 0
+    p = info(kd, pid)
+    assert p["exit_status"] == "ok" and p["pages_out"] > 0
+    assert list((kd / "spool").iterdir()) == []  # read and deleted
+    record = get_run(kd, p["run_id"])
+    assert record.inputs["input"] == text
+
+
 def test_malformed_requests_get_error_replies(kd: Path) -> None:
     cases: list[tuple[bytes, str]] = [
         (b"this is not json\n", "request is not valid JSON (Expecting value at char 0)"),
@@ -406,6 +431,10 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
         (
             b"x" * (1024 * 1024 + 10) + b"\n",
             "request longer than 1048576 bytes; refused",
+        ),
+        (
+            b'{"op": "spawn", "program": "short.prompt", "stdin_file": "/etc/passwd"}\n',
+            f"'stdin_file' must be a file in {(kd / 'spool').resolve()}, got '/etc/passwd'",
         ),
     ]
     for data, message in cases:

@@ -725,6 +725,7 @@ def test_discover_examples() -> None:
         "classify",
         "extract",
         "haiku",
+        "recall",
         "summarize",
         "translate",
     ]

@@ -207,9 +207,6 @@ class Context:
         self.used = self.counter.count_messages(self.messages())
         return self.used
 
-    def resident(self) -> list[Segment]:
-        return [s for s in self.segments if s.resident]
-
     def paged(self) -> list[Segment]:
         return [s for s in self.segments if not s.resident]
 

@@ -74,8 +74,8 @@ def embed(texts: list[str]) -> Vectors:
 
 
 def to_blob(vector: npt.NDArray[Any]) -> bytes:
-    """A vector as stored in SQLite: float16, little-endian (half the bytes, no recall loss
-    measurable at this dimension)."""
+    """A vector as stored in SQLite: float16, little-endian (half the bytes of float32; the
+    recall figures of bench/retrieval.py are measured on vectors read back from this)."""
     return np.asarray(vector, dtype="<f2").tobytes()
 
 
@@ -88,34 +88,55 @@ def from_blobs(blobs: list[bytes]) -> Vectors:
 
 class VectorIndex:
     """An exact flat cosine index over (id, vector) rows. Not thread-safe on its own; the
-    memory store guards it."""
+    memory store guards it. Rows live in a buffer that grows by doubling, so adding a few
+    rows to a large index does not copy it."""
 
     def __init__(self) -> None:
-        self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self.matrix: Vectors = np.zeros((0, params.EMBED_DIM), dtype=np.float32)
+        self._ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._rows: Vectors = np.zeros((0, params.EMBED_DIM), dtype=np.float32)
+        self._n = 0
 
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return self._n
+
+    @property
+    def ids(self) -> npt.NDArray[np.int64]:
+        return self._ids[: self._n]
+
+    @property
+    def matrix(self) -> Vectors:
+        return self._rows[: self._n]
 
     def reset(self, ids: list[int], matrix: Vectors) -> None:
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self._rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        self._n = len(self._ids)
 
     def add(self, ids: list[int], matrix: Vectors) -> None:
-        self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
-        self.matrix = np.concatenate([self.matrix, matrix.astype(np.float32)])
+        k = len(ids)
+        if self._n + k > len(self._ids):
+            capacity = max(2 * len(self._ids), self._n + k, 1024)
+            grown_ids = np.zeros(capacity, dtype=np.int64)
+            grown_rows = np.zeros((capacity, params.EMBED_DIM), dtype=np.float32)
+            grown_ids[: self._n] = self.ids
+            grown_rows[: self._n] = self.matrix
+            self._ids, self._rows = grown_ids, grown_rows
+        self._ids[self._n : self._n + k] = ids
+        self._rows[self._n : self._n + k] = matrix
+        self._n += k
 
     def remove(self, ids: set[int]) -> None:
         keep = ~np.isin(self.ids, np.fromiter(ids, dtype=np.int64))
-        self.ids, self.matrix = self.ids[keep], self.matrix[keep]
+        self.reset(list(self.ids[keep]), self.matrix[keep])
 
     def search(self, query: Vectors, k: int) -> list[tuple[int, float]]:
         """The k ids most similar to `query` (one row), best first."""
-        n = len(self)
+        n = self._n
         if n == 0 or k <= 0:
             return []
         scores = self.matrix @ query.reshape(-1)
         k = min(k, n)
         top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(self.ids[i]), float(scores[i])) for i in top]
+        ids = self.ids
+        return [(int(ids[i]), float(scores[i])) for i in top]

@@ -98,13 +98,6 @@ def check_text(text: str, what: str, max_bytes: int) -> str:
     return text
 
 
-def decode_utf8(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{what} is not UTF-8 text (bad byte at offset {exc.start})") from exc
-
-
 def scope_token(kind: str, key: str) -> str:
     """The FTS5 token that confines a search to one owner's memories or one process's pages."""
     return kind + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -299,38 +292,29 @@ class MemoryStore:
         self, owner: str, text: str, tags: list[str] | None = None, *, source: str | None = None
     ) -> int:
         """Store a memory; its id. InputError for empty, non-UTF-8 or oversized text."""
-        text = check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
-        tags = [check_text(str(t), "tag", 256).strip() for t in (tags or [])]
-        if len(tags) > params.MEMORY_MAX_TAGS:
-            raise InputError(f"{len(tags)} tags; the limit is {params.MEMORY_MAX_TAGS}")
-        vector = embed.embed([text + (" " + " ".join(tags) if tags else "")])[0]
-        with self.tx() as db:
-            cur = db.execute(
-                "INSERT INTO memories (owner, text, tags, source, created_at, embedding) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (owner, text, json.dumps(tags), source, time.time(), embed.to_blob(vector)),
-            )
-            mid = int(cur.lastrowid or 0)
-            db.execute(
-                "INSERT INTO memories_fts (rowid, text, tags, scope) VALUES (?, ?, ?, ?)",
-                (mid, text, " ".join(tags), scope_token("u", owner)),
-            )
-        return mid
+        return self.remember_many(owner, [(text, tags or [])], source=source)[0]
 
-    def remember_many(self, owner: str, items: list[tuple[str, list[str]]]) -> list[int]:
-        """Bulk `remember` in one transaction (imports and benchmarks)."""
-        for text, _ in items:
-            check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
-        vectors = embed.embed([t + (" " + " ".join(g) if g else "") for t, g in items])
+    def remember_many(
+        self, owner: str, items: list[tuple[str, list[str]]], *, source: str | None = None
+    ) -> list[int]:
+        """Store memories in one transaction (all or none); their ids."""
+        checked: list[tuple[str, list[str]]] = []
+        for text, tags in items:
+            text = check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
+            tags = [check_text(str(t), "tag", 256).strip() for t in tags]
+            if len(tags) > params.MEMORY_MAX_TAGS:
+                raise InputError(f"{len(tags)} tags; the limit is {params.MEMORY_MAX_TAGS}")
+            checked.append((text, tags))
+        vectors = embed.embed([t + (" " + " ".join(g) if g else "") for t, g in checked])
         scope = scope_token("u", owner)
         now = time.time()
         ids: list[int] = []
         with self.tx() as db:
-            for (text, tags), vector in zip(items, vectors, strict=True):
+            for (text, tags), vector in zip(checked, vectors, strict=True):
                 cur = db.execute(
-                    "INSERT INTO memories (owner, text, tags, created_at, embedding) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (owner, text, json.dumps(tags), now, embed.to_blob(vector)),
+                    "INSERT INTO memories (owner, text, tags, source, created_at, embedding) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner, text, json.dumps(tags), source, now, embed.to_blob(vector)),
                 )
                 mid = int(cur.lastrowid or 0)
                 db.execute(

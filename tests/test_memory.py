@@ -377,3 +377,18 @@ def test_the_recall_example_answers_from_memory(run_cli: RunCli) -> None:
     result = run_cli("run", example, input="What is the code of my bike lock?")
     assert result.returncode == 0, result.stderr
     assert "4719" in result.stdout
+
+
+def test_vector_index_grows_in_place_and_removes() -> None:
+    vectors = embed.embed([f"fact number {i} about topic {i % 7}" for i in range(3000)])
+    whole = embed.VectorIndex()
+    whole.reset(list(range(3000)), vectors)
+    grown = embed.VectorIndex()
+    for start in range(0, 3000, 7):  # many small adds, as a store catching up does
+        grown.add(list(range(start, min(start + 7, 3000))), vectors[start : start + 7])
+    assert len(grown) == 3000
+    query = embed.embed(["topic 3 fact number 1234"])[0]
+    assert grown.search(query, 10) == whole.search(query, 10)
+    best = grown.search(query, 1)[0][0]
+    grown.remove({best})
+    assert len(grown) == 2999 and best not in {i for i, _ in grown.search(query, 50)}

@@ -164,29 +164,19 @@ def devices(config: Any = None, pm: pluggy.PluginManager | None = None) -> dict[
 
 def cpu_factories(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[[str], CPU]]:
     """Every registered CPU factory, by model-spec prefix."""
-    pm = pm or get_plugin_manager()
-    found: dict[str, Callable[[str], CPU]] = {}
-    owners: dict[str, str] = {}
-
-    def register(plugin: str, prefix: str, factory: Callable[[str], CPU]) -> None:
-        if not isinstance(prefix, str) or not _NAME.match(prefix) or not callable(factory):
-            raise LlmosError(
-                f"plugin {plugin!r} registered a bad CPU: prefix {prefix!r}, factory {factory!r}"
-            )
-        if prefix in found:
-            raise LlmosError(
-                f"CPU prefix {prefix!r} registered twice: by plugin {owners[prefix]!r} and by "
-                f"plugin {plugin!r}"
-            )
-        found[prefix] = factory
-        owners[prefix] = plugin
-
-    _call_each(pm, "llmos_register_cpus", register)
-    return found
+    return _factories(pm, "llmos_register_cpus", "CPU prefix")
 
 
 def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
     """Every registered paging policy factory, by name (built-ins first)."""
+    return _factories(pm, "llmos_register_paging_policies", "paging policy")
+
+
+def _factories(
+    pm: pluggy.PluginManager | None, hook_name: str, what: str
+) -> dict[str, Callable[..., Any]]:
+    """The factories a `register(name, factory)` hook collects, by name; a bad name, a
+    non-callable or a name registered twice is an LlmosError naming the plugins."""
     pm = pm or get_plugin_manager()
     found: dict[str, Callable[..., Any]] = {}
     owners: dict[str, str] = {}
@@ -194,15 +184,15 @@ def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callabl
     def register(plugin: str, name: str, factory: Callable[..., Any]) -> None:
         if not isinstance(name, str) or not _NAME.match(name) or not callable(factory):
             raise LlmosError(
-                f"plugin {plugin!r} registered a bad paging policy: {name!r}, {factory!r}"
+                f"plugin {plugin!r} registered a bad {what}: {name!r}, factory {factory!r}"
             )
         if name in found:
             raise LlmosError(
-                f"paging policy {name!r} registered twice: by plugin {owners[name]!r} and by "
+                f"{what} {name!r} registered twice: by plugin {owners[name]!r} and by "
                 f"plugin {plugin!r}"
             )
         found[name] = factory
         owners[name] = plugin
 
-    _call_each(pm, "llmos_register_paging_policies", register)
+    _call_each(pm, hook_name, register)
     return found

@@ -10,7 +10,7 @@ from typing import Any
 
 import llama_cpp
 
-from llmos.cpu.engine import extra_buffers_safe
+from llmos.hw.cpu.engine import extra_buffers_safe
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -42,7 +42,7 @@ def n_threads() -> int:
 
 def patch_llama_model_params() -> None:
     """Make llama-cpp-python's `Llama` load models as the engine does (see
-    `llmos.cpu.engine.extra_buffers_safe`), so raw baselines run the same kernels."""
+    `llmos.hw.cpu.engine.extra_buffers_safe`), so raw baselines run the same kernels."""
     low_level = llama_cpp.llama_cpp
     original = low_level.llama_model_default_params
 

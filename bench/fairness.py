@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, jain, n_threads, percentile, quick, table
 
 from llmos import params
-from llmos.boot import boot
-from llmos.cpu.base import GenRequest, Message, collect
-from llmos.cpu.llama import EmbeddedCPU
 from llmos.errors import LlmosError
-from llmos.kernel import Kernel
-from llmos.program import Program, load
-from llmos.sched import Account, Entity, make_policy
+from llmos.hw.cpu.base import GenRequest, Message, collect
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.boot import boot
+from llmos.kernel.core import Kernel
+from llmos.kernel.program import Program, load
+from llmos.kernel.sched.policy import Account, Entity, make_policy
 
 QUICK = quick()
 BATCH = 3 if QUICK else 8

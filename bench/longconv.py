@@ -28,12 +28,12 @@ from pathlib import Path
 
 from _common import QUICK, emit, table
 
-from llmos.context import Context
-from llmos.cpu import embedded_model_path
-from llmos.cpu.base import GenRequest, Message, collect
-from llmos.cpu.llama import EmbeddedCPU
-from llmos.memory import MemoryStore
-from llmos.paging import Oldest, Pager, recall_into
+from llmos.hw.cpu.base import GenRequest, Message, collect
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.cpus import embedded_model_path
+from llmos.kernel.mm.context import Context
+from llmos.kernel.mm.paging import Oldest, Pager, recall_into
+from llmos.store.memory import MemoryStore
 
 WINDOW = 2048
 REPLY_TOKENS = 24

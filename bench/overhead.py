@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, median, n_threads, patch_llama_model_params, table
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.llama import EmbeddedCPU
-from llmos.program import load
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.cpus import embedded_model_path
+from llmos.kernel.program import load
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 MAX_TOKENS = 128

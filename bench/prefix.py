@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, n_threads, quick, table
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.base import GenRequest, Message
-from llmos.cpu.llama import EmbeddedCPU
+from llmos.hw.cpu.base import GenRequest, Message
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.cpus import embedded_model_path
 
 QUICK = quick()
 N = 3 if QUICK else 8

@@ -1,6 +1,6 @@
 """Quantization: speed and quality of the shipped Q4_1 model against Q4_0 and Q8_0 conversions.
 
-Converts the shipped GGUF (llmos.cpu.quant.prepared_model, into a temporary directory) and, for
+Converts the shipped GGUF (llmos.hw.cpu.quant.prepared_model, into a temporary directory) and, for
 each format, measures on the engine (same context size, threads and model parameters as llmos):
 - prefill tok/s: one 512-token prompt in one llama_decode (median of REPEATS);
 - decode tok/s at N=1 and N=8 sequences (aggregate, one batch per step, greedy; median);
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, loadavg, median, n_threads, quick, table
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.engine import Engine
-from llmos.cpu.quant import prepared_model
+from llmos.hw.cpu.engine import Engine
+from llmos.hw.cpu.quant import prepared_model
+from llmos.kernel.cpus import embedded_model_path
 
 QUICK = quick()
 REPEATS = 1 if QUICK else 3

@@ -5,7 +5,7 @@ other words ("What hue is Tavo Rilken's favorite?"), where the vectors do better
 tickets with codes ("What was the problem reported in TK-48213?"), where BM25 does better.
 Hybrid retrieval should hold up on both. A query scores a hit when its answer is in the top 5.
 
-For each size it measures, on one store (`llmos.memory.MemoryStore`, a real SQLite file):
+For each size it measures, on one store (`llmos.store.memory.MemoryStore`, a real SQLite file):
 - recall@5 of hybrid retrieval (what `recall` does), of BM25 alone and of vectors alone;
 - latency of a whole `recall` call (query embedding, FTS5, vector search, fusion, row fetch):
   p50 and p95 over the queries;
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from _common import QUICK, emit, table
 
-from llmos import embed
-from llmos.memory import MemoryStore
+from llmos.store import embed
+from llmos.store.memory import MemoryStore
 
 SIZES = [1_000, 10_000] if QUICK else [1_000, 10_000, 100_000]
 QUERIES = 300

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile, quick, rss_kib, table
 
 from llmos import params
-from llmos.boot import boot
-from llmos.cpu.base import Chunk, GenRequest
-from llmos.cpu.scripted import ScriptedCPU
-from llmos.kernel import Kernel
-from llmos.proc import ProcessTable
-from llmos.program import load
-from llmos.sched import POLICIES, Entity
+from llmos.hw.cpu.base import Chunk, GenRequest
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.kernel.boot import boot
+from llmos.kernel.core import Kernel
+from llmos.kernel.proc import ProcessTable
+from llmos.kernel.program import load
+from llmos.kernel.sched.policy import POLICIES, Entity
 
 QUICK = quick()
 PROCS = 1000

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, quick, table
 
-from llmos.cpu.base import ToolCall
-from llmos.devices.base import CallContext, Device, DeviceResult
-from llmos.syscall import SyscallTable
+from llmos.hw.cpu.base import ToolCall
+from llmos.hw.dev.base import CallContext, Device, DeviceResult
+from llmos.kernel.syscall import SyscallTable
 
 CALLS = 500 if quick() else 10_000
 GOAL_MS = 1.0

@@ -51,12 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, n_threads, quick, table
 
 from llmos import params
-from llmos.boot import boot
-from llmos.cpu.base import GenRequest, Message
-from llmos.cpu.engine import extra_buffers_safe, init_backend
-from llmos.cpu.llama import EmbeddedCPU
-from llmos.kernel import Kernel
-from llmos.sched import Entity
+from llmos.hw.cpu.base import GenRequest, Message
+from llmos.hw.cpu.engine import extra_buffers_safe, init_backend
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.boot import boot
+from llmos.kernel.core import Kernel
+from llmos.kernel.sched.policy import Entity
 
 QUICK = quick()
 NS = (1, 2) if QUICK else (1, 2, 4, 8, 16)

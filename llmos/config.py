@@ -16,8 +16,8 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
 `LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
 
-What this module does not do: create the log (see `llmos.log`) or resolve models (see
-`llmos.cpu`).
+What this module does not do: create the log (see `llmos.store.log`) or resolve models (see
+`llmos.kernel.cpus`).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ SWAP_RAM_BYTES = 512 * 1024 * 1024  # saved KV kept in RAM; beyond it states go 
 SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
 
 # --- Memory: context segments, paging, long-term and shared memory ----------------------------
-# See llmos.context, llmos.paging, llmos.memory, llmos.shm and llmos.embed.
+# See llmos.context, llmos.paging, llmos.memory, llmos.shm and llmos.store.embed.
 MEMORY_DB_NAME = "memory.db"  # <home>/memory.db: long-term memories, swapped pages, shm segments
 MEMORY_BUSY_TIMEOUT_S = 10.0  # a writer waits this long for another writer's lock, then errors
 SEGMENT_CHARS = 2000  # a message longer than this is split into segments of about this size
@@ -126,7 +126,9 @@ MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 MEMORY_QUERY_MAX_CHARS = 2000  # a recall query is cut to this many characters
 PAGE_IN_MAX_BYTES = 16 * 1024  # page_in: a page longer than this is returned in part (and says so)
-AUTO_RECALL_MAX_TOKENS = 2048  # llmos.memory.auto_recall: the largest budget a program may set
+AUTO_RECALL_MAX_TOKENS = (
+    2048  # llmos.store.memory.auto_recall: the largest budget a program may set
+)
 SHM_NAME_MAX = 64  # shared memory segment names: [a-z0-9._-], at most this long
 SHM_MAX_BYTES = 256 * 1024  # a shared memory segment holds at most this much text
 EMBED_PACKAGE = "wordllama"  # the embedding model ships in this wheel (static, numpy, offline)
@@ -137,7 +139,7 @@ EMBED_BATCH = 512  # texts embedded per batch
 # --- Quantization -------------------------------------------------------------------------------
 # The embedded model's weights: "q4_1" runs the shipped file as-is; "q4_0" or "q8_0" converts it
 # once (llama.cpp's quantizer) into <home>/models and runs the converted file (see
-# llmos.cpu.quant and bench/quant.py for the measured speed/quality trade-off).
+# llmos.hw.cpu.quant and bench/quant.py for the measured speed/quality trade-off).
 # Measured by bench/quant.py on the machines llmos is tested on (Intel AMX, where llama.cpp's
 # repacked kernels are off): Q8_0 prefills 2.1x faster than the shipped Q4_1 and agrees with it
 # on 95% of next tokens (perplexity +0.5%), but decodes 0.80x (one process) to 1.07x (eight);
@@ -197,7 +199,7 @@ FS_SEARCH_MAX_FILES = 5000  # fs search: most files visited in one search
 RANDOM_MAX_COUNT = 1000  # random device: most values returned by one call
 
 # --- MCP ----------------------------------------------------------------------------------------
-# MCP servers as devices (llmos.devices.mcp), and llmos as an MCP server (llmos.mcpserver).
+# MCP servers as devices (llmos.hw.dev.mcp), and llmos as an MCP server (llmos.front.mcpserver).
 MCP_CONFIG_KEY = "mcpServers"  # the Claude Desktop config convention: {"mcpServers": {...}}
 MCP_START_TIMEOUT_S = 30.0  # spawn + initialize + tools/list of one server
 MCP_CALL_TIMEOUT_S = 30.0  # one tools/call before it is abandoned and the session restarted
@@ -209,7 +211,7 @@ MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fai
 MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
 
-# --- Process devices (llmos.devices.proc_devices: call, ask) ----------------------------------
+# --- Process devices (llmos.hw.dev.proc: call, ask) ----------------------------------
 CALL_TIMEOUT_S = 600.0  # longest a `call` waits for its child program (then the child is killed)
 ASK_TIMEOUT_S = 600.0  # longest an `ask` waits for `llmos answer PID TEXT`
 PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its process was killed

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.llama import EmbeddedCPU
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.cpus import embedded_model_path
 
 CLI_TIMEOUT_S = 300
 _SCRUBBED_ENV = (
@@ -42,7 +42,7 @@ def llmos_command() -> list[str]:
     script = shutil.which("llmos")
     if script is not None:
         return [script]
-    return [sys.executable, "-c", "from llmos.cli import main; main()"]
+    return [sys.executable, "-c", "from llmos.front.cli import main; main()"]
 
 
 def run_llmos(

@@ -19,8 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from llmos import program as program_mod
-from llmos.log import Log, RunRecord
+from llmos.kernel import program as program_mod
+from llmos.store.log import Log, RunRecord
 
 try:
     from tests.conftest import llmos_command

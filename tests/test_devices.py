@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 
 from llmos import params
-from llmos.devices.base import CallContext, Device, DeviceResult
-from llmos.devices.calc import CalcDevice
-from llmos.devices.clock import ClockDevice, RandomDevice
-from llmos.devices.fs import FsDevice
-from llmos.devices.shell import ShellDevice
+from llmos.hw.dev.base import CallContext, Device, DeviceResult
+from llmos.hw.dev.calc import CalcDevice
+from llmos.hw.dev.clock import ClockDevice, RandomDevice
+from llmos.hw.dev.fs import FsDevice
+from llmos.hw.dev.shell import ShellDevice
 
 
 def calc(expr: str) -> DeviceResult:

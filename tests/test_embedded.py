@@ -16,10 +16,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from llmos.cpu.base import Chunk, GenRequest, Message, collect
-from llmos.cpu.llama import EmbeddedCPU
 from llmos.errors import ContextOverflowError
-from llmos.trap import schema_grammar
+from llmos.hw.cpu.base import Chunk, GenRequest, Message, collect
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.trap import schema_grammar
 
 pytestmark = pytest.mark.slow
 
@@ -302,7 +302,7 @@ def test_concurrent_generation_completes_every_request(cpu: EmbeddedCPU) -> None
 
 
 @pytest.mark.xfail(
-    reason="continuous batching changes greedy output: llmos/cpu/engine.py Engine.step decodes "
+    reason="continuous batching changes greedy output: llmos/hw/cpu/engine.py Engine.step decodes "
     "all sequences in one llama_decode over a unified KV cache (kv_unified=True), and "
     "llama.cpp's numerics depend on the batch and KV-cell layout, so about half of the "
     "sequences diverge from their solo text after a few tokens (a documented limit: "

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.engine import Engine, EngineFull, Sequence
-from llmos.cpu.llama import EmbeddedCPU
 from llmos.errors import ContextOverflowError
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.cpus import embedded_model_path
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 admission control, budgets and the log.
 
 Real-model tests share one `EmbeddedCPU` (installed as the `embedded` CPU of every kernel by
-putting it in `llmos.cpu`'s cache) and keep replies short. Greedy decoding with one resident
+putting it in `llmos.kernel.cpus`'s cache) and keep replies short. Greedy decoding with one resident
 process per step (`max_resident=1`) is bit-exact, so a process preempted and restored must
 produce exactly what it produces alone. Remote-CPU behaviour is tested with a `ScriptedCPU`
 registered through `Kernel.add_cpu` and spawned with `model="scripted"`.
@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-import llmos.cpu as cpu_mod
+import llmos.kernel.cpus as cpu_mod
 from llmos import params
-from llmos.boot import System, boot
-from llmos.cpu import embedded_model_path
-from llmos.cpu.base import Chunk, GenRequest
-from llmos.cpu.llama import EmbeddedCPU
-from llmos.cpu.scripted import ScriptedCPU
 from llmos.errors import AdmissionError, NoSuchProcessError, ProgramError
-from llmos.kernel import Kernel
-from llmos.proc import Process, State
-from llmos.sched import Entity, PriorityAging
+from llmos.hw.cpu.base import Chunk, GenRequest
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.kernel.boot import System, boot
+from llmos.kernel.core import Kernel
+from llmos.kernel.cpus import embedded_model_path
+from llmos.kernel.proc import Process, State
+from llmos.kernel.sched.policy import Entity, PriorityAging
 
 STORY_TOKENS = 40  # > the rr quantum (32), so rr preempts; <= 48 to stay quick
 STORY = f"""---

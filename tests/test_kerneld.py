@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from llmos.kclient import KernelClient
-from llmos.log import Log, RunRecord, pid_alive
+from llmos.front.kclient import KernelClient
+from llmos.store.log import Log, RunRecord, pid_alive
 
 try:
     from tests.conftest import run_llmos

@@ -1,4 +1,4 @@
-"""Tests for llmos.log: the run journal (schema, content addressing, search, concurrency)."""
+"""Tests for llmos.store.log: the run journal (schema, content addressing, search, concurrency)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from llmos import log as logmod
 from llmos import params
 from llmos.errors import LogStoreError
-from llmos.log import MIGRATIONS, Log, message_hash, new_run_id
+from llmos.store import log as logmod
+from llmos.store.log import MIGRATIONS, Log, message_hash, new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -553,7 +553,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from llmos.log import Log
+    from llmos.store.log import Log
 
     path, name = Path(sys.argv[1]), sys.argv[2]
     with Log.open(path) as log:

@@ -8,8 +8,8 @@ written here with the SDK's `MCPServer`: one whose tool kills the server, one wh
 answers, one that writes garbage on stdout. Every test checks that no server process outlives
 `close_all` (a scan of /proc for this process's descendants).
 
-llmos as a server is spawned as `python -c "from llmos.mcpserver import serve_stdio; ..."` with
-a private LLMOS_HOME and driven with the SDK's `ClientSession` over `stdio_client`.
+llmos as a server is spawned as `python -c "from llmos.front.mcpserver import serve_stdio; ..."`
+with a private LLMOS_HOME and driven with the SDK's `ClientSession` over `stdio_client`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from llmos import program as program_mod
-from llmos.devices.base import CallContext
-from llmos.devices.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
 from llmos.errors import ConfigError
+from llmos.hw.dev.base import CallContext
+from llmos.hw.dev.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
+from llmos.kernel import program as program_mod
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_SCRIPT = REPO / "scripts" / "install-test-servers.sh"
@@ -444,7 +444,7 @@ def _llmos_server(home: Path) -> StdioServerParameters:
     env["LLMOS_HOME"] = str(home)
     return StdioServerParameters(
         command=sys.executable,
-        args=["-c", "from llmos.mcpserver import serve_stdio; serve_stdio()"],
+        args=["-c", "from llmos.front.mcpserver import serve_stdio; serve_stdio()"],
         env=env,
         cwd=str(home),
     )

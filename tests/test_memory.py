@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from llmos import boot, embed, params
-from llmos.cpu.base import ToolCall
-from llmos.cpu.scripted import ScriptedCPU
+from llmos import params
 from llmos.errors import InputError, MemoryStoreError
-from llmos.kernel import Kernel
-from llmos.memory import MemoryStore, fts_query, query_words
+from llmos.hw.cpu.base import ToolCall
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.kernel import boot
+from llmos.kernel.core import Kernel
+from llmos.store import embed
+from llmos.store.memory import MemoryStore, fts_query, query_words
 from tests.conftest import RunCli
 
 FACTS = [

@@ -27,9 +27,9 @@ import openai
 import pytest
 
 from llmos import params
-from llmos.cpu.base import Chunk, GenRequest, ToolSpec, collect
-from llmos.cpu.openai import OpenAICPU
 from llmos.errors import BackendError, ContextOverflowError
+from llmos.hw.cpu.base import Chunk, GenRequest, ToolSpec, collect
+from llmos.hw.cpu.openai import OpenAICPU
 
 try:
     from tests.servers import (

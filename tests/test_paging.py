@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from llmos import params
-from llmos.context import Context, split_text
-from llmos.cpu.base import GenRequest, collect
-from llmos.cpu.llama import EmbeddedCPU
-from llmos.cpu.scripted import ScriptedCPU
 from llmos.errors import ContextOverflowError, MemoryStoreError
-from llmos.memory import MemoryStore
-from llmos.paging import LRU, Oldest, Pager, Summarize, cpu_summarizer
+from llmos.hw.cpu.base import GenRequest, collect
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.kernel.mm.context import Context, split_text
+from llmos.kernel.mm.paging import LRU, Oldest, Pager, Summarize, cpu_summarizer
+from llmos.store.memory import MemoryStore
 from tests.conftest import RunCli
 
 SYSTEM = "You answer questions about the notes the user gave you."
@@ -274,8 +274,8 @@ def test_a_50_mb_input_to_a_2k_context_pages(run_cli: RunCli, tmp_path: Path) ->
 
 
 def test_disk_full_stops_the_process_with_a_clear_status(home: Path, tmp_path: Path) -> None:
-    from llmos import boot
-    from llmos.kernel import Kernel
+    from llmos.kernel import boot
+    from llmos.kernel.core import Kernel
 
     program = tmp_path / "small.prompt"
     program.write_text(

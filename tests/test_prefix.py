@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Hashable
 
-from llmos.prefix import PrefixIndex
+from llmos.hw.cpu.prefix import PrefixIndex
 
 
 def edge_labels(index: PrefixIndex) -> list[list[int]]:

@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 
-from llmos import cpu as cpu_mod
-from llmos import kclient, kerneld, params
-from llmos.boot import System, boot
-from llmos.cpu.base import ToolCall
-from llmos.cpu.scripted import ScriptedCPU
-from llmos.devices.base import CallContext
-from llmos.devices.proc_devices import NO_KERNEL, AskDevice, CallDevice
+from llmos import params
 from llmos.errors import NoSuchProcessError
-from llmos.kernel import Kernel
+from llmos.front import kclient, kerneld
+from llmos.hw.cpu.base import ToolCall
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.hw.dev.base import CallContext
+from llmos.hw.dev.proc import NO_KERNEL, AskDevice, CallDevice
+from llmos.kernel import cpus as cpu_mod
+from llmos.kernel.boot import System, boot
+from llmos.kernel.core import Kernel
 
 
 def call(name: str, args: dict[str, Any], cid: str = "c1") -> ToolCall:
@@ -150,7 +151,7 @@ def test_call_and_ask_get_a_longer_syscall_limit() -> None:
     assert CallDevice().timeout_s is not None and CallDevice().timeout_s > params.CALL_TIMEOUT_S
     assert AskDevice().timeout_s is not None and AskDevice().timeout_s > params.ASK_TIMEOUT_S
     # other devices keep the default limit
-    from llmos.devices.calc import CalcDevice
+    from llmos.hw.dev.calc import CalcDevice
 
     assert CalcDevice().timeout_s is None
 
@@ -232,7 +233,7 @@ def test_ask_times_out_and_a_kill_ends_the_wait(system: System) -> None:
 def test_ask_without_a_kernel_or_a_terminal_has_no_one_to_ask(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("llmos.devices.proc_devices.stdin_is_tty", lambda: False)
+    monkeypatch.setattr("llmos.hw.dev.proc.stdin_is_tty", lambda: False)
     result = AskDevice().call({"question": "hello?"}, CallContext())
     assert not result.ok and result.error is not None
     assert result.error.startswith("no one to ask")

@@ -1,4 +1,4 @@
-"""Tests for llmos.program: loading and rendering programs from real files."""
+"""Tests for llmos.kernel.program: loading and rendering programs from real files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from llmos import params
-from llmos import program as prog
 from llmos.errors import InputError, ProgramError
+from llmos.kernel import program as prog
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "programs"
@@ -392,7 +392,7 @@ def test_missing_file() -> None:
         ("llmos.max_steps: true", "'llmos.max_steps' must be an integer, got true"),
         ("llmos.devices: time", "'llmos.devices' must be a list or a mapping, got \"time\""),
         ("llmos: 3", "'llmos' must be a mapping of settings"),
-        ("llmos.devices.time: {}", "unknown key 'llmos.devices.time'"),
+        ("llmos.hw.dev.time: {}", "unknown key 'llmos.hw.dev.time'"),
         ("config: {maxOutputTokens: 0}", "'config.maxOutputTokens' must be a positive integer"),
         ("config: {stopSequences: stop}", "'config.stopSequences' must be a list of strings"),
         (

@@ -1,4 +1,5 @@
-"""Model conversion (llmos.cpu.quant): loadable, cached once, rebuilt when corrupt, clear errors."""
+"""Model conversion (llmos.hw.cpu.quant): loadable, cached once, rebuilt when corrupt, clear
+errors."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from llmos.cpu import embedded_model_path
-from llmos.cpu.engine import GGUF_MAGIC, Engine
-from llmos.cpu.quant import cached_path, prepared_model
 from llmos.errors import LlmosError
+from llmos.hw.cpu.engine import GGUF_MAGIC, Engine
+from llmos.hw.cpu.quant import cached_path, prepared_model
+from llmos.kernel.cpus import embedded_model_path
 
 
 @pytest.fixture(scope="module")

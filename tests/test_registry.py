@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from llmos.context import Context, Segment
-from llmos.cpu.scripted import ScriptedCPU
-from llmos.devices import registry
-from llmos.devices.base import CallContext, Device, DeviceResult
 from llmos.errors import InputError, LlmosError, ProgramError
-from llmos.hookspecs import hookimpl
-from llmos.memory import MemoryStore
-from llmos.paging import Pager, Policy, make_policy
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.hw.dev.base import CallContext, Device, DeviceResult
+from llmos.kernel import plugins as registry
+from llmos.kernel.hookspecs import hookimpl
+from llmos.kernel.mm.context import Context, Segment
+from llmos.kernel.mm.paging import Pager, Policy, make_policy
+from llmos.store.memory import MemoryStore
 
 BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
 BUILTINS += ["remember", "recall", "forget", "page_in", "shm_read", "shm_write", "shm_list"]
@@ -124,8 +124,8 @@ def dist_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     (tmp_path / "llmos_echo_plugin.py").write_text(
         textwrap.dedent(
             """
-            from llmos.hookspecs import hookimpl
-            from llmos.devices.base import Device, DeviceResult
+            from llmos.kernel.hookspecs import hookimpl
+            from llmos.hw.dev.base import Device, DeviceResult
 
             class Shout(Device):
                 name = "shout"
@@ -169,9 +169,9 @@ def test_entry_point_that_fails_to_import(dist_on_path: Path) -> None:
 
 
 def test_a_plugin_cpu_is_resolved_by_its_prefix() -> None:
-    from llmos import cpu as cpu_mod
     from llmos.config import Config
-    from llmos.cpu.scripted import ScriptedCPU
+    from llmos.hw.cpu.scripted import ScriptedCPU
+    from llmos.kernel import cpus as cpu_mod
 
     built: list[str] = []
 
@@ -236,8 +236,8 @@ def test_paging_policies_are_pluggable(tmp_path: Path) -> None:
 
 
 def test_an_unknown_paging_policy_fails_the_spawn(home: Path, tmp_path: Path) -> None:
-    from llmos import boot
-    from llmos.kernel import Kernel
+    from llmos.kernel import boot
+    from llmos.kernel.core import Kernel
 
     program = tmp_path / "p.prompt"
     program.write_text("---\nname: p\nllmos.paging: nosuch\n---\nHello.\n")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from llmos import params
-from llmos.devices import python as sandbox
-from llmos.devices.base import CallContext, DeviceResult
-from llmos.devices.python import Limits, PythonDevice, run_sandboxed, session_processes
+from llmos.hw.dev import python as sandbox
+from llmos.hw.dev.base import CallContext, DeviceResult
+from llmos.hw.dev.python import Limits, PythonDevice, run_sandboxed, session_processes
 
 
 def run(code: str, root: Path | None = None, **options: Any) -> DeviceResult:

@@ -2,8 +2,8 @@
 
 Policies are pure functions of the entities' counters and the clock, so every test drives them
 step by step: `select` is one engine step, `charge(generated=...)` is what the CPU does with the
-tokens a step decoded, and the clock (`llmos.sched.time`) is replaced by a fake one wherever
-aging matters.
+tokens a step decoded, and the clock (`llmos.kernel.sched.policy.time`) is replaced by a fake one
+wherever aging matters.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import pytest
 
-from llmos import sched
 from llmos.errors import LlmosError
-from llmos.sched import (
+from llmos.kernel.sched import policy as sched
+from llmos.kernel.sched.policy import (
     FIFO,
     Account,
     Entity,
@@ -39,7 +39,8 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """Replace the scheduler's clock (only inside llmos.sched) with one the test moves."""
+    """Replace the scheduler's clock (only inside llmos.kernel.sched.policy) with one the test
+    moves."""
     fake = FakeClock()
     monkeypatch.setattr(sched, "time", types.SimpleNamespace(monotonic=fake))
     return fake

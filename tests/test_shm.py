@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from llmos import boot, params
-from llmos.cpu.base import ToolCall
-from llmos.cpu.scripted import ScriptedCPU
+from llmos import params
 from llmos.errors import AccessError, InputError
-from llmos.kernel import Kernel
-from llmos.memory import MemoryStore
-from llmos.shm import SharedMemory
+from llmos.hw.cpu.base import ToolCall
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.kernel import boot
+from llmos.kernel.core import Kernel
+from llmos.store.memory import MemoryStore
+from llmos.store.shm import SharedMemory
 from tests.conftest import RunCli
 
 

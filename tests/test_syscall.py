@@ -10,19 +10,19 @@ from typing import Any
 
 import pytest
 
-from llmos.agent import TextGate, agent_body
-from llmos.boot import boot
-from llmos.cpu.base import ToolCall, ToolSpec
-from llmos.cpu.scripted import ScriptedCPU
-from llmos.devices.base import CallContext, Device, DeviceResult
-from llmos.devices.registry import devices as builtin_devices
 from llmos.errors import OutputError, ProgramError
-from llmos.kernel import Kernel
-from llmos.log import Log
-from llmos.program import load
-from llmos.run import run_program
-from llmos.syscall import SyscallTable, grants_for
-from llmos.trap import call_grammar, classify
+from llmos.hw.cpu.base import ToolCall, ToolSpec
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.hw.dev.base import CallContext, Device, DeviceResult
+from llmos.kernel.agent import TextGate, agent_body
+from llmos.kernel.boot import boot
+from llmos.kernel.core import Kernel
+from llmos.kernel.plugins import devices as builtin_devices
+from llmos.kernel.program import load
+from llmos.kernel.run import run_program
+from llmos.kernel.syscall import SyscallTable, grants_for
+from llmos.kernel.trap import call_grammar, classify
+from llmos.store.log import Log
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

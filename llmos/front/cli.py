@@ -1,0 +1,705 @@
+"""The `llmos` command line.
+
+stdout carries only answers (so commands pipe); diagnostics go to stderr. Every error is one
+line, `llmos: error: <message>`, and a distinct exit code (see `llmos.errors`); a traceback is
+shown only with `LLMOS_DEBUG=1`.
+
+    llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
+    llmos models
+    llmos programs
+    llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
+    llmos logs -f PID                      follow a kernel process's output as it is generated
+    llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
+                                           (see llmos.front.cli_memory)
+
+The kernel daemon (see `llmos.front.kerneld`); these talk to it over its socket:
+
+    llmos kernel start [--policy P] [--max-resident N] [--max-processes N] | stop | status
+    llmos run -d PROGRAM ...               start a background process; prints its pid
+    llmos ps [--all] [--json]    llmos kill PID...    llmos stop PID    llmos cont PID
+    llmos renice PRIORITY PID    llmos wait PID [--timeout S]    llmos top [--once]
+
+Exit codes of `wait` and `logs -f`: 0 the process ended ok, 14 it was killed, ran out of
+budget or failed, 124 `wait --timeout` ran out; 13 there is no kernel to ask.
+
+What this module does not do: any work of its own. It parses arguments, calls the modules that
+do the work, and formats what they return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from llmos import params
+from llmos.errors import EXIT_INTERRUPTED, InputError, KernelError, LlmosError
+from llmos.front import kclient
+from llmos.kernel import boot
+from llmos.kernel import program as programs_mod
+from llmos.kernel.sched.policy import POLICIES
+from llmos.store.log import RunRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"llmos: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn every error into one line on stderr and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LlmosError as exc:
+            if os.environ.get("LLMOS_DEBUG"):
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("llmos: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader went away (`llmos run ... | head`): not an error of ours.
+            sys.stderr.close()
+            sys.exit(0)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmos")
+def cli() -> None:
+    """llmos: an operating system for the LLM computer."""
+
+
+def _read_stdin() -> str | None:
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    data = sys.stdin.buffer.read()
+    if not data.strip():
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from exc
+
+
+@cli.command()
+@click.argument("program_ref", metavar="PROGRAM")
+@click.option(
+    "-i",
+    "--input",
+    "input_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A program input (repeatable). Piped stdin is the input named 'input'.",
+)
+@click.option("-m", "--model", help="CPU to run on: embedded, openai/<model>, PATH.gguf, alias.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("-v", "--verbose", is_flag=True, help="Print run statistics on stderr.")
+@click.option("--trace", is_flag=True, help="Show each agent step (syscalls) on stderr.")
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    help="Run as a background process of the kernel daemon; print its pid.",
+)
+@click.option("--priority", type=int, help="With -d: scheduling priority (0-39).")
+@click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
+@handle_errors
+def run(
+    program_ref: str,
+    input_pairs: tuple[str, ...],
+    model: str | None,
+    as_json: bool,
+    verbose: bool,
+    trace: bool,
+    detach: bool,
+    priority: int | None,
+    budget: int | None,
+) -> None:
+    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
+    if detach:
+        _run_detached(program_ref, input_pairs, model, priority, budget, as_json)
+        return
+    if priority is not None or budget is not None:
+        raise click.UsageError("--priority and --budget need -d (a kernel process)")
+    system = boot.boot()
+    try:
+        prog = system.load_program(program_ref)
+    except LlmosError as exc:
+        system.log_failure(program_ref, exc)
+        raise
+    try:
+        inputs = programs_mod.parse_cli_inputs(list(input_pairs), prog.input_schema)
+        stdin = _read_stdin()
+        if stdin is not None and "input" not in inputs:
+            inputs["input"] = stdin
+        cpu = system.cpu(model or prog.model)
+    except LlmosError as exc:
+        system.log_failure(prog.name, exc, program_path=str(prog.path))
+        raise
+
+    wrote_newline = True
+
+    def emit(text: str) -> None:
+        nonlocal wrote_newline
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        wrote_newline = text.endswith("\n")
+
+    result = system.run(
+        prog, inputs, cpu, on_text=None if as_json else emit, on_trace=_trace if trace else None
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(prog, cpu), ensure_ascii=False))
+    elif not wrote_newline:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    _paging_note(result.extra.get("context") or {}, result.run_id)
+    if verbose:
+        click.echo(
+            f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
+            f"{result.completion_tokens} generated tokens, first token "
+            f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s",
+            err=True,
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def models(as_json: bool) -> None:
+    """List the CPUs llmos can run programs on."""
+    system = boot.boot(open_log=False)
+    rows = system.list_models()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<28} {row['kind']:<10} {row['detail']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def programs(as_json: bool) -> None:
+    """List installed programs and skills."""
+    system = boot.boot(open_log=False)
+    problems: list[LlmosError] = []
+    found = system.discover_programs(problems)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": p.name,
+                        "kind": p.kind,
+                        "description": p.description,
+                        "path": str(p.path),
+                    }
+                    for p in found
+                ]
+            )
+        )
+    else:
+        for p in found:
+            click.echo(f"{p.name:<24} {p.kind:<10} {p.description}")
+        if not found:
+            dirs = ", ".join(str(d) for d in system.search_dirs)
+            click.echo(f"llmos: no programs installed (searched {dirs})", err=True)
+    for problem in problems:
+        click.echo(f"llmos: warning: {problem}", err=True)
+
+
+@cli.command("mcp")
+def mcp_cmd() -> None:
+    """Serve the installed programs as MCP tools over stdio (for MCP clients)."""
+    from llmos.front.mcpserver import serve_stdio
+
+    serve_stdio()
+
+
+def _paging_note(context: dict[str, Any], run_id: str) -> None:
+    """Say on stderr when part of the context was paged out: never a silent truncation."""
+    paged = int(context.get("paged") or 0)
+    if paged:
+        mb = int(context.get("paged_chars") or 0) / 1e6
+        click.echo(
+            f"llmos: the context did not fit its {context.get('limit')}-token limit: {paged} "
+            f"segments ({mb:.1f} MB) were paged out to the swap store (page ids: "
+            f"`llmos logs {run_id} --json`; read one: `llmos memory page ID`)",
+            err=True,
+        )
+
+
+def _trace(step: dict[str, Any]) -> None:
+    """One agent step on stderr, as `llmos run --trace` shows it."""
+    if step["kind"] == "syscall":
+        outcome = json.dumps(step["result"], ensure_ascii=False) if step["ok"] else step["error"]
+        click.echo(
+            f"llmos: step {step['step']}: {step['device']}({step['arguments']}) -> "
+            f"{'ok' if step['ok'] else 'error'}: {outcome} ({step['ms']:.1f} ms)",
+            err=True,
+        )
+    elif step["kind"] == "malformed":
+        click.echo(f"llmos: step {step['step']}: malformed call: {step['error']}", err=True)
+    else:
+        click.echo(f"llmos: step {step['step']}: answer ({step['tokens']} tokens)", err=True)
+
+
+def _run_row(r: RunRecord) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
+    tokens = f"{r.prompt_tokens}+{r.completion_tokens}"
+    summary = (r.response or r.error or "").replace("\n", " ")
+    if len(summary) > 60:
+        summary = summary[:57] + "..."
+    return f"{r.id[:12]}  {when}  {r.status:<9} {r.program[:20]:<20} {tokens:>9}  {summary}"
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("-q", "--query", help="Full-text search over programs, inputs, prompts, replies.")
+@click.option("-n", "--limit", type=int, default=params.LOG_LIST_DEFAULT, show_default=True)
+@click.option("--program", help="Only runs of this program.")
+@click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "-f",
+    "--follow",
+    "follow_pid",
+    type=int,
+    metavar="PID",
+    help="Follow a live kernel process's output until it ends.",
+)
+@handle_errors
+def logs(
+    run_id: str | None,
+    query: str | None,
+    limit: int,
+    program: str | None,
+    status: str | None,
+    as_json: bool,
+    follow_pid: int | None,
+) -> None:
+    """List logged runs, search them, or show one run in full; -f PID follows a process."""
+    if follow_pid is not None:
+        if run_id is not None:
+            raise click.UsageError("give either RUN_ID or -f PID, not both")
+        _follow(follow_pid)
+        return
+    system = boot.boot()
+    log = system.log
+    if run_id:
+        record = log.get_run(run_id)
+        if record is None:
+            raise InputError(f"no run with id '{run_id}' in {log.path}")
+        messages = log.messages(record.id)
+        if as_json:
+            click.echo(
+                json.dumps({**_record_json(record), "messages": messages}, ensure_ascii=False)
+            )
+            return
+        click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
+        if record.inputs:
+            click.echo(f"inputs: {json.dumps(record.inputs, ensure_ascii=False)}")
+        for m in messages:
+            click.echo(f"--- {m.get('role')}\n{m.get('content')}")
+        if record.error:
+            click.echo(f"--- error ({record.error_kind})\n{record.error}")
+        click.echo(
+            f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
+            f"tokens, {record.duration_ms or 0:.0f} ms"
+        )
+        return
+    rows = log.list_runs(limit=limit, query=query, program=program, status=status)
+    if as_json:
+        click.echo(json.dumps([_record_json(r) for r in rows], ensure_ascii=False))
+        return
+    for r in rows:
+        click.echo(_run_row(r))
+
+
+def _record_json(r: RunRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "program": r.program,
+        "program_path": r.program_path,
+        "cpu": r.cpu,
+        "status": r.status,
+        "inputs": r.inputs,
+        "response": r.response,
+        "error_kind": r.error_kind,
+        "error": r.error,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "started_at": r.started_at,
+        "duration_ms": r.duration_ms,
+        "ttft_ms": r.ttft_ms,
+        "context": (r.extra or {}).get("context"),  # accounting, and page ids if it paged
+    }
+
+
+# --- The kernel daemon and its processes ---------------------------------------------------------
+
+
+def _client() -> kclient.KernelClient:
+    return kclient.KernelClient(kclient.kernel_home())
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _lost_line(lost: list[dict[str, Any]]) -> str:
+    items = ", ".join(
+        f"run {x.get('run_id', '?')[:12]} {x.get('program')} (owner {x.get('owner') or '-'})"
+        for x in lost
+    )
+    return f"llmos: kernel restarted; {len(lost)} processes were lost: {items}"
+
+
+def _run_detached(
+    program_ref: str,
+    input_pairs: tuple[str, ...],
+    model: str | None,
+    priority: int | None,
+    budget: int | None,
+    as_json: bool,
+) -> None:
+    client = _client()
+    client.connect().close()  # no kernel: say so before reading stdin
+    fields: dict[str, Any] = {"input_pairs": list(input_pairs)}
+    stdin = _read_stdin()
+    if stdin is not None:
+        fields["stdin"] = stdin
+    for key, value in (("model", model), ("priority", priority), ("budget", budget)):
+        if value is not None:
+            fields[key] = value
+    pid = client.spawn(program_ref, **fields)
+    click.echo(json.dumps({"pid": pid}) if as_json else str(pid))
+
+
+@cli.group()
+def kernel() -> None:
+    """Start, stop and inspect the kernel daemon (programs as background processes)."""
+
+
+@kernel.command("start")
+@click.option("--policy", type=click.Choice(list(POLICIES)), help="Scheduling policy.")
+@click.option("--max-resident", type=click.IntRange(min=1), help="Processes resident in KV.")
+@click.option("--max-processes", type=click.IntRange(min=1), help="Live processes allowed.")
+@handle_errors
+def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
+    """Start the kernel daemon in the background; print its pid."""
+    home = kclient.kernel_home(create=True)
+    pid = kclient.start_daemon(
+        home, policy=policy, max_resident=max_resident, max_processes=max_processes
+    )
+    status = kclient.KernelClient(home).request("status")
+    click.echo(str(pid))
+    click.echo(f"llmos: kernel started (pid {pid}, policy {status.get('policy')})", err=True)
+    lost = status.get("lost") or []
+    if lost:
+        click.echo(_lost_line(lost), err=True)
+
+
+@kernel.command("serve")
+@click.option("--policy", type=click.Choice(list(POLICIES)), default=params.SCHED_POLICY)
+@click.option("--max-resident", type=click.IntRange(min=1), default=params.MAX_RESIDENT)
+@click.option("--max-processes", type=click.IntRange(min=1), default=params.MAX_PROCESSES)
+@handle_errors
+def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
+    """Run the kernel daemon in the foreground (`kernel start` runs this)."""
+    kclient.kernel_home(create=True)
+    from llmos.front import kerneld  # the server side, only for `kernel serve`
+
+    system = boot.boot(open_log=False)
+    kerneld.serve(system, policy=policy, max_resident=max_resident, max_processes=max_processes)
+
+
+@kernel.command("stop")
+@handle_errors
+def kernel_stop() -> None:
+    """Kill every process and stop the kernel daemon."""
+    reply = kclient.stop_daemon(kclient.kernel_home())
+    click.echo(
+        f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
+        "killed)",
+        err=True,
+    )
+
+
+@kernel.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def kernel_status(as_json: bool) -> None:
+    """Is the kernel running: pid, uptime, policy, processes, processes lost at its start."""
+    st = _client().request("status")
+    st.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(st, ensure_ascii=False))
+        return
+    counts = st.get("counts") or {}
+    detail = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    click.echo(
+        f"kernel running: pid {st.get('pid')}, up {_duration(float(st.get('uptime_s', 0)))}, "
+        f"policy {st.get('policy')}"
+    )
+    click.echo(
+        f"processes: {st.get('live', 0)} live"
+        + (f" ({detail})" if detail else "")
+        + f", {st.get('exited', 0)} exited; limits {st.get('max_processes')} processes, "
+        f"{st.get('max_resident')} resident"
+    )
+    click.echo(f"socket: {st.get('socket')}")
+    lost = st.get("lost") or []
+    if lost:
+        click.echo(f"lost at start: {len(lost)} processes")
+        for x in lost:
+            click.echo(f"  run {x.get('run_id')} {x.get('program')} (owner {x.get('owner')})")
+
+
+def _state(info: dict[str, Any]) -> str:
+    if info.get("state") == "exited":
+        return f"exit:{info.get('exit_status')}"
+    return str(info.get("state"))
+
+
+def _ctx(info: dict[str, Any]) -> str:
+    used = info.get("context_used") or (
+        int(info.get("prompt_tokens") or 0) + int(info.get("generated_tokens") or 0)
+    )
+    pages = int(info.get("pages_out") or 0)
+    paged = f" +{pages}p" if pages else ""  # segments paged out to the swap store
+    return f"{used}/{info.get('context_limit') or '?'}{paged}"
+
+
+def _budget(info: dict[str, Any]) -> str:
+    left = info.get("budget_left")
+    return "-" if left is None else str(left)
+
+
+PS_HEADER = (
+    f"{'PID':>6} {'PPID':>5} {'OWNER':<10} {'STATE':<12} {'PRI':>3} {'TOKENS':>7} "
+    f"{'CTX':>16} {'BUDGET':>7} PROGRAM"
+)
+
+
+def _ps_row(p: dict[str, Any]) -> str:
+    tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
+    return (
+        f"{p['pid']:>6} {p.get('ppid', 0):>5} {str(p.get('owner'))[:10]:<10} "
+        f"{_state(p):<12} {p.get('priority'):>3} {tokens:>7} {_ctx(p):>16} "
+        f"{_budget(p):>7} {p.get('program')}"
+    )
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include exited processes.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def ps(show_all: bool, as_json: bool) -> None:
+    """List the kernel's processes."""
+    procs = _client().request("ps", all=show_all)["processes"]
+    if as_json:
+        click.echo(json.dumps(procs, ensure_ascii=False))
+        return
+    click.echo(PS_HEADER)
+    for p in procs:
+        click.echo(_ps_row(p))
+        if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
+            click.echo(f"{'':>6} asks: {p['question']}")
+
+
+@cli.command()
+@click.argument("pids", metavar="PID...", nargs=-1, required=True, type=int)
+@handle_errors
+def kill(pids: tuple[int, ...]) -> None:
+    """Kill processes (each ends at its next token; its output so far is logged)."""
+    client = _client()
+    failed: LlmosError | None = None
+    for pid in pids:
+        try:
+            client.request("kill", pid=pid)
+        except KernelError:
+            raise
+        except LlmosError as exc:
+            if failed is not None:
+                click.echo(f"llmos: error: {failed}", err=True)
+            failed = exc
+    if failed is not None:
+        raise failed
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def stop(pid: int) -> None:
+    """Stop a process (it is preempted and keeps its place until `cont`)."""
+    _client().request("stop", pid=pid)
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def cont(pid: int) -> None:
+    """Continue a stopped process."""
+    _client().request("cont", pid=pid)
+
+
+@cli.command()
+@click.argument("priority", type=int)
+@click.argument("pid", type=int)
+@handle_errors
+def renice(priority: int, pid: int) -> None:
+    """Give a process a new priority (0-39, never above its parent's)."""
+    reply = _client().request("renice", pid=pid, priority=priority)
+    click.echo(f"{pid}: priority {reply.get('old_priority')} -> {reply['process']['priority']}")
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@click.argument("text", nargs=-1, required=True)
+@handle_errors
+def answer(pid: int, text: tuple[str, ...]) -> None:
+    """Answer the question a process is waiting on (its `ask`; `llmos ps` shows it)."""
+    _client().request("answer", pid=pid, text=" ".join(text))
+
+
+def _end_code(info: dict[str, Any]) -> int:
+    if info.get("exit_status") == "ok":
+        return 0
+    click.echo(
+        f"llmos: error: process {info.get('pid')} ended {info.get('exit_status')}"
+        + (f": {info.get('error')}" if info.get("error") else ""),
+        err=True,
+    )
+    return params.EXIT_PROCESS_NOT_OK
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def wait(pid: int, timeout: float | None, as_json: bool) -> None:
+    """Wait for a process to end; print its output. Exit 0 if it ended ok, 14 if it was
+    killed, ran out of budget or failed, 124 on --timeout."""
+    reply = _client().request("wait", pid=pid, timeout=timeout)
+    info = reply["process"]
+    if reply.get("timed_out"):
+        _fail(
+            f"process {pid} is still {info.get('state')} after {timeout:g} s",
+            params.EXIT_WAIT_TIMEOUT,
+        )
+    text = str(reply.get("text") or "")
+    if as_json:
+        click.echo(json.dumps({**info, "text": text}, ensure_ascii=False))
+    elif text:
+        click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+    sys.exit(_end_code(info))
+
+
+def _follow(pid: int) -> None:
+    client = _client()
+    wrote_newline = True
+    for text in client.follow(pid):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        wrote_newline = text.endswith("\n")
+    if not wrote_newline:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    sys.exit(_end_code((client.last_exit or {}).get("process") or {}))
+
+
+def _top_text(snap: dict[str, Any]) -> str:
+    procs = [p for p in snap.get("processes", []) if p.get("state") != "exited"]
+    states: dict[str, int] = {}
+    for p in procs:
+        states[p["state"]] = states.get(p["state"], 0) + 1
+    lines = [
+        f"llmos top - pid {snap.get('pid')}, up {_duration(float(snap.get('uptime_s', 0)))}, "
+        f"policy {snap.get('policy')}, {len(procs)} processes"
+        + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")" if states else "")
+    ]
+    for name, st in sorted((snap.get("cpus") or {}).items()):
+        stats = " ".join(f"{k} {v}" for k, v in st.items())
+        lines.append(f"cpu {name}: {stats}" if stats else f"cpu {name}")
+    lines.append("")
+    lines.append(f"{'USER':<16} {'TOKENS':>9} {'BUDGET':>9} {'PROCS':>5}")
+    for owner, u in sorted((snap.get("users") or {}).items()):
+        budget = "-" if u.get("budget") is None else str(u["budget"])
+        lines.append(
+            f"{owner[:16]:<16} {u.get('tokens', 0):>9} {budget:>9} {u.get('processes', 0):>5}"
+        )
+    lines.append("")
+    lines.append(
+        f"{'PID':>6} {'OWNER':<10} {'STATE':<9} {'PRI':>3} {'TOK/S':>6} {'TOKENS':>7} "
+        f"{'CTX':>16} {'BUDGET-LEFT':>11} PROGRAM"
+    )
+    for p in procs:
+        tokens = int(p.get("prompt_tokens") or 0) + int(p.get("generated_tokens") or 0)
+        lines.append(
+            f"{p['pid']:>6} {str(p.get('owner'))[:10]:<10} {p.get('state'):<9} "
+            f"{p.get('priority'):>3} {p.get('tokens_per_s', 0.0):>6.1f} {tokens:>7} "
+            f"{_ctx(p):>16} {_budget(p):>11} {p.get('program')}"
+        )
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=params.TOP_INTERVAL_S,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@handle_errors
+def top(once: bool, interval: float) -> None:
+    """A live view of the kernel: CPUs, users, processes (Ctrl-C to quit)."""
+    client = _client()
+    if once:
+        click.echo(_top_text(client.request("top")))
+        return
+    try:
+        while True:
+            text = _top_text(client.request("top"))
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+
+
+def main() -> None:
+    from llmos.front import cli_memory  # noqa: F401 - registers `llmos memory` and `llmos shm`
+
+    try:
+        cli.main(prog_name="llmos", standalone_mode=True)
+    except Exception as exc:  # last resort: a bug, reported as one line unless debugging
+        if os.environ.get("LLMOS_DEBUG"):
+            raise
+        click.echo(
+            f"llmos: internal error: {type(exc).__name__}: {exc} "
+            "(set LLMOS_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+__all__ = ["cli", "main"]

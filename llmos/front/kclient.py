@@ -1,0 +1,411 @@
+"""The kernel daemon's protocol and its client: what every `llmos` command uses to talk to it.
+
+The daemon (`llmos.front.kerneld`) listens on an owner-only Unix socket, `<home>/kernel.sock`, and
+speaks newline-delimited JSON: one request line per connection, one reply line (or, for
+`follow`, a stream of lines); see `llmos.front.kerneld` for the operations. This module holds the
+pieces both sides share (paths, the op list, the mapping between errors and replies) and the
+client side: `KernelClient` (connect, request, follow), `start_daemon` (start `llmos kernel
+serve` in the background and wait until it answers) and `stop_daemon`.
+
+Invariants: a reply that reports an error becomes the same LlmosError subclass, with the same
+exit code, on the client; a client never needs the model or the kernel's modules loaded.
+
+What this module does not do: run a kernel or serve requests (see `llmos.front.kerneld`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from llmos import params
+from llmos.errors import KernelError, LlmosError
+from llmos.store.log import pid_alive
+
+OPS = (
+    "spawn",
+    "ps",
+    "kill",
+    "stop",
+    "cont",
+    "renice",
+    "wait",
+    "follow",
+    "top",
+    "answer",
+    "status",
+    "shutdown",
+)
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
+
+
+class ProtocolError(LlmosError):
+    """A request the daemon cannot understand (bad JSON, unknown op, bad argument)."""
+
+    exit_code = 2
+    kind = "protocol"
+
+
+# --- Paths ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelPaths:
+    home: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.home / params.KERNEL_SOCKET_NAME
+
+    @property
+    def pid(self) -> Path:
+        return self.home / params.KERNEL_PID_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.home / params.KERNEL_LOG_NAME
+
+    @property
+    def spool(self) -> Path:
+        return self.home / params.KERNEL_SPOOL_DIR_NAME
+
+
+def kernel_home(*, create: bool = False) -> Path:
+    """The llmos home (as `llmos.config.home` finds it); created 0700 when `create` and missing.
+
+    Without `create` a missing home is returned as is (a client has nothing to connect to).
+    An existing directory's mode is never changed.
+    """
+    env = os.environ.get(params.ENV_HOME)
+    path = Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))
+    path = path.absolute()
+    if create and not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise KernelError(f"cannot create llmos home {path}: {exc.strerror}") from exc
+    return path
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > _SUN_PATH_MAX:
+        raise KernelError(
+            f"socket path {path} is longer than {_SUN_PATH_MAX} bytes; "
+            f"set {params.ENV_HOME} to a shorter directory"
+        )
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+# --- Errors over the wire ------------------------------------------------------------------------
+
+
+def _error_classes() -> dict[str, type[LlmosError]]:
+    found: dict[str, type[LlmosError]] = {}
+    todo: list[type[LlmosError]] = [LlmosError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.kind, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def error_reply(exc: LlmosError) -> dict[str, Any]:
+    return {"ok": False, "error": str(exc), "kind": exc.kind, "exit_code": exc.exit_code}
+
+
+def reply_error(reply: dict[str, Any]) -> LlmosError:
+    """The LlmosError a failed reply stands for, with the reply's exit code."""
+    cls = _error_classes().get(str(reply.get("kind")), LlmosError)
+    exc = cls(str(reply.get("error") or "the kernel refused the request"))
+    code = reply.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code != exc.exit_code:
+        exc.exit_code = code
+    return exc
+
+
+# --- The client ------------------------------------------------------------------------------
+
+
+def _client_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+class KernelClient:
+    """Talks to the daemon of one home. Each request is one connection."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.paths = KernelPaths(home if home is not None else kernel_home())
+        self.last_exit: dict[str, Any] | None = None  # the `done` message of the last follow
+
+    def connect(self, timeout: float = params.KERNEL_CONNECT_TIMEOUT_S) -> socket.socket:
+        path = self.paths.socket
+        check_socket_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            sock.close()
+            raise KernelError(NOT_RUNNING) from exc
+        except TimeoutError as exc:
+            sock.close()
+            raise KernelError(f"kernel is not answering on {path}") from exc
+        except OSError as exc:
+            sock.close()
+            raise KernelError(f"cannot connect to the kernel at {path}: {exc.strerror}") from exc
+        return sock
+
+    def _open(
+        self, op: str, fields: dict[str, Any], reply_timeout: float | None
+    ) -> tuple[socket.socket, Any]:
+        sock = self.connect()
+        line = (json.dumps({"op": op, **fields}, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            sock.sendall(line)
+            sock.settimeout(reply_timeout)
+        except OSError as exc:
+            sock.close()
+            raise KernelError(f"kernel went away during '{op}': {exc}") from exc
+        return sock, sock.makefile("rb")
+
+    @staticmethod
+    def _read(reader: Any, op: str) -> dict[str, Any]:
+        try:
+            line = reader.readline()
+        except TimeoutError as exc:
+            raise KernelError(f"kernel did not answer '{op}' in time") from exc
+        except OSError as exc:
+            raise KernelError(f"kernel went away during '{op}': {exc}") from exc
+        if not line:
+            raise KernelError(f"kernel closed the connection during '{op}'")
+        try:
+            message = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KernelError(f"kernel sent a malformed reply to '{op}'") from exc
+        if not isinstance(message, dict):
+            raise KernelError(f"kernel sent a malformed reply to '{op}'")
+        return message
+
+    def request(
+        self,
+        op: str,
+        *,
+        reply_timeout: float | None = params.KERNEL_REPLY_TIMEOUT_S,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Send one request; its reply, or the LlmosError the reply names."""
+        if op == "wait":
+            t = fields.get("timeout")
+            reply_timeout = None if t is None else float(t) + params.KERNEL_REPLY_TIMEOUT_S
+        sock, reader = self._open(op, fields, reply_timeout)
+        try:
+            reply = self._read(reader, op)
+        finally:
+            reader.close()
+            sock.close()
+        if not reply.get("ok"):
+            raise reply_error(reply)
+        return reply
+
+    def spawn(self, program: str, **fields: Any) -> int:
+        """Start a process; its pid. A stdin too large for one request line goes through an
+        owner-only file in the spool directory, which the daemon reads and deletes."""
+        fields.setdefault("cwd", os.getcwd())
+        fields.setdefault("owner", _client_user())
+        spooled: Path | None = None
+        stdin = fields.get("stdin")
+        if isinstance(stdin, str) and len(stdin) > params.KERNEL_INLINE_STDIN_CHARS:
+            spooled = self._spool(stdin)
+            fields["stdin_file"] = str(spooled)
+            del fields["stdin"]
+        try:
+            return int(self.request("spawn", program=program, **fields)["pid"])
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+    def _spool(self, text: str) -> Path:
+        directory = self.paths.spool
+        directory.mkdir(mode=0o700, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".txt", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            Path(name).unlink(missing_ok=True)
+            raise KernelError(f"cannot spool the input to {directory}: {exc.strerror}") from exc
+        return Path(name)
+
+    def follow(self, pid: int) -> Iterator[str]:
+        """The process's output, from its start, as it is generated; ends when it exits.
+        The final `done` message is left in `self.last_exit`."""
+        self.last_exit = None
+        sock, reader = self._open("follow", {"pid": pid}, None)
+        try:
+            while True:
+                message = self._read(reader, "follow")
+                if message.get("ok") is False:
+                    raise reply_error(message)
+                if "text" in message:
+                    yield str(message["text"])
+                if message.get("done"):
+                    self.last_exit = message
+                    return
+        finally:
+            reader.close()
+            sock.close()
+
+
+def probe_status(path: Path) -> dict[str, Any] | None:
+    """The status of the daemon answering on `path`, or None if nobody answers."""
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(params.KERNEL_PROBE_TIMEOUT_S)
+    try:
+        sock.connect(str(path))
+        sock.sendall(b'{"op": "status"}\n')
+        with sock.makefile("rb") as reader:
+            line = reader.readline(params.KERNEL_REQUEST_MAX_BYTES)
+        reply = json.loads(line.decode("utf-8")) if line else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+    return reply if isinstance(reply, dict) and reply.get("ok") else None
+
+
+def _serve_command() -> list[str]:
+    return [sys.executable, "-c", "from llmos.front.cli import main; main()", "kernel", "serve"]
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-params.KERNEL_LOG_TAIL_LINES :])
+
+
+def start_daemon(
+    home: Path,
+    *,
+    policy: str | None = None,
+    max_resident: int | None = None,
+    max_processes: int | None = None,
+    timeout: float = params.KERNEL_START_TIMEOUT_S,
+) -> int:
+    """Start `llmos kernel serve` in the background for `home`; its pid once it answers."""
+    paths = KernelPaths(home)
+    check_socket_path(paths.socket)
+    running = probe_status(paths.socket)
+    if running is not None:
+        raise KernelError(f"kernel already running (pid {running.get('pid', '?')})")
+    args = _serve_command()
+    if policy is not None:
+        args += ["--policy", policy]
+    if max_resident is not None:
+        args += ["--max-resident", str(max_resident)]
+    if max_processes is not None:
+        args += ["--max-processes", str(max_processes)]
+    env = dict(os.environ)
+    env[params.ENV_HOME] = str(home)
+    try:
+        log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise KernelError(f"cannot open {paths.log}: {exc.strerror}") from exc
+    offset = os.lseek(log_fd, 0, os.SEEK_END)
+    try:
+        child = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise KernelError(f"cannot start the kernel daemon: {exc.strerror}") from exc
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = probe_status(paths.socket)
+        if status is not None and status.get("pid") == child.pid:
+            return child.pid
+        code = child.poll()
+        if code is not None:
+            tail = _log_tail(paths.log, offset)
+            raise KernelError(
+                f"kernel daemon exited with status {code} before it was ready"
+                + (f": {tail}" if tail else "")
+            )
+        if time.monotonic() > deadline:
+            with contextlib.suppress(OSError):
+                child.kill()
+            child.wait()
+            tail = _log_tail(paths.log, offset)
+            raise KernelError(
+                f"kernel daemon did not answer within {timeout:.0f} s"
+                + (f": {tail}" if tail else "")
+            )
+        time.sleep(0.1)
+
+
+def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the daemon to shut down and wait until its process has gone; the shutdown reply."""
+    client = KernelClient(home)
+    reply = client.request("shutdown")
+    pid = int(reply.get("pid") or 0)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) or client.paths.socket.exists():
+        if time.monotonic() > deadline:
+            raise KernelError(f"kernel (pid {pid}) did not exit within {timeout:.0f} s")
+        time.sleep(0.05)
+    return reply
+
+
+__all__ = [
+    "NOT_RUNNING",
+    "OPS",
+    "KernelClient",
+    "KernelPaths",
+    "ProtocolError",
+    "kernel_home",
+    "probe_status",
+    "reply_error",
+    "start_daemon",
+    "stop_daemon",
+]

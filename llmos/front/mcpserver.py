@@ -1,0 +1,173 @@
+"""`llmos mcp`: llmos as an MCP server over stdio, each installed program one MCP tool.
+
+Any MCP client (Claude Desktop, an IDE, another agent) can then run llmos programs:
+
+- `tools/list`: every program `System.discover_programs()` finds (installed programs and
+  project skills), discovered afresh on each request so newly installed programs appear. Tool
+  name = program name, description = program description, `inputSchema` = the program's input
+  JSON Schema, or `{"type": "object", "properties": {"input": {"type": "string"}}}` when it has
+  none. A JSON program whose output schema is an object also declares it as `outputSchema`.
+- `tools/call`: runs the program once with `llmos.kernel.run.run_program` on its own CPU
+  (`system.cpu(program.model)`, loaded once per process), journalled in the log like any run
+  (owner `mcp`). The result is the reply text; for JSON programs the JSON text, plus the parsed
+  value as `structuredContent` when it is an object.
+
+Invariants:
+- Every failure of a call (unknown program, bad input, a model or backend error, a bug) is an
+  MCP tool result with `isError: true` and a one-line message; the server never crashes on a
+  call and never answers with a protocol error for it.
+- The program runs in a worker thread, so the protocol loop keeps answering (pings,
+  cancellations, other calls) while a model generates; the embedded CPU batches concurrent
+  calls itself.
+- Nothing but JSON-RPC reaches stdout: the SDK's `stdio_server` points fd 1 at stderr while it
+  serves, so stray prints (llama.cpp's included) cannot corrupt the wire.
+
+What this module does not do: expose resources or prompts, stream partial output (MCP tool
+results are whole), or serve over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import mcp_types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+from llmos import params
+from llmos.errors import LlmosError
+from llmos.kernel.boot import System, boot
+from llmos.kernel.program import Program
+from llmos.kernel.run import run_program
+
+DEFAULT_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}},
+}
+_OWNER = "mcp"
+
+
+def tool_for(program: Program) -> mcp_types.Tool:
+    """The MCP tool that runs `program`."""
+    output_schema = None
+    if (
+        program.json_mode
+        and program.output_schema is not None
+        and program.output_schema.get("type") == "object"
+    ):
+        output_schema = program.output_schema
+    return mcp_types.Tool(
+        name=program.name,
+        description=program.description or f"Run the llmos program {program.name}.",
+        input_schema=program.input_schema or DEFAULT_INPUT_SCHEMA,
+        output_schema=output_schema,
+    )
+
+
+def call_program(system: System, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+    """Run program `name` with `arguments` and make an MCP tool result; never raises."""
+    try:
+        program = _find(system, name)
+        if program is None:
+            return _error(f"no program named '{name}'")
+    except Exception as exc:
+        return _error(f"cannot list programs: {exc}")
+    try:
+        # Inputs are checked before the CPU is resolved, so a bad call costs no model load;
+        # it is journalled as a failed run all the same.
+        program.render(dict(arguments))
+    except LlmosError as exc:
+        with contextlib.suppress(LlmosError):
+            system.log_failure(program.name, exc, str(program.path))
+        return _error(str(exc))
+    except Exception as exc:
+        return _error(f"internal error: {type(exc).__name__}: {exc}")
+    try:
+        result = run_program(
+            program,
+            dict(arguments),
+            system.cpu(program.model),
+            system.log,
+            owner=_OWNER,
+            pid=os.getpid(),
+        )
+    except LlmosError as exc:
+        return _error(str(exc))
+    except Exception as exc:  # a bug: still an answer, not a dead server
+        return _error(f"internal error: {type(exc).__name__}: {exc}")
+    if not program.json_mode:
+        return mcp_types.CallToolResult(content=[_text(result.text)])
+    structured = result.output if isinstance(result.output, dict) else None
+    return mcp_types.CallToolResult(
+        content=[_text(json.dumps(result.output, ensure_ascii=False))],
+        structured_content=structured,
+    )
+
+
+def build_server(system: System) -> Server[Any]:
+    """The low-level MCP server over `system`'s programs."""
+
+    async def list_tools(
+        ctx: Any, request: mcp_types.PaginatedRequestParams | None
+    ) -> mcp_types.ListToolsResult:
+        programs = await anyio.to_thread.run_sync(system.discover_programs)
+        return mcp_types.ListToolsResult(tools=[tool_for(p) for p in programs])
+
+    async def call_tool(
+        ctx: Any, request: mcp_types.CallToolRequestParams
+    ) -> mcp_types.CallToolResult:
+        arguments = dict(request.arguments or {})
+        return await anyio.to_thread.run_sync(
+            lambda: call_program(system, request.name, arguments), abandon_on_cancel=True
+        )
+
+    return Server(
+        params.MCP_SERVER_NAME,
+        version=_version(),
+        instructions="Each tool runs one installed llmos program on its model and returns"
+        " its output.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+async def serve(system: System) -> None:
+    """Serve MCP over this process's stdin and stdout until the client closes stdin."""
+    server = build_server(system)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def serve_stdio() -> None:
+    """Entry point of `llmos mcp`: boot, then serve over stdio until stdin closes."""
+    system = boot()
+    anyio.run(serve, system)
+
+
+def _find(system: System, name: str) -> Program | None:
+    for program in system.discover_programs():
+        if program.name == name:
+            return program
+    return None
+
+
+def _text(text: str) -> mcp_types.TextContent:
+    return mcp_types.TextContent(type="text", text=text)
+
+
+def _error(message: str) -> mcp_types.CallToolResult:
+    return mcp_types.CallToolResult(content=[_text(" ".join(message.split()))], is_error=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(params.APP_NAME)
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,513 @@
+"""The engine: one llama.cpp context time-shared by many sequences, stepped in batches.
+
+This is the embedded CPU's execution unit, written on llama.cpp's low-level API (the high-level
+`Llama` object decodes one sequence at a time and is not a multiplexer). One `Engine` owns one
+model and one context with `n_seq_max` sequence slots over a unified KV cache. A `Sequence` is
+one process's registers: the tokens whose KV is resident in its slot, the tokens still to feed,
+and its own sampler chain (with a grammar when its output is constrained).
+
+One engine step (`Engine.step`) is one `llama_decode` over a batch holding one token for every
+decoding sequence plus bounded prefill chunks for sequences still reading their prompt, so a
+long prompt never stalls the others. Each sequence whose chunk ends its pending tokens gets one
+sampled token back.
+
+Invariants:
+- `seq.n_past == len(seq.tokens)` tokens of `seq` are in KV at positions 0..n_past-1 of its slot.
+- `seq.pending` is never empty while the sequence runs: it holds the prompt remainder or the
+  last sampled token (a sampled token is fed on the next step; saved state holds no logits).
+- A sequence is resident (has a slot) or parked (its KV saved as bytes, or in a file, or not
+  saved at all, in which case it re-prefills on resume). Saving frees the slot's KV.
+- Only the thread that owns the engine calls it; `llama_decode` releases the GIL.
+
+What this module does not do: choose which sequences run (the scheduler does), chat templates
+or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the kernel does).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as ll
+
+from llmos import params
+from llmos.errors import ContextOverflowError, LlmosError, ModelError
+
+GGUF_MAGIC = b"GGUF"
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@ll.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's loader chatter is not the user's business; errors surface as codes."""
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process (and silence its loader unless asked)."""
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            if not os.environ.get("LLMOS_LLAMA_VERBOSE"):
+                ll.llama_log_set(_quiet_log, ctypes.c_void_p())
+            ll.llama_backend_init()
+            _backend_ready = True
+
+
+def extra_buffers_safe() -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (repacked and AMX kernels).
+
+    llama.cpp's AMX matmul crashes (SIGSEGV) on the Intel CPUs with AMX we run on, for every
+    quantization we tried, so on a CPU that reports AMX the extra buffers are off (the plain
+    kernels are used). `LLMOS_EXTRA_BUFTS=0|1` overrides the detection.
+    """
+    env = os.environ.get("LLMOS_EXTRA_BUFTS")
+    if env in ("0", "1"):
+        return env == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_tile" not in line.split()
+    except OSError:
+        pass
+    return True
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ModelError unless `path` is a readable GGUF file."""
+    if not path.exists():
+        raise ModelError(f"{path}: model file does not exist")
+    if not path.is_file():
+        raise ModelError(f"{path}: model path is not a file")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"{path}: not a GGUF model file (bad magic {magic!r})")
+
+
+class EngineFull(LlmosError):
+    """The KV cache has no room for this batch (llama_decode returned 1)."""
+
+
+class Sampler:
+    """A llama.cpp sampler chain owned by one sequence: grammar, then top-k/top-p/temp/dist."""
+
+    def __init__(
+        self,
+        vocab: ll.llama_vocab_p,
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int,
+        grammar: str | None = None,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = params.REPEAT_LAST_N,
+        banned: list[int] | None = None,
+        n_vocab: int = 0,
+        lazy_triggers: list[str] | None = None,
+    ) -> None:
+        sparams = ll.llama_sampler_chain_default_params()
+        sparams.no_perf = True
+        self.ptr = ll.llama_sampler_chain_init(sparams)
+        if grammar is not None:
+            if lazy_triggers:
+                # The grammar applies only from where a trigger pattern's first group matches
+                # (a tool call's opening marker); text before it is free, and fast.
+                pats = (ctypes.c_char_p * len(lazy_triggers))(*[p.encode() for p in lazy_triggers])
+                gptr = ll.llama_sampler_init_grammar_lazy_patterns(
+                    vocab,
+                    grammar.encode(),
+                    b"root",
+                    pats,
+                    len(lazy_triggers),
+                    (ll.llama_token * 0)(),
+                    0,
+                )
+            else:
+                gptr = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not gptr:
+                ll.llama_sampler_free(self.ptr)
+                raise LlmosError("cannot build a grammar sampler from the output schema")
+            ll.llama_sampler_chain_add(self.ptr, gptr)
+        if banned:
+            # These tokens can never be sampled (end-of-generation, for ignore_eos).
+            biases = (ll.llama_logit_bias * len(banned))()
+            for i, token in enumerate(banned):
+                biases[i].token = ll.llama_token(token)
+                biases[i].bias = float("-inf")
+            ll.llama_sampler_chain_add(
+                self.ptr, ll.llama_sampler_init_logit_bias(n_vocab, len(banned), biases)
+            )
+        if repeat_penalty != 1.0:
+            # The binding declares a leading n_vocab that the C function no longer has; on the
+            # x86-64 and arm64 ABIs the ints and floats travel in separate registers, so
+            # passing last_n in both int positions is right for either signature.
+            ll.llama_sampler_chain_add(
+                self.ptr,
+                ll.llama_sampler_init_penalties(
+                    repeat_last_n, repeat_last_n, repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if temperature <= 0:
+            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_greedy())
+        else:
+            if top_k > 0:
+                ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_top_k(top_k))
+            if 0 < top_p < 1:
+                ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_top_p(top_p, 1))
+            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_temp(temperature))
+            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: ll.llama_context_p, index: int) -> int:
+        """Sample from the logits at batch `index` and accept the token into the chain."""
+        # llama_sampler_sample also accepts the token (grammar state advances).
+        return int(ll.llama_sampler_sample(self.ptr, ctx, index))
+
+    def free(self) -> None:
+        if self.ptr:
+            ll.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+_seq_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One process's decoding state. Created by `Engine.new_sequence`."""
+
+    pending: list[int]
+    sampler: Sampler
+    id: int = field(default_factory=lambda: next(_seq_ids))
+    tokens: list[int] = field(default_factory=list)  # in KV (when resident) or in saved state
+    slot: int | None = None
+    saved: bytes | None = None  # KV bytes of `tokens` while parked in RAM
+    saved_path: Path | None = None  # KV file of `tokens` while parked on disk
+    saved_crc: int = 0  # CRC-32 of the file's bytes, checked before it is loaded
+    n_prompt: int = 0
+    prompt: list[int] = field(default_factory=list)
+    restore_failures: int = 0  # times a saved state could not be restored
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def resident(self) -> bool:
+        return self.slot is not None
+
+    @property
+    def prefilling(self) -> bool:
+        return len(self.pending) > 1
+
+
+class Engine:
+    """One model, one context, `n_seq_max` slots. See the module note."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = params.EMBEDDED_N_CTX,
+        n_batch: int = params.EMBEDDED_N_BATCH,
+        n_seq_max: int = params.EMBEDDED_N_SEQ_MAX,
+        n_threads: int = params.EMBEDDED_N_THREADS,
+    ) -> None:
+        check_gguf(model_path)
+        init_backend()
+        self.model_path = model_path
+        mparams = ll.llama_model_default_params()
+        mparams.use_extra_bufts = extra_buffers_safe()
+        self.model = ll.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not self.model:
+            raise ModelError(f"{model_path}: llama.cpp could not load this GGUF model")
+        threads = n_threads or os.cpu_count() or 1
+        cparams = ll.llama_context_default_params()
+        n_ctx_train = ll.llama_model_n_ctx_train(self.model)
+        cparams.n_ctx = min(n_ctx, n_ctx_train) if n_ctx_train > 0 else n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True
+        cparams.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise ModelError(f"{model_path}: llama.cpp could not create a context")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.n_ctx = int(ll.llama_n_ctx(self.ctx))
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._free_slots = list(range(n_seq_max - 1, -1, -1))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._eog: list[int] | None = None
+        self.closed = False
+
+    # --- vocabulary ---------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False, special: bool = True) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        cap = len(data) + 16
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, special)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (computed once)."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        buf = ctypes.create_string_buffer(size)
+        n = ll.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n >= size:
+            buf = ctypes.create_string_buffer(n + 1)
+            n = ll.llama_model_meta_val_str(self.model, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    # --- sequences ----------------------------------------------------------------------------
+    def new_sequence(
+        self,
+        prompt: list[int],
+        *,
+        temperature: float = params.DEFAULT_TEMPERATURE,
+        top_k: int = params.DEFAULT_TOP_K,
+        top_p: float = params.DEFAULT_TOP_P,
+        seed: int = params.EMBEDDED_SEED,
+        grammar: str | None = None,
+        repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY,
+        ignore_eos: bool = False,
+        lazy_triggers: list[str] | None = None,
+    ) -> Sequence:
+        """A parked sequence that will prefill `prompt` once it gets a slot."""
+        if not prompt:
+            raise ContextOverflowError("empty prompt: nothing to decode")
+        if len(prompt) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {len(prompt)} tokens does not fit the {self.n_ctx}-token context"
+            )
+        sampler = Sampler(
+            self.vocab,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            grammar=grammar,
+            repeat_penalty=repeat_penalty,
+            banned=self.eog_tokens() if ignore_eos else None,
+            n_vocab=self.n_vocab,
+            lazy_triggers=lazy_triggers,
+        )
+        return Sequence(
+            pending=list(prompt), sampler=sampler, n_prompt=len(prompt), prompt=list(prompt)
+        )
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def kv_used(self) -> int:
+        """Tokens resident in KV over all slots (an upper bound on cells in use)."""
+        return sum(
+            int(ll.llama_memory_seq_pos_max(self.mem, s)) + 1
+            for s in range(self.n_seq_max)
+            if s not in self._free_slots
+        )
+
+    def admit(self, seq: Sequence, share_from: Sequence | None = None) -> None:
+        """Give `seq` a slot and bring its KV back (restore saved state, share a prefix, or
+        leave it to prefill). Raises EngineFull if no slot is free."""
+        if seq.slot is not None:
+            return
+        if not self._free_slots:
+            raise EngineFull("no free sequence slot")
+        seq.slot = self._free_slots.pop()
+        ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        if seq.saved is not None or seq.saved_path is not None:
+            self._restore(seq)
+        elif share_from is not None and share_from.slot is not None and not seq.tokens:
+            self._share_prefix(seq, share_from)
+
+    def _restore(self, seq: Sequence) -> None:
+        assert seq.slot is not None
+        data = seq.saved
+        if data is None and seq.saved_path is not None:
+            try:
+                data = seq.saved_path.read_bytes()
+            except OSError:
+                data = None
+            if data is not None and zlib.crc32(data) != seq.saved_crc:
+                data = None  # a swap file damaged on disk is never loaded
+        ok = False
+        if data:
+            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+            ok = ll.llama_state_seq_set_data(self.ctx, buf, len(data), seq.slot) > 0
+            if ok and int(ll.llama_memory_seq_pos_max(self.mem, seq.slot)) + 1 != seq.n_past:
+                ok = False
+        self.drop_saved(seq)
+        if not ok:
+            # Fallback: recompute the KV from the tokens (correct, just slower).
+            ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+            seq.pending = seq.tokens + seq.pending
+            seq.tokens = []
+            seq.restore_failures += 1
+
+    def _share_prefix(self, seq: Sequence, src: Sequence) -> None:
+        n = 0
+        limit = min(len(src.tokens), len(seq.pending) - 1)  # keep >= 1 token to feed
+        while n < limit and src.tokens[n] == seq.pending[n]:
+            n += 1
+        if n == 0:
+            return
+        assert seq.slot is not None and src.slot is not None
+        ll.llama_memory_seq_cp(self.mem, src.slot, seq.slot, 0, n)
+        seq.tokens = seq.pending[:n]
+        seq.pending = seq.pending[n:]
+
+    def save(self, seq: Sequence, to_path: Path | None = None) -> int:
+        """Save `seq`'s KV (to RAM, or to `to_path`) and free its slot. Returns bytes saved."""
+        if seq.slot is None:
+            return 0
+        size = 0
+        if seq.tokens:
+            size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
+            buf = (ctypes.c_uint8 * size)()
+            got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
+            data = ctypes.string_at(buf, got)
+            if to_path is not None:
+                tmp = to_path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, to_path)
+                seq.saved_path = to_path
+                seq.saved_crc = zlib.crc32(data)
+            else:
+                seq.saved = data
+            size = got
+        self.release(seq)
+        return size
+
+    def release(self, seq: Sequence) -> None:
+        """Free the slot of `seq` without saving (its KV is dropped)."""
+        if seq.slot is None:
+            return
+        ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        self._free_slots.append(seq.slot)
+        seq.slot = None
+
+    def drop_saved(self, seq: Sequence) -> None:
+        seq.saved = None
+        if seq.saved_path is not None:
+            seq.saved_path.unlink(missing_ok=True)
+            seq.saved_path = None
+
+    def truncate(self, seq: Sequence, n: int) -> None:
+        """Keep only the first `n` tokens of a resident sequence's KV (it will not decode
+        again: used to keep a finished prompt's KV as a shareable prefix)."""
+        n = min(n, seq.n_past)
+        if seq.slot is not None:
+            ll.llama_memory_seq_rm(self.mem, seq.slot, n, -1)
+        del seq.tokens[n:]
+        seq.pending = []
+        seq.sampler.free()
+
+    def finish(self, seq: Sequence) -> None:
+        """The sequence is done: free its slot, saved state and sampler."""
+        self.release(seq)
+        self.drop_saved(seq)
+        seq.sampler.free()
+
+    # --- one step -------------------------------------------------------------------------------
+    def step(
+        self, seqs: list[Sequence], prefill_chunk: int = params.PREFILL_CHUNK
+    ) -> dict[Sequence, int]:
+        """Decode one batch for the resident `seqs`; return the token sampled for each sequence
+        whose pending tokens were all fed in this step."""
+        batch = self._batch
+        n = 0
+        plan: list[tuple[Sequence, int, int]] = []  # seq, count fed, logits index or -1
+        decoding = [s for s in seqs if not s.prefilling]
+        prefilling = [s for s in seqs if s.prefilling]
+        room = self.n_batch
+        if not decoding:  # nobody waits on this step: prefill in the largest chunks
+            prefill_chunk = self.n_batch
+        for seq in decoding + prefilling:
+            if seq.slot is None or not seq.pending or room <= 0:
+                continue
+            take = 1 if not seq.prefilling else min(len(seq.pending), prefill_chunk, room)
+            if seq.n_past + take > self.n_ctx:
+                raise ContextOverflowError(
+                    f"sequence would exceed the {self.n_ctx}-token context window"
+                )
+            last = take == len(seq.pending)
+            pos0 = seq.n_past
+            for j in range(take):
+                batch.token[n] = seq.pending[j]
+                batch.pos[n] = pos0 + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.slot
+                batch.logits[n] = last and j == take - 1
+                n += 1
+            plan.append((seq, take, n - 1 if last else -1))
+            room -= take
+        if n == 0:
+            return {}
+        batch.n_tokens = n
+        rc = ll.llama_decode(self.ctx, batch)
+        if rc == 1:
+            raise EngineFull("KV cache is full")
+        if rc != 0:
+            raise LlmosError(f"llama_decode failed with code {rc}")
+        out: dict[Sequence, int] = {}
+        for seq, take, idx in plan:
+            seq.tokens.extend(seq.pending[:take])
+            del seq.pending[:take]
+            if idx >= 0:
+                token = seq.sampler.sample(self.ctx, idx)
+                seq.pending.append(token)
+                out[seq] = token
+        return out
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self.ctx)
+        ll.llama_model_free(self.model)

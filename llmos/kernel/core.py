@@ -1,0 +1,419 @@
+"""The kernel: runs programs as processes that time-share the CPUs.
+
+`Kernel.spawn` loads a program, creates a process in the table and starts it. Each process
+runs in its own thread (`_main`), which renders its program and asks its CPU to generate;
+the thread is blocked while the CPU's engine thread decodes, so a thread costs nothing while
+its process waits. All the processes on the embedded CPU share its engine: every engine step
+decodes one token for each resident process in one batch, and the kernel's policy (one
+`sched.Policy` per kernel, shared by all CPUs) decides who is resident. Remote CPUs, which do
+not batch, get a `sched.Gate`: a limit on requests in flight, granted in the policy's order.
+
+Signals: `kill` (the process ends at its next token, its output so far kept and logged),
+`stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
+`renice` (a new priority, never above the parent's). `wait` blocks until exit. `answer`
+resumes a process waiting on a question (the `ask` device); `off_cpu` gives a remote CPU's
+place back while a process waits on a child or a person (the `call` and `ask` devices).
+
+Invariants:
+- Every process that was spawned ends in the table as exited with a status (`ok`, `failed`,
+  `killed`, `budget`) and, unless it failed before its program could be read, in the log.
+- The kernel never waits on a process while holding a lock another process needs.
+
+What this module does not do: talk to clients (see `llmos.front.kerneld`), or decide batching
+mechanics (see `llmos.hw.cpu.llama`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from llmos import params
+from llmos.errors import LlmosError, NoSuchProcessError
+from llmos.hw.cpu.base import CPU
+from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel.boot import System
+from llmos.kernel.mm.context import Context
+from llmos.kernel.proc import Process, ProcessTable, State
+from llmos.kernel.program import Program
+from llmos.kernel.run import context_limit, run_program
+from llmos.kernel.sched.policy import Gate, Policy, make_policy
+
+if TYPE_CHECKING:
+    from llmos.kernel.agent import Trace
+
+
+class Kernel:
+    def __init__(
+        self,
+        system: System,
+        *,
+        policy: str | Policy = params.SCHED_POLICY,
+        max_resident: int = params.MAX_RESIDENT,
+        max_processes: int = params.MAX_PROCESSES,
+        user_budgets: dict[str, int] | None = None,
+        remote_in_flight: int = params.REMOTE_MAX_IN_FLIGHT,
+    ) -> None:
+        self.system = system
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.max_resident = max_resident
+        self.remote_in_flight = remote_in_flight
+        self.table = ProcessTable(max_processes=max_processes, user_budgets=user_budgets)
+        self._lock = threading.Lock()
+        self._cpus: dict[str, CPU] = {}
+        self._gates: dict[str, Gate] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._rates: dict[int, tuple[float, int]] = {}
+        self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
+        self.started_at = time.time()
+
+    # --- CPUs ------------------------------------------------------------------------------------
+    def cpu(self, spec: str | None) -> CPU:
+        """The CPU for `spec`, configured for this kernel's scheduling on first use."""
+        cpu = self.system.cpu(spec)
+        self.add_cpu(cpu)
+        return cpu
+
+    def add_cpu(self, cpu: CPU) -> None:
+        """Put a CPU under this kernel's scheduling (once): a batching CPU gets the policy,
+        the residency limit and the swap directory; any other gets a Gate."""
+        with self._lock:
+            if cpu.name in self._cpus:
+                return
+            self._cpus[cpu.name] = cpu
+            if isinstance(cpu, EmbeddedCPU):
+                cpu.set_policy(self.policy, self.max_resident)
+                cpu.swap_dir = self.system.home / params.SWAP_DIR_NAME
+            elif not cpu.capabilities.batching:
+                self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
+
+    # --- processes -------------------------------------------------------------------------------
+    def spawn(
+        self,
+        program_ref: str | Program,
+        inputs: dict[str, Any] | None = None,
+        *,
+        owner: str = "default",
+        model: str | None = None,
+        priority: int | None = None,
+        budget: int | None = None,
+        parent: int = 0,
+        cpu: CPU | None = None,
+        on_trace: Trace | None = None,
+    ) -> Process:
+        """Start a process (on `cpu` if given, else the one `model` or the program names);
+        ProgramError/ModelError/AdmissionError if it cannot start."""
+        inputs = dict(inputs or {})
+        program = (
+            program_ref
+            if isinstance(program_ref, Program)
+            else self.system.load_program(program_ref)
+        )
+        if cpu is not None:
+            self.add_cpu(cpu)
+        elif model is not None and model in self._cpus:
+            cpu = self._cpus[model]
+        else:
+            cpu = self.cpu(model or program.model)
+        if budget is None and "budget" in program.llmos:
+            budget = int(program.llmos["budget"])
+        proc = self.table.create(
+            owner=owner,
+            program=program.name,
+            program_path=str(program.path),
+            inputs=inputs,
+            cpu=cpu.name,
+            priority=program.priority if priority is None else priority,
+            budget=budget,
+            parent=parent,
+        )
+        proc.context_limit = context_limit(program, cpu)
+        proc.memory = self.system.pager_for(
+            program,
+            owner=owner,
+            process=f"{os.getpid()}.{proc.pid}.{secrets.token_hex(4)}",
+            cpu=cpu,
+            entity=proc.entity,
+        )
+        try:
+            proc.body = self.system.body_for(
+                program,
+                owner=owner,
+                pid=proc.pid,
+                on_syscall=lambda busy: self._blocked(proc, busy),
+                on_trace=on_trace,
+                kernel=self,  # for the call/ask devices (llmos.hw.dev.proc)
+                memory=proc.memory,  # for the memory devices (llmos.hw.dev.memory)
+            )
+        except LlmosError as exc:
+            self.table.reaped(proc)
+            proc.exit("failed", str(exc))
+            raise
+        proc.entity.on_change = getattr(cpu, "wake", None)
+        thread = threading.Thread(
+            target=self._main,
+            args=(proc, program, cpu),
+            name=f"llmos-pid-{proc.pid}",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads[proc.pid] = thread
+        thread.start()
+        return proc
+
+    def _main(self, proc: Process, program: Program, cpu: CPU) -> None:
+        gate = self._gates.get(cpu.name)
+        status, error = "ok", None
+        try:
+            if gate is not None:
+                if not gate.acquire(proc.entity):
+                    status, error = "killed", "killed before it started"
+                    self._log_unstarted(proc, program, cpu, error)
+                    return
+                proc.entity.resident = True  # holds one of the CPU's in-flight places
+            result = run_program(
+                program,
+                proc.inputs,
+                cpu,
+                self.system.log,
+                on_text=proc.append_output,
+                owner=proc.owner,
+                pid=os.getpid(),
+                entity=proc.entity,
+                on_run=lambda run_id: setattr(proc, "run_id", run_id),
+                body=proc.body,
+                prepare=lambda ctx: self._prepare(proc, program, ctx),
+            )
+            proc.result = result
+            if result.finish_reason == "cancelled":
+                status, error = "killed", "killed before it finished"
+            elif result.finish_reason == "budget":
+                status, error = "budget", "token budget exhausted"
+        except LlmosError as exc:
+            proc.exception = exc
+            status, error = ("killed", str(exc)) if proc.entity.killed else ("failed", str(exc))
+        except Exception as exc:  # a bug must not take the kernel down with it
+            status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            if gate is not None:
+                gate.release(proc.entity)
+                proc.entity.resident = False
+            self.table.reaped(proc)  # before exit wakes waiters: a spawn after wait() fits
+            proc.exit(status, error)
+            with self._lock:
+                self._threads.pop(proc.pid, None)
+                self._rates.pop(proc.pid, None)
+
+    def _prepare(self, proc: Process, program: Program, context: Context) -> None:
+        proc.context = context
+        self.system.prepare_context(context, program, proc.inputs, proc.memory)
+
+    @staticmethod
+    def _blocked(proc: Process, busy: bool) -> None:
+        """A syscall starts (blocked) or ends (runnable again)."""
+        if busy:
+            proc.syscalls += 1
+        proc.set_state(State.BLOCKED if busy else State.RUNNABLE)
+
+    def _log_unstarted(self, proc: Process, program: Program, cpu: CPU, error: str) -> None:
+        log = self.system.log
+        run_id = log.start_run(
+            program.name,
+            cpu.name,
+            proc.inputs,
+            [],
+            program_path=str(program.path),
+            pid=os.getpid(),
+            owner=proc.owner,
+        )
+        log.finish_run(run_id, status="cancelled", error_kind="killed", error=error)
+        proc.run_id = run_id
+
+    def kill(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.killed = True
+        proc.entity.poke()
+        self._wake_gates()
+        return proc
+
+    def stop(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.stopped = True
+        proc.entity.poke()
+        return proc
+
+    def cont(self, pid: int) -> Process:
+        proc = self._live(pid)
+        proc.entity.stopped = False
+        proc.entity.poke()
+        self._wake_gates()
+        return proc
+
+    def renice(self, pid: int, priority: int) -> Process:
+        proc = self._live(pid)
+        priority = max(params.MIN_PRIORITY, min(params.MAX_PRIORITY, priority))
+        if proc.ppid:
+            with contextlib.suppress(NoSuchProcessError):
+                priority = min(priority, self.table.get(proc.ppid).priority)
+        proc.entity.priority = priority
+        proc.entity.poke()
+        return proc
+
+    def wait(self, pid: int, timeout: float | None = None) -> Process:
+        proc = self.table.get(pid)
+        proc.wait(timeout)
+        return proc
+
+    def _live(self, pid: int) -> Process:
+        proc = self.table.get(pid)
+        if not proc.alive:
+            raise NoSuchProcessError(f"process {pid} has already exited ({proc.exit_status})")
+        return proc
+
+    def _wake_gates(self) -> None:
+        for gate in list(self._gates.values()):
+            gate.wake()
+
+    # --- waiting off the CPU: the call and ask devices (llmos.hw.dev.proc) ----------
+    @contextlib.contextmanager
+    def off_cpu(self, pid: int) -> Iterator[None]:
+        """While process `pid` waits in a syscall on something other than its CPU (a child, a
+        person), its place on a remote CPU's gate is given back, so waiting parents cannot
+        starve their own children; it is taken again (in the policy's order) afterwards."""
+        proc = self.table.get(pid)
+        gate = self._gates.get(proc.cpu)
+        if gate is None or not proc.entity.resident:
+            yield
+            return
+        gate.release(proc.entity)
+        proc.entity.resident = False
+        try:
+            yield
+        finally:
+            if gate.acquire(proc.entity):  # False when killed: _main's release is a no-op then
+                proc.entity.resident = True
+
+    def ask(self, pid: int, question: str, timeout: float) -> str:
+        """Put process `pid` in state waiting until `answer(pid, text)`; the answer.
+        LlmosError if no answer comes within `timeout` seconds or the process is killed."""
+        proc = self._live(pid)
+        pending = _Question(question)
+        with self._lock:
+            if pid in self._questions:
+                raise LlmosError(f"process {pid} is already waiting for an answer")
+            self._questions[pid] = pending
+        proc.set_state(State.WAITING)
+        deadline = time.monotonic() + timeout
+        try:
+            with self.off_cpu(pid):
+                while not pending.event.wait(params.PROC_DEVICE_POLL_S):
+                    if proc.entity.killed or time.monotonic() >= deadline:
+                        break
+        finally:
+            with self._lock:
+                if self._questions.get(pid) is pending:
+                    del self._questions[pid]
+                answered = pending.event.is_set()
+            with proc.cond:
+                if proc.base_state == State.WAITING:
+                    proc.base_state = State.BLOCKED  # still in its syscall
+                    proc.cond.notify_all()
+        if answered:
+            return pending.answer
+        if proc.entity.killed:
+            raise LlmosError("killed while waiting for an answer")
+        raise LlmosError(f"no answer within {timeout:g} s")
+
+    def answer(self, pid: int, text: str) -> Process:
+        """Answer the question process `pid` is waiting on; NoSuchProcessError if it is not
+        waiting for one."""
+        proc = self._live(pid)
+        with self._lock:
+            pending = self._questions.pop(pid, None)
+            if pending is None:
+                raise NoSuchProcessError(
+                    f"process {pid} is not waiting for an answer (it is {proc.state.value})"
+                )
+            pending.answer = text
+            pending.event.set()
+        return proc
+
+    def question(self, pid: int) -> str | None:
+        """The question process `pid` is waiting on, if any."""
+        with self._lock:
+            pending = self._questions.get(pid)
+        return None if pending is None else pending.text
+
+    # --- observing -------------------------------------------------------------------------------
+    def ps(self, *, include_exited: bool = True) -> list[dict[str, Any]]:
+        return [self._info(p) for p in self.table.all(include_exited=include_exited)]
+
+    def _info(self, proc: Process) -> dict[str, Any]:
+        """`Process.info()` plus the question the process is waiting on (None if none)."""
+        info = proc.info()
+        info["question"] = self.question(proc.pid)
+        return info
+
+    def top(self) -> dict[str, Any]:
+        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot),
+        per user, per CPU."""
+        now = time.monotonic()
+        procs = []
+        for p in self.table.all():
+            info = self._info(p)
+            last = self._rates.get(p.pid)
+            gen = p.entity.generated
+            info["tokens_per_s"] = (
+                round((gen - last[1]) / (now - last[0]), 1) if last and now > last[0] else 0.0
+            )
+            if p.alive:
+                self._rates[p.pid] = (now, gen)
+            procs.append(info)
+        users: dict[str, dict[str, Any]] = {}
+        for acct in self.table.accounts():
+            users[acct.owner] = {"tokens": acct.tokens, "budget": acct.budget, "processes": 0}
+        for info in procs:
+            if info["state"] != State.EXITED.value:
+                users.setdefault(info["owner"], {"tokens": 0, "budget": None, "processes": 0})
+                users[info["owner"]]["processes"] += 1
+        cpus = {}
+        with self._lock:
+            for name, cpu in self._cpus.items():
+                stats = cpu.stats() if isinstance(cpu, EmbeddedCPU) else {}
+                gate = self._gates.get(name)
+                if gate is not None:
+                    stats["in_flight"] = gate.in_flight
+                cpus[name] = stats
+        return {
+            "policy": self.policy.name,
+            "processes": procs,
+            "users": users,
+            "cpus": cpus,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Kill every live process, wait for them, release the CPUs."""
+        for p in self.table.all(include_exited=False):
+            p.entity.killed = True
+            p.entity.poke()
+        self._wake_gates()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads.values())
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+class _Question:
+    """A pending `ask`: its text, and the answer once `Kernel.answer` gives one."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.answer = ""
+        self.event = threading.Event()

@@ -1,0 +1,295 @@
+"""Processes: the process table, each process's lifecycle, and the signals it takes.
+
+A process is one running instance of a program: who started it (owner), its parent, its
+inputs, its scheduling entity (priority, budget, counters: see `llmos.kernel.sched.policy`), its
+state, its output so far, and how it ended.
+
+States and the legal moves between them:
+
+    runnable --(scheduled)--> running --(preempted)--> runnable
+    running --(syscall)--> blocked --(result)--> runnable
+    running --(asks)--> waiting --(answered)--> runnable
+    any live state --(stop)--> stopped --(continue)--> the state it had
+    any live state --(ends, killed, budget)--> exited
+
+`running` means resident in the CPU's KV this step; the CPU flips a process between runnable
+and running through its entity, and `Process.state` reads it from there, so the table never
+holds a stale copy.
+
+Invariants:
+- pids are never reused during a kernel's life.
+- A child never gets more than its parent: its priority is at most the parent's, its budget at
+  most what the parent has left, and its depth is bounded (params.MAX_SPAWN_DEPTH).
+- At most params.MAX_PROCESSES live processes; spawn beyond that is refused (AdmissionError),
+  never queued without bound.
+- Exited processes stay in the table (for `ps` and `wait`) up to params.EXITED_KEEP; their full
+  record is in the log either way.
+
+What this module does not do: run programs (see `llmos.kernel.core`), or pick who runs (see
+`llmos.kernel.sched.policy`).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmos import params
+from llmos.errors import AdmissionError, NoSuchProcessError
+from llmos.kernel.sched.policy import Account, Entity
+
+
+class State(enum.StrEnum):
+    RUNNABLE = "runnable"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    WAITING = "waiting"
+    STOPPED = "stopped"
+    EXITED = "exited"
+
+
+LIVE = (State.RUNNABLE, State.RUNNING, State.BLOCKED, State.WAITING, State.STOPPED)
+
+# What a process's exit status may be.
+EXIT_STATUSES = ("ok", "failed", "killed", "budget", "lost")
+
+
+@dataclass(eq=False)
+class Process:
+    pid: int
+    ppid: int
+    owner: str
+    program: str
+    program_path: str | None
+    inputs: dict[str, Any]
+    cpu: str
+    entity: Entity
+    depth: int = 0
+    created_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    base_state: State = State.RUNNABLE  # runnable/blocked/waiting/exited; see `state`
+    exit_status: str | None = None
+    error: str | None = None
+    run_id: str | None = None
+    output: list[str] = field(default_factory=list)
+    syscalls: int = 0
+    body: Any = None  # the agent loop for a program with devices (see llmos.kernel.agent)
+    result: Any = None  # the RunResult of a process that ran to its end
+    exception: BaseException | None = None  # the LlmosError a failed process ended with
+    context_limit: int = 0
+    context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered
+    memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def state(self) -> State:
+        if self.base_state == State.EXITED:
+            return State.EXITED
+        if self.entity.stopped:
+            return State.STOPPED
+        if self.base_state == State.RUNNABLE and (self.entity.resident or self.entity.done):
+            return State.RUNNING
+        return self.base_state
+
+    @property
+    def alive(self) -> bool:
+        return self.base_state != State.EXITED
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    @property
+    def priority(self) -> int:
+        return self.entity.priority
+
+    @property
+    def budget_left(self) -> int | None:
+        if self.entity.budget is None:
+            return None
+        return max(0, self.entity.budget - self.entity.tokens)
+
+    def append_output(self, text: str) -> None:
+        with self.cond:
+            self.output.append(text)
+            self.cond.notify_all()
+
+    def set_state(self, state: State) -> None:
+        with self.cond:
+            self.base_state = state
+            self.cond.notify_all()
+
+    def exit(self, status: str, error: str | None = None) -> None:
+        assert status in EXIT_STATUSES, status
+        with self.cond:
+            if self.base_state == State.EXITED:
+                return
+            self.exit_status = status
+            self.error = error
+            self.ended_at = time.time()
+            self.base_state = State.EXITED
+            self.entity.resident = False
+            self.cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the process exits; False on timeout."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.alive, timeout=timeout)
+
+    def info(self) -> dict[str, Any]:
+        """What `ps` and `top` show."""
+        e = self.entity
+        return {
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "owner": self.owner,
+            "program": self.program,
+            "cpu": self.cpu,
+            "state": self.state.value,
+            "priority": e.priority,
+            "swapped": e.swapped,
+            "prompt_tokens": e.prompt_tokens,
+            "generated_tokens": e.generated,
+            "budget": e.budget,
+            "budget_left": self.budget_left,
+            "syscalls": self.syscalls,
+            "context_used": self._context_used(),
+            "context_limit": self.context_limit,
+            "pages_out": self.memory.pages_out if self.memory is not None else 0,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+            "exit_status": self.exit_status,
+            "error": self.error,
+            "run_id": self.run_id,
+        }
+
+    def _context_used(self) -> int:
+        """Tokens in the context window now: the CPU's count while the process is resident
+        (prompt plus what it generated), else the context's last exact measure."""
+        e = self.entity
+        if e.resident and e.context_used:
+            return e.context_used
+        if self.context is not None and self.context.used:
+            return int(self.context.used)
+        return e.context_used or e.tokens
+
+
+class ProcessTable:
+    """All processes of one kernel, by pid. Thread-safe."""
+
+    def __init__(
+        self,
+        max_processes: int = params.MAX_PROCESSES,
+        user_budgets: dict[str, int] | None = None,
+    ) -> None:
+        self.max_processes = max_processes
+        self._lock = threading.Lock()
+        self._procs: dict[int, Process] = {}
+        self._exited: deque[int] = deque()
+        self._next_pid = 1
+        self._live = 0  # processes not yet reaped
+        self._accounts: dict[str, Account] = {}
+        self._user_budgets = dict(user_budgets or {})
+
+    def account(self, owner: str) -> Account:
+        with self._lock:
+            return self._account(owner)
+
+    def _account(self, owner: str) -> Account:
+        acct = self._accounts.get(owner)
+        if acct is None:
+            acct = Account(owner=owner, budget=self._user_budgets.get(owner))
+            self._accounts[owner] = acct
+        return acct
+
+    def accounts(self) -> list[Account]:
+        with self._lock:
+            return list(self._accounts.values())
+
+    def create(
+        self,
+        *,
+        owner: str,
+        program: str,
+        program_path: str | None,
+        inputs: dict[str, Any],
+        cpu: str,
+        priority: int = params.DEFAULT_PRIORITY,
+        budget: int | None = None,
+        parent: int = 0,
+    ) -> Process:
+        """A new runnable process; AdmissionError when the table is full."""
+        with self._lock:
+            live = self._live
+            if live >= self.max_processes:
+                raise AdmissionError(
+                    f"process table full: {live} live processes (limit {self.max_processes})"
+                )
+            depth = 0
+            if parent:
+                par = self._procs.get(parent)
+                if par is None or not par.alive:
+                    raise NoSuchProcessError(f"parent process {parent} is not running")
+                depth = par.depth + 1
+                if depth > params.MAX_SPAWN_DEPTH:
+                    raise AdmissionError(
+                        f"spawn depth {depth} exceeds the limit of {params.MAX_SPAWN_DEPTH}"
+                    )
+                priority = min(priority, par.priority)
+                left = par.budget_left
+                if left is not None:
+                    budget = left if budget is None else min(budget, left)
+            pid = self._next_pid
+            self._next_pid += 1
+            entity = Entity(
+                pid=pid,
+                owner=owner,
+                priority=max(params.MIN_PRIORITY, min(params.MAX_PRIORITY, priority)),
+                budget=budget,
+                account=self._account(owner),
+            )
+            proc = Process(
+                pid=pid,
+                ppid=parent,
+                owner=owner,
+                program=program,
+                program_path=program_path,
+                inputs=inputs,
+                cpu=cpu,
+                entity=entity,
+                depth=depth,
+            )
+            self._procs[pid] = proc
+            self._live += 1
+            return proc
+
+    def reaped(self, proc: Process) -> None:
+        """Note an exit; forget the oldest exited processes beyond params.EXITED_KEEP."""
+        with self._lock:
+            self._live -= 1
+            self._exited.append(proc.pid)
+            while len(self._exited) > params.EXITED_KEEP:
+                self._procs.pop(self._exited.popleft(), None)
+
+    def get(self, pid: int) -> Process:
+        with self._lock:
+            proc = self._procs.get(pid)
+        if proc is None:
+            raise NoSuchProcessError(f"no process with pid {pid}")
+        return proc
+
+    def all(self, *, include_exited: bool = True) -> list[Process]:
+        with self._lock:
+            procs = list(self._procs.values())
+        return [p for p in procs if include_exited or p.alive]
+
+    def children(self, pid: int) -> list[Process]:
+        return [p for p in self.all() if p.ppid == pid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._procs)

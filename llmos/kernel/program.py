@@ -1,0 +1,779 @@
+"""exec: load a program file and render it into the chat messages a CPU runs.
+
+A program is English text in one of three formats:
+
+- **Dotprompt** (`NAME.prompt`, canonical): YAML front matter and a Handlebars body, parsed and
+  rendered by the official `dotpromptz` package. `{{role "system"}}` etc. split messages; with
+  no role markers the whole text is one user message (dotprompt's own behaviour). Picoschema and
+  JSON Schema inputs/outputs are compiled to JSON Schema at load time.
+- **Agent Skill** (a folder holding `SKILL.md`, or that file itself): front matter `name`
+  (1-64 chars of `[a-z0-9-]`, no leading/trailing/double hyphen, equal to the folder name) and
+  `description` (required, <= 1024 chars); optional `license`, `compatibility`, `metadata`,
+  `allowed-tools`. The body is the system message; the input is the user message and is required.
+- **Markdown** (`NAME.md`): optional front matter (`name`, `description`, `model`, `config`,
+  `llmos.*`, starting on line 1; other keys are kept in `Program.extra` and ignored). The body
+  is the system message and the input the user message; without an input the body alone is the
+  user message. The body is sent verbatim (no templating) for skills and Markdown.
+
+Inputs: `render(inputs)` takes a dict; piped stdin is, by convention, the input named `input`
+(the caller puts it there; `Program.takes_input` says whether the program accepts one). Defaults
+from the front matter are merged under the given inputs, and the result is validated against the
+input JSON Schema before anything is rendered.
+
+OS settings live in namespaced front-matter keys (`llmos.max_steps: 4`), so other Dotprompt
+runtimes still run the file. The nested form (`llmos: {max_steps: 4}`) is accepted too; the same
+key in both forms is an error. Keys and types are `params.LLMOS_KEYS`.
+
+Invariants:
+- Every failure is a `ProgramError` (the file is at fault, exit 3) or an `InputError` (the
+  caller's inputs are at fault, exit 4) with a one-line message naming the file and the field;
+  no exception of a library escapes `load`, `discover`, `render` or `parse_cli_inputs`.
+- A loaded `Program` is fully checked: front matter, `llmos.*` keys, config types, both schemas
+  (compiled and checked against the JSON Schema metaschema), defaults against the input schema,
+  and the template's syntax. `render` can then fail only on inputs (or on a template that emits
+  media at render time).
+- Rendered messages are OpenAI-style `{"role", "content": str}` dicts, roles `system`, `user`,
+  `assistant` (dotprompt's `model`); each text is stripped and empty messages are dropped.
+- String inputs may not contain dotprompt's internal markers (`<<<dotprompt:`): rendered input
+  text could otherwise forge new messages (an `InputError` says so).
+- `render` works from any thread, with or without a running event loop in it.
+
+What this module does not do: run a program (see the kernel), talk to a CPU, read stdin, resolve
+`model` names, enforce the output schema on a reply, or resolve `tools` to devices. `toolDefs`,
+partials and `{{history}}` are left to dotprompt (no partials or history are registered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
+import yaml
+
+from llmos import params
+from llmos.errors import InputError, ProgramError
+from llmos.hw.cpu.base import Message
+
+_T = TypeVar("_T")
+
+Kind = Literal["dotprompt", "skill", "markdown"]
+
+_SKILL_NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_MARKER = "<<<dotprompt:"
+_ROLE_MAP = {"system": "system", "user": "user", "model": "assistant"}
+_OUTPUT_FORMATS = ("text", "json")
+# config key -> (GenRequest keyword, accepted types, description for errors)
+_CONFIG_KEYS: dict[str, tuple[str, tuple[type, ...], str]] = {
+    "maxOutputTokens": ("max_tokens", (int,), "a positive integer"),
+    "temperature": ("temperature", (int, float), "a number"),
+    "topK": ("top_k", (int,), "a positive integer"),
+    "topP": ("top_p", (int, float), "a number"),
+    "stopSequences": ("stop", (list,), "a list of strings"),
+    "seed": ("seed", (int,), "an integer"),
+}
+_POSITIVE_LLMOS = ("budget", "max_steps", "max_output_tokens", "context")
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer",
+    list: "a list",
+    dict: "a mapping",
+    str: "a string",
+}
+
+
+@dataclass
+class Program:
+    """A loaded, checked program. `render` turns inputs into chat messages."""
+
+    name: str
+    description: str
+    kind: Kind
+    path: Path
+    model: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    input_schema: dict[str, Any] | None = None
+    input_defaults: dict[str, Any] = field(default_factory=dict)
+    output_format: Literal["text", "json"] = "text"
+    output_schema: dict[str, Any] | None = None
+    tools: list[str] = field(default_factory=list)
+    llmos: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # other front-matter keys, unchecked
+    template: str = field(default="", repr=False)  # dotprompt body / skill or markdown text
+    source: str = field(default="", repr=False)  # the whole file, for dotprompt rendering
+
+    @property
+    def json_mode(self) -> bool:
+        return self.output_format == "json"
+
+    @property
+    def priority(self) -> int:
+        return int(self.llmos.get("priority", params.DEFAULT_PRIORITY))
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.llmos.get("max_steps", params.DEFAULT_MAX_STEPS))
+
+    @property
+    def takes_input(self) -> bool:
+        """Whether an input named `input` (piped stdin, by convention) is accepted."""
+        if self.kind != "dotprompt" or self.input_schema is None:
+            return True
+        if "input" in self.input_schema.get("properties", {}):
+            return True
+        return self.input_schema.get("additionalProperties", True) is not False
+
+    def gen_settings(self) -> dict[str, Any]:
+        """GenRequest keyword arguments from `config` (only the keys the program sets)."""
+        out: dict[str, Any] = {}
+        for key, (kwarg, _types, _what) in _CONFIG_KEYS.items():
+            if key in self.config:
+                value = self.config[key]
+                out[kwarg] = list(value) if isinstance(value, list) else value
+        if "max_output_tokens" in self.llmos:
+            out["max_tokens"] = self.llmos["max_output_tokens"]
+        return out
+
+    def render(self, inputs: dict[str, Any] | None = None) -> list[Message]:
+        """Validate `inputs` (defaults merged under them) and render the chat messages."""
+        data = {**self.input_defaults, **(inputs or {})}
+        for key, value in data.items():
+            if isinstance(value, str) and _MARKER in value:
+                raise InputError(
+                    f"{self.path}: input '{key}' contains the reserved text '{_MARKER}'"
+                )
+        if self.kind == "dotprompt":
+            if self.input_schema is not None:
+                _validate_inputs(self.path, self.input_schema, data)
+            return _run(lambda: _render_dotprompt(self, data))
+        return self._render_plain(data)
+
+    def _render_plain(self, data: dict[str, Any]) -> list[Message]:
+        unknown = sorted(k for k in data if k != "input")
+        if unknown:
+            raise InputError(
+                f"{self.path}: unknown input '{unknown[0]}' ({self.kind} programs take only"
+                " 'input')"
+            )
+        value = data.get("input")
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{self.path}: input 'input' must be text")
+        text = (value or "").strip()
+        if not text:
+            if self.kind == "skill":
+                raise InputError(
+                    f"skill {self.name} needs an input: pipe text or pass -i input=..."
+                )
+            return [{"role": "user", "content": self.template}]
+        return [
+            {"role": "system", "content": self.template},
+            {"role": "user", "content": text},
+        ]
+
+
+# --- Loading ----------------------------------------------------------------------------------
+
+
+def load(path_or_name: str | Path, search_dirs: list[Path] | None = None) -> Program:
+    """Load a program from a path (file or skill folder) or a bare name found in `search_dirs`.
+
+    A string is a path when it contains a path separator, ends in a program suffix, or names
+    an existing file or skill folder; otherwise it is a name, looked up in each directory in
+    order as `NAME.prompt`, `NAME.md`, then `NAME/SKILL.md`; the first match wins.
+    """
+    if isinstance(path_or_name, Path) or _looks_like_path(path_or_name):
+        return _load_path(Path(path_or_name))
+    name = path_or_name
+    tried: list[str] = []
+    for directory in search_dirs or []:
+        for candidate in _candidates(directory, name):
+            tried.append(str(candidate))
+            if candidate.is_file():
+                return _load_path(candidate)
+    where = ", ".join(tried) if tried else "no search directories"
+    raise ProgramError(f"program '{name}' not found (searched: {where})")
+
+
+def discover(dirs: list[Path], problems: list[ProgramError] | None = None) -> list[Program]:
+    """Every program in `dirs`: `*.prompt` / `*.md` files and `*/SKILL.md` skill folders.
+
+    Not recursive beyond one level of skill folders; hidden entries are skipped; a missing
+    directory is skipped. When two entries answer to the same lookup name (file stem or folder
+    name), the one `load(name, dirs)` would pick wins and the other is left out. A file that
+    fails to load is left out and its `ProgramError` appended to `problems` when given.
+    Programs come back sorted by name.
+    """
+    found: dict[str, Program] = {}
+    for directory in dirs:
+        if not directory.is_dir():
+            continue
+        names = sorted(
+            {_lookup_name(entry) for entry in directory.iterdir() if _is_entry(entry)} - {""}
+        )
+        for name in names:
+            if name in found:
+                continue
+            for candidate in _candidates(directory, name):
+                if not candidate.is_file():
+                    continue
+                try:
+                    found[name] = _load_path(candidate)
+                except ProgramError as exc:
+                    if problems is not None:
+                        problems.append(exc)
+                break
+    return sorted(found.values(), key=lambda p: (p.name, str(p.path)))
+
+
+def default_search_dirs(home: Path, cwd: Path) -> list[Path]:
+    """Where bare program names are looked up: installed programs, then project skills."""
+    return [home / params.PROGRAMS_DIR_NAME, cwd / params.SKILLS_DIR]
+
+
+def parse_cli_inputs(pairs: list[str], schema: dict[str, Any] | None) -> dict[str, Any]:
+    """`key=value` pairs into an inputs dict, values coerced by the schema's property types.
+
+    integer / number: parsed as numbers; boolean: `true` / `false` (any case); array / object:
+    JSON text; string or no type: the text as given (an untyped `enum` picks the member whose
+    text matches). Without a schema every value is a string. A key given twice is an error.
+    """
+    props: dict[str, Any] = (schema or {}).get("properties", {}) or {}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"bad input '{pair}': expected key=value")
+        if key in out:
+            raise InputError(f"input '{key}' given twice")
+        prop = props.get(key)
+        out[key] = _coerce(key, value, prop) if isinstance(prop, dict) else value
+    return out
+
+
+# --- Internals: paths -------------------------------------------------------------------------
+
+
+def _looks_like_path(arg: str) -> bool:
+    if "/" in arg or "\\" in arg or arg.endswith(params.PROGRAM_SUFFIXES):
+        return True
+    path = Path(arg)
+    return path.is_file() or (path / params.SKILL_FILE).is_file()
+
+
+def _candidates(directory: Path, name: str) -> list[Path]:
+    return [directory / f"{name}{suffix}" for suffix in params.PROGRAM_SUFFIXES] + [
+        directory / name / params.SKILL_FILE
+    ]
+
+
+def _is_entry(entry: Path) -> bool:
+    if entry.name.startswith("."):
+        return False
+    if entry.is_dir():
+        return (entry / params.SKILL_FILE).is_file()
+    return entry.is_file() and entry.suffix in params.PROGRAM_SUFFIXES
+
+
+def _lookup_name(entry: Path) -> str:
+    return entry.name if entry.is_dir() else entry.stem
+
+
+def _load_path(path: Path) -> Program:
+    if path.is_dir():
+        skill_file = path / params.SKILL_FILE
+        if not skill_file.is_file():
+            raise ProgramError(f"{path}: not a program (a skill folder needs {params.SKILL_FILE})")
+        path = skill_file
+    elif not path.exists():
+        raise ProgramError(f"{path}: no such program file")
+    text = _read_text(path)
+    if path.name == params.SKILL_FILE:
+        return _load_skill(path, text)
+    if path.suffix == ".md":
+        return _load_markdown(path, text)
+    return _load_dotprompt(path, text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > params.PROGRAM_MAX_BYTES:
+            raise ProgramError(
+                f"{path}: program file is too large ({size} bytes, limit"
+                f" {params.PROGRAM_MAX_BYTES})"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProgramError(f"{path}: cannot read program file: {exc.strerror}") from exc
+    if b"\0" in raw:
+        raise ProgramError(f"{path}: not a text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProgramError(f"{path}: not a text file (not UTF-8)") from exc
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise ProgramError(f"{path}: program file is empty")
+    return text
+
+
+# --- Internals: front matter ------------------------------------------------------------------
+
+
+def _parse(path: Path, text: str) -> Any:
+    """dotpromptz's parse, with its errors turned into ProgramErrors."""
+    from dotpromptz import Dotprompt, FrontmatterError
+
+    try:
+        return Dotprompt().parse(text, source_name=str(path))
+    except FrontmatterError as exc:
+        reason = str(getattr(exc, "reason", "") or "invalid front matter")
+        line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+        where = f" at line {line}, column {column}" if line else ""
+        detail = _yaml_problem(text) if reason == "invalid YAML" else None
+        if reason == "invalid recognized field type" and line:
+            key = _key_at_line(text, int(line))
+            detail = f"'{key}' has the wrong type" if key else None
+        extra = f" ({detail})" if detail else ""
+        raise ProgramError(f"{path}: malformed front matter{where}: {reason}{extra}") from exc
+    except Exception as exc:  # pydantic validation of recognised fields, and the like
+        raise ProgramError(f"{path}: malformed front matter: {_one_line(exc)}") from exc
+
+
+def _yaml_problem(text: str) -> str | None:
+    """PyYAML's short description of what is wrong (not the quoted source)."""
+    match = re.match(
+        r"^(?:(?:#[^\n]*|[ \t]*)\n)*---[ \t]*\r?\n([\s\S]*?)\r?\n---[ \t]*$", text, re.M
+    )
+    if not match:
+        return None
+    try:
+        yaml.safe_load(match.group(1))
+    except yaml.MarkedYAMLError as exc:
+        return exc.problem
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+def _key_at_line(text: str, line: int) -> str | None:
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    match = re.match(r"^\s*([\w.-]+)\s*:", lines[line - 1])
+    return match.group(1) if match else None
+
+
+def _has_front_matter(text: str) -> bool:
+    first = text.split("\n", 1)[0].rstrip("\r")
+    return first.rstrip() == "---"
+
+
+def _parse_plain(path: Path, text: str) -> tuple[dict[str, Any], str]:
+    """Front matter (starting on line 1, or none) and body of a Markdown or SKILL.md file."""
+    if not _has_front_matter(text):
+        return {}, text.strip()
+    parsed = _parse(path, text)
+    return dict(parsed.raw or {}), str(parsed.template or "").strip()
+
+
+def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    valid = ", ".join(sorted(params.LLMOS_KEYS))
+    nested = raw.get("llmos")
+    if nested is not None and not isinstance(nested, dict):
+        raise ProgramError(f"{path}: 'llmos' must be a mapping of settings ({valid})")
+    items: list[tuple[str, str, Any]] = [(f"llmos.{k}", k, v) for k, v in (nested or {}).items()]
+    items += [(k, k[len("llmos.") :], v) for k, v in raw.items() if k.startswith("llmos.")]
+    for shown, key, value in items:
+        if key not in params.LLMOS_KEYS:
+            raise ProgramError(f"{path}: unknown key '{shown}' (valid llmos keys: {valid})")
+        if key in out:
+            raise ProgramError(f"{path}: 'llmos.{key}' is set twice")
+        expected = params.LLMOS_KEYS[key]
+        types = expected if isinstance(expected, tuple) else (expected,)
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise ProgramError(f"{path}: '{shown}' must be {names}, got {_json(value)}")
+        number = value if isinstance(value, int) else 0
+        if key == "priority" and not params.MIN_PRIORITY <= number <= params.MAX_PRIORITY:
+            raise ProgramError(
+                f"{path}: '{shown}' must be between {params.MIN_PRIORITY} and"
+                f" {params.MAX_PRIORITY}, got {value}"
+            )
+        if key in _POSITIVE_LLMOS and number < 1:
+            raise ProgramError(f"{path}: '{shown}' must be positive, got {value}")
+        _check_memory_setting(path, shown, key, value)
+        out[key] = value
+    return out
+
+
+def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
+    """`llmos.paging`, `llmos.memory` and `llmos.shm` (see llmos.paging, llmos.shm)."""
+    if key == "paging" and not re.match(r"^[a-z][a-z0-9_-]*$", value):
+        raise ProgramError(f"{path}: '{shown}' must be a paging policy name, got {value!r}")
+    if key == "memory":
+        unknown = sorted(set(value) - {"auto_recall"})
+        if unknown:
+            raise ProgramError(f"{path}: '{shown}' has unknown keys {unknown} (valid: auto_recall)")
+        budget = value.get("auto_recall", 0)
+        if (
+            isinstance(budget, bool)
+            or not isinstance(budget, int)
+            or not 0 <= budget <= params.AUTO_RECALL_MAX_TOKENS
+        ):
+            raise ProgramError(
+                f"{path}: '{shown}.auto_recall' must be a token budget from 0 to "
+                f"{params.AUTO_RECALL_MAX_TOKENS}, got {_json(budget)}"
+            )
+    if key == "shm" and not all(isinstance(n, str) and n for n in value):
+        raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
+
+
+def _check_config(path: Path, config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ProgramError(f"{path}: 'config' must be a mapping")
+    for key, (_kwarg, types, what) in _CONFIG_KEYS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and key in ("maxOutputTokens", "topK"):
+            ok = value >= 1
+        if ok and key == "stopSequences":
+            ok = all(isinstance(s, str) and s for s in value)
+        if not ok:
+            raise ProgramError(f"{path}: 'config.{key}' must be {what}, got {_json(value)}")
+    return dict(config)
+
+
+def _check_str(path: Path, raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProgramError(f"{path}: '{key}' must be a string, got {_json(value)}")
+    return value
+
+
+# --- Internals: the three formats ---------------------------------------------------------------
+
+
+def _load_dotprompt(path: Path, text: str) -> Program:
+    parsed = _parse(path, text)
+    raw: dict[str, Any] = dict(parsed.raw or {})
+    template = str(parsed.template or "")
+    if not template.strip():
+        raise ProgramError(f"{path}: the template (the text after the front matter) is empty")
+    llmos = _llmos_settings(path, raw)
+    config = _check_config(path, raw.get("config"))
+    name = _check_str(path, raw, "name") or path.stem
+    description = _check_str(path, raw, "description") or ""
+    model = _check_str(path, raw, "model") or None
+    tools = _check_tools(path, raw.get("tools"), "tools")
+
+    input_cfg = raw.get("input") or {}
+    output_cfg = raw.get("output") or {}
+    if not isinstance(input_cfg, dict):
+        raise ProgramError(f"{path}: 'input' must be a mapping (schema, default)")
+    if not isinstance(output_cfg, dict):
+        raise ProgramError(f"{path}: 'output' must be a mapping (format, schema)")
+    defaults = input_cfg.get("default") or {}
+    if not isinstance(defaults, dict):
+        raise ProgramError(f"{path}: 'input.default' must be a mapping of input names to values")
+
+    input_schema = _compile_schema(path, "input", input_cfg.get("schema"))
+    output_schema = _compile_schema(path, "output", output_cfg.get("schema"))
+    fmt = output_cfg.get("format") or ("json" if output_schema is not None else "text")
+    if fmt not in _OUTPUT_FORMATS:
+        raise ProgramError(
+            f"{path}: 'output.format' must be one of {', '.join(_OUTPUT_FORMATS)}, got {_json(fmt)}"
+        )
+    if input_schema is not None and defaults:
+        _check_defaults(path, input_schema, defaults)
+    _check_template(path, text)
+
+    handled = {"name", "description", "model", "config", "tools", "input", "output", "llmos"}
+    return Program(
+        name=name,
+        description=description,
+        kind="dotprompt",
+        path=path,
+        model=model,
+        config=config,
+        input_schema=input_schema,
+        input_defaults=dict(defaults),
+        output_format="json" if fmt == "json" else "text",
+        output_schema=output_schema,
+        tools=tools,
+        llmos=llmos,
+        extra={k: v for k, v in raw.items() if k not in handled and not k.startswith("llmos.")},
+        template=template.strip(),
+        source=text,
+    )
+
+
+def _load_skill(path: Path, text: str) -> Program:
+    raw, body = _parse_plain(path, text)
+    if not raw:
+        raise ProgramError(f"{path}: a skill needs front matter with 'name' and 'description'")
+    name = _check_str(path, raw, "name")
+    folder = path.parent.name
+    if not name:
+        raise ProgramError(f"{path}: missing required field 'name'")
+    if len(name) > params.SKILL_NAME_MAX or not _SKILL_NAME_RE.match(name):
+        raise ProgramError(
+            f"{path}: 'name' must be 1-{params.SKILL_NAME_MAX} characters of a-z, 0-9 and"
+            f" single inner hyphens, got {_json(name)}"
+        )
+    if name != folder:
+        raise ProgramError(f"{path}: 'name' is '{name}' but the skill folder is '{folder}'")
+    description = _check_str(path, raw, "description")
+    if not description or not description.strip():
+        raise ProgramError(f"{path}: missing required field 'description'")
+    if len(description) > params.SKILL_DESCRIPTION_MAX:
+        raise ProgramError(
+            f"{path}: 'description' is {len(description)} characters (limit"
+            f" {params.SKILL_DESCRIPTION_MAX})"
+        )
+    for key in ("license", "compatibility"):
+        _check_str(path, raw, key)
+    metadata = raw.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ProgramError(f"{path}: 'metadata' must be a mapping")
+    tools_raw = raw.get("allowed-tools")
+    if isinstance(tools_raw, str):
+        tools = [t for t in re.split(r"[\s,]+", tools_raw) if t]
+    else:
+        tools = _check_tools(path, tools_raw, "allowed-tools")
+    if not body:
+        raise ProgramError(f"{path}: the skill has no instructions (the body is empty)")
+    handled = {"name", "description", "allowed-tools", "llmos"}
+    return Program(
+        name=name,
+        description=description.strip(),
+        kind="skill",
+        path=path,
+        tools=tools,
+        llmos=_llmos_settings(path, raw),
+        extra={k: v for k, v in raw.items() if k not in handled and not k.startswith("llmos.")},
+        template=body,
+        source=text,
+    )
+
+
+def _load_markdown(path: Path, text: str) -> Program:
+    raw, body = _parse_plain(path, text)
+    if not body:
+        raise ProgramError(f"{path}: the program has no text after its front matter")
+    handled = {"name", "description", "model", "config", "llmos"}
+    return Program(
+        name=_check_str(path, raw, "name") or path.stem,
+        description=_check_str(path, raw, "description") or "",
+        kind="markdown",
+        path=path,
+        model=_check_str(path, raw, "model") or None,
+        config=_check_config(path, raw.get("config")),
+        llmos=_llmos_settings(path, raw),
+        extra={k: v for k, v in raw.items() if k not in handled and not k.startswith("llmos.")},
+        template=body,
+        source=text,
+    )
+
+
+def _check_tools(path: Path, value: Any, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise ProgramError(f"{path}: '{key}' must be a list of tool names")
+    return list(value)
+
+
+# --- Internals: schemas and validation --------------------------------------------------------
+
+
+def _compile_schema(path: Path, which: str, schema: Any) -> dict[str, Any] | None:
+    """Picoschema (or JSON Schema) to JSON Schema, checked against the metaschema."""
+    if schema is None:
+        return None
+    from dotpromptz import picoschema_to_json_schema
+
+    try:
+        compiled = _run(lambda: picoschema_to_json_schema(schema))
+    except Exception as exc:
+        raise ProgramError(f"{path}: bad {which} schema: {_one_line(exc)}") from exc
+    if not isinstance(compiled, dict):
+        raise ProgramError(f"{path}: bad {which} schema: it must describe an object")
+    try:
+        jsonschema.validators.validator_for(compiled).check_schema(compiled)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        at = f" at '{where}'" if where else ""
+        raise ProgramError(f"{path}: bad {which} schema{at}: {exc.message}") from exc
+    return compiled
+
+
+def _check_defaults(path: Path, schema: dict[str, Any], defaults: dict[str, Any]) -> None:
+    relaxed = {k: v for k, v in schema.items() if k != "required"}
+    try:
+        _validate_inputs(path, relaxed, defaults)
+    except InputError as exc:
+        raise ProgramError(f"{exc} (in 'input.default')") from exc
+
+
+def _validate_inputs(path: Path, schema: dict[str, Any], data: dict[str, Any]) -> None:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    order = {"required": 0, "additionalProperties": 1}
+    error = min(
+        errors,
+        key=lambda e: (order.get(str(e.validator), 2), len(e.absolute_path), str(e.absolute_path)),
+    )
+    prefix = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        required: Any = error.validator_value
+        missing = [r for r in required if r not in error.instance]
+        name = ".".join(filter(None, [prefix, str(missing[0]) if missing else ""]))
+        raise InputError(f"{path}: missing required input '{name}'")
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        subschema: Any = error.schema
+        known = set(subschema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in known)
+        name = ".".join(filter(None, [prefix, extra[0] if extra else ""]))
+        expected = ", ".join(sorted(known)) or "none"
+        raise InputError(f"{path}: unknown input '{name}' (expected: {expected})")
+    if not prefix:
+        raise InputError(f"{path}: bad inputs: {error.message}")
+    raise InputError(f"{path}: input '{prefix}': {error.message}")
+
+
+def _coerce(key: str, value: str, prop: dict[str, Any]) -> Any:
+    types = prop.get("type")
+    type_list = [types] if isinstance(types, str) else list(types or [])
+    kind = next((t for t in type_list if t != "null"), None)
+    if kind is None and "enum" in prop:
+        return next((m for m in prop["enum"] if _text(m) == value), value)
+    try:
+        if kind == "integer":
+            return int(value.strip())
+        if kind == "number":
+            number = float(value.strip())
+            return int(number) if number.is_integer() and "." not in value else number
+        if kind == "boolean":
+            lowered = value.strip().lower()
+            if lowered in ("true", "false"):
+                return lowered == "true"
+            raise ValueError(value)
+        if kind in ("array", "object"):
+            parsed = json.loads(value)
+            if not isinstance(parsed, list if kind == "array" else dict):
+                raise ValueError(value)
+            return parsed
+    except ValueError as exc:
+        what = {
+            "integer": "an integer",
+            "number": "a number",
+            "boolean": "true or false",
+            "array": "a JSON array",
+            "object": "a JSON object",
+        }[str(kind)]
+        raise InputError(f"input '{key}' must be {what}, got '{value}'") from exc
+    return value
+
+
+# --- Internals: dotprompt rendering -----------------------------------------------------------
+
+
+def _check_template(path: Path, text: str) -> None:
+    from dotpromptz import Dotprompt
+
+    async def compile_it() -> None:
+        await Dotprompt().compile(text)
+
+    try:
+        _run(compile_it)
+    except Exception as exc:
+        raise ProgramError(f"{path}: bad template: {_one_line(exc)}") from exc
+
+
+async def _render_async(program: Program, data: dict[str, Any]) -> Any:
+    from dotpromptz import DataArgument, Dotprompt
+
+    return await Dotprompt().render(program.source, DataArgument(input=data))
+
+
+def _render_dotprompt(program: Program, data: dict[str, Any]) -> Awaitable[list[Message]]:
+    async def go() -> list[Message]:
+        from dotpromptz import TextPart
+
+        try:
+            rendered = await _render_async(program, data)
+        except Exception as exc:
+            raise ProgramError(f"{program.path}: cannot render: {_one_line(exc)}") from exc
+        out: list[Message] = []
+        for index, message in enumerate(rendered.messages or [], start=1):
+            role = getattr(message.role, "value", message.role)
+            if role not in _ROLE_MAP:
+                raise ProgramError(
+                    f"{program.path}: message {index} has role '{role}' (llmos renders"
+                    " system, user and model)"
+                )
+            texts: list[str] = []
+            for part in message.content or []:
+                if isinstance(part, TextPart):
+                    texts.append(part.text or "")
+                elif type(part).__name__ == "PendingPart":
+                    continue  # a {{section}} placeholder: no text of its own
+                else:
+                    kind = type(part).__name__.removesuffix("Part").lower()
+                    raise ProgramError(
+                        f"{program.path}: message {index} has a {kind} part; llmos sends text only"
+                    )
+            content = "".join(texts).strip()
+            if content:
+                out.append({"role": _ROLE_MAP[role], "content": content})
+        return out
+
+    return go()
+
+
+def _run(make: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a coroutine to completion from sync code, in any thread, loop running or not."""
+
+    async def main() -> _T:
+        return await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _one_line(exc.exceptions[0])
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _json(value)

@@ -1,0 +1,309 @@
+"""The scheduler: which processes get the CPU's sequence slots for the next engine step.
+
+A CPU that batches (the embedded CPU) asks its policy every step: "of these runnable
+entities, which may be resident now, given this many slots?" Entities not chosen but resident
+are preempted (their KV saved); chosen ones not resident are brought in (restored). Remote
+CPUs, which do not batch, use a `Gate`: a limit on in-flight requests, handed out in the
+policy's order.
+
+An `Entity` is the scheduling face of a process: owner, priority, arrival order, counters,
+and the flags a kernel sets (stopped, killed). The kernel shares one Entity with the CPU, so a
+renice or stop takes effect at the next step without a message.
+
+Policies (all pure functions of the entities' counters, so they are tested without a model):
+- `fifo`: arrival order; the first `slots` arrivals run to completion.
+- `rr`: round-robin with a token quantum: a process that has decoded `quantum` tokens since it
+  was last placed goes to the back of the queue.
+- `priority`: highest effective priority first, where waiting raises effective priority by
+  `aging` levels per second, so nothing starves.
+- `fair`: fair share across owners: each owner gets the same number of slots per step (as many
+  as the smallest backlogged owner can use), owners with the fewest tokens so far first; inside
+  an owner, round-robin. A user running 7 processes gets the same tokens as a user running 1.
+
+Budgets: `Entity.charge` counts every token against the process's budget and its owner's
+account; a process over either budget is told to stop (the CPU ends it with reason "budget").
+
+What this module does not do: save or restore KV (the engine does), or keep the process table
+(see `llmos.kernel.proc`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmos import params
+from llmos.errors import LlmosError
+
+_arrivals = itertools.count()
+
+
+@dataclass
+class Account:
+    """One owner's usage, shared by all that owner's entities."""
+
+    owner: str
+    budget: int | None = None  # most tokens this owner may use; None is unlimited
+    tokens: int = 0
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.tokens >= self.budget
+
+
+@dataclass(eq=False)
+class Entity:
+    """What the scheduler knows of one process."""
+
+    pid: int = 0
+    owner: str = "default"
+    priority: int = params.DEFAULT_PRIORITY
+    budget: int | None = None  # most tokens (prompt + generated); None is unlimited
+    account: Account | None = None
+    arrival: int = field(default_factory=lambda: next(_arrivals))
+    rr_key: int = 0  # round-robin position; bumped when a quantum is used up
+    prompt_tokens: int = 0
+    generated: int = 0
+    quantum_used: int = 0
+    boost: float = 0.0  # seconds waited before placement (priority aging)
+    waiting_since: float = field(default_factory=time.monotonic)
+    stopped: bool = False
+    killed: bool = False
+    context_used: int = 0  # tokens in the context window now (set by CPUs that know)
+    resident: bool = False  # has a KV slot on its CPU now (set by the CPU)
+    swapped: str | None = None  # "ram" or "disk" while its KV is parked (set by the CPU)
+    done: bool = False  # its generation has ended (set by the CPU); the kernel still finishes
+    on_change: Callable[[], None] | None = None  # wakes the CPU's loop
+
+    def __post_init__(self) -> None:
+        self.rr_key = self.arrival
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def over_budget(self) -> bool:
+        own = self.budget is not None and self.tokens >= self.budget
+        return own or (self.account is not None and self.account.over_budget)
+
+    def charge(self, prompt: int = 0, generated: int = 0) -> bool:
+        """Count tokens; False when the process or its owner is now over budget."""
+        self.prompt_tokens += prompt
+        self.generated += generated
+        self.quantum_used += generated
+        if self.account is not None:
+            self.account.tokens += prompt + generated
+        return not self.over_budget
+
+    def poke(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+class Policy:
+    """Chooses the entities to be resident for the next step, most deserving first."""
+
+    name = "policy"
+
+    def select(self, entities: list[Entity], slots: int, resident: set[Entity]) -> list[Entity]:
+        chosen = self.rank(entities, resident)[:slots]
+        self.placed(chosen, resident)
+        return chosen
+
+    def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
+        raise NotImplementedError
+
+    def placed(self, chosen: list[Entity], resident: set[Entity]) -> None:
+        """Bookkeeping after a selection: newly placed entities start a quantum (keeping the
+        age they had waited as a boost); preempted ones start waiting now."""
+        now = time.monotonic()
+        chosen_set = set(chosen)
+        for e in chosen:
+            if e not in resident:
+                e.boost = now - e.waiting_since
+                e.quantum_used = 0
+        for e in resident - chosen_set:
+            e.waiting_since = now
+
+
+class FIFO(Policy):
+    name = "fifo"
+
+    def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
+        return sorted(entities, key=lambda e: e.arrival)
+
+
+class RoundRobin(Policy):
+    name = "rr"
+
+    def __init__(self, quantum: int = params.SCHED_QUANTUM_TOKENS) -> None:
+        self.quantum = quantum
+        self._clock = itertools.count(1 << 40)
+
+    def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
+        for e in entities:
+            if e.quantum_used >= self.quantum:
+                e.quantum_used = 0
+                e.rr_key = next(self._clock)  # to the back of the queue
+        return sorted(entities, key=lambda e: e.rr_key)
+
+
+class PriorityAging(Policy):
+    """Effective priority = priority + `aging` x seconds waited, so a waiting process always
+    overtakes in bounded time (no starvation). A resident that has not yet used its quantum of
+    tokens is sticky: a waiter displaces it only if the waiter's base priority beats the
+    resident's effective priority at placement (its priority plus the age it had waited), never
+    by aging alone, so equal processes trade places once per quantum, not every step, and a
+    process placed by aging keeps its slot for a quantum."""
+
+    name = "priority"
+
+    def __init__(
+        self,
+        aging: float = params.SCHED_AGING_PER_S,
+        quantum: int = params.SCHED_QUANTUM_TOKENS,
+    ) -> None:
+        self.aging = aging
+        self.quantum = quantum
+
+    def effective(self, e: Entity, now: float, resident: set[Entity]) -> float:
+        if e in resident:
+            return e.priority + self.aging * (e.boost if e.quantum_used < self.quantum else 0.0)
+        return e.priority + self.aging * (now - e.waiting_since)
+
+    def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
+        now = time.monotonic()
+        sticky = sorted(
+            (e for e in entities if e in resident and e.quantum_used < self.quantum),
+            key=lambda e: (-self.effective(e, now, resident), e.arrival),
+        )
+        sticky_set = set(sticky)
+        others = sorted(
+            (e for e in entities if e not in sticky_set),
+            key=lambda e: (-self.effective(e, now, resident), e not in resident, e.arrival),
+        )
+        order: list[Entity] = []
+        i = j = 0
+        while i < len(sticky) or j < len(others):
+            if j < len(others) and (
+                i == len(sticky) or others[j].priority > self.effective(sticky[i], now, resident)
+            ):
+                order.append(others[j])
+                j += 1
+            else:
+                order.append(sticky[i])
+                i += 1
+        return order
+
+
+class FairShare(Policy):
+    name = "fair"
+
+    def __init__(self) -> None:
+        self._rr = RoundRobin()
+
+    def select(self, entities: list[Entity], slots: int, resident: set[Entity]) -> list[Entity]:
+        by_owner: dict[str, list[Entity]] = {}
+        for e in self._rr.rank(entities, resident):
+            by_owner.setdefault(e.owner, []).append(e)
+        if not by_owner:
+            return []
+        per_owner = max(1, min(slots // len(by_owner), min(len(v) for v in by_owner.values())))
+        owners = sorted(by_owner, key=lambda o: (_owner_tokens(by_owner[o]), o))
+        chosen: list[Entity] = []
+        for owner in owners:
+            take = min(per_owner, slots - len(chosen))
+            if take <= 0:
+                break
+            chosen.extend(by_owner[owner][:take])
+        return chosen
+
+    def rank(self, entities: list[Entity], resident: set[Entity]) -> list[Entity]:
+        return self.select(entities, len(entities), resident)
+
+
+def _owner_tokens(entities: list[Entity]) -> int:
+    account = entities[0].account
+    return account.tokens if account is not None else sum(e.generated for e in entities)
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "fifo": FIFO,
+    "rr": RoundRobin,
+    "priority": PriorityAging,
+    "fair": FairShare,
+}
+
+
+def make_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        known = ", ".join(POLICIES)
+        raise LlmosError(f"unknown scheduling policy '{name}': use one of {known}") from None
+
+
+class Gate:
+    """At most `limit` requests in flight on a CPU that does not batch (a remote server),
+    granted in the policy's order. Each waiter sleeps on its own event; a release ranks the
+    waiters once and wakes only those it admits."""
+
+    def __init__(self, limit: int, policy: Policy) -> None:
+        self.limit = limit
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._waiting: dict[Entity, threading.Event] = {}
+        self._holders: set[Entity] = set()
+
+    def acquire(self, entity: Entity, timeout: float | None = None) -> bool:
+        """True once admitted; False if the entity is killed or the timeout passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = threading.Event()
+        with self._lock:
+            self._waiting[entity] = event
+            self._dispatch()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if event.wait(timeout=left):
+                with self._lock:
+                    if entity in self._holders:
+                        return True
+                    event.clear()
+            with self._lock:
+                if entity in self._holders:
+                    return True
+                if entity.killed or (deadline is not None and time.monotonic() >= deadline):
+                    self._waiting.pop(entity, None)
+                    self._dispatch()
+                    return False
+
+    def _dispatch(self) -> None:
+        """Admit the best waiters into free places (lock held)."""
+        for e in [e for e in self._waiting if e.killed]:
+            self._waiting[e].set()  # let it see the kill and leave
+        free = self.limit - len(self._holders)
+        if free <= 0 or not self._waiting:
+            return
+        runnable = [e for e in self._waiting if not e.stopped and not e.killed]
+        for e in self.policy.rank(runnable, self._holders)[:free]:
+            self._holders.add(e)
+            self.policy.placed([e], set())
+            self._waiting.pop(e).set()
+
+    def release(self, entity: Entity) -> None:
+        with self._lock:
+            self._holders.discard(entity)
+            self._dispatch()
+
+    def wake(self) -> None:
+        """Re-check waiters (a kill, stop or continue happened)."""
+        with self._lock:
+            self._dispatch()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._holders)

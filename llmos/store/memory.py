@@ -1,0 +1,553 @@
+"""Long-term memory and the swap store: one SQLite file that outlives processes and reboots.
+
+`<home>/memory.db` holds three things for every user:
+- memories: what a process chose to `remember(text, tags)`, until someone `forget`s it;
+- pages: context segments paged out of a process's context window (`llmos.paging`), kept so
+  that every page-out can be undone (`page_in`) and searched (`recall`);
+- shared memory segments (`llmos.shm`).
+
+Retrieval is hybrid. A query runs through SQLite FTS5 (BM25, English stop words dropped) and
+through a flat cosine index over embeddings from `llmos.store.embed`; each side gives up to
+params.RECALL_CANDIDATES ids and the two rankings are fused by reciprocal rank
+(score = sum of 1 / (params.RRF_K + rank)). Vectors are stored with their rows (float16) and
+cached in RAM per scope; the cache catches up with other writers (another llmos, the daemon)
+by reading rows newer than it has seen and the tombstones `forget` leaves.
+
+Invariants:
+- Every write is one transaction (BEGIN IMMEDIATE): a failure, the disk full included, leaves
+  the store as it was and raises MemoryStoreError; nothing is half-written.
+- A memory or page is only ever read by its owner (shared segments have their own rights).
+- Pages are never deleted: a page-out is always reversible. `forget` deletes a memory for
+  real (its text, its index entries), leaving only a tombstone with its id.
+- A corrupt or locked store gives one clear MemoryStoreError naming the file and is left
+  untouched; llmos never repairs or replaces it on its own.
+
+What this module does not do: decide what to page out (see `llmos.paging`), or check
+shared-segment rights (see `llmos.shm`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmos import params
+from llmos.errors import InputError, MemoryStoreError
+from llmos.store import embed
+
+# Words too common to rank by: dropping them keeps BM25 meaningful and fast on large stores.
+_STOP = """a about after all also an and any are as at be been but by can could did do does for
+    from had has have he her him his how i if in into is it its me my no not of on or our she
+    so than that the their them then there these they this to up us was we were what when
+    where which who whom why will with would you your"""
+STOP_WORDS = frozenset(_STOP.split())
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class Hit:
+    """One retrieval result: a memory (`m<id>`) or a page (`p<id>`)."""
+
+    ref: str
+    text: str
+    score: float
+    tags: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    bm25_rank: int | None = None
+    vector_rank: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.ref, "text": self.text, "score": round(self.score, 5)}
+        if self.tags:
+            out["tags"] = self.tags
+        return out
+
+
+def snippet(text: str, query: str, size: int = 400) -> str:
+    """About `size` characters of `text` around the first word of `query` it contains (the
+    start when none); marked with ... where cut."""
+    if len(text) <= size:
+        return text
+    low = text.lower()
+    words = [w for w in _WORD.findall(query.lower()) if w not in STOP_WORDS]
+    found = [i for i in (low.find(w) for w in words) if i >= 0]
+    at = min(found) if found else 0
+    start = max(0, min(at - size // 4, len(text) - size))
+    cut = text[start : start + size]
+    return ("..." if start else "") + cut + ("..." if start + size < len(text) else "")
+
+
+def check_text(text: str, what: str, max_bytes: int) -> str:
+    """`text` if it is non-empty UTF-8 within `max_bytes`, else InputError."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid UTF-8 text (at character {exc.start})") from exc
+    if not text.strip():
+        raise InputError(f"{what} is empty")
+    if len(data) > max_bytes:
+        raise InputError(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
+    return text
+
+
+def scope_token(kind: str, key: str) -> str:
+    """The FTS5 token that confines a search to one owner's memories or one process's pages."""
+    return kind + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def query_words(query: str) -> list[str]:
+    """The words of a query worth searching for: stop words dropped (unless that leaves none),
+    each once, in order."""
+    every = _WORD.findall(query.lower())
+    words = [w for w in every if w not in STOP_WORDS] or every
+    return list(dict.fromkeys(words))
+
+
+def fts_query(scope: str, words: list[str]) -> str | None:
+    """An FTS5 MATCH expression: the scope AND any of the words (None: no words)."""
+    if not words:
+        return None
+    terms = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    return f'scope:"{scope}" AND ({terms})'
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Each statement of `script`, inside the caller's transaction (executescript would
+    commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE memories (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            text TEXT NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]',
+            source TEXT,
+            created_at REAL NOT NULL,
+            embedding BLOB NOT NULL
+        );
+        CREATE INDEX memories_owner ON memories(owner, id);
+        CREATE VIRTUAL TABLE memories_fts USING fts5(text, tags, scope);
+        CREATE TABLE tombstones (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            memory_id INTEGER NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX tombstones_owner ON tombstones(owner, seq);
+        CREATE TABLE pages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            process TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            role TEXT NOT NULL,
+            text TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            tokens INTEGER,
+            provenance TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            embedding BLOB NOT NULL
+        );
+        CREATE INDEX pages_process ON pages(process, id);
+        CREATE VIRTUAL TABLE pages_fts USING fts5(text, scope);
+        CREATE TABLE shm (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            text TEXT NOT NULL,
+            others TEXT NOT NULL DEFAULT '',
+            acl TEXT NOT NULL DEFAULT '{}',
+            version INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            updated_by TEXT NOT NULL
+        );
+        """,
+    )
+
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    # Document frequencies, to leave out of a BM25 query the words too common to rank by.
+    db.execute("CREATE VIRTUAL TABLE memories_vocab USING fts5vocab(memories_fts, 'row')")
+    db.execute("CREATE VIRTUAL TABLE pages_vocab USING fts5vocab(pages_fts, 'row')")
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("001_memories_pages_shm", _migration_1),
+    ("002_fts_vocab", _migration_2),
+]
+
+
+class _Cache:
+    """The vector index of one scope, and how far it has read the store."""
+
+    def __init__(self) -> None:
+        self.index = embed.VectorIndex()
+        self.last_id = 0
+        self.last_tombstone = 0
+
+
+class MemoryStore:
+    """The store behind `remember`, `recall`, `forget`, page-out/in and shared segments.
+    Thread-safe: one connection, one lock."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self.db = db
+        self.lock = threading.RLock()
+        self._caches: dict[tuple[str, str], _Cache] = {}
+
+    # --- opening, transactions, errors -----------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: Path, *, busy_timeout_s: float = params.MEMORY_BUSY_TIMEOUT_S
+    ) -> MemoryStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            store: MemoryStore | None = None
+            try:
+                db = sqlite3.connect(
+                    str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                store = cls(path, db)
+                # Short waits while opening (see Log.open): deadlocked openers part at once.
+                db.execute(f"PRAGMA busy_timeout = {params.STORE_OPEN_BUSY_MS}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                store._migrate()
+                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                return store
+            except (sqlite3.Error, MemoryStoreError) as exc:
+                if store is not None:
+                    store.db.close()
+                cause = exc.__cause__ if isinstance(exc, MemoryStoreError) else exc
+                busy = isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
+                # Two llmos creating the store at once: switching to WAL can get SQLITE_BUSY
+                # without the busy handler being called. Wait a moment and try again.
+                if busy and time.monotonic() < deadline:
+                    time.sleep(params.STORE_OPEN_RETRY_S)
+                    continue
+                if isinstance(exc, MemoryStoreError):
+                    raise
+                raise store_error(path, exc) from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    def _migrate(self) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+        )
+        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self.tx() as db:
+                if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                    continue  # another llmos applied it while we waited for the lock
+                fn(db)
+                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; on any error it is rolled back and MemoryStoreError raised."""
+        with self.lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise store_error(self.path, exc) from exc
+                raise
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            try:
+                return list(self.db.execute(sql, args))
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+
+    # --- long-term memories ----------------------------------------------------------------------
+    def remember(
+        self, owner: str, text: str, tags: list[str] | None = None, *, source: str | None = None
+    ) -> int:
+        """Store a memory; its id. InputError for empty, non-UTF-8 or oversized text."""
+        return self.remember_many(owner, [(text, tags or [])], source=source)[0]
+
+    def remember_many(
+        self, owner: str, items: list[tuple[str, list[str]]], *, source: str | None = None
+    ) -> list[int]:
+        """Store memories in one transaction (all or none); their ids."""
+        checked: list[tuple[str, list[str]]] = []
+        for text, tags in items:
+            text = check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
+            tags = [check_text(str(t), "tag", 256).strip() for t in tags]
+            if len(tags) > params.MEMORY_MAX_TAGS:
+                raise InputError(f"{len(tags)} tags; the limit is {params.MEMORY_MAX_TAGS}")
+            checked.append((text, tags))
+        vectors = embed.embed([t + (" " + " ".join(g) if g else "") for t, g in checked])
+        scope = scope_token("u", owner)
+        now = time.time()
+        ids: list[int] = []
+        with self.tx() as db:
+            for (text, tags), vector in zip(checked, vectors, strict=True):
+                cur = db.execute(
+                    "INSERT INTO memories (owner, text, tags, source, created_at, embedding) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner, text, json.dumps(tags), source, now, embed.to_blob(vector)),
+                )
+                mid = int(cur.lastrowid or 0)
+                db.execute(
+                    "INSERT INTO memories_fts (rowid, text, tags, scope) VALUES (?, ?, ?, ?)",
+                    (mid, text, " ".join(tags), scope),
+                )
+                ids.append(mid)
+        return ids
+
+    def forget(self, owner: str, memory_id: int) -> bool:
+        """Delete one of the owner's memories; False if there is no such memory of theirs."""
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT text, tags FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+            db.execute("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,))
+            db.execute(
+                "INSERT INTO tombstones (owner, memory_id, at) VALUES (?, ?, ?)",
+                (owner, memory_id, time.time()),
+            )
+        return True
+
+    def memories(self, owner: str, limit: int = 50) -> list[Hit]:
+        rows = self.read(
+            "SELECT id, text, tags, created_at FROM memories WHERE owner = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (owner, limit),
+        )
+        return [Hit(f"m{r[0]}", r[1], 0.0, json.loads(r[2]), r[3]) for r in rows]
+
+    def recall(
+        self, owner: str, query: str, k: int = params.RECALL_DEFAULT_K, *, mode: str = "hybrid"
+    ) -> list[Hit]:
+        """The owner's k memories most relevant to `query`: hybrid (BM25 and vectors, fused),
+        or one side alone (`mode` "bm25" or "vector", for comparison)."""
+        query = _check_query(query)
+        scope = scope_token("u", owner)
+        ranked = self._hybrid("memories", owner, scope, query, k, mode)
+        return self._hits("memories", "m", owner, ranked)
+
+    # --- pages (the swap store of llmos.paging) --------------------------------------------------
+    def page_out(self, owner: str, process: str, pages: list[dict[str, Any]]) -> list[int]:
+        """Write segments leaving a context; their page ids, in order. All or nothing."""
+        if not pages:
+            return []
+        vectors = embed.embed([p["text"] for p in pages])
+        scope = scope_token("p", process)
+        now = time.time()
+        ids: list[int] = []
+        with self.tx() as db:
+            for page, vector in zip(pages, vectors, strict=True):
+                cur = db.execute(
+                    "INSERT INTO pages (owner, process, kind, role, text, summary, tokens, "
+                    "provenance, created_at, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        owner,
+                        process,
+                        page["kind"],
+                        page["role"],
+                        page["text"],
+                        page["summary"],
+                        page.get("tokens"),
+                        json.dumps(page.get("provenance") or {}),
+                        now,
+                        embed.to_blob(vector),
+                    ),
+                )
+                pid = int(cur.lastrowid or 0)
+                db.execute(
+                    "INSERT INTO pages_fts (rowid, text, scope) VALUES (?, ?, ?)",
+                    (pid, page["text"], scope),
+                )
+                ids.append(pid)
+        return ids
+
+    def page(self, owner: str, page_id: int) -> dict[str, Any] | None:
+        """A page of the owner's (None if there is none with that id)."""
+        rows = self.read(
+            "SELECT id, process, kind, role, text, summary, tokens, provenance, created_at "
+            "FROM pages WHERE id = ? AND owner = ?",
+            (page_id, owner),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {
+            "id": r[0],
+            "process": r[1],
+            "kind": r[2],
+            "role": r[3],
+            "text": r[4],
+            "summary": r[5],
+            "tokens": r[6],
+            "provenance": json.loads(r[7]),
+            "created_at": r[8],
+        }
+
+    def search_pages(
+        self, owner: str, process: str, query: str, k: int = params.RECALL_DEFAULT_K
+    ) -> list[Hit]:
+        """The k pages of one process most relevant to `query`."""
+        query = _check_query(query)
+        ranked = self._hybrid("pages", process, scope_token("p", process), query, k)
+        return self._hits("pages", "p", owner, ranked)
+
+    def _hits(
+        self,
+        table: str,
+        prefix: str,
+        owner: str,
+        ranked: list[tuple[int, float, int | None, int | None]],
+    ) -> list[Hit]:
+        """The ranked ids as Hits, read back (and checked to be the owner's) in one query."""
+        if not ranked:
+            return []
+        ids = [i for i, _, _, _ in ranked]
+        tags = "tags" if table == "memories" else "'[]'"
+        rows = {
+            r[0]: r
+            for r in self.read(
+                f"SELECT id, text, {tags}, created_at FROM {table} WHERE owner = ? AND id IN "
+                f"({','.join('?' * len(ids))})",
+                (owner, *ids),
+            )
+        }
+        return [
+            Hit(f"{prefix}{i}", rows[i][1], score, json.loads(rows[i][2]), rows[i][3], b, v)
+            for i, score, b, v in ranked
+            if i in rows
+        ]
+
+    # --- hybrid retrieval ------------------------------------------------------------------------
+    def _hybrid(
+        self, table: str, key: str, scope: str, query: str, k: int, mode: str = "hybrid"
+    ) -> list[tuple[int, float, int | None, int | None]]:
+        """(id, fused score, BM25 rank, vector rank), best first, at most k."""
+        if mode not in ("hybrid", "bm25", "vector"):
+            raise InputError(f"unknown retrieval mode {mode!r} (hybrid, bm25 or vector)")
+        k = max(1, min(k, params.RECALL_MAX_K))
+        n = max(params.RECALL_CANDIDATES, k)
+        bm25: list[int] = []
+        match = (
+            fts_query(scope, self._rare_words(table, scope, query)) if mode != "vector" else None
+        )
+        if match is not None:
+            bm25 = [
+                r[0]
+                for r in self.read(
+                    f"SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH ? "
+                    f"ORDER BY rank LIMIT ?",
+                    (match, n),
+                )
+            ]
+        vectors = (
+            [i for i, _ in self._vector_search(table, key, query, n)] if mode != "bm25" else []
+        )
+        scores: dict[int, float] = {}
+        b_rank: dict[int, int] = {}
+        v_rank: dict[int, int] = {}
+        for rank, i in enumerate(bm25, 1):
+            scores[i] = scores.get(i, 0.0) + 1.0 / (params.RRF_K + rank)
+            b_rank[i] = rank
+        for rank, i in enumerate(vectors, 1):
+            scores[i] = scores.get(i, 0.0) + 1.0 / (params.RRF_K + rank)
+            v_rank[i] = rank
+        best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
+        return [(i, scores[i], b_rank.get(i), v_rank.get(i)) for i in best]
+
+    def _rare_words(self, table: str, scope: str, query: str) -> list[str]:
+        """The query's words minus those in more than params.BM25_COMMON_SHARE of the scope's
+        documents (and at least params.BM25_COMMON_MIN of them): such words barely move BM25
+        but make it score every document they occur in. The rarest word always stays."""
+        words = query_words(query)
+        if not words:
+            return []
+        rows = self.read(
+            f"SELECT term, doc FROM {table}_vocab WHERE term IN "
+            f"({','.join('?' * (len(words) + 1))})",
+            (*words, scope),
+        )
+        df = dict(rows)
+        total = df.pop(scope, 0)
+        limit = max(params.BM25_COMMON_MIN, params.BM25_COMMON_SHARE * total)
+        kept = [w for w in words if df.get(w, 0) <= limit]
+        return kept or [min(words, key=lambda w: df.get(w, 0))]
+
+    def _vector_search(self, table: str, key: str, query: str, n: int) -> list[tuple[int, float]]:
+        with self.lock:
+            cache = self._caches.setdefault((table, key), _Cache())
+            self._catch_up(table, key, cache)
+            return cache.index.search(embed.embed([query])[0], n)
+
+    def _catch_up(self, table: str, key: str, cache: _Cache) -> None:
+        """Read rows (and, for memories, tombstones) this cache has not seen yet."""
+        column = "owner" if table == "memories" else "process"
+        rows = self.read(
+            f"SELECT id, embedding FROM {table} WHERE {column} = ? AND id > ? ORDER BY id",
+            (key, cache.last_id),
+        )
+        if rows:
+            cache.index.add([r[0] for r in rows], embed.from_blobs([r[1] for r in rows]))
+            cache.last_id = rows[-1][0]
+        if table == "memories":
+            gone = self.read(
+                "SELECT seq, memory_id FROM tombstones WHERE owner = ? AND seq > ? ORDER BY seq",
+                (key, cache.last_tombstone),
+            )
+            if gone:
+                cache.index.remove({g[1] for g in gone})
+                cache.last_tombstone = gone[-1][0]
+
+
+def _check_query(query: str) -> str:
+    query = check_text(query, "recall query", 1024 * 1024)
+    return query[: params.MEMORY_QUERY_MAX_CHARS]
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> MemoryStoreError:
+    """One clear line for what went wrong with the store file."""
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        why = "is locked by another writer; try again when it is done"
+    elif "full" in low:
+        why = "could not be written: the disk is full (nothing was written)"
+    elif "not a database" in low or "malformed" in low or "corrupt" in low:
+        why = f"is corrupt ({text}); it was left as it is: move it aside to start a new store"
+    elif "readonly" in low or "read-only" in low:
+        why = "is read-only"
+    else:
+        why = f"failed: {text}"
+    return MemoryStoreError(f"memory store {path} {why}")

@@ -170,7 +170,7 @@ def measure_size(n: int, root: Path) -> dict[str, float]:
 def index_compare(store: MemoryStore, queries: list[str]) -> dict[str, float]:
     """Top-50 latency of the vector index alone: llmos's flat numpy index against faiss's
     exact flat index and its approximate HNSW (with how often HNSW's top 5 agree)."""
-    rows = store.read("SELECT id, embedding FROM memories WHERE owner = 'bench' ORDER BY id")
+    rows = store.db.read("SELECT id, embedding FROM memories WHERE owner = 'bench' ORDER BY id")
     matrix = embed.from_blobs([r[1] for r in rows])
     flat = embed.VectorIndex()
     flat.reset([r[0] for r in rows], matrix)

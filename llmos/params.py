@@ -124,7 +124,10 @@ BM25_COMMON_SHARE = 0.02  # a query word in more than this share of documents is
 BM25_COMMON_MIN = 500  # ...when it is also in more documents than this (see memory._rare_words)
 MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
+MEMORY_MAX_TAG_BYTES = 256  # remember: a longer tag is refused
+MEMORY_LIST_DEFAULT = 50  # memories listed when no limit is given
 MEMORY_QUERY_MAX_CHARS = 2000  # a recall query is cut to this many characters
+MEMORY_QUERY_MAX_BYTES = 1024 * 1024  # ...and a longer one is refused before that
 PAGE_IN_MAX_BYTES = 16 * 1024  # page_in: a page longer than this is returned in part (and says so)
 AUTO_RECALL_MAX_TOKENS = (
     2048  # llmos.store.memory.auto_recall: the largest budget a program may set

@@ -17,6 +17,7 @@ import pytest
 
 from llmos import params
 from llmos.errors import LogStoreError
+from llmos.store import db as dbmod
 from llmos.store import log as logmod
 from llmos.store.log import MIGRATIONS, Log, message_hash, new_run_id
 
@@ -93,7 +94,7 @@ def test_default_path_is_in_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_fts5_missing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logmod, "_has_fts5", lambda: False)
+    monkeypatch.setattr(dbmod, "has_fts5", lambda: False)
     with pytest.raises(LogStoreError, match="FTS5") as info:
         Log.open(db)
     assert "\n" not in str(info.value)
@@ -102,7 +103,7 @@ def test_fts5_missing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fts5_probe_true_here() -> None:
-    assert logmod._has_fts5() is True
+    assert dbmod.has_fts5() is True
 
 
 def test_corrupt_file_refused_and_untouched(db: Path) -> None:

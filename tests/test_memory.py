@@ -18,6 +18,7 @@ from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel import boot
 from llmos.kernel.core import Kernel
 from llmos.store import embed
+from llmos.store import memory as memmod
 from llmos.store.memory import MemoryStore, fts_query, query_words
 from tests.conftest import RunCli
 
@@ -154,6 +155,37 @@ def test_a_locked_store_is_a_clear_error(tmp_path: Path) -> None:
     holder.close()
     s = MemoryStore.open(path)
     assert s.db.execute("SELECT count(*) FROM memories").fetchone()[0] == 0
+    s.close()
+
+
+def test_a_store_made_by_the_old_layout_opens_without_migrating_again(tmp_path: Path) -> None:
+    """memory.db as llmos wrote it before `llmos.store.db`: its `migrations` table is taken over."""
+    path = tmp_path / "memory.db"
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for name, step in memmod.MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        step(conn)
+        conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, 1000.0))
+        conn.execute("COMMIT")
+    vector = embed.embed([FACTS[0] + " fact"])[0]
+    conn.execute(
+        "INSERT INTO memories (owner, text, tags, created_at, embedding) VALUES (?, ?, ?, ?, ?)",
+        ("alice", FACTS[0], '["fact"]', 1000.0, embed.to_blob(vector)),
+    )
+    conn.execute(
+        "INSERT INTO memories_fts (rowid, text, tags, scope) VALUES (1, ?, 'fact', ?)",
+        (FACTS[0], memmod.scope_token("u", "alice")),
+    )
+    conn.close()
+    mid = 1
+    s = MemoryStore.open(path)
+    assert s.recall("alice", "Biscuit", 1)[0].ref == f"m{mid}"
+    assert s.remember("alice", FACTS[1]) == mid + 1
+    rows = s.db.read("SELECT name, applied_at FROM _migrations ORDER BY name")
+    assert rows == [(name, 1000.0) for name, _ in memmod.MIGRATIONS]
+    assert not s.db.read("SELECT 1 FROM sqlite_master WHERE name = 'migrations'")
     s.close()
 
 

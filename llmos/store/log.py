@@ -16,12 +16,13 @@ Invariants:
 - Run ids are 32 hex digits, 12 of milliseconds then 20 random (monotonic within a process), so
   `ORDER BY id` is chronological and a short prefix names a run. `runs_fts` finds a run's row
   by its indexed `run_id` token, not by rowid (VACUUM may renumber the rowids of `runs`).
-- Threads share one connection behind a lock; processes share the file through WAL and a busy
-  timeout (params.LOG_BUSY_TIMEOUT_S).
-- No sqlite3 exception leaves a public method: each becomes a one-line LogStoreError naming the
-  file. A file that is not a SQLite database is refused and left untouched.
+- Opening, locking, migrations and errors are `llmos.store.db`'s: a file that is not a SQLite
+  database (or is corrupt) is refused and left untouched; no sqlite3 exception leaves a public
+  method (each becomes a one-line LogStoreError naming the file); threads share one connection
+  behind a lock, processes share the file through WAL and a busy timeout
+  (params.LOG_BUSY_TIMEOUT_S).
 - Schema changes are named migrations (`MIGRATIONS`), each applied once, in order, in its own
-  transaction, and recorded in `_migrations`. Append new ones; never edit an applied one.
+  transaction. Append new ones; never edit an applied one.
 
 What this module does not do: decide when a run starts or ends (the kernel calls it), repair a
 corrupt file, prune old runs, or tell a local pid from another machine's (`fail_stale_runs`
@@ -36,8 +37,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,10 +45,10 @@ from typing import Any
 from llmos import config, params
 from llmos.errors import LogStoreError
 from llmos.hw.cpu.base import Message
+from llmos.store.db import Database, Migration
 
 STATUSES = ("running", "ok", "failed", "cancelled")
 FINAL_STATUSES = ("ok", "failed", "cancelled")
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _FTS_COLUMNS = "{program inputs prompt response error}"  # the columns a user's query searches
 
 # --- Migrations -----------------------------------------------------------------------------
@@ -101,28 +100,11 @@ def _m001_schema(conn: sqlite3.Connection) -> None:
     )
 
 
-Migration = tuple[str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: list[Migration] = [
     ("001_schema", _m001_schema),
 ]
 
 # --- Helpers --------------------------------------------------------------------------------
-
-
-def _has_fts5() -> bool:
-    """Whether this Python's sqlite3 can create an FTS5 table (checked in memory)."""
-    try:
-        conn = sqlite3.connect(":memory:")
-    except sqlite3.Error:
-        return False
-    try:
-        conn.execute("CREATE VIRTUAL TABLE temp.fts5_probe USING fts5(x)")
-        conn.execute("DROP TABLE temp.fts5_probe")
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.close()
-    return True
 
 
 def _dumps(value: Any) -> str:
@@ -257,106 +239,26 @@ _RUN_COLUMNS = ", ".join(f"runs.{name}" for name in RunRecord.__dataclass_fields
 class Log:
     """A handle on the log database. Open with `Log.open()`; safe to share between threads."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn: sqlite3.Connection | None = conn
-        self.path = path
-        self._lock = threading.RLock()
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.path = db.path
 
     @classmethod
     def open(cls, path: Path | None = None) -> Log:
         """Open (creating and migrating if needed) the log at `path`, default `<home>/logs.db`."""
         path = Path(path) if path is not None else config.home() / params.LOG_DB_NAME
-        if not _has_fts5():
-            raise LogStoreError(
-                "this Python's sqlite3 lacks FTS5, which the llmos log needs for search; "
-                "install a Python built with FTS5 (e.g. from python.org, uv, pyenv or your "
-                "distribution's python3 package linked against a system SQLite with FTS5)"
-            )
-        _check_header(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LogStoreError(f"{path}: cannot create log directory: {exc.strerror}") from exc
-        timeout = params.LOG_BUSY_TIMEOUT_S
-        try:
-            conn = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise _store_error(path, "open", exc) from exc
-        conn.row_factory = sqlite3.Row
-        log = cls(conn, path)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    with log._guard("open"):
-                        # Short waits while opening: two openers that deadlock (both want
-                        # the exclusive lock to switch to WAL) part at once and retry.
-                        conn.execute(f"PRAGMA busy_timeout = {params.STORE_OPEN_BUSY_MS}")
-                        conn.execute("PRAGMA foreign_keys = ON")
-                        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                        if str(mode).lower() != "wal":
-                            raise LogStoreError(
-                                f"{path}: cannot put the log in WAL mode (got {mode})"
-                            )
-                        log._migrate()
-                        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-                    break
-                except LogStoreError as exc:
-                    # Two llmos opening a new log at once (`llmos run a | llmos run b`):
-                    # switching to WAL or migrating can get SQLITE_BUSY at once, without the
-                    # busy handler being called. Wait a moment and try again.
-                    if not _is_busy(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(params.STORE_OPEN_RETRY_S)
-        except BaseException:
-            conn.close()
-            raise
-        return log
+        db = Database.open(
+            path,
+            label="log database",
+            error=LogStoreError,
+            migrations=MIGRATIONS,
+            busy_timeout_s=params.LOG_BUSY_TIMEOUT_S,
+            pragmas=("PRAGMA foreign_keys = ON",),
+            row_factory=sqlite3.Row,
+        )
+        return cls(db)
 
     # --- plumbing ---
-
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and turn any sqlite3 error into a LogStoreError naming the file."""
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise LogStoreError(f"{self.path}: log is closed")
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                raise _store_error(self.path, what, exc) from exc
-
-    @contextmanager
-    def _transaction(self, what: str, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction (BEGIN IMMEDIATE for writes), under the lock and the error guard."""
-        with self._guard(what) as conn:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):  # the original error is the one to report
-                        conn.execute("ROLLBACK")
-                raise
-
-    def _migrate(self) -> None:
-        assert self._conn is not None
-        conn = self._conn
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
-        )
-        for name, step in MIGRATIONS:
-            with self._transaction(f"migration {name}") as tx:
-                if tx.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
-                    continue
-                step(tx)
-                tx.execute(
-                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
-                )
 
     def _insert_chain(
         self, conn: sqlite3.Connection, messages: list[Message], parent: str | None = None
@@ -462,7 +364,7 @@ class Log:
         """Record a run that is starting, with its prompt; returns the new run id."""
         run_id = new_run_id()
         inputs_json = _dumps(inputs)
-        with self._transaction("start_run") as conn:
+        with self._db.transaction("start_run") as conn:
             head = self._insert_chain(conn, messages)
             conn.execute(
                 "INSERT INTO runs (id, started_at, program, program_path, cpu, inputs,"
@@ -502,7 +404,7 @@ class Log:
         if status not in FINAL_STATUSES:
             raise LogStoreError(f"cannot finish run {run_id} with status {status!r}")
         extra_json = _dumps(extra) if extra is not None else None
-        with self._transaction("finish_run") as conn:
+        with self._db.transaction("finish_run") as conn:
             row = conn.execute(
                 "SELECT status, started_at, prompt_head FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
@@ -540,13 +442,13 @@ class Log:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run whose id is `run_id` or uniquely starts with it; None if there is none."""
-        with self._transaction("get_run", write=False) as conn:
+        with self._db.transaction("get_run", write=False) as conn:
             row = self._resolve(conn, run_id)
         return RunRecord.from_row(row) if row is not None else None
 
     def messages(self, run_id: str) -> list[Message]:
         """The run's prompt, root first, then its response (if it has one)."""
-        with self._transaction("messages", write=False) as conn:
+        with self._db.transaction("messages", write=False) as conn:
             row = self._resolve(conn, run_id)
             if row is None:
                 raise LogStoreError(f"{self.path}: no run {run_id}")
@@ -588,7 +490,7 @@ class Log:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
         args.append(limit if limit > 0 else -1)
-        with self._transaction("list_runs", write=False) as conn:
+        with self._db.transaction("list_runs", write=False) as conn:
             rows = conn.execute(sql, args).fetchall()
         return [RunRecord.from_row(row) for row in rows]
 
@@ -600,7 +502,7 @@ class Log:
         """
         now = time.time()
         count = 0
-        with self._transaction("fail_stale_runs") as conn:
+        with self._db.transaction("fail_stale_runs") as conn:
             rows = conn.execute(
                 "SELECT id, pid, started_at FROM runs WHERE status = 'running'"
             ).fetchall()
@@ -621,18 +523,12 @@ class Log:
         return count
 
     def count_runs(self) -> int:
-        with self._transaction("count_runs", write=False) as conn:
+        with self._db.transaction("count_runs", write=False) as conn:
             return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def close(self) -> None:
         """Close the database; later calls raise LogStoreError. Closing twice is harmless."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error as exc:
-                    raise _store_error(self.path, "close", exc) from exc
+        self._db.close()
 
     def __enter__(self) -> Log:
         return self
@@ -644,44 +540,3 @@ class Log:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _check_header(path: Path) -> None:
-    """Refuse, without touching it, a non-empty file that is not a SQLite database."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(_SQLITE_HEADER))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise LogStoreError(f"{path}: cannot read log database: {exc.strerror}") from exc
-    if head and head != _SQLITE_HEADER:
-        raise LogStoreError(
-            f"{path}: log database is corrupt or not a database: no SQLite header "
-            "(move the file away to start a new log)"
-        )
-
-
-def _is_busy(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, sqlite3.OperationalError) and (
-        "locked" in str(cause) or "busy" in str(cause)
-    )
-
-
-def _store_error(path: Path, what: str, exc: sqlite3.Error) -> LogStoreError:
-    """The one-line LogStoreError for a sqlite3 error met while doing `what`."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    text = str(exc)
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-        return LogStoreError(
-            f"{path}: log database is locked by another process "
-            f"(waited {params.LOG_BUSY_TIMEOUT_S:g} s during {what})"
-        )
-    if (
-        name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
-        or "malformed" in text
-        or "not a database" in text
-    ):
-        return LogStoreError(f"{path}: log database is corrupt or not a database: {text}")
-    return LogStoreError(f"{path}: log database error during {what}: {text}")

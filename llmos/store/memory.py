@@ -20,7 +20,8 @@ Invariants:
 - Pages are never deleted: a page-out is always reversible. `forget` deletes a memory for
   real (its text, its index entries), leaving only a tombstone with its id.
 - A corrupt or locked store gives one clear MemoryStoreError naming the file and is left
-  untouched; llmos never repairs or replaces it on its own.
+  untouched; llmos never repairs or replaces it on its own. Opening, locking, migrations and
+  that error mapping are `llmos.store.db`'s; threads share one connection behind its lock.
 
 What this module does not do: decide what to page out (see `llmos.paging`), or check
 shared-segment rights (see `llmos.shm`).
@@ -28,14 +29,11 @@ shared-segment rights (see `llmos.shm`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from typing import Any
 from llmos import params
 from llmos.errors import InputError, MemoryStoreError
 from llmos.store import embed
+from llmos.store.db import Database, Migration
 
 # Words too common to rank by: dropping them keeps BM25 meaningful and fast on large stores.
 _STOP = """a about after all also an and any are as at be been but by can could did do does for
@@ -72,7 +71,7 @@ class Hit:
         return out
 
 
-def snippet(text: str, query: str, size: int = 400) -> str:
+def snippet(text: str, query: str, size: int) -> str:
     """About `size` characters of `text` around the first word of `query` it contains (the
     start when none); marked with ... where cut."""
     if len(text) <= size:
@@ -185,7 +184,7 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE VIRTUAL TABLE pages_vocab USING fts5vocab(pages_fts, 'row')")
 
 
-MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+MIGRATIONS: list[Migration] = [
     ("001_memories_pages_shm", _migration_1),
     ("002_fts_vocab", _migration_2),
 ]
@@ -202,91 +201,30 @@ class _Cache:
 
 class MemoryStore:
     """The store behind `remember`, `recall`, `forget`, page-out/in and shared segments.
-    Thread-safe: one connection, one lock."""
+    Thread-safe: one connection, one lock (`db.lock`)."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
-        self.path = path
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.lock = threading.RLock()
+        self.path = db.path
         self._caches: dict[tuple[str, str], _Cache] = {}
 
-    # --- opening, transactions, errors -----------------------------------------------------------
     @classmethod
     def open(
         cls, path: Path, *, busy_timeout_s: float = params.MEMORY_BUSY_TIMEOUT_S
     ) -> MemoryStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + busy_timeout_s
-        while True:
-            store: MemoryStore | None = None
-            try:
-                db = sqlite3.connect(
-                    str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-                )
-                store = cls(path, db)
-                # Short waits while opening (see Log.open): deadlocked openers part at once.
-                db.execute(f"PRAGMA busy_timeout = {params.STORE_OPEN_BUSY_MS}")
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                store._migrate()
-                db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-                return store
-            except (sqlite3.Error, MemoryStoreError) as exc:
-                if store is not None:
-                    store.db.close()
-                cause = exc.__cause__ if isinstance(exc, MemoryStoreError) else exc
-                busy = isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)
-                # Two llmos creating the store at once: switching to WAL can get SQLITE_BUSY
-                # without the busy handler being called. Wait a moment and try again.
-                if busy and time.monotonic() < deadline:
-                    time.sleep(params.STORE_OPEN_RETRY_S)
-                    continue
-                if isinstance(exc, MemoryStoreError):
-                    raise
-                raise store_error(path, exc) from exc
+        db = Database.open(
+            path,
+            label="memory store",
+            error=MemoryStoreError,
+            migrations=MIGRATIONS,
+            busy_timeout_s=busy_timeout_s,
+            legacy_migrations_table="migrations",
+            pragmas=("PRAGMA synchronous = NORMAL",),
+        )
+        return cls(db)
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
-
-    def _migrate(self) -> None:
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)"
-        )
-        done = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
-        for name, fn in MIGRATIONS:
-            if name in done:
-                continue
-            with self.tx() as db:
-                if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
-                    continue  # another llmos applied it while we waited for the lock
-                fn(db)
-                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
-
-    @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; on any error it is rolled back and MemoryStoreError raised."""
-        with self.lock:
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise store_error(self.path, exc) from exc
-            try:
-                yield self.db
-                self.db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self.db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise store_error(self.path, exc) from exc
-                raise
-
-    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.lock:
-            try:
-                return list(self.db.execute(sql, args))
-            except sqlite3.Error as exc:
-                raise store_error(self.path, exc) from exc
+        self.db.close()
 
     # --- long-term memories ----------------------------------------------------------------------
     def remember(
@@ -302,7 +240,7 @@ class MemoryStore:
         checked: list[tuple[str, list[str]]] = []
         for text, tags in items:
             text = check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
-            tags = [check_text(str(t), "tag", 256).strip() for t in tags]
+            tags = [check_text(str(t), "tag", params.MEMORY_MAX_TAG_BYTES).strip() for t in tags]
             if len(tags) > params.MEMORY_MAX_TAGS:
                 raise InputError(f"{len(tags)} tags; the limit is {params.MEMORY_MAX_TAGS}")
             checked.append((text, tags))
@@ -310,15 +248,15 @@ class MemoryStore:
         scope = scope_token("u", owner)
         now = time.time()
         ids: list[int] = []
-        with self.tx() as db:
+        with self.db.transaction("remember") as conn:
             for (text, tags), vector in zip(checked, vectors, strict=True):
-                cur = db.execute(
+                cur = conn.execute(
                     "INSERT INTO memories (owner, text, tags, source, created_at, embedding) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (owner, text, json.dumps(tags), source, now, embed.to_blob(vector)),
                 )
                 mid = int(cur.lastrowid or 0)
-                db.execute(
+                conn.execute(
                     "INSERT INTO memories_fts (rowid, text, tags, scope) VALUES (?, ?, ?, ?)",
                     (mid, text, " ".join(tags), scope),
                 )
@@ -327,22 +265,22 @@ class MemoryStore:
 
     def forget(self, owner: str, memory_id: int) -> bool:
         """Delete one of the owner's memories; False if there is no such memory of theirs."""
-        with self.tx() as db:
-            row = db.execute(
+        with self.db.transaction("forget") as conn:
+            row = conn.execute(
                 "SELECT text, tags FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
             ).fetchone()
             if row is None:
                 return False
-            db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
-            db.execute("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,))
-            db.execute(
+            conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+            conn.execute("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,))
+            conn.execute(
                 "INSERT INTO tombstones (owner, memory_id, at) VALUES (?, ?, ?)",
                 (owner, memory_id, time.time()),
             )
         return True
 
-    def memories(self, owner: str, limit: int = 50) -> list[Hit]:
-        rows = self.read(
+    def memories(self, owner: str, limit: int = params.MEMORY_LIST_DEFAULT) -> list[Hit]:
+        rows = self.db.read(
             "SELECT id, text, tags, created_at FROM memories WHERE owner = ? "
             "ORDER BY id DESC LIMIT ?",
             (owner, limit),
@@ -368,9 +306,9 @@ class MemoryStore:
         scope = scope_token("p", process)
         now = time.time()
         ids: list[int] = []
-        with self.tx() as db:
+        with self.db.transaction("page_out") as conn:
             for page, vector in zip(pages, vectors, strict=True):
-                cur = db.execute(
+                cur = conn.execute(
                     "INSERT INTO pages (owner, process, kind, role, text, summary, tokens, "
                     "provenance, created_at, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -387,7 +325,7 @@ class MemoryStore:
                     ),
                 )
                 pid = int(cur.lastrowid or 0)
-                db.execute(
+                conn.execute(
                     "INSERT INTO pages_fts (rowid, text, scope) VALUES (?, ?, ?)",
                     (pid, page["text"], scope),
                 )
@@ -396,7 +334,7 @@ class MemoryStore:
 
     def page(self, owner: str, page_id: int) -> dict[str, Any] | None:
         """A page of the owner's (None if there is none with that id)."""
-        rows = self.read(
+        rows = self.db.read(
             "SELECT id, process, kind, role, text, summary, tokens, provenance, created_at "
             "FROM pages WHERE id = ? AND owner = ?",
             (page_id, owner),
@@ -438,7 +376,7 @@ class MemoryStore:
         tags = "tags" if table == "memories" else "'[]'"
         rows = {
             r[0]: r
-            for r in self.read(
+            for r in self.db.read(
                 f"SELECT id, text, {tags}, created_at FROM {table} WHERE owner = ? AND id IN "
                 f"({','.join('?' * len(ids))})",
                 (owner, *ids),
@@ -466,7 +404,7 @@ class MemoryStore:
         if match is not None:
             bm25 = [
                 r[0]
-                for r in self.read(
+                for r in self.db.read(
                     f"SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH ? "
                     f"ORDER BY rank LIMIT ?",
                     (match, n),
@@ -494,7 +432,7 @@ class MemoryStore:
         words = query_words(query)
         if not words:
             return []
-        rows = self.read(
+        rows = self.db.read(
             f"SELECT term, doc FROM {table}_vocab WHERE term IN "
             f"({','.join('?' * (len(words) + 1))})",
             (*words, scope),
@@ -506,7 +444,7 @@ class MemoryStore:
         return kept or [min(words, key=lambda w: df.get(w, 0))]
 
     def _vector_search(self, table: str, key: str, query: str, n: int) -> list[tuple[int, float]]:
-        with self.lock:
+        with self.db.lock:
             cache = self._caches.setdefault((table, key), _Cache())
             self._catch_up(table, key, cache)
             return cache.index.search(embed.embed([query])[0], n)
@@ -514,7 +452,7 @@ class MemoryStore:
     def _catch_up(self, table: str, key: str, cache: _Cache) -> None:
         """Read rows (and, for memories, tombstones) this cache has not seen yet."""
         column = "owner" if table == "memories" else "process"
-        rows = self.read(
+        rows = self.db.read(
             f"SELECT id, embedding FROM {table} WHERE {column} = ? AND id > ? ORDER BY id",
             (key, cache.last_id),
         )
@@ -522,7 +460,7 @@ class MemoryStore:
             cache.index.add([r[0] for r in rows], embed.from_blobs([r[1] for r in rows]))
             cache.last_id = rows[-1][0]
         if table == "memories":
-            gone = self.read(
+            gone = self.db.read(
                 "SELECT seq, memory_id FROM tombstones WHERE owner = ? AND seq > ? ORDER BY seq",
                 (key, cache.last_tombstone),
             )
@@ -532,22 +470,5 @@ class MemoryStore:
 
 
 def _check_query(query: str) -> str:
-    query = check_text(query, "recall query", 1024 * 1024)
+    query = check_text(query, "recall query", params.MEMORY_QUERY_MAX_BYTES)
     return query[: params.MEMORY_QUERY_MAX_CHARS]
-
-
-def store_error(path: Path, exc: sqlite3.Error) -> MemoryStoreError:
-    """One clear line for what went wrong with the store file."""
-    text = str(exc)
-    low = text.lower()
-    if "locked" in low or "busy" in low:
-        why = "is locked by another writer; try again when it is done"
-    elif "full" in low:
-        why = "could not be written: the disk is full (nothing was written)"
-    elif "not a database" in low or "malformed" in low or "corrupt" in low:
-        why = f"is corrupt ({text}); it was left as it is: move it aside to start a new store"
-    elif "readonly" in low or "read-only" in low:
-        why = "is read-only"
-    else:
-        why = f"failed: {text}"
-    return MemoryStoreError(f"memory store {path} {why}")

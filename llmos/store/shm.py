@@ -87,7 +87,7 @@ class SharedMemory:
         self.store = store
 
     def _get(self, name: str) -> Segment | None:
-        rows = self.store.read(
+        rows = self.store.db.read(
             "SELECT name, owner, text, others, acl, version, updated_at, updated_by FROM shm "
             "WHERE name = ?",
             (name,),
@@ -106,7 +106,7 @@ class SharedMemory:
         return seg
 
     def list(self, user: str) -> list[Segment]:
-        rows = self.store.read(
+        rows = self.store.db.read(
             "SELECT name, owner, text, others, acl, version, updated_at, updated_by FROM shm "
             "ORDER BY name"
         )
@@ -126,10 +126,10 @@ class SharedMemory:
         check_mode(others)
         acl = {u: check_mode(m) for u, m in (acl or {}).items()}
         _check_size(text)
-        with self.store.tx() as db:
-            if db.execute("SELECT 1 FROM shm WHERE name = ?", (name,)).fetchone():
+        with self.store.db.transaction("shm create") as conn:
+            if conn.execute("SELECT 1 FROM shm WHERE name = ?", (name,)).fetchone():
                 raise InputError(f"shared segment {name!r} already exists")
-            db.execute(
+            conn.execute(
                 "INSERT INTO shm VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
                 (name, user, text, others, json.dumps(acl), time.time(), user),
             )
@@ -148,15 +148,15 @@ class SharedMemory:
         check_name(name)
         if text:
             check_text(text, "segment text", params.SHM_MAX_BYTES)
-        with self.store.tx() as db:
-            row = db.execute(
+        with self.store.db.transaction("shm write") as conn:
+            row = conn.execute(
                 "SELECT owner, text, others, acl, version FROM shm WHERE name = ?", (name,)
             ).fetchone()
             if row is None:
                 if if_version not in (None, 0):
                     raise InputError(f"no shared segment named {name!r} (expected v{if_version})")
                 _check_size(text)
-                db.execute(
+                conn.execute(
                     "INSERT INTO shm VALUES (?, ?, ?, '', '{}', 1, ?, ?)",
                     (name, user, text, time.time(), user),
                 )
@@ -171,7 +171,7 @@ class SharedMemory:
                     )
                 new = old + text if append else text
                 _check_size(new)
-                db.execute(
+                conn.execute(
                     "UPDATE shm SET text = ?, version = version + 1, updated_at = ?, "
                     "updated_by = ? WHERE name = ?",
                     (new, time.time(), user, name),
@@ -188,8 +188,8 @@ class SharedMemory:
     ) -> Segment:
         """Change rights (owner only). `grant` maps users to modes; mode '' revokes."""
         check_name(name)
-        with self.store.tx() as db:
-            row = db.execute("SELECT owner, acl FROM shm WHERE name = ?", (name,)).fetchone()
+        with self.store.db.transaction("shm chmod") as conn:
+            row = conn.execute("SELECT owner, acl FROM shm WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise InputError(f"no shared segment named {name!r}")
             if row[0] != user:
@@ -204,18 +204,18 @@ class SharedMemory:
             if others is not None:
                 sets.append("others = ?")
                 args.append(check_mode(others))
-            db.execute(f"UPDATE shm SET {', '.join(sets)} WHERE name = ?", (*args, name))
+            conn.execute(f"UPDATE shm SET {', '.join(sets)} WHERE name = ?", (*args, name))
         return self.read(user, name)
 
     def remove(self, user: str, name: str) -> None:
         check_name(name)
-        with self.store.tx() as db:
-            row = db.execute("SELECT owner FROM shm WHERE name = ?", (name,)).fetchone()
+        with self.store.db.transaction("shm remove") as conn:
+            row = conn.execute("SELECT owner FROM shm WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise InputError(f"no shared segment named {name!r}")
             if row[0] != user:
                 raise AccessError(f"only {row[0]} may remove {name!r}")
-            db.execute("DELETE FROM shm WHERE name = ?", (name,))
+            conn.execute("DELETE FROM shm WHERE name = ?", (name,))
 
 
 def _check_size(text: str) -> None:

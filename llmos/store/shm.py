@@ -37,7 +37,7 @@ MODES = ("", "r", "rw")
 
 
 @dataclass
-class Segment:
+class SharedSegment:
     name: str
     owner: str
     text: str
@@ -86,7 +86,7 @@ class SharedMemory:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
-    def _get(self, name: str) -> Segment | None:
+    def _get(self, name: str) -> SharedSegment | None:
         rows = self.store.db.read(
             "SELECT name, owner, text, others, acl, version, updated_at, updated_by FROM shm "
             "WHERE name = ?",
@@ -95,9 +95,9 @@ class SharedMemory:
         if not rows:
             return None
         r = rows[0]
-        return Segment(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+        return SharedSegment(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
 
-    def read(self, user: str, name: str) -> Segment:
+    def read(self, user: str, name: str) -> SharedSegment:
         seg = self._get(check_name(name))
         if seg is None:
             raise InputError(f"no shared segment named {name!r}")
@@ -105,12 +105,14 @@ class SharedMemory:
             raise AccessError(f"{user} may not read shared segment {name!r}")
         return seg
 
-    def list(self, user: str) -> list[Segment]:
+    def list(self, user: str) -> list[SharedSegment]:
         rows = self.store.db.read(
             "SELECT name, owner, text, others, acl, version, updated_at, updated_by FROM shm "
             "ORDER BY name"
         )
-        segs = [Segment(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
+        segs = [
+            SharedSegment(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows
+        ]
         return [s for s in segs if "r" in s.mode_for(user)]
 
     def create(
@@ -121,7 +123,7 @@ class SharedMemory:
         *,
         others: str = "",
         acl: dict[str, str] | None = None,
-    ) -> Segment:
+    ) -> SharedSegment:
         check_name(name)
         check_mode(others)
         acl = {u: check_mode(m) for u, m in (acl or {}).items()}
@@ -143,7 +145,7 @@ class SharedMemory:
         *,
         append: bool = False,
         if_version: int | None = None,
-    ) -> Segment:
+    ) -> SharedSegment:
         """Replace (or append to) a segment's text; creates a private one if it is missing."""
         check_name(name)
         if text:
@@ -185,7 +187,7 @@ class SharedMemory:
         *,
         others: str | None = None,
         grant: dict[str, str] | None = None,
-    ) -> Segment:
+    ) -> SharedSegment:
         """Change rights (owner only). `grant` maps users to modes; mode '' revokes."""
         check_name(name)
         with self.store.db.transaction("shm chmod") as conn:

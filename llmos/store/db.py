@@ -31,6 +31,7 @@ write that found the file locked once it is open (the busy timeout is the wait).
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -50,8 +51,9 @@ DIR_MODE = 0o700  # a directory this layer creates to hold one
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+@functools.cache
 def has_fts5() -> bool:
-    """Whether this Python's sqlite3 can create an FTS5 table (checked in memory)."""
+    """Whether this Python's sqlite3 can create an FTS5 table (checked in memory, once)."""
     try:
         conn = sqlite3.connect(":memory:")
     except sqlite3.Error:
@@ -96,7 +98,7 @@ class Database:
         busy_timeout_s: float,
         legacy_migrations_table: str | None = None,
         pragmas: Sequence[str] = (),
-        row_factory: Any = None,
+        row_factory: type[sqlite3.Row] | None = None,
     ) -> Database:
         """Open (creating and migrating if needed) the database at `path`.
 
@@ -201,20 +203,17 @@ class Database:
 
     # --- migrations ---
 
-    def _tables(self, conn: sqlite3.Connection) -> set[str]:
-        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
     def _migrate(self, migrations: Sequence[Migration], legacy: str | None) -> None:
         """Apply the migrations not yet recorded; take over a legacy table of applied names."""
         with self.guard("open") as conn:
-            tables = self._tables(conn)
+            tables = _tables(conn)
         if MIGRATIONS_TABLE not in tables or (legacy is not None and legacy in tables):
             with self.transaction("migration setup") as conn:
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}"
                     " (name TEXT PRIMARY KEY, applied_at REAL)"
                 )
-                if legacy is not None and legacy in self._tables(conn):  # again, now locked
+                if legacy is not None and legacy in _tables(conn):  # again, now locked
                     conn.execute(
                         f"INSERT OR IGNORE INTO {MIGRATIONS_TABLE} (name, applied_at)"
                         f" SELECT name, applied_at FROM {legacy}"
@@ -235,6 +234,10 @@ class Database:
                     f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
                     (name, time.time()),
                 )
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 def _check_header(path: Path, label: str, error: type[LlmosError]) -> None:

@@ -44,7 +44,6 @@ from typing import Any
 
 from llmos import config, params
 from llmos.errors import LogStoreError
-from llmos.hw.cpu.base import Message
 from llmos.store.db import Database, Migration
 
 STATUSES = ("running", "ok", "failed", "cancelled")
@@ -117,7 +116,7 @@ def _dumps(value: Any) -> str:
         raise LogStoreError(f"cannot store value in the log: {exc}") from exc
 
 
-def message_hash(message: Message, parent: str | None) -> str:
+def message_hash(message: dict[str, Any], parent: str | None) -> str:
     """The content address of `message` placed after the message whose hash is `parent`."""
     text = _dumps(message) + "\n" + (parent or "")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -261,7 +260,7 @@ class Log:
     # --- plumbing ---
 
     def _insert_chain(
-        self, conn: sqlite3.Connection, messages: list[Message], parent: str | None = None
+        self, conn: sqlite3.Connection, messages: list[dict[str, Any]], parent: str | None = None
     ) -> str | None:
         """Store `messages` as a chain after `parent` (shared prefixes once); the last hash."""
         now = time.time()
@@ -286,7 +285,7 @@ class Log:
             parent = digest
         return parent
 
-    def _chain(self, conn: sqlite3.Connection, head: str | None) -> list[Message]:
+    def _chain(self, conn: sqlite3.Connection, head: str | None) -> list[dict[str, Any]]:
         """The messages from the root to `head`, root first."""
         if head is None:
             return []
@@ -300,9 +299,9 @@ class Log:
                SELECT role, content, extra FROM chain ORDER BY depth DESC""",
             (head,),
         ).fetchall()
-        out: list[Message] = []
+        out: list[dict[str, Any]] = []
         for row in rows:
-            message: Message = {"role": row["role"]}
+            message: dict[str, Any] = {"role": row["role"]}
             if row["content"] is not None:
                 message["content"] = row["content"]
             if row["extra"]:
@@ -355,7 +354,7 @@ class Log:
         program: str,
         cpu: str,
         inputs: dict[str, Any],
-        messages: list[Message],
+        messages: list[dict[str, Any]],
         program_path: str | None = None,
         pid: int | None = None,
         owner: str | None = None,
@@ -446,7 +445,7 @@ class Log:
             row = self._resolve(conn, run_id)
         return RunRecord.from_row(row) if row is not None else None
 
-    def messages(self, run_id: str) -> list[Message]:
+    def messages(self, run_id: str) -> list[dict[str, Any]]:
         """The run's prompt, root first, then its response (if it has one)."""
         with self._db.transaction("messages", write=False) as conn:
             row = self._resolve(conn, run_id)

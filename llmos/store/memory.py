@@ -2,9 +2,10 @@
 
 `<home>/memory.db` holds three things for every user:
 - memories: what a process chose to `remember(text, tags)`, until someone `forget`s it;
-- pages: context segments paged out of a process's context window (`llmos.paging`), kept so
-  that every page-out can be undone (`page_in`) and searched (`recall`);
-- shared memory segments (`llmos.shm`).
+- pages: context segments paged out of a process's context window
+  (`llmos.kernel.mm.paging`), kept so that every page-out can be undone (`page_in`) and
+  searched (`recall`);
+- shared memory segments (`llmos.store.shm`).
 
 Retrieval is hybrid. A query runs through SQLite FTS5 (BM25, English stop words dropped) and
 through a flat cosine index over embeddings from `llmos.store.embed`; each side gives up to
@@ -23,8 +24,8 @@ Invariants:
   untouched; llmos never repairs or replaces it on its own. Opening, locking, migrations and
   that error mapping are `llmos.store.db`'s; threads share one connection behind its lock.
 
-What this module does not do: decide what to page out (see `llmos.paging`), or check
-shared-segment rights (see `llmos.shm`).
+What this module does not do: decide what to page out (see `llmos.kernel.mm.paging`), or
+check shared-segment rights (see `llmos.store.shm`).
 """
 
 from __future__ import annotations

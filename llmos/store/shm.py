@@ -1,6 +1,7 @@
 """Shared memory: named text segments that several processes (and users) read and write.
 
-A segment has a name (`[a-z0-9._-]`, at most params.SHM_NAME_MAX), an owner, its text (at most
+A segment (`SharedSegment`, a row of the memory store's `shm` table) has a name
+(`[a-z0-9._-]`, at most params.SHM_NAME_MAX), an owner, its text (at most
 params.SHM_MAX_BYTES), a version that every write bumps, and rights:
 - the owner may always read, write, change rights and remove it;
 - `acl` gives named users "r" (read) or "rw" (read and write);

@@ -38,9 +38,9 @@ from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
 from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
 from llmos.kernel.sched.policy import FIFO, Entity, Policy
-from llmos.kernel.trap import CALL_TRIGGER, call_grammar, schema_grammar
 
 # Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040

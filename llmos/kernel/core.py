@@ -42,7 +42,8 @@ from llmos.kernel.mm.context import Context
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.run import context_limit, run_program
-from llmos.kernel.sched.policy import Gate, Policy, make_policy
+from llmos.kernel.sched.gate import Gate
+from llmos.kernel.sched.policy import Policy, make_policy
 
 if TYPE_CHECKING:
     from llmos.kernel.agent import Trace

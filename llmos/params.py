@@ -57,6 +57,7 @@ PROGRAM_SUFFIXES = (".prompt", ".md")
 SKILL_FILE = "SKILL.md"
 SKILL_NAME_MAX = 64
 SKILL_DESCRIPTION_MAX = 1024
+MODEL_ALIAS_MAX_DEPTH = 8  # most aliases followed from a model spec to a backend (cycles)
 # The `llmos.*` keys a program may set in its front matter, with their types.
 LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "budget": int,  # most tokens (prompt + generated) the process may use

@@ -38,6 +38,7 @@ from llmos.hw.cpu.llama import EmbeddedCPU
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.program import Program, load
+from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.policy import Account, Entity, make_policy
 
 QUICK = quick()
@@ -196,7 +197,7 @@ def main() -> None:
         stop_all(batch)
         kernel.shutdown()
 
-        cpu.set_policy(make_policy("fair"), params.MAX_RESIDENT)
+        cpu.schedule(PolicyDispatcher(make_policy("fair"), params.MAX_RESIDENT), cpu.swap_dir)
         accounts = {"alice": Account(owner="alice"), "bob": Account(owner="bob")}
         owners = ["alice"] + ["bob"] * 7
         starts = [7] + [1000 * i for i in range(1, 8)]

@@ -306,7 +306,7 @@ def main() -> None:
                 "decode_vs_raw": round(k.decode_rate / r.decode_rate, 3) if r.decode_rate else 0.0,
                 "prompt_tokens_mean": round(sum(len(cpu.prompt_tokens(m)) for m in batched) / n, 1),
             }
-        policy = cpu.policy.name
+        policy = kernel.policy.name
         raw.close()
         kernel.shutdown()
         cpu.close()

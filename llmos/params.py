@@ -57,6 +57,7 @@ PROGRAM_SUFFIXES = (".prompt", ".md")
 SKILL_FILE = "SKILL.md"
 SKILL_NAME_MAX = 64
 SKILL_DESCRIPTION_MAX = 1024
+MODEL_ALIAS_MAX_DEPTH = 8  # most aliases followed from a model spec to a backend (cycles)
 # The `llmos.*` keys a program may set in its front matter, with their types.
 LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "budget": int,  # most tokens (prompt + generated) the process may use
@@ -93,6 +94,8 @@ MAX_SPAWN_DEPTH = 8  # most ancestors a process may have
 REMOTE_MAX_IN_FLIGHT = 4  # requests in flight per remote CPU
 SWAP_RAM_BYTES = 512 * 1024 * 1024  # saved KV kept in RAM; beyond it states go to disk files
 SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
+# Saved KV per token, for choosing RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
+KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
 # --- Memory: context segments, paging, long-term and shared memory ----------------------------
 # See llmos.context, llmos.paging, llmos.memory, llmos.shm and llmos.store.embed.

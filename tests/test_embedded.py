@@ -18,8 +18,8 @@ import pytest
 
 from llmos.errors import ContextOverflowError
 from llmos.hw.cpu.base import Chunk, GenRequest, Message, collect
+from llmos.hw.cpu.grammar import schema_grammar
 from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.trap import schema_grammar
 
 pytestmark = pytest.mark.slow
 

@@ -28,6 +28,7 @@ from llmos.kernel.boot import System, boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.cpus import embedded_model_path
 from llmos.kernel.proc import Process, State
+from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.policy import Entity, PriorityAging
 
 STORY_TOKENS = 40  # > the rr quantum (32), so rr preempts; <= 48 to stay quick
@@ -405,7 +406,8 @@ def test_round_robin_with_one_slot_preempts_and_stays_exact(
     before = cpu.stats()
     kernel = make_kernel(policy="rr", max_resident=1)
     procs = [kernel.spawn("story", {"input": t}) for t in TOPICS]
-    assert cpu.policy is kernel.policy and cpu.max_resident == 1  # set on first use
+    assert isinstance(cpu.dispatcher, PolicyDispatcher)  # set on first use
+    assert cpu.dispatcher.policy is kernel.policy and cpu.dispatcher.max_resident == 1
     for p in procs:
         kernel.wait(p.pid, timeout=180)
     after = cpu.stats()
@@ -436,7 +438,8 @@ def test_add_cpu_schedules_an_embedded_cpu_by_the_kernel_policy(
 ) -> None:
     kernel = make_kernel(policy="rr", max_resident=1)
     kernel.add_cpu(cpu)
-    assert (cpu.policy, cpu.max_resident) == (kernel.policy, 1)
+    assert isinstance(cpu.dispatcher, PolicyDispatcher)
+    assert (cpu.dispatcher.policy, cpu.dispatcher.max_resident) == (kernel.policy, 1)
     assert cpu.swap_dir == system.home / params.SWAP_DIR_NAME
 
 

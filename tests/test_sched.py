@@ -17,12 +17,12 @@ import pytest
 
 from llmos.errors import LlmosError
 from llmos.kernel.sched import policy as sched
+from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import (
     FIFO,
     Account,
     Entity,
     FairShare,
-    Gate,
     PriorityAging,
     RoundRobin,
     make_policy,

@@ -12,6 +12,7 @@ import pytest
 
 from llmos.errors import OutputError, ProgramError
 from llmos.hw.cpu.base import ToolCall, ToolSpec
+from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel.agent import TextGate, agent_body
@@ -21,7 +22,7 @@ from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
 from llmos.kernel.run import run_program
 from llmos.kernel.syscall import SyscallTable, grants_for
-from llmos.kernel.trap import call_grammar, classify
+from llmos.kernel.trap import classify
 from llmos.store.log import Log
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

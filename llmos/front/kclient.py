@@ -35,29 +35,8 @@ from llmos import params
 from llmos.errors import KernelError, LlmosError
 from llmos.store.log import pid_alive
 
-OPS = (
-    "spawn",
-    "ps",
-    "kill",
-    "stop",
-    "cont",
-    "renice",
-    "wait",
-    "follow",
-    "top",
-    "answer",
-    "status",
-    "shutdown",
-)
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
-
-
-class ProtocolError(LlmosError):
-    """A request the daemon cannot understand (bad JSON, unknown op, bad argument)."""
-
-    exit_code = 2
-    kind = "protocol"
 
 
 # --- Paths ---------------------------------------------------------------------------------------
@@ -399,10 +378,8 @@ def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> di
 
 __all__ = [
     "NOT_RUNNING",
-    "OPS",
     "KernelClient",
     "KernelPaths",
-    "ProtocolError",
     "kernel_home",
     "probe_status",
     "reply_error",

@@ -17,9 +17,9 @@ from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
+from llmos.kernel.loop import Devices, TextGate, run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
-from llmos.kernel.loop import Devices, TextGate, run_process
 from llmos.kernel.syscall import SyscallTable, grants_for
 from llmos.kernel.trap import call_grammar, classify
 from llmos.store.log import Log

@@ -37,7 +37,7 @@ from typing import Any
 
 import click
 
-from llmos import params
+from llmos import config, params
 from llmos.errors import InputError, KernelError, LlmosError
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
@@ -102,11 +102,10 @@ def run(
 
     system = boot.boot()
     kernel = Kernel(system)
-    request = api.SpawnRequest(
-        program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs), stdin=read_stdin()
-    )
+    request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
     prog, inputs = api.spawn_request(kernel, request)
     try:
+        inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, program_path=str(prog.path))
@@ -322,7 +321,7 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
 
 
 def _client() -> kclient.KernelClient:
-    return kclient.KernelClient(kclient.kernel_home())
+    return kclient.KernelClient(config.home(create=False))
 
 
 def _duration(seconds: float) -> str:
@@ -371,7 +370,7 @@ def kernel() -> None:
 @handle_errors
 def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
     """Start the kernel daemon in the background; print its pid."""
-    home = kclient.kernel_home(create=True)
+    home = config.home()
     pid = kclient.start_daemon(
         home, policy=policy, max_resident=max_resident, max_processes=max_processes
     )
@@ -390,7 +389,7 @@ def kernel_start(policy: str | None, max_resident: int | None, max_processes: in
 @handle_errors
 def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
     """Run the kernel daemon in the foreground (`kernel start` runs this)."""
-    kclient.kernel_home(create=True)
+    config.home()
     from llmos.front import kerneld  # the server side, only for `kernel serve`
 
     system = boot.boot(open_log=False)
@@ -401,7 +400,7 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 @handle_errors
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
-    reply = kclient.stop_daemon(kclient.kernel_home())
+    reply = kclient.stop_daemon(config.home(create=False))
     click.echo(
         f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
         "killed)",

@@ -109,7 +109,13 @@ def memory_forget(memory_id: str) -> None:
 
 
 @memory.command("list")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=params.MEMORY_LIST_DEFAULT,
+    show_default=True,
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def memory_list(limit: int, as_json: bool) -> None:

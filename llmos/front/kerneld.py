@@ -397,7 +397,7 @@ def serve(
         if on_ready is not None:
             on_ready(daemon)
         if not daemon.stopping:
-            server.serve_forever(poll_interval=0.25)
+            server.serve_forever(poll_interval=params.KERNEL_SERVE_POLL_S)
     finally:
         if daemon is not None:
             daemon.stopping = True

@@ -196,12 +196,17 @@ def spawn_request(kernel: Kernel, req: SpawnRequest) -> tuple[Program, dict[str,
     try:
         inputs = dict(req.inputs)
         inputs.update(program_mod.parse_cli_inputs(list(req.input_pairs), program.input_schema))
-        if req.stdin is not None and "input" not in inputs:
-            inputs["input"] = req.stdin
     except LlmosError as exc:
         system.log_failure(program.name, exc, program_path=str(program.path))
         raise
-    return program, inputs
+    return program, with_stdin(inputs, req.stdin)
+
+
+def with_stdin(inputs: dict[str, Any], stdin: str | None) -> dict[str, Any]:
+    """Piped stdin is the input named `input`, unless that input was given explicitly."""
+    if stdin is not None and "input" not in inputs:
+        return {**inputs, "input": stdin}
+    return inputs
 
 
 def spawn(kernel: Kernel, caller: Caller, req: SpawnRequest) -> Process:

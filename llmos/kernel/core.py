@@ -459,7 +459,7 @@ class Kernel:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    def shutdown(self, timeout: float = 10.0) -> None:
+    def shutdown(self, timeout: float = params.KERNEL_SHUTDOWN_GRACE_S) -> None:
         """Kill every live process, wait for them, release the CPUs."""
         for p in self.table.all(include_exited=False):
             p.entity.killed = True

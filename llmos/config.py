@@ -34,14 +34,21 @@ from llmos import params
 from llmos.errors import ConfigError
 
 
-def home() -> Path:
-    """The llmos home directory, created if missing."""
+def home(*, create: bool = True) -> Path:
+    """The llmos home directory ($LLMOS_HOME, else the per-user data directory), as an
+    absolute path. With `create`, a missing home is created owner-only (0700); an existing
+    directory's mode is never changed. Without it, a missing home is returned as is (a client
+    has nothing to connect to)."""
     env = os.environ.get(params.ENV_HOME)
-    path = Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create llmos home {path}: {exc.strerror}") from exc
+    path = (Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))).absolute()
+    if create and not path.is_dir():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot create llmos home {path}: {exc.strerror}") from exc
     return path
 
 

@@ -14,9 +14,10 @@
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
      +-- AccessError                 exit 16 no right to a shared memory segment or memory
+     +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
-request to the kernel daemon (`kerneld.ProtocolError`). `llmos wait PID` and `llmos logs -f PID`
+request to the kernel (`RequestError`). `llmos wait PID` and `llmos logs -f PID`
 exit 14 when the process ended killed, out of budget, failed or lost, and 124 when
 `wait --timeout` runs out. An interrupt exits 130.
 Every error's message is one line that names the file, field or server at fault; the CLI prints
@@ -98,6 +99,13 @@ class AccessError(LlmosError):
     kind = "access"
 
 
+class RequestError(LlmosError):
+    """A request the kernel's API cannot take (bad JSON, unknown op, a bad argument)."""
+
+    exit_code = 2
+    kind = "protocol"
+
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -119,5 +127,6 @@ EXIT_CODES: dict[str, int] = {
         KernelError,
         MemoryStoreError,
         AccessError,
+        RequestError,
     )
 }

@@ -419,15 +419,19 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
         (
             b'{"op": "reboot"}\n',
             "unknown op 'reboot': use one of spawn, ps, kill, stop, cont, renice, wait, "
-            "follow, top, answer, status, shutdown",
+            "follow, answer, top, memory.remember, memory.recall, memory.forget, memory.list, "
+            "memory.page, shm.ls, shm.create, shm.read, shm.write, shm.chmod, shm.rm, status, "
+            "shutdown",
         ),
         (b'{"op": "kill", "pid": "1"}\n', "'pid' must be an integer, got '1'"),
-        (b'{"op": "kill"}\n', "'pid' must be an integer, got None"),
+        (b'{"op": "kill"}\n', "kill needs 'pid'"),
+        (b'{"op": "kill", "pid": 1, "signal": 9}\n', "kill takes no 'signal'"),
+        (b'{"op": "ps", "all": "yes"}\n', "'all' must be true or false, got 'yes'"),
         (
             b'{"op": "wait", "pid": 1, "timeout": -1}\n',
-            "'timeout' must be a non-negative number, got -1",
+            "'timeout' must not be negative, got -1",
         ),
-        (b'{"op": "spawn"}\n', "spawn needs a 'program' (a path or a name)"),
+        (b'{"op": "spawn"}\n', "spawn needs 'program'"),
         (
             b"x" * (1024 * 1024 + 10) + b"\n",
             "request longer than 1048576 bytes; refused",

@@ -15,12 +15,12 @@ from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
-from llmos.kernel.agent import TextGate, agent_body
+from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
+from llmos.kernel.loop import Devices, TextGate, run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
-from llmos.kernel.run import run_program
 from llmos.kernel.syscall import SyscallTable, grants_for
 from llmos.kernel.trap import classify
 from llmos.store.log import Log
@@ -203,10 +203,12 @@ def _run(tmp_path: Path, program: Any, cpu: ScriptedCPU) -> Any:
     table = SyscallTable(builtin_devices())
     grants = grants_for(program.tools, {}, table.devices, "agent")
     trace: list[dict[str, Any]] = []
-    body = agent_body(table, grants, CallContext(root=tmp_path), on_trace=trace.append)
+    devices = Devices(table, grants, CallContext(root=tmp_path))
     with Log.open(tmp_path / "logs.db") as log:
         try:
-            result = run_program(program, {"input": "q"}, cpu, log, body=body)
+            result = run_process(
+                program, {"input": "q"}, cpu, log, devices=devices, on_trace=trace.append
+            )
         finally:
             table.close()
         record = log.get_run(result.run_id)
@@ -284,9 +286,16 @@ def test_the_embedded_model_calls_calc_and_uses_the_result(
     program = load(EXAMPLES / "arithmetic.prompt")
     trace: list[dict[str, Any]] = []
     started = time.perf_counter()
-    result = system.run(
-        program, {"input": "What is 1234 * 5678?"}, system.cpu("embedded"), on_trace=trace.append
+    kernel = Kernel(system)
+    result = api.run(
+        kernel,
+        api.Caller("tester"),
+        program,
+        {"input": "What is 1234 * 5678?"},
+        cpu=system.cpu("embedded"),
+        on_trace=trace.append,
     )
+    kernel.shutdown()
     assert time.perf_counter() - started < 120
     assert trace[0]["kind"] == "syscall" and trace[0]["device"] == "calc"
     assert json.loads(trace[0]["arguments"]) == {"expression": "1234 * 5678"}

@@ -28,52 +28,23 @@ do the work, and formats what they return.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from llmos import params
-from llmos.errors import EXIT_INTERRUPTED, InputError, KernelError, LlmosError
+from llmos import config, params
+from llmos.errors import InputError, KernelError, LlmosError
 from llmos.front import kclient
+from llmos.front.cli_memory import memory, shm
+from llmos.front.clikit import fail, handle_errors, read_stdin
 from llmos.kernel import boot
-from llmos.kernel import program as programs_mod
 from llmos.kernel.sched.policy import POLICIES
 from llmos.store.log import RunRecord
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"llmos: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn every error into one line on stderr and its exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LlmosError as exc:
-            if os.environ.get("LLMOS_DEBUG"):
-                raise
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("llmos: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            # The reader went away (`llmos run ... | head`): not an error of ours.
-            sys.stderr.close()
-            sys.exit(0)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,16 +53,8 @@ def cli() -> None:
     """llmos: an operating system for the LLM computer."""
 
 
-def _read_stdin() -> str | None:
-    if sys.stdin is None or sys.stdin.isatty():
-        return None
-    data = sys.stdin.buffer.read()
-    if not data.strip():
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from exc
+cli.add_command(memory)
+cli.add_command(shm)
 
 
 @cli.command()
@@ -134,18 +97,16 @@ def run(
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
+    from llmos.kernel import api  # the kernel itself only for commands that run programs
+    from llmos.kernel.core import Kernel
+
     system = boot.boot()
+    kernel = Kernel(system)
+    request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
+    prog, inputs = api.spawn_request(kernel, request)
     try:
-        prog = system.load_program(program_ref)
-    except LlmosError as exc:
-        system.log_failure(program_ref, exc)
-        raise
-    try:
-        inputs = programs_mod.parse_cli_inputs(list(input_pairs), prog.input_schema)
-        stdin = _read_stdin()
-        if stdin is not None and "input" not in inputs:
-            inputs["input"] = stdin
-        cpu = system.cpu(model or prog.model)
+        inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, program_path=str(prog.path))
         raise
@@ -158,11 +119,17 @@ def run(
         sys.stdout.flush()
         wrote_newline = text.endswith("\n")
 
-    result = system.run(
-        prog, inputs, cpu, on_text=None if as_json else emit, on_trace=_trace if trace else None
+    result = api.run(
+        kernel,
+        api.Caller(getpass.getuser()),
+        prog,
+        inputs,
+        cpu=cpu,
+        on_text=None if as_json else emit,
+        on_trace=_trace if trace else None,
     )
     if as_json:
-        click.echo(json.dumps(result.to_json(prog, cpu), ensure_ascii=False))
+        click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
     elif not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -354,7 +321,7 @@ def _record_json(r: RunRecord) -> dict[str, Any]:
 
 
 def _client() -> kclient.KernelClient:
-    return kclient.KernelClient(kclient.kernel_home())
+    return kclient.KernelClient(config.home(create=False))
 
 
 def _duration(seconds: float) -> str:
@@ -381,7 +348,7 @@ def _run_detached(
     client = _client()
     client.connect().close()  # no kernel: say so before reading stdin
     fields: dict[str, Any] = {"input_pairs": list(input_pairs)}
-    stdin = _read_stdin()
+    stdin = read_stdin()
     if stdin is not None:
         fields["stdin"] = stdin
     for key, value in (("model", model), ("priority", priority), ("budget", budget)):
@@ -403,7 +370,7 @@ def kernel() -> None:
 @handle_errors
 def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
     """Start the kernel daemon in the background; print its pid."""
-    home = kclient.kernel_home(create=True)
+    home = config.home()
     pid = kclient.start_daemon(
         home, policy=policy, max_resident=max_resident, max_processes=max_processes
     )
@@ -422,7 +389,7 @@ def kernel_start(policy: str | None, max_resident: int | None, max_processes: in
 @handle_errors
 def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
     """Run the kernel daemon in the foreground (`kernel start` runs this)."""
-    kclient.kernel_home(create=True)
+    config.home()
     from llmos.front import kerneld  # the server side, only for `kernel serve`
 
     system = boot.boot(open_log=False)
@@ -433,7 +400,7 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 @handle_errors
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
-    reply = kclient.stop_daemon(kclient.kernel_home())
+    reply = kclient.stop_daemon(config.home(create=False))
     click.echo(
         f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
         "killed)",
@@ -600,7 +567,7 @@ def wait(pid: int, timeout: float | None, as_json: bool) -> None:
     reply = _client().request("wait", pid=pid, timeout=timeout)
     info = reply["process"]
     if reply.get("timed_out"):
-        _fail(
+        fail(
             f"process {pid} is still {info.get('state')} after {timeout:g} s",
             params.EXIT_WAIT_TIMEOUT,
         )
@@ -687,8 +654,6 @@ def top(once: bool, interval: float) -> None:
 
 
 def main() -> None:
-    from llmos.front import cli_memory  # noqa: F401 - registers `llmos memory` and `llmos shm`
-
     try:
         cli.main(prog_name="llmos", standalone_mode=True)
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging

@@ -24,19 +24,32 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from typing import Any
 
 import click
 
 from llmos import params
 from llmos.errors import InputError
-from llmos.front.cli import _read_stdin, cli, handle_errors
+from llmos.front.clikit import handle_errors, read_stdin
 from llmos.kernel import boot
-from llmos.store.shm import SharedMemory
+
+
+def _call(op: str, **payload: Any) -> dict[str, Any]:
+    """Operation `op` of the kernel's API, in this process, as the user running llmos."""
+    from llmos.kernel import api  # the kernel only when a command runs
+    from llmos.kernel.core import Kernel
+
+    kernel = Kernel(boot.boot(open_log=False))
+    try:
+        reply: dict[str, Any] = api.call(kernel, api.Caller(getpass.getuser()), op, payload)
+    finally:
+        kernel.system.close()
+    return reply
 
 
 def _text(text: str | None, what: str) -> str:
     if text is None:
-        text = _read_stdin()
+        text = read_stdin()
     if text is None:
         raise InputError(f"no {what}: give it as an argument or on stdin")
     return text
@@ -52,7 +65,7 @@ def _grants(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@cli.group()
+@click.group()
 def memory() -> None:
     """Long-term memory: remember, recall, forget (kept across runs and reboots)."""
 
@@ -63,10 +76,8 @@ def memory() -> None:
 @handle_errors
 def memory_remember(text: str | None, tags: tuple[str, ...]) -> None:
     """Store TEXT (or stdin) as a memory; prints its id."""
-    mid = boot.boot(open_log=False).memory.remember(
-        getpass.getuser(), _text(text, "memory text"), list(tags), source="cli"
-    )
-    click.echo(f"m{mid}")
+    reply = _call("memory.remember", text=_text(text, "memory text"), tags=list(tags))
+    click.echo(f"m{reply['id']}")
 
 
 @memory.command("recall")
@@ -76,13 +87,13 @@ def memory_remember(text: str | None, tags: tuple[str, ...]) -> None:
 @handle_errors
 def memory_recall(query: str, k: int, as_json: bool) -> None:
     """The memories most relevant to QUERY, best first."""
-    hits = boot.boot(open_log=False).memory.recall(getpass.getuser(), query, k)
+    hits = _call("memory.recall", query=query, k=k)["hits"]
     if as_json:
-        click.echo(json.dumps([h.to_json() for h in hits], ensure_ascii=False))
+        click.echo(json.dumps(hits, ensure_ascii=False))
         return
     for hit in hits:
-        tags = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
-        click.echo(f"{hit.ref}\t{hit.score:.4f}\t{hit.text}{tags}")
+        tags = f"  [{', '.join(hit['tags'])}]" if hit.get("tags") else ""
+        click.echo(f"{hit['id']}\t{hit['score']:.4f}\t{hit['text']}{tags}")
 
 
 @memory.command("forget")
@@ -93,23 +104,28 @@ def memory_forget(memory_id: str) -> None:
     raw = memory_id[1:] if memory_id.startswith("m") else memory_id
     if not raw.isdigit():
         raise InputError(f"bad memory id {memory_id!r} (expected m<number>)")
-    if not boot.boot(open_log=False).memory.forget(getpass.getuser(), int(raw)):
-        raise InputError(f"no memory m{raw} of {getpass.getuser()}")
+    _call("memory.forget", id=int(raw))
     click.echo(f"forgot m{raw}")
 
 
 @memory.command("list")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=params.MEMORY_LIST_DEFAULT,
+    show_default=True,
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def memory_list(limit: int, as_json: bool) -> None:
     """Your newest memories."""
-    hits = boot.boot(open_log=False).memory.memories(getpass.getuser(), limit)
+    hits = _call("memory.list", limit=limit)["hits"]
     if as_json:
-        click.echo(json.dumps([h.to_json() for h in hits], ensure_ascii=False))
+        click.echo(json.dumps(hits, ensure_ascii=False))
         return
     for hit in hits:
-        click.echo(f"{hit.ref}\t{hit.text}")
+        click.echo(f"{hit['id']}\t{hit['text']}")
 
 
 @memory.command("page")
@@ -120,19 +136,12 @@ def memory_page(page_id: str) -> None:
     raw = page_id[1:] if page_id.startswith("p") else page_id
     if not raw.isdigit():
         raise InputError(f"bad page id {page_id!r} (expected p<number>)")
-    page = boot.boot(open_log=False).memory.page(getpass.getuser(), int(raw))
-    if page is None:
-        raise InputError(f"no page p{raw} of {getpass.getuser()}")
-    sys.stdout.write(page["text"])
+    sys.stdout.write(_call("memory.page", id=int(raw))["page"]["text"])
 
 
-@cli.group()
+@click.group()
 def shm() -> None:
     """Shared memory segments: named text that processes and users share, with rights."""
-
-
-def _shm() -> SharedMemory:
-    return SharedMemory(boot.boot(open_log=False).memory)
 
 
 @shm.command("ls")
@@ -140,15 +149,15 @@ def _shm() -> SharedMemory:
 @handle_errors
 def shm_ls(as_json: bool) -> None:
     """The segments you may read."""
-    segs = _shm().list(getpass.getuser())
+    segs = _call("shm.ls")["segments"]
     if as_json:
-        click.echo(json.dumps([s.info() for s in segs]))
+        click.echo(json.dumps(segs))
         return
     for s in segs:
-        acl = ",".join(f"{u}={m}" for u, m in sorted(s.acl.items())) or "-"
+        acl = ",".join(f"{u}={m}" for u, m in sorted(s["acl"].items())) or "-"
         click.echo(
-            f"{s.name}\towner={s.owner}\tothers={s.others or '-'}\tacl={acl}\tv{s.version}"
-            f"\t{s.info()['bytes']}B"
+            f"{s['name']}\towner={s['owner']}\tothers={s['others'] or '-'}\tacl={acl}"
+            f"\tv{s['version']}\t{s['bytes']}B"
         )
 
 
@@ -160,14 +169,9 @@ def shm_ls(as_json: bool) -> None:
 @handle_errors
 def shm_create(name: str, text: str | None, others: str, grants: tuple[str, ...]) -> None:
     """Create segment NAME, owned by you."""
-    seg = _shm().create(
-        getpass.getuser(),
-        name,
-        text if text is not None else (_read_stdin() or ""),
-        others=others,
-        acl=_grants(grants),
-    )
-    click.echo(f"{seg.name} v{seg.version}")
+    body = text if text is not None else (read_stdin() or "")
+    seg = _call("shm.create", name=name, text=body, others=others, acl=_grants(grants))["segment"]
+    click.echo(f"{seg['name']} v{seg['version']}")
 
 
 @shm.command("read")
@@ -175,7 +179,7 @@ def shm_create(name: str, text: str | None, others: str, grants: tuple[str, ...]
 @handle_errors
 def shm_read(name: str) -> None:
     """Print segment NAME's text."""
-    sys.stdout.write(_shm().read(getpass.getuser(), name).text)
+    sys.stdout.write(_call("shm.read", name=name)["text"])
 
 
 @shm.command("write")
@@ -186,10 +190,14 @@ def shm_read(name: str) -> None:
 @handle_errors
 def shm_write(name: str, text: str | None, append: bool, if_version: int | None) -> None:
     """Write segment NAME (TEXT or stdin)."""
-    seg = _shm().write(
-        getpass.getuser(), name, _text(text, "segment text"), append=append, if_version=if_version
-    )
-    click.echo(f"{seg.name} v{seg.version}")
+    seg = _call(
+        "shm.write",
+        name=name,
+        text=_text(text, "segment text"),
+        append=append,
+        if_version=if_version,
+    )["segment"]
+    click.echo(f"{seg['name']} v{seg['version']}")
 
 
 @shm.command("chmod")
@@ -199,9 +207,9 @@ def shm_write(name: str, text: str | None, append: bool, if_version: int | None)
 @handle_errors
 def shm_chmod(name: str, others: str | None, grants: tuple[str, ...]) -> None:
     """Change who may read and write segment NAME (owner only)."""
-    seg = _shm().chmod(getpass.getuser(), name, others=others, grant=_grants(grants))
-    acl = ",".join(f"{u}={m}" for u, m in sorted(seg.acl.items())) or "-"
-    click.echo(f"{seg.name} others={seg.others or '-'} acl={acl}")
+    seg = _call("shm.chmod", name=name, others=others, grant=_grants(grants))["segment"]
+    acl = ",".join(f"{u}={m}" for u, m in sorted(seg["acl"].items())) or "-"
+    click.echo(f"{seg['name']} others={seg['others'] or '-'} acl={acl}")
 
 
 @shm.command("rm")
@@ -209,5 +217,5 @@ def shm_chmod(name: str, others: str | None, grants: tuple[str, ...]) -> None:
 @handle_errors
 def shm_rm(name: str) -> None:
     """Remove segment NAME (owner only)."""
-    _shm().remove(getpass.getuser(), name)
+    _call("shm.rm", name=name)
     click.echo(f"removed {name}")

@@ -29,35 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
-from llmos import params
+from llmos import config, params
 from llmos.errors import KernelError, LlmosError
 from llmos.store.log import pid_alive
 
-OPS = (
-    "spawn",
-    "ps",
-    "kill",
-    "stop",
-    "cont",
-    "renice",
-    "wait",
-    "follow",
-    "top",
-    "answer",
-    "status",
-    "shutdown",
-)
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
-
-
-class ProtocolError(LlmosError):
-    """A request the daemon cannot understand (bad JSON, unknown op, bad argument)."""
-
-    exit_code = 2
-    kind = "protocol"
 
 
 # --- Paths ---------------------------------------------------------------------------------------
@@ -82,26 +59,6 @@ class KernelPaths:
     @property
     def spool(self) -> Path:
         return self.home / params.KERNEL_SPOOL_DIR_NAME
-
-
-def kernel_home(*, create: bool = False) -> Path:
-    """The llmos home (as `llmos.config.home` finds it); created 0700 when `create` and missing.
-
-    Without `create` a missing home is returned as is (a client has nothing to connect to).
-    An existing directory's mode is never changed.
-    """
-    env = os.environ.get(params.ENV_HOME)
-    path = Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))
-    path = path.absolute()
-    if create and not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise KernelError(f"cannot create llmos home {path}: {exc.strerror}") from exc
-    return path
 
 
 def check_socket_path(path: Path) -> None:
@@ -161,7 +118,7 @@ class KernelClient:
     """Talks to the daemon of one home. Each request is one connection."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.paths = KernelPaths(home if home is not None else kernel_home())
+        self.paths = KernelPaths(home if home is not None else config.home(create=False))
         self.last_exit: dict[str, Any] | None = None  # the `done` message of the last follow
 
     def connect(self, timeout: float = params.KERNEL_CONNECT_TIMEOUT_S) -> socket.socket:
@@ -381,7 +338,7 @@ def start_daemon(
                 f"kernel daemon did not answer within {timeout:.0f} s"
                 + (f": {tail}" if tail else "")
             )
-        time.sleep(0.1)
+        time.sleep(params.KERNEL_START_POLL_S)
 
 
 def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> dict[str, Any]:
@@ -393,17 +350,14 @@ def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> di
     while pid_alive(pid) or client.paths.socket.exists():
         if time.monotonic() > deadline:
             raise KernelError(f"kernel (pid {pid}) did not exit within {timeout:.0f} s")
-        time.sleep(0.05)
+        time.sleep(params.KERNEL_STOP_POLL_S)
     return reply
 
 
 __all__ = [
     "NOT_RUNNING",
-    "OPS",
     "KernelClient",
     "KernelPaths",
-    "ProtocolError",
-    "kernel_home",
     "probe_status",
     "reply_error",
     "start_daemon",

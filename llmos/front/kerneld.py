@@ -6,27 +6,18 @@
 `llmos.front.kclient`.
 
 Protocol: newline-delimited UTF-8 JSON. A client sends one request line per connection,
+`{"op": OP, ...arguments}`, where OP is an operation of the kernel's API (`llmos.kernel.api`:
+spawn, ps, kill, stop, cont, renice, wait, follow, answer, top, memory.*, shm.*, validated by
+its pydantic models) or one of the daemon's own (`status`, `shutdown`). It gets one reply line,
+`{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind": "<LlmosError.kind>",
+"exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines (the process's output
+from its start, then live) and ends with `{"done": true, "exit_status": ..., "error": ...}`.
+Two arguments are the transport's, not the API's: `owner` (who the process runs for) and, for
+`spawn`, `stdin_file` (a large stdin the client left in <home>/spool, read and deleted).
 
-    {"op": "spawn" | "ps" | "kill" | "stop" | "cont" | "renice" | "wait" | "follow" | "top"
-           | "answer" | "status" | "shutdown", ...arguments}
-
-and gets one reply line, `{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind":
-"<LlmosError.kind>", "exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines
-(the process's output from its start, then live) and ends with `{"done": true, "exit_status":
-..., "error": ...}`. Arguments:
-
-    spawn    program (path or name), cwd, owner, inputs {..}, input_pairs ["k=v"], stdin
-             (or stdin_file: a file in <home>/spool, read and deleted), model, priority,
-             budget                                           -> pid, process
-    ps       all (bool: include exited)                       -> processes [info, ...]
-    kill / stop / cont   pid                                  -> process
-    renice   pid, priority                                    -> process, old_priority
-    wait     pid, timeout (s, optional)                       -> process, text, timed_out
-    top                                                       -> Kernel.top() + pid
-    answer   pid, text (to the question it waits on: `ask`)   -> process
-    status                                                    -> pid, uptime_s, policy,
-             max_resident, max_processes, counts {state: n}, live, exited, lost [..]
-    shutdown                                                  -> pid, killed
+    status    -> pid, uptime_s, policy, max_resident, max_processes, counts {state: n}, live,
+                 exited, lost [..]
+    shutdown  -> pid, killed
 
 Invariants:
 - At most one daemon per home: a live one holds an exclusive lock on `kernel.pid`; a second
@@ -68,22 +59,22 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import AdmissionError, InputError, KernelError, LlmosError
+from llmos.errors import InputError, KernelError, LlmosError, RequestError
 from llmos.front.kclient import (  # the protocol both sides share
-    OPS,
     KernelPaths,
-    ProtocolError,
     check_socket_path,
     error_reply,
     probe_status,
     read_pid,
 )
+from llmos.kernel import api
 from llmos.kernel import cpus as cpu_mod
-from llmos.kernel import program as program_mod
 from llmos.kernel.boot import System
 from llmos.kernel.core import Kernel
-from llmos.kernel.proc import Process, State
+from llmos.kernel.proc import State
 from llmos.store.log import Log
+
+DAEMON_OPS = ("status", "shutdown")  # the daemon's own ops; the rest are the kernel API's
 
 # --- The daemon ------------------------------------------------------------------------------
 
@@ -191,40 +182,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
     # --- ops ---
     def _dispatch(self, req: dict[str, Any]) -> None:
-        op = req["op"]
+        op = req.pop("op")
         d = self.daemon
         k = d.kernel
         if op == "status":
             self._send({"ok": True, **status_of(d)})
-        elif op == "ps":
-            self._send({"ok": True, "processes": k.ps(include_exited=_bool(req, "all"))})
-        elif op == "top":
-            self._send({"ok": True, **k.top(), "pid": os.getpid()})
-        elif op == "spawn":
-            if d.stopping:
-                raise KernelError("kernel is shutting down")
-            proc = _spawn(d, req)
-            self._send({"ok": True, "pid": proc.pid, "process": proc.info()})
-        elif op in ("kill", "stop", "cont"):
-            pid = _int(req, "pid")
-            proc = {"kill": k.kill, "stop": k.stop, "cont": k.cont}[op](pid)
-            self._send({"ok": True, "process": proc.info()})
-        elif op == "renice":
-            pid = _int(req, "pid")
-            old = k.table.get(pid).priority
-            proc = k.renice(pid, _int(req, "priority"))
-            self._send({"ok": True, "process": proc.info(), "old_priority": old})
-        elif op == "wait":
-            self._wait(_int(req, "pid"), _number(req, "timeout"))
-        elif op == "follow":
-            self._follow(_int(req, "pid"))
-        elif op == "answer":  # the `ask` device's reply (llmos.hw.dev.proc)
-            text = _str(req, "text")
-            if text is None:
-                raise ProtocolError("answer needs a 'text' (the answer)")
-            proc = k.answer(_int(req, "pid"), text)
-            self._send({"ok": True, "process": proc.info()})
-        elif op == "shutdown":
+            return
+        if op == "shutdown":
             killed = len(k.table.all(include_exited=False))
             d.stopping = True
             k.shutdown(timeout=params.KERNEL_SHUTDOWN_GRACE_S)
@@ -232,99 +196,49 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._send({"ok": True, "pid": os.getpid(), "killed": killed})
             finally:
                 d.request_stop()
-
-    def _wait(self, pid: int, timeout: float | None) -> None:
-        proc = self.daemon.kernel.table.get(pid)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
-        while True:
-            step = params.KERNEL_POLL_S
-            if deadline is not None:
-                step = max(0.0, min(step, deadline - time.monotonic()))
-            if proc.wait(step):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                break
-            if self._peer_gone():
-                raise _ClientGone()
-        self._send({"ok": True, "process": proc.info(), "text": proc.text, "timed_out": timed_out})
-
-    def _follow(self, pid: int) -> None:
-        proc = self.daemon.kernel.table.get(pid)
-        sent = 0
-        while True:
-            with proc.cond:
-                if len(proc.output) == sent and proc.alive:
-                    proc.cond.wait(timeout=params.KERNEL_POLL_S)
-                chunks = proc.output[sent:]
-                sent += len(chunks)
-                alive = proc.alive
-            if chunks:
-                self._send({"text": "".join(chunks)})
-            if not alive:
-                self._send(
-                    {
-                        "done": True,
-                        "exit_status": proc.exit_status,
-                        "error": proc.error,
-                        "process": proc.info(),
-                    }
-                )
-                return
-            if not chunks and self._peer_gone():
-                return
+            return
+        # The socket's owner is the only peer served (SO_PEERCRED); it names who the
+        # process runs for.
+        owner = req.pop("owner", None)
+        if owner is not None and not isinstance(owner, str):
+            raise RequestError(f"'owner' must be a string, got {owner!r}")
+        if op == "spawn":
+            if d.stopping:
+                raise KernelError("kernel is shutting down")
+            spooled = req.pop("stdin_file", None)
+            if spooled is not None:
+                if not isinstance(spooled, str):
+                    raise RequestError(f"'stdin_file' must be a string, got {spooled!r}")
+                req["stdin"] = _read_spooled(k.system.home, spooled)
+        caller = api.Caller(owner or "default", gone=self._peer_gone)
+        reply = api.call(k, caller, op, req)
+        if reply is None:  # `wait` whose client went away
+            raise _ClientGone()
+        if api.OPS[op].streams:
+            for event in reply:
+                self._send(event)
+            return
+        if op == "top":
+            reply["pid"] = os.getpid()
+        self._send({"ok": True, **reply})
 
 
 def _parse_request(line: bytes) -> dict[str, Any]:
     if len(line) > params.KERNEL_REQUEST_MAX_BYTES:
-        raise ProtocolError(f"request longer than {params.KERNEL_REQUEST_MAX_BYTES} bytes; refused")
+        raise RequestError(f"request longer than {params.KERNEL_REQUEST_MAX_BYTES} bytes; refused")
     try:
         request = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"request is not UTF-8 (bad byte at offset {exc.start})") from exc
+        raise RequestError(f"request is not UTF-8 (bad byte at offset {exc.start})") from exc
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"request is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+        raise RequestError(f"request is not valid JSON ({exc.msg} at char {exc.pos})") from exc
     if not isinstance(request, dict):
-        raise ProtocolError("request must be a JSON object with an 'op'")
+        raise RequestError("request must be a JSON object with an 'op'")
     op = request.get("op")
-    if op not in OPS:
-        raise ProtocolError(f"unknown op {op!r}: use one of {', '.join(OPS)}")
+    if op not in DAEMON_OPS and op not in api.OPS:
+        known = ", ".join([*api.OPS, *DAEMON_OPS])
+        raise RequestError(f"unknown op {op!r}: use one of {known}")
     return request
-
-
-def _int(req: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = req.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"'{key}' must be an integer, got {value!r}")
-    return value
-
-
-def _opt_int(req: dict[str, Any], key: str) -> int | None:
-    return None if req.get(key) is None else _int(req, key)
-
-
-def _number(req: dict[str, Any], key: str) -> float | None:
-    value = req.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ProtocolError(f"'{key}' must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _bool(req: dict[str, Any], key: str) -> bool:
-    value = req.get(key, False)
-    if not isinstance(value, bool):
-        raise ProtocolError(f"'{key}' must be true or false, got {value!r}")
-    return value
-
-
-def _str(req: dict[str, Any], key: str, default: str | None = None) -> str | None:
-    value = req.get(key, default)
-    if value is not None and not isinstance(value, str):
-        raise ProtocolError(f"'{key}' must be a string, got {value!r}")
-    return value
 
 
 def _read_spooled(home: Path, name: str) -> str:
@@ -333,71 +247,17 @@ def _read_spooled(home: Path, name: str) -> str:
     spool = (home / params.KERNEL_SPOOL_DIR_NAME).resolve()
     path = Path(name)
     if path.parent.resolve() != spool or path.is_symlink() or not path.is_file():
-        raise ProtocolError(f"'stdin_file' must be a file in {spool}, got {name!r}")
+        raise RequestError(f"'stdin_file' must be a file in {spool}, got {name!r}")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ProtocolError(f"cannot read 'stdin_file' {name}: {exc.strerror}") from exc
+        raise RequestError(f"cannot read 'stdin_file' {name}: {exc.strerror}") from exc
     finally:
         path.unlink(missing_ok=True)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from exc
-
-
-def _spawn(d: Daemon, req: dict[str, Any]) -> Process:
-    ref = _str(req, "program")
-    if not ref:
-        raise ProtocolError("spawn needs a 'program' (a path or a name)")
-    cwd = Path(_str(req, "cwd") or "/")
-    if not cwd.is_absolute():
-        raise ProtocolError(f"'cwd' must be an absolute path, got {str(cwd)!r}")
-    owner = _str(req, "owner") or "default"
-    model = _str(req, "model")
-    inputs = req.get("inputs") or {}
-    if not isinstance(inputs, dict):
-        raise ProtocolError("'inputs' must be a JSON object")
-    pairs = req.get("input_pairs") or []
-    if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
-        raise ProtocolError("'input_pairs' must be a list of 'key=value' strings")
-    stdin = _str(req, "stdin")
-    spooled = _str(req, "stdin_file")
-    if spooled is not None:
-        stdin = _read_spooled(d.kernel.system.home, spooled)
-    priority = _opt_int(req, "priority")
-    budget = _opt_int(req, "budget")
-    if budget is not None and budget < 0:
-        raise ProtocolError(f"'budget' must not be negative, got {budget}")
-
-    system = d.kernel.system
-    candidate = cwd / ref
-    if not Path(ref).is_absolute() and (
-        "/" in ref
-        or ref.endswith(params.PROGRAM_SUFFIXES)
-        or candidate.is_file()
-        or (candidate / params.SKILL_FILE).is_file()
-    ):
-        ref = str(candidate)
-    search_dirs = program_mod.default_search_dirs(system.home, cwd)
-    try:
-        program = program_mod.load(ref, search_dirs)
-    except LlmosError as exc:
-        system.log_failure(ref, exc)
-        raise
-    try:
-        merged = dict(inputs)
-        merged.update(program_mod.parse_cli_inputs(list(pairs), program.input_schema))
-        if stdin is not None and "input" not in merged:
-            merged["input"] = stdin
-        return d.kernel.spawn(
-            program, merged, owner=owner, model=model, priority=priority, budget=budget
-        )
-    except AdmissionError:
-        raise
-    except LlmosError as exc:
-        system.log_failure(program.name, exc, program_path=str(program.path))
-        raise
 
 
 def status_of(d: Daemon) -> dict[str, Any]:
@@ -537,7 +397,7 @@ def serve(
         if on_ready is not None:
             on_ready(daemon)
         if not daemon.stopping:
-            server.serve_forever(poll_interval=0.25)
+            server.serve_forever(poll_interval=params.KERNEL_SERVE_POLL_S)
     finally:
         if daemon is not None:
             daemon.stopping = True

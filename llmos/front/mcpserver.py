@@ -7,9 +7,10 @@ Any MCP client (Claude Desktop, an IDE, another agent) can then run llmos progra
   name = program name, description = program description, `inputSchema` = the program's input
   JSON Schema, or `{"type": "object", "properties": {"input": {"type": "string"}}}` when it has
   none. A JSON program whose output schema is an object also declares it as `outputSchema`.
-- `tools/call`: runs the program once with `llmos.kernel.run.run_program` on its own CPU
-  (`system.cpu(program.model)`, loaded once per process), journalled in the log like any run
-  (owner `mcp`). The result is the reply text; for JSON programs the JSON text, plus the parsed
+- `tools/call`: runs the program as a process of this server's kernel, through the kernel's
+  API (`llmos.kernel.api.run`), on its own CPU (loaded once per process), with its devices,
+  paging, auto-recall, shared segments and budget, journalled in the log like any run (owner
+  `mcp`). The result is the reply text; for JSON programs the JSON text, plus the parsed
   value as `structuredContent` when it is an object.
 
 Invariants:
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from typing import Any
 
 import anyio
@@ -41,9 +41,10 @@ from mcp.server.stdio import stdio_server
 
 from llmos import params
 from llmos.errors import LlmosError
+from llmos.kernel import api
 from llmos.kernel.boot import System, boot
+from llmos.kernel.core import Kernel
 from llmos.kernel.program import Program
-from llmos.kernel.run import run_program
 
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -69,8 +70,9 @@ def tool_for(program: Program) -> mcp_types.Tool:
     )
 
 
-def call_program(system: System, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+def call_program(kernel: Kernel, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
     """Run program `name` with `arguments` and make an MCP tool result; never raises."""
+    system = kernel.system
     try:
         program = _find(system, name)
         if program is None:
@@ -88,13 +90,8 @@ def call_program(system: System, name: str, arguments: dict[str, Any]) -> mcp_ty
     except Exception as exc:
         return _error(f"internal error: {type(exc).__name__}: {exc}")
     try:
-        result = run_program(
-            program,
-            dict(arguments),
-            system.cpu(program.model),
-            system.log,
-            owner=_OWNER,
-            pid=os.getpid(),
+        result = api.run(
+            kernel, api.Caller(_OWNER), program, dict(arguments), cpu=kernel.cpu(program.model)
         )
     except LlmosError as exc:
         return _error(str(exc))
@@ -109,8 +106,9 @@ def call_program(system: System, name: str, arguments: dict[str, Any]) -> mcp_ty
     )
 
 
-def build_server(system: System) -> Server[Any]:
-    """The low-level MCP server over `system`'s programs."""
+def build_server(kernel: Kernel) -> Server[Any]:
+    """The low-level MCP server over the programs `kernel` can run."""
+    system = kernel.system
 
     async def list_tools(
         ctx: Any, request: mcp_types.PaginatedRequestParams | None
@@ -123,7 +121,7 @@ def build_server(system: System) -> Server[Any]:
     ) -> mcp_types.CallToolResult:
         arguments = dict(request.arguments or {})
         return await anyio.to_thread.run_sync(
-            lambda: call_program(system, request.name, arguments), abandon_on_cancel=True
+            lambda: call_program(kernel, request.name, arguments), abandon_on_cancel=True
         )
 
     return Server(
@@ -136,17 +134,21 @@ def build_server(system: System) -> Server[Any]:
     )
 
 
-async def serve(system: System) -> None:
+async def serve(kernel: Kernel) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes stdin."""
-    server = build_server(system)
+    server = build_server(kernel)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 def serve_stdio() -> None:
     """Entry point of `llmos mcp`: boot, then serve over stdio until stdin closes."""
-    system = boot()
-    anyio.run(serve, system)
+    kernel = Kernel(boot())
+    try:
+        anyio.run(serve, kernel)
+    finally:
+        kernel.shutdown()
+        kernel.system.close()
 
 
 def _find(system: System, name: str) -> Program | None:

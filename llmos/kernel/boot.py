@@ -7,43 +7,33 @@
     4. program search path (<home>/programs, ./.agents/skills)
     5. CPUs, loaded lazily on first use (a model is loaded once per process)
 
-`System` is what boot returns: the handles the command line and the kernel use. It holds no
-policy of its own.
+`System` is what boot returns: the handles the kernel and the front ends use (home, config,
+log, memory store, the device table, CPUs, the program search path). It holds no policy of its
+own: processes, their memory and their devices are the kernel's (`llmos.kernel.core`).
 
-What this module does not do: run the kernel daemon or schedule anything.
+What this module does not do: run programs, the kernel daemon, or schedule anything.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmos import config as config_mod
 from llmos import params
 from llmos.config import Config
-from llmos.errors import InputError, LlmosError, ProgramError
+from llmos.errors import LlmosError, ProgramError
 from llmos.hw.cpu.base import CPU
-from llmos.hw.dev.base import CallContext
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel import program as program_mod
-from llmos.kernel.agent import Trace, agent_body
-from llmos.kernel.mm.context import Context
-from llmos.kernel.mm.paging import Pager, cpu_summarizer, make_policy, recall_into
 from llmos.kernel.program import Program
-from llmos.kernel.run import Body, RunResult
-from llmos.kernel.syscall import SyscallTable, grants_for
+from llmos.kernel.syscall import SyscallTable
 from llmos.store.log import Log
 from llmos.store.memory import MemoryStore
-from llmos.store.shm import SharedMemory
-
-if TYPE_CHECKING:
-    from llmos.kernel.core import Kernel
 
 
 @dataclass
@@ -54,14 +44,13 @@ class System:
     _log: Log | None = None
     _syscalls: SyscallTable | None = None
     _mcp: Any = None  # MCPDevices, when config.json names MCP servers
-    _kernel: Kernel | None = None
     _memory: MemoryStore | None = None
     _opened_at: float = field(default_factory=time.time)
 
     @property
     def log(self) -> Log:
         if self._log is None:
-            self._log = Log.open(self.home / "logs.db")
+            self._log = Log.open(self.home / params.LOG_DB_NAME)
             self._log.fail_stale_runs("llmos exited before the run finished")
         return self._log
 
@@ -75,51 +64,6 @@ class System:
 
     def cpu(self, spec: str | None) -> CPU:
         return cpu_mod.resolve(spec, self.config)
-
-    def pager_for(
-        self, program: Program, *, owner: str, process: str, cpu: CPU, entity: Any = None
-    ) -> Pager:
-        """The memory manager of one process: its paging policy and swap key."""
-        name = str(program.llmos.get("paging") or params.PAGING_POLICY)
-        try:
-            policy = make_policy(name, cpu_summarizer(cpu, entity))
-        except InputError as exc:
-            raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
-        reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
-        return Pager(
-            store=lambda: self.memory,
-            owner=owner,
-            process=process,
-            policy=policy,
-            reserve=reserve,
-            label=str(program.path),
-        )
-
-    def prepare_context(
-        self, context: Context, program: Program, inputs: dict[str, Any], pager: Pager
-    ) -> None:
-        """At spawn: attach the pager; page in the owner's memories most relevant to the
-        input (`llmos.store.memory.auto_recall` tokens) and the shared segments the program names
-        (`llmos.shm`)."""
-        pager.attach(context)
-        owner = pager.owner
-        for name in program.llmos.get("shm") or []:
-            seg = SharedMemory(self.memory).read(owner, name)
-            context.insert_after_program(
-                "system",
-                f"Shared segment {seg.name} (version {seg.version}, owner {seg.owner}):\n"
-                f"{seg.text}",
-                "shm",
-                {"shm": seg.name, "version": seg.version},
-            )
-        budget = int((program.llmos.get("memory") or {}).get("auto_recall") or 0)
-        if budget > 0:
-            query = " ".join(str(v) for v in inputs.values() if isinstance(v, str))
-            if query.strip():
-                hits = self.memory.recall(owner, query, params.RECALL_MAX_K)
-                recall_into(
-                    context, hits, budget, header="Memories from earlier runs that may help:"
-                )
 
     @property
     def syscalls(self) -> SyscallTable:
@@ -150,40 +94,6 @@ class System:
             self._memory.close()
             self._memory = None
 
-    def user_root(self, owner: str) -> Path:
-        """The owner's private file namespace (what `fs` and `python` may touch)."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner) or "_"
-        root = self.home / params.USERS_DIR_NAME / safe / "files"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-
-    def body_for(
-        self,
-        program: Program,
-        *,
-        owner: str,
-        pid: int,
-        on_trace: Trace | None = None,
-        on_syscall: Callable[[bool], None] | None = None,
-        kernel: Any = None,
-        memory: Pager | None = None,
-    ) -> Body | None:
-        """The agent loop for a program that declares devices (None for one that does not);
-        ProgramError if it declares devices that do not exist or are not granted."""
-        declared = list(program.tools)
-        raw = program.llmos.get("devices") or {}
-        options: dict[str, Any] = {name: {} for name in raw} if isinstance(raw, list) else dict(raw)
-        if not declared and not options:
-            return None
-        table = self.syscalls
-        grants = grants_for(declared, options, table.devices, str(program.path))
-        ctx = CallContext(
-            pid=pid, owner=owner, root=self.user_root(owner), kernel=kernel, memory=memory
-        )
-        return agent_body(
-            table, grants, ctx, on_trace=on_trace, on_syscall=on_syscall, device_options=options
-        )
-
     def load_program(self, ref: str) -> Program:
         return program_mod.load(ref, self.search_dirs)
 
@@ -193,58 +103,6 @@ class System:
         if problems is not None:
             problems.extend(found)
         return programs
-
-    def kernel(self) -> Kernel:
-        """The in-process kernel (booted on first use) that `llmos run` runs programs on when
-        no daemon is involved."""
-        if self._kernel is None:
-            from llmos.kernel.core import Kernel
-
-            self._kernel = Kernel(self)
-        return self._kernel
-
-    def run(
-        self,
-        program: Program,
-        inputs: dict[str, Any],
-        cpu: CPU,
-        on_text: Callable[[str], None] | None = None,
-        on_trace: Trace | None = None,
-    ) -> RunResult:
-        """Run a program as a process of the in-process kernel and wait for it, streaming its
-        output to `on_text`; raise the error it failed with. If the caller is interrupted (or
-        its output pipe closes), the process is killed and logged as such first."""
-        kernel = self.kernel()
-        proc = kernel.spawn(program, inputs, owner=getpass.getuser(), cpu=cpu, on_trace=on_trace)
-        seen = 0
-
-        def news() -> bool:
-            return len(proc.output) > seen or not proc.alive
-
-        try:
-            while True:
-                with proc.cond:
-                    proc.cond.wait_for(news)
-                    fresh, alive = proc.output[seen:], proc.alive
-                seen += len(fresh)
-                for text in fresh:
-                    if on_text is not None:
-                        on_text(text)
-                if not alive:
-                    break
-        except BaseException:
-            if proc.alive:
-                kernel.kill(proc.pid)
-                proc.wait(timeout=10)
-            raise
-        if proc.exception is not None:
-            raise proc.exception
-        if proc.result is None:
-            raise LlmosError(
-                f"{program.path}: process {proc.pid} ended {proc.exit_status}: {proc.error}"
-            )
-        result: RunResult = proc.result
-        return result
 
     def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
         """Journal a run that failed before it could start (bad program, input or model)."""

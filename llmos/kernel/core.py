@@ -33,22 +33,25 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from llmos import params
-from llmos.errors import LlmosError, NoSuchProcessError
+from llmos.errors import InputError, LlmosError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import CPU
+from llmos.hw.dev.base import CallContext
 from llmos.kernel.boot import System
+from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.mm.context import Context
+from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
+from llmos.kernel.mm.paging import make_policy as make_paging_policy
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
-from llmos.kernel.run import context_limit, run_program
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy, make_policy
-
-if TYPE_CHECKING:
-    from llmos.kernel.agent import Trace
+from llmos.kernel.syscall import grants_for
+from llmos.store.shm import SharedMemory
 
 
 class Kernel:
@@ -138,27 +141,14 @@ class Kernel:
             parent=parent,
         )
         proc.context_limit = context_limit(program, cpu)
-        proc.memory = self.system.pager_for(
-            program,
-            owner=owner,
-            process=f"{os.getpid()}.{proc.pid}.{secrets.token_hex(4)}",
-            cpu=cpu,
-            entity=proc.entity,
-        )
         try:
-            proc.body = self.system.body_for(
-                program,
-                owner=owner,
-                pid=proc.pid,
-                on_syscall=lambda busy: self._blocked(proc, busy),
-                on_trace=on_trace,
-                kernel=self,  # for the call/ask devices (llmos.hw.dev.proc)
-                memory=proc.memory,  # for the memory devices (llmos.hw.dev.memory)
-            )
+            proc.memory = self._pager(program, proc, cpu)
+            proc.devices = self._devices(program, proc)
         except LlmosError as exc:
             self.table.reaped(proc)
             proc.exit("failed", str(exc))
             raise
+        proc.on_trace = on_trace
         proc.entity.on_change = getattr(cpu, "wake", None)
         thread = threading.Thread(
             target=self._main,
@@ -181,7 +171,7 @@ class Kernel:
                     self._log_unstarted(proc, program, cpu, error)
                     return
                 proc.entity.resident = True  # holds one of the CPU's in-flight places
-            result = run_program(
+            result = run_process(
                 program,
                 proc.inputs,
                 cpu,
@@ -191,8 +181,9 @@ class Kernel:
                 pid=os.getpid(),
                 entity=proc.entity,
                 on_run=lambda run_id: setattr(proc, "run_id", run_id),
-                body=proc.body,
+                devices=proc.devices,
                 prepare=lambda ctx: self._prepare(proc, program, ctx),
+                on_trace=proc.on_trace,
             )
             proc.result = result
             if result.finish_reason == "cancelled":
@@ -214,9 +205,80 @@ class Kernel:
                 self._threads.pop(proc.pid, None)
                 self._rates.pop(proc.pid, None)
 
+    # --- a process's memory and devices ---------------------------------------------------------
+    def _pager(self, program: Program, proc: Process, cpu: CPU) -> Pager:
+        """The memory manager of one process: its paging policy and swap key."""
+        name = str(program.llmos.get("paging") or params.PAGING_POLICY)
+        try:
+            policy = make_paging_policy(name, cpu_summarizer(cpu, proc.entity))
+        except InputError as exc:
+            raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
+        reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
+        return Pager(
+            store=lambda: self.system.memory,
+            owner=proc.owner,
+            process=f"{os.getpid()}.{proc.pid}.{secrets.token_hex(4)}",
+            policy=policy,
+            reserve=reserve,
+            label=str(program.path),
+        )
+
     def _prepare(self, proc: Process, program: Program, context: Context) -> None:
+        """At spawn: attach the pager; page in the owner's memories most relevant to the
+        input (`llmos.memory.auto_recall` tokens) and the shared segments the program names
+        (`llmos.shm`)."""
         proc.context = context
-        self.system.prepare_context(context, program, proc.inputs, proc.memory)
+        pager: Pager = proc.memory
+        pager.attach(context)
+        for name in program.llmos.get("shm") or []:
+            seg = SharedMemory(self.system.memory).read(proc.owner, name)
+            context.insert_after_program(
+                "system",
+                f"Shared segment {seg.name} (version {seg.version}, owner {seg.owner}):\n"
+                f"{seg.text}",
+                "shm",
+                {"shm": seg.name, "version": seg.version},
+            )
+        budget = int((program.llmos.get("memory") or {}).get("auto_recall") or 0)
+        if budget > 0:
+            query = " ".join(str(v) for v in proc.inputs.values() if isinstance(v, str))
+            if query.strip():
+                hits = self.system.memory.recall(proc.owner, query, params.RECALL_MAX_K)
+                recall_into(
+                    context, hits, budget, header="Memories from earlier runs that may help:"
+                )
+
+    def _devices(self, program: Program, proc: Process) -> Devices | None:
+        """What a program that declares devices may call (None for one that declares none);
+        ProgramError if it declares devices that do not exist or are not granted."""
+        declared = list(program.tools)
+        raw = program.llmos.get("devices") or {}
+        options: dict[str, Any] = {name: {} for name in raw} if isinstance(raw, list) else dict(raw)
+        if not declared and not options:
+            return None
+        table = self.system.syscalls
+        grants = grants_for(declared, options, table.devices, str(program.path))
+        ctx = CallContext(
+            pid=proc.pid,
+            owner=proc.owner,
+            root=self.user_root(proc.owner),
+            kernel=self,  # for the call/ask devices (llmos.hw.dev.proc)
+            memory=proc.memory,  # for the memory devices (llmos.hw.dev.memory)
+        )
+        return Devices(
+            table=table,
+            grants=grants,
+            ctx=ctx,
+            options=options,
+            on_syscall=lambda busy: self._blocked(proc, busy),
+        )
+
+    def user_root(self, owner: str) -> Path:
+        """The owner's private file namespace (what `fs` and `python` may touch)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner) or "_"
+        root = self.system.home / params.USERS_DIR_NAME / safe / "files"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
 
     @staticmethod
     def _blocked(proc: Process, busy: bool) -> None:
@@ -402,7 +464,7 @@ class Kernel:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    def shutdown(self, timeout: float = 10.0) -> None:
+    def shutdown(self, timeout: float = params.KERNEL_SHUTDOWN_GRACE_S) -> None:
         """Kill every live process, wait for them, release the CPUs."""
         for p in self.table.all(include_exited=False):
             p.entity.killed = True

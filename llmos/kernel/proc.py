@@ -77,8 +77,9 @@ class Process:
     run_id: str | None = None
     output: list[str] = field(default_factory=list)
     syscalls: int = 0
-    body: Any = None  # the agent loop for a program with devices (see llmos.kernel.agent)
-    result: Any = None  # the RunResult of a process that ran to its end
+    devices: Any = None  # its llmos.kernel.loop.Devices (None for a program without devices)
+    on_trace: Any = None  # called with each step of its loop (`llmos run --trace`)
+    result: Any = None  # the llmos.kernel.loop.RunResult of a process that ran to its end
     exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0
     context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered
@@ -117,6 +118,15 @@ class Process:
         with self.cond:
             self.output.append(text)
             self.cond.notify_all()
+
+    def read_output(self, seen: int, timeout: float | None) -> tuple[list[str], bool]:
+        """The output pieces after the first `seen`, waiting up to `timeout` seconds for one
+        (or for the exit), and whether the process is still alive. Every follower of the
+        process's output reads it through here."""
+        with self.cond:
+            if len(self.output) == seen and self.alive:
+                self.cond.wait(timeout=timeout)
+            return self.output[seen:], self.alive
 
     def set_state(self, state: State) -> None:
         with self.cond:

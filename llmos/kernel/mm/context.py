@@ -17,13 +17,13 @@ from). The chat messages sent to the CPU are rendered from the segments every st
 A message longer than params.SEGMENT_CHARS (less in a small window: about a sixth of it) is
 split into several segments (cut at a newline or space), so a 50 MB input is tens of
 thousands of segments of which only those that fit are ever tokenized. A segment that has
-been paged out (`llmos.paging`) keeps its place: the run of consecutive paged-out segments in
-a message renders as one short stub naming the page ids and a one-line summary each, so the
-model knows what is missing and how to get it back.
+been paged out (`llmos.kernel.mm.paging`) keeps its place: the run of consecutive paged-out
+segments in a message renders as one short stub naming the page ids and a one-line summary
+each, so the model knows what is missing and how to get it back.
 
 Invariants:
-- Concatenating the texts of a message's segments gives the message's original content;
-  `reassemble` with the pages' texts gives back the original messages exactly.
+- Concatenating the texts of a message's segments (a paged-out one's text read back from its
+  page) gives the message's original content: paging loses nothing.
 - Segment ids grow in creation order and are never reused; a message's fields other than its
   content (tool_calls, tool_call_id, name) ride on its first segment.
 - `used` is the exact token count of the last rendering measured by `measure`.
@@ -253,23 +253,6 @@ class Context:
             out.append({**group[0].fields, "role": group[0].role, "content": "".join(parts)})
             i += 1
         return _pair_tool_calls(out)
-
-    def reassemble(self, page_text: Callable[[int], str]) -> list[Message]:
-        """The messages with every paged-out segment's text read back from its page."""
-        out: list[Message] = []
-        for group in self._groups():
-            text = "".join(s.text if s.resident else page_text(s.page or 0) for s in group)
-            out.append({**group[0].fields, "role": group[0].role, "content": text})
-        return out
-
-    def page_in(self, page: int, text: str) -> Segment | None:
-        """Bring a paged-out segment back in place; the segment, or None if no such page."""
-        for seg in self.segments:
-            if seg.page == page:
-                seg.text, seg.page, seg.summary, seg.last_ref = text, None, "", self.step
-                seg.chars, seg.tokens = 0, None
-                return seg
-        return None
 
     def touch(self, reply: str) -> None:
         """Mark resident segments the reply quotes (a run of params.LRU_SHINGLE words) as

@@ -1,0 +1,475 @@
+"""The kernel's front door: one typed table of operations that every front end uses.
+
+The command line (in-process), the daemon's socket protocol (`llmos.front.kerneld`), `llmos mcp`
+and any later front end reach the kernel only through this table. Each operation has a pydantic
+request model (strict types, unknown fields refused) and a handler; `call(kernel, caller, op,
+payload)` validates a payload and runs the handler, so a malformed request is one clear line
+(RequestError, exit 2) whatever the front end. Replies are plain JSON-ready dicts. Two
+operations stream: `follow` yields events (`{"text": ...}` pieces of the process's output from
+its start, then live, ending with `{"done": true, ...}`), and `wait` blocks; both stop early
+when the caller's `gone()` says the client went away.
+
+    op                  request                                    reply
+    spawn               program, cwd, inputs, input_pairs, stdin,  pid, process
+                        model, priority, budget
+    ps                  all                                        processes
+    kill|stop|cont      pid                                        process
+    renice              pid, priority                              process, old_priority
+    wait                pid, timeout                               process, text, timed_out
+    follow              pid                                        events (see above)
+    answer              pid, text                                  process
+    top                 -                                          the kernel's snapshot
+    memory.remember     text, tags                                 id
+    memory.recall       query, k                                   hits
+    memory.forget       id                                         forgotten
+    memory.list         limit                                      hits
+    memory.page         id                                         page
+    shm.ls              -                                          segments
+    shm.create          name, text, others, acl                    segment
+    shm.read            name                                       segment, text
+    shm.write           name, text, append, if_version             segment
+    shm.chmod           name, others, grant                        segment
+    shm.rm              name                                       removed
+
+`spawn_request` is the one function that turns a program reference, inputs and stdin into a
+loaded program and its inputs, for every front end (the reference is resolved against the
+caller's working directory; a program that cannot load is journalled as a failed run).
+`run` is the in-process foreground run: spawn, stream the output, and kill the process if the
+caller is interrupted.
+
+Invariants: a handler never trusts a field the model did not validate; the caller's identity
+(`Caller.owner`) comes from the front end, never from the payload.
+
+What this module does not do: transport (sockets, stdio, HTTP live in `llmos.front`), or
+formatting for people (the command line does that).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmos import params
+from llmos.errors import AdmissionError, InputError, LlmosError, RequestError
+from llmos.hw.cpu.base import CPU
+from llmos.kernel import program as program_mod
+from llmos.kernel.core import Kernel
+from llmos.kernel.loop import RunResult
+from llmos.kernel.proc import Process
+from llmos.kernel.program import Program
+from llmos.store.shm import SharedMemory
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking (established by the front end), and how to tell that they left."""
+
+    owner: str
+    gone: Callable[[], bool] = lambda: False
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SpawnRequest(Request):
+    program: str = Field(min_length=1)
+    cwd: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    input_pairs: list[str] = Field(default_factory=list)
+    stdin: str | None = None
+    model: str | None = None
+    priority: int | None = None
+    budget: int | None = Field(default=None, ge=0)
+
+
+class PidRequest(Request):
+    pid: int
+
+
+class PsRequest(Request):
+    all: bool = False
+
+
+class ReniceRequest(Request):
+    pid: int
+    priority: int
+
+
+class WaitRequest(Request):
+    pid: int
+    timeout: float | None = Field(default=None, ge=0)
+
+
+class AnswerRequest(Request):
+    pid: int
+    text: str
+
+
+class Empty(Request):
+    pass
+
+
+class RememberRequest(Request):
+    text: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class RecallRequest(Request):
+    query: str
+    k: int = Field(default=params.RECALL_DEFAULT_K, ge=1, le=params.RECALL_MAX_K)
+
+
+class IdRequest(Request):
+    id: int = Field(ge=0)
+
+
+class ListRequest(Request):
+    limit: int = Field(default=params.MEMORY_LIST_DEFAULT, ge=1)
+
+
+class ShmNameRequest(Request):
+    name: str
+
+
+class ShmCreateRequest(Request):
+    name: str
+    text: str = ""
+    others: str = ""
+    acl: dict[str, str] = Field(default_factory=dict)
+
+
+class ShmWriteRequest(Request):
+    name: str
+    text: str
+    append: bool = False
+    if_version: int | None = Field(default=None, ge=0)
+
+
+class ShmChmodRequest(Request):
+    name: str
+    others: str | None = None
+    grant: dict[str, str] = Field(default_factory=dict)
+
+
+Handler = Callable[[Kernel, Caller, Any], Any]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    request: type[Request]
+    handler: Handler
+    streams: bool = False  # the handler returns an iterator of events
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def spawn_request(kernel: Kernel, req: SpawnRequest) -> tuple[Program, dict[str, Any]]:
+    """The program `req` names, loaded for the caller's working directory, and its inputs
+    (`inputs`, then `key=value` pairs coerced to the input schema, then stdin as `input`).
+    A program or input that fails is journalled as a failed run, then raised."""
+    system = kernel.system
+    ref = req.program
+    cwd = Path(req.cwd) if req.cwd else Path.cwd()
+    if not cwd.is_absolute():
+        raise RequestError(f"'cwd' must be an absolute path, got {req.cwd!r}")
+    candidate = cwd / ref
+    if not Path(ref).is_absolute() and (
+        "/" in ref
+        or ref.endswith(params.PROGRAM_SUFFIXES)
+        or candidate.is_file()
+        or (candidate / params.SKILL_FILE).is_file()
+    ):
+        ref = str(candidate)
+    try:
+        program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
+    except LlmosError as exc:
+        system.log_failure(ref, exc)
+        raise
+    try:
+        inputs = dict(req.inputs)
+        inputs.update(program_mod.parse_cli_inputs(list(req.input_pairs), program.input_schema))
+    except LlmosError as exc:
+        system.log_failure(program.name, exc, program_path=str(program.path))
+        raise
+    return program, with_stdin(inputs, req.stdin)
+
+
+def with_stdin(inputs: dict[str, Any], stdin: str | None) -> dict[str, Any]:
+    """Piped stdin is the input named `input`, unless that input was given explicitly."""
+    if stdin is not None and "input" not in inputs:
+        return {**inputs, "input": stdin}
+    return inputs
+
+
+def spawn(kernel: Kernel, caller: Caller, req: SpawnRequest) -> Process:
+    """Start the program `req` names as a process owned by the caller."""
+    program, inputs = spawn_request(kernel, req)
+    try:
+        return kernel.spawn(
+            program,
+            inputs,
+            owner=caller.owner,
+            model=req.model,
+            priority=req.priority,
+            budget=req.budget,
+        )
+    except AdmissionError:
+        raise
+    except LlmosError as exc:
+        kernel.system.log_failure(program.name, exc, program_path=str(program.path))
+        raise
+
+
+def run(
+    kernel: Kernel,
+    caller: Caller,
+    program: Program,
+    inputs: dict[str, Any],
+    *,
+    cpu: CPU | None = None,
+    on_text: Callable[[str], None] | None = None,
+    on_trace: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run `program` as a process and wait for it in the foreground, streaming its output to
+    `on_text`; raise the error it failed with. If the caller is interrupted (or its output
+    pipe closes), the process is killed and logged as such first."""
+    proc = kernel.spawn(program, inputs, owner=caller.owner, cpu=cpu, on_trace=on_trace)
+    try:
+        for event in follow_process(proc, caller):
+            if "text" in event and on_text is not None:
+                on_text(event["text"])
+    except BaseException:
+        if proc.alive:
+            kernel.kill(proc.pid)
+            proc.wait(timeout=params.KERNEL_SHUTDOWN_GRACE_S)
+        raise
+    if proc.exception is not None:
+        raise proc.exception
+    if proc.result is None:
+        raise LlmosError(
+            f"{program.path}: process {proc.pid} ended {proc.exit_status}: {proc.error}"
+        )
+    result: RunResult = proc.result
+    return result
+
+
+def follow_process(proc: Process, caller: Caller) -> Iterator[dict[str, Any]]:
+    """The process's one output stream, as events: its text from the start, then live; the
+    last event says how it ended. Ends early (without that event) if the caller is gone."""
+    seen = 0
+    while True:
+        fresh, alive = proc.read_output(seen, params.KERNEL_POLL_S)
+        seen += len(fresh)
+        if fresh:
+            yield {"text": "".join(fresh)}
+        if not alive:
+            yield {
+                "done": True,
+                "exit_status": proc.exit_status,
+                "error": proc.error,
+                "process": proc.info(),
+            }
+            return
+        if not fresh and caller.gone():
+            return
+
+
+def _spawn_op(kernel: Kernel, caller: Caller, req: SpawnRequest) -> dict[str, Any]:
+    proc = spawn(kernel, caller, req)
+    return {"pid": proc.pid, "process": proc.info()}
+
+
+def _ps(kernel: Kernel, caller: Caller, req: PsRequest) -> dict[str, Any]:
+    return {"processes": kernel.ps(include_exited=req.all)}
+
+
+def _signal(action: str) -> Handler:
+    def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+        proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
+        return {"process": proc.info()}
+
+    return handler
+
+
+def _renice(kernel: Kernel, caller: Caller, req: ReniceRequest) -> dict[str, Any]:
+    old = kernel.table.get(req.pid).priority
+    proc = kernel.renice(req.pid, req.priority)
+    return {"process": proc.info(), "old_priority": old}
+
+
+def _wait(kernel: Kernel, caller: Caller, req: WaitRequest) -> dict[str, Any] | None:
+    """The process once it exits (or when the timeout passes); None if the caller left."""
+    proc = kernel.table.get(req.pid)
+    deadline = None if req.timeout is None else time.monotonic() + req.timeout
+    timed_out = False
+    while True:
+        step = params.KERNEL_POLL_S
+        if deadline is not None:
+            step = max(0.0, min(step, deadline - time.monotonic()))
+        if proc.wait(step):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
+            break
+        if caller.gone():
+            return None
+    return {"process": proc.info(), "text": proc.text, "timed_out": timed_out}
+
+
+def _follow(kernel: Kernel, caller: Caller, req: PidRequest) -> Iterator[dict[str, Any]]:
+    return follow_process(kernel.table.get(req.pid), caller)
+
+
+def _answer(kernel: Kernel, caller: Caller, req: AnswerRequest) -> dict[str, Any]:
+    return {"process": kernel.answer(req.pid, req.text).info()}
+
+
+def _top(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
+    return kernel.top()
+
+
+# --- memory and shared segments ------------------------------------------------------------------
+
+
+def _remember(kernel: Kernel, caller: Caller, req: RememberRequest) -> dict[str, Any]:
+    mid = kernel.system.memory.remember(caller.owner, req.text, req.tags, source="cli")
+    return {"id": mid}
+
+
+def _recall(kernel: Kernel, caller: Caller, req: RecallRequest) -> dict[str, Any]:
+    hits = kernel.system.memory.recall(caller.owner, req.query, req.k)
+    return {"hits": [h.to_json() for h in hits]}
+
+
+def _forget(kernel: Kernel, caller: Caller, req: IdRequest) -> dict[str, Any]:
+    if not kernel.system.memory.forget(caller.owner, req.id):
+        raise InputError(f"no memory m{req.id} of {caller.owner}")
+    return {"forgotten": req.id}
+
+
+def _memories(kernel: Kernel, caller: Caller, req: ListRequest) -> dict[str, Any]:
+    return {"hits": [h.to_json() for h in kernel.system.memory.memories(caller.owner, req.limit)]}
+
+
+def _page(kernel: Kernel, caller: Caller, req: IdRequest) -> dict[str, Any]:
+    page = kernel.system.memory.page(caller.owner, req.id)
+    if page is None:
+        raise InputError(f"no page p{req.id} of {caller.owner}")
+    return {"page": page}
+
+
+def _shm(kernel: Kernel) -> SharedMemory:
+    return SharedMemory(kernel.system.memory)
+
+
+def _shm_ls(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
+    return {"segments": [s.info() for s in _shm(kernel).list(caller.owner)]}
+
+
+def _shm_create(kernel: Kernel, caller: Caller, req: ShmCreateRequest) -> dict[str, Any]:
+    seg = _shm(kernel).create(caller.owner, req.name, req.text, others=req.others, acl=req.acl)
+    return {"segment": seg.info()}
+
+
+def _shm_read(kernel: Kernel, caller: Caller, req: ShmNameRequest) -> dict[str, Any]:
+    seg = _shm(kernel).read(caller.owner, req.name)
+    return {"segment": seg.info(), "text": seg.text}
+
+
+def _shm_write(kernel: Kernel, caller: Caller, req: ShmWriteRequest) -> dict[str, Any]:
+    seg = _shm(kernel).write(
+        caller.owner, req.name, req.text, append=req.append, if_version=req.if_version
+    )
+    return {"segment": seg.info()}
+
+
+def _shm_chmod(kernel: Kernel, caller: Caller, req: ShmChmodRequest) -> dict[str, Any]:
+    seg = _shm(kernel).chmod(caller.owner, req.name, others=req.others, grant=req.grant)
+    return {"segment": seg.info()}
+
+
+def _shm_rm(kernel: Kernel, caller: Caller, req: ShmNameRequest) -> dict[str, Any]:
+    _shm(kernel).remove(caller.owner, req.name)
+    return {"removed": req.name}
+
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("spawn", SpawnRequest, _spawn_op),
+        Op("ps", PsRequest, _ps),
+        Op("kill", PidRequest, _signal("kill")),
+        Op("stop", PidRequest, _signal("stop")),
+        Op("cont", PidRequest, _signal("cont")),
+        Op("renice", ReniceRequest, _renice),
+        Op("wait", WaitRequest, _wait),
+        Op("follow", PidRequest, _follow, streams=True),
+        Op("answer", AnswerRequest, _answer),
+        Op("top", Empty, _top),
+        Op("memory.remember", RememberRequest, _remember),
+        Op("memory.recall", RecallRequest, _recall),
+        Op("memory.forget", IdRequest, _forget),
+        Op("memory.list", ListRequest, _memories),
+        Op("memory.page", IdRequest, _page),
+        Op("shm.ls", Empty, _shm_ls),
+        Op("shm.create", ShmCreateRequest, _shm_create),
+        Op("shm.read", ShmNameRequest, _shm_read),
+        Op("shm.write", ShmWriteRequest, _shm_write),
+        Op("shm.chmod", ShmChmodRequest, _shm_chmod),
+        Op("shm.rm", ShmNameRequest, _shm_rm),
+    )
+}
+
+
+def parse(op: str, payload: Mapping[str, Any], ops: Mapping[str, Op] = OPS) -> Request:
+    """`payload` validated as op's request; RequestError (one line) if it is not."""
+    spec = ops.get(op)
+    if spec is None:
+        raise RequestError(f"unknown op {op!r}: use one of {', '.join(ops)}")
+    try:
+        return spec.request.model_validate(dict(payload))
+    except ValidationError as exc:
+        raise RequestError(describe(op, exc)) from None
+
+
+def call(kernel: Kernel, caller: Caller, op: str, payload: Mapping[str, Any]) -> Any:
+    """Run operation `op` for `caller`: a reply dict, an iterator of events (streaming ops), or
+    None (`wait` whose caller left)."""
+    request = parse(op, payload)
+    return OPS[op].handler(kernel, caller, request)
+
+
+_EXPECTED = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a list",
+    "greater_than_equal": "must not be negative",
+    "less_than_equal": "is too large",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+}
+
+
+def describe(op: str, exc: ValidationError) -> str:
+    """The first problem of a request, as one line naming the field and the value."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(request)"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{op} needs '{where}'"
+    if kind == "extra_forbidden":
+        return f"{op} takes no '{where}'"
+    expected = _EXPECTED.get(kind, err["msg"])
+    return f"'{where}' {expected}, got {err.get('input')!r}"

@@ -1,0 +1,516 @@
+"""The process loop: a program's whole life as a process, from its rendered messages to its
+logged result. There is one loop; a plain program is the same loop with zero devices.
+
+`run_process` renders the program with its inputs, opens the run in the log, turns the
+messages into the process's `Context` (typed segments; `prepare` lets the kernel attach a pager
+and page in memories and shared segments), then steps:
+
+    fit -> generate -> trap -> syscall -> validate
+
+1. fit: before each step the context is fitted to its limit (the pager pages out what no longer
+   fits, see `llmos.kernel.mm.paging`); without a pager the prompt must fit as it is.
+2. generate: one reply from the CPU, with the granted devices offered (native tool calls on
+   remote CPUs; on the embedded CPU a grammar admitting one well-formed call, see
+   `llmos.hw.cpu.grammar`) and, for JSON programs without devices, the output schema (a grammar
+   on the embedded CPU, `response_format` elsewhere).
+3. trap: `trap.classify` sorts the reply: text (the answer), a syscall, or a malformed call (the
+   model is told what was wrong and the loop goes on).
+4. syscall: `SyscallTable.dispatch` runs it (the process is blocked meanwhile); its result, or a
+   clear error, is appended as a `tool` message (a `syscall` segment) and the loop goes on.
+5. validate: a JSON program's answer must parse and match its output schema. A reply that does
+   not is retried (params.JSON_RETRIES) with the error shown to the model, unless a grammar
+   constrained it (then a retry cannot help); then the run fails with OutputError.
+
+Budgets: a CPU that schedules (batching) charges and enforces budgets per token itself; for the
+others (remote servers) this loop charges each step's prompt before sending it and each
+generated chunk as it arrives, and ends the process with reason `budget` when it is over. This
+is the only place that does so.
+
+Output: text streams to `on_text` as it is generated, except a syscall (text from the call marker
+on is held back, `TextGate`) and JSON (printed once it validates: a reply cut short must not
+leave half an object on stdout for the next program in a pipe).
+
+Invariants: every run that reaches the log leaves exactly one run row, finished as `ok`,
+`failed` (with the error's kind and message) or `cancelled`; every step of a program with
+devices (kind, device, arguments, result, duration) is in `RunResult.extra["steps"]`, and
+`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is an
+OutputError naming the limit.
+
+What this module does not do: load programs (see `llmos.kernel.program`), choose CPUs (see
+`llmos.kernel.cpus`), define devices or check access (see `llmos.kernel.syscall`), or schedule
+processes (see `llmos.kernel.core`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from llmos import params
+from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
+from llmos.hw.cpu.grammar import CALL_OPEN
+from llmos.hw.dev.base import CallContext, Device
+from llmos.kernel.mm.context import Context
+from llmos.kernel.program import Program
+from llmos.kernel.sched.policy import Entity
+from llmos.kernel.syscall import SyscallResult, SyscallTable
+from llmos.kernel.trap import Trapped, classify
+from llmos.store.log import Log
+
+Trace = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """How a process's run ended: its answer, counts and timings."""
+
+    run_id: str
+    text: str
+    output: Any  # parsed JSON for JSON programs, else the text
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+    attempts: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen_s = (self.duration_ms - (self.ttft_ms or 0.0)) / 1000.0
+        if gen_s <= 0 or self.completion_tokens <= 1:
+            return 0.0
+        return (self.completion_tokens - 1) / gen_s
+
+    def to_json(self, program: Program, cpu_name: str) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "program": program.name,
+            "cpu": cpu_name,
+            "output": self.output,
+            "finish_reason": self.finish_reason,
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            "ttft_ms": self.ttft_ms,
+            "duration_ms": self.duration_ms,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "context": {k: v for k, v in (self.extra.get("context") or {}).items() if k != "pages"},
+        }
+
+
+@dataclass
+class Devices:
+    """What a process with devices may call: its grants in the syscall table, the context its
+    calls run in, and the options its program gave each device."""
+
+    table: SyscallTable
+    grants: dict[str, Device]
+    ctx: CallContext
+    options: dict[str, Any] = field(default_factory=dict)
+    on_syscall: Callable[[bool], None] | None = None  # True as a call starts, False as it ends
+
+
+def run_process(
+    program: Program,
+    inputs: dict[str, Any],
+    cpu: CPU,
+    log: Log,
+    on_text: Callable[[str], None] | None = None,
+    *,
+    owner: str | None = None,
+    pid: int | None = None,
+    entity: Entity | None = None,
+    on_run: Callable[[str], None] | None = None,
+    devices: Devices | None = None,
+    prepare: Callable[[Context], None] | None = None,
+    on_trace: Trace | None = None,
+) -> RunResult:
+    """Run `program` once; see the module note. Raises an LlmosError after logging it."""
+    started = time.perf_counter()
+    messages: list[Message] = []
+    run_id: str | None = None
+    context: Context | None = None
+    try:
+        try:
+            messages = program.render(inputs)
+        finally:
+            run_id = log.start_run(
+                program.name,
+                cpu.name,
+                inputs,
+                messages,
+                program_path=str(program.path),
+                pid=pid,
+                owner=owner,
+            )
+            if on_run is not None:
+                on_run(run_id)
+        context = Context.from_messages(messages, context_limit(program, cpu), cpu)
+        if prepare is not None:
+            prepare(context)
+        if context.fitter is None:
+            check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
+        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace)
+    except LlmosError as exc:
+        if run_id is not None:
+            log.finish_run(
+                run_id,
+                status="failed",
+                error_kind=exc.kind,
+                error=str(exc),
+                duration_ms=(time.perf_counter() - started) * 1000,
+                extra=_context_extra(context),
+            )
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
+        if run_id is not None:
+            interrupted = isinstance(exc, KeyboardInterrupt | GeneratorExit)
+            log.finish_run(
+                run_id,
+                status="cancelled" if interrupted else "failed",
+                error_kind="interrupted" if interrupted else "internal",
+                error=str(exc) or type(exc).__name__,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        raise
+    result.run_id = run_id
+    result.extra.update(_context_extra(context))
+    killed = result.finish_reason == "cancelled"
+    ended_early = killed or result.finish_reason == "budget"
+    log.finish_run(
+        run_id,
+        status="cancelled" if ended_early else "ok",
+        error_kind=("killed" if killed else "budget") if ended_early else None,
+        error=("killed before it finished" if killed else "token budget exhausted")
+        if ended_early
+        else None,
+        response=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        ttft_ms=result.ttft_ms,
+        duration_ms=result.duration_ms,
+        extra={"finish_reason": result.finish_reason, "attempts": result.attempts, **result.extra},
+    )
+    return result
+
+
+def _steps(
+    program: Program,
+    cpu: CPU,
+    context: Context,
+    on_text: Callable[[str], None] | None,
+    started: float,
+    entity: Entity | None,
+    devices: Devices | None,
+    on_trace: Trace | None,
+) -> RunResult:
+    """The loop itself (see the module note); returns the unlogged result."""
+    specs: list[ToolSpec] | None = None
+    if devices is not None and devices.grants:
+        specs = devices.table.specs(devices.grants)
+    settings = program.gen_settings()
+    schema = program.output_schema if program.json_mode else None
+    required_first = program.llmos.get("tool_choice") == "required"
+    police = entity if entity is not None and not cpu.capabilities.batching else None
+    steps: list[dict[str, Any]] = []
+    prompt_total = completion_total = 0
+    ttft_ms: float | None = None
+    attempts = 0  # answers generated (a JSON answer that fails validation is tried again)
+
+    def result(text: str, output: Any, finish_reason: str | None) -> RunResult:
+        return RunResult(
+            run_id="",
+            text=text,
+            output=output,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_total,
+            completion_tokens=completion_total,
+            ttft_ms=ttft_ms,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            attempts=max(1, attempts),
+            extra={"steps": steps} if specs else {},
+        )
+
+    step = 0
+    while True:
+        step += 1
+        if specs and step > program.max_steps:
+            raise OutputError(
+                f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
+            )
+        context.step = step
+        context.fit()  # pages out what no longer fits (see llmos.kernel.mm.paging)
+        if police is not None and not police.charge(prompt=context.used):
+            return result("", "", "budget")
+        request = GenRequest(
+            messages=context.messages(),
+            tools=specs,
+            tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
+            json_schema=(schema or {"type": "object"}) if program.json_mode and not specs else None,
+            entity=entity,
+            **settings,
+        )
+        gate = TextGate(None if program.json_mode else on_text, hold_calls=bool(specs))
+        text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
+        if ttft_ms is None and first_at is not None:
+            ttft_ms = (first_at - started) * 1000
+        prompt_total += last.prompt_tokens
+        completion_total += last.completion_tokens
+        trapped = classify(text, last.tool_calls) if specs else Trapped(kind="text")
+        if specs:
+            context.touch(text)
+        ended_early = last.finish_reason in ("cancelled", "budget")
+        if ended_early or trapped.kind == "text":
+            gate.flush()
+            if specs:
+                _record(
+                    steps,
+                    on_trace,
+                    {"step": step, "kind": "text", "tokens": last.completion_tokens},
+                )
+            attempts += 1
+            if not program.json_mode or ended_early:
+                return result(text, text, last.finish_reason)
+            try:
+                output = validate_json(text, schema)
+            except OutputError as exc:
+                constrained = cpu.capabilities.grammar and not specs
+                if constrained or attempts > params.JSON_RETRIES:
+                    if last.finish_reason == "length":
+                        raise OutputError(
+                            f"{program.path}: reply hit the {request.max_tokens}-token limit "
+                            f"before its JSON was complete ({exc})"
+                        ) from exc
+                    raise OutputError(f"{program.path}: {exc}") from exc
+                context.append("assistant", text, "turn", {"attempt": attempts})
+                context.append(
+                    "user",
+                    f"That reply is invalid: {exc}. Reply again with only JSON that matches "
+                    "the schema.",
+                    "turn",
+                    {"attempt": attempts, "from": "kernel"},
+                )
+                continue
+            if on_text is not None:
+                on_text(text)
+            return result(text, output, last.finish_reason)
+        assert devices is not None  # specs implies devices
+        if trapped.kind == "malformed":
+            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": trapped.error})
+            context.append("assistant", text, "turn", {"step": step})
+            context.append(
+                "user",
+                f"That call was malformed ({trapped.error}). "
+                "Reply with one valid call or with your answer.",
+                "turn",
+                {"step": step, "from": "kernel"},
+            )
+            continue
+        call_message = _assistant_call(text, trapped.calls)
+        context.append(
+            "assistant",
+            str(call_message["content"]),
+            "turn",
+            {"step": step},
+            tool_calls=call_message["tool_calls"],
+        )
+        for call in trapped.calls:
+            outcome = _syscall(devices, call)
+            _record(steps, on_trace, _step_record(step, call, outcome))
+            context.append(
+                "tool",
+                outcome.segment(),
+                "syscall",
+                {"step": step, "device": call.name, "ok": outcome.ok},
+                tool_call_id=call.id,
+                name=call.name,
+            )
+
+
+def _syscall(devices: Devices, call: ToolCall) -> SyscallResult:
+    """One syscall, with the process marked blocked while it runs."""
+    if devices.on_syscall is not None:
+        devices.on_syscall(True)
+    try:
+        return devices.table.dispatch(call, devices.grants, devices.ctx, devices.options)
+    finally:
+        if devices.on_syscall is not None:
+            devices.on_syscall(False)
+
+
+class TextGate:
+    """Streams a step's text to `on_text`. With `hold_calls`, text from a `<tool_call>` marker on
+    is held back (so is a tail that could still grow into the marker): a syscall is never
+    printed as if it were the answer."""
+
+    def __init__(self, on_text: Callable[[str], None] | None, *, hold_calls: bool = True) -> None:
+        self.on_text = on_text
+        self.hold_calls = hold_calls
+        self.buffer = ""
+        self.closed = False  # a call began: nothing more is streamed
+
+    def __call__(self, text: str) -> None:
+        if not self.hold_calls:
+            self._emit(text)
+            return
+        if self.closed:
+            return
+        self.buffer += text
+        at = self.buffer.find(CALL_OPEN)
+        if at >= 0:
+            self._emit(self.buffer[:at].rstrip())
+            self.buffer, self.closed = "", True
+            return
+        keep = next(
+            (
+                n
+                for n in range(min(len(CALL_OPEN) - 1, len(self.buffer)), 0, -1)
+                if CALL_OPEN.startswith(self.buffer[-n:])
+            ),
+            0,
+        )
+        self._emit(self.buffer[: len(self.buffer) - keep])
+        self.buffer = self.buffer[len(self.buffer) - keep :]
+
+    def flush(self) -> None:
+        """The step ended as an answer: emit what was held back."""
+        if not self.closed:
+            self._emit(self.buffer)
+        self.buffer = ""
+
+    def _emit(self, text: str) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
+
+
+def stream_reply(
+    chunks: Iterator[Chunk],
+    on_text: Callable[[str], None] | None,
+    cpu: CPU,
+    entity: Entity | None,
+) -> tuple[str, Chunk, float | None]:
+    """Drain one generation: its text, its last chunk, and when its first text arrived. With
+    `entity` (a CPU that does not police budgets itself), each chunk is charged and a kill or
+    an exhausted budget ends the generation early."""
+    parts: list[str] = []
+    last = Chunk(done=True)
+    first_at: float | None = None
+    try:
+        for chunk in chunks:
+            if chunk.text:
+                if first_at is None:
+                    first_at = time.perf_counter()
+                parts.append(chunk.text)
+                if on_text is not None:
+                    on_text(chunk.text)
+            if chunk.done:
+                last = chunk
+            if entity is not None:
+                generated = cpu.count_tokens(chunk.text) if chunk.text else 0
+                within = entity.charge(generated=generated)
+                if entity.killed or not within:
+                    reason = "cancelled" if entity.killed else "budget"
+                    last = Chunk(
+                        done=True, finish_reason=reason, completion_tokens=entity.generated
+                    )
+                    break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return "".join(parts), last, first_at
+
+
+def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) -> int:
+    """Prompt tokens, or ContextOverflowError if the prompt leaves no room to answer."""
+    n = cpu.count_messages(messages)
+    if n >= limit:
+        raise ContextOverflowError(
+            f"{program.path}: prompt is {n} tokens but the context limit is {limit} tokens "
+            f"({cpu.name}'s window is {cpu.n_ctx})"
+        )
+    return n
+
+
+def validate_json(text: str, schema: dict[str, Any] | None) -> Any:
+    """The parsed reply, or OutputError saying why it is not valid."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"reply is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if schema is not None:
+        error = jsonschema.exceptions.best_match(
+            jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
+        )
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise OutputError(f"reply fails the output schema at {where}: {error.message}")
+    return value
+
+
+def context_limit(program: Program, cpu: CPU) -> int:
+    """The process's context limit: the CPU's window, or the program's smaller `llmos.context`."""
+    limit = cpu.n_ctx
+    asked = program.llmos.get("context")
+    if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < limit:
+        limit = asked
+    return limit
+
+
+def _context_extra(context: Context | None) -> dict[str, Any]:
+    """The context's final accounting, for the log (pages say where paged-out text went)."""
+    if context is None:
+        return {}
+    paged = context.paged()
+    out: dict[str, Any] = {**context.accounting(), "paged_chars": sum(s.chars for s in paged)}
+    if paged:
+        out["pages"] = [s.page for s in paged][: params.LOG_MAX_PAGE_IDS]
+    # What the kernel added at spawn (memories, shared segments) is not in the rendered
+    # messages the log opened the run with: keep its text here, so the log has it all.
+    attached = [
+        {"kind": s.kind, "provenance": s.provenance, "text": s.text}
+        for s in context.segments
+        if s.kind in ("memory", "shm") and s.resident
+    ]
+    if attached:
+        out["attached"] = attached
+    return {"context": out}
+
+
+def _assistant_call(text: str, calls: list[ToolCall]) -> Message:
+    return {
+        "role": "assistant",
+        # Text-only chat templates see the call as the model wrote it; APIs see tool_calls.
+        "content": text or json.dumps({"name": calls[0].name, "arguments": calls[0].arguments}),
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls
+        ],
+    }
+
+
+def _step_record(step: int, call: ToolCall, result: SyscallResult) -> dict[str, Any]:
+    return {
+        "step": step,
+        "kind": "syscall",
+        "device": call.name,
+        "arguments": call.arguments,
+        "ok": result.ok,
+        "result": result.output if result.ok else None,
+        "error": result.error,
+        "ms": round(result.duration_ms, 3),
+    }
+
+
+def _record(steps: list[dict[str, Any]], on_trace: Trace | None, record: dict[str, Any]) -> None:
+    steps.append(record)
+    if on_trace is not None:
+        on_trace(record)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp as ll
 import pytest
 
 from llmos.errors import ContextOverflowError
@@ -352,10 +353,12 @@ def test_finish_frees_slot_and_saved_state_once(
 ) -> None:
     seq, _ = started(engine, prompt)
     assert engine.free_slots == engine.n_seq_max - 1
-    assert engine.kv_used() == seq.n_past
+    slot = seq.slot
+    assert slot is not None
+    assert ll.llama_memory_seq_pos_max(engine.mem, slot) + 1 == seq.n_past
     path = tmp_path / "x.kv"
     engine.save(seq, to_path=path)
-    assert engine.kv_used() == 0
+    assert ll.llama_memory_seq_pos_max(engine.mem, slot) == -1  # its KV cells are free
     engine.finish(seq)
     assert not path.exists()
     assert seq.slot is None and seq.saved_path is None and seq.sampler.ptr is None

@@ -343,14 +343,6 @@ class Engine:
     def free_slots(self) -> int:
         return len(self._free_slots)
 
-    def kv_used(self) -> int:
-        """Tokens resident in KV over all slots (an upper bound on cells in use)."""
-        return sum(
-            int(ll.llama_memory_seq_pos_max(self.mem, s)) + 1
-            for s in range(self.n_seq_max)
-            if s not in self._free_slots
-        )
-
     def admit(self, seq: Sequence, share_from: Sequence | None = None) -> None:
         """Give `seq` a slot and bring its KV back (restore saved state, share a prefix, or
         leave it to prefill). Raises EngineFull if no slot is free."""

@@ -398,17 +398,6 @@ class OpenAICPU(CPU):
             or self.count_tokens(produced),
         )
 
-    # --- models --------------------------------------------------------------------------------
-
-    def list_models(self) -> list[str]:
-        """The model ids the server offers (`GET /models`)."""
-        try:
-            return [model.id for model in self._client.models.list()]
-        except LlmosError:
-            raise
-        except Exception as exc:
-            self._raise_mapped(exc)
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["base_url"] = self.base_url

@@ -67,7 +67,7 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_output_tokens": int,  # overrides config.maxOutputTokens
     "tool_choice": str,  # "auto" (default) or "required": the first step must be a syscall
     "context": int,  # most tokens of context window the process may use (<= the CPU's)
-    "paging": str,  # page-out policy: oldest | lru | summarize (see llmos.paging)
+    "paging": str,  # page-out policy: oldest | lru | summarize (see llmos.kernel.mm.paging)
     "memory": dict,  # long-term memory: {auto_recall: tokens} pages in memories at spawn
     "shm": list,  # shared memory segments attached (read) at spawn, by name
 }
@@ -98,7 +98,8 @@ SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
 # --- Memory: context segments, paging, long-term and shared memory ----------------------------
-# See llmos.context, llmos.paging, llmos.memory, llmos.shm and llmos.store.embed.
+# See llmos.kernel.mm.context, llmos.kernel.mm.paging, llmos.store.memory, llmos.store.shm and
+# llmos.store.embed.
 MEMORY_DB_NAME = "memory.db"  # <home>/memory.db: long-term memories, swapped pages, shm segments
 MEMORY_BUSY_TIMEOUT_S = 10.0  # a writer waits this long for another writer's lock, then errors
 SEGMENT_CHARS = 2000  # a message longer than this is split into segments of about this size

@@ -16,7 +16,8 @@ They act as the OS user running them (the same owner `llmos run` gives its proce
 Errors are one line each: bad input exits 4, a store that is corrupt, locked or full exits 15,
 a refused access exits 16.
 
-What this module does not do: store or check anything itself (see `llmos.memory`, `llmos.shm`).
+What this module does not do: store or check anything itself (the kernel's API does,
+`llmos.kernel.api`).
 """
 
 from __future__ import annotations

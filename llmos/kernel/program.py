@@ -417,7 +417,8 @@ def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
-    """`llmos.paging`, `llmos.memory` and `llmos.shm` (see llmos.paging, llmos.shm)."""
+    """The `llmos.paging`, `llmos.memory` and `llmos.shm` keys (see llmos.kernel.mm.paging and
+    llmos.store.shm)."""
     if key == "paging" and not re.match(r"^[a-z][a-z0-9_-]*$", value):
         raise ProgramError(f"{path}: '{shown}' must be a paging policy name, got {value!r}")
     if key == "memory":

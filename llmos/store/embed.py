@@ -16,7 +16,7 @@ Invariants: embeddings are L2-normalised float32 rows of params.EMBED_DIM; the m
 once per OS process, from files in the wheel only (`wordllama`'s own loader would try the
 network for its tokenizer, so it is not used).
 
-What this module does not do: store vectors (see `llmos.memory`) or BM25 (SQLite FTS5 does).
+What this module does not do: store vectors (see `llmos.store.memory`) or BM25 (SQLite FTS5 does).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ Invariants:
   content (tool_calls, tool_call_id, name) ride on its first segment.
 - `used` is the exact token count of the last rendering measured by `measure`.
 
-What this module does not do: decide what to page out, or write pages (see `llmos.paging`).
+What this module does not do: decide what to page out, or write pages (see
+`llmos.kernel.mm.paging`).
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ the low-water mark makes that rare. See docs/ARCHITECTURE.md.
 Invariants: a failed page-out (the store's disk full, say) changes nothing in the context and
 raises MemoryStoreError; a segment is marked paged out only after its page is committed.
 
-What this module does not do: store or search pages (see `llmos.memory`), or render messages
-(see `llmos.context`).
+What this module does not do: store or search pages (see `llmos.store.memory`), or render
+messages (see `llmos.kernel.mm.context`).
 """
 
 from __future__ import annotations

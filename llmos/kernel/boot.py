@@ -33,6 +33,7 @@ from llmos.hw.dev.base import CallContext
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel import program as program_mod
 from llmos.kernel.agent import Trace, agent_body
+from llmos.kernel.handles import Handles
 from llmos.kernel.mm.context import Context
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, make_policy, recall_into
 from llmos.kernel.program import Program
@@ -165,8 +166,7 @@ class System:
         pid: int,
         on_trace: Trace | None = None,
         on_syscall: Callable[[bool], None] | None = None,
-        kernel: Any = None,
-        memory: Pager | None = None,
+        handles: Handles | None = None,
     ) -> Body | None:
         """The agent loop for a program that declares devices (None for one that does not);
         ProgramError if it declares devices that do not exist or are not granted."""
@@ -177,8 +177,14 @@ class System:
             return None
         table = self.syscalls
         grants = grants_for(declared, options, table.devices, str(program.path))
+        h = handles or Handles()
         ctx = CallContext(
-            pid=pid, owner=owner, root=self.user_root(owner), kernel=kernel, memory=memory
+            pid=pid,
+            owner=owner,
+            root=self.user_root(owner),
+            proc=h.proc,
+            memory=h.memory,
+            shm=h.shm,
         )
         return agent_body(
             table, grants, ctx, on_trace=on_trace, on_syscall=on_syscall, device_options=options

@@ -38,6 +38,7 @@ from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.cpu.llama import EmbeddedCPU
 from llmos.kernel.boot import System
+from llmos.kernel.handles import Handles
 from llmos.kernel.mm.context import Context
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
@@ -147,8 +148,7 @@ class Kernel:
                 pid=proc.pid,
                 on_syscall=lambda busy: self._blocked(proc, busy),
                 on_trace=on_trace,
-                kernel=self,  # for the call/ask devices (llmos.hw.dev.proc)
-                memory=proc.memory,  # for the memory devices (llmos.hw.dev.memory)
+                handles=Handles.for_process(self, proc.pid, proc.memory),  # for the devices
             )
         except LlmosError as exc:
             self.table.reaped(proc)

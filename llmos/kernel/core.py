@@ -37,13 +37,14 @@ from llmos import params
 from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.kernel import plugins
 from llmos.kernel.boot import System
 from llmos.kernel.handles import Handles
 from llmos.kernel.mm.context import Context
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.run import context_limit, run_program
-from llmos.kernel.sched.policy import Gate, Policy, make_policy
+from llmos.kernel.sched.policy import Gate, Policy
 
 if TYPE_CHECKING:
     from llmos.kernel.agent import Trace
@@ -61,7 +62,7 @@ class Kernel:
         remote_in_flight: int = params.REMOTE_MAX_IN_FLIGHT,
     ) -> None:
         self.system = system
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy = plugins.sched_policy(policy) if isinstance(policy, str) else policy
         self.max_resident = max_resident
         self.remote_in_flight = remote_in_flight
         self.table = ProcessTable(max_processes=max_processes, user_budgets=user_budgets)

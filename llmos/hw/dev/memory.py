@@ -19,7 +19,7 @@ LRU paging policy, and recall shows long texts as snippets.
 Invariants: never raises for a failure of its own work (bad input, a missing page, a refused
 access, a store that fails are error results); each result is bounded (params).
 
-What this module does not do: store, rank or format anything (see `llmos.store.memory` and
+What this module does not do: store, rank or snippet anything (see `llmos.store.memory` and
 `llmos.kernel.handles`), or check rights (see `llmos.store.shm`).
 """
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmos import params
 from llmos.errors import LlmosError
@@ -34,10 +34,40 @@ from llmos.store.memory import MemoryStore, snippet
 from llmos.store.shm import SharedMemory
 
 if TYPE_CHECKING:
-    from llmos.kernel.core import Kernel
     from llmos.kernel.mm.paging import Pager
-    from llmos.kernel.proc import Process
+    from llmos.kernel.proc import Process, ProcessTable
     from llmos.kernel.program import Program
+
+
+class _Programs(Protocol):
+    def load_program(self, ref: str) -> Program: ...
+
+
+class KernelOps(Protocol):
+    """What the process handle uses of `llmos.kernel.core.Kernel` (named here, not imported,
+    so that this module stays below the kernel core)."""
+
+    @property
+    def table(self) -> ProcessTable: ...
+
+    @property
+    def system(self) -> _Programs: ...
+
+    def spawn(
+        self,
+        program_ref: str | Program,
+        inputs: dict[str, Any] | None = None,
+        *,
+        owner: str = ...,
+        model: str | None = None,
+        parent: int = 0,
+    ) -> Process: ...
+
+    def off_cpu(self, pid: int) -> contextlib.AbstractContextManager[None]: ...
+
+    def kill(self, pid: int) -> Process: ...
+
+    def ask(self, pid: int, question: str, timeout: float) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +79,7 @@ class Handles:
     shm: SharedAccess | None = None
 
     @classmethod
-    def for_process(cls, kernel: Kernel, pid: int, pager: Pager) -> Handles:
+    def for_process(cls, kernel: KernelOps, pid: int, pager: Pager) -> Handles:
         return cls(
             proc=ProcessHandle(kernel, pid),
             memory=MemoryAccess(pager, pid),
@@ -60,7 +90,7 @@ class Handles:
 class ProcessHandle:
     """`ProcHandle` for process `pid` of `kernel`."""
 
-    def __init__(self, kernel: Kernel, pid: int) -> None:
+    def __init__(self, kernel: KernelOps, pid: int) -> None:
         self.kernel = kernel
         self.pid = pid
         self._children: dict[int, Process] = {}  # spawned, not yet waited for

@@ -207,6 +207,20 @@ FS_MAX_LIST_ENTRIES = 1000  # fs list: most entries returned
 FS_SEARCH_MAX_RESULTS = 200  # fs search: most matches returned
 FS_SEARCH_MAX_FILES = 5000  # fs search: most files visited in one search
 RANDOM_MAX_COUNT = 1000  # random device: most values returned by one call
+RANDOM_MAX_CHOICES = 10_000  # random choice: most choices one call may pass
+CLOCK_TIMEZONE_MAX_CHARS = 64  # clock: a longer time zone name is refused
+FS_BINARY_SNIFF_BYTES = 8192  # fs search: a file with a NUL byte in its first bytes is skipped
+FS_READ_CHUNK_BYTES = 1 << 20  # fs: files are read in chunks of at most this much
+FS_SEARCH_LINE_CHARS = 500  # fs search: a matching line is shown cut to this many characters
+PYTHON_MIN_OPEN_FILES = 16  # a program's open_files option cannot go below this
+PYTHON_POLL_S = 0.1  # how often a sandboxed run's pipes and process are checked
+PYTHON_STRAGGLER_S = 0.5  # after the main process exits, its children get this long to finish
+PYTHON_PROBE_TIMEOUT_S = (
+    10.0  # the one-time probe of a namespace tool (unshare) runs at most this long
+)
+MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
+SHM_READ_ENVELOPE_BYTES = 256  # shm_read: room kept in the result for its name and version
+PLUGIN_NAME_MAX_CHARS = 64  # device, CPU prefix and policy names registered by plugins
 
 # --- MCP ----------------------------------------------------------------------------------------
 # MCP servers as devices (llmos.hw.dev.mcp), and llmos as an MCP server (llmos.front.mcpserver).
@@ -220,9 +234,13 @@ MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
 MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
+MCP_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages
+MCP_INPUT_SHOWN_CHARS = 80  # an invalid value a server rejected is quoted cut to this
+MCP_SHUTDOWN_MARGIN_S = 5.0  # closing waits twice the close timeout plus this for the shutdown
 
 # --- Process devices (llmos.hw.dev.proc: call, ask) ----------------------------------
 CALL_TIMEOUT_S = 600.0  # longest a `call` waits for its child program (then the child is killed)
 ASK_TIMEOUT_S = 600.0  # longest an `ask` waits for `llmos answer PID TEXT`
 PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its process was killed
 PROC_DEVICE_MARGIN_S = 5.0  # call/ask give up this long before the syscall layer would
+PROC_DEVICE_KILL_WAIT_S = PROC_DEVICE_POLL_S * 10  # a call waits this long for a child it killed

@@ -1,4 +1,5 @@
-"""The built-in devices other than python: calc, fs, clock, random, shell."""
+"""The built-in devices other than python: calc, fs, clock, random, shell; and the devices that
+reach the kernel (call, ask, memory, shm) against fake handles."""
 
 from __future__ import annotations
 
@@ -10,10 +11,21 @@ import jsonschema
 import pytest
 
 from llmos import params
-from llmos.hw.dev.base import CallContext, Device, DeviceResult
+from llmos.errors import LlmosError
+from llmos.hw.dev.base import (
+    CallContext,
+    Child,
+    ChildEnd,
+    Device,
+    DeviceResult,
+    ProcHandle,
+)
 from llmos.hw.dev.calc import CalcDevice
 from llmos.hw.dev.clock import ClockDevice, RandomDevice
 from llmos.hw.dev.fs import FsDevice
+from llmos.hw.dev.memory import DEVICES as MEMORY_DEVICES
+from llmos.hw.dev.memory import NO_MEMORY
+from llmos.hw.dev.proc import NO_KERNEL, AskDevice, CallDevice
 from llmos.hw.dev.shell import ShellDevice
 
 
@@ -333,3 +345,155 @@ def test_shell_refusals() -> None:
     assert shell("date", allow=["echo"]).error == (
         "shell: command 'date' is not allowed (allowed: echo)"
     )
+
+
+# --- Devices against fake handles: any object with the protocol's methods will do ---------------
+
+
+class FakeProc:
+    def __init__(self, end: ChildEnd, *, json_mode: bool = False) -> None:
+        self.end, self.json_mode = end, json_mode
+        self.spawned: list[tuple[str, dict[str, Any]]] = []
+        self.limits: list[float] = []
+
+    def spawn(self, ref: str, inputs: dict[str, Any]) -> Child:
+        if ref == "missing":
+            raise LlmosError("no program named 'missing'")
+        self.spawned.append((ref, inputs))
+        return Child(pid=7, program="child", json_mode=self.json_mode)
+
+    def wait(self, child: Child, limit: float) -> ChildEnd:
+        self.limits.append(limit)
+        return self.end
+
+    def ask(self, question: str, timeout: float) -> str:
+        if question == "nobody?":
+            raise LlmosError(f"no answer within {timeout:g} s")
+        return f"answer to {question}"
+
+
+def run_call(proc: ProcHandle, args: dict[str, Any], **options: Any) -> DeviceResult:
+    ctx = CallContext(pid=3, proc=proc, timeout_s=CallDevice.timeout_s or 0, options=options)
+    return CallDevice().call(args, ctx)
+
+
+def test_call_device_with_a_fake_proc_handle() -> None:
+    proc = FakeProc(ChildEnd("exited", "ok", None, '{"n": 1}'), json_mode=True)
+    r = run_call(proc, {"program": "child", "inputs": {"x": 1}}, timeout_s=2)
+    assert r.output == {"pid": 7, "exit_status": "ok", "output": {"n": 1}}
+    assert proc.spawned == [("child", {"x": 1})] and proc.limits == [2.0]
+    r = run_call(FakeProc(ChildEnd("exited", "ok", None, "not json")), {"program": "c"})
+    assert r.output["output"] == "not json"
+    r = run_call(FakeProc(ChildEnd("exited", "failed", "boom")), {"program": "c"})
+    assert r.error == "child (pid 7) ended failed: boom"
+    r = run_call(FakeProc(ChildEnd("timeout")), {"program": "c"}, timeout_s=2)
+    assert r.error == "child (pid 7) did not finish within 2 s; it was killed"
+    r = run_call(FakeProc(ChildEnd("killed")), {"program": "c"})
+    assert r.error == "killed while waiting for child (pid 7)"
+    r = run_call(FakeProc(ChildEnd("exited", "ok")), {"program": "missing"})
+    assert r.error == "cannot start missing: no program named 'missing'"
+    assert CallDevice().call({"program": "c"}, CallContext()).error == NO_KERNEL
+
+
+def test_ask_device_with_a_fake_proc_handle() -> None:
+    ctx = CallContext(proc=FakeProc(ChildEnd("exited")), timeout_s=AskDevice.timeout_s or 0)
+    assert AskDevice().call({"question": "why?"}, ctx).output == {"answer": "answer to why?"}
+    limit = params.ASK_TIMEOUT_S
+    assert AskDevice().call({"question": "nobody?"}, ctx).error == f"no answer within {limit:g} s"
+
+
+class FakeMemory:
+    def __init__(self) -> None:
+        self.memories: dict[int, str] = {}
+        self.asked: list[tuple[str, int, str]] = []
+
+    def remember(self, text: str, tags: list[str]) -> int:
+        if not text.strip():
+            raise LlmosError("memory text is empty")
+        self.memories[len(self.memories) + 1] = text
+        return len(self.memories)
+
+    def recall(self, query: str, k: int, source: str) -> list[dict[str, Any]]:
+        self.asked.append((query, k, source))
+        return [{"id": f"m{i}", "text": t, "score": 1.0} for i, t in self.memories.items()][:k]
+
+    def forget(self, memory_id: int) -> bool:
+        return self.memories.pop(memory_id, None) is not None
+
+    def page_in(self, page_id: int) -> dict[str, Any] | None:
+        return (
+            {"kind": "input", "text": "x" * (params.PAGE_IN_MAX_BYTES + 1)}
+            if page_id == 4
+            else None
+        )
+
+
+def memory_device(name: str) -> Device:
+    return next(cls() for cls in MEMORY_DEVICES if cls.name == name)
+
+
+def test_memory_devices_with_a_fake_memory_handle() -> None:
+    memory = FakeMemory()
+    ctx = CallContext(owner="ann", memory=memory)
+    assert memory_device("remember").call({"text": "tea at 5"}, ctx).output == {"id": "m1"}
+    assert memory_device("remember").call({"text": " "}, ctx).error == "memory text is empty"
+    r = memory_device("recall").call({"query": "tea"}, ctx)
+    assert r.output == [{"id": "m1", "text": "tea at 5", "score": 1.0}]
+    memory_device("recall").call({"query": "tea", "k": 2, "source": "pages"}, ctx)
+    assert memory.asked == [("tea", params.RECALL_DEFAULT_K, "all"), ("tea", 2, "pages")]
+    assert memory_device("forget").call({"id": "x1"}, ctx).error == (
+        "bad memory id 'x1' (expected m<number>)"
+    )
+    assert memory_device("forget").call({"id": "m1"}, ctx).output == {"forgotten": "m1"}
+    assert memory_device("forget").call({"id": 1}, ctx).error == "no memory m1 of ann"
+    page = memory_device("page_in").call({"page": "p4"}, ctx).output
+    assert page["page"] == "p4" and page["truncated"] is True
+    assert len(page["text"]) == params.PAGE_IN_MAX_BYTES
+    assert memory_device("page_in").call({"page": 5}, ctx).error == "no page 5 of ann"
+    for cls in MEMORY_DEVICES:
+        assert cls().call({}, CallContext()).error == NO_MEMORY
+
+
+class FakeShm:
+    def __init__(self) -> None:
+        self.segments: dict[str, tuple[int, str]] = {}
+
+    def read(self, name: str) -> dict[str, Any]:
+        if name not in self.segments:
+            raise LlmosError(f"no shared segment named {name!r}")
+        version, text = self.segments[name]
+        return {"name": name, "version": version, "text": text}
+
+    def write(
+        self, name: str, text: str, *, append: bool, if_version: int | None
+    ) -> dict[str, Any]:
+        version, old = self.segments.get(name, (0, ""))
+        if if_version is not None and if_version != version:
+            raise LlmosError(f"segment {name!r} is at version {version}, not {if_version}")
+        self.segments[name] = (version + 1, old + text if append else text)
+        return {"name": name, "version": version + 1}
+
+    def list(self) -> list[dict[str, Any]]:
+        return [
+            {"name": n, "owner": "ann", "version": v, "bytes": len(t)}
+            for n, (v, t) in self.segments.items()
+        ]
+
+
+def test_shm_devices_with_a_fake_shm_handle() -> None:
+    shm = FakeShm()
+    ctx = CallContext(owner="ann", shm=shm, max_output_bytes=params.SHM_READ_ENVELOPE_BYTES + 4)
+    write = memory_device("shm_write")
+    assert write.call({"name": "n", "text": "abc"}, ctx).output == {"name": "n", "version": 1}
+    assert write.call({"name": "n", "text": "def", "append": True, "if_version": 1}, ctx).ok
+    assert write.call({"name": "n", "text": "x", "if_version": 1}, ctx).error == (
+        "segment 'n' is at version 2, not 1"
+    )
+    r = memory_device("shm_read").call({"name": "n"}, ctx)
+    assert r.output == {"name": "n", "version": 2, "text": "abcd", "truncated": True}
+    assert memory_device("shm_read").call({"name": "z"}, ctx).error == (
+        "no shared segment named 'z'"
+    )
+    assert memory_device("shm_list").call({}, ctx).output == [
+        {"name": "n", "owner": "ann", "version": 2, "bytes": 6}
+    ]

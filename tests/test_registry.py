@@ -14,9 +14,11 @@ from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel import plugins as registry
-from llmos.kernel.hookspecs import hookimpl
 from llmos.kernel.mm.context import Context, Segment
 from llmos.kernel.mm.paging import Pager, Policy, make_policy
+from llmos.kernel.plugins import hookimpl
+from llmos.kernel.sched.policy import POLICIES, Entity, FairShare
+from llmos.kernel.sched.policy import Policy as SchedPolicy
 from llmos.store.memory import MemoryStore
 
 BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
@@ -50,7 +52,7 @@ def test_builtins_register_through_the_hook() -> None:
     pm = registry.make_plugin_manager(entry_points=False)
     found = registry.devices(pm=pm)
     assert list(found) == BUILTINS
-    assert registry.cpu_factories(pm=pm) == {}
+    assert list(registry.cpu_factories(pm=pm)) == ["embedded", "openai", "gguf"]
     again = registry.devices(pm=pm)
     assert all(again[n] is not found[n] for n in BUILTINS)  # fresh instances
     assert pm.get_plugin(registry.BUILTIN_NAME) is registry.BUILTIN
@@ -68,7 +70,8 @@ def test_plugin_object_adds_device_and_cpu() -> None:
     assert list(found) == [*BUILTINS, "echo"]
     assert found["echo"].call({"text": "hi"}, CallContext()).output == "hi"
     factories = registry.cpu_factories(pm=pm)
-    assert list(factories) == ["echo"] and factories["echo"]("echo/x") == "echo/x"
+    assert list(factories) == ["embedded", "openai", "gguf", "echo"]
+    assert factories["echo"]("echo/x") == "echo/x"
 
 
 def test_duplicate_device_names_both_plugins() -> None:
@@ -124,7 +127,7 @@ def dist_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     (tmp_path / "llmos_echo_plugin.py").write_text(
         textwrap.dedent(
             """
-            from llmos.kernel.hookspecs import hookimpl
+            from llmos.kernel.plugins import hookimpl
             from llmos.hw.dev.base import Device, DeviceResult
 
             class Shout(Device):
@@ -245,3 +248,48 @@ def test_an_unknown_paging_policy_fails_the_spawn(home: Path, tmp_path: Path) ->
     with pytest.raises(ProgramError, match=r"llmos\.paging: unknown paging policy 'nosuch'"):
         Kernel(system).spawn(str(program), cpu=ScriptedCPU(["hi"]))
     system.close()
+
+
+class LastFirst(SchedPolicy):
+    """A plugin's scheduling policy: the newest entity first."""
+
+    name = "lastfirst"
+
+    def select(self, entities: list[Entity], slots: int, resident: set[Entity]) -> list[Entity]:
+        return list(reversed(entities))[:slots]
+
+
+class SchedPlugin:
+    @hookimpl
+    def llmos_register_sched_policies(self, register: Callable[..., None]) -> None:
+        register("lastfirst", LastFirst)
+
+
+def test_sched_policies_are_pluggable(home: Path) -> None:
+    from llmos.kernel import boot
+    from llmos.kernel.core import Kernel
+
+    pm = registry.make_plugin_manager(entry_points=False)
+    assert list(registry.sched_policies(pm)) == list(POLICIES)
+    assert isinstance(registry.sched_policy("fair", pm), FairShare)
+    with pytest.raises(LlmosError, match="unknown scheduling policy 'lastfirst': use one of fifo"):
+        registry.sched_policy("lastfirst", pm)
+    plugin = SchedPlugin()
+    registry.get_plugin_manager().register(plugin, name="sched-plugin")
+    system = boot.boot()
+    try:
+        assert isinstance(Kernel(system, policy="lastfirst").policy, LastFirst)
+    finally:
+        registry.get_plugin_manager().unregister(plugin)
+        system.close()
+
+
+def test_builtin_cpu_specs_keep_their_forms() -> None:
+    from llmos.config import Config
+    from llmos.kernel import cpus as cpu_mod
+
+    with pytest.raises(LlmosError, match="model spec 'openai/' names no model"):
+        cpu_mod.resolve("openai/", Config())
+    for spec in ("embedded/x", "openai", "gguf/x"):
+        with pytest.raises(LlmosError, match=f"unknown model '{spec}': use one of embedded, "):
+            cpu_mod.resolve(spec, Config())

@@ -71,7 +71,7 @@ class System:
         if self._syscalls is None:
             from llmos.kernel import plugins as registry
 
-            devices = registry.devices(self.config)
+            devices = registry.devices()
             if self.config.mcp_servers:
                 from llmos.hw.dev.mcp import MCPDevices
 

@@ -40,7 +40,9 @@ from llmos import params
 from llmos.errors import InputError, LlmosError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
+from llmos.kernel import plugins
 from llmos.kernel.boot import System
+from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.mm.context import Context
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
@@ -49,7 +51,7 @@ from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
-from llmos.kernel.sched.policy import Policy, make_policy
+from llmos.kernel.sched.policy import Policy
 from llmos.kernel.syscall import grants_for
 from llmos.store.shm import SharedMemory
 
@@ -66,7 +68,7 @@ class Kernel:
         remote_in_flight: int = params.REMOTE_MAX_IN_FLIGHT,
     ) -> None:
         self.system = system
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy = plugins.sched_policy(policy) if isinstance(policy, str) else policy
         self.max_resident = max_resident
         self.remote_in_flight = remote_in_flight
         self.table = ProcessTable(max_processes=max_processes, user_budgets=user_budgets)
@@ -258,12 +260,14 @@ class Kernel:
             return None
         table = self.system.syscalls
         grants = grants_for(declared, options, table.devices, str(program.path))
+        handles = Handles.for_process(self, proc.pid, proc.memory)
         ctx = CallContext(
             pid=proc.pid,
             owner=proc.owner,
             root=self.user_root(proc.owner),
-            kernel=self,  # for the call/ask devices (llmos.hw.dev.proc)
-            memory=proc.memory,  # for the memory devices (llmos.hw.dev.memory)
+            proc=handles.proc,  # what the call/ask devices may do (llmos.hw.dev.proc)
+            memory=handles.memory,  # and the memory and shm devices (llmos.hw.dev.memory)
+            shm=handles.shm,
         )
         return Devices(
             table=table,

@@ -7,6 +7,9 @@ A model spec is what a program's `model:` field or `--model` says:
 - an alias from `config.json`'s `aliases`, resolved to one of the above;
 - `<prefix>` or `<prefix>/<model>`, for a CPU a plugin registered (`llmos_register_cpus`);
 
+The built-in CPUs register through that same hook (`llmos.kernel.plugins`): each spec form
+above maps to the prefix of the factory that builds it.
+
 `resolve` caches one CPU per spec for the life of the process: a model is loaded once and
 shared by every process that uses it.
 """
@@ -14,7 +17,6 @@ shared by every process that uses it.
 from __future__ import annotations
 
 import importlib.resources
-import os
 import threading
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from llmos import params
 from llmos.config import Config
 from llmos.errors import ModelError
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message, ToolCall, ToolSpec
+from llmos.kernel.plugins import BUILTIN_CPUS, GGUF_CPU, cpu_factories
 
 __all__ = [
     "CPU",
@@ -65,44 +68,28 @@ def canonical(spec: str | None, config: Config) -> str:
 
 
 def _build(spec: str, config: Config) -> CPU:
-    if spec == "embedded":
-        from llmos.config import home
-        from llmos.hw.cpu.llama import EmbeddedCPU
-        from llmos.hw.cpu.quant import prepared_model
-
-        # The weight format is chosen by bench/quant.py's measurement (params.EMBEDDED_QUANT);
-        # LLMOS_EMBEDDED_QUANT overrides it. Other formats are converted once and cached.
-        ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
-        cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
-        return EmbeddedCPU(prepared_model(embedded_model_path(), cache, ftype), name="embedded")
-    if spec.startswith("openai/"):
-        from llmos.hw.cpu.openai import OpenAICPU
-
-        model = spec.removeprefix("openai/")
-        if not model:
-            raise ModelError("model spec 'openai/' names no model: use openai/<model>")
-        n_ctx = config.openai.get("n_ctx")
-        return OpenAICPU(
-            model=model,
-            base_url=config.openai_base_url(),
-            api_key=config.openai_api_key(),
-            n_ctx=int(n_ctx) if n_ctx else None,
-        )
-    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or Path(spec).exists():
-        from llmos.hw.cpu.llama import EmbeddedCPU
-
-        path = Path(spec).expanduser().resolve()
-        return EmbeddedCPU(path, name=str(path))
-    from llmos.kernel.plugins import cpu_factories
-
-    plugins = cpu_factories()  # CPUs from plugins: `<prefix>` or `<prefix>/<model>`
-    factory = plugins.get(spec.split("/", 1)[0])
+    """The CPU the factory registered for `spec`'s prefix builds (the built-ins register
+    through the same hook as plugins: see `llmos.kernel.plugins`)."""
+    factories = cpu_factories(config)
+    factory = factories.get(_prefix(spec) or "")
     if factory is not None:
         return factory(spec)
+    plugins = sorted(set(factories) - set(BUILTIN_CPUS))
     known = ", ".join(
-        ["embedded", "openai/<model>", "PATH.gguf", *sorted(config.aliases), *sorted(plugins)]
+        ["embedded", "openai/<model>", "PATH.gguf", *sorted(config.aliases), *plugins]
     )
     raise ModelError(f"unknown model '{spec}': use one of {known}")
+
+
+def _prefix(spec: str) -> str | None:
+    """The registered prefix `spec` names: embedded, openai (openai/<model>), gguf (a path),
+    or a plugin's (`<prefix>` or `<prefix>/<model>`); None for a built-in's in another form."""
+    if spec == "embedded" or spec.startswith("openai/"):
+        return spec.split("/", 1)[0]
+    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or Path(spec).exists():
+        return GGUF_CPU
+    prefix = spec.split("/", 1)[0]
+    return None if prefix in BUILTIN_CPUS else prefix
 
 
 def resolve(spec: str | None, config: Config) -> CPU:

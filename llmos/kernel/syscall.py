@@ -19,7 +19,7 @@ Grants: a program gets only the devices it declares (Dotprompt `tools:`, or keys
 (`shell`) need both the declaration and `llmos.devices.<name>.grant: true`.
 
 What this module does not do: decide which devices exist (see `llmos.kernel.plugins`), or
-loop generate/trap/syscall (see `llmos.kernel.run`).
+loop generate/trap/syscall (see `llmos.kernel.loop`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,3 @@
 
 See `base.py` for the contract every device implements.
 """
-
-from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
-
-__all__ = ["CallContext", "Device", "DeviceResult", "truncate_text"]

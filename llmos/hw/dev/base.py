@@ -11,7 +11,11 @@ Invariants:
   recover from. Only a bug raises, and the syscall layer turns that into an error result too.
 - Output is bounded: a device truncates its result to `ctx.max_output_bytes` and says so.
 - A device reaches only what `ctx` grants: the process's file root, the options the program
-  declared for it (`llmos.devices`), the caller's identity.
+  declared for it (`llmos.devices`), the caller's identity, and narrow handles onto the
+  kernel for the devices that need one (`ProcHandle`, `MemoryHandle`, `ShmHandle`; None
+  outside the kernel). Devices never see the kernel itself, and this package imports nothing
+  from `llmos.kernel`, `llmos.store` or `llmos.front`: the handles are implemented there
+  (`llmos.kernel.handles`), and a test can pass any object with the same methods.
 
 What this module does not do: dispatch, argument validation, access checks or timeouts (see
 `llmos.kernel.syscall`), or register devices (see `llmos.kernel.plugins`).
@@ -22,9 +26,87 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from llmos import params
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child process that `ProcHandle.spawn` started."""
+
+    pid: int
+    program: str  # its program's name
+    json_mode: bool  # its program replies in JSON
+
+
+@dataclass(frozen=True)
+class ChildEnd:
+    """How waiting for a child ended. `how`: "exited" (on its own; see `exit_status`),
+    "killed" (the caller was killed) or "timeout" (the wait's limit passed); in the last two
+    the child was killed."""
+
+    how: Literal["exited", "killed", "timeout"]
+    exit_status: str | None = None
+    error: str | None = None
+    text: str = ""
+
+
+class ProcHandle(Protocol):
+    """What the process devices (call, ask) may ask of the kernel, for the calling process."""
+
+    def spawn(self, ref: str, inputs: dict[str, Any]) -> Child:
+        """Start program `ref` (a path relative to the caller's program file, else what the
+        kernel's search finds) as a child; LlmosError if it cannot start."""
+        ...
+
+    def wait(self, child: Child, limit: float) -> ChildEnd:
+        """Wait at most `limit` s for `child`, off the caller's CPU; kill it if the caller is
+        killed or the limit passes."""
+        ...
+
+    def ask(self, question: str, timeout: float) -> str:
+        """The answer of the person who runs the process; LlmosError if none in time."""
+        ...
+
+
+class MemoryHandle(Protocol):
+    """Long-term memory and paged-out context, for the calling process and its owner."""
+
+    def remember(self, text: str, tags: list[str]) -> int:
+        """Store a memory; its id."""
+        ...
+
+    def recall(self, query: str, k: int, source: str) -> list[dict[str, Any]]:
+        """At most `k` memories and/or pages (`source`: all, memories, pages), best first, as
+        rows for the model ({id, text, score, tags?, snippet?})."""
+        ...
+
+    def forget(self, memory_id: int) -> bool:
+        """Delete a memory; False if the owner has none with that id."""
+        ...
+
+    def page_in(self, page_id: int) -> dict[str, Any] | None:
+        """A page of this process's ({kind, text}), or None if there is none."""
+        ...
+
+
+class ShmHandle(Protocol):
+    """Shared memory segments, within the caller's rights (errors are LlmosError)."""
+
+    def read(self, name: str) -> dict[str, Any]:
+        """{name, version, text}."""
+        ...
+
+    def write(
+        self, name: str, text: str, *, append: bool, if_version: int | None
+    ) -> dict[str, Any]:
+        """{name, version} after the write."""
+        ...
+
+    def list(self) -> list[dict[str, Any]]:
+        """[{name, owner, version, bytes}] of the segments the caller may read."""
+        ...
 
 
 @dataclass
@@ -37,10 +119,9 @@ class CallContext:
     options: dict[str, Any] = field(default_factory=dict)  # from the program's llmos.devices
     timeout_s: float = params.DEVICE_TIMEOUT_S
     max_output_bytes: int = params.DEVICE_MAX_OUTPUT_BYTES
-    kernel: Any = None  # the llmos.kernel.core.Kernel running this process; None in a plain run
-    memory: Any = (
-        None  # the process's llmos.kernel.mm.paging.Pager (store, owner, swap key); or None
-    )
+    proc: ProcHandle | None = None  # call, ask; None outside the kernel
+    memory: MemoryHandle | None = None  # remember, recall, forget, page_in
+    shm: ShmHandle | None = None  # shm_read, shm_write, shm_list
 
 
 @dataclass
@@ -74,10 +155,6 @@ class Device(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (child processes, connections)."""
-
-    def spec(self) -> dict[str, Any]:
-        """The tool description given to the model (OpenAI function shape)."""
-        return {"name": self.name, "description": self.description, "parameters": self.schema}
 
 
 def truncate_text(text: str, limit: int) -> tuple[str, bool]:

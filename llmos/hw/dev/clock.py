@@ -40,7 +40,7 @@ class ClockDevice(Device):
             "timezone": {
                 "type": "string",
                 "description": "IANA zone name, e.g. 'America/New_York'; omit for UTC only.",
-                "maxLength": 64,
+                "maxLength": params.CLOCK_TIMEZONE_MAX_CHARS,
             }
         },
         "additionalProperties": False,
@@ -78,7 +78,7 @@ class RandomDevice(Device):
             "op": {"type": "string", "enum": ["integer", "choice", "uniform"]},
             "min": {"type": "number"},
             "max": {"type": "number"},
-            "choices": {"type": "array", "minItems": 1, "maxItems": 10_000},
+            "choices": {"type": "array", "minItems": 1, "maxItems": params.RANDOM_MAX_CHOICES},
             "count": {"type": "integer", "minimum": 1, "maximum": params.RANDOM_MAX_COUNT},
             "seed": {"type": "integer"},
         },

@@ -36,7 +36,6 @@ from llmos import params
 from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_BINARY_SNIFF = 8192
 
 
 class FsError(Exception):
@@ -156,7 +155,7 @@ def read_fd(fd: int, limit: int) -> bytes:
     size = 0
     with os.fdopen(fd, "rb") as f:
         while size < limit:
-            chunk = f.read(min(1 << 20, limit - size))
+            chunk = f.read(min(params.FS_READ_CHUNK_BYTES, limit - size))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -334,11 +333,17 @@ class FsDevice(Device):
                     data = read_fd(open_regular(ctx.root, shown), params.FS_MAX_FILE_BYTES)
                 except FsError:
                     continue
-                if b"\x00" in data[:_BINARY_SNIFF]:
+                if b"\x00" in data[: params.FS_BINARY_SNIFF_BYTES]:
                     continue
                 for lineno, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
                     if str(query) in line:
-                        matches.append({"path": shown, "line": lineno, "text": line[:500]})
+                        matches.append(
+                            {
+                                "path": shown,
+                                "line": lineno,
+                                "text": line[: params.FS_SEARCH_LINE_CHARS],
+                            }
+                        )
                         if len(matches) >= limit:
                             cut = True
                             break

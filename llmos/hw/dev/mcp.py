@@ -77,7 +77,6 @@ from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
 logging.getLogger("mcp").addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
-_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages
 _SPEC_KEYS = frozenset({"command", "args", "env", "cwd", "url", "disabled", "type"})
 _live: weakref.WeakSet[MCPSupervisor] = weakref.WeakSet()
 
@@ -280,7 +279,7 @@ class MCPSupervisor:
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
         with contextlib.suppress(Exception):
-            future.result(timeout=self.close_timeout_s * 2 + 5)
+            future.result(timeout=self.close_timeout_s * 2 + params.MCP_SHUTDOWN_MARGIN_S)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=self.close_timeout_s)
 
@@ -696,15 +695,15 @@ def _describe_parse_error(exc: Exception) -> str:
             bad = first.get("input")
             if isinstance(bad, str | bytes):
                 shown = bad.decode("utf-8", "replace") if isinstance(bad, bytes) else bad
-                return f"{first.get('msg', 'invalid')}: {shown[:80]!r}"
+                return f"{first.get('msg', 'invalid')}: {shown[: params.MCP_INPUT_SHOWN_CHARS]!r}"
             return str(first.get("msg", exc))
     return str(exc)
 
 
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
-    if len(line) > _MESSAGE_MAX_CHARS:
-        line = line[: _MESSAGE_MAX_CHARS - 3] + "..."
+    if len(line) > params.MCP_MESSAGE_MAX_CHARS:
+        line = line[: params.MCP_MESSAGE_MAX_CHARS - 3] + "..."
     return line
 
 

@@ -11,15 +11,16 @@
                                   replace or extend a shared segment (write right needed)
     shm_list {}                   the segments the owner may read
 
-They act for the process's owner, through the process's pager (`ctx.memory`, set by the
-kernel at spawn), which knows the store, the owner and the process's swap key. A recall or
-page_in marks what it returned as referenced, for the LRU paging policy.
+They act for the process's owner, through the handles the kernel sets at spawn: `ctx.memory`
+(a `MemoryHandle`: the owner's memories and this process's swap store) and `ctx.shm` (a
+`ShmHandle`). The handle's recall and page_in mark what they return as referenced, for the
+LRU paging policy, and recall shows long texts as snippets.
 
 Invariants: never raises for a failure of its own work (bad input, a missing page, a refused
 access, a store that fails are error results); each result is bounded (params).
 
-What this module does not do: store or rank anything (see `llmos.memory`), or check rights
-(see `llmos.shm`).
+What this module does not do: store, rank or snippet anything (see `llmos.store.memory` and
+`llmos.kernel.handles`), or check rights (see `llmos.store.shm`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ from typing import Any
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
-from llmos.store.memory import snippet
-from llmos.store.shm import SharedMemory
+from llmos.hw.dev.base import (
+    CallContext,
+    Device,
+    DeviceResult,
+    MemoryHandle,
+    ShmHandle,
+    truncate_text,
+)
 
 NO_MEMORY = "memory devices need the kernel's memory manager (run the program with llmos run)"
 _REF = re.compile(r"^\s*([mp]?)(\d+)\s*$")
@@ -46,15 +52,27 @@ def _parse_ref(value: Any, prefix: str) -> int | None:
 
 class _MemoryDevice(Device):
     def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
-        pager = ctx.memory
-        if pager is None:
+        if ctx.memory is None:
             return DeviceResult.failure(NO_MEMORY)
         try:
-            return self.run(args, ctx, pager)
+            return self.run(args, ctx, ctx.memory)
         except LlmosError as exc:
             return DeviceResult.failure(str(exc))
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
+    def run(self, args: dict[str, Any], ctx: CallContext, memory: MemoryHandle) -> DeviceResult:
+        raise NotImplementedError
+
+
+class _ShmDevice(Device):
+    def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
+        if ctx.shm is None:
+            return DeviceResult.failure(NO_MEMORY)
+        try:
+            return self.run(args, ctx, ctx.shm)
+        except LlmosError as exc:
+            return DeviceResult.failure(str(exc))
+
+    def run(self, args: dict[str, Any], ctx: CallContext, shm: ShmHandle) -> DeviceResult:
         raise NotImplementedError
 
 
@@ -65,16 +83,18 @@ class RememberDevice(_MemoryDevice):
         "type": "object",
         "properties": {
             "text": {"type": "string", "description": "the fact, in one or two sentences"},
-            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": params.MEMORY_MAX_TAGS,
+            },
         },
         "required": ["text"],
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
-        mid = pager.store().remember(
-            ctx.owner, args["text"], list(args.get("tags") or []), source=f"pid {ctx.pid}"
-        )
+    def run(self, args: dict[str, Any], ctx: CallContext, memory: MemoryHandle) -> DeviceResult:
+        mid = memory.remember(args["text"], list(args.get("tags") or []))
         return DeviceResult.success({"id": f"m{mid}"})
 
 
@@ -95,26 +115,9 @@ class RecallDevice(_MemoryDevice):
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
+    def run(self, args: dict[str, Any], ctx: CallContext, memory: MemoryHandle) -> DeviceResult:
         k = int(args.get("k") or params.RECALL_DEFAULT_K)
-        source = args.get("source") or "all"
-        store = pager.store()
-        hits = []
-        if source in ("all", "memories"):
-            hits += store.recall(ctx.owner, args["query"], k)
-        if source in ("all", "pages"):
-            hits += store.search_pages(ctx.owner, pager.process, args["query"], k)
-        hits.sort(key=lambda h: -h.score)
-        hits = hits[:k]
-        pager.touch_pages([_parse_ref(h.ref, "p") for h in hits if h.ref.startswith("p")])
-        out = []
-        for hit in hits:
-            row = hit.to_json()
-            row["text"] = snippet(hit.text, args["query"], params.RECALL_SNIPPET_CHARS)
-            if row["text"] != hit.text:
-                row["snippet"] = True  # page_in (pages) gives the whole text
-            out.append(row)
-        return DeviceResult.success(out)
+        return DeviceResult.success(memory.recall(args["query"], k, args.get("source") or "all"))
 
 
 class ForgetDevice(_MemoryDevice):
@@ -127,11 +130,11 @@ class ForgetDevice(_MemoryDevice):
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
+    def run(self, args: dict[str, Any], ctx: CallContext, memory: MemoryHandle) -> DeviceResult:
         mid = _parse_ref(args["id"], "m")
         if mid is None:
             return DeviceResult.failure(f"bad memory id {args['id']!r} (expected m<number>)")
-        if not pager.store().forget(ctx.owner, mid):
+        if not memory.forget(mid):
             return DeviceResult.failure(f"no memory m{mid} of {ctx.owner}")
         return DeviceResult.success({"forgotten": f"m{mid}"})
 
@@ -146,12 +149,11 @@ class PageInDevice(_MemoryDevice):
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
+    def run(self, args: dict[str, Any], ctx: CallContext, memory: MemoryHandle) -> DeviceResult:
         page_id = _parse_ref(args["page"], "p")
-        page = None if page_id is None else pager.store().page(ctx.owner, page_id)
+        page = None if page_id is None else memory.page_in(page_id)
         if page is None:
             return DeviceResult.failure(f"no page {args['page']!r} of {ctx.owner}")
-        pager.touch_pages([page_id])
         text, cut = truncate_text(page["text"], params.PAGE_IN_MAX_BYTES)
         out: dict[str, Any] = {"page": f"p{page_id}", "kind": page["kind"], "text": text}
         if cut:
@@ -159,7 +161,7 @@ class PageInDevice(_MemoryDevice):
         return DeviceResult.success(out)
 
 
-class ShmReadDevice(_MemoryDevice):
+class ShmReadDevice(_ShmDevice):
     name = "shm_read"
     description = "Read a shared memory segment by name."
     schema = {  # noqa: RUF012
@@ -169,16 +171,18 @@ class ShmReadDevice(_MemoryDevice):
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
-        seg = SharedMemory(pager.store()).read(ctx.owner, args["name"])
-        text, cut = truncate_text(seg.text, ctx.max_output_bytes - 256)
-        out: dict[str, Any] = {"name": seg.name, "version": seg.version, "text": text}
+    def run(self, args: dict[str, Any], ctx: CallContext, shm: ShmHandle) -> DeviceResult:
+        seg = shm.read(args["name"])
+        text, cut = truncate_text(
+            seg["text"], ctx.max_output_bytes - params.SHM_READ_ENVELOPE_BYTES
+        )
+        out: dict[str, Any] = {"name": seg["name"], "version": seg["version"], "text": text}
         if cut:
             out["truncated"] = True
         return DeviceResult.success(out)
 
 
-class ShmWriteDevice(_MemoryDevice):
+class ShmWriteDevice(_ShmDevice):
     name = "shm_write"
     description = (
         "Write a shared memory segment (replace its text, or append). Creates a private "
@@ -197,27 +201,24 @@ class ShmWriteDevice(_MemoryDevice):
         "additionalProperties": False,
     }
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
-        seg = SharedMemory(pager.store()).write(
-            ctx.owner,
-            args["name"],
-            args["text"],
-            append=bool(args.get("append")),
-            if_version=args.get("if_version"),
+    def run(self, args: dict[str, Any], ctx: CallContext, shm: ShmHandle) -> DeviceResult:
+        return DeviceResult.success(
+            shm.write(
+                args["name"],
+                args["text"],
+                append=bool(args.get("append")),
+                if_version=args.get("if_version"),
+            )
         )
-        return DeviceResult.success({"name": seg.name, "version": seg.version})
 
 
-class ShmListDevice(_MemoryDevice):
+class ShmListDevice(_ShmDevice):
     name = "shm_list"
     description = "List the shared memory segments you may read."
     schema = {"type": "object", "properties": {}, "additionalProperties": False}  # noqa: RUF012
 
-    def run(self, args: dict[str, Any], ctx: CallContext, pager: Any) -> DeviceResult:
-        segs = SharedMemory(pager.store()).list(ctx.owner)
-        return DeviceResult.success(
-            [{k: s.info()[k] for k in ("name", "owner", "version", "bytes")} for s in segs]
-        )
+    def run(self, args: dict[str, Any], ctx: CallContext, shm: ShmHandle) -> DeviceResult:
+        return DeviceResult.success(shm.list())
 
 
 DEVICES = (

@@ -13,8 +13,8 @@ depth N exceeds the limit of M", never a hang.
 answer PID TEXT` (the daemon's `answer` op) or `Kernel.answer(pid, text)`, and returns
 `{answer}`. `llmos ps` shows the pending question.
 
-Both need the kernel, which the syscall layer hands them as `ctx.kernel` (set by
-`System.body_for` when a `Kernel` spawns the process). Outside the kernel (plain `llmos run`),
+Both reach the kernel only through `ctx.proc` (a `ProcHandle`, set when a `Kernel` spawns the
+process; see `llmos.kernel.handles`). Outside the kernel (no handle),
 `call` fails with a message that says how to run under the kernel, and `ask` prompts on stderr
 and reads a line from the terminal when stdin is a TTY ("no one to ask" otherwise).
 
@@ -23,15 +23,16 @@ Waiting: a `call` waits at most `llmos.hw.dev.call.timeout_s` (default and cap
 `llmos.hw.dev.ask.timeout_s` (cap `params.ASK_TIMEOUT_S`). Each device declares a syscall
 wall-clock limit (`Device.timeout_s`) a margin above its cap, so the syscall layer never
 abandons it first. While waiting, the process gives back its place on a
-remote CPU (`Kernel.off_cpu`), so a chain of calls cannot starve its own children of the CPU;
-and a waiting process that is killed stops waiting (a `call` kills its child too).
+remote CPU (the handle's `wait` does, like `ask`), so a chain of calls cannot starve its own
+children of the CPU; and a waiting process that is killed stops waiting (a `call` kills its
+child too).
 
 Invariants: never raises for a failure of its own work (a missing program, a refused spawn, a
 child that fails, a timeout, a kill are failure results); every child spawned by `call` has
 exited, or been killed, when `call` returns.
 
-What this module does not do: schedule or run the child (see `llmos.kernel.core`), or keep the
-question table (the kernel does, so that `ps` and `answer` see it).
+What this module does not do: find, schedule, run or kill the child (the handle does), or keep
+the question table (the kernel does, so that `ps` and `answer` see it).
 """
 
 from __future__ import annotations
@@ -42,17 +43,11 @@ import os
 import select
 import sys
 import threading
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmos import params
 from llmos.errors import LlmosError
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
-
-if TYPE_CHECKING:
-    from llmos.kernel.core import Kernel
-    from llmos.kernel.program import Program
 
 NO_KERNEL = "call needs the kernel (run with `llmos kernel start` and `llmos run -d`)"
 NO_ONE_TO_ASK = (
@@ -92,65 +87,36 @@ class CallDevice(Device):
     }
 
     def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
-        kernel: Kernel | None = ctx.kernel
-        if kernel is None:
+        if ctx.proc is None:
             return DeviceResult.failure(NO_KERNEL)
         ref = str(args["program"])
         try:
-            parent = kernel.table.get(ctx.pid)
-            program = _load(kernel, ref, parent.program_path)
-            child = kernel.spawn(
-                program,
-                dict(args.get("inputs") or {}),
-                owner=ctx.owner,
-                model=parent.cpu if program.model is None else None,
-                parent=ctx.pid,
-            )
+            child = ctx.proc.spawn(ref, dict(args.get("inputs") or {}))
         except LlmosError as exc:
             return DeviceResult.failure(f"cannot start {ref}: {exc}")
         limit = _wait_limit(ctx, params.CALL_TIMEOUT_S)
-        deadline = time.monotonic() + limit
-        with kernel.off_cpu(ctx.pid):
-            while not child.wait(params.PROC_DEVICE_POLL_S):
-                if parent.entity.killed:
-                    _kill(kernel, child.pid)
-                    child.wait(params.PROC_DEVICE_POLL_S * 10)
-                    return DeviceResult.failure(
-                        f"killed while waiting for {program.name} (pid {child.pid})"
-                    )
-                if time.monotonic() >= deadline:
-                    _kill(kernel, child.pid)
-                    child.wait(params.PROC_DEVICE_POLL_S * 10)
-                    return DeviceResult.failure(
-                        f"{program.name} (pid {child.pid}) did not finish within {limit:g} s; "
-                        "it was killed"
-                    )
-        if child.exit_status != "ok":
+        end = ctx.proc.wait(child, limit)
+        if end.how == "killed":
             return DeviceResult.failure(
-                f"{program.name} (pid {child.pid}) ended {child.exit_status}"
-                + (f": {child.error}" if child.error else "")
+                f"killed while waiting for {child.program} (pid {child.pid})"
             )
-        output: Any = child.text
-        if program.json_mode:
+        if end.how == "timeout":
+            return DeviceResult.failure(
+                f"{child.program} (pid {child.pid}) did not finish within {limit:g} s; "
+                "it was killed"
+            )
+        if end.exit_status != "ok":
+            return DeviceResult.failure(
+                f"{child.program} (pid {child.pid}) ended {end.exit_status}"
+                + (f": {end.error}" if end.error else "")
+            )
+        output: Any = end.text
+        if child.json_mode:
             with contextlib.suppress(json.JSONDecodeError):  # else keep the text
                 output = json.loads(output)
         return DeviceResult.success(
-            {"pid": child.pid, "exit_status": child.exit_status, "output": output}
+            {"pid": child.pid, "exit_status": end.exit_status, "output": output}
         )
-
-
-def _kill(kernel: Kernel, pid: int) -> None:
-    with contextlib.suppress(LlmosError):  # it may have exited meanwhile
-        kernel.kill(pid)
-
-
-def _load(kernel: Kernel, ref: str, parent_path: str | None) -> Program:
-    """A path relative to the calling program's file, else what the kernel's search finds."""
-    if parent_path and not Path(ref).is_absolute():
-        beside = Path(parent_path).parent / ref
-        if beside.is_file() or (beside / params.SKILL_FILE).is_file():
-            return kernel.system.load_program(str(beside))
-    return kernel.system.load_program(ref)
 
 
 class AskDevice(Device):
@@ -173,10 +139,9 @@ class AskDevice(Device):
     def call(self, args: dict[str, Any], ctx: CallContext) -> DeviceResult:
         question = str(args["question"])
         limit = _wait_limit(ctx, params.ASK_TIMEOUT_S)
-        kernel: Kernel | None = ctx.kernel
         try:
-            if kernel is not None:
-                answer = kernel.ask(ctx.pid, question, limit)
+            if ctx.proc is not None:
+                answer = ctx.proc.ask(question, limit)
             else:
                 answer = self._ask_tty(question, limit)
         except LlmosError as exc:

@@ -301,7 +301,7 @@ class Limits:
             max_procs=max(1, int(lower("max_procs", base.max_procs))),
             output_bytes=int(min(lower("output_bytes", base.output_bytes), ctx.max_output_bytes)),
             file_bytes=int(lower("file_bytes", base.file_bytes)),
-            open_files=max(16, int(lower("open_files", base.open_files))),
+            open_files=max(params.PYTHON_MIN_OPEN_FILES, int(lower("open_files", base.open_files))),
         )
 
 
@@ -336,7 +336,10 @@ def unshare_prefix() -> tuple[str, ...]:
     for flags in candidates:
         try:
             probe = subprocess.run(
-                [exe, *flags, "true"], capture_output=True, timeout=10, check=False
+                [exe, *flags, "true"],
+                capture_output=True,
+                timeout=params.PYTHON_PROBE_TIMEOUT_S,
+                check=False,
             )
         except (OSError, subprocess.SubprocessError):
             continue
@@ -504,9 +507,9 @@ def run_sandboxed(
                 break
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
-            if exited_at is not None and now - exited_at > 0.5:
+            if exited_at is not None and now - exited_at > params.PYTHON_STRAGGLER_S:
                 break  # the main process is gone; stragglers holding the pipes are killed below
-            for key, _ in sel.select(timeout=min(deadline - now, 0.1)):
+            for key, _ in sel.select(timeout=min(deadline - now, params.PYTHON_POLL_S)):
                 over = _read_into(key.fd, bufs[key.fd], limits.output_bytes, sel) or over
             if over:
                 reason = f"output limit ({limits.output_bytes} bytes)"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, median, n_threads, quick, table
 
 from llmos.hw.cpu.engine import Engine, Sequence
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import embedded_model_path
 
 QUICK = quick()
 CONTEXT = 256 if QUICK else 2048

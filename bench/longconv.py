@@ -29,8 +29,7 @@ from pathlib import Path
 from _common import QUICK, emit, table
 
 from llmos.hw.cpu.base import GenRequest, Message, collect
-from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.kernel.mm.context import Context
 from llmos.kernel.mm.paging import Oldest, Pager, recall_into
 from llmos.store.memory import MemoryStore

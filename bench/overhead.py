@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, median, n_threads, patch_llama_model_params, table
 
-from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.kernel.program import load
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))

@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, n_threads, quick, table
 
 from llmos.hw.cpu.base import GenRequest, Message
-from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
 QUICK = quick()
 N = 3 if QUICK else 8

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, loadavg, median, n_threads, quick, table
 
 from llmos.hw.cpu.engine import Engine
+from llmos.hw.cpu.llama import embedded_model_path
 from llmos.hw.cpu.quant import prepared_model
-from llmos.kernel.cpus import embedded_model_path
 
 QUICK = quick()
 REPEATS = 1 if QUICK else 3

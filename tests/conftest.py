@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
 CLI_TIMEOUT_S = 300
 _SCRUBBED_ENV = (

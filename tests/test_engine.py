@@ -19,8 +19,7 @@ import pytest
 
 from llmos.errors import ContextOverflowError
 from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
-from llmos.hw.cpu.llama import EmbeddedCPU
-from llmos.kernel.cpus import embedded_model_path
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,10 @@ import llmos.kernel.cpus as cpu_mod
 from llmos import params
 from llmos.errors import AdmissionError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import Chunk, GenRequest
-from llmos.hw.cpu.llama import EmbeddedCPU
+from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel.boot import System, boot
 from llmos.kernel.core import Kernel
-from llmos.kernel.cpus import embedded_model_path
 from llmos.kernel.proc import Process, State
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.policy import Entity, PriorityAging

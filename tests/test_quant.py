@@ -9,8 +9,8 @@ import pytest
 
 from llmos.errors import LlmosError
 from llmos.hw.cpu.engine import GGUF_MAGIC, Engine
+from llmos.hw.cpu.llama import embedded_model_path
 from llmos.hw.cpu.quant import cached_path, prepared_model
-from llmos.kernel.cpus import embedded_model_path
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel import plugins as registry
 from llmos.kernel.mm.context import Context, Segment
-from llmos.kernel.mm.paging import Pager, Policy, make_policy
-from llmos.kernel.plugins import hookimpl
+from llmos.kernel.mm.paging import Pager, Policy
+from llmos.kernel.plugins import hookimpl, paging_policy
 from llmos.kernel.sched.policy import POLICIES, Entity, FairShare
 from llmos.kernel.sched.policy import Policy as SchedPolicy
 from llmos.store.memory import MemoryStore
@@ -220,10 +220,10 @@ def test_paging_policies_are_pluggable(tmp_path: Path) -> None:
     pm = registry.make_plugin_manager(entry_points=False)
     assert list(registry.paging_policies(pm)) == ["oldest", "lru", "summarize"]
     pm.register(PolicyPlugin(), name="policy-plugin")
-    policy = make_policy("newest", None, pm)
+    policy = paging_policy("newest", None, pm)
     assert isinstance(policy, NewestFirst)
     with pytest.raises(InputError, match="registered: lru, newest, oldest, summarize"):
-        make_policy("nosuch", None, pm)
+        paging_policy("nosuch", None, pm)
     # The plugin's policy drives a real pager: the newest unpinned segments leave first.
     msgs = [{"role": "system", "content": "Notes."}]
     msgs += [{"role": "user", "content": f"note {i} " + "word " * 40} for i in range(30)]

@@ -112,13 +112,15 @@ class System:
         self.log.finish_run(run_id, status="failed", error_kind=exc.kind, error=str(exc))
 
     def list_models(self) -> list[dict[str, str]]:
+        from llmos.hw.cpu.llama import embedded_model_path  # llama.cpp only when asked
+
         rows = []
         try:
             rows.append(
                 {
                     "name": "embedded",
                     "kind": "embedded",
-                    "detail": str(cpu_mod.embedded_model_path()),
+                    "detail": str(embedded_model_path()),
                 }
             )
         except LlmosError as exc:

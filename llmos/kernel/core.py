@@ -46,7 +46,6 @@ from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.mm.context import Context
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
-from llmos.kernel.mm.paging import make_policy as make_paging_policy
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.sched.dispatch import PolicyDispatcher
@@ -212,7 +211,7 @@ class Kernel:
         """The memory manager of one process: its paging policy and swap key."""
         name = str(program.llmos.get("paging") or params.PAGING_POLICY)
         try:
-            policy = make_paging_policy(name, cpu_summarizer(cpu, proc.entity))
+            policy = plugins.paging_policy(name, cpu_summarizer(cpu, proc.entity))
         except InputError as exc:
             raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)

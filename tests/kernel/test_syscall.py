@@ -1,4 +1,4 @@
-"""Syscalls: trap classification, the call grammar, dispatch faults, grants, the agent loop."""
+"""Syscalls: dispatch faults, grants, and syscalls through the process loop."""
 
 from __future__ import annotations
 
@@ -11,21 +11,19 @@ from typing import Any
 import pytest
 
 from llmos.errors import OutputError, ProgramError
-from llmos.hw.cpu.base import ToolCall, ToolSpec
-from llmos.hw.cpu.grammar import call_grammar
+from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
-from llmos.kernel.loop import Devices, TextGate, run_process
+from llmos.kernel.loop import Devices, run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
 from llmos.kernel.syscall import SyscallTable, grants_for
-from llmos.kernel.trap import classify
 from llmos.store.log import Log
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 # --- test devices ------------------------------------------------------------------------------
@@ -86,52 +84,6 @@ def table() -> Any:
         if isinstance(d, Hang):
             d.release.set()
     t.close()
-
-
-# --- trap ----------------------------------------------------------------------------------------
-
-
-def test_classify_text_call_and_malformed() -> None:
-    assert classify("The answer is 4.").kind == "text"
-    got = classify('<tool_call>{"name": "calc", "arguments": {"expression": "2+2"}}</tool_call>')
-    assert got.kind == "syscall"
-    assert (got.calls[0].name, json.loads(got.calls[0].arguments)) == (
-        "calc",
-        {"expression": "2+2"},
-    )
-    before = classify('Let me see. <tool_call>{"name": "echo", "arguments": {}}</tool_call>')
-    assert before.kind == "syscall" and before.calls[0].name == "echo"
-    assert classify('<tool_call>{"name": "calc"').error == "unterminated <tool_call> block"
-    assert classify("<tool_call>{oops}</tool_call>").kind == "malformed"
-    assert classify('<tool_call>{"arguments": {}}</tool_call>').error == "call has no 'name' string"
-    native = [ToolCall(id="x", name="echo", arguments="{}")]
-    assert classify("", native).calls == native
-
-
-def test_call_grammar_names_each_device_and_requires_when_asked() -> None:
-    tools = [ToolSpec(d.name, d.description, d.schema) for d in (Echo(), Boom())]
-    required = call_grammar(tools, required=True)
-    assert required.startswith("root ::= call\n")
-    assert '"\\"echo\\""' in required and '"\\"boom\\""' in required
-    optional = call_grammar(tools)
-    assert optional.startswith("root ::= call | text\n")
-    with pytest.raises(OutputError):
-        call_grammar([])
-
-
-def test_text_gate_streams_text_but_never_a_call() -> None:
-    seen: list[str] = []
-    gate = TextGate(seen.append)
-    for piece in ["Let me ", "compute. <tool", '_call>{"name"', "}</tool_call>"]:
-        gate(piece)
-    gate.flush()
-    assert "".join(seen).strip() == "Let me compute."
-    seen.clear()
-    gate = TextGate(seen.append)
-    for piece in ["4 < 5", " is true"]:
-        gate(piece)
-    gate.flush()
-    assert "".join(seen) == "4 < 5 is true"
 
 
 # --- dispatch ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from llmos.errors import OutputError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel.loop import Devices, RunResult, run_process
+from llmos.kernel.loop import Devices, RunResult, TextGate, run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import Program, load
 from llmos.kernel.sched.policy import Entity
@@ -120,3 +120,18 @@ def test_running_out_of_steps_names_the_limit(tmp_path: Path) -> None:
             _run(tmp_path, program, cpu, devices=devices)
     finally:
         devices.table.close()
+
+
+def test_text_gate_streams_text_but_never_a_call() -> None:
+    seen: list[str] = []
+    gate = TextGate(seen.append)
+    for piece in ["Let me ", "compute. <tool", '_call>{"name"', "}</tool_call>"]:
+        gate(piece)
+    gate.flush()
+    assert "".join(seen).strip() == "Let me compute."
+    seen.clear()
+    gate = TextGate(seen.append)
+    for piece in ["4 < 5", " is true"]:
+        gate(piece)
+    gate.flush()
+    assert "".join(seen) == "4 < 5 is true"

@@ -407,7 +407,7 @@ def test_the_recall_example_answers_from_memory(run_cli: RunCli) -> None:
     """examples/recall.prompt on the embedded model: auto-recall puts the memory in view."""
     assert run_cli("memory", "remember", "My bike lock code is 4719.").returncode == 0
     assert run_cli("memory", "remember", "The team offsite is in Lisbon in May.").returncode == 0
-    example = Path(__file__).resolve().parent.parent / "examples" / "recall.prompt"
+    example = Path(__file__).resolve().parents[2] / "examples" / "recall.prompt"
     result = run_cli("run", example, input="What is the code of my bike lock?")
     assert result.returncode == 0, result.stderr
     assert "4719" in result.stdout

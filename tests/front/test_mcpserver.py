@@ -1,0 +1,182 @@
+"""`llmos mcp`: installed programs served as MCP tools, driven by the official MCP client.
+
+llmos as a server is spawned as `python -c "from llmos.front.mcpserver import serve_stdio; ..."`
+with its own LLMOS_HOME; each tool call runs the program as a process of the server's kernel,
+with its devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from llmos.kernel import program as program_mod
+from llmos.store.log import Log
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _descendants(root: int) -> set[int]:
+    """Live (not zombie) descendants of `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _assert_no_new_children(before: set[int]) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        left = _descendants(os.getpid()) - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"server processes left behind: {sorted(left)}"
+
+
+@pytest.fixture
+def no_orphans() -> Iterator[None]:
+    before = _descendants(os.getpid())
+    yield
+    _assert_no_new_children(before)
+
+
+# --- llmos as an MCP server -------------------------------------------------------------------
+
+PROGRAM = """\
+---
+name: shout
+description: Repeat the text in capitals.
+config:
+  temperature: 0
+  maxOutputTokens: 8
+input:
+  schema:
+    text: string, what to repeat
+---
+Repeat in capitals: {{text}}
+"""
+
+
+@pytest.fixture
+def llmos_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / "programs").mkdir(parents=True)
+    (home / "programs" / "shout.prompt").write_text(PROGRAM)
+    (home / "programs" / "notes.md").write_text("Summarise the text in one line.\n")
+    return home
+
+
+def _llmos_server(home: Path) -> StdioServerParameters:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOS_", "OPENAI_"))}
+    env["LLMOS_HOME"] = str(home)
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-c", "from llmos.front.mcpserver import serve_stdio; serve_stdio()"],
+        env=env,
+        cwd=str(home),
+    )
+
+
+async def _with_llmos(home: Path, calls: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[Any]]:
+    async with (
+        stdio_client(_llmos_server(home)) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await asyncio.wait_for(session.initialize(), 60)
+        tools = await asyncio.wait_for(session.list_tools(), 60)
+        results = [
+            await asyncio.wait_for(session.call_tool(name, args), 240) for name, args in calls
+        ]
+        return tools, results
+
+
+def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> None:
+    tools, results = asyncio.run(
+        _with_llmos(
+            llmos_home,
+            [("shout", {"text": 5}), ("shout", {}), ("nope", {}), ("notes", {"bogus": "x"})],
+        )
+    )
+    by_name = {t.name: t for t in tools.tools}
+    assert set(by_name) == {"shout", "notes"}
+    assert by_name["shout"].description == "Repeat the text in capitals."
+    shout = program_mod.load(llmos_home / "programs" / "shout.prompt")
+    assert shout.input_schema is not None and "text" in shout.input_schema["properties"]
+    assert by_name["shout"].input_schema == shout.input_schema
+    assert by_name["notes"].input_schema == {
+        "type": "object",
+        "properties": {"input": {"type": "string"}},
+    }
+    for result in results:
+        assert result.is_error
+        assert len(result.content) == 1 and "\n" not in result.content[0].text
+    assert "text" in results[0].content[0].text
+    assert "no program named 'nope'" in results[2].content[0].text
+    assert "bogus" in results[3].content[0].text
+
+
+@pytest.mark.slow
+def test_llmos_tool_call_runs_the_program(llmos_home: Path, no_orphans: None) -> None:
+    (llmos_home / "programs" / "person.prompt").write_text(
+        (REPO / "tests" / "data" / "cli" / "person.prompt").read_text()
+    )
+    _, results = asyncio.run(
+        _with_llmos(
+            llmos_home,
+            [("shout", {"text": "hello"}), ("person", {"input": "Ada is 36 years old."})],
+        )
+    )
+    text, person = results
+    assert not text.is_error, text.content
+    assert text.content[0].text.strip()
+    assert not person.is_error, person.content
+    parsed = json.loads(person.content[0].text)
+    assert set(parsed) == {"name", "age"}
+    assert person.structured_content == parsed
+
+
+@pytest.mark.slow
+def test_a_tool_using_program_runs_with_its_devices(llmos_home: Path, no_orphans: None) -> None:
+    """Served over MCP, a program gets its devices through the kernel, as under `llmos run`:
+    the arithmetic example calls `calc` and answers with the exact product."""
+    (llmos_home / "programs" / "arithmetic.prompt").write_text(
+        (REPO / "examples" / "arithmetic.prompt").read_text()
+    )
+    _, (result,) = asyncio.run(
+        _with_llmos(llmos_home, [("arithmetic", {"input": "What is 1234 * 5678?"})])
+    )
+    assert not result.is_error, result.content
+    assert "7006652" in result.content[0].text
+    with Log.open(llmos_home / "logs.db") as log:
+        (run,) = log.list_runs(program="arithmetic")
+        record = log.get_run(run.id)
+    assert record.owner == "mcp" and record.status == "ok"
+    calls = [s for s in record.extra["steps"] if s["kind"] == "syscall"]
+    assert calls and calls[0]["device"] == "calc" and calls[0]["ok"]

@@ -12,7 +12,8 @@ def conversation(n: int) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": "You are a helpful assistant."}]
     for i in range(n):
         role = "user" if i % 2 == 0 else "assistant"
-        msgs.append({"role": role, "content": f"message {i} " + "words here " * 20})
+        words = " ".join(f"w{i}x{j}" for j in range(20))  # no run of words shared by two
+        msgs.append({"role": role, "content": f"message {i} {words}"})
     return msgs
 
 

@@ -43,7 +43,6 @@ from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.clikit import fail, handle_errors, read_stdin
 from llmos.kernel import boot
-from llmos.kernel.sched.policy import POLICIES
 from llmos.store.log import RunRecord
 
 
@@ -358,13 +357,23 @@ def _run_detached(
     click.echo(json.dumps({"pid": pid}) if as_json else str(pid))
 
 
+def _policy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A scheduling policy name: a built-in (fifo, rr, priority, fair) or a plugin's."""
+    from llmos.kernel import plugins
+
+    known = list(plugins.sched_policies())
+    if value is not None and value not in known:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(known)}")
+    return value
+
+
 @cli.group()
 def kernel() -> None:
     """Start, stop and inspect the kernel daemon (programs as background processes)."""
 
 
 @kernel.command("start")
-@click.option("--policy", type=click.Choice(list(POLICIES)), help="Scheduling policy.")
+@click.option("--policy", callback=_policy, help="Scheduling policy: fifo, rr, priority, fair.")
 @click.option("--max-resident", type=click.IntRange(min=1), help="Processes resident in KV.")
 @click.option("--max-processes", type=click.IntRange(min=1), help="Live processes allowed.")
 @handle_errors
@@ -383,7 +392,7 @@ def kernel_start(policy: str | None, max_resident: int | None, max_processes: in
 
 
 @kernel.command("serve")
-@click.option("--policy", type=click.Choice(list(POLICIES)), default=params.SCHED_POLICY)
+@click.option("--policy", callback=_policy, default=params.SCHED_POLICY)
 @click.option("--max-resident", type=click.IntRange(min=1), default=params.MAX_RESIDENT)
 @click.option("--max-processes", type=click.IntRange(min=1), default=params.MAX_PROCESSES)
 @handle_errors

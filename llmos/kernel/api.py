@@ -59,6 +59,7 @@ from llmos.errors import AdmissionError, InputError, LlmosError, RequestError
 from llmos.hw.cpu.base import CPU
 from llmos.kernel import program as program_mod
 from llmos.kernel.core import Kernel
+from llmos.kernel.inputs import parse_cli_inputs
 from llmos.kernel.loop import RunResult
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
@@ -195,7 +196,7 @@ def spawn_request(kernel: Kernel, req: SpawnRequest) -> tuple[Program, dict[str,
         raise
     try:
         inputs = dict(req.inputs)
-        inputs.update(program_mod.parse_cli_inputs(list(req.input_pairs), program.input_schema))
+        inputs.update(parse_cli_inputs(list(req.input_pairs), program.input_schema))
     except LlmosError as exc:
         system.log_failure(program.name, exc, program_path=str(program.path))
         raise

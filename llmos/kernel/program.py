@@ -27,7 +27,7 @@ key in both forms is an error. Keys and types are `params.LLMOS_KEYS`.
 Invariants:
 - Every failure is a `ProgramError` (the file is at fault, exit 3) or an `InputError` (the
   caller's inputs are at fault, exit 4) with a one-line message naming the file and the field;
-  no exception of a library escapes `load`, `discover`, `render` or `parse_cli_inputs`.
+  no exception of a library escapes `load`, `discover` or `render`.
 - A loaded `Program` is fully checked: front matter, `llmos.*` keys, config types, both schemas
   (compiled and checked against the JSON Schema metaschema), defaults against the input schema,
   and the template's syntax. `render` can then fail only on inputs (or on a template that emits
@@ -45,23 +45,18 @@ partials and `{{history}}` are left to dotprompt (no partials or history are reg
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import json
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
 import yaml
 
 from llmos import params
 from llmos.errors import InputError, ProgramError
 from llmos.hw.cpu.base import Message
+from llmos.kernel import dotprompt
+from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
 
 _T = TypeVar("_T")
 
@@ -69,7 +64,6 @@ Kind = Literal["dotprompt", "skill", "markdown"]
 
 _SKILL_NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MARKER = "<<<dotprompt:"
-_ROLE_MAP = {"system": "system", "user": "user", "model": "assistant"}
 _OUTPUT_FORMATS = ("text", "json")
 # config key -> (GenRequest keyword, accepted types, description for errors)
 _CONFIG_KEYS: dict[str, tuple[str, tuple[type, ...], str]] = {
@@ -151,8 +145,8 @@ class Program:
                 )
         if self.kind == "dotprompt":
             if self.input_schema is not None:
-                _validate_inputs(self.path, self.input_schema, data)
-            return _run(lambda: _render_dotprompt(self, data))
+                validate_inputs(self.path, self.input_schema, data)
+            return dotprompt.render(self.path, self.source, data)
         return self._render_plain(data)
 
     def _render_plain(self, data: dict[str, Any]) -> list[Message]:
@@ -235,27 +229,6 @@ def discover(dirs: list[Path], problems: list[ProgramError] | None = None) -> li
 def default_search_dirs(home: Path, cwd: Path) -> list[Path]:
     """Where bare program names are looked up: installed programs, then project skills."""
     return [home / params.PROGRAMS_DIR_NAME, cwd / params.SKILLS_DIR]
-
-
-def parse_cli_inputs(pairs: list[str], schema: dict[str, Any] | None) -> dict[str, Any]:
-    """`key=value` pairs into an inputs dict, values coerced by the schema's property types.
-
-    integer / number: parsed as numbers; boolean: `true` / `false` (any case); array / object:
-    JSON text; string or no type: the text as given (an untyped `enum` picks the member whose
-    text matches). Without a schema every value is a string. A key given twice is an error.
-    """
-    props: dict[str, Any] = (schema or {}).get("properties", {}) or {}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InputError(f"bad input '{pair}': expected key=value")
-        if key in out:
-            raise InputError(f"input '{key}' given twice")
-        prop = props.get(key)
-        out[key] = _coerce(key, value, prop) if isinstance(prop, dict) else value
-    return out
 
 
 # --- Internals: paths -------------------------------------------------------------------------
@@ -345,7 +318,7 @@ def _parse(path: Path, text: str) -> Any:
         extra = f" ({detail})" if detail else ""
         raise ProgramError(f"{path}: malformed front matter{where}: {reason}{extra}") from exc
     except Exception as exc:  # pydantic validation of recognised fields, and the like
-        raise ProgramError(f"{path}: malformed front matter: {_one_line(exc)}") from exc
+        raise ProgramError(f"{path}: malformed front matter: {dotprompt.one_line(exc)}") from exc
 
 
 def _yaml_problem(text: str) -> str | None:
@@ -402,7 +375,7 @@ def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         types = expected if isinstance(expected, tuple) else (expected,)
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise ProgramError(f"{path}: '{shown}' must be {names}, got {_json(value)}")
+            raise ProgramError(f"{path}: '{shown}' must be {names}, got {as_json(value)}")
         number = value if isinstance(value, int) else 0
         if key == "priority" and not params.MIN_PRIORITY <= number <= params.MAX_PRIORITY:
             raise ProgramError(
@@ -433,7 +406,7 @@ def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
         ):
             raise ProgramError(
                 f"{path}: '{shown}.auto_recall' must be a token budget from 0 to "
-                f"{params.AUTO_RECALL_MAX_TOKENS}, got {_json(budget)}"
+                f"{params.AUTO_RECALL_MAX_TOKENS}, got {as_json(budget)}"
             )
     if key == "shm" and not all(isinstance(n, str) and n for n in value):
         raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
@@ -454,14 +427,14 @@ def _check_config(path: Path, config: Any) -> dict[str, Any]:
         if ok and key == "stopSequences":
             ok = all(isinstance(s, str) and s for s in value)
         if not ok:
-            raise ProgramError(f"{path}: 'config.{key}' must be {what}, got {_json(value)}")
+            raise ProgramError(f"{path}: 'config.{key}' must be {what}, got {as_json(value)}")
     return dict(config)
 
 
 def _check_str(path: Path, raw: dict[str, Any], key: str) -> str | None:
     value = raw.get(key)
     if value is not None and not isinstance(value, str):
-        raise ProgramError(f"{path}: '{key}' must be a string, got {_json(value)}")
+        raise ProgramError(f"{path}: '{key}' must be a string, got {as_json(value)}")
     return value
 
 
@@ -491,16 +464,17 @@ def _load_dotprompt(path: Path, text: str) -> Program:
     if not isinstance(defaults, dict):
         raise ProgramError(f"{path}: 'input.default' must be a mapping of input names to values")
 
-    input_schema = _compile_schema(path, "input", input_cfg.get("schema"))
-    output_schema = _compile_schema(path, "output", output_cfg.get("schema"))
+    input_schema = dotprompt.compile_schema(path, "input", input_cfg.get("schema"))
+    output_schema = dotprompt.compile_schema(path, "output", output_cfg.get("schema"))
     fmt = output_cfg.get("format") or ("json" if output_schema is not None else "text")
     if fmt not in _OUTPUT_FORMATS:
         raise ProgramError(
-            f"{path}: 'output.format' must be one of {', '.join(_OUTPUT_FORMATS)}, got {_json(fmt)}"
+            f"{path}: 'output.format' must be one of {', '.join(_OUTPUT_FORMATS)}, "
+            f"got {as_json(fmt)}"
         )
     if input_schema is not None and defaults:
-        _check_defaults(path, input_schema, defaults)
-    _check_template(path, text)
+        check_defaults(path, input_schema, defaults)
+    dotprompt.check_template(path, text)
 
     handled = {"name", "description", "model", "config", "tools", "input", "output", "llmos"}
     return Program(
@@ -533,7 +507,7 @@ def _load_skill(path: Path, text: str) -> Program:
     if len(name) > params.SKILL_NAME_MAX or not _SKILL_NAME_RE.match(name):
         raise ProgramError(
             f"{path}: 'name' must be 1-{params.SKILL_NAME_MAX} characters of a-z, 0-9 and"
-            f" single inner hyphens, got {_json(name)}"
+            f" single inner hyphens, got {as_json(name)}"
         )
     if name != folder:
         raise ProgramError(f"{path}: 'name' is '{name}' but the skill folder is '{folder}'")
@@ -596,185 +570,3 @@ def _check_tools(path: Path, value: Any, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
         raise ProgramError(f"{path}: '{key}' must be a list of tool names")
     return list(value)
-
-
-# --- Internals: schemas and validation --------------------------------------------------------
-
-
-def _compile_schema(path: Path, which: str, schema: Any) -> dict[str, Any] | None:
-    """Picoschema (or JSON Schema) to JSON Schema, checked against the metaschema."""
-    if schema is None:
-        return None
-    from dotpromptz import picoschema_to_json_schema
-
-    try:
-        compiled = _run(lambda: picoschema_to_json_schema(schema))
-    except Exception as exc:
-        raise ProgramError(f"{path}: bad {which} schema: {_one_line(exc)}") from exc
-    if not isinstance(compiled, dict):
-        raise ProgramError(f"{path}: bad {which} schema: it must describe an object")
-    try:
-        jsonschema.validators.validator_for(compiled).check_schema(compiled)
-    except jsonschema.exceptions.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path)
-        at = f" at '{where}'" if where else ""
-        raise ProgramError(f"{path}: bad {which} schema{at}: {exc.message}") from exc
-    return compiled
-
-
-def _check_defaults(path: Path, schema: dict[str, Any], defaults: dict[str, Any]) -> None:
-    relaxed = {k: v for k, v in schema.items() if k != "required"}
-    try:
-        _validate_inputs(path, relaxed, defaults)
-    except InputError as exc:
-        raise ProgramError(f"{exc} (in 'input.default')") from exc
-
-
-def _validate_inputs(path: Path, schema: dict[str, Any], data: dict[str, Any]) -> None:
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = list(validator.iter_errors(data))
-    if not errors:
-        return
-    order = {"required": 0, "additionalProperties": 1}
-    error = min(
-        errors,
-        key=lambda e: (order.get(str(e.validator), 2), len(e.absolute_path), str(e.absolute_path)),
-    )
-    prefix = ".".join(str(p) for p in error.absolute_path)
-    if error.validator == "required" and isinstance(error.instance, dict):
-        required: Any = error.validator_value
-        missing = [r for r in required if r not in error.instance]
-        name = ".".join(filter(None, [prefix, str(missing[0]) if missing else ""]))
-        raise InputError(f"{path}: missing required input '{name}'")
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        subschema: Any = error.schema
-        known = set(subschema.get("properties", {}))
-        extra = sorted(k for k in error.instance if k not in known)
-        name = ".".join(filter(None, [prefix, extra[0] if extra else ""]))
-        expected = ", ".join(sorted(known)) or "none"
-        raise InputError(f"{path}: unknown input '{name}' (expected: {expected})")
-    if not prefix:
-        raise InputError(f"{path}: bad inputs: {error.message}")
-    raise InputError(f"{path}: input '{prefix}': {error.message}")
-
-
-def _coerce(key: str, value: str, prop: dict[str, Any]) -> Any:
-    types = prop.get("type")
-    type_list = [types] if isinstance(types, str) else list(types or [])
-    kind = next((t for t in type_list if t != "null"), None)
-    if kind is None and "enum" in prop:
-        return next((m for m in prop["enum"] if _text(m) == value), value)
-    try:
-        if kind == "integer":
-            return int(value.strip())
-        if kind == "number":
-            number = float(value.strip())
-            return int(number) if number.is_integer() and "." not in value else number
-        if kind == "boolean":
-            lowered = value.strip().lower()
-            if lowered in ("true", "false"):
-                return lowered == "true"
-            raise ValueError(value)
-        if kind in ("array", "object"):
-            parsed = json.loads(value)
-            if not isinstance(parsed, list if kind == "array" else dict):
-                raise ValueError(value)
-            return parsed
-    except ValueError as exc:
-        what = {
-            "integer": "an integer",
-            "number": "a number",
-            "boolean": "true or false",
-            "array": "a JSON array",
-            "object": "a JSON object",
-        }[str(kind)]
-        raise InputError(f"input '{key}' must be {what}, got '{value}'") from exc
-    return value
-
-
-# --- Internals: dotprompt rendering -----------------------------------------------------------
-
-
-def _check_template(path: Path, text: str) -> None:
-    from dotpromptz import Dotprompt
-
-    async def compile_it() -> None:
-        await Dotprompt().compile(text)
-
-    try:
-        _run(compile_it)
-    except Exception as exc:
-        raise ProgramError(f"{path}: bad template: {_one_line(exc)}") from exc
-
-
-async def _render_async(program: Program, data: dict[str, Any]) -> Any:
-    from dotpromptz import DataArgument, Dotprompt
-
-    return await Dotprompt().render(program.source, DataArgument(input=data))
-
-
-def _render_dotprompt(program: Program, data: dict[str, Any]) -> Awaitable[list[Message]]:
-    async def go() -> list[Message]:
-        from dotpromptz import TextPart
-
-        try:
-            rendered = await _render_async(program, data)
-        except Exception as exc:
-            raise ProgramError(f"{program.path}: cannot render: {_one_line(exc)}") from exc
-        out: list[Message] = []
-        for index, message in enumerate(rendered.messages or [], start=1):
-            role = getattr(message.role, "value", message.role)
-            if role not in _ROLE_MAP:
-                raise ProgramError(
-                    f"{program.path}: message {index} has role '{role}' (llmos renders"
-                    " system, user and model)"
-                )
-            texts: list[str] = []
-            for part in message.content or []:
-                if isinstance(part, TextPart):
-                    texts.append(part.text or "")
-                elif type(part).__name__ == "PendingPart":
-                    continue  # a {{section}} placeholder: no text of its own
-                else:
-                    kind = type(part).__name__.removesuffix("Part").lower()
-                    raise ProgramError(
-                        f"{program.path}: message {index} has a {kind} part; llmos sends text only"
-                    )
-            content = "".join(texts).strip()
-            if content:
-                out.append({"role": _ROLE_MAP[role], "content": content})
-        return out
-
-    return go()
-
-
-def _run(make: Callable[[], Awaitable[_T]]) -> _T:
-    """Run a coroutine to completion from sync code, in any thread, loop running or not."""
-
-    async def main() -> _T:
-        return await make()
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(main())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _one_line(exc.exceptions[0])
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
-
-
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else _json(value)

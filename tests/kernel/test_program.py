@@ -13,6 +13,7 @@ import pytest
 from llmos import params
 from llmos.errors import InputError, ProgramError
 from llmos.kernel import program as prog
+from llmos.kernel.inputs import parse_cli_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data" / "programs"
@@ -533,8 +534,8 @@ def test_default_search_dirs(tmp_path: Path) -> None:
 
 
 def test_parse_cli_inputs_without_schema() -> None:
-    assert prog.parse_cli_inputs(["a=1", "b=x=y", "c="], None) == {"a": "1", "b": "x=y", "c": ""}
-    assert prog.parse_cli_inputs([], None) == {}
+    assert parse_cli_inputs(["a=1", "b=x=y", "c="], None) == {"a": "1", "b": "x=y", "c": ""}
+    assert parse_cli_inputs([], None) == {}
 
 
 def test_parse_cli_inputs_coerces_by_schema() -> None:
@@ -564,7 +565,7 @@ def test_parse_cli_inputs_coerces_by_schema() -> None:
         "level=2",
         "other=5",
     ]
-    assert prog.parse_cli_inputs(pairs, schema) == {
+    assert parse_cli_inputs(pairs, schema) == {
         "n": 42,
         "x": 2.5,
         "y": 3,
@@ -602,18 +603,18 @@ def test_parse_cli_inputs_errors(pair: str, message: str) -> None:
         }
     }
     with pytest.raises(InputError) as exc:
-        prog.parse_cli_inputs([pair], schema)
+        parse_cli_inputs([pair], schema)
     assert str(exc.value).startswith(message)
 
 
 def test_parse_cli_inputs_duplicate() -> None:
     with pytest.raises(InputError, match=r"input 'a' given twice"):
-        prog.parse_cli_inputs(["a=1", "a=2"], None)
+        parse_cli_inputs(["a=1", "a=2"], None)
 
 
 def test_cli_inputs_then_render() -> None:
     p = prog.load(GOOD / "picoschema.prompt")
-    inputs = prog.parse_cli_inputs(["name=Ada", "age=36", 'tags=["x"]'], p.input_schema)
+    inputs = parse_cli_inputs(["name=Ada", "age=36", 'tags=["x"]'], p.input_schema)
     assert p.render(inputs) == [
         {"role": "user", "content": "Describe Ada, aged 36, who is happy. #x"}
     ]

@@ -716,18 +716,60 @@ def _read_into(
 
 
 def _kill_session(session: int, patience_s: float = 5.0) -> None:
-    """SIGKILL the process group `session` until no process of the session is left.
+    """SIGKILL the process group `session` and every process in the sandbox's pid namespace,
+    until none of them is left.
 
     Killed processes take a moment to go (and a fork racing the kill may add one), so this
     repeats the kill while /proc still lists a live member, for at most `patience_s`.
     """
+    ns = _sandbox_namespace(session)
     deadline = time.monotonic() + patience_s
     while True:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(session, signal.SIGKILL)
-        if not session_processes(session) or time.monotonic() > deadline:
+        members = namespace_processes(ns) if ns else []
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if (not members and not session_processes(session)) or time.monotonic() > deadline:
             return
         time.sleep(0.01)
+
+
+def _live(entry: str) -> tuple[int, str] | None:
+    """(parent pid, state) of process `entry` in /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{entry}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return int(fields[1]), fields[0].decode()
+
+
+def _sandbox_namespace(launcher: int) -> str | None:
+    """The pid namespace of the sandbox started by bwrap process `launcher` (its child's)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (_live(entry) or (0, ""))[0] == launcher:
+            with contextlib.suppress(OSError):
+                return os.readlink(f"/proc/{entry}/ns/pid")
+    return None
+
+
+def namespace_processes(ns: str) -> list[int]:
+    """Pids of live processes (not zombies) in pid namespace `ns` (for cleanup and tests)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            same = os.readlink(f"/proc/{entry}/ns/pid") == ns
+        except OSError:
+            continue
+        state = _live(entry)
+        if same and state is not None and state[1] != "Z":
+            found.append(int(entry))
+    return found
 
 
 def session_processes(session: int) -> list[int]:

@@ -198,10 +198,79 @@ PYTHON_OUTPUT_BYTES = 64 * 1024  # stdout (and stderr, each) kept; past it the r
 PYTHON_FILE_BYTES = 16 * 1024 * 1024  # RLIMIT_FSIZE: largest file the sandbox may write
 PYTHON_OPEN_FILES = 64  # RLIMIT_NOFILE of a sandboxed process
 PYTHON_CODE_MAX_BYTES = 256 * 1024  # python device: longer source is refused
-PYTHON_SANDBOX_UID = 65534  # when llmos runs as root, sandboxed code runs as this uid (nobody)
+SANDBOX_BWRAP = "/usr/bin/bwrap"  # bubblewrap, the python/shell sandbox (Debian: bubblewrap)
+SANDBOX_PYTHON = "/usr/bin/python3"  # the system Python that runs inside the sandbox
+SANDBOX_UID_BASE = 1_800_000_000  # each sandboxed run gets a fresh uid from this range...
+SANDBOX_UID_COUNT = 1_000_000  # ...of this many uids
+SANDBOX_UID_TRIES = 64  # random picks tried before giving up on finding a free uid
 PYTHON_GRANT_MAX_BYTES = 64 * 1024 * 1024  # most bytes of granted files copied into a sandbox
 SHELL_ALLOW = ("ls", "cat", "echo", "wc", "head", "tail", "grep", "date", "pwd")  # default
 SHELL_MAX_COMMAND_CHARS = 4096  # a longer shell command line is refused
+SHELL_EXEC_CAPABLE = frozenset(  # shell: never run, even when an allowlist names them
+    [
+        "sh",
+        "bash",
+        "dash",
+        "zsh",
+        "ksh",
+        "mksh",
+        "csh",
+        "tcsh",
+        "fish",
+        "busybox",
+        "env",
+        "xargs",
+        "git",
+        "nohup",
+        "timeout",
+        "nice",
+        "ionice",
+        "setsid",
+        "stdbuf",
+        "chroot",
+        "unshare",
+        "nsenter",
+        "setpriv",
+        "su",
+        "sudo",
+        "doas",
+        "runuser",
+        "flock",
+        "watch",
+        "time",
+        "exec",
+        "command",
+        "script",
+        "ssh",
+        "scp",
+        "rsync",
+        "make",
+        "vi",
+        "vim",
+        "less",
+        "more",
+        "man",
+        "tar",
+        "awk",
+        "gawk",
+        "mawk",
+        "nawk",
+        "sed",
+        "perl",
+        "python",
+        "python3",
+        "ruby",
+        "node",
+        "php",
+        "lua",
+        "tclsh",
+        "expect",
+        "strace",
+        "gdb",
+        "ltrace",
+        "parallel",
+    ]
+)
 FS_MAX_FILE_BYTES = 8 * 1024 * 1024  # fs device: larger files are refused (read, write, search)
 FS_MAX_LIST_ENTRIES = 1000  # fs list: most entries returned
 FS_SEARCH_MAX_RESULTS = 200  # fs search: most matches returned
@@ -215,9 +284,7 @@ FS_SEARCH_LINE_CHARS = 500  # fs search: a matching line is shown cut to this ma
 PYTHON_MIN_OPEN_FILES = 16  # a program's open_files option cannot go below this
 PYTHON_POLL_S = 0.1  # how often a sandboxed run's pipes and process are checked
 PYTHON_STRAGGLER_S = 0.5  # after the main process exits, its children get this long to finish
-PYTHON_PROBE_TIMEOUT_S = (
-    10.0  # the one-time probe of a namespace tool (unshare) runs at most this long
-)
+PYTHON_PROBE_TIMEOUT_S = 10.0  # the one-time probe of the sandbox (bwrap) runs at most this long
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 SHM_READ_ENVELOPE_BYTES = 256  # shm_read: room kept in the result for its name and version
 PLUGIN_NAME_MAX_CHARS = 64  # device, CPU prefix and policy names registered by plugins

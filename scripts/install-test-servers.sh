@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install the real MCP servers the test suite talks to, at set-up time (never `npx -y` in a test).
+# Install what the test suite needs besides Python packages, at set-up time (never `npx -y` in a
+# test):
 #
+# - bubblewrap (`bwrap`, Debian package bubblewrap), the python and shell devices' sandbox,
+#   with apt-get when it is missing and we are root (otherwise a message; the devices refuse
+#   to run without it);
 # - mcp-server-time (PyPI) into the current Python environment;
 # - @modelcontextprotocol/server-everything and server-filesystem (npm) into
 #   <repo>/.mcp-servers (gitignored), where tests/test_mcp.py looks for them.
@@ -10,6 +14,14 @@
 # unless an install that was attempted fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y bubblewrap
+    else
+        echo "install-test-servers: bwrap not found; install the Debian package bubblewrap" >&2
+    fi
+fi
 
 TIME_VERSION="2026.10.19"
 EVERYTHING_VERSION="2026.8.31"

@@ -1,50 +1,54 @@
 """The `python` device, and the sandbox launcher it shares with `shell`.
 
 Each call runs in a new OS process tree, in a fresh private working directory (a temp dir,
-deleted afterwards) holding only the files the program was granted (`ctx.options["files"]`,
-relative paths copied in from `ctx.root`). The launcher:
+deleted afterwards) holding only copies of the files the program was granted
+(`ctx.options["files"]`, relative paths copied in from `ctx.root`). The launcher:
 
-1. starts `python -I -S -X utf8 -c BOOTSTRAP` in a new session (its own process group), behind
-   `unshare --net --pid --fork --kill-child` when that works here (plus `--user
-   --map-root-user` when not root), probed once per llmos process;
-2. the bootstrap sets the rlimits on itself (CPU seconds, address space, process count, file
-   size, open files, no core dumps; inherited by everything below), then forks: the parent is
-   a tiny init that reaps and passes on the exit status, the child runs the code. In a pid
-   namespace the init is pid 1, so when it exits the kernel kills every process left inside;
-3. when llmos runs as root the child drops to uid/gid `PYTHON_SANDBOX_UID` (nobody) with no
-   supplementary groups, so RLIMIT_NPROC is enforced (the kernel never enforces it for root)
-   and ordinary file permissions apply. The interpreter's stdlib may be unreadable to that uid
-   (a pyenv under /root), so common stdlib modules are imported before the drop;
-4. python mode installs an audit hook (`sys.addaudithook`) before running the code: it refuses
-   socket events, process creation by exec (os.system, os.exec*, subprocess, posix_spawn),
-   ctypes, `open`/listing outside the working directory (reads of the stdlib and
-   /usr/share/zoneinfo allowed) and writes, renames, links, chmod outside it;
+1. probes once per llmos process that bubblewrap (`bwrap`, `SANDBOX_BWRAP`), the system Python
+   (`SANDBOX_PYTHON`) and a syscall filter for this machine are there and that a sandbox can
+   be set up; if not, the device is refused with one line saying why. It never runs weaker;
+2. picks a fresh unprivileged uid for the run (from `SANDBOX_UID_BASE`, not used by a live
+   process or another run of this llmos). As root, bwrap itself is started as that uid (no
+   groups); as an ordinary user, that uid is the one mapped inside the user namespace;
+3. runs `bwrap` with new user, pid, network, ipc, uts and cgroup namespaces, no capabilities,
+   no nested user namespaces (`--disable-userns`), `--die-with-parent`, `--new-session`, and a
+   seccomp filter (built here as classic BPF: ptrace, mount and the new mount API,
+   unshare/setns, bpf, perf_event_open, keyctl, io_uring, module and kexec loading,
+   process_vm_*, userfaultfd, open_by_handle_at, ... fail with EPERM; clone3 with ENOSYS).
+   The view: /usr and the /bin, /lib* links read-only, a few /etc files the loader needs
+   (`_ETC`), a private tmpfs /tmp, /proc of its own pid namespace, a minimal /dev, the work dir
+   read-write at `/work` and the code read-only at `/sandbox/main.py`. Nothing else exists
+   inside: not $LLMOS_HOME, its kernel socket, the user's home or another run's directory;
+4. inside, `python -I -S -X utf8 -c BOOTSTRAP` sets the rlimits on itself (CPU seconds,
+   address space, process count, file size, open files, no core dumps; inherited by all
+   below). Python mode then adds a second seccomp filter refusing execve/execveat (the code
+   cannot start any program), installs the audit hook (`sys.addaudithook`: sockets, process
+   creation, ctypes, files outside /work) as a second layer, and runs the code; exec mode
+   (`shell`) execs the program;
 5. the parent reads stdout and stderr up to `PYTHON_OUTPUT_BYTES` each, kills the whole process
-   group at the cap or at the wall-clock limit, and always kills it (SIGKILL) at the end.
+   group at the cap or at the wall-clock limit, and always kills it (SIGKILL) at the end; the
+   sandbox's pid 1 dies with it and the kernel kills everything left in its pid namespace.
 
 Exit status follows the shell convention: a child killed by signal N reports 128 + N
 (CPU limit: 128 + SIGXCPU = 152, or 137 after the hard limit's SIGKILL).
 
-What protects what (measured in this repository's tests as root in its container):
-- network: the network namespace (no interfaces but a down loopback) is the boundary; the audit
-  hook's socket refusal is a second layer. Without `unshare` only the audit hook applies.
-- fork bombs: RLIMIT_NPROC (current processes of the sandbox uid + `PYTHON_MAX_PROCS`) makes
-  fork fail; the pid namespace and the process-group kill (repeated until /proc shows no live
-  member of the session) end the tree. RLIMIT_NPROC holds only because of the uid drop: the
-  kernel never enforces it for uid 0.
-- memory: RLIMIT_AS per process (a big allocation raises MemoryError); CPU: RLIMIT_CPU per
-  process and the wall-clock kill for the tree.
-- files: the uid drop (nobody cannot write system files or read /root) is the boundary; the
-  audit hook additionally refuses world-readable paths such as /etc/passwd and `../`.
+What protects what:
+- files: the mount namespace is the boundary (paths outside the view do not exist); the fresh
+  uid makes another run's files and processes foreign even where they would be visible.
+- network: the network namespace (only its own loopback); a Unix socket on the host is not in
+  the view. The audit hook's socket refusal is a second layer.
+- processes: the pid namespace (nothing outside is visible or signalable); fork bombs hit
+  RLIMIT_NPROC (counted for the fresh uid, or inside the user namespace); the tree dies with
+  its pid 1.
+- memory: RLIMIT_AS per process; CPU: RLIMIT_CPU per process and the wall-clock kill.
 
-What it does NOT cover (be honest): an audit hook is not a security boundary against a
-determined attacker (e.g. `_posixsubprocess.fork_exec`, or C extensions, bypass it); there is no
-mount namespace, seccomp filter or chroot, so code running as nobody can still read
-world-readable files by going around the hook, and can write world-writable places such as
-/tmp; RLIMIT_NPROC counts per uid, so concurrent sandbox runs share one budget; without a pid
-namespace, a grandchild that calls setsid() escapes the group kill; the temp dir is on the
-host's disk (RLIMIT_FSIZE caps each file, not their number). For hostile code use a VM or a
-container runtime, not this.
+What it does NOT cover (be honest): the kernel is shared, so a kernel bug reachable through the
+allowed syscalls breaks out (a VM does not have this problem); the seccomp filter is a
+denylist, not an allowlist; the private /tmp is a tmpfs in memory whose size is not capped
+(RLIMIT_FSIZE caps each file, not their number) and the work dir is on the host's disk; the
+world-readable system files under /usr are readable; as an ordinary user RLIMIT_NPROC is
+counted from the processes the user already has; there is no cgroup, so memory is limited per
+process, not per run.
 """
 
 from __future__ import annotations
@@ -53,14 +57,18 @@ import contextlib
 import functools
 import json
 import os
+import platform
+import random
 import selectors
 import shutil
 import signal
 import stat
+import struct
 import subprocess
-import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,72 +77,8 @@ from llmos import params
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.hw.dev.fs import FsError, open_regular, read_fd, split_path
 
-# Imported by the child before it drops privileges (see the module note, step 3).
-PRELOAD = (
-    "math",
-    "cmath",
-    "json",
-    "re",
-    "random",
-    "statistics",
-    "fractions",
-    "decimal",
-    "datetime",
-    "time",
-    "collections",
-    "collections.abc",
-    "itertools",
-    "functools",
-    "operator",
-    "string",
-    "textwrap",
-    "heapq",
-    "bisect",
-    "array",
-    "copy",
-    "pprint",
-    "enum",
-    "dataclasses",
-    "typing",
-    "csv",
-    "io",
-    "base64",
-    "hashlib",
-    "hmac",
-    "struct",
-    "binascii",
-    "zlib",
-    "unicodedata",
-    "difflib",
-    "calendar",
-    "pathlib",
-    "glob",
-    "fnmatch",
-    "tempfile",
-    "shutil",
-    "traceback",
-    "linecache",
-    "contextlib",
-    "numbers",
-    "secrets",
-    "html",
-    "urllib.parse",
-    "zoneinfo",
-    "uuid",
-    "locale",
-    "codecs",
-    "weakref",
-    "abc",
-    "types",
-    "inspect",
-    "encodings.idna",
-    "socket",
-    "subprocess",
-    "select",
-    "signal",
-)
-
-# The bootstrap: runs as `python -I -S -X utf8 -c BOOTSTRAP SPEC_JSON`; see the module note.
+# The bootstrap: runs as `python -I -S -X utf8 -c BOOTSTRAP SPEC_JSON` inside bwrap; see the
+# module note. It is trusted code: the untrusted code runs only after its filters are in place.
 BOOTSTRAP = r"""
 import json, os, resource, sys
 spec = json.loads(sys.argv[1])
@@ -144,37 +88,9 @@ for name, value in (("RLIMIT_CPU", lim["cpu_s"]), ("RLIMIT_AS", lim["memory_byte
                     ("RLIMIT_NOFILE", lim["open_files"]), ("RLIMIT_CORE", 0)):
     hard = value + 1 if name == "RLIMIT_CPU" else value
     resource.setrlimit(getattr(resource, name), (value, hard))
-code = None
-if spec["mode"] == "python":
-    with open(spec["code"], "rb") as f:
-        code = f.read()
-pid = os.fork()
-if pid:
-    while True:  # init: reap everything, pass on the main child's status
-        try:
-            p, status = os.wait()
-        except ChildProcessError:
-            os._exit(1)
-        if p == pid:
-            rc = os.waitstatus_to_exitcode(status)
-            os._exit(rc if rc >= 0 else 128 - rc)
-work = spec["work"]
-os.chdir(work)
-import warnings  # os.execvpe needs it; the interpreter may be unreadable after the drop
-if spec["mode"] == "python":
-    import importlib
-    for mod in spec["preload"]:
-        try:
-            importlib.import_module(mod)
-        except Exception:
-            pass
-uid = spec["uid"]
-if uid is not None:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
 os.umask(0o077)
 if spec["mode"] == "exec":
+    import warnings  # os.execvpe needs it
     argv = spec["argv"]
     try:
         os.execvpe(argv[0], argv, os.environ)
@@ -182,6 +98,25 @@ if spec["mode"] == "exec":
         sys.stderr.write(f"{argv[0]}: {exc.strerror}\n")
         sys.stderr.flush()
         os._exit(127)
+with open(spec["code"], "rb") as f:
+    code = f.read()
+
+def _no_exec(program):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(program)
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Prog(len(program) // 8, ctypes.addressof(buf))
+    # PR_SET_NO_NEW_PRIVS = 38, PR_SET_SECCOMP = 22 with SECCOMP_MODE_FILTER = 2
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:
+        sys.stderr.write("sandbox: cannot install the exec filter; refusing to run\n")
+        sys.stderr.flush()
+        os._exit(126)
+
+_no_exec(bytes.fromhex(spec["exec_filter"]))
 import linecache, traceback
 
 def _install_hook(work, read_roots):
@@ -240,7 +175,11 @@ status = 0
 try:
     compiled = compile(code, "<sandbox>", "exec")
     if spec["audit"]:
-        _install_hook(os.path.realpath(work), tuple(spec["read_roots"]))
+        roots = {os.path.realpath(p) for p in sys.path if p}
+        base = os.path.realpath(sys.base_prefix)
+        roots = {r for r in roots if r.startswith(base)}
+        roots.update(("/usr/share/zoneinfo", "/dev/null", "/dev/urandom"))
+        _install_hook(os.path.realpath(os.getcwd()), tuple(sorted(roots)))
     exec(compiled, {"__name__": "__main__", "__builtins__": __builtins__})
 except SystemExit as exc:
     if exc.code is None:
@@ -266,9 +205,6 @@ for stream in (sys.stdout, sys.stderr):
         pass
 os._exit(status)
 """
-
-_UNSHARE_BASE = ("--net", "--pid", "--fork", "--kill-child")
-_UNSHARE_USER = ("--user", "--map-root-user")
 
 
 @dataclass(frozen=True)
@@ -325,45 +261,270 @@ class RunResult:
         }
 
 
+# /etc files the loader and the allowed programs read; nothing else of /etc is in the view.
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives")
+_TOP_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+WORK_INSIDE = "/work"  # where the run's working directory appears inside the sandbox
+CODE_INSIDE = "/sandbox/main.py"  # where python mode's code appears (read-only)
+
+# Syscall numbers the filter refuses with EPERM, per machine (x86_64: 64-bit ABI).
+_DENY = {
+    "x86_64": (
+        101,
+        165,
+        166,
+        155,
+        161,
+        272,
+        308,
+        250,
+        248,
+        249,
+        321,
+        298,
+        246,
+        320,
+        175,
+        313,
+        176,
+        310,
+        311,
+        323,
+        304,
+        303,
+        167,
+        168,
+        169,
+        163,
+        179,
+        172,
+        173,
+        425,
+        426,
+        427,
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+        442,
+        103,
+        212,
+        153,
+        164,
+        227,
+        159,
+        305,
+        438,
+        134,
+    ),
+    "aarch64": (
+        117,
+        40,
+        39,
+        41,
+        51,
+        97,
+        268,
+        219,
+        217,
+        218,
+        280,
+        241,
+        104,
+        294,
+        105,
+        273,
+        106,
+        270,
+        271,
+        282,
+        265,
+        264,
+        224,
+        225,
+        142,
+        89,
+        60,
+        425,
+        426,
+        427,
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+        442,
+        116,
+        170,
+        112,
+        171,
+        266,
+        438,
+    ),
+}
+_CLONE3 = {"x86_64": 435, "aarch64": 435}
+_EXEC = {"x86_64": (59, 322), "aarch64": (221, 281)}  # execve, execveat
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_X32_BIT = 0x40000000
+_EPERM, _ENOSYS = 1, 38
+_RET_ALLOW, _RET_ERRNO, _RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
+
+
+class SandboxUnavailable(Exception):
+    """The sandbox cannot be set up here; the message says why (one line)."""
+
+
+def seccomp_program(machine: str, deny: tuple[int, ...], enosys: tuple[int, ...] = ()) -> bytes:
+    """A classic BPF seccomp program for `machine`: `deny` fail with EPERM, `enosys` with
+    ENOSYS, a foreign architecture (and x86_64's x32 ABI) is killed, the rest is allowed."""
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    ins: list[tuple[int, int, int, int]] = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, _RET_KILL),
+        (ld, 0, 0, 0),  # seccomp_data.nr
+    ]
+    if machine == "x86_64":
+        ins += [(jge, 0, 1, _X32_BIT), (ret, 0, 0, _RET_KILL)]
+    for nr in enosys:
+        ins += [(jeq, 0, 1, nr), (ret, 0, 0, _RET_ERRNO | _ENOSYS)]
+    for nr in deny:
+        ins += [(jeq, 0, 1, nr), (ret, 0, 0, _RET_ERRNO | _EPERM)]
+    ins.append((ret, 0, 0, _RET_ALLOW))
+    return b"".join(struct.pack("=HBBI", *i) for i in ins)
+
+
+def _machine() -> str:
+    return platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+
+
+_uids_lock = threading.Lock()
+_uids_in_use: set[int] = set()
+
+
+@contextlib.contextmanager
+def fresh_uid() -> Iterator[int]:
+    """An unprivileged uid no live process and no other run of this llmos is using."""
+    with _uids_lock:
+        for _ in range(params.SANDBOX_UID_TRIES):
+            uid = params.SANDBOX_UID_BASE + random.randrange(params.SANDBOX_UID_COUNT)
+            if uid not in _uids_in_use and _count_processes(uid) == 0:
+                _uids_in_use.add(uid)
+                break
+        else:
+            raise SandboxUnavailable("no free sandbox uid")
+    try:
+        yield uid
+    finally:
+        with _uids_lock:
+            _uids_in_use.discard(uid)
+
+
+def _bwrap_argv(bwrap: str, uid: int, work: Path, code_path: Path | None, fd: int) -> list[str]:
+    argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net"]
+    argv += ["--unshare-uts", "--unshare-cgroup-try", "--disable-userns", "--die-with-parent"]
+    argv += ["--new-session", "--cap-drop", "ALL", "--uid", str(uid), "--gid", str(uid)]
+    argv += ["--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    for top in _TOP_LINKS:
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for name in _ETC:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    argv += ["--bind", str(work), WORK_INSIDE, "--chdir", WORK_INSIDE]
+    if code_path is not None:
+        argv += ["--ro-bind", str(code_path), CODE_INSIDE]
+    argv += ["--setenv", "HOME", WORK_INSIDE, "--setenv", "TMPDIR", "/tmp", "--seccomp", str(fd)]
+    return argv
+
+
 @functools.cache
-def unshare_prefix() -> tuple[str, ...]:
-    """The `unshare ...` argv prefix that works here, or () when none does (probed once)."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return ()
-    candidates: list[tuple[str, ...]] = [_UNSHARE_BASE] if os.geteuid() == 0 else []
-    candidates.append(_UNSHARE_USER + _UNSHARE_BASE)
-    for flags in candidates:
-        try:
-            probe = subprocess.run(
-                [exe, *flags, "true"],
-                capture_output=True,
-                timeout=params.PYTHON_PROBE_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0:
-            return (exe, *flags)
-    return ()
+def unavailable() -> str | None:
+    """Why no sandbox can be set up on this machine, or None when it can (probed once)."""
+    bwrap = params.SANDBOX_BWRAP
+    if not os.access(bwrap, os.X_OK):
+        return "bubblewrap (bwrap) is not installed; install the Debian package bubblewrap"
+    if not os.access(params.SANDBOX_PYTHON, os.X_OK):
+        return f"no system Python at {params.SANDBOX_PYTHON} to run sandboxed code"
+    if _machine() not in _DENY:
+        return f"no syscall filter for this machine's architecture ({platform.machine()})"
+    run_dir = Path(tempfile.mkdtemp(prefix="llmos-sandbox-probe-"))
+    try:
+        with fresh_uid() as uid:
+            work = _prepare_dir(run_dir, uid)
+            proc = _launch([params.SANDBOX_PYTHON, "-I", "-S", "-c", "pass"], work, None, uid)
+            try:
+                _, err = proc.communicate(timeout=params.PYTHON_PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_session(proc.pid)
+                proc.communicate()
+                return "bubblewrap did not set up the sandbox in time"
+    except (OSError, SandboxUnavailable) as exc:
+        return f"cannot start bubblewrap: {exc}"
+    finally:
+        _rmtree(run_dir)
+    if proc.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines() or ["no message"]
+        return f"bubblewrap cannot set up the sandbox here: {lines[-1]}"
+    return None
 
 
-def sandbox_uid() -> int | None:
-    """The uid sandboxed code runs as: PYTHON_SANDBOX_UID when llmos is root, else unchanged."""
-    return params.PYTHON_SANDBOX_UID if os.geteuid() == 0 else None
+def _prepare_dir(run_dir: Path, uid: int) -> Path:
+    """`run_dir/work`, owned by the run's uid when llmos is root."""
+    os.chmod(run_dir, 0o711)
+    work = run_dir / "work"
+    work.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(work, uid, uid)
+    return work
+
+
+def _launch(cmd: list[str], work: Path, code_path: Path | None, uid: int) -> subprocess.Popen:
+    """Start `cmd` inside bwrap as described in the module note (step 3)."""
+    machine = _machine()
+    program = seccomp_program(machine, _DENY[machine], (_CLONE3[machine],))
+    fd = os.memfd_create("llmos-seccomp", 0)
+    try:
+        os.write(fd, program)
+        os.lseek(fd, 0, os.SEEK_SET)
+        root = os.geteuid() == 0
+        return subprocess.Popen(
+            [*_bwrap_argv(params.SANDBOX_BWRAP, uid, work, code_path, fd), "--", *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(fd,),
+            user=uid if root else None,
+            group=uid if root else None,
+            extra_groups=[] if root else None,
+        )
+    finally:
+        os.close(fd)
 
 
 def isolation() -> list[str]:
     """The protections that apply on this machine, in words (for reports and tests)."""
-    layers = ["rlimits", "process-group kill"]
-    prefix = unshare_prefix()
-    if prefix:
-        layers += ["network namespace", "pid namespace"]
-        if "--user" in prefix:
-            layers.append("user namespace")
-    if sandbox_uid() is not None:
-        layers.append(f"uid {sandbox_uid()}")
-    return layers
+    if unavailable() is not None:
+        return []
+    return [
+        "rlimits",
+        "process-group kill",
+        "bubblewrap mount namespace",
+        "user namespace",
+        "pid namespace",
+        "network namespace",
+        "seccomp filter",
+        "fresh uid per run",
+    ]
 
 
 def _count_processes(uid: int) -> int:
@@ -383,14 +544,6 @@ def _count_processes(uid: int) -> int:
     return count
 
 
-def _read_roots() -> list[str]:
-    """Paths sandboxed Python may read besides its working directory (the stdlib, tz data)."""
-    roots = {os.path.realpath(p) for p in sys.path if p and "site-packages" not in p}
-    roots = {r for r in roots if r.startswith(os.path.realpath(sys.base_prefix))}
-    roots.update({"/usr/share/zoneinfo", "/dev/null", "/dev/urandom"})
-    return sorted(roots)
-
-
 def _rmtree(path: Path) -> None:
     def onerror(func: Any, p: str, exc: Any) -> None:
         with contextlib.suppress(OSError):
@@ -401,93 +554,85 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-@contextlib.contextmanager
-def workspace(ctx: CallContext) -> Any:
-    """A fresh run directory: `<tmp>/work` holds copies of the granted files.
+@dataclass(frozen=True)
+class Workspace:
+    run_dir: Path  # private to llmos (holds the code file)
+    work: Path  # the run's working directory, `/work` inside the sandbox
+    uid: int  # the run's fresh uid
 
-    Yields (run_dir, work_dir); deletes both afterwards. Raises FsError for a bad grant.
+
+@contextlib.contextmanager
+def workspace(ctx: CallContext) -> Iterator[Workspace]:
+    """A fresh run directory whose `work` holds copies of the granted files, and a fresh uid.
+
+    Deletes the directory afterwards. Raises SandboxUnavailable when no sandbox can be set up
+    here, FsError for a bad grant.
     """
-    run_dir = Path(tempfile.mkdtemp(prefix="llmos-sandbox-"))
-    try:
-        os.chmod(run_dir, 0o711)
-        work = run_dir / "work"
-        work.mkdir(mode=0o700)
-        uid = sandbox_uid()
-        total = 0
-        for rel in ctx.options.get("files", []) or []:
-            if ctx.root is None:
-                raise FsError("files were granted but the process has no file namespace")
-            parts = split_path(str(rel))
-            data = read_fd(open_regular(ctx.root, str(rel)), params.PYTHON_GRANT_MAX_BYTES)
-            total += len(data)
-            if total > params.PYTHON_GRANT_MAX_BYTES:
-                raise FsError(f"granted files exceed {params.PYTHON_GRANT_MAX_BYTES} bytes")
-            target = work.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if uid is not None:
-            for dirpath, dirnames, filenames in os.walk(work):
-                for name in [*dirnames, *filenames]:
-                    os.lchown(os.path.join(dirpath, name), uid, uid)
-            os.chown(work, uid, uid)
-        yield run_dir, work
-    finally:
-        _rmtree(run_dir)
+    reason = unavailable()
+    if reason is not None:
+        raise SandboxUnavailable(reason)
+    with fresh_uid() as uid:
+        run_dir = Path(tempfile.mkdtemp(prefix="llmos-sandbox-"))
+        try:
+            work = _prepare_dir(run_dir, uid)
+            total = 0
+            for rel in ctx.options.get("files", []) or []:
+                if ctx.root is None:
+                    raise FsError("files were granted but the process has no file namespace")
+                parts = split_path(str(rel))
+                data = read_fd(open_regular(ctx.root, str(rel)), params.PYTHON_GRANT_MAX_BYTES)
+                total += len(data)
+                if total > params.PYTHON_GRANT_MAX_BYTES:
+                    raise FsError(f"granted files exceed {params.PYTHON_GRANT_MAX_BYTES} bytes")
+                target = work.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            if os.geteuid() == 0:
+                for dirpath, dirnames, filenames in os.walk(work):
+                    for name in [*dirnames, *filenames]:
+                        os.lchown(os.path.join(dirpath, name), uid, uid)
+            yield Workspace(run_dir, work, uid)
+        finally:
+            _rmtree(run_dir)
 
 
 def run_sandboxed(
     mode: str,
+    space: Workspace,
     *,
-    work: Path,
     limits: Limits,
     code_path: Path | None = None,
     argv: list[str] | None = None,
     audit: bool = True,
 ) -> RunResult:
-    """Run python code (`mode="python"`, `code_path`) or a program (`mode="exec"`, `argv`).
+    """Run python code (`mode="python"`, `code_path`) or a program (`mode="exec"`, `argv`) in
+    the sandbox of `space`.
 
-    Blocks until the run ends or is killed; never leaves a process of the run behind in its
-    process group. Raises OSError only if the interpreter itself cannot be started.
+    Blocks until the run ends or is killed; never leaves a process of the run behind. Raises
+    OSError only if bwrap itself cannot be started.
     """
-    uid = sandbox_uid()
-    counted = uid if uid is not None else os.getuid()
+    uid = space.uid
+    root = os.geteuid() == 0
+    if code_path is not None and root:
+        os.chown(code_path, uid, uid)
+    machine = _machine()
     spec = {
         "mode": mode,
-        "work": str(work),
-        "code": str(code_path) if code_path else None,
+        "code": CODE_INSIDE if code_path is not None else None,
         "argv": argv,
-        "uid": uid,
         "audit": audit,
-        "preload": PRELOAD,
-        "read_roots": _read_roots(),
+        "exec_filter": seccomp_program(machine, _EXEC[machine]).hex(),
         "limits": {
             "cpu_s": limits.cpu_s,
             "memory_bytes": limits.memory_bytes,
-            "nproc": _count_processes(counted) + limits.max_procs,
+            "nproc": _count_processes(uid if root else os.getuid()) + limits.max_procs,
             "file_bytes": limits.file_bytes,
             "open_files": limits.open_files,
         },
     }
-    cmd = [*unshare_prefix(), sys.executable, "-I", "-S", "-X", "utf8", "-c", BOOTSTRAP]
-    cmd.append(json.dumps(spec))
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(work),
-        "TMPDIR": str(work),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-    }
+    cmd = [params.SANDBOX_PYTHON, "-I", "-S", "-X", "utf8", "-c", BOOTSTRAP, json.dumps(spec)]
     start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=work,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
-    )
+    proc = _launch(cmd, space.work, code_path, uid)
     assert proc.stdout is not None and proc.stderr is not None
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     timed_out = False
@@ -571,18 +716,60 @@ def _read_into(
 
 
 def _kill_session(session: int, patience_s: float = 5.0) -> None:
-    """SIGKILL the process group `session` until no process of the session is left.
+    """SIGKILL the process group `session` and every process in the sandbox's pid namespace,
+    until none of them is left.
 
     Killed processes take a moment to go (and a fork racing the kill may add one), so this
     repeats the kill while /proc still lists a live member, for at most `patience_s`.
     """
+    ns = _sandbox_namespace(session)
     deadline = time.monotonic() + patience_s
     while True:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(session, signal.SIGKILL)
-        if not session_processes(session) or time.monotonic() > deadline:
+        members = namespace_processes(ns) if ns else []
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if (not members and not session_processes(session)) or time.monotonic() > deadline:
             return
         time.sleep(0.01)
+
+
+def _live(entry: str) -> tuple[int, str] | None:
+    """(parent pid, state) of process `entry` in /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{entry}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return int(fields[1]), fields[0].decode()
+
+
+def _sandbox_namespace(launcher: int) -> str | None:
+    """The pid namespace of the sandbox started by bwrap process `launcher` (its child's)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (_live(entry) or (0, ""))[0] == launcher:
+            with contextlib.suppress(OSError):
+                return os.readlink(f"/proc/{entry}/ns/pid")
+    return None
+
+
+def namespace_processes(ns: str) -> list[int]:
+    """Pids of live processes (not zombies) in pid namespace `ns` (for cleanup and tests)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            same = os.readlink(f"/proc/{entry}/ns/pid") == ns
+        except OSError:
+            continue
+        state = _live(entry)
+        if same and state is not None and state[1] != "Z":
+            found.append(int(entry))
+    return found
 
 
 def session_processes(session: int) -> list[int]:
@@ -635,12 +822,14 @@ class PythonDevice(Device):
             )
         limits = Limits.from_context(ctx)
         try:
-            with workspace(ctx) as (run_dir, work):
-                code_path = run_dir / "main.py"
+            with workspace(ctx) as space:
+                code_path = space.run_dir / "main.py"
                 fd = os.open(code_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
-                result = run_sandboxed("python", work=work, limits=limits, code_path=code_path)
+                result = run_sandboxed("python", space, limits=limits, code_path=code_path)
+        except SandboxUnavailable as exc:
+            return DeviceResult.failure(f"python sandbox unavailable: {exc}")
         except FsError as exc:
             return DeviceResult.failure(f"python: {exc}")
         except OSError as exc:

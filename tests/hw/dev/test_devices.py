@@ -347,6 +347,27 @@ def test_shell_refusals() -> None:
     )
 
 
+def test_shell_arguments_follow_each_commands_grammar() -> None:
+    outside = "argument '/etc/passwd' points outside the working directory"
+    for command in ("date -f/etc/passwd", "date --file=/etc/passwd", "grep -rf/etc/passwd x"):
+        assert shell(command).error == f"shell: {outside}"
+    assert shell("head -n 2 -- /etc/passwd").error == f"shell: {outside}"
+    assert shell("ls --dired").error == "shell: ls: option --dired is not allowed here"
+    assert shell("pwd x").error == "shell: pwd takes no operands"
+    assert shell("date +%Y -u").ok and shell("grep -e /etc/passwd").ok  # a pattern, not a file
+    wide = [*params.SHELL_ALLOW, "env", "find", "rev"]
+    assert shell("env", allow=wide).error == (
+        "shell: command 'env' can run other programs and is never allowed"
+    )
+    assert shell("rev x", allow=wide).error == (
+        "shell: command 'rev' has no argument grammar here, so it cannot run"
+    )
+    assert shell("find . -exec id {} +", allow=wide).error == (
+        "shell: find -exec is refused (it runs programs, deletes or writes files)"
+    )
+    assert shell("find . -type f -name '*.md'", allow=wide).ok
+
+
 # --- Devices against fake handles: any object with the protocol's methods will do ---------------
 
 

@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 
 if ! command -v bwrap >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get install -y bubblewrap
+        # A fresh machine's package lists may be missing or stale: update once, then retry.
+        apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }
     else
         echo "install-test-servers: bwrap not found; install the Debian package bubblewrap" >&2
     fi

@@ -242,7 +242,7 @@ class Limits:
 
 
 @dataclass
-class RunResult:
+class SandboxResult:
     stdout: str
     stderr: str
     exit_status: int | None
@@ -604,7 +604,7 @@ def run_sandboxed(
     code_path: Path | None = None,
     argv: list[str] | None = None,
     audit: bool = True,
-) -> RunResult:
+) -> SandboxResult:
     """Run python code (`mode="python"`, `code_path`) or a program (`mode="exec"`, `argv`) in
     the sandbox of `space`.
 
@@ -677,7 +677,7 @@ def run_sandboxed(
     if reason is not None and (timed_out or over):
         status = None
     stdout_b, stderr_b = list(bufs.values())
-    return RunResult(
+    return SandboxResult(
         stdout=stdout_b.decode("utf-8", errors="replace"),
         stderr=stderr_b.decode("utf-8", errors="replace"),
         exit_status=status,

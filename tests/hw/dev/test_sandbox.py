@@ -58,7 +58,7 @@ def test_fresh_private_directory_with_grants(tmp_path: Path) -> None:
     )
 
 
-def _bomb(code: str, wall_s: float) -> sandbox.RunResult:
+def _bomb(code: str, wall_s: float) -> sandbox.SandboxResult:
     with sandbox.workspace(CallContext()) as space:
         path = space.run_dir / "main.py"
         path.write_text(code)

@@ -7,9 +7,12 @@ process, the narrow handles its devices get on `CallContext`:
   (owner, CPU and spawn depth follow the parent's), waits for it off the parent's CPU, kills it
   when the parent is killed or the wait's limit passes, and asks the person a question;
 - `MemoryAccess` (`ctx.memory`, for remember, recall, forget, page_in): the owner's memories
-  and the process's swap store, through its pager, which learns what was referenced (LRU);
+  and the process's swap store (page_in brings back only this process's pages), through its
+  pager, which learns what was referenced (LRU);
   recall returns rows formatted for the model (long texts as snippets);
-- `SharedAccess` (`ctx.shm`, for shm_read, shm_write, shm_list): shared segments, as the owner.
+- `SharedAccess` (`ctx.shm`, for shm_read, shm_write, shm_list): shared segments, as the owner;
+  it does not write into a segment another user owns unless that user granted the owner by
+  name (a squatted name with `others: rw` catches nothing).
 
 Invariants: a handle acts only for the process and owner it was built for; every child that
 `ProcessHandle.wait` returns from has exited or been killed.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmos import params
-from llmos.errors import LlmosError
+from llmos.errors import AccessError, LlmosError
 from llmos.hw.dev.base import Child, ChildEnd
 from llmos.store.memory import MemoryStore, snippet
 from llmos.store.shm import SharedMemory
@@ -166,9 +169,12 @@ class MemoryAccess:
         return self.pager.store().forget(self.pager.owner, memory_id)
 
     def page_in(self, page_id: int) -> dict[str, Any] | None:
+        """A page this process paged out (None for another process's page, even the
+        owner's: a page is part of one process's context)."""
         page = self.pager.store().page(self.pager.owner, page_id)
-        if page is not None:
-            self.pager.touch_pages([page_id])
+        if page is None or page.get("process") != self.pager.process:
+            return None
+        self.pager.touch_pages([page_id])
         return page
 
 
@@ -189,7 +195,17 @@ class SharedAccess:
     def write(
         self, name: str, text: str, *, append: bool, if_version: int | None
     ) -> dict[str, Any]:
-        seg = self._shm().write(self.owner, name, text, append=append, if_version=if_version)
+        """Write as the owner; a segment another user owns is written only if that user
+        granted this owner by name (`others: rw` is not enough: anyone may have created a
+        segment under the name this process expects, to catch what it writes)."""
+        shm = self._shm()
+        for seg in shm.list(self.owner):
+            if seg.name == name and seg.owner != self.owner and self.owner not in seg.acl:
+                raise AccessError(
+                    f"shared segment {name!r} belongs to {seg.owner}, who has not granted "
+                    f"{self.owner} write by name; a process does not write into it"
+                )
+        seg = shm.write(self.owner, name, text, append=append, if_version=if_version)
         return {"name": seg.name, "version": seg.version}
 
     def list(self) -> list[dict[str, Any]]:

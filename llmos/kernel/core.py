@@ -88,7 +88,12 @@ class Kernel:
 
     # --- CPUs ------------------------------------------------------------------------------------
     def cpu(self, spec: str | None) -> CPU:
-        """The CPU for `spec`, configured for this kernel's scheduling on first use."""
+        """The CPU for `spec` (one already under this kernel by that name, e.g. a parent's),
+        configured for this kernel's scheduling on first use."""
+        with self._lock:
+            known = self._cpus.get(spec) if spec is not None else None
+        if known is not None:
+            return known
         cpu = self.system.cpu(spec)
         self.add_cpu(cpu)
         return cpu

@@ -74,9 +74,19 @@ class UserPolicy(BaseModel):
 
 # Built-in devices that change nothing outside the process (their results may still be
 # untrusted); every other device is effectful, and every non-built-in one an external sink.
-_READ_ONLY = {"calc", "clock", "recall", "page_in", "shm_read", "shm_list", "ask", "quarantine"}
+_READ_ONLY = {
+    "calc",
+    "clock",
+    "random",
+    "recall",
+    "page_in",
+    "shm_read",
+    "shm_list",
+    "ask",
+    "quarantine",
+}
 _BUILT_IN = _READ_ONLY | {"fs", "shell", "python", "shm_write", "remember", "forget", "call"}
-_TRUSTED_RESULTS = {"calc", "clock", "ask", "remember", "forget", "shm_write"}
+_TRUSTED_RESULTS = {"calc", "clock", "random", "ask", "remember", "forget", "shm_write"}
 
 
 def arguments(call: ToolCall) -> dict[str, Any]:

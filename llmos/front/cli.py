@@ -563,7 +563,7 @@ def answer(pid: int, text: tuple[str, ...]) -> None:
 @handle_errors
 def approve(pid: int) -> None:
     """Let the syscall a process waits on (state waiting_approval; `llmos ps`) run."""
-    _client().request("approve", pid=pid)
+    _client().request("approve", pid=pid, owner=getpass.getuser())
 
 
 @cli.command()
@@ -571,7 +571,7 @@ def approve(pid: int) -> None:
 @handle_errors
 def deny(pid: int) -> None:
     """Refuse the syscall a process waits on (state waiting_approval; `llmos ps`)."""
-    _client().request("deny", pid=pid)
+    _client().request("deny", pid=pid, owner=getpass.getuser())
 
 
 @cli.command()
@@ -596,7 +596,13 @@ def audit(
 ) -> None:
     """Your syscalls and what was decided about each (oldest first), from the audit trail."""
     reply = _client().request(
-        "audit", pid=pid, device=device, decision=decision, limit=limit, verify=verify
+        "audit",
+        owner=getpass.getuser(),
+        pid=pid,
+        device=device,
+        decision=decision,
+        limit=limit,
+        verify=verify,
     )
     if as_json:
         click.echo(json.dumps(reply, ensure_ascii=False))

@@ -9,9 +9,12 @@ must still succeed with the defences on.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import sqlite3
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -646,3 +649,60 @@ def test_utility_quarantine_extracts_values_the_parent_acts_on(
     assert not (files(kernel) / "owned.txt").exists()
     assert proc.context.sources() == []
     assert [r["decision"] for r in audit(kernel)] == ["allowed", "allowed"]
+
+
+# --- the command line, through the daemon -------------------------------------------------------
+
+
+def test_utility_approve_and_audit_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from llmos.front import kclient, kerneld
+    from llmos.front.cli import cli
+    from llmos.kernel import cpus as cpu_mod
+
+    base = Path(tempfile.mkdtemp(prefix="ta-", dir="/tmp"))  # a short socket path
+    home = base / "home"
+    (home / params.PROGRAMS_DIR_NAME).mkdir(parents=True)
+    program(home / params.PROGRAMS_DIR_NAME, "share", ["shm_write"])
+    monkeypatch.setenv("LLMOS_HOME", str(home))
+    me = getpass.getuser()
+    cpu = ReadingAdversary([("shm_write", {"name": "team", "text": "minutes"})])
+    system = boot(open_log=False)
+    SharedMemory(system.memory).create("carol", "team", "", acl={me: "rw"})
+    monkeypatch.setattr(system, "cpu", lambda spec: cpu)  # never load a model
+    monkeypatch.setattr(cpu_mod, "close_all", lambda: None)  # leave other tests' CPUs alone
+    ready = threading.Event()
+    server = threading.Thread(
+        target=kerneld.serve, args=(system,), kwargs={"on_ready": lambda d: ready.set()}
+    )
+    server.start()
+    client = kclient.KernelClient(home)
+    runner = CliRunner()
+    try:
+        assert ready.wait(10)
+        pid = client.spawn("share", inputs={"input": "x"})
+        wait_for(lambda: "wants: shm_write" in runner.invoke(cli, ["ps"]).output)
+        assert runner.invoke(cli, ["approve", str(pid + 1)]).exit_code == 12
+        assert runner.invoke(cli, ["approve", str(pid)]).exit_code == 0
+        done = client.request("wait", pid=pid, timeout=10)
+        assert done["process"]["exit_status"] == "ok"
+        assert SharedMemory(system.memory).read("carol", "team").text == "minutes"
+        listed = runner.invoke(cli, ["audit", "--device", "shm_write"])
+        assert listed.exit_code == 0 and f"approved       by {me}" in listed.output
+        verified = runner.invoke(cli, ["audit", "--verify"])
+        assert verified.exit_code == 0 and "1 records verify" in verified.output
+        conn = sqlite3.connect(home / params.AUDIT_DB_NAME)
+        conn.execute("UPDATE audit SET reason = 'nothing to see'")
+        conn.commit()
+        conn.close()
+        broken = runner.invoke(cli, ["audit", "--verify"])
+        assert broken.exit_code == 17 and "audit chain broken at record 1" in broken.output
+    finally:
+        with contextlib.suppress(Exception):
+            client.request("shutdown")
+        server.join(30)
+        system.close()
+    assert not server.is_alive()

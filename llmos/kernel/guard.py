@@ -6,8 +6,9 @@ labels every segment trusted or untrusted) and its owner's policy (`UserPolicy`)
     1. not granted                                -> refused (the syscall layer says why)
     2. data from a secret source in the context   -> denied, always, if the call is an external
        (policy `secret`: `fs:keys/*`, `shm:payroll`,   sink: an MCP tool or any device that is
-       `memory`...) and the call is an external sink   not built in, or `shm_write` into a segment
-                                                       another user can read
+       `memory`...) and the call is an external sink   not built in, `shm_write` into a segment
+                                                       another user can read, or `call` (a
+                                                       child trusts its inputs)
     3. the device is one the policy lists in `approve`, or `shm_write` into a segment another
        user owns and granted this owner write by name (a squatter can name its victim)
                                                   -> needs approval
@@ -36,7 +37,9 @@ carry injected text to whoever reads it; a secret is known by where it was read 
 written, not resolved through links), not by its content, so a secret the user pasted into
 their input is not tracked; `python` and `shell` count as effectful but not as external sinks
 (their sandbox has no network). The policy is a per-owner default here (`UserPolicy`) until
-the policy file supplies it.
+the policy file supplies it. A child started by `call` trusts its inputs: a tainted parent's
+`call` is effectful (denied or approved as above) and never carries a secret, but an approved
+call hands the child text it will not know was untrusted.
 """
 
 from __future__ import annotations
@@ -297,6 +300,8 @@ class Guard:
         """What makes this call an external sink (None if it is not one)."""
         if name not in _BUILT_IN:
             return f"external device {name}"
+        if name == "call":  # a child's inputs are trusted in its own context
+            return "a child process, whose inputs it would trust"
         if name == "shm_write" and self.shared(str(args.get("name"))):
             return f"shared segment {args.get('name')!r}, which others can read"
         return None

@@ -14,6 +14,7 @@
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
      +-- AccessError                 exit 16 no right to a shared memory segment or memory
+     +-- AuditError                  exit 17 the audit store is unusable or its chain is broken
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
@@ -99,6 +100,14 @@ class AccessError(LlmosError):
     kind = "access"
 
 
+class AuditError(LlmosError):
+    """The audit store cannot be opened or written, or `llmos audit --verify` found a record
+    that does not hash to what the next one says."""
+
+    exit_code = 17
+    kind = "audit"
+
+
 class RequestError(LlmosError):
     """A request the kernel's API cannot take (bad JSON, unknown op, a bad argument)."""
 
@@ -127,6 +136,7 @@ EXIT_CODES: dict[str, int] = {
         KernelError,
         MemoryStoreError,
         AccessError,
+        AuditError,
         RequestError,
     )
 }

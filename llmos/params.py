@@ -311,3 +311,14 @@ ASK_TIMEOUT_S = 600.0  # longest an `ask` waits for `llmos answer PID TEXT`
 PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its process was killed
 PROC_DEVICE_MARGIN_S = 5.0  # call/ask give up this long before the syscall layer would
 PROC_DEVICE_KILL_WAIT_S = PROC_DEVICE_POLL_S * 10  # a call waits this long for a child it killed
+
+# --- Taint, approvals and audit (llmos.kernel.guard, llmos.store.audit) ------------------------
+TAINT_ON_UNTRUSTED = "deny"  # an effectful syscall while untrusted text is in context: deny|approve
+APPROVAL_TIMEOUT_S = 300.0  # a call waiting for `llmos approve PID` is denied after this long
+APPROVAL_POLL_S = 0.1  # how often a call waiting for approval checks whether it was killed
+AUDIT_DB_NAME = "audit.db"  # the tamper-evident audit trail, in the home directory
+AUDIT_BUSY_TIMEOUT_S = 10.0  # how long an audit write waits for another writer
+AUDIT_ARGS_CHARS = 400  # a syscall's arguments are kept in its audit record cut to this
+AUDIT_LIST_DEFAULT = 50  # `llmos audit` shows this many records, newest last
+QUARANTINE_TIMEOUT_S = 300.0  # longest a quarantine child may run before it is killed
+QUARANTINE_MAX_CHARS = 200_000  # the most untrusted text one quarantine call hands its child

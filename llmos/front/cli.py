@@ -18,6 +18,8 @@ The kernel daemon (see `llmos.front.kerneld`); these talk to it over its socket:
     llmos run -d PROGRAM ...               start a background process; prints its pid
     llmos ps [--all] [--json]    llmos kill PID...    llmos stop PID    llmos cont PID
     llmos renice PRIORITY PID    llmos wait PID [--timeout S]    llmos top [--once]
+    llmos approve PID    llmos deny PID    decide a syscall waiting for approval
+    llmos audit [--pid P] [--device D] [--decision X] [-n N] [--verify] [--json]
 
 Exit codes of `wait` and `logs -f`: 0 the process ended ok, 14 it was killed, ran out of
 budget or failed, 124 `wait --timeout` ran out; 13 there is no kernel to ask.
@@ -38,7 +40,7 @@ from typing import Any
 import click
 
 from llmos import config, params
-from llmos.errors import InputError, KernelError, LlmosError
+from llmos.errors import AuditError, InputError, KernelError, LlmosError
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.clikit import fail, handle_errors, read_stdin
@@ -497,6 +499,8 @@ def ps(show_all: bool, as_json: bool) -> None:
         click.echo(_ps_row(p))
         if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
             click.echo(f"{'':>6} asks: {p['question']}")
+        if p.get("approval"):  # waiting_approval: `llmos approve PID` / `llmos deny PID`
+            click.echo(f"{'':>6} wants: {p['approval']['call']} ({p['approval']['reason']})")
 
 
 @cli.command()
@@ -552,6 +556,72 @@ def renice(priority: int, pid: int) -> None:
 def answer(pid: int, text: tuple[str, ...]) -> None:
     """Answer the question a process is waiting on (its `ask`; `llmos ps` shows it)."""
     _client().request("answer", pid=pid, text=" ".join(text))
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def approve(pid: int) -> None:
+    """Let the syscall a process waits on (state waiting_approval; `llmos ps`) run."""
+    _client().request("approve", pid=pid, owner=getpass.getuser())
+
+
+@cli.command()
+@click.argument("pid", type=int)
+@handle_errors
+def deny(pid: int) -> None:
+    """Refuse the syscall a process waits on (state waiting_approval; `llmos ps`)."""
+    _client().request("deny", pid=pid, owner=getpass.getuser())
+
+
+@cli.command()
+@click.option("--pid", type=int, help="Only this process's records.")
+@click.option("--device", help="Only calls to this device.")
+@click.option(
+    "--decision",
+    type=click.Choice(["allowed", "denied", "approved", "denied-timeout", "refused"]),
+    help="Only records with this decision.",
+)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=params.AUDIT_LIST_DEFAULT)
+@click.option("--verify", is_flag=True, help="Check the whole hash chain; exit 17 if broken.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def audit(
+    pid: int | None,
+    device: str | None,
+    decision: str | None,
+    limit: int,
+    verify: bool,
+    as_json: bool,
+) -> None:
+    """Your syscalls and what was decided about each (oldest first), from the audit trail."""
+    reply = _client().request(
+        "audit",
+        owner=getpass.getuser(),
+        pid=pid,
+        device=device,
+        decision=decision,
+        limit=limit,
+        verify=verify,
+    )
+    if as_json:
+        click.echo(json.dumps(reply, ensure_ascii=False))
+    elif not verify:
+        for r in reply["records"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"]))
+            click.echo(
+                f"{r['id']:>6} {when} pid {r['pid']:<5} {r['device']:<14} "
+                f"{r['decision']:<14} by {r['by']}: {r['reason']}"
+            )
+    if verify:
+        v = reply["verify"]
+        if not v["ok"]:
+            raise AuditError(
+                f"audit chain broken at record {v['broken_at']}: {v['reason']} "
+                f"({v['records']} records before it verify)"
+            )
+        if not as_json:
+            click.echo(f"audit chain intact: {v['records']} records verify")
 
 
 def _end_code(info: dict[str, Any]) -> int:

@@ -18,6 +18,9 @@ when the caller's `gone()` says the client went away.
     wait                pid, timeout                               process, text, timed_out
     follow              pid                                        events (see above)
     answer              pid, text                                  process
+    approve|deny        pid                                        process
+    audit               pid, device, decision, limit, verify       records (the caller's own),
+                                                                   verify (the whole chain)
     top                 -                                          the kernel's snapshot
     memory.remember     text, tags                                 id
     memory.recall       query, k                                   hits
@@ -55,7 +58,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmos import params
-from llmos.errors import AdmissionError, InputError, LlmosError, RequestError
+from llmos.errors import AccessError, AdmissionError, InputError, LlmosError, RequestError
 from llmos.hw.cpu.base import CPU
 from llmos.kernel import program as program_mod
 from llmos.kernel.core import Kernel
@@ -110,6 +113,14 @@ class WaitRequest(Request):
 class AnswerRequest(Request):
     pid: int
     text: str
+
+
+class AuditRequest(Request):
+    pid: int | None = None
+    device: str | None = None
+    decision: str | None = None
+    limit: int = Field(default=params.AUDIT_LIST_DEFAULT, ge=1)
+    verify: bool = False
 
 
 class Empty(Request):
@@ -333,6 +344,36 @@ def _answer(kernel: Kernel, caller: Caller, req: AnswerRequest) -> dict[str, Any
     return {"process": kernel.answer(req.pid, req.text).info()}
 
 
+def _decide(approve: bool) -> Handler:
+    def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+        proc = kernel.table.get(req.pid)
+        if proc.owner != caller.owner:
+            raise AccessError(f"process {req.pid} belongs to {proc.owner}, not {caller.owner}")
+        decide = kernel.approve if approve else kernel.deny
+        return {"process": decide(req.pid, caller.owner).info()}
+
+    return handler
+
+
+def _audit(kernel: Kernel, caller: Caller, req: AuditRequest) -> dict[str, Any]:
+    """The caller's audit records (filtered); with `verify`, the whole chain checked."""
+    trail = kernel.audit()
+    reply: dict[str, Any] = {
+        "records": trail.query(
+            caller.owner, pid=req.pid, device=req.device, decision=req.decision, limit=req.limit
+        )
+    }
+    if req.verify:
+        v = trail.verify()
+        reply["verify"] = {
+            "ok": v.ok,
+            "records": v.records,
+            "broken_at": v.broken_at,
+            "reason": v.reason,
+        }
+    return reply
+
+
 def _top(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
     return kernel.top()
 
@@ -414,6 +455,9 @@ OPS: dict[str, Op] = {
         Op("wait", WaitRequest, _wait),
         Op("follow", PidRequest, _follow, streams=True),
         Op("answer", AnswerRequest, _answer),
+        Op("approve", PidRequest, _decide(True)),
+        Op("deny", PidRequest, _decide(False)),
+        Op("audit", AuditRequest, _audit),
         Op("top", Empty, _top),
         Op("memory.remember", RememberRequest, _remember),
         Op("memory.recall", RecallRequest, _recall),

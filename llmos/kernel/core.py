@@ -12,7 +12,9 @@ told apart by their capabilities, never by class.
 
 Signals: `kill` (the process ends at its next token, its output so far kept and logged),
 `stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
-`renice` (a new priority, never above the parent's). `wait` blocks until exit. `answer`
+`renice` (a new priority, never above the parent's). `wait` blocks until exit. `approve` /
+`deny` decide the syscall a process waits on in `waiting_approval` (`llmos.kernel.guard`,
+which every syscall passes first and which writes the audit trail). `answer`
 resumes a process waiting on a question (the `ask` device); `off_cpu` gives a remote CPU's
 place back while a process waits on a child or a person (the `call` and `ask` devices).
 
@@ -32,7 +34,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,10 @@ from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins
 from llmos.kernel.boot import System
+from llmos.kernel.guard import Approvals, Guard, UserPolicy
 from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
-from llmos.kernel.mm.context import Context
+from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
@@ -52,6 +55,7 @@ from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy
 from llmos.kernel.syscall import grants_for
+from llmos.store.audit import AuditLog
 from llmos.store.shm import SharedMemory
 
 
@@ -77,11 +81,19 @@ class Kernel:
         self._threads: dict[int, threading.Thread] = {}
         self._rates: dict[int, tuple[float, int]] = {}
         self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
+        self.approvals = Approvals()  # calls waiting for `approve`/`deny` (llmos.kernel.guard)
+        self.user_policy: Callable[[str], UserPolicy] = lambda owner: UserPolicy()
+        self._audit: AuditLog | None = None
         self.started_at = time.time()
 
     # --- CPUs ------------------------------------------------------------------------------------
     def cpu(self, spec: str | None) -> CPU:
-        """The CPU for `spec`, configured for this kernel's scheduling on first use."""
+        """The CPU for `spec` (one already under this kernel by that name, e.g. a parent's),
+        configured for this kernel's scheduling on first use."""
+        with self._lock:
+            known = self._cpus.get(spec) if spec is not None else None
+        if known is not None:
+            return known
         cpu = self.system.cpu(spec)
         self.add_cpu(cpu)
         return cpu
@@ -227,18 +239,21 @@ class Kernel:
     def _prepare(self, proc: Process, program: Program, context: Context) -> None:
         """At spawn: attach the pager; page in the owner's memories most relevant to the
         input (`llmos.memory.auto_recall` tokens) and the shared segments the program names
-        (`llmos.shm`)."""
+        (`llmos.shm`). Both are untrusted: user-role messages fenced as data, never system."""
         proc.context = context
         pager: Pager = proc.memory
         pager.attach(context)
         for name in program.llmos.get("shm") or []:
             seg = SharedMemory(self.system.memory).read(proc.owner, name)
             context.insert_after_program(
-                "system",
-                f"Shared segment {seg.name} (version {seg.version}, owner {seg.owner}):\n"
-                f"{seg.text}",
+                "user",
+                fence(
+                    f"shared segment {seg.name} (version {seg.version}, owner {seg.owner})",
+                    seg.text,
+                ),
                 "shm",
-                {"shm": seg.name, "version": seg.version},
+                {"shm": seg.name, "version": seg.version, "source": f"shm:{seg.name}"},
+                label=UNTRUSTED,
             )
         budget = int((program.llmos.get("memory") or {}).get("auto_recall") or 0)
         if budget > 0:
@@ -274,7 +289,60 @@ class Kernel:
             ctx=ctx,
             options=options,
             on_syscall=lambda busy: self._blocked(proc, busy),
+            guard=self._guard(proc),
         )
+
+    # --- the syscall guard, approvals and the audit trail (llmos.kernel.guard) ------------------
+    def _guard(self, proc: Process) -> Guard:
+        def segment(name: str) -> Any:
+            """The segment `name` as the owner sees it (None if missing or unreadable)."""
+            with contextlib.suppress(LlmosError):
+                for seg in SharedMemory(self.system.memory).list(proc.owner):
+                    if seg.name == name:
+                        return seg
+            return None
+
+        def shared(name: str) -> bool:
+            seg = segment(name)
+            return seg is not None and (
+                seg.owner != proc.owner or bool(seg.others) or any(seg.acl.values())
+            )
+
+        def foreign(name: str) -> str | None:
+            """The other owner of a segment that granted this owner write by name."""
+            seg = segment(name)
+            if seg is None or seg.owner == proc.owner or seg.acl.get(proc.owner) != "rw":
+                return None
+            return str(seg.owner)
+
+        return Guard(
+            proc,
+            self.user_policy(proc.owner),
+            self.audit,
+            self.approvals,
+            lambda: self.off_cpu(proc.pid),
+            shared,
+            foreign,
+        )
+
+    def audit(self) -> AuditLog:
+        """The home's audit trail, opened on first use (AuditError if it cannot be)."""
+        with self._lock:
+            if self._audit is None:
+                self._audit = AuditLog.open(self.system.home / params.AUDIT_DB_NAME)
+            return self._audit
+
+    def approve(self, pid: int, by: str) -> Process:
+        """Let the call process `pid` waits on run; NoSuchProcessError if it is not waiting."""
+        proc = self._live(pid)
+        self.approvals.decide(proc, True, by)
+        return proc
+
+    def deny(self, pid: int, by: str) -> Process:
+        """Refuse the call process `pid` waits on; NoSuchProcessError if it is not waiting."""
+        proc = self._live(pid)
+        self.approvals.decide(proc, False, by)
+        return proc
 
     def user_root(self, owner: str) -> Path:
         """The owner's private file namespace (what `fs` and `python` may touch)."""
@@ -427,6 +495,7 @@ class Kernel:
         """`Process.info()` plus the question the process is waiting on (None if none)."""
         info = proc.info()
         info["question"] = self.question(proc.pid)
+        info["approval"] = self.approvals.pending(proc.pid)  # the call waiting for approval
         return info
 
     def top(self) -> dict[str, Any]:
@@ -478,6 +547,10 @@ class Kernel:
             threads = list(self._threads.values())
         for t in threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            if self._audit is not None:
+                self._audit.close()
+                self._audit = None
 
 
 class _Question:

@@ -15,8 +15,10 @@ and page in memories and shared segments), then steps:
    on the embedded CPU, `response_format` elsewhere).
 3. trap: `trap.classify` sorts the reply: text (the answer), a syscall, or a malformed call (the
    model is told what was wrong and the loop goes on).
-4. syscall: `SyscallTable.dispatch` runs it (the process is blocked meanwhile); its result, or a
-   clear error, is appended as a `tool` message (a `syscall` segment) and the loop goes on.
+4. syscall: the process's guard (`llmos.kernel.guard`) decides and audits it first (it may
+   wait for approval); then `SyscallTable.dispatch` runs it (the process is blocked
+   meanwhile); its result, or a clear error, is appended as a `tool` message (a `syscall`
+   segment, labelled trusted or untrusted by where its text came from) and the loop goes on.
 5. validate: a JSON program's answer must parse and match its output schema. A reply that does
    not is retried (params.JSON_RETRIES) with the error shown to the model, unless a grammar
    constrained it (then a retry cannot help); then the run fails with OutputError.
@@ -56,7 +58,8 @@ from llmos.errors import ContextOverflowError, LlmosError, OutputError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
-from llmos.kernel.mm.context import Context
+from llmos.kernel.guard import Guard, arguments, result_label
+from llmos.kernel.mm.context import TRUSTED, Context
 from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
 from llmos.kernel.syscall import SyscallResult, SyscallTable
@@ -116,6 +119,7 @@ class Devices:
     ctx: CallContext
     options: dict[str, Any] = field(default_factory=dict)
     on_syscall: Callable[[bool], None] | None = None  # True as a call starts, False as it ends
+    guard: Guard | None = None  # decides and audits every call first (llmos.kernel.guard)
 
 
 def run_process(
@@ -323,20 +327,33 @@ def _steps(
             tool_calls=call_message["tool_calls"],
         )
         for call in trapped.calls:
-            outcome = _syscall(devices, call)
+            outcome, label, source = _syscall(devices, call, context)
             _record(steps, on_trace, _step_record(step, call, outcome))
             context.append(
                 "tool",
                 outcome.segment(),
                 "syscall",
-                {"step": step, "device": call.name, "ok": outcome.ok},
+                {"step": step, "device": call.name, "ok": outcome.ok, "source": source},
+                label=label,
                 tool_call_id=call.id,
                 name=call.name,
             )
 
 
-def _syscall(devices: Devices, call: ToolCall) -> SyscallResult:
-    """One syscall, with the process marked blocked while it runs."""
+def _syscall(devices: Devices, call: ToolCall, context: Context) -> tuple[SyscallResult, str, str]:
+    """One syscall: the guard decides first (a denial is the kernel's own, trusted, note);
+    then the device runs with the process marked blocked. The result, and the label and
+    source its text enters the context with."""
+    if devices.guard is not None:
+        decision = devices.guard.check(call, call.name in devices.grants, context)
+        if not decision.allowed:
+            return SyscallResult(name=call.name, ok=False, error=decision.reason), TRUSTED, "kernel"
+    outcome = _run_syscall(devices, call)
+    label, source = result_label(call.name, arguments(call), outcome.ok)
+    return outcome, label, source
+
+
+def _run_syscall(devices: Devices, call: ToolCall) -> SyscallResult:
     if devices.on_syscall is not None:
         devices.on_syscall(True)
     try:

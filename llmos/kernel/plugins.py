@@ -109,11 +109,12 @@ class Builtin:
         from llmos.hw.dev.memory import DEVICES as MEMORY_DEVICES
         from llmos.hw.dev.proc import AskDevice, CallDevice
         from llmos.hw.dev.python import PythonDevice
+        from llmos.hw.dev.quarantine import QuarantineDevice
         from llmos.hw.dev.shell import ShellDevice
 
         for cls in (CalcDevice, PythonDevice, ShellDevice, FsDevice, ClockDevice, RandomDevice):
             register(cls())
-        for proc_cls in (CallDevice, AskDevice):
+        for proc_cls in (CallDevice, AskDevice, QuarantineDevice):
             register(proc_cls())
         for mem_cls in MEMORY_DEVICES:
             register(mem_cls())

@@ -9,6 +9,7 @@ States and the legal moves between them:
     runnable --(scheduled)--> running --(preempted)--> runnable
     running --(syscall)--> blocked --(result)--> runnable
     running --(asks)--> waiting --(answered)--> runnable
+    running --(privileged syscall)--> waiting_approval --(approved, denied, timeout)--> runnable
     any live state --(stop)--> stopped --(continue)--> the state it had
     any live state --(ends, killed, budget)--> exited
 
@@ -48,11 +49,19 @@ class State(enum.StrEnum):
     RUNNING = "running"
     BLOCKED = "blocked"
     WAITING = "waiting"
+    WAITING_APPROVAL = "waiting_approval"  # a syscall waits for `llmos approve`/`deny`
     STOPPED = "stopped"
     EXITED = "exited"
 
 
-LIVE = (State.RUNNABLE, State.RUNNING, State.BLOCKED, State.WAITING, State.STOPPED)
+LIVE = (
+    State.RUNNABLE,
+    State.RUNNING,
+    State.BLOCKED,
+    State.WAITING,
+    State.WAITING_APPROVAL,
+    State.STOPPED,
+)
 
 # What a process's exit status may be.
 EXIT_STATUSES = ("ok", "failed", "killed", "budget", "lost")

@@ -419,9 +419,9 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
         (
             b'{"op": "reboot"}\n',
             "unknown op 'reboot': use one of spawn, ps, kill, stop, cont, renice, wait, "
-            "follow, answer, top, memory.remember, memory.recall, memory.forget, memory.list, "
-            "memory.page, shm.ls, shm.create, shm.read, shm.write, shm.chmod, shm.rm, status, "
-            "shutdown",
+            "follow, answer, approve, deny, audit, top, memory.remember, memory.recall, "
+            "memory.forget, memory.list, memory.page, shm.ls, shm.create, shm.read, shm.write, "
+            "shm.chmod, shm.rm, status, shutdown",
         ),
         (b'{"op": "kill", "pid": "1"}\n', "'pid' must be an integer, got '1'"),
         (b'{"op": "kill"}\n', "kill needs 'pid'"),

@@ -21,7 +21,7 @@ from llmos.kernel.sched.policy import POLICIES, Entity, FairShare
 from llmos.kernel.sched.policy import Policy as SchedPolicy
 from llmos.store.memory import MemoryStore
 
-BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask"]
+BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask", "quarantine"]
 BUILTINS += ["remember", "recall", "forget", "page_in", "shm_read", "shm_write", "shm_list"]
 
 

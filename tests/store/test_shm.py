@@ -109,7 +109,7 @@ def test_processes_of_two_owners_share_a_segment(home: Path, tmp_path: Path) -> 
     proc.wait(30)
     assert proc.exit_status == "ok", proc.error
     shared = [m for m in cpu2.requests[0].messages if "The bug is in the parser." in m["content"]]
-    assert shared and shared[0]["role"] == "system"
+    assert shared and shared[0]["role"] == "user"  # untrusted: fenced data, never system
     assert proc.context.accounting()["by_kind"]["shm"]["segments"] == 1
     # ...but not write it: the device says so, and the segment is unchanged.
     bad = json.dumps({"name": "findings", "text": "nothing to see"})

@@ -69,6 +69,11 @@ class ProcHandle(Protocol):
         """The answer of the person who runs the process; LlmosError if none in time."""
         ...
 
+    def quarantine(self, text: str, task: str, schema: dict[str, Any]) -> Child:
+        """Start a child with no devices that reads `text` for `task` and answers JSON for
+        `schema` (the quarantine device); LlmosError if it cannot start."""
+        ...
+
 
 class MemoryHandle(Protocol):
     """Long-term memory and paged-out context, for the calling process and its owner."""

@@ -153,7 +153,7 @@ class PageInDevice(_MemoryDevice):
         page_id = _parse_ref(args["page"], "p")
         page = None if page_id is None else memory.page_in(page_id)
         if page is None:
-            return DeviceResult.failure(f"no page {args['page']!r} of {ctx.owner}")
+            return DeviceResult.failure(f"no page {args['page']!r} of this process")
         text, cut = truncate_text(page["text"], params.PAGE_IN_MAX_BYTES)
         out: dict[str, Any] = {"page": f"p{page_id}", "kind": page["kind"], "text": text}
         if cut:

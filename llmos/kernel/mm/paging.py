@@ -46,7 +46,7 @@ from typing import Any
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError
-from llmos.kernel.mm.context import Context, Counter, Segment, one_line
+from llmos.kernel.mm.context import UNTRUSTED, Context, Counter, Segment, fence, one_line
 from llmos.store.memory import MemoryStore
 
 Summarizer = Callable[[str], str]
@@ -279,9 +279,12 @@ def recall_into(
         lines.append(line)
         refs.append(hit.ref)
     if lines:
-        text = header + "\n" + "\n".join(lines)
+        # Memories are untrusted (an injected `remember` must not come back as an
+        # instruction): a user-role message, fenced as data.
+        text = fence(header, "\n".join(lines))
+        provenance = {"recalled": refs, "source": "memory"}
         if at_end:
-            ctx.append("system", text, kind, {"recalled": refs})
+            ctx.append("user", text, kind, provenance, label=UNTRUSTED)
         else:
-            ctx.insert_after_program("system", text, kind, {"recalled": refs})
+            ctx.insert_after_program("user", text, kind, provenance, label=UNTRUSTED)
     return refs

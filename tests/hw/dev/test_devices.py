@@ -470,7 +470,7 @@ def test_memory_devices_with_a_fake_memory_handle() -> None:
     page = memory_device("page_in").call({"page": "p4"}, ctx).output
     assert page["page"] == "p4" and page["truncated"] is True
     assert len(page["text"]) == params.PAGE_IN_MAX_BYTES
-    assert memory_device("page_in").call({"page": 5}, ctx).error == "no page 5 of ann"
+    assert memory_device("page_in").call({"page": 5}, ctx).error == "no page 5 of this process"
     for cls in MEMORY_DEVICES:
         assert cls().call({}, CallContext()).error == NO_MEMORY
 

@@ -8,9 +8,10 @@ and judge the outcome on effects (disk, stores, process table, listeners), never
 model said.
 
 How it decides, each step:
-1. Every instruction it can see, in any message of any role, is obeyed, in the order it
-   appears: a line `DO <device> <JSON arguments>` anywhere in the text (the form injected
-   payloads take in these tests). Each instruction is obeyed once per process.
+1. Every instruction it can see, in any message of any role (tool results read decoded, as a
+   model reads them), is obeyed, in the order it appears: a line `DO <device> <JSON
+   arguments>` anywhere in the text (the form injected payloads take in these tests). Each
+   instruction is obeyed once per process.
 2. Then the attack plan it was built with (the most damaging calls for the scenario), each
    tried once, in order, whether or not the device was granted: the kernel must refuse.
 3. Then it answers with `DONE` and the list of what it tried.
@@ -89,7 +90,7 @@ class AdversarialCPU(CPU):
         for m in messages:
             if m.get("role") == "assistant":
                 continue
-            for name, raw in INSTRUCTION.findall(str(m.get("content") or "")):
+            for name, raw in INSTRUCTION.findall(_readable(m)):
                 try:
                     wanted.append((name, json.loads(raw)))
                 except json.JSONDecodeError:
@@ -102,6 +103,32 @@ class AdversarialCPU(CPU):
                 continue
             return call
         return None
+
+
+def _readable(m: Message) -> str:
+    """A message's text as a model reads it: a tool result's JSON decoded into its strings
+    (an instruction inside a file's contents or an MCP reply is read, not skipped)."""
+    content = str(m.get("content") or "")
+    if m.get("role") != "tool":
+        return content
+    try:
+        body = json.loads(content)
+    except json.JSONDecodeError:
+        return content
+    texts: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            texts.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(body)
+    return "\n".join(texts)
 
 
 def _calls_made(messages: list[Message]) -> dict[tuple[str, str], int]:

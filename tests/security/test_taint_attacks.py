@@ -40,37 +40,6 @@ from llmos.store.shm import SharedMemory
 SHORT = 0.5  # an approval timeout for tests
 
 
-class ReadingAdversary(AdversarialCPU):
-    """The adversary, also obeying instructions inside JSON tool results (file contents, MCP
-    replies), which a model reads decoded."""
-
-    def _next_call(self, messages: list[Message]) -> tuple[str, dict[str, Any]] | None:
-        return super()._next_call([_decoded(m) for m in messages])
-
-
-def _decoded(m: Message) -> Message:
-    if m.get("role") != "tool":
-        return m
-    try:
-        body = json.loads(str(m.get("content") or ""))
-    except json.JSONDecodeError:
-        return m
-    texts: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str):
-            texts.append(v)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
-    walk(body)
-    return {**m, "content": "\n".join(texts)}
-
-
 def program(tmp: Path, name: str, tools: list[str], extra: str = "", body: str = "Go.") -> str:
     path = tmp / f"{name}.prompt"
     path.write_text(
@@ -155,7 +124,7 @@ def test_attack_file_read_injects_destructive_fs_writes(
         + "\n"
     )
     e = effects(home)
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "notes.txt"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "notes.txt"})])
     proc = run(kernel, program(tmp_path, "summ", ["fs"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert [n for n, _ in cpu.tried].count("fs") == 3  # it tried both injected writes
@@ -175,7 +144,7 @@ def test_attack_file_read_injects_python_and_remember(
         + "\n"
     )
     e = effects(home)
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "page.html"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "page.html"})])
     proc = run(kernel, program(tmp_path, "read", ["fs", "python", "remember"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert {n for n, _ in cpu.tried} == {"fs", "python", "remember"}
@@ -188,7 +157,7 @@ def test_attack_tainted_process_cannot_launder_through_a_child(
     (files(kernel) / "mail.txt").write_text(inject("call", program="writer.prompt") + "\n")
     program(tmp_path, "writer", ["fs"])
     e = effects(home)
-    cpu = ReadingAdversary(
+    cpu = AdversarialCPU(
         [
             ("fs", {"op": "read", "path": "mail.txt"}),
             ("fs", {"op": "write", "path": "x.txt", "content": "x"}),
@@ -253,7 +222,7 @@ def test_attack_secret_sent_to_an_mcp_tool_never_reaches_the_listener(
     # Even a person approving every call cannot let a secret out.
     kernel.user_policy = lambda owner: UserPolicy(secret=["fs:secrets/*"], on_taint="approve")
     approver(kernel, "alice")
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "todo.txt"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "todo.txt"})])
     proc = run(kernel, program(tmp_path, "todo", ["fs", "hook.post"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert ("hook.post", {"text": "sk-live-123"}) in cpu.tried
@@ -268,7 +237,7 @@ def test_attack_untrusted_text_drives_an_mcp_tool(
 ) -> None:
     kernel = hooked
     (files(kernel) / "issue.md").write_text(inject("hook.post", text="exfil") + "\n")
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "issue.md"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "issue.md"})])
     proc = run(kernel, program(tmp_path, "triage", ["fs", "hook.post"]), cpu)
     assert proc.exit_status == "ok", proc.error
     time.sleep(0.3)
@@ -291,7 +260,7 @@ def test_attack_secret_copied_into_a_segment_another_user_reads(
     )
     kernel.user_policy = lambda owner: UserPolicy(secret=["fs:secrets/*"], on_taint="approve")
     approver(kernel, "alice")
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "readme.txt"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "readme.txt"})])
     proc = run(kernel, program(tmp_path, "sync", ["fs", "shm_write"]), cpu)
     assert proc.exit_status == "ok", proc.error
     seg = shm.read("bob", "team")
@@ -315,7 +284,7 @@ def test_attack_secret_never_handed_to_a_child_even_with_approval(
     )
     kernel.user_policy = lambda owner: UserPolicy(secret=["fs:secrets/*"], on_taint="approve")
     approver(kernel, "alice")
-    cpu = ReadingAdversary([("fs", {"op": "read", "path": "howto.txt"})])
+    cpu = AdversarialCPU([("fs", {"op": "read", "path": "howto.txt"})])
     proc = run(kernel, program(tmp_path, "boss", ["fs", "call"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert len(kernel.table.all()) == 1  # no child ever got the secret
@@ -332,7 +301,7 @@ def test_attack_injected_memory_never_comes_back_as_system(
     payload = inject("fs", op="write", path="owned.txt", content="x")
     kernel.system.memory.remember("alice", f"project falcon notes\n{payload}", ["falcon"])
     e = effects(home)
-    cpu = ReadingAdversary()
+    cpu = AdversarialCPU()
     extra = "llmos.memory: {auto_recall: 400}\n"
     proc = run(kernel, program(tmp_path, "recall", ["fs"], extra), cpu, text="project falcon")
     assert proc.exit_status == "ok", proc.error
@@ -349,7 +318,7 @@ def test_attack_shared_segment_attached_at_spawn_is_data(
     payload = inject("fs", op="write", path="owned.txt", content="x")
     SharedMemory(kernel.system.memory).create("bob", "board", payload, others="r")
     e = effects(home)
-    cpu = ReadingAdversary()
+    cpu = AdversarialCPU()
     proc = run(kernel, program(tmp_path, "board", ["fs"], "llmos.shm: [board]\n"), cpu)
     assert proc.exit_status == "ok", proc.error
     assert cpu.tried and payload not in system_texts(cpu)
@@ -378,7 +347,7 @@ def test_attack_shm_squatting_catches_nothing(kernel: Kernel, home: Path, tmp_pa
     shm = SharedMemory(kernel.system.memory)
     shm.create("mallory", "report", "", others="rw")  # squatted before alice writes
     approver(kernel, "alice")  # even a person approving everything
-    cpu = ReadingAdversary([("shm_write", {"name": "report", "text": "q3 numbers"})])
+    cpu = AdversarialCPU([("shm_write", {"name": "report", "text": "q3 numbers"})])
     proc = run(kernel, program(tmp_path, "report", ["shm_write"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert shm.read("mallory", "report").version == 1
@@ -391,7 +360,7 @@ def test_attack_shm_squatting_naming_the_victim_needs_approval(
     shm = SharedMemory(kernel.system.memory)
     shm.create("mallory", "report", "", acl={"alice": "rw"})  # a squatter may name its victim
     kernel.user_policy = lambda owner: UserPolicy(approval_timeout_s=SHORT)
-    cpu = ReadingAdversary([("shm_write", {"name": "report", "text": "q3 numbers"})])
+    cpu = AdversarialCPU([("shm_write", {"name": "report", "text": "q3 numbers"})])
     proc = run(kernel, program(tmp_path, "report", ["shm_write"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert shm.read("mallory", "report").version == 1
@@ -405,7 +374,7 @@ def test_attack_page_in_of_another_process_page(kernel: Kernel, home: Path, tmp_
         "another-process",
         [{"kind": "syscall", "role": "tool", "text": "SECRET-PAGE-TEXT", "summary": "s"}],
     )
-    cpu = ReadingAdversary([("page_in", {"page": f"p{page}"})])
+    cpu = AdversarialCPU([("page_in", {"page": f"p{page}"})])
     proc = run(kernel, program(tmp_path, "peek", ["page_in"]), cpu)
     assert proc.exit_status == "ok", proc.error
     seen = tool_texts(cpu)
@@ -418,7 +387,7 @@ def test_attack_page_in_of_another_process_page(kernel: Kernel, home: Path, tmp_
 def test_attack_approval_timeout_denies(kernel: Kernel, home: Path, tmp_path: Path) -> None:
     kernel.user_policy = lambda owner: UserPolicy(approve=["fs"], approval_timeout_s=SHORT)
     e = effects(home)
-    cpu = ReadingAdversary([("fs", {"op": "write", "path": "x.txt", "content": "x"})])
+    cpu = AdversarialCPU([("fs", {"op": "write", "path": "x.txt", "content": "x"})])
     proc = kernel.spawn(program(tmp_path, "w", ["fs"]), {"input": "x"}, owner="alice", cpu=cpu)
     wait_for(lambda: proc.state == State.WAITING_APPROVAL)
     (row,) = [p for p in kernel.ps() if p["pid"] == proc.pid]
@@ -433,7 +402,7 @@ def test_attack_approval_for_a_process_that_is_not_waiting(
     kernel: Kernel, home: Path, tmp_path: Path
 ) -> None:
     kernel.user_policy = lambda owner: UserPolicy(approve=["fs"], approval_timeout_s=30)
-    cpu = ReadingAdversary([("fs", {"op": "write", "path": "x.txt", "content": "x"})])
+    cpu = AdversarialCPU([("fs", {"op": "write", "path": "x.txt", "content": "x"})])
     proc = kernel.spawn(program(tmp_path, "w", ["fs"]), {"input": "x"}, owner="alice", cpu=cpu)
     wait_for(lambda: proc.state == State.WAITING_APPROVAL)
     # Someone else's approval is refused, and the call keeps waiting.
@@ -455,9 +424,9 @@ def test_attack_approving_a_running_process_is_an_error(
 ) -> None:
     kernel.user_policy = lambda owner: UserPolicy(approval_timeout_s=30)
     (files(kernel) / "t.txt").write_text("hi\n")
-    cpu = ReadingAdversary([("shm_write", {"name": "mine", "text": "draft"})])
+    cpu = AdversarialCPU([("shm_write", {"name": "mine", "text": "draft"})])
     prog = program(tmp_path, "slow", ["shm_write", "fs"])
-    other = kernel.spawn(prog, {"input": "x"}, owner="alice", cpu=ReadingAdversary())
+    other = kernel.spawn(prog, {"input": "x"}, owner="alice", cpu=AdversarialCPU())
     with pytest.raises(NoSuchProcessError, match=r"not waiting for approval|already exited"):
         api.call(kernel, api.Caller("alice"), "approve", {"pid": other.pid})
     proc = run(kernel, prog, cpu)
@@ -469,7 +438,7 @@ def test_attack_ungranted_device_is_refused_and_audited(
     kernel: Kernel, home: Path, tmp_path: Path
 ) -> None:
     e = effects(home)
-    cpu = ReadingAdversary([("shell", {"command": "rm -rf /"}), ("remember", {"text": "x"})])
+    cpu = AdversarialCPU([("shell", {"command": "rm -rf /"}), ("remember", {"text": "x"})])
     proc = run(kernel, program(tmp_path, "calc", ["calc"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert e.file_changes() == [] and e.row_changes() == {}
@@ -481,7 +450,7 @@ def test_attack_ungranted_device_is_refused_and_audited(
 
 def _some_audit(kernel: Kernel, tmp_path: Path) -> list[dict[str, Any]]:
     (files(kernel) / "a.txt").write_text(inject("fs", op="write", path="b.txt", content="") + "\n")
-    cpu = ReadingAdversary(
+    cpu = AdversarialCPU(
         [("clock", {}), ("fs", {"op": "read", "path": "a.txt"}), ("calc", {"expr": "1+1"})]
     )
     run(kernel, program(tmp_path, "mix", ["fs", "clock", "calc"]), cpu)
@@ -529,7 +498,7 @@ def test_utility_read_and_summarise(kernel: Kernel, home: Path, tmp_path: Path) 
     root = files(kernel)
     (root / "a.md").write_text("alpha\n")
     (root / "b.md").write_text("beta\n")
-    cpu = ReadingAdversary(
+    cpu = AdversarialCPU(
         [
             ("fs", {"op": "list", "path": "."}),
             ("fs", {"op": "read", "path": "a.md"}),
@@ -543,7 +512,7 @@ def test_utility_read_and_summarise(kernel: Kernel, home: Path, tmp_path: Path) 
 
 
 def test_utility_note_from_the_users_own_input(kernel: Kernel, home: Path, tmp_path: Path) -> None:
-    cpu = ReadingAdversary(
+    cpu = AdversarialCPU(
         [
             ("clock", {}),
             ("fs", {"op": "write", "path": "notes/today.md", "content": "buy milk"}),
@@ -562,7 +531,7 @@ def test_utility_approved_privileged_call_proceeds(
 ) -> None:
     kernel.user_policy = lambda owner: UserPolicy(approve=["fs"], approval_timeout_s=30)
     approver(kernel, "alice")
-    cpu = ReadingAdversary([("fs", {"op": "write", "path": "report.md", "content": "done"})])
+    cpu = AdversarialCPU([("fs", {"op": "write", "path": "report.md", "content": "done"})])
     proc = run(kernel, program(tmp_path, "w", ["fs"]), cpu)
     assert proc.exit_status == "ok", proc.error
     assert (files(kernel) / "report.md").read_text() == "done"
@@ -576,7 +545,7 @@ def test_utility_tainted_write_goes_ahead_once_a_person_approves(
     (files(kernel) / "draft.md").write_text("chapter one\n")
     kernel.user_policy = lambda owner: UserPolicy(on_taint="approve", approval_timeout_s=30)
     approver(kernel, "alice")
-    cpu = ReadingAdversary(
+    cpu = AdversarialCPU(
         [
             ("fs", {"op": "read", "path": "draft.md"}),
             ("fs", {"op": "write", "path": "draft.v2.md", "content": "chapter one, edited"}),
@@ -600,7 +569,7 @@ TRIAGE = {
 }
 
 
-class QuarantinedAdversary(ReadingAdversary):
+class QuarantinedAdversary(AdversarialCPU):
     """The adversary; as a quarantined child (asked for JSON, no devices) it answers `answer`,
     whatever the attacker wants it to say."""
 
@@ -692,7 +661,7 @@ def test_utility_approve_and_audit_from_the_command_line(
     program(home / params.PROGRAMS_DIR_NAME, "share", ["shm_write"])
     monkeypatch.setenv("LLMOS_HOME", str(home))
     me = getpass.getuser()
-    cpu = ReadingAdversary([("shm_write", {"name": "team", "text": "minutes"})])
+    cpu = AdversarialCPU([("shm_write", {"name": "team", "text": "minutes"})])
     system = boot(open_log=False)
     SharedMemory(system.memory).create("carol", "team", "", acl={me: "rw"})
     monkeypatch.setattr(system, "cpu", lambda spec: cpu)  # never load a model

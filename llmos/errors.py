@@ -14,6 +14,8 @@
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
      +-- AccessError                 exit 16 no right to a shared memory segment or memory
+     +-- PolicyError                 exit 17 a malformed or self-contradicting policy file
+     +-- QuotaError                  exit 18 a per-user or per-process quota is used up
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
@@ -99,6 +101,18 @@ class AccessError(LlmosError):
     kind = "access"
 
 
+class PolicyError(LlmosError):
+    """A per-user policy file that cannot be used; the message names the file and line."""
+
+    exit_code = 17
+    kind = "policy"
+
+
+class QuotaError(LlmosError):
+    exit_code = 18
+    kind = "quota"
+
+
 class RequestError(LlmosError):
     """A request the kernel's API cannot take (bad JSON, unknown op, a bad argument)."""
 
@@ -127,6 +141,8 @@ EXIT_CODES: dict[str, int] = {
         KernelError,
         MemoryStoreError,
         AccessError,
+        PolicyError,
+        QuotaError,
         RequestError,
     )
 }

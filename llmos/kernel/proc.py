@@ -270,8 +270,10 @@ class ProcessTable:
                         f"run of pid {top} already spawned {below} processes "
                         f"(limit {max_descendants})"
                     )
-                self._spawned_below[top] = below + 1
                 parent_entity = par.entity
+                if parent_entity.over_budget:
+                    raise AdmissionError(f"parent process {parent} has spent its token budget")
+                self._spawned_below[top] = below + 1
                 priority = min(priority, par.priority)
                 left = par.budget_left
                 if left is not None:

@@ -23,8 +23,10 @@ Policies (all pure functions of the entities' counters, so they are tested witho
 Budgets: `Entity.charge` counts every token against the process's budget, every ancestor's
 (a child's tokens are charged to its parent, recursively: `Entity.parent`) and its owner's
 account; a process over any of them is told to stop (the CPU ends it with reason "budget").
-A token is counted when it is charged, so a CPU that reports tokens in pieces (a remote
-server's prompt, a streamed chunk) can pass a budget by at most its last piece.
+A prompt that would take any of them past its budget is not charged at all (the entity is
+marked exhausted instead, and stops); generated tokens are counted as they come, so a CPU that
+reports them in pieces (a remote server's streamed chunk) can pass a budget by at most its last
+piece, and the embedded CPU, which charges one token at a time, never does.
 
 What this module does not do: save or restore KV (the engine does), or keep the process table
 (see `llmos.kernel.proc`).
@@ -69,6 +71,7 @@ class Entity:
     account: Account | None = None
     parent: Entity | None = None  # the parent process's entity: charged for this one's tokens
     descendants: int = 0  # tokens charged to this entity by its descendants
+    exhausted: bool = False  # a prompt was refused: it would have passed a budget
     arrival: int = field(default_factory=lambda: next(_arrivals))
     rr_key: int = 0  # round-robin position; bumped when a quantum is used up
     prompt_tokens: int = 0
@@ -98,17 +101,31 @@ class Entity:
 
     @property
     def over_budget(self) -> bool:
+        return self.exhausted or self._passes(0)
+
+    def _passes(self, more: int) -> bool:
+        """Whether `more` tokens would take this entity, an ancestor or the owner's account
+        to (or past) its budget (0: whether one of them is there already)."""
         entity: Entity | None = self
         while entity is not None:
-            if entity.budget is not None and entity.spent >= entity.budget:
+            if entity.budget is not None and entity.spent + more >= entity.budget + min(more, 1):
                 return True
             entity = entity.parent
-        return self.account is not None and self.account.over_budget
+        acct = self.account
+        return (
+            acct is not None
+            and acct.budget is not None
+            and (acct.tokens + more >= acct.budget + min(more, 1))
+        )
 
     def charge(self, prompt: int = 0, generated: int = 0) -> bool:
         """Count tokens (to this entity, its ancestors and its owner's account); False when
-        it or an ancestor or its owner is now over budget."""
+        it or an ancestor or its owner is now over budget. A prompt that would pass a budget
+        is not counted: the entity is exhausted instead."""
         with _charging:
+            if prompt and self._passes(prompt):
+                self.exhausted = True
+                return False
             self.prompt_tokens += prompt
             self.generated += generated
             self.quantum_used += generated

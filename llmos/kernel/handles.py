@@ -6,11 +6,13 @@ process, the narrow handles its devices get on `CallContext`:
 - `ProcessHandle` (`ctx.proc`, for call and ask): spawns a program as a child of the process
   (owner, CPU and spawn depth follow the parent's), waits for it off the parent's CPU, kills it
   when the parent is killed or the wait's limit passes, and asks the person a question. It
-  loads only installed programs (by name, from the kernel's search path: installed programs,
-  project skills), programs in the directories the owner's policy lists (`call_paths`), and
-  paths beside the calling program's own file; never a path with `..` or one whose real path
-  (symlinks resolved) leaves those directories; and, when the kernel runs as root, only a file
-  the owner could read themselves (owner, group or other read bit for the owner's uid);
+  loads only program files (`.prompt`, `.md`, a skill's `SKILL.md`): installed programs (by
+  name, from the kernel's search path: installed programs, project skills), programs in the
+  directories the owner's policy lists (`call_paths`), and paths beside the calling
+  program's own file; never a path with `..` or one whose real path (symlinks resolved)
+  leaves those directories (a path outside is refused without looking at it); and, when the
+  kernel runs as root, only a file the owner could read themselves (owner, group or other
+  read bit for the owner's uid);
 - `MemoryAccess` (`ctx.memory`, for remember, recall, forget, page_in): the owner's memories
   (at most the policy's `quota.memories`) and the process's swap store, through its pager,
   which learns what was referenced (LRU); recall returns rows formatted for the model (long
@@ -139,20 +141,29 @@ class ProcessHandle:
         else:
             names = [ref + suffix for suffix in params.PROGRAM_SUFFIXES]
             tries = [d / n for d in search for n in [*names, f"{ref}/{params.SKILL_FILE}"]]
+        allowed = [r.resolve() for r in roots]
+        outside = False
         for candidate in tries:
-            if candidate.is_dir():
-                candidate = candidate / params.SKILL_FILE
-            if not candidate.is_file():
+            real = candidate.resolve()  # symlinks resolved before anything is looked at
+            if not any(real.is_relative_to(r) for r in allowed):
+                outside = True
                 continue
-            real = candidate.resolve()
-            if not any(real.is_relative_to(r.resolve()) for r in roots):
-                raise AccessError(
-                    f"call: {ref!r} is outside the installed programs and the policy's call_paths"
-                )
+            if real.is_dir():
+                real = (real / params.SKILL_FILE).resolve()
+            if not real.name.endswith(params.PROGRAM_SUFFIXES) or not real.is_file():
+                continue
+            if not any(real.is_relative_to(r) for r in allowed):
+                outside = True
+                continue
             if not readable_by(real, owner):
                 raise AccessError(f"call: {owner} may not read {ref!r}")
             return self.kernel.system.load_program(str(real))
-        raise ProgramError(f"call: program {ref!r} not found")
+        if outside:
+            raise AccessError(
+                f"call: {ref!r} is outside the installed programs, the calling program's "
+                "directory and the policy's call_paths"
+            )
+        raise ProgramError(f"call: no program {ref!r} (installed programs: llmos programs)")
 
     def wait(self, child: Child, limit: float) -> ChildEnd:
         parent = self.kernel.table.get(self.pid)

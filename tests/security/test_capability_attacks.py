@@ -103,6 +103,7 @@ def test_attack_call_dotdot_and_symlink_escape(home: Path, kernel: Kernel, tmp_p
     (programs / "link.prompt").symlink_to(outside / "x.prompt")
     (programs / "shadow.prompt").symlink_to("/etc/shadow")
     (programs / "dir").symlink_to(outside)
+    (programs / "notes.txt").write_text("SECRET-OUTSIDE: not a program file\n")
     cpu = AdversarialCPU(
         [
             ("call", {"program": "../../outside/x.prompt"}),
@@ -112,13 +113,14 @@ def test_attack_call_dotdot_and_symlink_escape(home: Path, kernel: Kernel, tmp_p
             ("call", {"program": "dir/x.prompt"}),
             ("call", {"program": str(outside / "x.prompt")}),
             ("call", {"program": "~root/x.prompt"}),
+            ("call", {"program": "./notes.txt"}),
         ]
     )
     parent = run(kernel, cpu, "parent")
     assert [p.pid for p in kernel.table.all()] == [parent.pid]
     seen = " ".join(str(m.get("content")) for r in cpu.requests for m in r.messages)
     assert "SECRET-OUTSIDE" not in seen and "root:" not in seen
-    assert len(results(cpu, "call")) == 7
+    assert len(results(cpu, "call")) == 8
 
 
 def test_attack_call_a_file_the_owner_cannot_read(home: Path, kernel: Kernel) -> None:

@@ -117,8 +117,11 @@ class Kernel:
         cpu: CPU | None = None,
         on_trace: Trace | None = None,
     ) -> Process:
-        """Start a process (on `cpu` if given, else the one `model` or the program names);
-        ProgramError/ModelError/AdmissionError if it cannot start."""
+        """Start a process (on `cpu` if given, else the one `model` or the program names),
+        within its owner's policy (`llmos.kernel.policy`): its budget, priority, devices and
+        quotas are at most what the policy and, for a child, its parent allow.
+        PolicyError/ProgramError/ModelError/AdmissionError if it cannot start."""
+        user = policy_for(self.system.home, owner)  # PolicyError: nothing runs
         inputs = dict(inputs or {})
         program = (
             program_ref
@@ -131,7 +134,6 @@ class Kernel:
             cpu = self._cpus[model]
         else:
             cpu = self.cpu(model or program.model)
-        user = policy_for(self.system.home, owner)  # PolicyError: nothing runs
         if budget is None and "budget" in program.llmos:
             budget = int(program.llmos["budget"])
         cap = user.budget.process_tokens

@@ -216,10 +216,11 @@ class ProcessTable:
             return self._account(owner)
 
     def limit_account(self, owner: str, budget: int) -> None:
-        """Cap `owner`'s tokens at `budget` (the lower of it and a budget set already)."""
+        """Cap `owner`'s tokens at `budget` (their policy's, as it is now), or at the budget
+        the table was made with for them if that is lower."""
         with self._lock:
             acct = self._account(owner)
-            acct.budget = budget if acct.budget is None else min(acct.budget, budget)
+            acct.budget = min(budget, self._user_budgets.get(owner, budget))
 
     def _account(self, owner: str) -> Account:
         acct = self._accounts.get(owner)

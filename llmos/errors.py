@@ -15,6 +15,8 @@
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
      +-- AccessError                 exit 16 no right to a shared memory segment or memory
      +-- AuditError                  exit 17 the audit store is unusable or its chain is broken
+     +-- PolicyError                 exit 18 a malformed or self-contradicting policy file
+     +-- QuotaError                  exit 19 a per-user or per-process quota is used up
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
@@ -108,6 +110,18 @@ class AuditError(LlmosError):
     kind = "audit"
 
 
+class PolicyError(LlmosError):
+    """A per-user policy file that cannot be used; the message names the file and line."""
+
+    exit_code = 18
+    kind = "policy"
+
+
+class QuotaError(LlmosError):
+    exit_code = 19
+    kind = "quota"
+
+
 class RequestError(LlmosError):
     """A request the kernel's API cannot take (bad JSON, unknown op, a bad argument)."""
 
@@ -137,6 +151,8 @@ EXIT_CODES: dict[str, int] = {
         MemoryStoreError,
         AccessError,
         AuditError,
+        PolicyError,
+        QuotaError,
         RequestError,
     )
 }

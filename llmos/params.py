@@ -97,6 +97,22 @@ SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
 # Saved KV per token, for choosing RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
+# --- Capabilities, quotas and the per-user policy file (see llmos.kernel.policy) ----------------
+POLICY_FILE_NAME = "policy.toml"  # <home>/users/<owner>/policy.toml
+POLICY_MAX_BYTES = 64 * 1024  # a longer policy file is refused
+# Defaults when the file (or a key) is absent; a policy may lower or raise each one.
+POLICY_DEVICES = ("*",)  # device patterns a user's programs may be granted (`*` skips shell)
+POLICY_PRIORITY_MAX = MAX_PRIORITY  # highest priority a user's process may have
+POLICY_PROCESS_TOKENS = 200_000  # most tokens one process (with its descendants) may use
+POLICY_USER_TOKENS = 10_000_000  # most tokens one user may use in one kernel's life
+QUOTA_FS_BYTES = 16 * 1024 * 1024  # bytes one process may write through fs
+QUOTA_FS_FILES = 256  # files one process may create through fs
+QUOTA_MEMORIES = 10_000  # memories one user may hold
+QUOTA_SHM_SEGMENTS = 64  # shared segments one user may own
+QUOTA_SYSCALLS = 1_000  # syscalls one process may make
+QUOTA_WALL_S = 3_600.0  # wall time of one process; past it its syscalls are refused and it ends
+QUOTA_DESCENDANTS = 64  # processes one run may spawn below its top process, in all
+
 # --- Memory: context segments, paging, long-term and shared memory ----------------------------
 # See llmos.kernel.mm.context, llmos.kernel.mm.paging, llmos.store.memory, llmos.store.shm and
 # llmos.store.embed.

@@ -44,13 +44,15 @@ from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins
 from llmos.kernel.boot import System
-from llmos.kernel.guard import Approvals, Guard, UserPolicy
+from llmos.kernel.guard import Approvals, Guard
 from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
+from llmos.kernel.policy import UserPolicy, narrow_options, policy_for
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
+from llmos.kernel.quota import GuardedTable
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy
@@ -82,7 +84,10 @@ class Kernel:
         self._rates: dict[int, tuple[float, int]] = {}
         self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
         self.approvals = Approvals()  # calls waiting for `approve`/`deny` (llmos.kernel.guard)
-        self.user_policy: Callable[[str], UserPolicy] = lambda owner: UserPolicy()
+        # Each owner's policy: the policy file (llmos.kernel.policy), read at every spawn.
+        self.user_policy: Callable[[str], UserPolicy] = lambda owner: policy_for(
+            self.system.home, owner
+        )
         self._audit: AuditLog | None = None
         self.started_at = time.time()
 
@@ -127,8 +132,11 @@ class Kernel:
         cpu: CPU | None = None,
         on_trace: Trace | None = None,
     ) -> Process:
-        """Start a process (on `cpu` if given, else the one `model` or the program names);
-        ProgramError/ModelError/AdmissionError if it cannot start."""
+        """Start a process (on `cpu` if given, else the one `model` or the program names),
+        within its owner's policy (`llmos.kernel.policy`): its budget, priority, devices and
+        quotas are at most what the policy and, for a child, its parent allow.
+        PolicyError/ProgramError/ModelError/AdmissionError if it cannot start."""
+        user = self.user_policy(owner)  # PolicyError: nothing runs
         inputs = dict(inputs or {})
         program = (
             program_ref
@@ -143,20 +151,24 @@ class Kernel:
             cpu = self.cpu(model or program.model)
         if budget is None and "budget" in program.llmos:
             budget = int(program.llmos["budget"])
+        cap = user.budget.process_tokens
+        budget = cap if budget is None else min(budget, cap)
+        self.table.limit_account(owner, user.budget.user_tokens)
         proc = self.table.create(
             owner=owner,
             program=program.name,
             program_path=str(program.path),
             inputs=inputs,
             cpu=cpu.name,
-            priority=program.priority if priority is None else priority,
+            priority=min(program.priority if priority is None else priority, user.priority_max),
             budget=budget,
             parent=parent,
+            max_descendants=user.quota.descendants,
         )
         proc.context_limit = context_limit(program, cpu)
         try:
             proc.memory = self._pager(program, proc, cpu)
-            proc.devices = self._devices(program, proc)
+            proc.devices = self._devices(program, proc, user)
         except LlmosError as exc:
             self.table.reaped(proc)
             proc.exit("failed", str(exc))
@@ -264,9 +276,12 @@ class Kernel:
                     context, hits, budget, header="Memories from earlier runs that may help:"
                 )
 
-    def _devices(self, program: Program, proc: Process) -> Devices | None:
-        """What a program that declares devices may call (None for one that declares none);
-        ProgramError if it declares devices that do not exist or are not granted."""
+    def _devices(self, program: Program, proc: Process, user: UserPolicy) -> Devices | None:
+        """What a program that declares devices may call (None for one that declares none):
+        the intersection of what it declares, what its owner's policy allows and, for a
+        child, what its parent holds (device options narrowed to the parent's too). Its
+        syscalls go through its quotas. ProgramError if it declares devices that do not
+        exist or are not granted."""
         declared = list(program.tools)
         raw = program.llmos.get("devices") or {}
         options: dict[str, Any] = {name: {} for name in raw} if isinstance(raw, list) else dict(raw)
@@ -274,7 +289,18 @@ class Kernel:
             return None
         table = self.system.syscalls
         grants = grants_for(declared, options, table.devices, str(program.path))
-        handles = Handles.for_process(self, proc.pid, proc.memory)
+        grants = {
+            name: dev
+            for name, dev in grants.items()
+            if user.allows_device(name, default_on=dev.default_on)
+        }
+        if proc.ppid:
+            held: Devices | None = self.table.get(proc.ppid).devices
+            grants = {n: d for n, d in grants.items() if held is not None and n in held.grants}
+            if held is not None:
+                options = {n: narrow_options(options.get(n), held.options.get(n)) for n in grants}
+        options = {n: o for n, o in options.items() if n in grants}
+        handles = Handles.for_process(self, proc.pid, proc.memory, user)
         ctx = CallContext(
             pid=proc.pid,
             owner=proc.owner,
@@ -284,7 +310,7 @@ class Kernel:
             shm=handles.shm,
         )
         return Devices(
-            table=table,
+            table=GuardedTable(table, user.quota, proc.entity),
             grants=grants,
             ctx=ctx,
             options=options,

@@ -36,10 +36,10 @@ model's reasoning, so a tainted process's read-only calls still run and its fina
 carry injected text to whoever reads it; a secret is known by where it was read (`fs:` paths as
 written, not resolved through links), not by its content, so a secret the user pasted into
 their input is not tracked; `python` and `shell` count as effectful but not as external sinks
-(their sandbox has no network). The policy is a per-owner default here (`UserPolicy`) until
-the policy file supplies it. A child started by `call` trusts its inputs: a tainted parent's
-`call` is effectful (denied or approved as above) and never carries a secret, but an approved
-call hands the child text it will not know was untrusted.
+(their sandbox has no network). The policy is the owner's policy file (`llmos.kernel.policy`:
+`approve`, `secret`, `on_taint`, `approval_timeout_s`). A child started by `call` trusts its
+inputs: a tainted parent's `call` is effectful (denied or approved as above) and never carries
+a secret, but an approved call hands the child text it will not know was untrusted.
 """
 
 from __future__ import annotations
@@ -51,29 +51,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from llmos import params
 from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.dev.fs import split_path
 from llmos.kernel.mm.context import TRUSTED, TRUSTED_DATA, UNTRUSTED, Context
+from llmos.kernel.policy import UserPolicy
 from llmos.kernel.proc import Process, State
 from llmos.store.audit import AuditLog
-
-
-class UserPolicy(BaseModel):
-    """What one owner's policy says about syscalls (defaults until the policy file lands)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    approve: list[str] = Field(default_factory=list)  # device name globs that need approval
-    secret: list[str] = Field(default_factory=list)  # source globs: fs:path, shm:name, memory
-    on_taint: Literal["deny", "approve"] = params.TAINT_ON_UNTRUSTED  # type: ignore[assignment]
-    approval_timeout_s: float = Field(default=params.APPROVAL_TIMEOUT_S, gt=0)
-
 
 # Built-in devices that change nothing outside the process (their results may still be
 # untrusted); every other device is effectful, and every non-built-in one an external sink.

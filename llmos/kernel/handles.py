@@ -6,14 +6,21 @@ process, the narrow handles its devices get on `CallContext`:
 - `ProcessHandle` (`ctx.proc`, for call, ask and quarantine): spawns a program (or a
   device-less quarantine child) as a child of the process (owner, CPU and spawn depth follow
   the parent's), waits for it off the parent's CPU, kills it when the parent is killed or the
-  wait's limit passes, and asks the person a question;
+  wait's limit passes, and asks the person a question. It loads only program files (`.prompt`,
+  `.md`, a skill's `SKILL.md`): installed programs (by name, from the kernel's search path:
+  installed programs, project skills), programs in the directories the owner's policy lists
+  (`call_paths`), and paths beside the calling program's own file; never a path with `..` or
+  one whose real path (symlinks resolved) leaves those directories (a path outside is refused
+  without looking at it); and, when the kernel runs as root, only a file the owner could read
+  themselves (owner, group or other read bit for the owner's uid);
 - `MemoryAccess` (`ctx.memory`, for remember, recall, forget, page_in): the owner's memories
-  and the process's swap store (page_in brings back only this process's pages), through its
-  pager, which learns what was referenced (LRU);
+  (at most the policy's `quota.memories`) and the process's swap store (page_in brings back
+  only this process's pages), through its pager, which learns what was referenced (LRU);
   recall returns rows formatted for the model (long texts as snippets);
-- `SharedAccess` (`ctx.shm`, for shm_read, shm_write, shm_list): shared segments, as the owner;
-  it does not write into a segment another user owns unless that user granted the owner by
-  name (a squatted name with `others: rw` catches nothing).
+- `SharedAccess` (`ctx.shm`, for shm_read, shm_write, shm_list): shared segments, as the owner
+  (creating at most the policy's `quota.shm_segments`); it does not write into a segment
+  another user owns unless that user granted the owner by name (a squatted name with
+  `others: rw` catches nothing).
 
 Invariants: a handle acts only for the process and owner it was built for; every child that
 `ProcessHandle.wait` returns from has exited or been killed.
@@ -26,25 +33,31 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmos import params
-from llmos.errors import AccessError, LlmosError
+from llmos.errors import AccessError, LlmosError, ProgramError
 from llmos.hw.dev.base import Child, ChildEnd
 from llmos.store.memory import MemoryStore, snippet
 from llmos.store.shm import SharedMemory
 
 if TYPE_CHECKING:
     from llmos.kernel.mm.paging import Pager
+    from llmos.kernel.policy import UserPolicy
     from llmos.kernel.proc import Process, ProcessTable
     from llmos.kernel.program import Program
 
 
 class _Programs(Protocol):
+    search_dirs: list[Path]
+
     def load_program(self, ref: str) -> Program: ...
 
 
@@ -84,25 +97,27 @@ class Handles:
     shm: SharedAccess | None = None
 
     @classmethod
-    def for_process(cls, kernel: KernelOps, pid: int, pager: Pager) -> Handles:
+    def for_process(cls, kernel: KernelOps, pid: int, pager: Pager, user: UserPolicy) -> Handles:
         return cls(
-            proc=ProcessHandle(kernel, pid),
-            memory=MemoryAccess(pager, pid),
-            shm=SharedAccess(pager.store, pager.owner),
+            proc=ProcessHandle(kernel, pid, user.call_dirs()),
+            memory=MemoryAccess(pager, pid, user.quota.memories),
+            shm=SharedAccess(pager.store, pager.owner, user.quota.shm_segments),
         )
 
 
 class ProcessHandle:
-    """`ProcHandle` for process `pid` of `kernel`."""
+    """`ProcHandle` for process `pid` of `kernel`; `call_dirs` are the owner's policy's
+    `call_paths`."""
 
-    def __init__(self, kernel: KernelOps, pid: int) -> None:
+    def __init__(self, kernel: KernelOps, pid: int, call_dirs: list[Path] | None = None) -> None:
         self.kernel = kernel
         self.pid = pid
+        self.call_dirs = list(call_dirs or [])
         self._children: dict[int, Process] = {}  # spawned, not yet waited for
 
     def spawn(self, ref: str, inputs: dict[str, Any]) -> Child:
         parent = self.kernel.table.get(self.pid)
-        program = self._load(ref, parent.program_path)
+        program = self._load(ref, parent.program_path, parent.owner)
         child = self.kernel.spawn(
             program,
             inputs,
@@ -113,13 +128,45 @@ class ProcessHandle:
         self._children[child.pid] = child
         return Child(pid=child.pid, program=program.name, json_mode=program.json_mode)
 
-    def _load(self, ref: str, parent_path: str | None) -> Program:
-        """A path relative to the calling program's file, else what the kernel's search finds."""
-        if parent_path and not Path(ref).is_absolute():
-            beside = Path(parent_path).parent / ref
-            if beside.is_file() or (beside / params.SKILL_FILE).is_file():
-                return self.kernel.system.load_program(str(beside))
-        return self.kernel.system.load_program(ref)
+    def _load(self, ref: str, parent_path: str | None, owner: str) -> Program:
+        """The program `ref` names (see the module note); AccessError for a reference that
+        leaves the allowed directories, ProgramError when there is no such program."""
+        parts = PurePosixPath(ref.replace("\\", "/")).parts
+        if "\x00" in ref or ".." in parts or ref.startswith("~"):
+            raise AccessError(f"call: {ref!r}: '..', '~' and NUL are not allowed in a program path")
+        search = [*self.kernel.system.search_dirs, *self.call_dirs]
+        roots = list(search)
+        if parent_path:
+            roots.append(Path(parent_path).parent)
+        if "/" in ref or ref.endswith(params.PROGRAM_SUFFIXES):
+            bases = [Path(parent_path).parent] if parent_path else []
+            tries = [Path(ref)] if Path(ref).is_absolute() else [b / ref for b in bases + search]
+        else:
+            names = [ref + suffix for suffix in params.PROGRAM_SUFFIXES]
+            tries = [d / n for d in search for n in [*names, f"{ref}/{params.SKILL_FILE}"]]
+        allowed = [r.resolve() for r in roots]
+        outside = False
+        for candidate in tries:
+            real = candidate.resolve()  # symlinks resolved before anything is looked at
+            if not any(real.is_relative_to(r) for r in allowed):
+                outside = True
+                continue
+            if real.is_dir():
+                real = (real / params.SKILL_FILE).resolve()
+            if not real.name.endswith(params.PROGRAM_SUFFIXES) or not real.is_file():
+                continue
+            if not any(real.is_relative_to(r) for r in allowed):
+                outside = True
+                continue
+            if not readable_by(real, owner):
+                raise AccessError(f"call: {owner} may not read {ref!r}")
+            return self.kernel.system.load_program(str(real))
+        if outside:
+            raise AccessError(
+                f"call: {ref!r} is outside the installed programs, the calling program's "
+                "directory and the policy's call_paths"
+            )
+        raise ProgramError(f"call: no program {ref!r} (installed programs: llmos programs)")
 
     def wait(self, child: Child, limit: float) -> ChildEnd:
         parent = self.kernel.table.get(self.pid)
@@ -165,12 +212,15 @@ class ProcessHandle:
 class MemoryAccess:
     """`MemoryHandle` for process `pid`, through its pager (store, owner, swap key)."""
 
-    def __init__(self, pager: Pager, pid: int) -> None:
+    def __init__(self, pager: Pager, pid: int, quota: int = params.QUOTA_MEMORIES) -> None:
         self.pager = pager
         self.pid = pid
+        self.quota = quota
 
     def remember(self, text: str, tags: list[str]) -> int:
-        return self.pager.store().remember(self.pager.owner, text, tags, source=f"pid {self.pid}")
+        return self.pager.store().remember(
+            self.pager.owner, text, tags, source=f"pid {self.pid}", quota=self.quota
+        )
 
     def recall(self, query: str, k: int, source: str) -> list[dict[str, Any]]:
         store, owner = self.pager.store(), self.pager.owner
@@ -207,9 +257,12 @@ class MemoryAccess:
 class SharedAccess:
     """`ShmHandle` for `owner`, on the memory store `store()` opens."""
 
-    def __init__(self, store: Callable[[], MemoryStore], owner: str) -> None:
+    def __init__(
+        self, store: Callable[[], MemoryStore], owner: str, quota: int = params.QUOTA_SHM_SEGMENTS
+    ) -> None:
         self.store = store  # opens the store on first use
         self.owner = owner
+        self.quota = quota
 
     def _shm(self) -> SharedMemory:
         return SharedMemory(self.store())
@@ -231,9 +284,30 @@ class SharedAccess:
                     f"shared segment {name!r} belongs to {seg.owner}, who has not granted "
                     f"{self.owner} write by name; a process does not write into it"
                 )
-        seg = shm.write(self.owner, name, text, append=append, if_version=if_version)
+        seg = shm.write(
+            self.owner, name, text, append=append, if_version=if_version, quota=self.quota
+        )
         return {"name": seg.name, "version": seg.version}
 
     def list(self) -> list[dict[str, Any]]:
         keys = ("name", "owner", "version", "bytes")
         return [{k: seg.info()[k] for k in keys} for seg in self._shm().list(self.owner)]
+
+
+def readable_by(path: Path, owner: str) -> bool:
+    """Whether `owner` could read `path` themselves. A kernel that is not root reads with its
+    user's own rights (the system checks); as root, the file's mode must let the owner's uid
+    (or one of their groups) read it, and an owner who is no system user needs the other-read
+    bit."""
+    if os.geteuid() != 0:
+        return True
+    st = path.stat()
+    try:
+        pw = pwd.getpwnam(owner)
+    except KeyError:
+        return bool(st.st_mode & stat.S_IROTH)
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in os.getgrouplist(owner, pw.pw_gid):
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)

@@ -20,7 +20,11 @@ holds a stale copy.
 Invariants:
 - pids are never reused during a kernel's life.
 - A child never gets more than its parent: its priority is at most the parent's, its budget at
-  most what the parent has left, and its depth is bounded (params.MAX_SPAWN_DEPTH).
+  most what the parent has left, every token it spends is charged to its ancestors' budgets
+  too (`Entity.parent`), and its depth is bounded (params.MAX_SPAWN_DEPTH).
+- One run (a top process and everything below it) spawns at most `descendants` processes
+  below its top (the owner's policy, params.QUOTA_DESCENDANTS by default); beyond that spawn
+  is refused (AdmissionError), so a fork bomb of `call`s leaves the table bounded.
 - At most params.MAX_PROCESSES live processes; spawn beyond that is refused (AdmissionError),
   never queued without bound.
 - Exited processes stay in the table (for `ps` and `wait`) up to params.EXITED_KEEP; their full
@@ -78,6 +82,7 @@ class Process:
     cpu: str
     entity: Entity
     depth: int = 0
+    top: int = 0  # pid of the top process of its run (itself for a top process)
     created_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     base_state: State = State.RUNNABLE  # runnable/blocked/waiting/exited; see `state`
@@ -121,7 +126,7 @@ class Process:
     def budget_left(self) -> int | None:
         if self.entity.budget is None:
             return None
-        return max(0, self.entity.budget - self.entity.tokens)
+        return max(0, self.entity.budget - self.entity.spent)
 
     def append_output(self, text: str) -> None:
         with self.cond:
@@ -213,10 +218,18 @@ class ProcessTable:
         self._live = 0  # processes not yet reaped
         self._accounts: dict[str, Account] = {}
         self._user_budgets = dict(user_budgets or {})
+        self._spawned_below: dict[int, int] = {}  # top pid -> processes spawned below it
 
     def account(self, owner: str) -> Account:
         with self._lock:
             return self._account(owner)
+
+    def limit_account(self, owner: str, budget: int) -> None:
+        """Cap `owner`'s tokens at `budget` (their policy's, as it is now), or at the budget
+        the table was made with for them if that is lower."""
+        with self._lock:
+            acct = self._account(owner)
+            acct.budget = min(budget, self._user_budgets.get(owner, budget))
 
     def _account(self, owner: str) -> Account:
         acct = self._accounts.get(owner)
@@ -240,15 +253,17 @@ class ProcessTable:
         priority: int = params.DEFAULT_PRIORITY,
         budget: int | None = None,
         parent: int = 0,
+        max_descendants: int = params.QUOTA_DESCENDANTS,
     ) -> Process:
-        """A new runnable process; AdmissionError when the table is full."""
+        """A new runnable process; AdmissionError when the table is full, the spawn is too
+        deep, or the run already spawned `max_descendants` processes below its top."""
         with self._lock:
             live = self._live
             if live >= self.max_processes:
                 raise AdmissionError(
                     f"process table full: {live} live processes (limit {self.max_processes})"
                 )
-            depth = 0
+            depth, top, parent_entity = 0, 0, None
             if parent:
                 par = self._procs.get(parent)
                 if par is None or not par.alive:
@@ -258,6 +273,17 @@ class ProcessTable:
                     raise AdmissionError(
                         f"spawn depth {depth} exceeds the limit of {params.MAX_SPAWN_DEPTH}"
                     )
+                top = par.top
+                below = self._spawned_below.get(top, 0)
+                if below >= max_descendants:
+                    raise AdmissionError(
+                        f"run of pid {top} already spawned {below} processes "
+                        f"(limit {max_descendants})"
+                    )
+                parent_entity = par.entity
+                if parent_entity.over_budget:
+                    raise AdmissionError(f"parent process {parent} has spent its token budget")
+                self._spawned_below[top] = below + 1
                 priority = min(priority, par.priority)
                 left = par.budget_left
                 if left is not None:
@@ -270,6 +296,7 @@ class ProcessTable:
                 priority=max(params.MIN_PRIORITY, min(params.MAX_PRIORITY, priority)),
                 budget=budget,
                 account=self._account(owner),
+                parent=parent_entity,
             )
             proc = Process(
                 pid=pid,
@@ -281,6 +308,7 @@ class ProcessTable:
                 cpu=cpu,
                 entity=entity,
                 depth=depth,
+                top=top or pid,
             )
             self._procs[pid] = proc
             self._live += 1
@@ -290,6 +318,8 @@ class ProcessTable:
         """Note an exit; forget the oldest exited processes beyond params.EXITED_KEEP."""
         with self._lock:
             self._live -= 1
+            if proc.top == proc.pid:
+                self._spawned_below.pop(proc.pid, None)
             self._exited.append(proc.pid)
             while len(self._exited) > params.EXITED_KEEP:
                 self._procs.pop(self._exited.popleft(), None)

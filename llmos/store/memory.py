@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import InputError, MemoryStoreError
+from llmos.errors import InputError, MemoryStoreError, QuotaError
 from llmos.store import embed
 from llmos.store.db import Database, Migration
 
@@ -229,15 +229,27 @@ class MemoryStore:
 
     # --- long-term memories ----------------------------------------------------------------------
     def remember(
-        self, owner: str, text: str, tags: list[str] | None = None, *, source: str | None = None
+        self,
+        owner: str,
+        text: str,
+        tags: list[str] | None = None,
+        *,
+        source: str | None = None,
+        quota: int = params.QUOTA_MEMORIES,
     ) -> int:
         """Store a memory; its id. InputError for empty, non-UTF-8 or oversized text."""
-        return self.remember_many(owner, [(text, tags or [])], source=source)[0]
+        return self.remember_many(owner, [(text, tags or [])], source=source, quota=quota)[0]
 
     def remember_many(
-        self, owner: str, items: list[tuple[str, list[str]]], *, source: str | None = None
+        self,
+        owner: str,
+        items: list[tuple[str, list[str]]],
+        *,
+        source: str | None = None,
+        quota: int = params.QUOTA_MEMORIES,
     ) -> list[int]:
-        """Store memories in one transaction (all or none); their ids."""
+        """Store memories in one transaction (all or none); their ids. QuotaError when the
+        owner would hold more than `quota` memories."""
         checked: list[tuple[str, list[str]]] = []
         for text, tags in items:
             text = check_text(text, "memory text", params.MEMORY_MAX_TEXT_BYTES)
@@ -250,6 +262,7 @@ class MemoryStore:
         now = time.time()
         ids: list[int] = []
         with self.db.transaction("remember") as conn:
+            _check_quota(conn, owner, len(checked), quota)
             for (text, tags), vector in zip(checked, vectors, strict=True):
                 cur = conn.execute(
                     "INSERT INTO memories (owner, text, tags, source, created_at, embedding) "
@@ -473,3 +486,10 @@ class MemoryStore:
 def _check_query(query: str) -> str:
     query = check_text(query, "recall query", params.MEMORY_QUERY_MAX_BYTES)
     return query[: params.MEMORY_QUERY_MAX_CHARS]
+
+
+def _check_quota(conn: sqlite3.Connection, owner: str, adding: int, quota: int) -> None:
+    """QuotaError when `owner` would hold more than `quota` memories after `adding` more."""
+    (held,) = conn.execute("SELECT COUNT(*) FROM memories WHERE owner = ?", (owner,)).fetchone()
+    if held + adding > quota:
+        raise QuotaError(f"{owner} holds {held} memories; the quota is {quota} (forget some)")

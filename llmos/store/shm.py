@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmos import params
-from llmos.errors import AccessError, InputError
+from llmos.errors import AccessError, InputError, QuotaError
 from llmos.store.memory import MemoryStore, check_text
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -146,8 +146,10 @@ class SharedMemory:
         *,
         append: bool = False,
         if_version: int | None = None,
+        quota: int = params.QUOTA_SHM_SEGMENTS,
     ) -> SharedSegment:
-        """Replace (or append to) a segment's text; creates a private one if it is missing."""
+        """Replace (or append to) a segment's text; creates a private one if it is missing
+        (QuotaError when `user` already owns `quota` segments)."""
         check_name(name)
         if text:
             check_text(text, "segment text", params.SHM_MAX_BYTES)
@@ -159,6 +161,11 @@ class SharedMemory:
                 if if_version not in (None, 0):
                     raise InputError(f"no shared segment named {name!r} (expected v{if_version})")
                 _check_size(text)
+                (owned,) = conn.execute(
+                    "SELECT COUNT(*) FROM shm WHERE owner = ?", (user,)
+                ).fetchone()
+                if owned >= quota:
+                    raise QuotaError(f"{user} owns {owned} shared segments; the quota is {quota}")
                 conn.execute(
                     "INSERT INTO shm VALUES (?, ?, ?, '', '{}', 1, ?, ?)",
                     (name, user, text, time.time(), user),

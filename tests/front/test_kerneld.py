@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from llmos import params
 from llmos.front.kclient import KernelClient
 from llmos.store.log import Log, RunRecord, pid_alive
 
@@ -488,7 +489,7 @@ def test_top_once_shows_users_and_processes(kd: Path) -> None:
         assert lines[1].startswith("cpu embedded: jobs 1 resident ")
         users = lines.index(f"{'USER':<16} {'TOKENS':>9} {'BUDGET':>9} {'PROCS':>5}")
         mine = next(ln for ln in lines[users + 1 :] if ln.startswith(OWNER))
-        assert mine.split()[2:] == ["-", "1"]
+        assert mine.split()[2:] == [str(params.POLICY_USER_TOKENS), "1"]  # the default policy
         assert int(mine.split()[1]) >= info(kd, pid)["prompt_tokens"]
         header = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("PID OWNER"))
         assert lines[header].split() == [
@@ -505,7 +506,8 @@ def test_top_once_shows_users_and_processes(kd: Path) -> None:
         procs = lines[header + 1 :]
         assert len(procs) == 1
         assert procs[0].split()[:4] == [str(pid), OWNER, "stopped", "20"]
-        assert procs[0].split()[-2:] == ["-", "long"]
+        assert procs[0].split()[-2:] == [str(info(kd, pid)["budget_left"]), "long"]
+        assert info(kd, pid)["budget"] == params.POLICY_PROCESS_TOKENS  # the default policy
     finally:
         llmos(kd, "kill", pid)
 

@@ -390,7 +390,7 @@ def test_user_budget_stops_that_users_processes(
     users = kernel.top()["users"]
     assert users["alice"]["tokens"] == n_prompt + 5
     assert users["alice"]["budget"] == n_prompt + 5
-    assert users["bob"]["budget"] is None
+    assert users["bob"]["budget"] == params.POLICY_USER_TOKENS  # the default policy's
 
 
 # --- scheduling on the embedded CPU ----------------------------------------------------------

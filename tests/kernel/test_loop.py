@@ -83,7 +83,7 @@ def test_a_remote_cpu_is_charged_each_steps_prompt_and_stops_at_the_budget(
     cpu = ScriptedCPU(["never generated"])
     result, seen, record = _run(tmp_path, program, cpu, entity=entity)
     assert result.finish_reason == "budget" and seen == [] and cpu.requests == []
-    assert entity.prompt_tokens == 3
+    assert entity.prompt_tokens == 0 and entity.exhausted  # a prompt past the budget: uncharged
     assert record.status == "cancelled" and record.error_kind == "budget"
 
 

@@ -41,7 +41,7 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[System]:
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path))
     programs = tmp_path / params.PROGRAMS_DIR_NAME
     programs.mkdir()
-    (programs / "parent.prompt").write_text(prog("parent", ["call"]))
+    (programs / "parent.prompt").write_text(prog("parent", ["call", "ask", "clock"]))
     (programs / "child.prompt").write_text(prog("child", ["clock"], "llmos.priority: 35\n"))
     (programs / "loop.prompt").write_text(prog("loop", ["call"], steps=2))
     (programs / "asker.prompt").write_text(prog("asker", ["ask"]))

@@ -32,8 +32,8 @@ from llmos.hw.cpu.base import Chunk, GenRequest, Message
 from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
-from llmos.kernel.guard import UserPolicy
 from llmos.kernel.mm.context import Context
+from llmos.kernel.policy import UserPolicy
 from llmos.kernel.proc import Process, State
 from llmos.store.shm import SharedMemory
 

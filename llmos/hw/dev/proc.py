@@ -1,11 +1,13 @@
 """The process devices: `call` (run another program as a child process) and `ask` (a question
 to the person who runs the program).
 
-`call {program, inputs}` spawns the named program (an installed name, an absolute path, or a
-path relative to the calling program's own file) as a child of the calling process, waits for
+`call {program, inputs}` spawns the named program (an installed name, a program in the
+owner's policy's `call_paths`, or a path beside the calling program's own file; never `..` or
+a file elsewhere: the kernel's handle decides) as a child of the calling process, waits for
 it, and returns `{pid, exit_status, output}` (output parsed when the child's program replies in
-JSON). The child gets the caller's owner, at most the caller's priority and remaining budget,
-and the caller's CPU unless its program names a model. Spawn depth is bounded
+JSON). The child gets the caller's owner, at most the caller's devices, priority and remaining
+budget (its tokens are charged to the caller too), and the caller's CPU unless its program
+names a model. Spawn depth is bounded
 (`params.MAX_SPAWN_DEPTH`), so a program that calls itself ends with the error result "spawn
 depth N exceeds the limit of M", never a hang.
 

@@ -20,8 +20,13 @@ Policies (all pure functions of the entities' counters, so they are tested witho
   as the smallest backlogged owner can use), owners with the fewest tokens so far first; inside
   an owner, round-robin. A user running 7 processes gets the same tokens as a user running 1.
 
-Budgets: `Entity.charge` counts every token against the process's budget and its owner's
-account; a process over either budget is told to stop (the CPU ends it with reason "budget").
+Budgets: `Entity.charge` counts every token against the process's budget, every ancestor's
+(a child's tokens are charged to its parent, recursively: `Entity.parent`) and its owner's
+account; a process over any of them is told to stop (the CPU ends it with reason "budget").
+A prompt that would take any of them past its budget is not charged at all (the entity is
+marked exhausted instead, and stops); generated tokens are counted as they come, so a CPU that
+reports them in pieces (a remote server's streamed chunk) can pass a budget by at most its last
+piece, and the embedded CPU, which charges one token at a time, never does.
 
 What this module does not do: save or restore KV (the engine does), or keep the process table
 (see `llmos.kernel.proc`).
@@ -30,6 +35,7 @@ What this module does not do: save or restore KV (the engine does), or keep the 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +44,7 @@ from llmos import params
 from llmos.errors import LlmosError
 
 _arrivals = itertools.count()
+_charging = threading.Lock()  # one charge at a time walks the ancestors and the account
 
 
 @dataclass
@@ -62,6 +69,9 @@ class Entity:
     priority: int = params.DEFAULT_PRIORITY
     budget: int | None = None  # most tokens (prompt + generated); None is unlimited
     account: Account | None = None
+    parent: Entity | None = None  # the parent process's entity: charged for this one's tokens
+    descendants: int = 0  # tokens charged to this entity by its descendants
+    exhausted: bool = False  # a prompt was refused: it would have passed a budget
     arrival: int = field(default_factory=lambda: next(_arrivals))
     rr_key: int = 0  # round-robin position; bumped when a quantum is used up
     prompt_tokens: int = 0
@@ -85,17 +95,46 @@ class Entity:
         return self.prompt_tokens + self.generated
 
     @property
+    def spent(self) -> int:
+        """Its own tokens and its descendants': what its budget is charged."""
+        return self.tokens + self.descendants
+
+    @property
     def over_budget(self) -> bool:
-        own = self.budget is not None and self.tokens >= self.budget
-        return own or (self.account is not None and self.account.over_budget)
+        return self.exhausted or self._passes(0)
+
+    def _passes(self, more: int) -> bool:
+        """Whether `more` tokens would take this entity, an ancestor or the owner's account
+        to (or past) its budget (0: whether one of them is there already)."""
+        entity: Entity | None = self
+        while entity is not None:
+            if entity.budget is not None and entity.spent + more >= entity.budget + min(more, 1):
+                return True
+            entity = entity.parent
+        acct = self.account
+        return (
+            acct is not None
+            and acct.budget is not None
+            and (acct.tokens + more >= acct.budget + min(more, 1))
+        )
 
     def charge(self, prompt: int = 0, generated: int = 0) -> bool:
-        """Count tokens; False when the process or its owner is now over budget."""
-        self.prompt_tokens += prompt
-        self.generated += generated
-        self.quantum_used += generated
-        if self.account is not None:
-            self.account.tokens += prompt + generated
+        """Count tokens (to this entity, its ancestors and its owner's account); False when
+        it or an ancestor or its owner is now over budget. A prompt that would pass a budget
+        is not counted: the entity is exhausted instead."""
+        with _charging:
+            if prompt and self._passes(prompt):
+                self.exhausted = True
+                return False
+            self.prompt_tokens += prompt
+            self.generated += generated
+            self.quantum_used += generated
+            ancestor = self.parent
+            while ancestor is not None:
+                ancestor.descendants += prompt + generated
+                ancestor = ancestor.parent
+            if self.account is not None:
+                self.account.tokens += prompt + generated
         return not self.over_budget
 
     def poke(self) -> None:

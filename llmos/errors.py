@@ -13,7 +13,7 @@
      +-- NoSuchProcessError          exit 12 no process with that pid
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
-     +-- AccessError                 exit 16 no right to a shared memory segment or memory
+     +-- AccessError                 exit 16 no right to a shared segment or memory; a bad owner
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed

@@ -244,3 +244,10 @@ ASK_TIMEOUT_S = 600.0  # longest an `ask` waits for `llmos answer PID TEXT`
 PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its process was killed
 PROC_DEVICE_MARGIN_S = 5.0  # call/ask give up this long before the syscall layer would
 PROC_DEVICE_KILL_WAIT_S = PROC_DEVICE_POLL_S * 10  # a call waits this long for a child it killed
+
+# --- Principals (llmos.kernel.principals) --------------------------------------------------------
+OWNER_NAME_MAX = 32  # an owner name is at most this long (the Linux useradd limit)
+OWNER_NAME_PATTERN = r"[a-z_][a-z0-9_.-]*"  # lower-case POSIX-like names; anything else refused
+ADMIN_OWNERS: tuple[str, ...] = ()  # owners (besides uid 0) who may act on every owner's processes
+PRIVATE_FILE_MODE = 0o600  # databases, spool files, kernel.log, kernel.pid, namespace files
+PRIVATE_DIR_MODE = 0o700  # the home, the spool, each user's namespace and its folders

@@ -11,7 +11,8 @@
     llmos shm read NAME           llmos shm write NAME [TEXT] [--append] [--if-version V]
     llmos shm chmod NAME [--others MODE] [--grant USER=MODE ...]     llmos shm rm NAME
 
-They act as the OS user running them (the same owner `llmos run` gives its processes), on
+They act as the OS user running them (its uid's user name, never $USER: the same owner
+`llmos run` gives its processes), on
 <home>/memory.db directly: no kernel is needed, and a running kernel sees the changes.
 Errors are one line each: bad input exits 4, a store that is corrupt, locked or full exits 15,
 a refused access exits 16.
@@ -22,7 +23,6 @@ What this module does not do: store or check anything itself (the kernel's API d
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from typing import Any
@@ -37,12 +37,12 @@ from llmos.kernel import boot
 
 def _call(op: str, **payload: Any) -> dict[str, Any]:
     """Operation `op` of the kernel's API, in this process, as the user running llmos."""
-    from llmos.kernel import api  # the kernel only when a command runs
+    from llmos.kernel import api, principals  # the kernel only when a command runs
     from llmos.kernel.core import Kernel
 
     kernel = Kernel(boot.boot(open_log=False))
     try:
-        reply: dict[str, Any] = api.call(kernel, api.Caller(getpass.getuser()), op, payload)
+        reply: dict[str, Any] = api.call(kernel, api.Caller.of(principals.current()), op, payload)
     finally:
         kernel.system.close()
     return reply

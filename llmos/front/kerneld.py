@@ -131,13 +131,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         try:
-            try:
+            line = self.rfile.readline(params.KERNEL_REQUEST_MAX_BYTES + 1)
+            if not line:
+                return
+            try:  # after the (bounded) line is read, so the refusal reaches the client
                 caller = self._peer()
             except LlmosError as exc:
                 self._send(error_reply(exc))
-                return
-            line = self.rfile.readline(params.KERNEL_REQUEST_MAX_BYTES + 1)
-            if not line:
                 return
             try:
                 request = _parse_request(line)

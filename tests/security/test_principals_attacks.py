@@ -555,3 +555,33 @@ def test_utility_a_user_works_with_files_and_reads_their_own_logs(
     assert log.messages(run.id, owner="alice")
     api.call(kernel, ALICE, "shm.create", {"name": "plan", "text": "v1", "acl": {"bob": "r"}})
     assert api.call(kernel, BOB, "shm.read", {"name": "plan"})["text"] == "v1"  # shared on purpose
+
+
+def test_attack_llmos_logs_shows_another_owners_runs(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from llmos.front import cli
+
+    home.mkdir(mode=0o700)
+    with Log.open(home / params.LOG_DB_NAME) as log:
+        theirs = log.start_run("p", "cpu", {"q": SECRET}, [{"role": "user", "content": SECRET}])
+        log.finish_run(theirs, status="ok", response=SECRET)
+        mine = log.start_run("p", "cpu", {"q": "hello"}, [], owner="bob")
+        log.finish_run(mine, status="ok", response="hi")
+        alice = log.start_run("p", "cpu", {"q": SECRET}, [], owner="alice")
+    monkeypatch.setattr(principals, "current", lambda: principals.Principal("bob"))
+    runner = CliRunner()
+    listed = runner.invoke(cli.cli, ["logs", "--json", "-n", "0"])
+    assert listed.exit_code == 0 and [r["id"] for r in json.loads(listed.output)] == [mine]
+    searched = runner.invoke(cli.cli, ["logs", "--json", "-q", SECRET])
+    assert json.loads(searched.output) == []
+    for run_id in (theirs, alice, alice[:-2]):
+        shown = runner.invoke(cli.cli, ["logs", run_id])
+        assert shown.exit_code == 4 and SECRET not in shown.output
+    own = runner.invoke(cli.cli, ["logs", mine[:10]])  # utility: one's own run in full
+    assert own.exit_code == 0 and "hi" in own.output
+    monkeypatch.setattr(principals, "current", lambda: principals.Principal("root", True))
+    every = runner.invoke(cli.cli, ["logs", "--json", "-n", "0"])
+    assert {r["id"] for r in json.loads(every.output)} == {theirs, mine, alice}

@@ -49,8 +49,9 @@ Invariants:
 - Memories, pages and shared segments are per owner in their stores; the caller's owner is the
   one passed.
 
-Not covered: an admin acting on another owner's process is not audited here; a process's
-descendants spawned through `call` belong to the same owner (the kernel sets that).
+Not covered: an admin acting on another owner's process is not audited here; the stores'
+files belong to the OS user who runs the kernel, so scoping holds between callers of the API,
+not against that OS user reading the files directly.
 
 What this module does not do: transport (sockets, stdio, HTTP live in `llmos.front`), or
 formatting for people (the command line does that).

@@ -169,6 +169,35 @@ def test_attack_read_and_change_another_owners_memories_pages_and_segments(
     assert api.call(kernel, ALICE, "memory.page", {"id": page_id})["page"]["text"].endswith(SECRET)
 
 
+def test_attack_a_process_reaches_another_owners_memories_through_its_devices(
+    kernel: Kernel, home: Path, tmp_path: Path
+) -> None:
+    memory = kernel.system.memory
+    mid = memory.remember("alice", f"The vault code is {SECRET}.", [], source="cli")
+    page = {"kind": "run", "role": "user", "text": f"paged {SECRET}", "summary": "s"}
+    (page_id,) = memory.page_out("alice", "1.1.ab", [page])
+    api.call(kernel, ALICE, "shm.create", {"name": "vault", "text": SECRET})
+    effects = Effects(roots=[], stores=[home / params.MEMORY_DB_NAME])
+    effects.snapshot()
+    path = tmp_path / "thief.prompt"
+    path.write_text(prog("thief", ["recall", "forget", "page_in", "shm_read", "shm_write"]))
+    plan: list[tuple[str, dict[str, Any]]] = [
+        ("recall", {"query": "vault code", "source": "all"}),
+        ("page_in", {"page": page_id}),
+        ("shm_read", {"name": "vault"}),
+        ("shm_write", {"name": "vault", "text": "pwned"}),
+        ("forget", {"id": mid}),
+    ]
+    cpu = AdversarialCPU(plan)
+    kernel.add_cpu(cpu)
+    proc = api.spawn(kernel, BOB, api.SpawnRequest(program=str(path), model="adversary"))
+    proc.wait(30)
+    assert proc.exit_status == "ok" and [n for n, _ in cpu.tried] == [n for n, _ in plan]
+    assert SECRET not in json.dumps([m for r in cpu.requests for m in r.messages])
+    assert effects.row_changes() == {}
+    assert api.call(kernel, ALICE, "shm.read", {"name": "vault"})["text"] == SECRET
+
+
 @pytest.mark.parametrize("name", ["bob@corp", "Bob", "../x", "", "a/b", "x" * 33, ".hidden"])
 def test_attack_owner_names_that_would_collide_or_escape(
     kernel: Kernel, home: Path, tmp_path: Path, name: str

@@ -331,10 +331,23 @@ needs_root = pytest.mark.skipif(
 
 @needs_root
 def test_attack_world_readable_store_spool_and_namespace_files(
-    kernel: Kernel, home: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every file llmos creates is private from creation: even with the home made
     world-traversable, another OS user reads none of them."""
+    base = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))  # loosened below: not pytest's
+    home = base / "home"
+    monkeypatch.setenv("LLMOS_HOME", str(home))
+    kernel = Kernel(boot())
+    try:
+        _world_readable(kernel, home, base)
+    finally:
+        kernel.shutdown()
+        kernel.system.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _world_readable(kernel: Kernel, home: Path, tmp_path: Path) -> None:
     api.call(kernel, ALICE, "memory.remember", {"text": SECRET})
     kernel.system.log.start_run("p", "cpu", {"q": SECRET}, [], owner="alice")
     spooled = kclient.KernelClient(home)._spool(SECRET)
@@ -356,10 +369,7 @@ def test_attack_world_readable_store_spool_and_namespace_files(
     for d in (home, home / params.KERNEL_SPOOL_DIR_NAME, home / params.USERS_DIR_NAME / "alice"):
         assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, d
     # the attack: a loosened home (and a world-traversable path to it); nothing can be read
-    for p in [tmp_path, *tmp_path.parents]:
-        if p != Path("/"):
-            os.chmod(p, p.stat().st_mode | 0o055)
-    for d in [home, *(p for p in home.rglob("*") if p.is_dir())]:
+    for d in [tmp_path, home, *(p for p in home.rglob("*") if p.is_dir())]:
         os.chmod(d, 0o755)
     for f in files:
         out = _as_tuser("/bin/cat", str(f))

@@ -13,7 +13,7 @@
      +-- NoSuchProcessError          exit 12 no process with that pid
      +-- KernelError                 exit 13 the kernel daemon is not running or not answering
      +-- MemoryStoreError            exit 15 the memory store is unusable (corrupt, locked, full)
-     +-- AccessError                 exit 16 no right to a shared memory segment or memory
+     +-- AccessError                 exit 16 no right to a shared segment or memory; a bad owner
      +-- AuditError                  exit 17 the audit store is unusable or its chain is broken
      +-- PolicyError                 exit 18 a malformed or self-contradicting policy file
      +-- QuotaError                  exit 19 a per-user or per-process quota is used up

@@ -338,3 +338,10 @@ AUDIT_ARGS_CHARS = 400  # a syscall's arguments are kept in its audit record cut
 AUDIT_LIST_DEFAULT = 50  # `llmos audit` shows this many records, newest last
 QUARANTINE_TIMEOUT_S = 300.0  # longest a quarantine child may run before it is killed
 QUARANTINE_MAX_CHARS = 200_000  # the most untrusted text one quarantine call hands its child
+
+# --- Principals (llmos.kernel.principals) --------------------------------------------------------
+OWNER_NAME_MAX = 32  # an owner name is at most this long (the Linux useradd limit)
+OWNER_NAME_PATTERN = r"[a-z_][a-z0-9_.-]*"  # lower-case POSIX-like names; anything else refused
+ADMIN_OWNERS: tuple[str, ...] = ()  # owners (besides uid 0) who may act on every owner's processes
+PRIVATE_FILE_MODE = 0o600  # databases, spool files, kernel.log, kernel.pid, namespace files
+PRIVATE_DIR_MODE = 0o700  # the home, the spool, each user's namespace and its folders

@@ -8,6 +8,7 @@ shown only with `LLMOS_DEBUG=1`.
     llmos models
     llmos programs
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
+                                           (your own runs; root and admins see every owner's)
     llmos logs -f PID                      follow a kernel process's output as it is generated
     llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
                                            (see llmos.front.cli_memory)
@@ -21,6 +22,10 @@ The kernel daemon (see `llmos.front.kerneld`); these talk to it over its socket:
     llmos approve PID    llmos deny PID    decide a syscall waiting for approval
     llmos audit [--pid P] [--device D] [--decision X] [-n N] [--verify] [--json]
 
+Who you are is the OS user (its uid's name, never $USER; `llmos.kernel.principals`): in-process
+commands take it from this process, the daemon from its socket. Processes, runs, memories and
+shared segments are all scoped to it.
+
 Exit codes of `wait` and `logs -f`: 0 the process ended ok, 14 it was killed, ran out of
 budget or failed, 124 `wait --timeout` ran out; 13 there is no kernel to ask.
 
@@ -30,7 +35,6 @@ do the work, and formats what they return.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
@@ -43,8 +47,8 @@ from llmos import config, params
 from llmos.errors import AuditError, InputError, KernelError, LlmosError
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
-from llmos.front.clikit import fail, handle_errors, read_stdin
-from llmos.kernel import boot
+from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
+from llmos.kernel import boot, principals
 from llmos.store.log import RunRecord
 
 
@@ -101,15 +105,16 @@ def run(
     from llmos.kernel import api  # the kernel itself only for commands that run programs
     from llmos.kernel.core import Kernel
 
+    caller = api.Caller.of(principals.current())
     system = boot.boot()
     kernel = Kernel(system)
     request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
-    prog, inputs = api.spawn_request(kernel, request)
+    prog, inputs = api.spawn_request(kernel, caller, request)
     try:
         inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
-        system.log_failure(prog.name, exc, program_path=str(prog.path))
+        system.log_failure(prog.name, exc, str(prog.path), caller.owner)
         raise
 
     wrote_newline = True
@@ -122,7 +127,7 @@ def run(
 
     result = api.run(
         kernel,
-        api.Caller(getpass.getuser()),
+        caller,
         prog,
         inputs,
         cpu=cpu,
@@ -266,13 +271,15 @@ def logs(
             raise click.UsageError("give either RUN_ID or -f PID, not both")
         _follow(follow_pid)
         return
+    me = principals.current()
+    owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all
     system = boot.boot()
     log = system.log
     if run_id:
-        record = log.get_run(run_id)
+        record = log.get_run(run_id, owner)
         if record is None:
             raise InputError(f"no run with id '{run_id}' in {log.path}")
-        messages = log.messages(record.id)
+        messages = log.messages(record.id, owner)
         if as_json:
             click.echo(
                 json.dumps({**_record_json(record), "messages": messages}, ensure_ascii=False)
@@ -290,7 +297,7 @@ def logs(
             f"tokens, {record.duration_ms or 0:.0f} ms"
         )
         return
-    rows = log.list_runs(limit=limit, query=query, program=program, status=status)
+    rows = log.list_runs(limit=limit, query=query, program=program, status=status, owner=owner)
     if as_json:
         click.echo(json.dumps([_record_json(r) for r in rows], ensure_ascii=False))
         return
@@ -563,7 +570,7 @@ def answer(pid: int, text: tuple[str, ...]) -> None:
 @handle_errors
 def approve(pid: int) -> None:
     """Let the syscall a process waits on (state waiting_approval; `llmos ps`) run."""
-    _client().request("approve", pid=pid, owner=getpass.getuser())
+    _client().request("approve", pid=pid)
 
 
 @cli.command()
@@ -571,7 +578,7 @@ def approve(pid: int) -> None:
 @handle_errors
 def deny(pid: int) -> None:
     """Refuse the syscall a process waits on (state waiting_approval; `llmos ps`)."""
-    _client().request("deny", pid=pid, owner=getpass.getuser())
+    _client().request("deny", pid=pid)
 
 
 @cli.command()
@@ -595,9 +602,8 @@ def audit(
     as_json: bool,
 ) -> None:
     """Your syscalls and what was decided about each (oldest first), from the audit trail."""
-    reply = _client().request(
+    reply = local_call(
         "audit",
-        owner=getpass.getuser(),
         pid=pid,
         device=device,
         decision=decision,

@@ -11,7 +11,8 @@
     llmos shm read NAME           llmos shm write NAME [TEXT] [--append] [--if-version V]
     llmos shm chmod NAME [--others MODE] [--grant USER=MODE ...]     llmos shm rm NAME
 
-They act as the OS user running them (the same owner `llmos run` gives its processes), on
+They act as the OS user running them (its uid's user name, never $USER: the same owner
+`llmos run` gives its processes), on
 <home>/memory.db directly: no kernel is needed, and a running kernel sees the changes.
 Errors are one line each: bad input exits 4, a store that is corrupt, locked or full exits 15,
 a refused access exits 16.
@@ -22,30 +23,14 @@ What this module does not do: store or check anything itself (the kernel's API d
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
-from typing import Any
 
 import click
 
 from llmos import params
 from llmos.errors import InputError
-from llmos.front.clikit import handle_errors, read_stdin
-from llmos.kernel import boot
-
-
-def _call(op: str, **payload: Any) -> dict[str, Any]:
-    """Operation `op` of the kernel's API, in this process, as the user running llmos."""
-    from llmos.kernel import api  # the kernel only when a command runs
-    from llmos.kernel.core import Kernel
-
-    kernel = Kernel(boot.boot(open_log=False))
-    try:
-        reply: dict[str, Any] = api.call(kernel, api.Caller(getpass.getuser()), op, payload)
-    finally:
-        kernel.system.close()
-    return reply
+from llmos.front.clikit import handle_errors, local_call, read_stdin
 
 
 def _text(text: str | None, what: str) -> str:
@@ -77,7 +62,7 @@ def memory() -> None:
 @handle_errors
 def memory_remember(text: str | None, tags: tuple[str, ...]) -> None:
     """Store TEXT (or stdin) as a memory; prints its id."""
-    reply = _call("memory.remember", text=_text(text, "memory text"), tags=list(tags))
+    reply = local_call("memory.remember", text=_text(text, "memory text"), tags=list(tags))
     click.echo(f"m{reply['id']}")
 
 
@@ -88,7 +73,7 @@ def memory_remember(text: str | None, tags: tuple[str, ...]) -> None:
 @handle_errors
 def memory_recall(query: str, k: int, as_json: bool) -> None:
     """The memories most relevant to QUERY, best first."""
-    hits = _call("memory.recall", query=query, k=k)["hits"]
+    hits = local_call("memory.recall", query=query, k=k)["hits"]
     if as_json:
         click.echo(json.dumps(hits, ensure_ascii=False))
         return
@@ -105,7 +90,7 @@ def memory_forget(memory_id: str) -> None:
     raw = memory_id[1:] if memory_id.startswith("m") else memory_id
     if not raw.isdigit():
         raise InputError(f"bad memory id {memory_id!r} (expected m<number>)")
-    _call("memory.forget", id=int(raw))
+    local_call("memory.forget", id=int(raw))
     click.echo(f"forgot m{raw}")
 
 
@@ -121,7 +106,7 @@ def memory_forget(memory_id: str) -> None:
 @handle_errors
 def memory_list(limit: int, as_json: bool) -> None:
     """Your newest memories."""
-    hits = _call("memory.list", limit=limit)["hits"]
+    hits = local_call("memory.list", limit=limit)["hits"]
     if as_json:
         click.echo(json.dumps(hits, ensure_ascii=False))
         return
@@ -137,7 +122,7 @@ def memory_page(page_id: str) -> None:
     raw = page_id[1:] if page_id.startswith("p") else page_id
     if not raw.isdigit():
         raise InputError(f"bad page id {page_id!r} (expected p<number>)")
-    sys.stdout.write(_call("memory.page", id=int(raw))["page"]["text"])
+    sys.stdout.write(local_call("memory.page", id=int(raw))["page"]["text"])
 
 
 @click.group()
@@ -150,7 +135,7 @@ def shm() -> None:
 @handle_errors
 def shm_ls(as_json: bool) -> None:
     """The segments you may read."""
-    segs = _call("shm.ls")["segments"]
+    segs = local_call("shm.ls")["segments"]
     if as_json:
         click.echo(json.dumps(segs))
         return
@@ -171,7 +156,9 @@ def shm_ls(as_json: bool) -> None:
 def shm_create(name: str, text: str | None, others: str, grants: tuple[str, ...]) -> None:
     """Create segment NAME, owned by you."""
     body = text if text is not None else (read_stdin() or "")
-    seg = _call("shm.create", name=name, text=body, others=others, acl=_grants(grants))["segment"]
+    seg = local_call("shm.create", name=name, text=body, others=others, acl=_grants(grants))[
+        "segment"
+    ]
     click.echo(f"{seg['name']} v{seg['version']}")
 
 
@@ -180,7 +167,7 @@ def shm_create(name: str, text: str | None, others: str, grants: tuple[str, ...]
 @handle_errors
 def shm_read(name: str) -> None:
     """Print segment NAME's text."""
-    sys.stdout.write(_call("shm.read", name=name)["text"])
+    sys.stdout.write(local_call("shm.read", name=name)["text"])
 
 
 @shm.command("write")
@@ -191,7 +178,7 @@ def shm_read(name: str) -> None:
 @handle_errors
 def shm_write(name: str, text: str | None, append: bool, if_version: int | None) -> None:
     """Write segment NAME (TEXT or stdin)."""
-    seg = _call(
+    seg = local_call(
         "shm.write",
         name=name,
         text=_text(text, "segment text"),
@@ -208,7 +195,7 @@ def shm_write(name: str, text: str | None, append: bool, if_version: int | None)
 @handle_errors
 def shm_chmod(name: str, others: str | None, grants: tuple[str, ...]) -> None:
     """Change who may read and write segment NAME (owner only)."""
-    seg = _call("shm.chmod", name=name, others=others, grant=_grants(grants))["segment"]
+    seg = local_call("shm.chmod", name=name, others=others, grant=_grants(grants))["segment"]
     acl = ",".join(f"{u}={m}" for u, m in sorted(seg["acl"].items())) or "-"
     click.echo(f"{seg['name']} others={seg['others'] or '-'} acl={acl}")
 
@@ -218,5 +205,5 @@ def shm_chmod(name: str, others: str | None, grants: tuple[str, ...]) -> None:
 @handle_errors
 def shm_rm(name: str) -> None:
     """Remove segment NAME (owner only)."""
-    _call("shm.rm", name=name)
+    local_call("shm.rm", name=name)
     click.echo(f"removed {name}")

@@ -1,4 +1,5 @@
-"""What every `llmos` command shares: one-line errors with their exit codes, and stdin.
+"""What every `llmos` command shares: one-line errors with their exit codes, stdin, and the
+kernel's API called in this process as the OS user (`local_call`).
 
 Invariants: an LlmosError becomes `llmos: error: <message>` on stderr and its exit code (a
 traceback only with LLMOS_DEBUG=1); an interrupt exits 130; a closed output pipe exits 0.
@@ -58,3 +59,17 @@ def read_stdin() -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"stdin is not UTF-8 text (bad byte at offset {exc.start})") from exc
+
+
+def local_call(op: str, **payload: Any) -> dict[str, Any]:
+    """Operation `op` of the kernel's API in this process, as the OS user running llmos (for
+    what needs no daemon: memory, shared segments, the audit trail)."""
+    from llmos.kernel import api, boot, principals  # the kernel only when a command runs
+    from llmos.kernel.core import Kernel
+
+    kernel = Kernel(boot.boot(open_log=False))
+    try:
+        reply: dict[str, Any] = api.call(kernel, api.Caller.of(principals.current()), op, payload)
+    finally:
+        kernel.system.close()
+    return reply

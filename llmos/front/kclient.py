@@ -8,7 +8,9 @@ client side: `KernelClient` (connect, request, follow), `start_daemon` (start `l
 serve` in the background and wait until it answers) and `stop_daemon`.
 
 Invariants: a reply that reports an error becomes the same LlmosError subclass, with the same
-exit code, on the client; a client never needs the model or the kernel's modules loaded.
+exit code, on the client; a client never needs the model or the kernel's modules loaded; a
+client never says who it is (the daemon reads that from the socket); kernel.log and spool files
+are 0600 and the spool directory 0700 from creation (tempfile.mkstemp makes 0600 files).
 
 What this module does not do: run a kernel or serve requests (see `llmos.front.kerneld`).
 """
@@ -16,7 +18,6 @@ What this module does not do: run a kernel or serve requests (see `llmos.front.k
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import socket
@@ -107,13 +108,6 @@ def reply_error(reply: dict[str, Any]) -> LlmosError:
 # --- The client ------------------------------------------------------------------------------
 
 
-def _client_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())
-
-
 class KernelClient:
     """Talks to the daemon of one home. Each request is one connection."""
 
@@ -195,7 +189,6 @@ class KernelClient:
         """Start a process; its pid. A stdin too large for one request line goes through an
         owner-only file in the spool directory, which the daemon reads and deletes."""
         fields.setdefault("cwd", os.getcwd())
-        fields.setdefault("owner", _client_user())
         spooled: Path | None = None
         stdin = fields.get("stdin")
         if isinstance(stdin, str) and len(stdin) > params.KERNEL_INLINE_STDIN_CHARS:
@@ -210,7 +203,11 @@ class KernelClient:
 
     def _spool(self, text: str) -> Path:
         directory = self.paths.spool
-        directory.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=params.PRIVATE_DIR_MODE)
+        if directory.is_symlink() or not directory.is_dir():
+            raise KernelError(f"{directory} is not a directory; refusing to spool input there")
+        os.chmod(directory, params.PRIVATE_DIR_MODE)  # one left by an older llmos may be wider
         fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".txt", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -298,9 +295,18 @@ def start_daemon(
     env = dict(os.environ)
     env[params.ENV_HOME] = str(home)
     try:
-        log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(
+            paths.log,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+            params.PRIVATE_FILE_MODE,
+        )
     except OSError as exc:
         raise KernelError(f"cannot open {paths.log}: {exc.strerror}") from exc
+    try:
+        os.fchmod(log_fd, params.PRIVATE_FILE_MODE)  # one left by an older llmos may be wider
+    except OSError as exc:
+        os.close(log_fd)
+        raise KernelError(f"cannot make {paths.log} owner-only: {exc.strerror}") from exc
     offset = os.lseek(log_fd, 0, os.SEEK_END)
     try:
         child = subprocess.Popen(

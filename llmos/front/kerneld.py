@@ -12,8 +12,10 @@ its pydantic models) or one of the daemon's own (`status`, `shutdown`). It gets 
 `{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind": "<LlmosError.kind>",
 "exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines (the process's output
 from its start, then live) and ends with `{"done": true, "exit_status": ..., "error": ...}`.
-Two arguments are the transport's, not the API's: `owner` (who the process runs for) and, for
-`spawn`, `stdin_file` (a large stdin the client left in <home>/spool, read and deleted).
+One argument is the transport's, not the API's: for `spawn`, `stdin_file` (a large stdin the
+client left in <home>/spool, read and deleted). Who is asking is never an argument: the daemon
+takes the peer's uid from the socket (SO_PEERCRED) and its user name from the password database
+(`llmos.kernel.principals`); a request that names an `owner` is refused.
 
     status    -> pid, uptime_s, policy, max_resident, max_processes, counts {state: n}, live,
                  exited, lost [..]
@@ -29,12 +31,17 @@ Invariants:
   arguments and clients that vanish mid-`wait` or mid-`follow` get an error reply or are dropped
   quietly; the kernel and its processes never notice.
 - Only the socket's owner (same uid, or root) is served: mode 0600 and a SO_PEERCRED check.
+  Every kernel operation still runs as the peer's own principal (its uid's user name; root is
+  an admin), so the API's ownership checks hold even between root and the daemon's user. A
+  platform without SO_PEERCRED, or a peer uid with no valid user name, is refused: the daemon
+  never serves a caller it cannot name. kernel.pid is 0600 from creation.
 - `shutdown`, SIGTERM and SIGINT all end the same way: every process killed (its partial output
   logged), the socket and pid file removed, the CPUs closed.
 
 What this module does not do: schedule or run processes (see `llmos.kernel.core`), format output
 for people (see `llmos.front.cli`), authenticate anyone but the socket's owner, or listen on a
-network.
+network. Not covered: a daemon shared between OS users (the socket stays owner-only until the
+network service brings authenticated callers).
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ from llmos.front.kclient import (  # the protocol both sides share
     probe_status,
     read_pid,
 )
-from llmos.kernel import api
+from llmos.kernel import api, principals
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel.boot import System
 from llmos.kernel.core import Kernel
@@ -124,15 +131,17 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         try:
-            if not self._peer_allowed():
-                self._send(error_reply(KernelError("permission denied: not the kernel's owner")))
-                return
             line = self.rfile.readline(params.KERNEL_REQUEST_MAX_BYTES + 1)
             if not line:
                 return
+            try:  # after the (bounded) line is read, so the refusal reaches the client
+                caller = self._peer()
+            except LlmosError as exc:
+                self._send(error_reply(exc))
+                return
             try:
                 request = _parse_request(line)
-                self._dispatch(request)
+                self._dispatch(request, caller)
             except LlmosError as exc:
                 self._send(error_reply(exc))
             except _ClientGone:
@@ -147,14 +156,17 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise
 
     # --- plumbing ---
-    def _peer_allowed(self) -> bool:
+    def _peer(self) -> api.Caller:
+        """The caller the peer is: its uid's principal (SO_PEERCRED), if it may be served."""
         if not hasattr(socket, "SO_PEERCRED"):
-            return True
+            raise KernelError("permission denied: this platform cannot name the socket's peer")
         creds = self.request.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
         )
         _pid, uid, _gid = struct.unpack("3i", creds)
-        return bool(uid == os.getuid() or uid == 0)
+        if uid != os.geteuid() and uid != 0:
+            raise KernelError("permission denied: not the kernel's owner")
+        return api.Caller.of(principals.of_uid(uid), gone=self._peer_gone)
 
     def _send(self, message: dict[str, Any]) -> None:
         data = (json.dumps(message, ensure_ascii=False, default=str) + "\n").encode("utf-8")
@@ -181,7 +193,7 @@ class _Handler(socketserver.StreamRequestHandler):
         return self.server.kernel_daemon
 
     # --- ops ---
-    def _dispatch(self, req: dict[str, Any]) -> None:
+    def _dispatch(self, req: dict[str, Any], caller: api.Caller) -> None:
         op = req.pop("op")
         d = self.daemon
         k = d.kernel
@@ -197,11 +209,10 @@ class _Handler(socketserver.StreamRequestHandler):
             finally:
                 d.request_stop()
             return
-        # The socket's owner is the only peer served (SO_PEERCRED); it names who the
-        # process runs for.
-        owner = req.pop("owner", None)
-        if owner is not None and not isinstance(owner, str):
-            raise RequestError(f"'owner' must be a string, got {owner!r}")
+        if "owner" in req:
+            raise RequestError(
+                "'owner' is not accepted: the kernel takes who you are from the socket"
+            )
         if op == "spawn":
             if d.stopping:
                 raise KernelError("kernel is shutting down")
@@ -210,7 +221,6 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not isinstance(spooled, str):
                     raise RequestError(f"'stdin_file' must be a string, got {spooled!r}")
                 req["stdin"] = _read_spooled(k.system.home, spooled)
-        caller = api.Caller(owner or "default", gone=self._peer_gone)
         reply = api.call(k, caller, op, req)
         if reply is None:  # `wait` whose client went away
             raise _ClientGone()
@@ -287,8 +297,9 @@ def status_of(d: Daemon) -> dict[str, Any]:
 
 def _lock_pid_file(path: Path) -> int:
     """Open and lock the pid file; KernelError if a live daemon holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, params.PRIVATE_FILE_MODE)
     try:
+        os.fchmod(fd, params.PRIVATE_FILE_MODE)  # one left by an older llmos may be wider
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)

@@ -9,9 +9,10 @@ Any MCP client (Claude Desktop, an IDE, another agent) can then run llmos progra
   none. A JSON program whose output schema is an object also declares it as `outputSchema`.
 - `tools/call`: runs the program as a process of this server's kernel, through the kernel's
   API (`llmos.kernel.api.run`), on its own CPU (loaded once per process), with its devices,
-  paging, auto-recall, shared segments and budget, journalled in the log like any run (owner
-  `mcp`). The result is the reply text; for JSON programs the JSON text, plus the parsed
-  value as `structuredContent` when it is an object.
+  paging, auto-recall, shared segments and budget, journalled in the log like any run, owned by
+  the OS user running `llmos mcp` (its uid's name, `llmos.kernel.principals`). The result is
+  the reply text; for JSON programs the JSON text, plus the parsed value as
+  `structuredContent` when it is an object.
 
 Invariants:
 - Every failure of a call (unknown program, bad input, a model or backend error, a bug) is an
@@ -41,7 +42,7 @@ from mcp.server.stdio import stdio_server
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.kernel import api
+from llmos.kernel import api, principals
 from llmos.kernel.boot import System, boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.program import Program
@@ -50,7 +51,6 @@ DEFAULT_INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"input": {"type": "string"}},
 }
-_OWNER = "mcp"
 
 
 def tool_for(program: Program) -> mcp_types.Tool:
@@ -80,19 +80,21 @@ def call_program(kernel: Kernel, name: str, arguments: dict[str, Any]) -> mcp_ty
     except Exception as exc:
         return _error(f"cannot list programs: {exc}")
     try:
+        caller = api.Caller.of(principals.current())
+    except LlmosError as exc:
+        return _error(str(exc))
+    try:
         # Inputs are checked before the CPU is resolved, so a bad call costs no model load;
         # it is journalled as a failed run all the same.
         program.render(dict(arguments))
     except LlmosError as exc:
         with contextlib.suppress(LlmosError):
-            system.log_failure(program.name, exc, str(program.path))
+            system.log_failure(program.name, exc, str(program.path), caller.owner)
         return _error(str(exc))
     except Exception as exc:
         return _error(f"internal error: {type(exc).__name__}: {exc}")
     try:
-        result = api.run(
-            kernel, api.Caller(_OWNER), program, dict(arguments), cpu=kernel.cpu(program.model)
-        )
+        result = api.run(kernel, caller, program, dict(arguments), cpu=kernel.cpu(program.model))
     except LlmosError as exc:
         return _error(str(exc))
     except Exception as exc:  # a bug: still an answer, not a dead server

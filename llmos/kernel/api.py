@@ -40,8 +40,21 @@ caller's working directory; a program that cannot load is journalled as a failed
 `run` is the in-process foreground run: spawn, stream the output, and kill the process if the
 caller is interrupted.
 
-Invariants: a handler never trusts a field the model did not validate; the caller's identity
-(`Caller.owner`) comes from the front end, never from the payload.
+Invariants:
+- A handler never trusts a field the model did not validate; the caller's identity
+  (`Caller.owner`, `Caller.admin`) is established by the front end (`llmos.kernel.principals`:
+  the OS user, or the daemon's socket peer), never taken from the payload: no request model
+  has an `owner` field, so a payload that names one is refused.
+- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer) acts only on the
+  caller's own processes, or any process for an admin. Another owner's pid answers exactly like
+  a pid that does not exist (NoSuchProcessError, the same text), so not even its existence
+  leaks. `ps` and `top` show only the caller's processes and account (admins see all).
+- Memories, pages and shared segments are per owner in their stores; the caller's owner is the
+  one passed.
+
+Not covered: an admin acting on another owner's process is not audited here; the stores'
+files belong to the OS user who runs the kernel, so scoping holds between callers of the API,
+not against that OS user reading the files directly.
 
 What this module does not do: transport (sockets, stdio, HTTP live in `llmos.front`), or
 formatting for people (the command line does that).
@@ -58,8 +71,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmos import params
-from llmos.errors import AccessError, AdmissionError, InputError, LlmosError, RequestError
+from llmos.errors import AdmissionError, InputError, LlmosError, NoSuchProcessError, RequestError
 from llmos.hw.cpu.base import CPU
+from llmos.kernel import principals
 from llmos.kernel import program as program_mod
 from llmos.kernel.core import Kernel
 from llmos.kernel.inputs import parse_cli_inputs
@@ -71,10 +85,22 @@ from llmos.store.shm import SharedMemory
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking (established by the front end), and how to tell that they left."""
+    """Who is asking (established by the front end), whether they are an admin, and how to
+    tell that they left. An owner name that is not valid is refused (AccessError)."""
 
     owner: str
+    admin: bool = False
     gone: Callable[[], bool] = lambda: False
+
+    def __post_init__(self) -> None:
+        principals.owner_name(self.owner)
+
+    @classmethod
+    def of(cls, who: principals.Principal, gone: Callable[[], bool] | None = None) -> Caller:
+        return cls(who.owner, who.admin, gone or (lambda: False))
+
+    def may_act_on(self, owner: str) -> bool:
+        return self.admin or owner == self.owner
 
 
 class Request(BaseModel):
@@ -183,10 +209,12 @@ class Op:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def spawn_request(kernel: Kernel, req: SpawnRequest) -> tuple[Program, dict[str, Any]]:
+def spawn_request(
+    kernel: Kernel, caller: Caller, req: SpawnRequest
+) -> tuple[Program, dict[str, Any]]:
     """The program `req` names, loaded for the caller's working directory, and its inputs
     (`inputs`, then `key=value` pairs coerced to the input schema, then stdin as `input`).
-    A program or input that fails is journalled as a failed run, then raised."""
+    A program or input that fails is journalled as a failed run of the caller, then raised."""
     system = kernel.system
     ref = req.program
     cwd = Path(req.cwd) if req.cwd else Path.cwd()
@@ -203,7 +231,7 @@ def spawn_request(kernel: Kernel, req: SpawnRequest) -> tuple[Program, dict[str,
     try:
         program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
     except LlmosError as exc:
-        system.log_failure(ref, exc)
+        system.log_failure(ref, exc, owner=caller.owner)
         raise
     try:
         inputs = dict(req.inputs)
@@ -223,7 +251,7 @@ def with_stdin(inputs: dict[str, Any], stdin: str | None) -> dict[str, Any]:
 
 def spawn(kernel: Kernel, caller: Caller, req: SpawnRequest) -> Process:
     """Start the program `req` names as a process owned by the caller."""
-    program, inputs = spawn_request(kernel, req)
+    program, inputs = spawn_request(kernel, caller, req)
     try:
         return kernel.spawn(
             program,
@@ -236,7 +264,7 @@ def spawn(kernel: Kernel, caller: Caller, req: SpawnRequest) -> Process:
     except AdmissionError:
         raise
     except LlmosError as exc:
-        kernel.system.log_failure(program.name, exc, program_path=str(program.path))
+        kernel.system.log_failure(program.name, exc, str(program.path), caller.owner)
         raise
 
 
@@ -299,12 +327,23 @@ def _spawn_op(kernel: Kernel, caller: Caller, req: SpawnRequest) -> dict[str, An
     return {"pid": proc.pid, "process": proc.info()}
 
 
+def owned(kernel: Kernel, caller: Caller, pid: int) -> Process:
+    """Process `pid` if the caller may act on it; otherwise NoSuchProcessError worded exactly
+    as for a pid that does not exist."""
+    proc = kernel.table.get(pid)
+    if not caller.may_act_on(proc.owner):
+        raise NoSuchProcessError(f"no process with pid {pid}")
+    return proc
+
+
 def _ps(kernel: Kernel, caller: Caller, req: PsRequest) -> dict[str, Any]:
-    return {"processes": kernel.ps(include_exited=req.all)}
+    owner = None if caller.admin else caller.owner
+    return {"processes": kernel.ps(include_exited=req.all, owner=owner)}
 
 
 def _signal(action: str) -> Handler:
     def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+        owned(kernel, caller, req.pid)
         proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
         return {"process": proc.info()}
 
@@ -312,14 +351,14 @@ def _signal(action: str) -> Handler:
 
 
 def _renice(kernel: Kernel, caller: Caller, req: ReniceRequest) -> dict[str, Any]:
-    old = kernel.table.get(req.pid).priority
+    old = owned(kernel, caller, req.pid).priority
     proc = kernel.renice(req.pid, req.priority)
     return {"process": proc.info(), "old_priority": old}
 
 
 def _wait(kernel: Kernel, caller: Caller, req: WaitRequest) -> dict[str, Any] | None:
     """The process once it exits (or when the timeout passes); None if the caller left."""
-    proc = kernel.table.get(req.pid)
+    proc = owned(kernel, caller, req.pid)
     deadline = None if req.timeout is None else time.monotonic() + req.timeout
     timed_out = False
     while True:
@@ -337,18 +376,17 @@ def _wait(kernel: Kernel, caller: Caller, req: WaitRequest) -> dict[str, Any] | 
 
 
 def _follow(kernel: Kernel, caller: Caller, req: PidRequest) -> Iterator[dict[str, Any]]:
-    return follow_process(kernel.table.get(req.pid), caller)
+    return follow_process(owned(kernel, caller, req.pid), caller)
 
 
 def _answer(kernel: Kernel, caller: Caller, req: AnswerRequest) -> dict[str, Any]:
+    owned(kernel, caller, req.pid)
     return {"process": kernel.answer(req.pid, req.text).info()}
 
 
 def _decide(approve: bool) -> Handler:
     def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
-        proc = kernel.table.get(req.pid)
-        if proc.owner != caller.owner:
-            raise AccessError(f"process {req.pid} belongs to {proc.owner}, not {caller.owner}")
+        owned(kernel, caller, req.pid)  # another owner's process: as if it did not exist
         decide = kernel.approve if approve else kernel.deny
         return {"process": decide(req.pid, caller.owner).info()}
 
@@ -375,7 +413,13 @@ def _audit(kernel: Kernel, caller: Caller, req: AuditRequest) -> dict[str, Any]:
 
 
 def _top(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
-    return kernel.top()
+    """The kernel's snapshot; a caller who is not an admin sees only their own processes and
+    account (the CPUs' figures are shared)."""
+    snap = kernel.top()
+    if not caller.admin:
+        snap["processes"] = [p for p in snap["processes"] if p["owner"] == caller.owner]
+        snap["users"] = {o: u for o, u in snap["users"].items() if o == caller.owner}
+    return snap
 
 
 # --- memory and shared segments ------------------------------------------------------------------

@@ -104,10 +104,17 @@ class System:
             problems.extend(found)
         return programs
 
-    def log_failure(self, program: str, exc: LlmosError, program_path: str | None = None) -> None:
-        """Journal a run that failed before it could start (bad program, input or model)."""
+    def log_failure(
+        self,
+        program: str,
+        exc: LlmosError,
+        program_path: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        """Journal a run of `owner` that failed before it could start (bad program, input or
+        model)."""
         run_id = self.log.start_run(
-            program, "-", {}, [], program_path=program_path, pid=os.getpid()
+            program, "-", {}, [], program_path=program_path, pid=os.getpid(), owner=owner
         )
         self.log.finish_run(run_id, status="failed", error_kind=exc.kind, error=str(exc))
 

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import InputError, LlmosError, NoSuchProcessError, ProgramError
+from llmos.errors import AccessError, InputError, LlmosError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel import plugins
+from llmos.kernel import plugins, principals
 from llmos.kernel.boot import System
 from llmos.kernel.guard import Approvals, Guard
 from llmos.kernel.handles import Handles
@@ -371,10 +371,16 @@ class Kernel:
         return proc
 
     def user_root(self, owner: str) -> Path:
-        """The owner's private file namespace (what `fs` and `python` may touch)."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner) or "_"
-        root = self.system.home / params.USERS_DIR_NAME / safe / "files"
-        root.mkdir(parents=True, exist_ok=True)
+        """The owner's private file namespace (what `fs` and `python` may touch), created
+        owner-only. The owner name is used as it is once valid (`principals.owner_name`
+        refuses any other with AccessError), so two owners never share a namespace."""
+        root = self.system.home
+        for part in (params.USERS_DIR_NAME, principals.owner_name(owner), "files"):
+            root = root / part
+            with contextlib.suppress(FileExistsError):
+                root.mkdir(mode=params.PRIVATE_DIR_MODE)
+            if root.is_symlink() or not root.is_dir():
+                raise AccessError(f"{root} is not a directory; refusing it as a file namespace")
         return root
 
     @staticmethod
@@ -514,8 +520,10 @@ class Kernel:
         return None if pending is None else pending.text
 
     # --- observing -------------------------------------------------------------------------------
-    def ps(self, *, include_exited: bool = True) -> list[dict[str, Any]]:
-        return [self._info(p) for p in self.table.all(include_exited=include_exited)]
+    def ps(self, *, include_exited: bool = True, owner: str | None = None) -> list[dict[str, Any]]:
+        """The processes in the table (only `owner`'s when given)."""
+        procs = self.table.all(include_exited=include_exited)
+        return [self._info(p) for p in procs if owner is None or p.owner == owner]
 
     def _info(self, proc: Process) -> dict[str, Any]:
         """`Process.info()` plus the question the process is waiting on (None if none)."""

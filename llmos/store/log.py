@@ -24,6 +24,9 @@ Invariants:
 - Schema changes are named migrations (`MIGRATIONS`), each applied once, in order, in its own
   transaction. Append new ones; never edit an applied one.
 
+- Reads can be scoped to one owner (`list_runs`, `get_run`, `messages` take `owner`): the
+  filter is in the SQL, so another owner's runs are neither returned nor counted.
+
 What this module does not do: decide when a run starts or ends (the kernel calls it), repair a
 corrupt file, prune old runs, or tell a local pid from another machine's (`fail_stale_runs`
 assumes the processes that wrote the log ran here).
@@ -331,17 +334,23 @@ class Log:
             (run_id, row["program"], row["inputs"], prompt, row["response"] or "", error),
         )
 
-    def _resolve(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row | None:
-        """The row whose id is `run_id` or uniquely starts with it."""
-        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    def _resolve(
+        self, conn: sqlite3.Connection, run_id: str, owner: str | None = None
+    ) -> sqlite3.Row | None:
+        """The row whose id is `run_id` or uniquely starts with it (among `owner`'s runs only,
+        when given: another owner's run is never found, nor makes a prefix ambiguous)."""
+        mine, args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        row = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?{mine}", (run_id, *args)
+        ).fetchone()
         if row is not None:
             return row
         prefix = run_id.strip().lower()
         if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
             return None
         rows = conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
-            (prefix, prefix + "g"),  # 'g' sorts after every hex digit
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id >= ? AND id < ?{mine} ORDER BY id LIMIT 2",
+            (prefix, prefix + "g", *args),  # 'g' sorts after every hex digit
         ).fetchall()
         if len(rows) > 1:
             raise LogStoreError(f"run id prefix {run_id!r} is ambiguous: give more digits")
@@ -439,16 +448,18 @@ class Log:
             )
             self._index(conn, run_id)
 
-    def get_run(self, run_id: str) -> RunRecord | None:
-        """The run whose id is `run_id` or uniquely starts with it; None if there is none."""
+    def get_run(self, run_id: str, owner: str | None = None) -> RunRecord | None:
+        """The run whose id is `run_id` or uniquely starts with it (one of `owner`'s, when
+        given); None if there is none."""
         with self._db.transaction("get_run", write=False) as conn:
-            row = self._resolve(conn, run_id)
+            row = self._resolve(conn, run_id, owner)
         return RunRecord.from_row(row) if row is not None else None
 
-    def messages(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's prompt, root first, then its response (if it has one)."""
+    def messages(self, run_id: str, owner: str | None = None) -> list[dict[str, Any]]:
+        """The run's prompt, root first, then its response (if it has one); a run of another
+        owner than `owner` (when given) is not found."""
         with self._db.transaction("messages", write=False) as conn:
-            row = self._resolve(conn, run_id)
+            row = self._resolve(conn, run_id, owner)
             if row is None:
                 raise LogStoreError(f"{self.path}: no run {run_id}")
             chain = self._chain(conn, row["prompt_head"])
@@ -465,8 +476,10 @@ class Log:
         query: str | None = None,
         program: str | None = None,
         status: str | None = None,
+        owner: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first, or best match first for a full-text `query`; limit <= 0: all."""
+        """Runs newest first, or best match first for a full-text `query`; limit <= 0: all.
+        With `owner`, only that owner's runs (a run with no owner is nobody's: admins only)."""
         where: list[str] = []
         args: list[Any] = []
         match = _fts_query(query) if query else None
@@ -484,6 +497,9 @@ class Log:
         if status is not None:
             where.append("runs.status = ?")
             args.append(status)
+        if owner is not None:
+            where.append("runs.owner = ?")
+            args.append(owner)
         sql = f"SELECT {_RUN_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)

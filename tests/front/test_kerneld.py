@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -33,8 +34,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from conftest import run_llmos  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-OWNER = "kdtester"
-ENV = {"LOGNAME": OWNER, "USER": OWNER}
+OWNER = pwd.getpwuid(os.geteuid()).pw_name  # the kernel names the socket's peer by its uid
+ENV = {"LOGNAME": "kdtester", "USER": "kdtester"}  # what a client could claim: ignored
 NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
 PS_HEADER = "   PID  PPID OWNER      STATE        PRI  TOKENS              CTX  BUDGET PROGRAM"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import sys
 import time
 from collections.abc import Iterator
@@ -177,6 +178,6 @@ def test_a_tool_using_program_runs_with_its_devices(llmos_home: Path, no_orphans
     with Log.open(llmos_home / "logs.db") as log:
         (run,) = log.list_runs(program="arithmetic")
         record = log.get_run(run.id)
-    assert record.owner == "mcp" and record.status == "ok"
+    assert record.owner == pwd.getpwuid(os.geteuid()).pw_name and record.status == "ok"
     calls = [s for s in record.extra["steps"] if s["kind"] == "syscall"]
     assert calls and calls[0]["device"] == "calc" and calls[0]["ok"]

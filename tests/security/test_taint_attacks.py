@@ -27,7 +27,7 @@ from adversary import AdversarialCPU, inject
 from conftest import Effects, Listener
 
 from llmos import params
-from llmos.errors import AccessError, NoSuchProcessError
+from llmos.errors import NoSuchProcessError
 from llmos.hw.cpu.base import Chunk, GenRequest, Message
 from llmos.kernel import api
 from llmos.kernel.boot import boot
@@ -405,8 +405,9 @@ def test_attack_approval_for_a_process_that_is_not_waiting(
     cpu = AdversarialCPU([("fs", {"op": "write", "path": "x.txt", "content": "x"})])
     proc = kernel.spawn(program(tmp_path, "w", ["fs"]), {"input": "x"}, owner="alice", cpu=cpu)
     wait_for(lambda: proc.state == State.WAITING_APPROVAL)
-    # Someone else's approval is refused, and the call keeps waiting.
-    with pytest.raises(AccessError, match="belongs to alice"):
+    # Someone else's approval is refused (as if the process did not exist), and the call keeps
+    # waiting.
+    with pytest.raises(NoSuchProcessError, match=f"no process with pid {proc.pid}"):
         api.call(kernel, api.Caller("mallory"), "approve", {"pid": proc.pid})
     assert proc.state == State.WAITING_APPROVAL
     api.call(kernel, api.Caller("alice"), "deny", {"pid": proc.pid})

@@ -11,6 +11,10 @@ Invariants:
   symlink swapped in during the walk cannot redirect it (no check-then-use race).
 - Only regular files are read or written; devices, FIFOs and sockets are refused (a FIFO is
   opened non-blocking, so refusing it never hangs). Files over `FS_MAX_FILE_BYTES` are refused.
+- A file with more than one hard link is refused for reading and for writing: a link planted
+  in the namespace to a file outside it (someone else's, or a system file on the same
+  filesystem) is neither read nor written through. The count is checked on the opened fd.
+- What it creates is private: files 0600, folders 0700 (`params.PRIVATE_*_MODE`).
 - Writes are atomic: a temporary file in the same directory, fsync, then `os.replace`; a
   reader sees the old content or the new, never half.
 - Results are bounded: read output to `ctx.max_output_bytes`, list to `FS_MAX_LIST_ENTRIES`,
@@ -18,7 +22,10 @@ Invariants:
 
 What this module does not do: quotas on the total size of a namespace, file locking between
 concurrent writers (the last atomic replace wins), binary files (content is UTF-8 text; bad
-bytes read as U+FFFD), or deleting and renaming.
+bytes read as U+FFFD), or deleting and renaming. Not covered: hard links to files outside the
+namespace are refused where they are found, not prevented from being made (making one needs
+rights over the target; the `python` sandbox's own rules decide that). A write never goes
+through a link anyway: the atomic replace swaps the name, so the linked file keeps its content.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from llmos import params
 from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINKED = "refused: {path!r} has {n} hard links (a file linked from elsewhere is not used)"
 
 
 class FsError(Exception):
@@ -100,7 +108,7 @@ def open_dir(root: Path, parts: list[str], *, create: bool = False) -> Iterator[
             except FileNotFoundError:
                 if not create:
                     raise FsError(f"no such directory: {shown!r}") from None
-                os.mkdir(part, 0o755, dir_fd=fd)
+                os.mkdir(part, params.PRIVATE_DIR_MODE, dir_fd=fd)
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
@@ -143,6 +151,9 @@ def open_regular(root: Path, path: str, *, max_bytes: int | None = None) -> int:
     if not stat.S_ISREG(st.st_mode):  # swapped between lstat and open
         os.close(fd)
         raise FsError(f"refused: {path!r} is a {_describe(st.st_mode)}, not a regular file")
+    if st.st_nlink > 1:
+        os.close(fd)
+        raise FsError(_LINKED.format(path=path, n=st.st_nlink))
     if st.st_size > max_bytes:
         os.close(fd)
         raise FsError(f"refused: {path!r} is {st.st_size} bytes (limit {max_bytes})")
@@ -176,9 +187,11 @@ def atomic_write(root: Path, path: str, data: bytes, *, make_dirs: bool = True) 
             st = None
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise FsError(f"refused: {path!r} is a {_describe(st.st_mode)}, not a regular file")
+        if st is not None and st.st_nlink > 1:
+            raise FsError(_LINKED.format(path=path, n=st.st_nlink))
         tmp = f".{name}.tmp-{secrets.token_hex(6)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+        fd = os.open(tmp, flags, params.PRIVATE_FILE_MODE, dir_fd=dfd)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -136,6 +136,7 @@ class Kernel:
         within its owner's policy (`llmos.kernel.policy`): its budget, priority, devices and
         quotas are at most what the policy and, for a child, its parent allow.
         PolicyError/ProgramError/ModelError/AdmissionError if it cannot start."""
+        principals.owner_name(owner)  # AccessError for a name that is not a valid owner
         user = self.user_policy(owner)  # PolicyError: nothing runs
         inputs = dict(inputs or {})
         program = (

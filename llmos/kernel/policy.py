@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmos import params
 from llmos.errors import PolicyError
+from llmos.kernel import principals
 
 
 class Budget(BaseModel):
@@ -139,9 +140,9 @@ class _Contradiction(ValueError):
 
 
 def policy_path(home: Path, owner: str) -> Path:
-    """Where `owner`'s policy file lives (beside their file namespace)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner) or "_"
-    return home / params.USERS_DIR_NAME / safe / params.POLICY_FILE_NAME
+    """Where `owner`'s policy file lives (beside their file namespace); AccessError for a name
+    that is not a valid owner name (`principals.owner_name`: never mapped onto another's)."""
+    return home / params.USERS_DIR_NAME / principals.owner_name(owner) / params.POLICY_FILE_NAME
 
 
 _cache: dict[Path, tuple[tuple[int, int] | None, UserPolicy]] = {}

@@ -97,7 +97,7 @@ SWAP_DIR_NAME = "swap"  # <home>/swap holds KV states swapped to disk
 # Saved KV per token, for choosing RAM or disk before saving (SmolLM2-135M: 22.5 KiB, f16).
 KV_BYTES_PER_TOKEN_ESTIMATE = 23_040
 
-# --- Capabilities, quotas and the per-user policy file (see llmos.kernel.policy) ----------------
+# --- Capabilities, quotas and the per-user policy file (see llmos.kernel.security.policy) ---------
 POLICY_FILE_NAME = "policy.toml"  # <home>/users/<owner>/policy.toml
 POLICY_MAX_BYTES = 64 * 1024  # a longer policy file is refused
 # Defaults when the file (or a key) is absent; a policy may lower or raise each one.
@@ -328,7 +328,7 @@ PROC_DEVICE_POLL_S = 0.1  # how often a waiting call/ask checks whether its proc
 PROC_DEVICE_MARGIN_S = 5.0  # call/ask give up this long before the syscall layer would
 PROC_DEVICE_KILL_WAIT_S = PROC_DEVICE_POLL_S * 10  # a call waits this long for a child it killed
 
-# --- Taint, approvals and audit (llmos.kernel.guard, llmos.store.audit) ------------------------
+# --- Taint, approvals and audit (llmos.kernel.security.guard, llmos.store.audit) ------------------
 TAINT_ON_UNTRUSTED = "deny"  # an effectful syscall while untrusted text is in context: deny|approve
 APPROVAL_TIMEOUT_S = 300.0  # a call waiting for `llmos approve PID` is denied after this long
 APPROVAL_POLL_S = 0.1  # how often a call waiting for approval checks whether it was killed
@@ -339,7 +339,7 @@ AUDIT_LIST_DEFAULT = 50  # `llmos audit` shows this many records, newest last
 QUARANTINE_TIMEOUT_S = 300.0  # longest a quarantine child may run before it is killed
 QUARANTINE_MAX_CHARS = 200_000  # the most untrusted text one quarantine call hands its child
 
-# --- Principals (llmos.kernel.principals) --------------------------------------------------------
+# --- Principals (llmos.kernel.security.principals) ------------------------------------------------
 OWNER_NAME_MAX = 32  # an owner name is at most this long (the Linux useradd limit)
 OWNER_NAME_PATTERN = r"[a-z_][a-z0-9_.-]*"  # lower-case POSIX-like names; anything else refused
 ADMIN_OWNERS: tuple[str, ...] = ()  # owners (besides uid 0) who may act on every owner's processes

@@ -22,9 +22,9 @@ The kernel daemon (see `llmos.front.kerneld`); these talk to it over its socket:
     llmos approve PID    llmos deny PID    decide a syscall waiting for approval
     llmos audit [--pid P] [--device D] [--decision X] [-n N] [--verify] [--json]
 
-Who you are is the OS user (its uid's name, never $USER; `llmos.kernel.principals`): in-process
-commands take it from this process, the daemon from its socket. Processes, runs, memories and
-shared segments are all scoped to it.
+Who you are is the OS user (its uid's name, never $USER; see
+`llmos.kernel.security.principals`): in-process commands take it from this process, the daemon
+from its socket. Processes, runs, memories and shared segments are all scoped to it.
 
 Exit codes of `wait` and `logs -f`: 0 the process ended ok, 14 it was killed, ran out of
 budget or failed, 124 `wait --timeout` ran out; 13 there is no kernel to ask.
@@ -48,7 +48,8 @@ from llmos.errors import AuditError, InputError, KernelError, LlmosError
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
-from llmos.kernel import boot, principals
+from llmos.kernel import boot
+from llmos.kernel.security import principals
 from llmos.store.log import RunRecord
 
 

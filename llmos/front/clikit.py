@@ -64,8 +64,9 @@ def read_stdin() -> str | None:
 def local_call(op: str, **payload: Any) -> dict[str, Any]:
     """Operation `op` of the kernel's API in this process, as the OS user running llmos (for
     what needs no daemon: memory, shared segments, the audit trail)."""
-    from llmos.kernel import api, boot, principals  # the kernel only when a command runs
+    from llmos.kernel import api, boot  # the kernel only when a command runs
     from llmos.kernel.core import Kernel
+    from llmos.kernel.security import principals
 
     kernel = Kernel(boot.boot(open_log=False))
     try:

@@ -15,7 +15,7 @@ from its start, then live) and ends with `{"done": true, "exit_status": ..., "er
 One argument is the transport's, not the API's: for `spawn`, `stdin_file` (a large stdin the
 client left in <home>/spool, read and deleted). Who is asking is never an argument: the daemon
 takes the peer's uid from the socket (SO_PEERCRED) and its user name from the password database
-(`llmos.kernel.principals`); a request that names an `owner` is refused.
+(`llmos.kernel.security.principals`); a request that names an `owner` is refused.
 
     status    -> pid, uptime_s, policy, max_resident, max_processes, counts {state: n}, live,
                  exited, lost [..]
@@ -74,11 +74,12 @@ from llmos.front.kclient import (  # the protocol both sides share
     probe_status,
     read_pid,
 )
-from llmos.kernel import api, principals
+from llmos.kernel import api
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel.boot import System
 from llmos.kernel.core import Kernel
 from llmos.kernel.proc import State
+from llmos.kernel.security import principals
 from llmos.store.log import Log
 
 DAEMON_OPS = ("status", "shutdown")  # the daemon's own ops; the rest are the kernel API's

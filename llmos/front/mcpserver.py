@@ -10,8 +10,8 @@ Any MCP client (Claude Desktop, an IDE, another agent) can then run llmos progra
 - `tools/call`: runs the program as a process of this server's kernel, through the kernel's
   API (`llmos.kernel.api.run`), on its own CPU (loaded once per process), with its devices,
   paging, auto-recall, shared segments and budget, journalled in the log like any run, owned by
-  the OS user running `llmos mcp` (its uid's name, `llmos.kernel.principals`). The result is
-  the reply text; for JSON programs the JSON text, plus the parsed value as
+  the OS user running `llmos mcp` (its uid's name, `llmos.kernel.security.principals`). The result
+  is the reply text; for JSON programs the JSON text, plus the parsed value as
   `structuredContent` when it is an object.
 
 Invariants:
@@ -42,10 +42,11 @@ from mcp.server.stdio import stdio_server
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.kernel import api, principals
+from llmos.kernel import api
 from llmos.kernel.boot import System, boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.program import Program
+from llmos.kernel.security import principals
 
 DEFAULT_INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -42,9 +42,10 @@ caller is interrupted.
 
 Invariants:
 - A handler never trusts a field the model did not validate; the caller's identity
-  (`Caller.owner`, `Caller.admin`) is established by the front end (`llmos.kernel.principals`:
-  the OS user, or the daemon's socket peer), never taken from the payload: no request model
-  has an `owner` field, so a payload that names one is refused.
+  (`Caller.owner`, `Caller.admin`) is established by the front end
+  (`llmos.kernel.security.principals`: the OS user, or the daemon's socket peer), never taken
+  from the payload: no request model has an `owner` field, so a payload that names one is
+  refused.
 - Every operation on a pid (kill, stop, cont, renice, wait, follow, answer) acts only on the
   caller's own processes, or any process for an admin. Another owner's pid answers exactly like
   a pid that does not exist (NoSuchProcessError, the same text), so not even its existence
@@ -73,13 +74,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmos import params
 from llmos.errors import AdmissionError, InputError, LlmosError, NoSuchProcessError, RequestError
 from llmos.hw.cpu.base import CPU
-from llmos.kernel import principals
 from llmos.kernel import program as program_mod
 from llmos.kernel.core import Kernel
 from llmos.kernel.inputs import parse_cli_inputs
 from llmos.kernel.loop import RunResult
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
+from llmos.kernel.security import principals
 from llmos.store.shm import SharedMemory
 
 

@@ -13,7 +13,7 @@ told apart by their capabilities, never by class.
 Signals: `kill` (the process ends at its next token, its output so far kept and logged),
 `stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
 `renice` (a new priority, never above the parent's). `wait` blocks until exit. `approve` /
-`deny` decide the syscall a process waits on in `waiting_approval` (`llmos.kernel.guard`,
+`deny` decide the syscall a process waits on in `waiting_approval` (`llmos.kernel.security.guard`,
 which every syscall passes first and which writes the audit trail). `answer`
 resumes a process waiting on a question (the `ask` device); `off_cpu` gives a remote CPU's
 place back while a process waits on a child or a person (the `call` and `ask` devices).
@@ -42,20 +42,21 @@ from llmos import params
 from llmos.errors import AccessError, InputError, LlmosError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel import plugins, principals
+from llmos.kernel import plugins
 from llmos.kernel.boot import System
-from llmos.kernel.guard import Approvals, Guard
 from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
-from llmos.kernel.policy import UserPolicy, narrow_options, policy_for
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
-from llmos.kernel.quota import GuardedTable
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy
+from llmos.kernel.security import principals
+from llmos.kernel.security.guard import Approvals, Guard
+from llmos.kernel.security.policy import UserPolicy, narrow_options, policy_for
+from llmos.kernel.security.quota import GuardedTable
 from llmos.kernel.syscall import grants_for
 from llmos.store.audit import AuditLog
 from llmos.store.shm import SharedMemory
@@ -83,8 +84,8 @@ class Kernel:
         self._threads: dict[int, threading.Thread] = {}
         self._rates: dict[int, tuple[float, int]] = {}
         self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
-        self.approvals = Approvals()  # calls waiting for `approve`/`deny` (llmos.kernel.guard)
-        # Each owner's policy: the policy file (llmos.kernel.policy), read at every spawn.
+        self.approvals = Approvals()  # calls waiting for `approve`/`deny` (security.guard)
+        # Each owner's policy: the policy file (llmos.kernel.security.policy), read at every spawn.
         self.user_policy: Callable[[str], UserPolicy] = lambda owner: policy_for(
             self.system.home, owner
         )
@@ -133,8 +134,8 @@ class Kernel:
         on_trace: Trace | None = None,
     ) -> Process:
         """Start a process (on `cpu` if given, else the one `model` or the program names),
-        within its owner's policy (`llmos.kernel.policy`): its budget, priority, devices and
-        quotas are at most what the policy and, for a child, its parent allow.
+        within its owner's policy (`llmos.kernel.security.policy`): its budget, priority, devices
+        and quotas are at most what the policy and, for a child, its parent allow.
         PolicyError/ProgramError/ModelError/AdmissionError if it cannot start."""
         principals.owner_name(owner)  # AccessError for a name that is not a valid owner
         user = self.user_policy(owner)  # PolicyError: nothing runs
@@ -319,7 +320,7 @@ class Kernel:
             guard=self._guard(proc),
         )
 
-    # --- the syscall guard, approvals and the audit trail (llmos.kernel.guard) ------------------
+    # --- the syscall guard, approvals and the audit trail (llmos.kernel.security.guard) -----------
     def _guard(self, proc: Process) -> Guard:
         def segment(name: str) -> Any:
             """The segment `name` as the owner sees it (None if missing or unreadable)."""

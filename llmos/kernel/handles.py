@@ -50,9 +50,9 @@ from llmos.store.shm import SharedMemory
 
 if TYPE_CHECKING:
     from llmos.kernel.mm.paging import Pager
-    from llmos.kernel.policy import UserPolicy
     from llmos.kernel.proc import Process, ProcessTable
     from llmos.kernel.program import Program
+    from llmos.kernel.security.policy import UserPolicy
 
 
 class _Programs(Protocol):

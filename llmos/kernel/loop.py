@@ -15,7 +15,7 @@ and page in memories and shared segments), then steps:
    on the embedded CPU, `response_format` elsewhere).
 3. trap: `trap.classify` sorts the reply: text (the answer), a syscall, or a malformed call (the
    model is told what was wrong and the loop goes on).
-4. syscall: the process's guard (`llmos.kernel.guard`) decides and audits it first (it may
+4. syscall: the process's guard (`llmos.kernel.security.guard`) decides and audits it first (it may
    wait for approval); then `SyscallTable.dispatch` runs it (the process is blocked
    meanwhile); its result, or a clear error, is appended as a `tool` message (a `syscall`
    segment, labelled trusted or untrusted by where its text came from) and the loop goes on.
@@ -58,10 +58,10 @@ from llmos.errors import ContextOverflowError, LlmosError, OutputError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
-from llmos.kernel.guard import Guard, arguments, result_label
 from llmos.kernel.mm.context import TRUSTED, Context
 from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
+from llmos.kernel.security.guard import Guard, arguments, result_label
 from llmos.kernel.syscall import SyscallResult, SyscallTable
 from llmos.kernel.trap import Trapped, classify
 from llmos.store.log import Log
@@ -119,7 +119,7 @@ class Devices:
     ctx: CallContext
     options: dict[str, Any] = field(default_factory=dict)
     on_syscall: Callable[[bool], None] | None = None  # True as a call starts, False as it ends
-    guard: Guard | None = None  # decides and audits every call first (llmos.kernel.guard)
+    guard: Guard | None = None  # decides and audits every call first (llmos.kernel.security.guard)
 
 
 def run_process(

@@ -19,7 +19,7 @@ Invariants:
 What this does not cover: someone who can write `audit.db` can rewrite the whole chain from
 the record they change onwards, or drop the newest records; the chain has no anchor outside
 the file (an external witness, a signature, an append-only medium would add one). The file is
-owner-only (0600) like every store. It does not decide anything (see `llmos.kernel.guard`).
+owner-only (0600) like every store. It does not decide anything (see `llmos.kernel.security.guard`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,14 @@ import pytest
 
 from llmos import params
 from llmos.errors import PolicyError
-from llmos.kernel.policy import UserPolicy, key_line, narrow_options, policy_for, policy_path
 from llmos.kernel.sched.policy import Account, Entity
+from llmos.kernel.security.policy import (
+    UserPolicy,
+    key_line,
+    narrow_options,
+    policy_for,
+    policy_path,
+)
 
 
 def test_no_file_means_the_defaults(tmp_path: Path) -> None:

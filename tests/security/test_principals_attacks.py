@@ -30,11 +30,12 @@ import pytest
 from llmos import params
 from llmos.errors import AccessError, NoSuchProcessError, RequestError
 from llmos.front import kclient, kerneld
-from llmos.kernel import api, principals
+from llmos.kernel import api
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel.boot import System, boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.proc import Process
+from llmos.kernel.security import principals
 from llmos.store.log import Log
 
 try:

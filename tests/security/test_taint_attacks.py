@@ -33,8 +33,8 @@ from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
 from llmos.kernel.mm.context import Context
-from llmos.kernel.policy import UserPolicy
 from llmos.kernel.proc import Process, State
+from llmos.kernel.security.policy import UserPolicy
 from llmos.store.shm import SharedMemory
 
 SHORT = 0.5  # an approval timeout for tests

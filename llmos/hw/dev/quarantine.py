@@ -6,8 +6,8 @@ A privileged process (one whose context is still trusted, so it may act) names a
 file in its namespace instead of reading it. The kernel starts a child with **no devices**
 (`ProcHandle.quarantine`) whose only input is that file's text and whose only output is JSON
 for `schema`; the child's answer is validated again here, and the parent gets `{value}`, which
-the kernel labels `trusted-data` (`llmos.kernel.guard`): values to act on, never instructions,
-so the parent stays untainted.
+the kernel labels `trusted-data` (`llmos.kernel.security.guard`): values to act on, never
+instructions, so the parent stays untainted.
 
 `schema` must leave no room for free text: the root is an object; every object has
 `additionalProperties: false`; every string has an `enum`, a `const` or an anchored `pattern`

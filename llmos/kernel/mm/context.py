@@ -28,7 +28,8 @@ data the program may act on, never instructions), or `untrusted` (file contents,
 results, recalled memories, shared segments, pages, a child's output). A segment with no label
 is untrusted. The context is `tainted` once any untrusted segment is in it, resident or paged
 out (the model has read it), and stays so; `sources()` names where the untrusted text came from
-(`fs:notes.txt`, `shm:team`, `memory`...), for the secret-flow check of `llmos.kernel.guard`.
+(`fs:notes.txt`, `shm:team`, `memory`...), for the secret-flow check of
+`llmos.kernel.security.guard`.
 
 Invariants:
 - Untrusted text never takes the system role: `append`/`insert_after_program` turn an
@@ -41,9 +42,10 @@ Invariants:
 - `used` is the exact token count of the last rendering measured by `measure`.
 
 What this module does not do: decide what to page out, or write pages (see
-`llmos.kernel.mm.paging`); decide what a tainted process may do (`llmos.kernel.guard`). A label
-is where text came from, not what it says: the model's later turns are labelled by the context
-they were written in, and text the user pasted into their own input is trusted.
+`llmos.kernel.mm.paging`); decide what a tainted process may do (see
+`llmos.kernel.security.guard`). A label is where text came from, not what it says: the model's
+later turns are labelled by the context they were written in, and text the user pasted into
+their own input is trusted.
 """
 
 from __future__ import annotations

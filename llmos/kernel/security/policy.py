@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmos import params
 from llmos.errors import PolicyError
-from llmos.kernel import principals
+from llmos.kernel.security import principals
 
 
 class Budget(BaseModel):

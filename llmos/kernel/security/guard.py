@@ -36,10 +36,11 @@ model's reasoning, so a tainted process's read-only calls still run and its fina
 carry injected text to whoever reads it; a secret is known by where it was read (`fs:` paths as
 written, not resolved through links), not by its content, so a secret the user pasted into
 their input is not tracked; `python` and `shell` count as effectful but not as external sinks
-(their sandbox has no network). The policy is the owner's policy file (`llmos.kernel.policy`:
-`approve`, `secret`, `on_taint`, `approval_timeout_s`). A child started by `call` trusts its
-inputs: a tainted parent's `call` is effectful (denied or approved as above) and never carries
-a secret, but an approved call hands the child text it will not know was untrusted.
+(their sandbox has no network). The policy is the owner's policy file
+(`llmos.kernel.security.policy`: `approve`, `secret`, `on_taint`, `approval_timeout_s`). A child
+started by `call` trusts its inputs: a tainted parent's `call` is effectful (denied or approved
+as above) and never carries a secret, but an approved call hands the child text it will not know
+was untrusted.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from llmos.errors import LlmosError, NoSuchProcessError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.dev.fs import split_path
 from llmos.kernel.mm.context import TRUSTED, TRUSTED_DATA, UNTRUSTED, Context
-from llmos.kernel.policy import UserPolicy
 from llmos.kernel.proc import Process, State
+from llmos.kernel.security.policy import UserPolicy
 from llmos.store.audit import AuditLog
 
 # Built-in devices that change nothing outside the process (their results may still be

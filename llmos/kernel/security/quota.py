@@ -1,7 +1,7 @@
 """Per-process quotas on syscalls: how many, for how long, and what `fs` may write.
 
 `GuardedTable` is the syscall table as one process sees it: before each call it checks the
-process's quotas (from its owner's policy, `llmos.kernel.policy`), and after a successful
+process's quotas (from its owner's policy, `llmos.kernel.security.policy`), and after a successful
 `fs` write it counts what was written. Over a quota, the call is refused with an error result
 the model reads (like any refused syscall); past its wall time the process is also killed.
 
@@ -32,8 +32,8 @@ from typing import Any
 from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.dev.base import CallContext, Device
 from llmos.hw.dev.fs import FsError, split_path
-from llmos.kernel.policy import Quota
 from llmos.kernel.sched.policy import Entity
+from llmos.kernel.security.policy import Quota
 from llmos.kernel.syscall import SyscallResult, SyscallTable
 
 

@@ -32,7 +32,7 @@ from adversary import AdversarialCPU, inject
 from conftest import Effects, Listener
 
 from llmos import params
-from llmos.hw.dev import python as sandbox
+from llmos.hw.dev import sandbox
 from llmos.hw.dev.base import CallContext
 from llmos.hw.dev.python import PythonDevice
 from llmos.hw.dev.shell import ShellDevice

@@ -15,7 +15,7 @@ Invariants:
   be relative, without `..` or `~`, so it stays inside the run's directory. find's actions
   that run programs, delete or write files (-exec, -execdir, -ok, -okdir, -delete, -fprint*,
   -fls) are refused.
-- The same launcher, limits and working directory as `python` (`llmos.hw.dev.python`): the
+- The same launcher, limits and working directory as `python` (`llmos.hw.dev.sandbox`): the
   bwrap sandbox with its fresh uid, namespaces, seccomp filter and rlimits; refused with one
   line when that sandbox cannot be set up.
 
@@ -34,7 +34,7 @@ from typing import Any
 from llmos import params
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.hw.dev.fs import FsError
-from llmos.hw.dev.python import Limits, SandboxUnavailable, run_sandboxed, workspace
+from llmos.hw.dev.sandbox import Limits, SandboxUnavailable, run_sandboxed, workspace
 
 _SHELL_CHARS = ("|", "&", ";", ">", "<", "`", "$(")
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from llmos import params
-from llmos.hw.dev import python as sandbox
+from llmos.hw.dev import sandbox
 from llmos.hw.dev.base import CallContext, DeviceResult
-from llmos.hw.dev.python import Limits, PythonDevice, run_sandboxed, session_processes
+from llmos.hw.dev.python import PythonDevice
+from llmos.hw.dev.sandbox import Limits, run_sandboxed, session_processes
 
 
 def run(code: str, root: Path | None = None, **options: Any) -> DeviceResult:

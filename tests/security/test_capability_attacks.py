@@ -419,9 +419,9 @@ def test_utility_call_from_a_policy_call_path(home: Path, kernel: Kernel, tmp_pa
     )
     set_policy(home, f'call_paths = ["{team}"]\n')
     install(home, "parent", ["call", "clock"])
-    cpu = AdversarialCPU(
-        [("call", {"program": "helper"}), ("call", {"program": str(team / "helper.prompt")})]
-    )
-    run(kernel, cpu, "parent")
+    # By name (found in call_paths) and by its path there; one call per process, since a
+    # child's output is untrusted and a second effectful call after it would be refused.
+    for ref in ("helper", str(team / "helper.prompt")):
+        run(kernel, AdversarialCPU([("call", {"program": ref})]), "parent")
     helpers = [p for p in kernel.table.all() if p.program == "helper"]
     assert [p.exit_status for p in helpers] == ["ok", "ok"]

@@ -264,7 +264,9 @@ def test_memory_survives_a_kernel_restart(home: Path, tmp_path: Path) -> None:
     proc.wait(30)
     assert proc.exit_status == "ok", proc.error
     first = cpu2.requests[0].messages
-    assert any(m["role"] == "system" and FACTS[0] in str(m["content"]) for m in first)
+    # Recalled text is data, never instructions: it enters as fenced user-role text.
+    assert any(m["role"] == "user" and FACTS[0] in str(m["content"]) for m in first)
+    assert not any(FACTS[0] in str(m["content"]) for m in first if m["role"] == "system")
     tool = next(m for m in cpu2.requests[1].messages if m["role"] == "tool")
     assert FACTS[0] in str(tool["content"])
     segs = proc.context.accounting()["by_kind"]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from llmos.errors import LlmosError
+from llmos.kernel.plugins import sched_policy
 from llmos.kernel.sched import policy as sched
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import (
@@ -25,7 +26,6 @@ from llmos.kernel.sched.policy import (
     FairShare,
     PriorityAging,
     RoundRobin,
-    make_policy,
 )
 
 
@@ -467,19 +467,19 @@ def test_gate_drains_many_waiters_without_a_thundering_herd() -> None:
     assert policy.calls <= 4 * n, (policy.calls, policy.ranked)
 
 
-# --- make_policy -----------------------------------------------------------------------------
+# --- policies by name (through the plugin registry, built-ins included) ----------------------
 
 
 @pytest.mark.parametrize(
     ("name", "cls"),
     [("fifo", FIFO), ("rr", RoundRobin), ("priority", PriorityAging), ("fair", FairShare)],
 )
-def test_make_policy_builds_each_policy(name: str, cls: type) -> None:
-    policy = make_policy(name)
+def test_each_policy_by_name(name: str, cls: type) -> None:
+    policy = sched_policy(name)
     assert isinstance(policy, cls)
     assert policy.name == name
 
 
-def test_make_policy_rejects_an_unknown_name() -> None:
+def test_an_unknown_policy_name_is_refused() -> None:
     with pytest.raises(LlmosError, match="unknown scheduling policy 'lottery'"):
-        make_policy("lottery")
+        sched_policy("lottery")

@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmos import params
-from llmos.errors import LlmosError
 
 _arrivals = itertools.count()
 _charging = threading.Lock()  # one charge at a time walks the ancestors and the account
@@ -275,11 +274,3 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "priority": PriorityAging,
     "fair": FairShare,
 }
-
-
-def make_policy(name: str) -> Policy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        known = ", ".join(POLICIES)
-        raise LlmosError(f"unknown scheduling policy '{name}': use one of {known}") from None

@@ -122,6 +122,14 @@ class QuotaError(LlmosError):
     kind = "quota"
 
 
+class AuthError(LlmosError):
+    """A token that is missing, unknown or revoked, or a user-store operation that cannot be
+    done (a user that does not exist, or one that already does)."""
+
+    exit_code = 20
+    kind = "auth"
+
+
 class RequestError(LlmosError):
     """A request the kernel's API cannot take (bad JSON, unknown op, a bad argument)."""
 
@@ -153,6 +161,7 @@ EXIT_CODES: dict[str, int] = {
         AuditError,
         PolicyError,
         QuotaError,
+        AuthError,
         RequestError,
     )
 }

@@ -16,7 +16,9 @@ ENV_OPENAI_API_KEY = "LLMOS_OPENAI_API_KEY"  # falls back to OPENAI_API_KEY
 APP_NAME = "llmos"
 LOG_DB_NAME = "logs.db"
 CONFIG_FILE_NAME = "config.json"
-PROGRAMS_DIR_NAME = "programs"  # <home>/programs holds installed programs
+PROGRAMS_DIR_NAME = "programs"  # <home>/programs holds installed programs (a user's own: below)
+PROGRAM_NAME_MAX = 64  # an installed program's name is at most this long
+PROGRAM_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # and looks like this (no paths)
 USERS_DIR_NAME = "users"  # <home>/users/<owner>/files is each user's file namespace
 SKILLS_DIR = ".agents/skills"  # project-level Agent Skills, relative to the working directory
 
@@ -345,3 +347,15 @@ OWNER_NAME_PATTERN = r"[a-z_][a-z0-9_.-]*"  # lower-case POSIX-like names; anyth
 ADMIN_OWNERS: tuple[str, ...] = ()  # owners (besides uid 0) who may act on every owner's processes
 PRIVATE_FILE_MODE = 0o600  # databases, spool files, kernel.log, kernel.pid, namespace files
 PRIVATE_DIR_MODE = 0o700  # the home, the spool, each user's namespace and its folders
+
+# --- The network service (llmos.front.serve, llmos.store.users) -----------------------------------
+SERVE_HOST = "127.0.0.1"  # `llmos serve` binds loopback unless told otherwise
+SERVE_PORT = 8741  # its default port
+USERS_DB_NAME = "users.db"  # <home>/users.db: service users and their hashed tokens
+USERS_BUSY_TIMEOUT_S = 10.0  # how long a users.db write waits for another writer
+TOKEN_PREFIX = "llmos_"  # every token starts with this (so a leaked one is recognisable)
+TOKEN_BYTES = 32  # random bytes in a token (then url-safe base64)
+SERVE_MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body larger than this is refused (413)
+SERVE_THREADS = 512  # worker threads for blocking kernel calls and streams (one per open stream)
+SERVE_DRAIN_S = 30.0  # SIGTERM: how long open streams may finish before the kernel stops
+SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)

@@ -47,6 +47,7 @@ from llmos import config, params
 from llmos.errors import AuditError, InputError, KernelError, LlmosError
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
+from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.kernel import boot
 from llmos.kernel.security import principals
@@ -61,6 +62,8 @@ def cli() -> None:
 
 cli.add_command(memory)
 cli.add_command(shm)
+cli.add_command(serve)
+cli.add_command(user)
 
 
 @cli.command()

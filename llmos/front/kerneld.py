@@ -296,7 +296,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
     }
 
 
-def _lock_pid_file(path: Path) -> int:
+def lock_pid_file(path: Path) -> int:
     """Open and lock the pid file; KernelError if a live daemon holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, params.PRIVATE_FILE_MODE)
     try:
@@ -357,7 +357,7 @@ def serve(
     probe = probe_status(paths.socket)
     if probe is not None:
         raise KernelError(f"kernel already running (pid {probe.get('pid', '?')})")
-    lock_fd = _lock_pid_file(paths.pid)
+    lock_fd = lock_pid_file(paths.pid)
     server: _Server | None = None
     daemon: Daemon | None = None
     log: Log | None = None

@@ -12,7 +12,15 @@ when the caller's `gone()` says the client went away.
     op                  request                                    reply
     spawn               program, cwd, inputs, input_pairs, stdin,  pid, process
                         model, priority, budget
+    exec                program (an installed name), inputs,       pid, process
+                        stdin, model, priority, budget
+    programs.list       -                                          programs (the caller's own
+                                                                   and the system's)
+    programs.show       name                                       program (with its source)
+    programs.install    name, source, format, system               program
+    programs.remove     name, system                               removed
     ps                  all                                        processes
+    get                 pid                                        process, question
     kill|stop|cont      pid                                        process
     renice              pid, priority                              process, old_priority
     wait                pid, timeout                               process, text, timed_out
@@ -37,6 +45,9 @@ when the caller's `gone()` says the client went away.
 `spawn_request` is the one function that turns a program reference, inputs and stdin into a
 loaded program and its inputs, for every front end (the reference is resolved against the
 caller's working directory; a program that cannot load is journalled as a failed run).
+`exec` is the network's spawn: the program is a bare name looked up among the caller's own
+installed programs (`<home>/users/<owner>/programs`), then the system's (`<home>/programs`);
+never a path, a working directory or a model file, since the caller is not on this machine.
 `run` is the in-process foreground run: spawn, stream the output, and kill the process if the
 caller is interrupted.
 
@@ -63,6 +74,10 @@ formatting for people (the command line does that).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -72,7 +87,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmos import params
-from llmos.errors import AdmissionError, InputError, LlmosError, NoSuchProcessError, RequestError
+from llmos.errors import (
+    AccessError,
+    AdmissionError,
+    InputError,
+    LlmosError,
+    NoSuchProcessError,
+    ProgramError,
+    RequestError,
+)
 from llmos.hw.cpu.base import CPU
 from llmos.kernel import program as program_mod
 from llmos.kernel.core import Kernel
@@ -82,6 +105,8 @@ from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
 from llmos.kernel.security import principals
 from llmos.store.shm import SharedMemory
+
+_PROGRAM_NAME = re.compile(params.PROGRAM_NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,31 @@ class SpawnRequest(Request):
     model: str | None = None
     priority: int | None = None
     budget: int | None = Field(default=None, ge=0)
+
+
+class ExecRequest(Request):
+    program: str = Field(min_length=1, max_length=params.PROGRAM_NAME_MAX)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    stdin: str | None = None
+    model: str | None = None
+    priority: int | None = None
+    budget: int | None = Field(default=None, ge=0)
+
+
+class ProgramNameRequest(Request):
+    name: str = Field(min_length=1, max_length=params.PROGRAM_NAME_MAX)
+
+
+class InstallRequest(Request):
+    name: str = Field(min_length=1, max_length=params.PROGRAM_NAME_MAX)
+    source: str = Field(min_length=1, max_length=params.PROGRAM_MAX_BYTES)
+    format: str = Field(default="prompt", pattern=r"^(prompt|md)$")
+    system: bool = False
+
+
+class RemoveRequest(Request):
+    name: str = Field(min_length=1, max_length=params.PROGRAM_NAME_MAX)
+    system: bool = False
 
 
 class PidRequest(Request):
@@ -302,15 +352,18 @@ def run(
     return result
 
 
-def follow_process(proc: Process, caller: Caller) -> Iterator[dict[str, Any]]:
-    """The process's one output stream, as events: its text from the start, then live; the
-    last event says how it ended. Ends early (without that event) if the caller is gone."""
-    seen = 0
+def follow_process(proc: Process, caller: Caller, start: int = 0) -> Iterator[dict[str, Any]]:
+    """The process's one output stream, as events: its text from piece `start` on (0: from
+    the beginning), then live; each text event carries `next`, the number of pieces read
+    through it (where a follower that lost the stream starts again, so nothing is missed or
+    repeated). The last event says how it ended. Ends early (without that event) if the
+    caller is gone."""
+    seen = max(0, start)
     while True:
         fresh, alive = proc.read_output(seen, params.KERNEL_POLL_S)
         seen += len(fresh)
         if fresh:
-            yield {"text": "".join(fresh)}
+            yield {"text": "".join(fresh), "next": seen}
         if not alive:
             yield {
                 "done": True,
@@ -321,6 +374,136 @@ def follow_process(proc: Process, caller: Caller) -> Iterator[dict[str, Any]]:
             return
         if not fresh and caller.gone():
             return
+
+
+# --- installed programs (the network's programs) -------------------------------------------------
+
+
+def program_dirs(kernel: Kernel, owner: str) -> list[Path]:
+    """Where `owner`'s bare program names are looked up: their own, then the system's."""
+    home = kernel.system.home
+    own = home / params.USERS_DIR_NAME / principals.owner_name(owner) / params.PROGRAMS_DIR_NAME
+    return [own, home / params.PROGRAMS_DIR_NAME]
+
+
+def _check_program_name(name: str) -> str:
+    if not _PROGRAM_NAME.fullmatch(name):
+        raise InputError(
+            f"invalid program name {name!r}: use letters, digits, '_', '.', '-' "
+            f"(starting with a letter or digit), at most {params.PROGRAM_NAME_MAX} characters"
+        )
+    return name
+
+
+def installed(kernel: Kernel, caller: Caller, name: str) -> Program:
+    """The installed program `name` the caller sees (their own first); ProgramError naming
+    no file of the server if there is none."""
+    _check_program_name(name)
+    for directory in program_dirs(kernel, caller.owner):
+        for candidate in program_mod.candidates(directory, name):
+            if candidate.is_file() and not candidate.is_symlink():
+                return program_mod.load(candidate)
+    raise ProgramError(f"no installed program named {name!r}")
+
+
+def _check_model(model: str | None) -> None:
+    """A model a remote caller names is a CPU, never a file of this machine."""
+    if model is not None and (
+        model.endswith(".gguf") or model.startswith(("/", ".", "~")) or "\\" in model
+    ):
+        raise InputError(f"model {model!r} is not one this service offers (see /v1/models)")
+
+
+def _exec(kernel: Kernel, caller: Caller, req: ExecRequest) -> dict[str, Any]:
+    _check_model(req.model)
+    program = installed(kernel, caller, req.program)
+    _check_model(program.model)
+    proc = kernel.spawn(
+        program,
+        with_stdin(dict(req.inputs), req.stdin),
+        owner=caller.owner,
+        model=req.model,
+        priority=req.priority,
+        budget=req.budget,
+    )
+    return {"pid": proc.pid, "process": proc.info()}
+
+
+def _program_info(program: Program, scope: str) -> dict[str, Any]:
+    return {
+        "name": program.name,
+        "description": program.description,
+        "kind": program.kind,
+        "scope": scope,
+        "model": program.model,
+        "tools": list(program.tools),
+        "input_schema": program.input_schema,
+        "output_format": program.output_format,
+        "output_schema": program.output_schema,
+    }
+
+
+def _programs_list(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
+    own, system = program_dirs(kernel, caller.owner)
+    seen: set[str] = set()
+    rows = []
+    for directory, scope in ((own, "user"), (system, "system")):
+        for program in program_mod.discover([directory]):
+            if program.name in seen:
+                continue  # the caller's own one shadows the system's
+            seen.add(program.name)
+            rows.append(_program_info(program, scope))
+    return {"programs": rows}
+
+
+def _programs_show(kernel: Kernel, caller: Caller, req: ProgramNameRequest) -> dict[str, Any]:
+    program = installed(kernel, caller, req.name)
+    own = program_dirs(kernel, caller.owner)[0]
+    scope = "user" if own in program.path.parents else "system"
+    return {"program": {**_program_info(program, scope), "source": program.source}}
+
+
+def _program_dir(kernel: Kernel, caller: Caller, system: bool, create: bool) -> Path:
+    if system and not caller.admin:
+        raise AccessError("only an admin may change the system's programs")
+    directory = program_dirs(kernel, caller.owner)[1 if system else 0]
+    if create:
+        for parent in reversed([directory, *directory.parents]):
+            if not parent.exists():
+                parent.mkdir(mode=params.PRIVATE_DIR_MODE)
+    return directory
+
+
+def _programs_install(kernel: Kernel, caller: Caller, req: InstallRequest) -> dict[str, Any]:
+    name = _check_program_name(req.name)
+    directory = _program_dir(kernel, caller, req.system, create=True)
+    target = directory / f"{name}.{req.format}"
+    for other in program_mod.candidates(directory, name):
+        if other != target and other.exists():
+            raise InputError(f"program {name!r} is installed as another kind; remove it first")
+    staging = directory / f".{name}.{secrets.token_hex(4)}.{req.format}"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, params.PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(req.source)
+        program = program_mod.load(staging)  # it must load before it is installed
+        _check_model(program.model)
+        os.replace(staging, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        raise
+    return {"program": _program_info(program_mod.load(target), "system" if req.system else "user")}
+
+
+def _programs_remove(kernel: Kernel, caller: Caller, req: RemoveRequest) -> dict[str, Any]:
+    name = _check_program_name(req.name)
+    directory = _program_dir(kernel, caller, req.system, create=False)
+    for candidate in program_mod.candidates(directory, name):
+        if candidate.is_file():
+            candidate.unlink()
+            return {"removed": name}
+    raise ProgramError(f"no installed program named {name!r}")
 
 
 def _spawn_op(kernel: Kernel, caller: Caller, req: SpawnRequest) -> dict[str, Any]:
@@ -335,6 +518,11 @@ def owned(kernel: Kernel, caller: Caller, pid: int) -> Process:
     if not caller.may_act_on(proc.owner):
         raise NoSuchProcessError(f"no process with pid {pid}")
     return proc
+
+
+def _get(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+    proc = owned(kernel, caller, req.pid)
+    return {"process": proc.info(), "question": kernel.question(req.pid)}
 
 
 def _ps(kernel: Kernel, caller: Caller, req: PsRequest) -> dict[str, Any]:
@@ -492,7 +680,13 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("spawn", SpawnRequest, _spawn_op),
+        Op("exec", ExecRequest, _exec),
+        Op("programs.list", Empty, _programs_list),
+        Op("programs.show", ProgramNameRequest, _programs_show),
+        Op("programs.install", InstallRequest, _programs_install),
+        Op("programs.remove", RemoveRequest, _programs_remove),
         Op("ps", PsRequest, _ps),
+        Op("get", PidRequest, _get),
         Op("kill", PidRequest, _signal("kill")),
         Op("stop", PidRequest, _signal("stop")),
         Op("cont", PidRequest, _signal("cont")),
@@ -548,6 +742,8 @@ _EXPECTED = {
     "greater_than_equal": "must not be negative",
     "less_than_equal": "is too large",
     "too_short": "must not be empty",
+    "string_too_long": "is too long",
+    "string_pattern_mismatch": "is not one of the allowed values",
     "string_too_short": "must not be empty",
 }
 

@@ -187,7 +187,7 @@ def load(path_or_name: str | Path, search_dirs: list[Path] | None = None) -> Pro
     name = path_or_name
     tried: list[str] = []
     for directory in search_dirs or []:
-        for candidate in _candidates(directory, name):
+        for candidate in candidates(directory, name):
             tried.append(str(candidate))
             if candidate.is_file():
                 return _load_path(candidate)
@@ -214,7 +214,7 @@ def discover(dirs: list[Path], problems: list[ProgramError] | None = None) -> li
         for name in names:
             if name in found:
                 continue
-            for candidate in _candidates(directory, name):
+            for candidate in candidates(directory, name):
                 if not candidate.is_file():
                     continue
                 try:
@@ -241,7 +241,7 @@ def _looks_like_path(arg: str) -> bool:
     return path.is_file() or (path / params.SKILL_FILE).is_file()
 
 
-def _candidates(directory: Path, name: str) -> list[Path]:
+def candidates(directory: Path, name: str) -> list[Path]:
     return [directory / f"{name}{suffix}" for suffix in params.PROGRAM_SUFFIXES] + [
         directory / name / params.SKILL_FILE
     ]

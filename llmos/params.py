@@ -351,6 +351,7 @@ PRIVATE_DIR_MODE = 0o700  # the home, the spool, each user's namespace and its f
 # --- The network service (llmos.front.serve, llmos.store.users) -----------------------------------
 SERVE_HOST = "127.0.0.1"  # `llmos serve` binds loopback unless told otherwise
 SERVE_PORT = 8741  # its default port
+SERVE_SCHED_POLICY = "fair"  # many users share the service: fair share across owners
 USERS_DB_NAME = "users.db"  # <home>/users.db: service users and their hashed tokens
 USERS_BUSY_TIMEOUT_S = 10.0  # how long a users.db write waits for another writer
 TOKEN_PREFIX = "llmos_"  # every token starts with this (so a leaked one is recognisable)

@@ -34,7 +34,12 @@ def _users():  # type: ignore[no-untyped-def]
 @click.command()
 @click.option("--host", default=params.SERVE_HOST, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=params.SERVE_PORT, show_default=True)
-@click.option("--policy", default=params.SCHED_POLICY, show_default=True)
+@click.option(
+    "--policy",
+    default=params.SERVE_SCHED_POLICY,
+    show_default=True,
+    help="Scheduling policy (fair: each user gets the same share).",
+)
 @click.option("--max-resident", type=click.IntRange(1), default=params.MAX_RESIDENT)
 @click.option("--max-processes", type=click.IntRange(1), default=params.MAX_PROCESSES)
 @handle_errors

@@ -78,7 +78,7 @@ def serve(
     *,
     host: str = params.SERVE_HOST,
     port: int = params.SERVE_PORT,
-    policy: str = params.SCHED_POLICY,
+    policy: str = params.SERVE_SCHED_POLICY,
     max_resident: int = params.MAX_RESIDENT,
     max_processes: int = params.MAX_PROCESSES,
     on_ready: Callable[[Service], None] | None = None,

@@ -291,3 +291,27 @@ def test_one_kernel_per_home(fresh_server: Server) -> None:
     done = run_llmos("serve", "--port", "0", home=fresh_server.home, timeout=60)
     assert done.returncode == 13 and "already running" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_client_that_disconnects_leaves_its_process_running(server: Server) -> None:
+    """Closing an event stream ends the stream, not the process: it runs to its end, and the
+    client reconnects with the last id it saw to get the rest."""
+    with server.client("alice") as c:
+        pid = _spawn(c, "Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda.")
+        first: dict[str, Any] | None = None
+        with c.stream("GET", f"/api/processes/{pid}/events") as r:
+            buffer = ""
+            for chunk in r.iter_text():
+                buffer += chunk
+                outputs = [e for e in _events(buffer) if e["event"] == "output"]
+                if outputs:
+                    first = outputs[0]
+                    break  # hang up after the first piece
+        assert first is not None
+        done = c.get(f"/api/processes/{pid}/wait", params={"timeout": 60}).json()
+        assert done["process"]["exit_status"] == "ok"
+        rest = _events(
+            c.get(f"/api/processes/{pid}/events", headers={"Last-Event-ID": first["id"]}).text
+        )
+        after = "".join(e["data"]["text"] for e in rest if e["event"] == "output")
+        assert first["data"]["text"] + after == done["text"]

@@ -356,7 +356,7 @@ def _world_readable(kernel: Kernel, home: Path, tmp_path: Path) -> None:
         tmp_path, [("fs", {"op": "write", "path": "notes/a.txt", "content": SECRET})]
     )
     kernel.spawn(str(path), owner="alice", cpu=cpu).wait(30)
-    pid_fd = kerneld._lock_pid_file(home / params.KERNEL_PID_NAME)
+    pid_fd = kerneld.lock_pid_file(home / params.KERNEL_PID_NAME)
     os.close(pid_fd)
     files = [
         home / params.LOG_DB_NAME,

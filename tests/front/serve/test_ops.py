@@ -75,6 +75,7 @@ def test_usage_after_a_run_reflects_its_tokens_and_cost(ops: Server) -> None:
         proc = _run(c)
         after = _today(c, "alice")
         body = c.get("/api/usage").json()
+        assert c.get("/api/usage", params={"since": "yesterday"}).status_code == 422
     assert proc["prompt_tokens"] > 0 and proc["generated_tokens"] > 0
     assert after["prompt_tokens"] - before["prompt_tokens"] == proc["prompt_tokens"]
     assert after["generated_tokens"] - before["generated_tokens"] == proc["generated_tokens"]
@@ -88,7 +89,6 @@ def test_usage_after_a_run_reflects_its_tokens_and_cost(ops: Server) -> None:
     assert after["cost"] == pytest.approx(expected, rel=1e-3, abs=1e-5)
     assert body["prices"] == PRICES
     assert body["totals"]["alice"]["processes"] >= 1
-    assert c.get("/api/usage", params={"since": "yesterday"}).status_code == 422
 
 
 def test_usage_and_logs_are_per_user(ops: Server) -> None:

@@ -10,8 +10,12 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
       "default_model": "embedded",
       "aliases": {"fast": "openai/gpt-4o-mini", "local": "/models/qwen.gguf"},
       "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192},
-      "mcpServers": {"time": {"command": "mcp-server-time", "args": []}}
+      "mcpServers": {"time": {"command": "mcp-server-time", "args": []}},
+      "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05}
     }
+
+`prices` (each 0 when absent) turn metered usage into cost: per million prompt tokens, per
+million generated tokens, per hour resident on a CPU (`/api/usage`, `llmos_user_cost_total`).
 
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
 `LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
@@ -52,6 +56,9 @@ def home(*, create: bool = True) -> Path:
     return path
 
 
+PRICE_KEYS = ("prompt_per_1m", "generated_per_1m", "cpu_hour")
+
+
 @dataclass
 class Config:
     default_model: str = "embedded"
@@ -59,6 +66,16 @@ class Config:
     openai: dict[str, Any] = field(default_factory=dict)
     mcp_servers: dict[str, Any] = field(default_factory=dict)  # Claude-Desktop `mcpServers`
     path: Path | None = None
+    prices: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRICE_KEYS, 0.0))
+
+    def cost(self, prompt_tokens: int, generated_tokens: int, cpu_s: float) -> float:
+        """What this much usage costs at the configured prices."""
+        p = self.prices
+        return (
+            prompt_tokens / 1e6 * p.get("prompt_per_1m", 0.0)
+            + generated_tokens / 1e6 * p.get("generated_per_1m", 0.0)
+            + cpu_s / 3600.0 * p.get("cpu_hour", 0.0)
+        )
 
     def openai_base_url(self) -> str | None:
         return (
@@ -104,4 +121,20 @@ def load(home_dir: Path | None = None) -> Config:
         openai=openai,
         mcp_servers=mcp_servers,
         path=path,
+        prices=_prices(path, raw.get("prices", {})),
     )
+
+
+def _prices(path: Path, raw: Any) -> dict[str, float]:
+    """The `prices` object: known keys only, each a number >= 0 (absent: 0)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: 'prices' must be an object")
+    unknown = sorted(set(raw) - set(PRICE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown price {unknown[0]!r}: use {', '.join(PRICE_KEYS)}")
+    prices = dict.fromkeys(PRICE_KEYS, 0.0)
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{path}: prices.{key} must be a number >= 0, got {value!r}")
+        prices[key] = float(value)
+    return prices

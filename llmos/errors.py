@@ -47,6 +47,12 @@ class InputError(LlmosError):
     kind = "input"
 
 
+class NoSuchRunError(InputError):
+    """No logged run has that id (or it is another owner's: the same answer)."""
+
+    kind = "not_found"
+
+
 class ModelError(LlmosError):
     exit_code = 5
     kind = "model"
@@ -120,6 +126,10 @@ class PolicyError(LlmosError):
 class QuotaError(LlmosError):
     exit_code = 19
     kind = "quota"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when trying again can succeed (HTTP Retry-After)
 
 
 class AuthError(LlmosError):

@@ -360,3 +360,13 @@ SERVE_MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body larger than this is ref
 SERVE_THREADS = 512  # worker threads for blocking kernel calls and streams (one per open stream)
 SERVE_DRAIN_S = 30.0  # SIGTERM: how long open streams may finish before the kernel stops
 SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)
+
+# --- Operations: metering, per-user service quotas, logs and metrics over HTTP --------------------
+# See llmos.kernel.meter, llmos.store.usage and llmos.front.serve.ops.
+QUOTA_TOKENS_PER_DAY: int | None = None  # tokens (prompt + generated) a user may use per UTC day
+QUOTA_MAX_PROCESSES: int | None = None  # live processes (children included) a user may have
+QUOTA_PROCESSES_RETRY_S = 5.0  # Retry-After of a spawn refused for the user's live processes
+USAGE_DAYS_MAX = 366  # the most days one usage query reports (per user)
+LOGS_API_MAX = 500  # the most runs one logs request returns
+METRICS_TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # time to first token
+METRICS_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)

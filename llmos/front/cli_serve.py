@@ -1,6 +1,7 @@
 """The `llmos serve` and `llmos user` commands: the kernel as a network service, and its users.
 
     llmos serve [--host H] [--port P] [--policy P] [--max-resident N] [--max-processes N]
+                [--metrics-auth]
     llmos user add NAME [--admin]      prints NAME's token once (store it: it is not kept)
     llmos user rotate NAME             a new token; the old ones stop working at once
     llmos user revoke NAME             every token of NAME stops working
@@ -42,8 +43,11 @@ def _users():  # type: ignore[no-untyped-def]
 )
 @click.option("--max-resident", type=click.IntRange(1), default=params.MAX_RESIDENT)
 @click.option("--max-processes", type=click.IntRange(1), default=params.MAX_PROCESSES)
+@click.option("--metrics-auth", is_flag=True, help="/metrics needs an admin's bearer token.")
 @handle_errors
-def serve(host: str, port: int, policy: str, max_resident: int, max_processes: int) -> None:
+def serve(
+    host: str, port: int, policy: str, max_resident: int, max_processes: int, metrics_auth: bool
+) -> None:
     """Serve the kernel over HTTP: REST, OpenAI-compatible /v1, metrics (until SIGTERM)."""
     from llmos.front.serve.main import serve as run_server
     from llmos.kernel import boot
@@ -55,6 +59,7 @@ def serve(host: str, port: int, policy: str, max_resident: int, max_processes: i
         policy=policy,
         max_resident=max_resident,
         max_processes=max_processes,
+        metrics_auth=metrics_auth,
     )
 
 

@@ -41,6 +41,12 @@ when the caller's `gone()` says the client went away.
     shm.write           name, text, append, if_version             segment
     shm.chmod           name, others, grant                        segment
     shm.rm              name                                       removed
+    usage               since (default: params.USAGE_DAYS_MAX      usage (per owner and day,
+                        days ago), until, user (an admin's)        with cost), totals, prices
+    logs.list           limit, program, status                     runs (the caller's; an
+                                                                   admin's: everyone's)
+    logs.search         query, limit                               runs, best match first
+    logs.get            run_id (or a unique prefix)                run, messages
 
 `spawn_request` is the one function that turns a program reference, inputs and stdin into a
 loaded program and its inputs, for every front end (the reference is resolved against the
@@ -63,6 +69,9 @@ Invariants:
   leaks. `ps` and `top` show only the caller's processes and account (admins see all).
 - Memories, pages and shared segments are per owner in their stores; the caller's owner is the
   one passed.
+- `usage` and `logs.*` are owner-scoped like `llmos logs`: a caller sees their own usage and
+  runs; an admin sees everyone's (and may name a `user`). Another owner's run id answers
+  exactly like one that does not exist.
 
 Not covered: an admin acting on another owner's process is not audited here; the stores'
 files belong to the OS user who runs the kernel, so scoping holds between callers of the API,
@@ -92,7 +101,9 @@ from llmos.errors import (
     AdmissionError,
     InputError,
     LlmosError,
+    LogStoreError,
     NoSuchProcessError,
+    NoSuchRunError,
     ProgramError,
     RequestError,
 )
@@ -104,7 +115,9 @@ from llmos.kernel.loop import RunResult
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
 from llmos.kernel.security import principals
+from llmos.store.log import RunRecord
 from llmos.store.shm import SharedMemory
+from llmos.store.usage import Usage, day_of, parse_day
 
 _PROGRAM_NAME = re.compile(params.PROGRAM_NAME_PATTERN)
 
@@ -676,17 +689,129 @@ def _shm_rm(kernel: Kernel, caller: Caller, req: ShmNameRequest) -> dict[str, An
     return {"removed": req.name}
 
 
+# --- usage and logs ------------------------------------------------------------------------------
+
+
+class UsageRequest(Request):
+    since: str | None = None  # first day, 'YYYY-MM-DD' (UTC)
+    until: str | None = None  # last day, inclusive
+    user: str | None = None  # an admin's choice of one user
+
+
+class LogsListRequest(Request):
+    limit: int = Field(default=params.LOG_LIST_DEFAULT, ge=1, le=params.LOGS_API_MAX)
+    program: str | None = None
+    status: str | None = Field(default=None, pattern=r"^(running|ok|failed|cancelled)$")
+
+
+class LogsSearchRequest(Request):
+    query: str = Field(min_length=1)
+    limit: int = Field(default=params.LOG_LIST_DEFAULT, ge=1, le=params.LOGS_API_MAX)
+
+
+class LogsGetRequest(Request):
+    run_id: str = Field(min_length=1, max_length=64)
+
+
+def _day(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_day(value)
+    except ValueError:
+        raise InputError(f"'{name}' must be a day as YYYY-MM-DD, got {value!r}") from None
+
+
+def _usage(kernel: Kernel, caller: Caller, req: UsageRequest) -> dict[str, Any]:
+    """Usage per owner and day (ledger plus live processes), priced at the configured prices."""
+    if req.user is not None and req.user != caller.owner and not caller.admin:
+        raise AccessError("only an admin may see another user's usage")
+    owner = req.user if req.user is not None else (None if caller.admin else caller.owner)
+    since, until = _day(req.since, "since"), _day(req.until, "until")
+    if since is None:  # the last params.USAGE_DAYS_MAX days
+        since = day_of(time.time() - (params.USAGE_DAYS_MAX - 1) * 86400.0)
+    cfg = kernel.system.config
+    rows = kernel.meter.usage(owner, since, until)
+    totals: dict[str, Usage] = {}
+    out = []
+    for who, day, used in rows:
+        totals.setdefault(who, Usage()).add(used)
+        cost = cfg.cost(used.prompt_tokens, used.generated_tokens, used.cpu_s)
+        out.append({"user": who, "day": day, **used.to_json(), "cost": round(cost, 6)})
+    return {
+        "usage": out,
+        "totals": {
+            who: {
+                **t.to_json(),
+                "cost": round(cfg.cost(t.prompt_tokens, t.generated_tokens, t.cpu_s), 6),
+            }
+            for who, t in totals.items()
+        },
+        "prices": dict(cfg.prices),
+        "since": since,
+        "until": until,
+    }
+
+
+def run_json(r: RunRecord) -> dict[str, Any]:
+    """One logged run as the API shows it."""
+    return {
+        "id": r.id,
+        "owner": r.owner,
+        "program": r.program,
+        "cpu": r.cpu,
+        "status": r.status,
+        "inputs": r.inputs,
+        "response": r.response,
+        "error_kind": r.error_kind,
+        "error": r.error,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "started_at": r.started_at,
+        "ended_at": r.ended_at,
+        "duration_ms": r.duration_ms,
+        "ttft_ms": r.ttft_ms,
+        "parent_run": r.parent_run,
+    }
+
+
+def _scope(caller: Caller) -> str | None:
+    return None if caller.admin else caller.owner
+
+
+def _logs_list(kernel: Kernel, caller: Caller, req: LogsListRequest) -> dict[str, Any]:
+    rows = kernel.system.log.list_runs(
+        limit=req.limit, program=req.program, status=req.status, owner=_scope(caller)
+    )
+    return {"runs": [run_json(r) for r in rows]}
+
+
+def _logs_search(kernel: Kernel, caller: Caller, req: LogsSearchRequest) -> dict[str, Any]:
+    rows = kernel.system.log.list_runs(limit=req.limit, query=req.query, owner=_scope(caller))
+    return {"runs": [run_json(r) for r in rows]}
+
+
+def _logs_get(kernel: Kernel, caller: Caller, req: LogsGetRequest) -> dict[str, Any]:
+    log, owner = kernel.system.log, _scope(caller)
+    try:
+        record = log.get_run(req.run_id, owner)
+        messages = log.messages(record.id, owner) if record is not None else []
+    except LogStoreError as exc:
+        if "ambiguous" in str(exc):
+            raise InputError(
+                f"run id prefix {req.run_id!r} is ambiguous: give more digits"
+            ) from None
+        raise
+    if record is None:
+        raise NoSuchRunError(f"no run with id {req.run_id!r}")
+    return {"run": run_json(record), "messages": messages}
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("spawn", SpawnRequest, _spawn_op),
-        Op("exec", ExecRequest, _exec),
-        Op("programs.list", Empty, _programs_list),
-        Op("programs.show", ProgramNameRequest, _programs_show),
-        Op("programs.install", InstallRequest, _programs_install),
-        Op("programs.remove", RemoveRequest, _programs_remove),
         Op("ps", PsRequest, _ps),
-        Op("get", PidRequest, _get),
         Op("kill", PidRequest, _signal("kill")),
         Op("stop", PidRequest, _signal("stop")),
         Op("cont", PidRequest, _signal("cont")),
@@ -709,6 +834,16 @@ OPS: dict[str, Op] = {
         Op("shm.write", ShmWriteRequest, _shm_write),
         Op("shm.chmod", ShmChmodRequest, _shm_chmod),
         Op("shm.rm", ShmNameRequest, _shm_rm),
+        Op("usage", UsageRequest, _usage),
+        Op("logs.list", LogsListRequest, _logs_list),
+        Op("logs.search", LogsSearchRequest, _logs_search),
+        Op("logs.get", LogsGetRequest, _logs_get),
+        Op("exec", ExecRequest, _exec),
+        Op("programs.list", Empty, _programs_list),
+        Op("programs.show", ProgramNameRequest, _programs_show),
+        Op("programs.install", InstallRequest, _programs_install),
+        Op("programs.remove", RemoveRequest, _programs_remove),
+        Op("get", PidRequest, _get),
     )
 }
 

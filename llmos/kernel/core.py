@@ -46,6 +46,7 @@ from llmos.kernel import plugins
 from llmos.kernel.boot import System
 from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
+from llmos.kernel.meter import Meter
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.proc import Process, ProcessTable, State
@@ -91,6 +92,7 @@ class Kernel:
         )
         self._audit: AuditLog | None = None
         self.started_at = time.time()
+        self.meter = Meter(self.table, lambda: self.system.log.usage)  # usage, per-day quota
 
     # --- CPUs ------------------------------------------------------------------------------------
     def cpu(self, spec: str | None) -> CPU:
@@ -139,6 +141,7 @@ class Kernel:
         PolicyError/ProgramError/ModelError/AdmissionError if it cannot start."""
         principals.owner_name(owner)  # AccessError for a name that is not a valid owner
         user = self.user_policy(owner)  # PolicyError: nothing runs
+        self.meter.check(owner, user.quota)  # QuotaError: the owner's tokens for today are used
         inputs = dict(inputs or {})
         program = (
             program_ref
@@ -166,12 +169,14 @@ class Kernel:
             budget=budget,
             parent=parent,
             max_descendants=user.quota.descendants,
+            max_live=user.quota.max_processes,
         )
         proc.context_limit = context_limit(program, cpu)
         try:
             proc.memory = self._pager(program, proc, cpu)
             proc.devices = self._devices(program, proc, user)
         except LlmosError as exc:
+            self.meter.record(proc)
             self.table.reaped(proc)
             proc.exit("failed", str(exc))
             raise
@@ -226,6 +231,7 @@ class Kernel:
             if gate is not None:
                 gate.release(proc.entity)
                 proc.entity.resident = False
+            self.meter.record(proc)  # its usage to the ledger, before waiters see the exit
             self.table.reaped(proc)  # before exit wakes waiters: a spawn after wait() fits
             proc.exit(status, error)
             with self._lock:

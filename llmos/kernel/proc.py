@@ -26,7 +26,8 @@ Invariants:
   below its top (the owner's policy, params.QUOTA_DESCENDANTS by default); beyond that spawn
   is refused (AdmissionError), so a fork bomb of `call`s leaves the table bounded.
 - At most params.MAX_PROCESSES live processes; spawn beyond that is refused (AdmissionError),
-  never queued without bound.
+  never queued without bound. An owner whose policy sets `quota.max_processes` has at most
+  that many live processes (QuotaError beyond it, checked under the same lock).
 - Exited processes stay in the table (for `ps` and `wait`) up to params.EXITED_KEEP; their full
   record is in the log either way.
 
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos import params
-from llmos.errors import AdmissionError, NoSuchProcessError
+from llmos.errors import AdmissionError, NoSuchProcessError, QuotaError
 from llmos.kernel.sched.policy import Account, Entity
 
 
@@ -98,6 +99,7 @@ class Process:
     context_limit: int = 0
     context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered
     memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
+    metered: bool = False  # its usage is in the ledger (llmos.kernel.meter): no longer live
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -219,6 +221,7 @@ class ProcessTable:
         self._accounts: dict[str, Account] = {}
         self._user_budgets = dict(user_budgets or {})
         self._spawned_below: dict[int, int] = {}  # top pid -> processes spawned below it
+        self._live_of: dict[str, int] = {}  # owner -> their processes not yet reaped
 
     def account(self, owner: str) -> Account:
         with self._lock:
@@ -254,14 +257,23 @@ class ProcessTable:
         budget: int | None = None,
         parent: int = 0,
         max_descendants: int = params.QUOTA_DESCENDANTS,
+        max_live: int | None = None,
     ) -> Process:
         """A new runnable process; AdmissionError when the table is full, the spawn is too
-        deep, or the run already spawned `max_descendants` processes below its top."""
+        deep, or the run already spawned `max_descendants` processes below its top;
+        QuotaError when the owner already has `max_live` live processes."""
         with self._lock:
             live = self._live
             if live >= self.max_processes:
                 raise AdmissionError(
                     f"process table full: {live} live processes (limit {self.max_processes})"
+                )
+            mine = self._live_of.get(owner, 0)
+            if max_live is not None and mine >= max_live:
+                raise QuotaError(
+                    f"{owner} has {mine} live processes (quota.max_processes {max_live}); "
+                    "wait for one to end",
+                    params.QUOTA_PROCESSES_RETRY_S,
                 )
             depth, top, parent_entity = 0, 0, None
             if parent:
@@ -312,12 +324,18 @@ class ProcessTable:
             )
             self._procs[pid] = proc
             self._live += 1
+            self._live_of[owner] = mine + 1
             return proc
 
     def reaped(self, proc: Process) -> None:
         """Note an exit; forget the oldest exited processes beyond params.EXITED_KEEP."""
         with self._lock:
             self._live -= 1
+            left = self._live_of.get(proc.owner, 0) - 1
+            if left > 0:
+                self._live_of[proc.owner] = left
+            else:
+                self._live_of.pop(proc.owner, None)
             if proc.top == proc.pid:
                 self._spawned_below.pop(proc.pid, None)
             self._exited.append(proc.pid)

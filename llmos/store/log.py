@@ -48,6 +48,8 @@ from typing import Any
 from llmos import config, params
 from llmos.errors import LogStoreError
 from llmos.store.db import Database, Migration
+from llmos.store.usage import Ledger
+from llmos.store.usage import migrate as _m002_usage
 
 STATUSES = ("running", "ok", "failed", "cancelled")
 FINAL_STATUSES = ("ok", "failed", "cancelled")
@@ -104,6 +106,7 @@ def _m001_schema(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Migration] = [
     ("001_schema", _m001_schema),
+    ("002_usage", _m002_usage),  # the usage ledger (llmos.store.usage)
 ]
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -244,6 +247,7 @@ class Log:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.path = db.path
+        self.usage = Ledger(db)  # per-owner, per-day usage (llmos.store.usage)
 
     @classmethod
     def open(cls, path: Path | None = None) -> Log:

@@ -65,7 +65,7 @@ def test_migrations_run_once(db: Path) -> None:
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
     assert [name for name, _ in first] == [name for name, _ in MIGRATIONS]
-    assert len(first) == len(MIGRATIONS) == 1
+    assert len(first) == len(MIGRATIONS) == 2  # 001_schema, 002_usage
     assert again == first
     assert mode == "wal"
 
@@ -77,11 +77,11 @@ def test_migration_step_runs_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> 
         calls.append("x")
         conn.execute("CREATE TABLE extra_table (x INT)")
 
-    monkeypatch.setattr(logmod, "MIGRATIONS", [*MIGRATIONS, ("002_extra", extra)])
+    monkeypatch.setattr(logmod, "MIGRATIONS", [*MIGRATIONS, ("999_extra", extra)])
     Log.open(db).close()
     Log.open(db).close()
     assert calls == ["x"]
-    assert count(db, "_migrations") == 2
+    assert count(db, "_migrations") == len(MIGRATIONS) + 1
 
 
 def test_default_path_is_in_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

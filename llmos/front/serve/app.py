@@ -1,12 +1,14 @@
 """The FastAPI application of `llmos serve`: middleware, error handlers and the routers.
 
 `create_app(service)` builds the application around one `Service`. Routers: the REST API
-(`rest`), health (`/healthz`: the process answers; `/readyz`: the kernel is up and not
-draining). Every answer that is an error has the one-line OpenAI error shape (`errors`).
+(`rest`), usage, logs and `/metrics` (`ops`, `metrics`), health (`/healthz`: the process
+answers; `/readyz`: the kernel is up and not draining). Every answer that is an error has the
+one-line OpenAI error shape (`errors`).
 
 Middleware (outermost first):
 - access log: one structured JSON line per request on the `llmos.access` logger (method, path,
   status, user, duration, bytes in), never a token or a body;
+- request metrics: each request's latency by route template and status (`metrics`);
 - body limit: a request body over params.SERVE_MAX_BODY_BYTES is refused with 413 before it is
   read whole (by Content-Length, and by counting a body sent without one).
 
@@ -35,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.front.serve import errors, rest
+from llmos.front.serve import errors, metrics, ops, rest
 from llmos.front.serve.service import Service
 
 access_log = logging.getLogger("llmos.access")
@@ -57,10 +59,13 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.metrics = metrics.Metrics(service)  # this app's own Prometheus registry
     app.include_router(rest.router)
+    app.include_router(ops.router)  # usage, logs, /metrics
     _health(app)
     _handlers(app)
     app.add_middleware(BodyLimit, limit=params.SERVE_MAX_BODY_BYTES)
+    app.add_middleware(metrics.RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(AccessLog)
     return app
 

@@ -7,10 +7,11 @@ The body has the OpenAI error shape, so the official clients raise their own typ
     auth (missing/unknown/revoked token)  401 (+ WWW-Authenticate: Bearer)
     access, policy                        403
     no_such_process (also another        404 (another owner's pid answers exactly like a
-      owner's pid), program not found         pid that does not exist)
+      owner's pid), not_found (a run)         pid that does not exist)
     protocol, input, program, output,     422
       context_overflow, model
-    quota (a per-user limit)              429 (+ Retry-After)
+    quota (a per-user limit)              429 (+ Retry-After: the error's own wait, e.g. to
+                                          00:00 UTC for tokens_per_day, else a default)
     admission (the table is full),        503 (+ Retry-After)
       draining
     backend (a remote CPU failed)         502
@@ -72,7 +73,9 @@ def response(exc: LlmosError, retry_after: float | None = None) -> JSONResponse:
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    wait = retry_after if retry_after is not None else RETRY_AFTER_S.get(kind)
+    wait = retry_after if retry_after is not None else getattr(exc, "retry_after_s", None)
+    if wait is None:
+        wait = RETRY_AFTER_S.get(kind)
     if status in (429, 503) and wait is not None:
         headers["Retry-After"] = str(max(1, round(wait)))
     return JSONResponse(body(str(exc), kind, exc.exit_code), status_code=status, headers=headers)

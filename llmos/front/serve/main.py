@@ -81,6 +81,7 @@ def serve(
     policy: str = params.SERVE_SCHED_POLICY,
     max_resident: int = params.MAX_RESIDENT,
     max_processes: int = params.MAX_PROCESSES,
+    metrics_auth: bool = False,
     on_ready: Callable[[Service], None] | None = None,
 ) -> None:
     """Serve the kernel over HTTP until stopped (see the module's note)."""
@@ -95,7 +96,7 @@ def serve(
         kernel = Kernel(
             system, policy=policy, max_resident=max_resident, max_processes=max_processes
         )
-        service = Service(kernel=kernel, users=users)
+        service = Service(kernel=kernel, users=users, metrics_auth=metrics_auth)
         try:
             kernel.cpu(None)  # load the default model now, not on the first request
         except LlmosError as exc:

@@ -29,6 +29,7 @@ class Service:
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     draining: bool = False
+    metrics_auth: bool = False  # `/metrics` needs an admin's token (`--metrics-auth`)
     lost: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -85,9 +85,35 @@ class Entity:
     swapped: str | None = None  # "ram" or "disk" while its KV is parked (set by the CPU)
     done: bool = False  # its generation has ended (set by the CPU); the kernel still finishes
     on_change: Callable[[], None] | None = None  # wakes the CPU's loop
+    cpu_s: float = 0.0  # seconds it was resident before its current residency (see below)
+    resident_since: float | None = None  # monotonic time it became resident, while it is
 
     def __post_init__(self) -> None:
         self.rr_key = self.arrival
+        if self.resident and self.resident_since is None:
+            self.__dict__["resident_since"] = time.monotonic()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Time resident on a CPU is metered where residency changes: whoever flips
+        `resident` (the CPU, the gate's holder) accrues it, with no bookkeeping of its own."""
+        if name == "resident":
+            was = self.__dict__.get("resident", False)
+            if value and not was:
+                self.__dict__["resident_since"] = time.monotonic()
+            elif was and not value:
+                since = self.__dict__.get("resident_since")
+                if since is not None:
+                    self.__dict__["cpu_s"] = self.__dict__.get("cpu_s", 0.0) + (
+                        time.monotonic() - since
+                    )
+                self.__dict__["resident_since"] = None
+        object.__setattr__(self, name, value)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Seconds resident on a CPU so far (holding a KV slot, or a remote CPU's place)."""
+        since = self.resident_since
+        return self.cpu_s + (time.monotonic() - since if since is not None else 0.0)
 
     @property
     def tokens(self) -> int:

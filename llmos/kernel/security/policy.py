@@ -23,6 +23,10 @@
     syscalls = 500            # syscalls one process may make
     wall_s = 600              # wall time of one process
     descendants = 32          # processes one run may spawn below its top process
+    tokens_per_day = 500000   # tokens the user's processes may use per UTC day (a spawn past
+                              # it is refused until midnight UTC; absent: unlimited)
+    max_processes = 8         # live processes the user may have, children included (absent:
+                              # only the kernel's table limits them)
 
 Every key is optional; an absent key (or an absent file) takes the default in `llmos.params`
 (`POLICY_*`, `QUOTA_*`). `approve` and `secret` are only parsed and exposed here: the approval
@@ -72,6 +76,8 @@ class Quota(BaseModel):
     syscalls: int = Field(default=params.QUOTA_SYSCALLS, ge=0)
     wall_s: float = Field(default=params.QUOTA_WALL_S, gt=0)
     descendants: int = Field(default=params.QUOTA_DESCENDANTS, ge=0)
+    tokens_per_day: int | None = Field(default=params.QUOTA_TOKENS_PER_DAY, ge=0)
+    max_processes: int | None = Field(default=params.QUOTA_MAX_PROCESSES, ge=0)
 
     @model_validator(mode="before")
     @classmethod

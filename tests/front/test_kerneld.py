@@ -386,7 +386,7 @@ def test_follower_that_disconnects_does_not_disturb(kd: Path) -> None:
         sock.connect(str(kd / "kernel.sock"))
         sock.sendall(json.dumps({"op": "follow", "pid": pid}).encode() + b"\n")
         first = json.loads(sock.makefile("rb").readline())
-    assert set(first) in ({"text"}, {"done", "exit_status", "error", "process"})
+    assert set(first) in ({"text", "next"}, {"done", "exit_status", "error", "process"})
     # Another follower that goes away before any output, and a waiter that gives up.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(kd / "kernel.sock"))
@@ -423,7 +423,8 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
             "unknown op 'reboot': use one of spawn, ps, kill, stop, cont, renice, wait, "
             "follow, answer, approve, deny, audit, top, memory.remember, memory.recall, "
             "memory.forget, memory.list, memory.page, shm.ls, shm.create, shm.read, shm.write, "
-            "shm.chmod, shm.rm, status, shutdown",
+            "shm.chmod, shm.rm, usage, logs.list, logs.search, logs.get, exec, programs.list, "
+            "programs.show, programs.install, programs.remove, get, status, shutdown",
         ),
         (b'{"op": "kill", "pid": "1"}\n', "'pid' must be an integer, got '1'"),
         (b'{"op": "kill"}\n', "kill needs 'pid'"),

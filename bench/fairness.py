@@ -37,9 +37,10 @@ from llmos.hw.cpu.base import GenRequest, Message, collect
 from llmos.hw.cpu.llama import EmbeddedCPU
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
+from llmos.kernel.plugins import sched_policy
 from llmos.kernel.program import Program, load
 from llmos.kernel.sched.dispatch import PolicyDispatcher
-from llmos.kernel.sched.policy import Account, Entity, make_policy
+from llmos.kernel.sched.policy import Account, Entity
 
 QUICK = quick()
 BATCH = 3 if QUICK else 8
@@ -197,7 +198,7 @@ def main() -> None:
         stop_all(batch)
         kernel.shutdown()
 
-        cpu.schedule(PolicyDispatcher(make_policy("fair"), params.MAX_RESIDENT), cpu.swap_dir)
+        cpu.schedule(PolicyDispatcher(sched_policy("fair"), params.MAX_RESIDENT), cpu.swap_dir)
         accounts = {"alice": Account(owner="alice"), "bob": Account(owner="bob")}
         owners = ["alice"] + ["bob"] * 7
         starts = [7] + [1000 * i for i in range(1, 8)]

@@ -42,6 +42,12 @@ class ProgramError(LlmosError):
     kind = "program"
 
 
+class NoSuchProgramError(ProgramError):
+    """No installed program answers to a name (the service's 404)."""
+
+    kind = "no_such_program"
+
+
 class InputError(LlmosError):
     exit_code = 4
     kind = "input"

@@ -359,6 +359,9 @@ TOKEN_BYTES = 32  # random bytes in a token (then url-safe base64)
 SERVE_MAX_BODY_BYTES = 4 * 1024 * 1024  # a request body larger than this is refused (413)
 SERVE_THREADS = 512  # worker threads for blocking kernel calls and streams (one per open stream)
 SERVE_DRAIN_S = 30.0  # SIGTERM: how long open streams may finish before the kernel stops
+PROGRAM_MODEL_PREFIX = "program/"  # /v1 model ids of installed programs: program/NAME
+CHAT_MAX_MESSAGES = 256  # the most messages one chat completion may send
+EMBED_MAX_TEXTS = 2048  # the most texts one embeddings request may send
 SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)
 
 # --- Operations: metering, per-user service quotas, logs and metrics over HTTP --------------------

@@ -19,6 +19,9 @@ when the caller's `gone()` says the client went away.
     programs.show       name                                       program (with its source)
     programs.install    name, source, format, system               program
     programs.remove     name, system                               removed
+    chat                model (program/NAME or a CPU), messages,   pid, process
+                        max_tokens, temperature, json_object, json_schema
+    embed               texts                                      vectors, tokens
     ps                  all                                        processes
     get                 pid                                        process, question
     kill|stop|cont      pid                                        process
@@ -84,6 +87,8 @@ formatting for people (the command line does that).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import re
 import secrets
@@ -103,8 +108,8 @@ from llmos.errors import (
     LlmosError,
     LogStoreError,
     NoSuchProcessError,
+    NoSuchProgramError,
     NoSuchRunError,
-    ProgramError,
     RequestError,
 )
 from llmos.hw.cpu.base import CPU
@@ -164,6 +169,25 @@ class ExecRequest(Request):
     model: str | None = None
     priority: int | None = None
     budget: int | None = Field(default=None, ge=0)
+
+
+class ChatMessage(Request):
+    role: str = Field(pattern=r"^(system|developer|user|assistant|tool)$")
+    content: str = Field(max_length=params.PROGRAM_MAX_BYTES)
+
+
+class ChatRequest(Request):
+    model: str = Field(min_length=1, max_length=params.PROGRAM_NAME_MAX + 16)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=params.CHAT_MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    json_object: bool = False
+    json_schema: dict[str, Any] | None = None
+    priority: int | None = None
+
+
+class EmbedRequest(Request):
+    texts: list[str] = Field(min_length=1, max_length=params.EMBED_MAX_TEXTS)
 
 
 class ProgramNameRequest(Request):
@@ -416,7 +440,7 @@ def installed(kernel: Kernel, caller: Caller, name: str) -> Program:
         for candidate in program_mod.candidates(directory, name):
             if candidate.is_file() and not candidate.is_symlink():
                 return program_mod.load(candidate)
-    raise ProgramError(f"no installed program named {name!r}")
+    raise NoSuchProgramError(f"no installed program named {name!r}")
 
 
 def _check_model(model: str | None) -> None:
@@ -440,6 +464,75 @@ def _exec(kernel: Kernel, caller: Caller, req: ExecRequest) -> dict[str, Any]:
         budget=req.budget,
     )
     return {"pid": proc.pid, "process": proc.info()}
+
+
+def chat_program(kernel: Kernel, caller: Caller, req: ChatRequest) -> Program:
+    """The program a chat completion runs: an installed `program/NAME` with the conversation's
+    last user message as its input (a JSON object there fills a program's declared inputs), or
+    the conversation itself on a CPU (`embedded`, an alias), with the request's sampling."""
+    config: dict[str, Any] = {}
+    if req.max_tokens is not None:
+        config["maxOutputTokens"] = req.max_tokens
+    if req.temperature is not None:
+        config["temperature"] = req.temperature
+    if req.model.startswith(params.PROGRAM_MODEL_PREFIX):
+        program = installed(kernel, caller, req.model[len(params.PROGRAM_MODEL_PREFIX) :])
+        _check_model(program.model)
+        return dataclasses.replace(program, config={**program.config, **config})
+    _check_model(req.model)
+    messages = [
+        {"role": m.role if m.role != "developer" else "system", "content": m.content}
+        for m in req.messages
+    ]
+    return program_mod.chat(
+        messages,
+        model=req.model,
+        config=config,
+        output_schema=req.json_schema,
+        json_output=req.json_object,
+    )
+
+
+def chat_inputs(program: Program, req: ChatRequest) -> dict[str, Any]:
+    """What a `program/NAME` completion gives its program: the last user message as `input`,
+    or, for a program whose declared inputs are other than `input`, that message parsed as a
+    JSON object of them."""
+    if program.kind == "chat":
+        return {}
+    users = [m.content for m in req.messages if m.role == "user"]
+    text = users[-1] if users else req.messages[-1].content
+    props = (program.input_schema or {}).get("properties", {})
+    if props and "input" not in props:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise InputError(
+                f"program {program.name} takes {', '.join(props)}: send them as a JSON object "
+                "in the last user message"
+            ) from None
+        if not isinstance(value, dict):
+            raise InputError(f"program {program.name} takes a JSON object of its inputs")
+        return value
+    return {"input": text}
+
+
+def _chat(kernel: Kernel, caller: Caller, req: ChatRequest) -> dict[str, Any]:
+    program = chat_program(kernel, caller, req)
+    proc = kernel.spawn(
+        program,
+        chat_inputs(program, req),
+        owner=caller.owner,
+        model=None if program.kind != "chat" else req.model,
+        priority=req.priority,
+    )
+    return {"pid": proc.pid, "process": proc.info()}
+
+
+def _embed(kernel: Kernel, caller: Caller, req: EmbedRequest) -> dict[str, Any]:
+    from llmos.store import embed  # numpy and the embedding model only when asked
+
+    vectors = embed.embed(list(req.texts))
+    return {"vectors": vectors.tolist(), "tokens": embed.count_tokens(list(req.texts))}
 
 
 def _program_info(program: Program, scope: str) -> dict[str, Any]:
@@ -516,7 +609,7 @@ def _programs_remove(kernel: Kernel, caller: Caller, req: RemoveRequest) -> dict
         if candidate.is_file():
             candidate.unlink()
             return {"removed": name}
-    raise ProgramError(f"no installed program named {name!r}")
+    raise NoSuchProgramError(f"no installed program named {name!r}")
 
 
 def _spawn_op(kernel: Kernel, caller: Caller, req: SpawnRequest) -> dict[str, Any]:
@@ -844,6 +937,8 @@ OPS: dict[str, Op] = {
         Op("programs.install", InstallRequest, _programs_install),
         Op("programs.remove", RemoveRequest, _programs_remove),
         Op("get", PidRequest, _get),
+        Op("chat", ChatRequest, _chat),
+        Op("embed", EmbedRequest, _embed),
     )
 }
 

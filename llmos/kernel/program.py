@@ -60,7 +60,7 @@ from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
 
 _T = TypeVar("_T")
 
-Kind = Literal["dotprompt", "skill", "markdown"]
+Kind = Literal["dotprompt", "skill", "markdown", "chat"]
 
 _SKILL_NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MARKER = "<<<dotprompt:"
@@ -102,6 +102,7 @@ class Program:
     extra: dict[str, Any] = field(default_factory=dict)  # other front-matter keys, unchecked
     template: str = field(default="", repr=False)  # dotprompt body / skill or markdown text
     source: str = field(default="", repr=False)  # the whole file, for dotprompt rendering
+    messages: list[Message] = field(default_factory=list, repr=False)  # a chat's, as given
 
     @property
     def json_mode(self) -> bool:
@@ -143,6 +144,8 @@ class Program:
                 raise InputError(
                     f"{self.path}: input '{key}' contains the reserved text '{_MARKER}'"
                 )
+        if self.kind == "chat":
+            return [dict(m) for m in self.messages]
         if self.kind == "dotprompt":
             if self.input_schema is not None:
                 validate_inputs(self.path, self.input_schema, data)
@@ -170,6 +173,31 @@ class Program:
             {"role": "system", "content": self.template},
             {"role": "user", "content": text},
         ]
+
+
+def chat(
+    messages: list[Message],
+    *,
+    model: str | None = None,
+    config: dict[str, Any] | None = None,
+    output_schema: dict[str, Any] | None = None,
+    json_output: bool = False,
+) -> Program:
+    """A conversation as a program: it renders to `messages` as given and takes no inputs (the
+    OpenAI endpoint's completions on a raw CPU). No file, no devices."""
+    if not messages:
+        raise InputError("a chat needs at least one message")
+    return Program(
+        name="chat",
+        description="a chat completion",
+        kind="chat",
+        path=Path("<chat>"),
+        model=model,
+        config=dict(config or {}),
+        output_format="json" if (json_output or output_schema is not None) else "text",
+        output_schema=output_schema,
+        messages=list(messages),
+    )
 
 
 # --- Loading ----------------------------------------------------------------------------------

@@ -73,6 +73,14 @@ def embed(texts: list[str]) -> Vectors:
     return out.reshape(len(texts), params.EMBED_DIM)
 
 
+def count_tokens(texts: list[str]) -> int:
+    """How many tokens of the embedding model's tokenizer `texts` hold (what is metered)."""
+    if not texts:
+        return 0
+    model = _load()
+    return sum(len(e.ids) for e in model.tokenizer.encode_batch(texts))
+
+
 def to_blob(vector: npt.NDArray[Any]) -> bytes:
     """A vector as stored in SQLite: float16, little-endian (half the bytes of float32; the
     recall figures of bench/retrieval.py are measured on vectors read back from this)."""

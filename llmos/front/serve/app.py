@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.front.serve import errors, metrics, ops, rest
+from llmos.front.serve import errors, metrics, openai_api, ops, rest
 from llmos.front.serve.service import Service
 
 access_log = logging.getLogger("llmos.access")
@@ -62,6 +62,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.metrics = metrics.Metrics(service)  # this app's own Prometheus registry
     app.include_router(rest.router)
     app.include_router(ops.router)  # usage, logs, /metrics
+    app.include_router(openai_api.router)  # /v1: models, chat completions, embeddings
     _health(app)
     _handlers(app)
     app.add_middleware(BodyLimit, limit=params.SERVE_MAX_BODY_BYTES)

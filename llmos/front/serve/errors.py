@@ -34,6 +34,7 @@ STATUS = {
     "policy": 403,
     "no_such_process": 404,
     "not_found": 404,
+    "no_such_program": 404,
     "protocol": 422,
     "input": 422,
     "program": 422,

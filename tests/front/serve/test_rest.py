@@ -157,7 +157,7 @@ def test_another_users_pid_answers_exactly_like_a_missing_one(server: Server) ->
         )
         # bob cannot run alice's own program either: programs are per user
         r = bob.post("/api/processes", json={"program": "summarize", "stdin": "x"})
-        assert r.status_code == 422 and "no installed program named 'summarize'" in r.text
+        assert r.status_code == 404 and "no installed program named 'summarize'" in r.text
         alice.get(f"/api/processes/{pid}/wait")
     with server.client("root") as root:
         assert root.get(f"/api/processes/{pid}").json()["process"]["owner"] == "alice"
@@ -210,7 +210,7 @@ def test_programs_install_list_show_and_remove(server: Server) -> None:
         everyone = {p["name"]: p["scope"] for p in bob.get("/api/programs").json()["programs"]}
         assert everyone.get("shared") == "system"
         assert bob.delete("/api/programs/say").status_code == 200
-        assert bob.get("/api/programs/say").status_code == 422
+        assert bob.get("/api/programs/say").status_code == 404
         assert root.delete("/api/programs/shared?system=true").status_code == 200
 
 

@@ -24,14 +24,20 @@ Invariants:
 - Nothing but JSON-RPC reaches stdout: the SDK's `stdio_server` points fd 1 at stderr while it
   serves, so stray prints (llama.cpp's included) cannot corrupt the wire.
 
+The tools, and as whom they run, come from a `Catalog`: over stdio the local one (above); on
+`llmos serve` the HTTP mount's (`llmos.front.serve.mcp_http`: the bearer token's user, their
+installed programs and the system's). Both use this one server.
+
 What this module does not do: expose resources or prompts, stream partial output (MCP tool
-results are whole), or serve over HTTP.
+results are whole), or authenticate (the HTTP mount does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -39,6 +45,8 @@ import anyio.to_thread
 import mcp_types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_REQUEST
 
 from llmos import params
 from llmos.errors import LlmosError
@@ -71,19 +79,48 @@ def tool_for(program: Program) -> mcp_types.Tool:
     )
 
 
-def call_program(kernel: Kernel, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
-    """Run program `name` with `arguments` and make an MCP tool result; never raises."""
+@dataclass(frozen=True)
+class Catalog:
+    """What a caller sees and as whom their calls run: the programs offered as tools, the one
+    a tool name names (None if none), and the kernel caller. Each takes the request's MCP
+    context, so a catalog can depend on who is asking (the HTTP mount's bearer token)."""
+
+    programs: Callable[[Any], list[Program]]
+    find: Callable[[Any, str], Program | None]
+    caller: Callable[[Any], api.Caller]
+
+
+def local_catalog(system: System) -> Catalog:
+    """`llmos mcp` over stdio: installed programs and project skills, run as the OS user."""
+
+    def find(ctx: Any, name: str) -> Program | None:
+        return _find(system, name)
+
+    return Catalog(
+        programs=lambda ctx: system.discover_programs(),
+        find=find,
+        caller=lambda ctx: api.Caller.of(principals.current()),
+    )
+
+
+def call_program(
+    kernel: Kernel, catalog: Catalog, ctx: Any, name: str, arguments: dict[str, Any]
+) -> mcp_types.CallToolResult:
+    """Run program `name` with `arguments` as the catalog's caller and make an MCP tool
+    result; never raises."""
     system = kernel.system
     try:
-        program = _find(system, name)
-        if program is None:
-            return _error(f"no program named '{name}'")
-    except Exception as exc:
-        return _error(f"cannot list programs: {exc}")
-    try:
-        caller = api.Caller.of(principals.current())
+        caller = catalog.caller(ctx)
     except LlmosError as exc:
         return _error(str(exc))
+    try:
+        program = catalog.find(ctx, name)
+        if program is None:
+            return _error(f"no program named '{name}'")
+    except LlmosError as exc:
+        return _error(str(exc))
+    except Exception as exc:
+        return _error(f"cannot list programs: {exc}")
     try:
         # Inputs are checked before the CPU is resolved, so a bad call costs no model load;
         # it is journalled as a failed run all the same.
@@ -109,14 +146,18 @@ def call_program(kernel: Kernel, name: str, arguments: dict[str, Any]) -> mcp_ty
     )
 
 
-def build_server(kernel: Kernel) -> Server[Any]:
-    """The low-level MCP server over the programs `kernel` can run."""
-    system = kernel.system
+def build_server(kernel: Kernel, catalog: Catalog | None = None) -> Server[Any]:
+    """The low-level MCP server over the programs `catalog` offers (by default the local
+    one: what `kernel`'s system discovers, run as the OS user)."""
+    cat = catalog or local_catalog(kernel.system)
 
     async def list_tools(
         ctx: Any, request: mcp_types.PaginatedRequestParams | None
     ) -> mcp_types.ListToolsResult:
-        programs = await anyio.to_thread.run_sync(system.discover_programs)
+        try:
+            programs = await anyio.to_thread.run_sync(cat.programs, ctx)
+        except LlmosError as exc:
+            raise MCPError(code=INVALID_REQUEST, message=" ".join(str(exc).split())) from None
         return mcp_types.ListToolsResult(tools=[tool_for(p) for p in programs])
 
     async def call_tool(
@@ -124,7 +165,8 @@ def build_server(kernel: Kernel) -> Server[Any]:
     ) -> mcp_types.CallToolResult:
         arguments = dict(request.arguments or {})
         return await anyio.to_thread.run_sync(
-            lambda: call_program(kernel, request.name, arguments), abandon_on_cancel=True
+            lambda: call_program(kernel, cat, ctx, request.name, arguments),
+            abandon_on_cancel=True,
         )
 
     return Server(

@@ -1,8 +1,10 @@
 """The FastAPI application of `llmos serve`: middleware, error handlers and the routers.
 
 `create_app(service)` builds the application around one `Service`. Routers: the REST API
-(`rest`), usage, logs and `/metrics` (`ops`, `metrics`), health (`/healthz`: the process
-answers; `/readyz`: the kernel is up and not draining). Every answer that is an error has the
+(`rest`), usage, logs and `/metrics` (`ops`, `metrics`), the OpenAI-compatible `/v1`
+(`openai_api`), MCP over streamable HTTP at `/mcp` (`mcp_http`, whose transport runs for the
+app's lifespan), health (`/healthz`: the process answers; `/readyz`: the kernel is up and not
+draining). Every answer that is an error has the
 one-line OpenAI error shape (`errors`).
 
 Middleware (outermost first):
@@ -33,11 +35,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.front.serve import errors, metrics, openai_api, ops, rest
+from llmos.front.serve import errors, mcp_http, metrics, openai_api, ops, rest
 from llmos.front.serve.service import Service
 
 access_log = logging.getLogger("llmos.access")
@@ -50,7 +53,8 @@ def create_app(service: Service) -> FastAPI:
         # One worker thread per blocking call or open stream: the default (40) would make the
         # 41st streaming client wait behind the others.
         anyio.to_thread.current_default_thread_limiter().total_tokens = params.SERVE_THREADS
-        yield
+        async with mcp_endpoint.running():  # the MCP transport's task group
+            yield
 
     app = FastAPI(
         title="llmos",
@@ -63,6 +67,10 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(ops.router)  # usage, logs, /metrics
     app.include_router(openai_api.router)  # /v1: models, chat completions, embeddings
+    mcp_endpoint = mcp_http.MCPEndpoint(service.kernel)
+    app.router.routes.append(
+        Route("/mcp", endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"])
+    )
     _health(app)
     _handlers(app)
     app.add_middleware(BodyLimit, limit=params.SERVE_MAX_BODY_BYTES)

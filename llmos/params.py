@@ -373,3 +373,5 @@ USAGE_DAYS_MAX = 366  # the most days one usage query reports (per user)
 LOGS_API_MAX = 500  # the most runs one logs request returns
 METRICS_TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # time to first token
 METRICS_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+PROCS_DB_NAME = "procs.db"  # <home>/procs.db: the service's process journal (table + output)
+PROCS_BUSY_TIMEOUT_S = 10.0  # how long a journal write waits for another writer

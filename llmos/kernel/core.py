@@ -42,7 +42,7 @@ from llmos import params
 from llmos.errors import AccessError, InputError, LlmosError, NoSuchProcessError, ProgramError
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel import plugins
+from llmos.kernel import plugins, recovery
 from llmos.kernel.boot import System
 from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
@@ -60,6 +60,7 @@ from llmos.kernel.security.policy import UserPolicy, narrow_options, policy_for
 from llmos.kernel.security.quota import GuardedTable
 from llmos.kernel.syscall import grants_for
 from llmos.store.audit import AuditLog
+from llmos.store.procs import ProcJournal
 from llmos.store.shm import SharedMemory
 
 
@@ -73,6 +74,7 @@ class Kernel:
         max_processes: int = params.MAX_PROCESSES,
         user_budgets: dict[str, int] | None = None,
         remote_in_flight: int = params.REMOTE_MAX_IN_FLIGHT,
+        journal: ProcJournal | None = None,
     ) -> None:
         self.system = system
         self.policy = plugins.sched_policy(policy) if isinstance(policy, str) else policy
@@ -93,6 +95,10 @@ class Kernel:
         self._audit: AuditLog | None = None
         self.started_at = time.time()
         self.meter = Meter(self.table, lambda: self.system.log.usage)  # usage, per-day quota
+        # The process journal (a long-lived kernel's: llmos.kernel.recovery); pids go on above it.
+        self.journal = journal
+        if journal is not None:
+            self.table.continue_after(journal.max_pid())
 
     # --- CPUs ------------------------------------------------------------------------------------
     def cpu(self, spec: str | None) -> CPU:
@@ -134,6 +140,7 @@ class Kernel:
         parent: int = 0,
         cpu: CPU | None = None,
         on_trace: Trace | None = None,
+        pid: int | None = None,
     ) -> Process:
         """Start a process (on `cpu` if given, else the one `model` or the program names),
         within its owner's policy (`llmos.kernel.security.policy`): its budget, priority, devices
@@ -170,7 +177,10 @@ class Kernel:
             parent=parent,
             max_descendants=user.quota.descendants,
             max_live=user.quota.max_processes,
+            pid=pid,
         )
+        if self.journal is not None:
+            self._journal(proc, program, inputs, model)
         proc.context_limit = context_limit(program, cpu)
         try:
             proc.memory = self._pager(program, proc, cpu)
@@ -192,6 +202,32 @@ class Kernel:
             self._threads[proc.pid] = thread
         thread.start()
         return proc
+
+    def _journal(
+        self, proc: Process, program: Program, inputs: dict[str, Any], model: str | None
+    ) -> None:
+        """Record `proc` in the journal before it runs; if that fails, it never runs."""
+        assert self.journal is not None
+        try:
+            self.journal.started(
+                pid=proc.pid,
+                ppid=proc.ppid,
+                owner=proc.owner,
+                program=proc.program,
+                spec=recovery.spec_of(program, inputs, model),
+                priority=proc.priority,
+                budget=proc.entity.budget,
+                created_at=proc.created_at,
+            )
+        except LlmosError as exc:
+            self.table.reaped(proc)
+            proc.exit("failed", str(exc))
+            raise
+        proc.journal = self.journal
+
+    def recover(self) -> list[dict[str, Any]]:
+        """Resume or report lost what a killed kernel left live (`llmos.kernel.recovery`)."""
+        return recovery.recover(self)
 
     def _main(self, proc: Process, program: Program, cpu: CPU) -> None:
         gate = self._gates.get(cpu.name)

@@ -37,6 +37,7 @@ What this module does not do: run programs (see `llmos.kernel.core`), or pick wh
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import time
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmos import params
-from llmos.errors import AdmissionError, NoSuchProcessError, QuotaError
+from llmos.errors import AdmissionError, LlmosError, NoSuchProcessError, QuotaError
 from llmos.kernel.sched.policy import Account, Entity
 
 
@@ -99,6 +100,7 @@ class Process:
     context_limit: int = 0
     context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered
     memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
+    journal: Any = None  # the kernel's llmos.store.procs.ProcJournal, if it keeps one
     metered: bool = False  # its usage is in the ledger (llmos.kernel.meter): no longer live
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -131,7 +133,11 @@ class Process:
         return max(0, self.entity.budget - self.entity.spent)
 
     def append_output(self, text: str) -> None:
+        """Add a piece of output: journalled first (when the kernel keeps a journal), then
+        visible to followers, so nobody sees a piece the journal lacks."""
         with self.cond:
+            if self.journal is not None:
+                self.journal.output(self.pid, len(self.output), text)
             self.output.append(text)
             self.cond.notify_all()
 
@@ -159,6 +165,9 @@ class Process:
             self.ended_at = time.time()
             self.base_state = State.EXITED
             self.entity.resident = False
+            if self.journal is not None:
+                with contextlib.suppress(LlmosError):  # the exit stands; the journal is best kept
+                    self.journal.ended(self.pid, status, error, self.ended_at)
             self.cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -258,6 +267,7 @@ class ProcessTable:
         parent: int = 0,
         max_descendants: int = params.QUOTA_DESCENDANTS,
         max_live: int | None = None,
+        pid: int | None = None,
     ) -> Process:
         """A new runnable process; AdmissionError when the table is full, the spawn is too
         deep, or the run already spawned `max_descendants` processes below its top;
@@ -300,8 +310,11 @@ class ProcessTable:
                 left = par.budget_left
                 if left is not None:
                     budget = left if budget is None else min(budget, left)
-            pid = self._next_pid
-            self._next_pid += 1
+            if pid is None:  # a recovered process keeps its pid (`Kernel.recover`)
+                pid = self._next_pid
+                self._next_pid += 1
+            elif pid in self._procs:
+                raise AdmissionError(f"pid {pid} is in use")
             entity = Entity(
                 pid=pid,
                 owner=owner,
@@ -326,6 +339,19 @@ class ProcessTable:
             self._live += 1
             self._live_of[owner] = mine + 1
             return proc
+
+    def continue_after(self, pid: int) -> None:
+        """New pids start above `pid` (a journal's highest, so none is used twice)."""
+        with self._lock:
+            self._next_pid = max(self._next_pid, pid + 1)
+
+    def restore(self, proc: Process) -> None:
+        """Put back an exited process from before a restart (for ps, wait and its output)."""
+        with self._lock:
+            self._procs[proc.pid] = proc
+            self._exited.append(proc.pid)
+            while len(self._exited) > params.EXITED_KEEP:
+                self._procs.pop(self._exited.popleft(), None)
 
     def reaped(self, proc: Process) -> None:
         """Note an exit; forget the oldest exited processes beyond params.EXITED_KEEP."""

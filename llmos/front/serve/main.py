@@ -1,8 +1,11 @@
 """Running `llmos serve`: one kernel, one user store, uvicorn on a TCP port, until SIGTERM.
 
 `serve(system, host, port, ...)` takes the home's kernel lock (`kernel.pid`, the same one the
-kernel daemon takes, so one kernel per home), opens the user store, starts a `Kernel`, loads the
-default CPU, and runs uvicorn. Binding anything but loopback prints a warning: tokens travel in
+kernel daemon takes, so one kernel per home), opens the user store and the process journal
+(`procs.db`), starts a `Kernel` that journals every process and its output, loads the default
+CPU, recovers what a killed server left (`llmos.kernel.recovery`: a process that had sent
+nothing runs again under its pid; one that had is reported lost with its output kept), and
+runs uvicorn. Binding anything but loopback prints a warning: tokens travel in
 clear without TLS in front (a reverse proxy that terminates TLS, see docs/SERVE.md).
 
 SIGTERM or SIGINT drains: readiness turns false and new processes are refused (503) at once,
@@ -36,6 +39,7 @@ from llmos.front.serve.service import Service
 from llmos.kernel import cpus as cpu_mod
 from llmos.kernel.boot import System
 from llmos.kernel.core import Kernel
+from llmos.store.procs import ProcJournal
 from llmos.store.users import UserStore
 
 
@@ -93,14 +97,27 @@ def serve(
         os.write(lock_fd, f"{os.getpid()}\n".encode())
         _logging()
         users = UserStore.open(system.home / params.USERS_DB_NAME)
+        journal = ProcJournal.open(system.home / params.PROCS_DB_NAME)
         kernel = Kernel(
-            system, policy=policy, max_resident=max_resident, max_processes=max_processes
+            system,
+            policy=policy,
+            max_resident=max_resident,
+            max_processes=max_processes,
+            journal=journal,
         )
         service = Service(kernel=kernel, users=users, metrics_auth=metrics_auth)
         try:
             kernel.cpu(None)  # load the default model now, not on the first request
         except LlmosError as exc:
             print(f"llmos: serve: warning: default CPU not loaded: {exc}", file=sys.stderr)
+        service.lost = kernel.recover()  # what a killed server left: resumed, or lost
+        if service.lost:
+            resumed = sum(1 for r in service.lost if r["outcome"] == "resumed")
+            print(
+                f"llmos: serve: recovered {len(service.lost)} processes from the journal "
+                f"({resumed} resumed, {len(service.lost) - resumed} lost with their output)",
+                file=sys.stderr,
+            )
         if not is_loopback(host):
             print(
                 f"llmos: serve: warning: listening on {host}, not loopback: put TLS in front "
@@ -134,6 +151,9 @@ def serve(
             service.kernel.shutdown(timeout=params.KERNEL_SHUTDOWN_GRACE_S)
             with contextlib.suppress(LlmosError):
                 service.users.close()
+            if service.kernel.journal is not None:
+                with contextlib.suppress(LlmosError):
+                    service.kernel.journal.close()
         with contextlib.suppress(Exception):
             cpu_mod.close_all()
         system.close()

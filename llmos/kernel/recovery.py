@@ -1,0 +1,129 @@
+"""Crash recovery for a long-lived kernel: what becomes of the processes a killed kernel left.
+
+A kernel given a journal (`llmos.store.procs.ProcJournal`; `llmos serve` gives one) records
+each process it starts (with the spec to start it again: its program's file, or a chat's
+messages, its inputs, model, priority and budget) and each piece of output before anyone sees
+it (`Process.append_output`). When a new kernel starts on the same home, `recover(kernel)`
+looks at the processes the journal still has as live:
+
+- a top process that had produced no output yet (queued, or still reading its prompt) is
+  started again with the same pid and owner: nothing of it had been sent to anyone, so running
+  it from its start resumes it exactly;
+- any other (it had sent output, or it was a child whose parent is gone) is reported lost: it
+  stays in the table as exited with status `lost`, its output so far kept, so `wait`, `ps` and
+  a client that reconnects to its event stream (with `Last-Event-ID`) get everything it had
+  produced, then its end.
+
+Invariants: pids continue above the journal's highest, so no pid names two processes; a
+recovered process keeps its owner (ownership checks hold across the restart); each live row
+ends up either running again or finished as `lost`, never left live.
+
+Not covered: continuing a partial reply where it stopped (the context is not re-prefilled with
+the output so far: such a process is lost, not resumed); processes waiting on `ask` or an
+approval are treated like any other (resumed only if they had no output).
+
+What this does not do: write the journal (the kernel and `Process` do), or open it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmos.errors import LlmosError
+from llmos.kernel import program as program_mod
+from llmos.kernel.proc import Process, State
+from llmos.kernel.program import Program
+from llmos.kernel.sched.policy import Entity
+
+LOST = "the service stopped before the process finished (its output so far is kept)"
+
+
+def spec_of(program: Program, inputs: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """What starts the same process again."""
+    spec: dict[str, Any] = {"inputs": inputs, "model": model}
+    if program.kind == "chat":
+        spec["chat"] = {
+            "messages": program.messages,
+            "model": program.model,
+            "config": program.config,
+            "output_schema": program.output_schema,
+            "json": program.output_format == "json",
+        }
+    else:
+        spec["path"] = str(program.path)
+    return spec
+
+
+def program_of(spec: dict[str, Any]) -> Program:
+    chat = spec.get("chat")
+    if chat is not None:
+        return program_mod.chat(
+            chat["messages"],
+            model=chat.get("model"),
+            config=chat.get("config"),
+            output_schema=chat.get("output_schema"),
+            json_output=bool(chat.get("json")),
+        )
+    return program_mod.load(spec["path"])
+
+
+def recover(kernel: Any) -> list[dict[str, Any]]:
+    """Resume or report lost every process the journal has as live (see the module's note);
+    what became of each, as `{"pid", "owner", "program", "outcome", "error"}`."""
+    journal = kernel.journal
+    if journal is None:
+        return []
+    report = []
+    for row in journal.live():
+        pid, owner = int(row["pid"]), str(row["owner"])
+        output = journal.output_of(pid)
+        outcome, error = "resumed", None
+        if row["ppid"] == 0 and not output:
+            try:
+                spec = row["spec"]
+                kernel.spawn(
+                    program_of(spec),
+                    spec.get("inputs") or {},
+                    owner=owner,
+                    model=spec.get("model"),
+                    priority=row["priority"],
+                    budget=row["budget"],
+                    pid=pid,
+                )
+            except LlmosError as exc:
+                outcome, error = "lost", f"could not be started again: {exc}"
+        else:
+            outcome, error = "lost", LOST
+        if outcome == "lost":
+            _restore_lost(kernel, row, output, error or LOST)
+        report.append(
+            {
+                "pid": pid,
+                "owner": owner,
+                "program": row["program"],
+                "outcome": outcome,
+                "error": error,
+            }
+        )
+    return report
+
+
+def _restore_lost(kernel: Any, row: dict[str, Any], output: list[str], error: str) -> None:
+    pid, owner = int(row["pid"]), str(row["owner"])
+    proc = Process(
+        pid=pid,
+        ppid=int(row["ppid"]),
+        owner=owner,
+        program=str(row["program"]),
+        program_path=row["spec"].get("path"),
+        inputs=dict(row["spec"].get("inputs") or {}),
+        cpu=str(row["spec"].get("model") or "-"),
+        entity=Entity(pid=pid, owner=owner, priority=int(row["priority"])),
+        top=pid,
+        created_at=float(row["created_at"]),
+        output=list(output),
+    )
+    proc.journal = kernel.journal
+    proc.base_state = State.RUNNABLE
+    proc.exit("lost", error)  # journalled as ended
+    kernel.table.restore(proc)

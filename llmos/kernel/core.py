@@ -141,6 +141,7 @@ class Kernel:
         cpu: CPU | None = None,
         on_trace: Trace | None = None,
         pid: int | None = None,
+        replay: list[str] | None = None,
     ) -> Process:
         """Start a process (on `cpu` if given, else the one `model` or the program names),
         within its owner's policy (`llmos.kernel.security.policy`): its budget, priority, devices
@@ -179,6 +180,9 @@ class Kernel:
             max_live=user.quota.max_processes,
             pid=pid,
         )
+        if replay:  # a recovered process: its output so far, which its run reproduces first
+            proc.output = list(replay)
+            proc.replay = "".join(replay)
         if self.journal is not None:
             self._journal(proc, program, inputs, model)
         proc.context_limit = context_limit(program, cpu)
@@ -267,6 +271,8 @@ class Kernel:
             if gate is not None:
                 gate.release(proc.entity)
                 proc.entity.resident = False
+            if proc.diverged:
+                status, error = "lost", recovery.DIVERGED
             self.meter.record(proc)  # its usage to the ledger, before waiters see the exit
             self.table.reaped(proc)  # before exit wakes waiters: a spawn after wait() fits
             proc.exit(status, error)

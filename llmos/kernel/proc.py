@@ -101,6 +101,8 @@ class Process:
     context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered
     memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
     journal: Any = None  # the kernel's llmos.store.procs.ProcJournal, if it keeps one
+    replay: str = ""  # recovered output its new run must reproduce first (llmos.kernel.recovery)
+    diverged: bool = False  # its new run did not reproduce it: stopped, to be reported lost
     metered: bool = False  # its usage is in the ledger (llmos.kernel.meter): no longer live
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -136,10 +138,32 @@ class Process:
         """Add a piece of output: journalled first (when the kernel keeps a journal), then
         visible to followers, so nobody sees a piece the journal lacks."""
         with self.cond:
+            if self.diverged:
+                return  # stopping: nothing after a divergence is sent
+            if self.replay:
+                text = self._replayed(text)
+                if not text:
+                    return
             if self.journal is not None:
                 self.journal.output(self.pid, len(self.output), text)
             self.output.append(text)
             self.cond.notify_all()
+
+    def _replayed(self, text: str) -> str:
+        """A recovered process regenerates what it had already sent: a piece that matches it is
+        dropped (its followers have it), the part past it is new; a piece that differs stops
+        the process (`diverged`), since what was sent cannot be taken back."""
+        if self.replay.startswith(text):
+            self.replay = self.replay[len(text) :]
+            return ""
+        if text.startswith(self.replay):
+            text, self.replay = text[len(self.replay) :], ""
+            return text
+        self.replay = ""
+        self.diverged = True
+        self.entity.killed = True
+        self.entity.poke()
+        return ""
 
     def read_output(self, seen: int, timeout: float | None) -> tuple[list[str], bool]:
         """The output pieces after the first `seen`, waiting up to `timeout` seconds for one

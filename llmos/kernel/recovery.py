@@ -6,21 +6,25 @@ messages, its inputs, model, priority and budget) and each piece of output befor
 it (`Process.append_output`). When a new kernel starts on the same home, `recover(kernel)`
 looks at the processes the journal still has as live:
 
-- a top process that had produced no output yet (queued, or still reading its prompt) is
-  started again with the same pid and owner: nothing of it had been sent to anyone, so running
-  it from its start resumes it exactly;
-- any other (it had sent output, or it was a child whose parent is gone) is reported lost: it
-  stays in the table as exited with status `lost`, its output so far kept, so `wait`, `ps` and
-  a client that reconnects to its event stream (with `Last-Event-ID`) get everything it had
+- a top process whose program declares no devices is started again with the same pid and
+  owner, its output so far already in place: its context is prefilled again from its program
+  and inputs, and its new run must first reproduce what it had sent (the journal); the pieces
+  that match are not sent twice, and it goes on from there, so a client that reconnects with
+  `Last-Event-ID` gets the rest. If the new run differs from what was sent (sampling, or
+  numerics that depend on the batch), it is stopped there and reported lost: what a client
+  received is never contradicted;
+- any other (a program with devices, whose syscalls must not run twice; a child whose parent
+  is gone) is reported lost: it stays in the table as exited with status `lost`, its output
+  so far kept, so `wait`, `ps` and a reconnecting event stream get everything it had
   produced, then its end.
 
 Invariants: pids continue above the journal's highest, so no pid names two processes; a
 recovered process keeps its owner (ownership checks hold across the restart); each live row
 ends up either running again or finished as `lost`, never left live.
 
-Not covered: continuing a partial reply where it stopped (the context is not re-prefilled with
-the output so far: such a process is lost, not resumed); processes waiting on `ask` or an
-approval are treated like any other (resumed only if they had no output).
+Not covered: continuing a reply from its saved KV or from the text so far (the reply is
+regenerated and checked instead, which costs the tokens again); a process with devices is
+never resumed, even one that made no syscall yet.
 
 What this does not do: write the journal (the kernel and `Process` do), or open it.
 """
@@ -36,6 +40,10 @@ from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
 
 LOST = "the service stopped before the process finished (its output so far is kept)"
+DIVERGED = (
+    "the service stopped before the process finished, and its new run did not reproduce the "
+    "output already sent (that output is kept)"
+)
 
 
 def spec_of(program: Program, inputs: dict[str, Any], model: str | None) -> dict[str, Any]:
@@ -78,22 +86,25 @@ def recover(kernel: Any) -> list[dict[str, Any]]:
         pid, owner = int(row["pid"]), str(row["owner"])
         output = journal.output_of(pid)
         outcome, error = "resumed", None
-        if row["ppid"] == 0 and not output:
-            try:
-                spec = row["spec"]
-                kernel.spawn(
-                    program_of(spec),
-                    spec.get("inputs") or {},
-                    owner=owner,
-                    model=spec.get("model"),
-                    priority=row["priority"],
-                    budget=row["budget"],
-                    pid=pid,
-                )
-            except LlmosError as exc:
-                outcome, error = "lost", f"could not be started again: {exc}"
-        else:
+        try:
+            spec = row["spec"]
+            program = program_of(spec)
+            if row["ppid"] != 0 or program.tools:
+                raise _NotResumable
+            kernel.spawn(
+                program,
+                spec.get("inputs") or {},
+                owner=owner,
+                model=spec.get("model"),
+                priority=row["priority"],
+                budget=row["budget"],
+                pid=pid,
+                replay=output,
+            )
+        except _NotResumable:
             outcome, error = "lost", LOST
+        except LlmosError as exc:
+            outcome, error = "lost", f"{LOST}; it could not be started again: {exc}"
         if outcome == "lost":
             _restore_lost(kernel, row, output, error or LOST)
         report.append(
@@ -106,6 +117,10 @@ def recover(kernel: Any) -> list[dict[str, Any]]:
             }
         )
     return report
+
+
+class _NotResumable(Exception):
+    pass
 
 
 def _restore_lost(kernel: Any, row: dict[str, Any], output: list[str], error: str) -> None:

@@ -26,7 +26,9 @@ from typing import Any
 import pytest
 
 from llmos import params
+from llmos.front import kerneld
 from llmos.front.kclient import KernelClient
+from llmos.kernel import api
 from llmos.store.log import Log, RunRecord, pid_alive
 
 try:
@@ -420,11 +422,7 @@ def test_malformed_requests_get_error_replies(kd: Path) -> None:
         (b"[1, 2]\n", "request must be a JSON object with an 'op'"),
         (
             b'{"op": "reboot"}\n',
-            "unknown op 'reboot': use one of spawn, ps, kill, stop, cont, renice, wait, "
-            "follow, answer, approve, deny, audit, top, memory.remember, memory.recall, "
-            "memory.forget, memory.list, memory.page, shm.ls, shm.create, shm.read, shm.write, "
-            "shm.chmod, shm.rm, usage, logs.list, logs.search, logs.get, exec, programs.list, "
-            "programs.show, programs.install, programs.remove, get, status, shutdown",
+            "unknown op 'reboot': use one of " + ", ".join([*api.OPS, *kerneld.DAEMON_OPS]),
         ),
         (b'{"op": "kill", "pid": "1"}\n', "'pid' must be an integer, got '1'"),
         (b'{"op": "kill"}\n', "kill needs 'pid'"),

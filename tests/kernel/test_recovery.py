@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from llmos.hw.cpu.llama import embedded_model_path
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
 from llmos.store.procs import ProcJournal
 
-GREEDY = """---
+# Their own CPU (the model named by its file: a spec of its own, so a CPU of its own): the
+# KV and prefix cache of the shared `embedded` CPU stay as other tests expect them.
+MODEL = str(embedded_model_path())
+GREEDY = f"""---
 description: Count.
+model: {MODEL}
 config:
   temperature: 0
   maxOutputTokens: 24

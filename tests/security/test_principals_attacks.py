@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from llmos import params
-from llmos.errors import AccessError, NoSuchProcessError, RequestError
+from llmos.errors import AccessError, InputError, NoSuchProcessError, RequestError
 from llmos.front import kclient, kerneld
 from llmos.kernel import api
 from llmos.kernel import cpus as cpu_mod
@@ -163,7 +163,7 @@ def test_attack_read_and_change_another_owners_memories_pages_and_segments(
         ("shm.rm", {"name": "vault"}),
     ]
     for op, payload in attempts:
-        with pytest.raises((AccessError, api.InputError)):
+        with pytest.raises((AccessError, InputError)):
             api.call(kernel, BOB, op, payload)
     assert effects.row_changes() == {}
     assert api.call(kernel, ALICE, "shm.read", {"name": "vault"})["text"] == SECRET

@@ -285,9 +285,7 @@ def logs(
             raise InputError(f"no run with id '{run_id}' in {log.path}")
         messages = log.messages(record.id, owner)
         if as_json:
-            click.echo(
-                json.dumps({**_record_json(record), "messages": messages}, ensure_ascii=False)
-            )
+            click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
             return
         click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
         if record.inputs:
@@ -303,30 +301,10 @@ def logs(
         return
     rows = log.list_runs(limit=limit, query=query, program=program, status=status, owner=owner)
     if as_json:
-        click.echo(json.dumps([_record_json(r) for r in rows], ensure_ascii=False))
+        click.echo(json.dumps([r.to_json() for r in rows], ensure_ascii=False))
         return
     for r in rows:
         click.echo(_run_row(r))
-
-
-def _record_json(r: RunRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "program": r.program,
-        "program_path": r.program_path,
-        "cpu": r.cpu,
-        "status": r.status,
-        "inputs": r.inputs,
-        "response": r.response,
-        "error_kind": r.error_kind,
-        "error": r.error,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "started_at": r.started_at,
-        "duration_ms": r.duration_ms,
-        "ttft_ms": r.ttft_ms,
-        "context": (r.extra or {}).get("context"),  # accounting, and page ids if it paged
-    }
 
 
 # --- The kernel daemon and its processes ---------------------------------------------------------

@@ -228,6 +228,32 @@ class RunRecord:
             return None
         return self.completion_tokens / (self.duration_ms / 1000.0)
 
+    def to_json(self, *, with_path: bool = True) -> dict[str, Any]:
+        """The run as `llmos logs --json` and the API show it; `with_path=False` leaves out
+        the program's file path (a remote caller is not shown the server's files)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "owner": self.owner,
+            "program": self.program,
+            "cpu": self.cpu,
+            "status": self.status,
+            "inputs": self.inputs,
+            "response": self.response,
+            "error_kind": self.error_kind,
+            "error": self.error,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "ttft_ms": self.ttft_ms,
+            "parent_run": self.parent_run,
+            "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
+        }
+        if with_path:
+            out["program_path"] = self.program_path
+        return out
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RunRecord:
         values = dict(row)

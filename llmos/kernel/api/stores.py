@@ -201,25 +201,8 @@ def _usage(kernel: Kernel, caller: Caller, req: UsageRequest) -> dict[str, Any]:
 
 
 def run_json(r: RunRecord) -> dict[str, Any]:
-    """One logged run as the API shows it."""
-    return {
-        "id": r.id,
-        "owner": r.owner,
-        "program": r.program,
-        "cpu": r.cpu,
-        "status": r.status,
-        "inputs": r.inputs,
-        "response": r.response,
-        "error_kind": r.error_kind,
-        "error": r.error,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "started_at": r.started_at,
-        "ended_at": r.ended_at,
-        "duration_ms": r.duration_ms,
-        "ttft_ms": r.ttft_ms,
-        "parent_run": r.parent_run,
-    }
+    """One logged run as the API shows it (without the server's file path)."""
+    return r.to_json(with_path=False)
 
 
 def _scope(caller: Caller) -> str | None:

@@ -8,9 +8,9 @@ draining). Every answer that is an error has the
 one-line OpenAI error shape (`errors`).
 
 Middleware (outermost first):
-- access log: one structured JSON line per request on the `llmos.access` logger (method, path,
-  status, user, duration, bytes in), never a token or a body;
-- request metrics: each request's latency by route template and status (`metrics`);
+- access log and request metrics: one structured JSON line per request on the `llmos.access`
+  logger (method, path, status, user, duration), never a token or a body; and the request's
+  latency by route template and status into the app's metrics (`metrics`);
 - body limit: a request body over params.SERVE_MAX_BODY_BYTES is refused with 413 before it is
   read whole (by Content-Length, and by counting a body sent without one).
 
@@ -74,8 +74,7 @@ def create_app(service: Service) -> FastAPI:
     _health(app)
     _handlers(app)
     app.add_middleware(BodyLimit, limit=params.SERVE_MAX_BODY_BYTES)
-    app.add_middleware(metrics.RequestMetrics, metrics=app.state.metrics)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, metrics=app.state.metrics)
     return app
 
 
@@ -177,10 +176,11 @@ async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> 
 
 
 class AccessLog:
-    """One JSON line per request on `llmos.access`."""
+    """One JSON line per request on `llmos.access`, and its latency into the app's metrics."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: metrics.Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,6 +198,8 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
+            seconds = time.monotonic() - started
+            self.metrics.request(metrics.route_of(scope), str(scope.get("method")), status, seconds)
             state = scope.get("state") or {}
             client = scope.get("client") or ("", 0)
             access_log.info(
@@ -209,7 +211,7 @@ class AccessLog:
                         "status": status,
                         "user": state.get("user"),
                         "client": client[0],
-                        "ms": round((time.monotonic() - started) * 1000, 1),
+                        "ms": round(seconds * 1000, 1),
                     }
                 )
             )

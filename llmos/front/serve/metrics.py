@@ -35,14 +35,13 @@ anywhere.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from llmos import params
 from llmos.front.serve.service import Service
@@ -132,35 +131,7 @@ class Metrics:
         self.latency.labels(route, method, str(status)).observe(seconds)
 
 
-class RequestMetrics:
-    """ASGI middleware: every HTTP request's latency into `Metrics.latency`."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.metrics.request(
-                _route(scope), str(scope.get("method")), status, time.monotonic() - started
-            )
-
-
-def _route(scope: Scope) -> str:
+def route_of(scope: Scope) -> str:
     """The matched route's template; one label for every path that matched none."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)

@@ -11,6 +11,7 @@ test, for tests that kill or restart it). Programs: `summarize` (text) is instal
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -34,6 +36,22 @@ config:
 ---
 Summarize in one sentence: {{input}}
 """
+
+
+def sse_events(raw: str) -> list[dict[str, Any]]:
+    """An SSE body as its events (`id`, `event`, `data` parsed as JSON); comments skipped."""
+    out = []
+    for block in raw.split("\n\n"):
+        ev: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            ev[key] = value[1:] if value.startswith(" ") else value
+        if "data" in ev:
+            ev["data"] = json.loads(ev["data"])
+            out.append(ev)
+    return out
 
 
 def free_port() -> int:

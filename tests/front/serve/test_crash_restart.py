@@ -5,10 +5,7 @@ rest of it, a process that had sent nothing runs again, and pids are never reuse
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from tests.front.serve.conftest import Server
+from tests.front.serve.conftest import Server, sse_events
 
 STORY = """---
 description: A long story.
@@ -18,21 +15,6 @@ config:
 ---
 Write a long story about {{input}}.
 """
-
-
-def _events(raw: str) -> list[dict[str, Any]]:
-    out = []
-    for block in raw.split("\n\n"):
-        ev: dict[str, Any] = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            ev[key] = value[1:] if value.startswith(" ") else value
-        if "data" in ev:
-            ev["data"] = json.loads(ev["data"])
-            out.append(ev)
-    return out
 
 
 def test_a_killed_server_loses_no_token_and_resumes_queued_work(fresh_server: Server) -> None:
@@ -50,7 +32,7 @@ def test_a_killed_server_loses_no_token_and_resumes_queued_work(fresh_server: Se
             buffer = ""
             for chunk in r.iter_text():
                 buffer += chunk
-                outputs = [e for e in _events(buffer) if e["event"] == "output"]
+                outputs = [e for e in sse_events(buffer) if e["event"] == "output"]
                 if len(outputs) >= 5:
                     received = "".join(e["data"]["text"] for e in outputs)
                     last_id = outputs[-1]["id"]
@@ -61,7 +43,7 @@ def test_a_killed_server_loses_no_token_and_resumes_queued_work(fresh_server: Se
     server.start("--policy", "fifo", "--max-resident", "1")  # same home, same port
     assert "recovered 2 processes" in server.output()
     with server.client("alice") as c:
-        rest = _events(
+        rest = sse_events(
             c.get(f"/api/processes/{pid}/events", headers={"Last-Event-ID": last_id}).text
         )
         assert rest[-1]["event"] == "end"

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmos.store.usage import day_of, seconds_to_next_day
-from tests.front.serve.conftest import Server, _server, install_summarize
-from tests.front.serve.test_rest import _events, _spawn
+from tests.front.serve.conftest import Server, _server, install_summarize, sse_events
+from tests.front.serve.test_rest import _spawn
 
 PRICES = {"prompt_per_1m": 2.0, "generated_per_1m": 8.0, "cpu_hour": 36.0}
 
@@ -311,7 +311,7 @@ def test_sigterm_lets_an_open_stream_finish_and_usage_survives_a_restart(
             fresh_server.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             chunks.extend(stream)  # the process's output goes on to its end
-    events = _events("".join(chunks))
+    events = sse_events("".join(chunks))
     assert events and events[-1]["event"] == "end"
     assert events[-1]["data"]["exit_status"] == "ok"
     assert "".join(e["data"]["text"] for e in events if e["event"] == "output").strip()

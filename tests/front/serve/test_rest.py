@@ -10,23 +10,7 @@ from typing import Any
 import httpx2
 
 from tests.conftest import run_llmos
-from tests.front.serve.conftest import Server
-
-
-def _events(raw: str) -> list[dict[str, Any]]:
-    """Parse an SSE body into events (id, event, data)."""
-    out = []
-    for block in raw.split("\n\n"):
-        ev: dict[str, Any] = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            ev[key] = value[1:] if value.startswith(" ") else value
-        if "data" in ev:
-            ev["data"] = json.loads(ev["data"])
-            out.append(ev)
-    return out
+from tests.front.serve.conftest import Server, sse_events
 
 
 def _spawn(c: httpx2.Client, text: str = "The meeting moved to Thursday.") -> int:
@@ -96,7 +80,7 @@ def test_a_process_runs_and_streams_its_output(server: Server) -> None:
         r = c.get(f"/api/processes/{pid}/events")
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = _events(r.text)
+        events = sse_events(r.text)
         assert events[-1]["event"] == "end"
         assert events[-1]["data"]["exit_status"] == "ok"
         text = "".join(e["data"]["text"] for e in events if e["event"] == "output")
@@ -110,13 +94,13 @@ def test_a_process_runs_and_streams_its_output(server: Server) -> None:
 def test_resuming_with_last_event_id_misses_and_repeats_nothing(server: Server) -> None:
     with server.client("alice") as c:
         pid = _spawn(c, "Alpha beta gamma delta epsilon zeta eta theta iota kappa.")
-        full = _events(c.get(f"/api/processes/{pid}/events").text)
+        full = sse_events(c.get(f"/api/processes/{pid}/events").text)
         outputs = [e for e in full if e["event"] == "output"]
         text = "".join(e["data"]["text"] for e in outputs)
         for cut in range(len(outputs)):
             last_id = outputs[cut]["id"]
             before = "".join(e["data"]["text"] for e in outputs[: cut + 1])
-            resumed = _events(
+            resumed = sse_events(
                 c.get(f"/api/processes/{pid}/events", headers={"Last-Event-ID": last_id}).text
             )
             after = "".join(e["data"]["text"] for e in resumed if e["event"] == "output")
@@ -132,7 +116,7 @@ def test_a_stream_that_starts_before_the_output_gets_all_of_it(server: Server) -
         pieces: list[str] = []
         with c.stream("GET", f"/api/processes/{pid}/events") as r:
             raw = "".join(r.iter_text())
-        pieces = [e["data"]["text"] for e in _events(raw) if e["event"] == "output"]
+        pieces = [e["data"]["text"] for e in sse_events(raw) if e["event"] == "output"]
         assert "".join(pieces) == c.get(f"/api/processes/{pid}/wait").json()["text"]
 
 
@@ -303,14 +287,14 @@ def test_a_client_that_disconnects_leaves_its_process_running(server: Server) ->
             buffer = ""
             for chunk in r.iter_text():
                 buffer += chunk
-                outputs = [e for e in _events(buffer) if e["event"] == "output"]
+                outputs = [e for e in sse_events(buffer) if e["event"] == "output"]
                 if outputs:
                     first = outputs[0]
                     break  # hang up after the first piece
         assert first is not None
         done = c.get(f"/api/processes/{pid}/wait", params={"timeout": 60}).json()
         assert done["process"]["exit_status"] == "ok"
-        rest = _events(
+        rest = sse_events(
             c.get(f"/api/processes/{pid}/events", headers={"Last-Event-ID": first["id"]}).text
         )
         after = "".join(e["data"]["text"] for e in rest if e["event"] == "output")

@@ -51,6 +51,20 @@ def prompt(client: int, n: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Count in words from {client * 97 + n} onwards."}]
 
 
+def record(
+    user: str, t0: float, ttft: float | None, tokens: int, error: str | None
+) -> dict[str, Any]:
+    """One request: a failed one before its first token counts its whole time as TTFT."""
+    now = time.monotonic()
+    return {
+        "user": user,
+        "ttft": ttft if ttft is not None else now - t0,
+        "latency": now - t0,
+        "tokens": tokens,
+        "error": error,
+    }
+
+
 def summarize(kind: str, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     ok = [r for r in records if not r["error"]]
     per_user: dict[str, int] = {}
@@ -166,15 +180,7 @@ async def http_load(
                         got = chunk.usage.completion_tokens
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:200]
-            records.append(
-                {
-                    "user": user,
-                    "ttft": ttft if ttft is not None else time.monotonic() - t0,
-                    "latency": time.monotonic() - t0,
-                    "tokens": got,
-                    "error": error,
-                }
-            )
+            records.append(record(user, t0, ttft, got, error))
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.monotonic() - started
@@ -248,15 +254,7 @@ def run_inproc(clients: int, users: int, duration: float) -> dict[str, Any]:
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"[:200]
                 with lock:
-                    records.append(
-                        {
-                            "user": user,
-                            "ttft": ttft if ttft is not None else time.monotonic() - t0,
-                            "latency": time.monotonic() - t0,
-                            "tokens": got,
-                            "error": error,
-                        }
-                    )
+                    records.append(record(user, t0, ttft, got, error))
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:

@@ -41,7 +41,6 @@ STATUS = {
     "output": 422,
     "context_overflow": 422,
     "model": 422,
-    "memory": 422,
     "quota": 429,
     "admission": 503,
     "draining": 503,

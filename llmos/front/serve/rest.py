@@ -42,6 +42,7 @@ from llmos import params
 from llmos.errors import RequestError
 from llmos.front.serve import sse
 from llmos.front.serve.auth import caller as auth_caller
+from llmos.front.serve.errors import HTTPError
 from llmos.kernel import api
 
 router = APIRouter(prefix="/api")
@@ -51,8 +52,6 @@ CallerDep = Annotated[api.Caller, Depends(auth_caller)]
 def _call(request: Request, caller: api.Caller, op: str, payload: dict[str, Any]) -> Any:
     service = request.app.state.service
     if op in ("exec", "spawn") and service.draining:
-        from llmos.front.serve.errors import HTTPError
-
         raise HTTPError(503, "the service is shutting down; try again shortly", "draining")
     return api.call(service.kernel, caller, op, payload)
 

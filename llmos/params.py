@@ -361,6 +361,10 @@ SERVE_THREADS = 512  # worker threads for blocking kernel calls and streams (one
 SERVE_DRAIN_S = 30.0  # SIGTERM: how long open streams may finish before the kernel stops
 PROGRAM_MODEL_PREFIX = "program/"  # /v1 model ids of installed programs: program/NAME
 CHAT_MAX_MESSAGES = 256  # the most messages one chat completion may send
+CHAT_MAX_TOOLS = 64  # the most functions one chat completion may declare (and calls per message)
+CHAT_TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a declared function's name (OpenAI's rule)
+CHAT_TOOL_DESCRIPTION_MAX = 4096  # characters of one declared function's description
+CHAT_TOOL_ID_MAX = 128  # characters of a tool call's id
 EMBED_MAX_TEXTS = 2048  # the most texts one embeddings request may send
 SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)
 

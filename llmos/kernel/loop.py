@@ -15,6 +15,9 @@ and page in memories and shared segments), then steps:
    on the embedded CPU, `response_format` elsewhere).
 3. trap: `trap.classify` sorts the reply: text (the answer), a syscall, or a malformed call (the
    model is told what was wrong and the loop goes on).
+   A call to one of the program's `client_tools` (functions the caller runs itself, the OpenAI
+   endpoint's `tools`) is not a syscall: the run ends there with finish reason `tool_calls`
+   and the calls in `RunResult.extra["tool_calls"]`.
 4. syscall: the process's guard (`llmos.kernel.security.guard`) decides and audits it first (it may
    wait for approval); then `SyscallTable.dispatch` runs it (the process is blocked
    meanwhile); its result, or a clear error, is appended as a `tool` message (a `syscall`
@@ -63,7 +66,7 @@ from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
 from llmos.kernel.security.guard import Guard, arguments, result_label
 from llmos.kernel.syscall import SyscallResult, SyscallTable
-from llmos.kernel.trap import Trapped, classify
+from llmos.kernel.trap import Trapped, classify, with_call_note
 from llmos.store.log import Log
 
 Trace = Callable[[dict[str, Any]], None]
@@ -145,6 +148,8 @@ def run_process(
     try:
         try:
             messages = program.render(inputs)
+            if program.client_tools and cpu.capabilities.grammar:
+                messages = with_call_note(messages, program.client_tools)
         finally:
             run_id = log.start_run(
                 program.name,
@@ -220,6 +225,8 @@ def _steps(
     specs: list[ToolSpec] | None = None
     if devices is not None and devices.grants:
         specs = devices.table.specs(devices.grants)
+    elif program.client_tools:
+        specs = list(program.client_tools)  # the caller's own functions: a call ends the run
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
     required_first = program.llmos.get("tool_choice") == "required"
@@ -269,6 +276,8 @@ def _steps(
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
         trapped = classify(text, last.tool_calls) if specs else Trapped(kind="text")
+        if devices is None and trapped.kind == "malformed":
+            trapped = Trapped(kind="text", text=text)  # no device to retry for: it is the answer
         if specs:
             context.touch(text)
         ended_early = last.finish_reason in ("cancelled", "budget")
@@ -306,7 +315,15 @@ def _steps(
             if on_text is not None:
                 on_text(text)
             return result(text, output, last.finish_reason)
-        assert devices is not None  # specs implies devices
+        if devices is None:  # a call to one of the caller's functions: the caller runs it
+            attempts += 1
+            at = text.find(CALL_OPEN)
+            _record(steps, on_trace, {"step": step, "kind": "client_call"})
+            done = result(text[:at].strip() if at >= 0 else text, "", "tool_calls")
+            done.extra["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in trapped.calls
+            ]
+            return done
         if trapped.kind == "malformed":
             _record(steps, on_trace, {"step": step, "kind": "malformed", "error": trapped.error})
             context.append("assistant", text, "turn", {"step": step})

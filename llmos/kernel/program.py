@@ -54,7 +54,7 @@ import yaml
 
 from llmos import params
 from llmos.errors import InputError, ProgramError
-from llmos.hw.cpu.base import Message
+from llmos.hw.cpu.base import Message, ToolSpec
 from llmos.kernel import dotprompt
 from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
 
@@ -103,6 +103,9 @@ class Program:
     template: str = field(default="", repr=False)  # dotprompt body / skill or markdown text
     source: str = field(default="", repr=False)  # the whole file, for dotprompt rendering
     messages: list[Message] = field(default_factory=list, repr=False)  # a chat's, as given
+    # Functions the caller runs itself (the OpenAI endpoint's `tools`): a call to one ends the
+    # process with finish reason `tool_calls` instead of running a device (llmos.kernel.loop).
+    client_tools: list[ToolSpec] = field(default_factory=list)
 
     @property
     def json_mode(self) -> bool:

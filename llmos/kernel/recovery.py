@@ -31,9 +31,11 @@ What this does not do: write the journal (the kernel and `Process` do), or open 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from llmos.errors import LlmosError
+from llmos.hw.cpu.base import ToolSpec
 from llmos.kernel import program as program_mod
 from llmos.kernel.proc import Process, State
 from llmos.kernel.program import Program
@@ -59,20 +61,32 @@ def spec_of(program: Program, inputs: dict[str, Any], model: str | None) -> dict
         }
     else:
         spec["path"] = str(program.path)
+    if program.client_tools:
+        spec["client_tools"] = [dataclasses.asdict(t) for t in program.client_tools]
+        spec["llmos"] = program.llmos
     return spec
 
 
 def program_of(spec: dict[str, Any]) -> Program:
     chat = spec.get("chat")
     if chat is not None:
-        return program_mod.chat(
+        program = program_mod.chat(
             chat["messages"],
             model=chat.get("model"),
             config=chat.get("config"),
             output_schema=chat.get("output_schema"),
             json_output=bool(chat.get("json")),
         )
-    return program_mod.load(spec["path"])
+    else:
+        program = program_mod.load(spec["path"])
+    tools = spec.get("client_tools")
+    if tools:
+        program = dataclasses.replace(
+            program,
+            client_tools=[ToolSpec(**t) for t in tools],
+            llmos={**program.llmos, **(spec.get("llmos") or {})},
+        )
+    return program
 
 
 def recover(kernel: Any) -> list[dict[str, Any]]:

@@ -135,3 +135,30 @@ def test_text_gate_streams_text_but_never_a_call() -> None:
         gate(piece)
     gate.flush()
     assert "".join(seen) == "4 < 5 is true"
+
+
+def test_a_call_to_a_client_function_ends_the_run_with_the_call(tmp_path: Path) -> None:
+    """The OpenAI endpoint's `tools`: the caller runs the function, so the loop dispatches
+    nothing; the run ends with finish reason `tool_calls` and the call; text before the call
+    is the answer's content, and the call itself is never streamed as text."""
+    import dataclasses
+
+    from llmos.hw.cpu.base import ToolSpec
+
+    spec = ToolSpec("get_weather", "The weather in a city.", {"type": "object"})
+    program = dataclasses.replace(_program(tmp_path, "name: p"), client_tools=[spec])
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    cpu = ScriptedCPU([f"Let me look. {call}"])
+    result, seen, record = _run(tmp_path, program, cpu)
+    assert result.finish_reason == "tool_calls" and result.text == "Let me look."
+    (made,) = result.extra["tool_calls"]
+    assert made["name"] == "get_weather" and json.loads(made["arguments"]) == {"city": "Oslo"}
+    assert "<tool_call>" not in "".join(seen)
+    assert len(cpu.requests) == 1 and [t.name for t in cpu.requests[0].tools or []] == [
+        "get_weather"
+    ]
+    assert record.status == "ok" and record.extra["finish_reason"] == "tool_calls"
+    # a reply without a call is the answer, as for any program
+    plain = ScriptedCPU(["It is sunny."])
+    result, seen, _ = _run(tmp_path, program, plain)
+    assert result.finish_reason != "tool_calls" and "".join(seen) == "It is sunny."

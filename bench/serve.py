@@ -9,8 +9,10 @@ usage in the last chunk. Recorded per request: time to first token (first non-em
 chunk), total latency, generated tokens, and whether it failed.
 
 In-process side: the same load (the same users, clients, prompts and limits) on a `Kernel` in a
-process of its own, each client a thread calling the kernel's API (`chat`, then following the
-process's output) directly: the ceiling the HTTP layer is measured against.
+process of its own, configured as `llmos serve` configures it (fair share, the process journal
+that logs every piece of output before it is sent), each client a thread calling the kernel's
+API (`chat`, then following the process's output) directly: the ceiling the HTTP layer is
+measured against.
 
 The HTTP side's load generator (the process running the `openai` clients, not the server) runs
 at nice CLIENT_NICE (`--client-nice`, default 10): on a small machine it shares the cores with
@@ -222,8 +224,13 @@ def run_inproc(clients: int, users: int, duration: float, nice: int) -> dict[str
         from llmos.kernel import api
         from llmos.kernel.boot import boot
         from llmos.kernel.core import Kernel
+        from llmos.store.procs import ProcJournal
 
-        kernel = Kernel(boot(), policy=params.SERVE_SCHED_POLICY, max_processes=256)
+        system = boot()
+        journal = ProcJournal.open(system.home / params.PROCS_DB_NAME)
+        kernel = Kernel(
+            system, policy=params.SERVE_SCHED_POLICY, max_processes=256, journal=journal
+        )
         kernel.cpu(None)
         names = [f"user{i}" for i in range(users)]
         records: list[dict[str, Any]] = []
@@ -273,6 +280,7 @@ def run_inproc(clients: int, users: int, duration: float, nice: int) -> dict[str
         wall = time.monotonic() - started
         kernel.shutdown()
         kernel.system.close()
+        journal.close()
     return summarize("in-process", records, wall)
 
 

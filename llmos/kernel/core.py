@@ -180,9 +180,13 @@ class Kernel:
             max_live=user.quota.max_processes,
             pid=pid,
         )
-        if replay:  # a recovered process: its output so far, which its run reproduces first
+        if replay:  # a recovered process: its output so far, continued or reproduced first
             proc.output = list(replay)
-            proc.replay = "".join(replay)
+            plain = not program.json_mode and not program.tools and not program.client_tools
+            if plain and cpu.capabilities.continuation:
+                proc.resume = "".join(replay)
+            else:
+                proc.replay = "".join(replay)
         if self.journal is not None:
             self._journal(proc, program, inputs, model)
         proc.context_limit = context_limit(program, cpu)
@@ -256,6 +260,7 @@ class Kernel:
                 devices=proc.devices,
                 prepare=lambda ctx: self._prepare(proc, program, ctx),
                 on_trace=proc.on_trace,
+                resume=proc.resume,
             )
             proc.result = result
             if result.finish_reason == "cancelled":

@@ -139,8 +139,11 @@ def run_process(
     devices: Devices | None = None,
     prepare: Callable[[Context], None] | None = None,
     on_trace: Trace | None = None,
+    resume: str = "",
 ) -> RunResult:
-    """Run `program` once; see the module note. Raises an LlmosError after logging it."""
+    """Run `program` once; see the module note. Raises an LlmosError after logging it.
+    `resume`: the reply so far of a recovered process, which a CPU with `continuation` goes on
+    from (it is not sent to `on_text` again)."""
     started = time.perf_counter()
     messages: list[Message] = []
     run_id: str | None = None
@@ -167,7 +170,7 @@ def run_process(
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
-        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace)
+        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace, resume)
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -220,6 +223,7 @@ def _steps(
     entity: Entity | None,
     devices: Devices | None,
     on_trace: Trace | None,
+    resume: str = "",
 ) -> RunResult:
     """The loop itself (see the module note); returns the unlogged result."""
     specs: list[ToolSpec] | None = None
@@ -267,10 +271,12 @@ def _steps(
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
             json_schema=(schema or {"type": "object"}) if program.json_mode and not specs else None,
             entity=entity,
+            prefix=resume if step == 1 else "",
             **settings,
         )
         gate = TextGate(None if program.json_mode else on_text, hold_calls=bool(specs))
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
+        text = request.prefix + text
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens

@@ -102,6 +102,7 @@ class Process:
     memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
     journal: Any = None  # the kernel's llmos.store.procs.ProcJournal, if it keeps one
     replay: str = ""  # recovered output its new run must reproduce first (llmos.kernel.recovery)
+    resume: str = ""  # recovered output its new run continues from (a CPU with continuation)
     diverged: bool = False  # its new run did not reproduce it: stopped, to be reported lost
     metered: bool = False  # its usage is in the ledger (llmos.kernel.meter): no longer live
     cond: threading.Condition = field(default_factory=threading.Condition)

@@ -49,6 +49,7 @@ class Capabilities:
     batching: bool = False  # many sequences decode in one step
     kv_state: bool = False  # a sequence's KV state can be saved and restored
     exact_tokens: bool = False  # tokenize() is the model's own tokenizer, not an estimate
+    continuation: bool = False  # continues a reply from `GenRequest.prefix` (plain text only)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,10 @@ class GenRequest:
     tools: list[ToolSpec] | None = None
     tool_choice: str | None = None  # "auto" (default), "required" or "none", as in OpenAI's API
     entity: SchedView | None = None  # the process asking, for CPUs that schedule
+    # The reply so far (a recovered process's output): a CPU with `continuation` prefills it
+    # after the conversation and goes on from there; it is neither generated nor streamed
+    # again, and it counts against max_tokens. Plain text only (no grammar, no tools).
+    prefix: str = ""
 
 
 @dataclass

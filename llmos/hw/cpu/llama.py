@@ -108,7 +108,13 @@ class EmbeddedCPU(CPU):
     """A local GGUF model behind the CPU interface. See the module note."""
 
     capabilities = Capabilities(
-        grammar=True, tools=True, streaming=True, batching=True, kv_state=True, exact_tokens=True
+        grammar=True,
+        tools=True,
+        streaming=True,
+        batching=True,
+        kv_state=True,
+        exact_tokens=True,
+        continuation=True,
     )
 
     def __init__(
@@ -197,6 +203,13 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
+        done_tokens = 0
+        if request.prefix:
+            if request.tools or request.json_schema:
+                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
+            more = self.engine.tokenize(request.prefix, special=False)
+            done_tokens = len(more)
+            tokens = tokens + more
         lazy: list[str] | None = None
         if request.tools and request.tool_choice != "none":
             # Syscalls by grammar: one well-formed call to one granted device. With
@@ -220,7 +233,7 @@ class EmbeddedCPU(CPU):
             ignore_eos=request.ignore_eos,
             lazy_triggers=lazy,
         )
-        max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
+        max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
         if entity is not None:
             entity.on_change = self.wake

@@ -31,6 +31,15 @@ EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at 
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
 EMBEDDED_SEED = 0  # sampler seed for reproducible runs
 PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
+# Speculative decoding by prompt lookup (llmos.hw.cpu.lookup), for greedy, unconstrained replies.
+SPEC_LOOKUP = False  # opt-in (`llmos.speculative: true`, or LLMOS_SPECULATIVE=1 for every reply)
+ENV_SPECULATIVE = "LLMOS_SPECULATIVE"
+SPEC_NGRAM_MIN = 2  # the shortest tail n-gram looked up (1-grams draft too much noise)
+SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
+SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
+SPEC_DRAFT_START = 2  # a sequence's first draft length (it doubles while drafts hold)
+SPEC_BACKOFF_MIN = 4  # steps without drafting after a draft rejected at its first token...
+SPEC_BACKOFF_MAX = 64  # ...doubling with each such failure up to this
 PREFIX_MIN_SHARE = 16  # shortest shared prompt prefix worth copying KV for (or waiting on)
 PREFIX_CACHE_TOKENS = 2048  # finished prompts' KV kept resident for later sharing, in tokens
 
@@ -72,6 +81,7 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "paging": str,  # page-out policy: oldest | lru | summarize (see llmos.kernel.mm.paging)
     "memory": dict,  # long-term memory: {auto_recall: tokens} pages in memories at spawn
     "shm": list,  # shared memory segments attached (read) at spawn, by name
+    "speculative": bool,  # draft by prompt lookup (greedy replies; see llmos.hw.cpu.lookup)
 }
 MAX_PRIORITY = 39
 MIN_PRIORITY = 0

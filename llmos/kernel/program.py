@@ -137,6 +137,8 @@ class Program:
                 out[kwarg] = list(value) if isinstance(value, list) else value
         if "max_output_tokens" in self.llmos:
             out["max_tokens"] = self.llmos["max_output_tokens"]
+        if "speculative" in self.llmos:
+            out["speculative"] = bool(self.llmos["speculative"])
         return out
 
     def render(self, inputs: dict[str, Any] | None = None) -> list[Message]:

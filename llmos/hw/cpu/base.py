@@ -197,6 +197,7 @@ class GenRequest:
     # after the conversation and goes on from there; it is neither generated nor streamed
     # again, and it counts against max_tokens. Plain text only (no grammar, no tools).
     prefix: str = ""
+    speculative: bool | None = None  # draft by prompt lookup; None: the CPU's default
 
 
 @dataclass

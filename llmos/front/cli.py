@@ -44,7 +44,13 @@ from typing import Any
 import click
 
 from llmos import config, params
-from llmos.errors import AuditError, InputError, KernelError, LlmosError
+from llmos.errors import (
+    EXIT_INTERRUPTED,
+    AuditError,
+    KernelError,
+    LlmosError,
+    NoSuchRunError,
+)
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_serve import serve, user
@@ -86,7 +92,11 @@ cli.add_command(user)
     is_flag=True,
     help="Run as a background process of the kernel daemon; print its pid.",
 )
-@click.option("--priority", type=int, help="With -d: scheduling priority (0-39).")
+@click.option(
+    "--priority",
+    type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY),
+    help="With -d: scheduling priority (0-39; out of range is refused, exit 2).",
+)
 @click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
@@ -122,12 +132,23 @@ def run(
         raise
 
     wrote_newline = True
+    # stdout and stderr on one terminal: a diagnostic line must not start mid-answer.
+    shared_tty = sys.stdout.isatty() and sys.stderr.isatty()
 
     def emit(text: str) -> None:
         nonlocal wrote_newline
         sys.stdout.write(text)
         sys.stdout.flush()
-        wrote_newline = text.endswith("\n")
+        if text:
+            wrote_newline = text.endswith("\n")
+
+    def on_trace(step: dict[str, Any]) -> None:
+        nonlocal wrote_newline
+        if shared_tty and not wrote_newline:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            wrote_newline = True
+        _trace(step)
 
     result = api.run(
         kernel,
@@ -136,7 +157,7 @@ def run(
         inputs,
         cpu=cpu,
         on_text=None if as_json else emit,
-        on_trace=_trace if trace else None,
+        on_trace=on_trace if trace else None,
     )
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
@@ -282,7 +303,7 @@ def logs(
     if run_id:
         record = log.get_run(run_id, owner)
         if record is None:
-            raise InputError(f"no run with id '{run_id}' in {log.path}")
+            raise NoSuchRunError(f"no run with id '{run_id}' in {log.path}")
         messages = log.messages(record.id, owner)
         if as_json:
             click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
@@ -324,7 +345,9 @@ def _lost_line(lost: list[dict[str, Any]]) -> str:
         f"run {x.get('run_id', '?')[:12]} {x.get('program')} (owner {x.get('owner') or '-'})"
         for x in lost
     )
-    return f"llmos: kernel restarted; {len(lost)} processes were lost: {items}"
+    n = len(lost)
+    were = "process was" if n == 1 else "processes were"
+    return f"llmos: kernel restarted; {n} {were} lost: {items}"
 
 
 def _run_detached(
@@ -401,9 +424,10 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
     reply = kclient.stop_daemon(config.home(create=False))
+    killed = int(reply.get("killed", 0))
     click.echo(
-        f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
-        "killed)",
+        f"llmos: kernel stopped (pid {reply.get('pid')}, {killed} "
+        f"{'process' if killed == 1 else 'processes'} killed)",
         err=True,
     )
 
@@ -433,7 +457,7 @@ def kernel_status(as_json: bool) -> None:
     click.echo(f"socket: {st.get('socket')}")
     lost = st.get("lost") or []
     if lost:
-        click.echo(f"lost at start: {len(lost)} processes")
+        click.echo(f"lost at start: {len(lost)} process{'es' if len(lost) != 1 else ''}")
         for x in lost:
             click.echo(f"  run {x.get('run_id')} {x.get('program')} (owner {x.get('owner')})")
 
@@ -496,12 +520,16 @@ def ps(show_all: bool, as_json: bool) -> None:
 @click.argument("pids", metavar="PID...", nargs=-1, required=True, type=int)
 @handle_errors
 def kill(pids: tuple[int, ...]) -> None:
-    """Kill processes (each ends at its next token; its output so far is logged)."""
+    """Kill processes (each ends at its next token; its output so far is logged). A process
+    that has already exited is not an error: a note says how it ended, exit 0."""
     client = _client()
     failed: LlmosError | None = None
     for pid in pids:
         try:
-            client.request("kill", pid=pid)
+            reply = client.request("kill", pid=pid)
+            if reply.get("already_exited"):
+                status = (reply.get("process") or {}).get("exit_status")
+                click.echo(f"llmos: process {pid} had already exited ({status})", err=True)
         except KernelError:
             raise
         except LlmosError as exc:
@@ -529,7 +557,7 @@ def cont(pid: int) -> None:
 
 
 @cli.command()
-@click.argument("priority", type=int)
+@click.argument("priority", type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY))
 @click.argument("pid", type=int)
 @handle_errors
 def renice(priority: int, pid: int) -> None:
@@ -722,7 +750,18 @@ def top(once: bool, interval: float) -> None:
 
 def main() -> None:
     try:
-        cli.main(prog_name="llmos", standalone_mode=True)
+        code = cli.main(prog_name="llmos", standalone_mode=False)
+    except click.UsageError as exc:  # one line, not click's usage block; exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `llmos` or group: its help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message().rstrip(".") + hint, exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:  # Ctrl-C or EOF at a prompt
+        click.echo("llmos: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging
         if os.environ.get("LLMOS_DEBUG"):
             raise
@@ -732,6 +771,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["cli", "main"]

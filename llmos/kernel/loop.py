@@ -26,7 +26,9 @@ and page in memories and shared segments), then steps:
 Budgets: a CPU that schedules (batching) charges and enforces budgets per token itself; for the
 others (remote servers) this loop charges each step's prompt before sending it and each
 generated chunk as it arrives, and ends the process with reason `budget` when it is over. This
-is the only place that does so.
+is the only place that does so. A budget counts prompt and generated tokens; a process whose
+prompt alone would pass it (nothing generated) fails with a BudgetError that says how many
+tokens the prompt takes, instead of ending silently.
 
 Output: text streams to `on_text` as it is generated, except a syscall (text from the call marker
 on is held back, `TextGate`) and JSON (printed once it validates: a reply cut short must not
@@ -54,7 +56,7 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.errors import BudgetError, ContextOverflowError, LlmosError, OutputError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -163,6 +165,9 @@ def run_process(
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
         result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace)
+        over = result.finish_reason == "budget" and entity is not None and entity.exhausted
+        if over and entity is not None and not (result.text or result.completion_tokens):
+            raise prompt_over_budget(program, context, entity)  # nothing could be generated
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -444,6 +449,20 @@ def stream_reply(
         if close is not None:
             close()
     return "".join(parts), last, first_at
+
+
+def prompt_over_budget(program: Program, context: Context, entity: Entity) -> BudgetError:
+    """The one line for a process whose prompt alone would pass a token budget (its own, an
+    ancestor's or its owner's account: budgets count prompt and generated tokens)."""
+    n = context.used
+    if entity.budget is not None and n >= entity.budget:
+        whose = f"the process's token budget of {entity.budget}"
+    else:
+        whose = "what its parent's budget or its owner's token account has left"
+    return BudgetError(
+        f"{program.path}: the prompt is {n} tokens, more than {whose} (a budget counts prompt "
+        "and generated tokens: give one larger than the prompt plus the reply)"
+    )
 
 
 def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) -> int:

@@ -24,7 +24,8 @@ when the caller's `gone()` says the client went away.
     embed               texts                                      vectors, tokens
     ps                  all                                        processes
     get                 pid                                        process, question
-    kill|stop|cont      pid                                        process
+    kill|stop|cont      pid                                        process, already_exited
+                                                                   (kill only: no error)
     renice              pid, priority                              process, old_priority
     wait                pid, timeout                               process, text, timed_out
     follow              pid                                        events (see above)

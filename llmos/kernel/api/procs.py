@@ -22,6 +22,7 @@ from llmos import params
 from llmos.errors import (
     AdmissionError,
     LlmosError,
+    ProgramError,
     RequestError,
 )
 from llmos.hw.cpu.base import CPU
@@ -41,7 +42,7 @@ class SpawnRequest(Request):
     input_pairs: list[str] = Field(default_factory=list)
     stdin: str | None = None
     model: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
     budget: int | None = Field(default=None, ge=0)
 
 
@@ -51,7 +52,7 @@ class PsRequest(Request):
 
 class ReniceRequest(Request):
     pid: int
-    priority: int
+    priority: int = Field(ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
 class WaitRequest(Request):
@@ -95,7 +96,13 @@ def spawn_request(
     ):
         ref = str(candidate)
     try:
-        program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
+        try:
+            program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
+        except ProgramError:
+            if ref != req.program or not candidate.is_dir():
+                raise
+            # No installed program by that name, but a folder here: say what it lacks.
+            program = program_mod.load(candidate)
     except LlmosError as exc:
         system.log_failure(ref, exc, owner=caller.owner)
         raise
@@ -207,10 +214,15 @@ def _ps(kernel: Kernel, caller: Caller, req: PsRequest) -> dict[str, Any]:
 
 
 def _signal(action: str) -> Handler:
+    """kill, stop or cont. Killing a process that has already exited is not an error (what
+    kill asks for is true): the reply says `already_exited`; stop and cont need a live one."""
+
     def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
-        owned(kernel, caller, req.pid)
+        target = owned(kernel, caller, req.pid)
+        if action == "kill" and not target.alive:
+            return {"process": target.info(), "already_exited": True}
         proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
-        return {"process": proc.info()}
+        return {"process": proc.info(), "already_exited": False}
 
     return handler
 

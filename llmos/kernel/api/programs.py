@@ -45,7 +45,7 @@ class ExecRequest(Request):
     inputs: dict[str, Any] = Field(default_factory=dict)
     stdin: str | None = None
     model: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
     budget: int | None = Field(default=None, ge=0)
 
 
@@ -61,7 +61,7 @@ class ChatRequest(Request):
     temperature: float | None = Field(default=None, ge=0, le=2)
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
 class EmbedRequest(Request):

@@ -55,6 +55,7 @@ from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
+from llmos.front.progress import ProgressLine
 from llmos.kernel import boot
 from llmos.kernel.security import principals
 from llmos.store.log import RunRecord
@@ -134,9 +135,11 @@ def run(
     wrote_newline = True
     # stdout and stderr on one terminal: a diagnostic line must not start mid-answer.
     shared_tty = sys.stdout.isatty() and sys.stderr.isatty()
+    progress = ProgressLine()  # notices, and on a terminal the work before the first token
 
     def emit(text: str) -> None:
         nonlocal wrote_newline
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
         if text:
@@ -158,13 +161,14 @@ def run(
         cpu=cpu,
         on_text=None if as_json else emit,
         on_trace=on_trace if trace else None,
+        on_event=progress.event,
     )
+    progress.clear()
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
     elif not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
-    _paging_note(result.extra.get("context") or {}, result.run_id)
     if verbose:
         click.echo(
             f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
@@ -226,19 +230,6 @@ def mcp_cmd() -> None:
     from llmos.front.mcpserver import serve_stdio
 
     serve_stdio()
-
-
-def _paging_note(context: dict[str, Any], run_id: str) -> None:
-    """Say on stderr when part of the context was paged out: never a silent truncation."""
-    paged = int(context.get("paged") or 0)
-    if paged:
-        mb = int(context.get("paged_chars") or 0) / 1e6
-        click.echo(
-            f"llmos: the context did not fit its {context.get('limit')}-token limit: {paged} "
-            f"segments ({mb:.1f} MB) were paged out to the swap store (page ids: "
-            f"`llmos logs {run_id} --json`; read one: `llmos memory page ID`)",
-            err=True,
-        )
 
 
 def _trace(step: dict[str, Any]) -> None:
@@ -510,6 +501,8 @@ def ps(show_all: bool, as_json: bool) -> None:
     click.echo(PS_HEADER)
     for p in procs:
         click.echo(_ps_row(p))
+        if p.get("progress"):  # long work before its first token: prefill, paging...
+            click.echo(f"{'':>6} doing: {p['progress']}")
         if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
             click.echo(f"{'':>6} asks: {p['question']}")
         if p.get("approval"):  # waiting_approval: `llmos approve PID` / `llmos deny PID`
@@ -677,10 +670,13 @@ def wait(pid: int, timeout: float | None, as_json: bool) -> None:
 def _follow(pid: int) -> None:
     client = _client()
     wrote_newline = True
-    for text in client.follow(pid):
+    progress = ProgressLine()  # its notices, and on a terminal its progress (prefill...)
+    for text in client.follow(pid, on_event=progress.event):
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
         wrote_newline = text.endswith("\n")
+    progress.clear()
     if not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -298,6 +298,15 @@ class Kernel:
         except InputError as exc:
             raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
+
+        def paged(segments: int, chars: int, limit: int) -> None:
+            # Said as it happens (before the step generates), never a silent truncation.
+            proc.notice(
+                f"the context did not fit its {limit}-token limit: {segments} segments "
+                f"({chars / 1e6:.1f} MB) were paged out to the swap store (page ids: "
+                f"`llmos logs {proc.run_id} --json`; read one: `llmos memory page ID`)"
+            )
+
         return Pager(
             store=lambda: self.system.memory,
             owner=proc.owner,
@@ -305,6 +314,8 @@ class Kernel:
             policy=policy,
             reserve=reserve,
             label=str(program.path),
+            on_progress=lambda text: setattr(proc.entity, "progress", text),
+            on_paged=paged,
         )
 
     def _prepare(self, proc: Process, program: Program, context: Context) -> None:

@@ -347,7 +347,8 @@ def test_usage_error_exits_2(run_cli: RunCli, home: Path, args: list[Any]) -> No
     proc = run_cli(*args, input="text")
     assert proc.returncode == EXIT_USAGE, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith("Error: ")
+    assert len(proc.stderr.splitlines()) == 1  # one line, not click's usage block
+    assert proc.stderr.startswith("llmos: error: ") and "--help')" in proc.stderr
     assert proc.stdout == ""
     if (home / "logs.db").exists():
         assert runs(home) == []

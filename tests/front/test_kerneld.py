@@ -327,8 +327,9 @@ def test_run_detached_wait_and_follow(kd: Path) -> None:
     assert waited.returncode == 14 and waited.stdout == ""
     assert re.fullmatch(
         rf"llmos: error: process {named} ended budget: {re.escape(str(installed))}: the prompt "
-        r"is \d+ tokens, more than the process's token budget of 0 \(a budget counts prompt "
-        r"and generated tokens: give one larger than the prompt plus the reply\)\n",
+        r"is \d+ tokens and the process's token budget is 0: nothing is left to generate with "
+        r"\(a budget counts prompt and generated tokens: give one larger than the prompt plus "
+        r"the reply\)\n",
         waited.stderr,
     ), waited.stderr
     p = info(kd, named)

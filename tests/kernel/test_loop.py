@@ -84,9 +84,9 @@ def test_a_prompt_over_the_budget_fails_with_one_line_that_says_so(tmp_path: Pat
     with pytest.raises(BudgetError) as caught:
         _run(tmp_path, program, cpu, entity=entity)
     assert str(caught.value) == (
-        f"{program.path}: the prompt is 3 tokens, more than the process's token budget of 2 "
-        "(a budget counts prompt and generated tokens: give one larger than the prompt plus "
-        "the reply)"
+        f"{program.path}: the prompt is 3 tokens and the process's token budget is 2: nothing "
+        "is left to generate with (a budget counts prompt and generated tokens: give one "
+        "larger than the prompt plus the reply)"
     )
     assert caught.value.exit_code == 19 and caught.value.kind == "budget"
     assert cpu.requests == []

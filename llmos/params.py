@@ -60,6 +60,12 @@ SKILL_FILE = "SKILL.md"
 SKILL_NAME_MAX = 64
 SKILL_DESCRIPTION_MAX = 1024
 MODEL_ALIAS_MAX_DEPTH = 8  # most aliases followed from a model spec to a backend (cycles)
+MODEL_NAME_MAX = 64  # `llmos models add NAME`: the longest name
+MODEL_NAME_PATTERN = rf"[a-z0-9][a-z0-9._-]{{0,{MODEL_NAME_MAX - 1}}}"
+MODELS_DOWNLOAD_DIR = "models/hf"  # <home>/models/hf/OWNER--REPO/ holds downloaded GGUF files
+MODEL_DOWNLOAD_TIMEOUT_S = 10.0  # Hugging Face metadata requests (a download itself may be long)
+MODEL_HASH_CHUNK = 1 << 20  # bytes read at a time to hash a model file
+MODEL_ERROR_MAX_CHARS = 200  # of a download library's message, in our one error line
 # The `llmos.*` keys a program may set in its front matter, with their types.
 LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "budget": int,  # most tokens (prompt + generated) the process may use

@@ -5,7 +5,7 @@ line, `llmos: error: <message>`, and a distinct exit code (see `llmos.errors`); 
 shown only with `LLMOS_DEBUG=1`.
 
     llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
-    llmos models
+    llmos models [add NAME SOURCE [--default] | default NAME | rm NAME]   (llmos.front.cli_models)
     llmos programs
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
@@ -53,6 +53,7 @@ from llmos.errors import (
 )
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
+from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.front.progress import ProgressLine
@@ -68,6 +69,7 @@ def cli() -> None:
 
 
 cli.add_command(memory)
+cli.add_command(models)
 cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
@@ -176,20 +178,6 @@ def run(
             f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s",
             err=True,
         )
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def models(as_json: bool) -> None:
-    """List the CPUs llmos can run programs on."""
-    system = boot.boot(open_log=False)
-    rows = system.list_models()
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for row in rows:
-        click.echo(f"{row['name']:<28} {row['kind']:<10} {row['detail']}")
 
 
 @cli.command()

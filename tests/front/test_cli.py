@@ -600,9 +600,9 @@ def test_logs_json_parses(
     assert len(limited) == 1 and limited[0]["status"] == "failed"
 
 
-def test_logs_unknown_run_id_exits_4(run_cli: RunCli, home: Path) -> None:
+def test_logs_unknown_run_id_exits_21(run_cli: RunCli, home: Path) -> None:
     proc = run_cli("logs", "ffffffffffff")
-    message = error_line(proc, EXIT_INPUT)
+    message = error_line(proc, 21)  # not found: its own code, not bad input's
     assert "'ffffffffffff'" in message
     assert str(home / "logs.db") in message
     assert runs(home) == []

@@ -564,6 +564,20 @@ def test_admission_control_then_sigterm(fresh: Path) -> None:
     assert error_line(llmos(fresh, "ps"), 13) == NOT_RUNNING
 
 
+def test_top_shows_a_running_process_rate_and_stop_counts_in_words(fresh: Path) -> None:
+    """`top --once` (a first snapshot) shows a generating process's tokens/s, not 0.0; `kernel
+    stop` says "1 process killed", not "1 processes"."""
+    dpid = start(fresh)
+    pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
+    until(lambda: info(fresh, pid)["generated_tokens"] >= 3, 120, "long to generate")
+    lines = ok(llmos(fresh, "top", "--once")).splitlines()
+    row = next(ln.split() for ln in lines if ln.split()[:1] == [str(pid)])
+    assert row[2] == "running" and float(row[4]) > 0.0, row  # STATE, TOK/S
+    stopped = llmos(fresh, "kernel", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stderr == f"llmos: kernel stopped (pid {dpid}, 1 process killed)\n"
+
+
 def test_sigkilled_daemon_restarts_and_reports_lost(fresh: Path) -> None:
     old = start(fresh)
     pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))

@@ -198,6 +198,7 @@ KERNEL_SHUTDOWN_GRACE_S = 10.0  # shutdown waits this long for killed processes 
 KERNEL_POLL_S = 0.5  # how often a blocked wait/follow checks that its client is still there
 PROGRESS_POLL_S = 0.2  # how often a follower that shows progress looks at it
 PROGRESS_MIN_CHARS = 200_000  # input from this size on: say "reading"/"measuring" as progress
+PROGRESS_MIN_MODEL_BYTES = 200_000_000  # a GGUF from this size on: say "loading" as progress
 KERNEL_SERVE_POLL_S = 0.25  # how often the daemon's accept loop checks for a shutdown
 KERNEL_START_POLL_S = 0.1  # `kernel start` checks this often whether the daemon answers
 KERNEL_STOP_POLL_S = 0.05  # `kernel stop` checks this often whether the daemon has exited

@@ -119,7 +119,7 @@ def run(
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
-    from llmos.kernel import api  # the kernel itself only for commands that run programs
+    from llmos.kernel import api, cpus  # the kernel itself only for commands that run programs
     from llmos.kernel.core import Kernel
 
     caller = api.Caller.of(principals.current())
@@ -127,17 +127,20 @@ def run(
     kernel = Kernel(system)
     request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
     prog, inputs = api.spawn_request(kernel, caller, request)
+    progress = ProgressLine()  # notices, and on a terminal the work before the first token
     try:
         inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        progress.show(cpus.slow_start(model or prog.model, system.config))
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, str(prog.path), caller.owner)
         raise
+    finally:
+        progress.clear()
 
     wrote_newline = True
     # stdout and stderr on one terminal: a diagnostic line must not start mid-answer.
     shared_tty = sys.stdout.isatty() and sys.stderr.isatty()
-    progress = ProgressLine()  # notices, and on a terminal the work before the first token
 
     def emit(text: str) -> None:
         nonlocal wrote_newline
@@ -149,23 +152,26 @@ def run(
 
     def on_trace(step: dict[str, Any]) -> None:
         nonlocal wrote_newline
+        progress.clear()
         if shared_tty and not wrote_newline:
             sys.stdout.write("\n")
             sys.stdout.flush()
             wrote_newline = True
         _trace(step)
 
-    result = api.run(
-        kernel,
-        caller,
-        prog,
-        inputs,
-        cpu=cpu,
-        on_text=None if as_json else emit,
-        on_trace=on_trace if trace else None,
-        on_event=progress.event,
-    )
-    progress.clear()
+    try:
+        result = api.run(
+            kernel,
+            caller,
+            prog,
+            inputs,
+            cpu=cpu,
+            on_text=None if as_json else emit,
+            on_trace=on_trace if trace else None,
+            on_event=progress.event,
+        )
+    finally:
+        progress.clear()
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
     elif not wrote_newline:

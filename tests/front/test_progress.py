@@ -3,6 +3,7 @@ pseudo-terminal (stdout and stderr on one tty), on the embedded model.
 
 - a long input in a small context: the page-out is said (a progress line, then the notice)
   before the first token of the answer, not after it;
+- a first run in another weight format: the model's conversion is said while it runs;
 - a daemon process in its prefill: `llmos ps` shows what it is doing, and `llmos logs -f` on a
   terminal shows the prefill's progress before its first token;
 - `--trace` lines start on a line of their own, never after a streamed answer's last word.
@@ -75,16 +76,22 @@ def words(n: int) -> str:
 
 
 def on_a_terminal(
-    *args: str, home: Path, stdin: Path | None = None, cwd: Path | None = None, timeout: float = 300
+    *args: str,
+    home: Path,
+    stdin: Path | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> tuple[int, str]:
     """Run `llmos ARGS` with stdout and stderr on one new pseudo-terminal (stdin from a file,
     or nothing); its exit code and everything the terminal showed (newlines as "\\n")."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LLMOS_DEBUG", "OPENAI_BASE_URL")}
-    env["LLMOS_HOME"] = str(home)
+    full = {k: v for k, v in os.environ.items() if k not in ("LLMOS_DEBUG", "OPENAI_BASE_URL")}
+    full.update(env or {})
+    full["LLMOS_HOME"] = str(home)
     master, slave = pty.openpty()
     with open(stdin or os.devnull, "rb") as source:
         proc = subprocess.Popen(
-            [*llmos_command(), *args], stdin=source, stdout=slave, stderr=slave, env=env, cwd=cwd
+            [*llmos_command(), *args], stdin=source, stdout=slave, stderr=slave, env=full, cwd=cwd
         )
     os.close(slave)
     shown = b""
@@ -137,6 +144,24 @@ def test_paging_is_said_before_the_first_token(tmp_path: Path) -> None:
     run = json.loads(run_llmos("logs", notice.group(2), "--json", home=home).stdout)
     assert int(notice.group(1)) == run["context"]["paged"]
     assert run["response"] and PROGRESS.sub("", after) == run["response"].rstrip("\n") + "\n"
+
+
+def test_a_model_conversion_is_said_while_it_runs(tmp_path: Path) -> None:
+    """The first run in another weight format converts the embedded model (once): a progress
+    line says so before the answer; the next run, on the cached file, has nothing to say."""
+    home = tmp_path / "home"
+    program = tmp_path / "digest.prompt"
+    program.write_text(DIGEST, encoding="utf-8")
+    source = tmp_path / "input.txt"
+    source.write_text("Hello there.", encoding="utf-8")
+    quant = {"LLMOS_EMBEDDED_QUANT": "q8_0"}
+    code, shown = on_a_terminal("run", str(program), home=home, stdin=source, env=quant)
+    assert code == 0, shown
+    line = f"{ERASE}llmos: converting the embedded model to q8_0 (once; cached in {home}/models)"
+    assert shown.startswith(line + ERASE), shown  # said, then erased before the answer
+    assert list((home / "models").glob("*.q8_0.gguf"))
+    code, again = on_a_terminal("run", str(program), home=home, stdin=source, env=quant)
+    assert code == 0 and "converting" not in again, again
 
 
 def test_trace_lines_start_on_their_own_line(tmp_path: Path) -> None:

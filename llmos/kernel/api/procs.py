@@ -22,6 +22,7 @@ from llmos import params
 from llmos.errors import (
     AdmissionError,
     LlmosError,
+    NoSuchProcessError,
     ProgramError,
     RequestError,
 )
@@ -238,9 +239,12 @@ def _signal(action: str) -> Handler:
 
     def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
         target = owned(kernel, caller, req.pid)
-        if action == "kill" and not target.alive:
-            return {"process": target.info(), "already_exited": True}
-        proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
+        try:
+            proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
+        except NoSuchProcessError:
+            if action != "kill" or target.alive:
+                raise
+            return {"process": target.info(), "already_exited": True}  # (it just ended)
         return {"process": proc.info(), "already_exited": False}
 
     return handler

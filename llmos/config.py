@@ -20,6 +20,10 @@ million generated tokens, per hour resident on a CPU (`/api/usage`, `llmos_user_
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
 `LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
 
+`update(home, change)` rewrites `config.json` (atomically, owner-only) with `change` applied to
+its JSON object: how `llmos models add|rm` registers a model under a name, keeping every other
+key as it was.
+
 What this module does not do: create the log (see `llmos.store.log`) or resolve models (see
 `llmos.kernel.cpus`).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +106,11 @@ def load(home_dir: Path | None = None) -> Config:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    return parse(path, raw)
+
+
+def parse(path: Path, raw: Any) -> Config:
+    """`config.json`'s object as a Config; ConfigError naming the key at fault."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a JSON object")
     aliases = raw.get("aliases", {})
@@ -123,6 +133,30 @@ def load(home_dir: Path | None = None) -> Config:
         path=path,
         prices=_prices(path, raw.get("prices", {})),
     )
+
+
+def update(home_dir: Path, change: Callable[[dict[str, Any]], None]) -> Config:
+    """Apply `change` to `config.json`'s object and write it back whole (a temporary file
+    renamed over it, mode 0600), then read it again: a change that leaves it invalid is not
+    written (ConfigError)."""
+    path = home_dir / params.CONFIG_FILE_NAME
+    raw: dict[str, Any] = {}
+    if path.exists():
+        load(home_dir)  # ConfigError for a file that is not valid as it is
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    change(raw)
+    config = parse(path, raw)  # ConfigError: nothing is written
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write config: {exc.strerror}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return config
 
 
 def _prices(path: Path, raw: Any) -> dict[str, float]:

@@ -17,9 +17,13 @@
      +-- AuditError                  exit 17 the audit store is unusable or its chain is broken
      +-- PolicyError                 exit 18 a malformed or self-contradicting policy file
      +-- QuotaError                  exit 19 a per-user or per-process quota is used up
+     |    +-- BudgetError                    a prompt larger than the process's token budget
+     +-- AuthError                   exit 20 a missing, unknown or revoked token; a bad user op
+     +-- NotFoundError               exit 21 no memory, page, shared segment or run by that id
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
-Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
+Usage errors (unknown flags, bad option values, an out-of-range priority) exit 2 with one
+`llmos: error:` line (never click's usage block), and so does a malformed
 request to the kernel (`RequestError`). `llmos wait PID` and `llmos logs -f PID`
 exit 14 when the process ended killed, out of budget, failed or lost, and 124 when
 `wait --timeout` runs out. An interrupt exits 130.
@@ -53,10 +57,16 @@ class InputError(LlmosError):
     kind = "input"
 
 
-class NoSuchRunError(InputError):
-    """No logged run has that id (or it is another owner's: the same answer)."""
+class NotFoundError(LlmosError):
+    """No memory, page, shared segment or run answers to that id or name (another owner's
+    answers exactly the same). Distinct from InputError: the request was well formed."""
 
+    exit_code = 21
     kind = "not_found"
+
+
+class NoSuchRunError(NotFoundError):
+    """No logged run has that id (or it is another owner's: the same answer)."""
 
 
 class ModelError(LlmosError):
@@ -138,6 +148,13 @@ class QuotaError(LlmosError):
         self.retry_after_s = retry_after_s  # when trying again can succeed (HTTP Retry-After)
 
 
+class BudgetError(QuotaError):
+    """A process's prompt alone would pass its token budget (which counts prompt and generated
+    tokens), so it could not generate anything: it ends with status `budget` and this line."""
+
+    kind = "budget"
+
+
 class AuthError(LlmosError):
     """A token that is missing, unknown or revoked, or a user-store operation that cannot be
     done (a user that does not exist, or one that already does)."""
@@ -178,6 +195,7 @@ EXIT_CODES: dict[str, int] = {
         PolicyError,
         QuotaError,
         AuthError,
+        NotFoundError,
         RequestError,
     )
 }

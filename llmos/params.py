@@ -69,6 +69,12 @@ SKILL_FILE = "SKILL.md"
 SKILL_NAME_MAX = 64
 SKILL_DESCRIPTION_MAX = 1024
 MODEL_ALIAS_MAX_DEPTH = 8  # most aliases followed from a model spec to a backend (cycles)
+MODEL_NAME_MAX = 64  # `llmos models add NAME`: the longest name
+MODEL_NAME_PATTERN = rf"[a-z0-9][a-z0-9._-]{{0,{MODEL_NAME_MAX - 1}}}"
+MODELS_DOWNLOAD_DIR = "models/hf"  # <home>/models/hf/OWNER--REPO/ holds downloaded GGUF files
+MODEL_DOWNLOAD_TIMEOUT_S = 10.0  # Hugging Face metadata requests (a download itself may be long)
+MODEL_HASH_CHUNK = 1 << 20  # bytes read at a time to hash a model file
+MODEL_ERROR_MAX_CHARS = 200  # of a download library's message, in our one error line
 # The `llmos.*` keys a program may set in its front matter, with their types.
 LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "budget": int,  # most tokens (prompt + generated) the process may use
@@ -200,6 +206,9 @@ KERNEL_START_TIMEOUT_S = 30.0  # `kernel start` waits this long for the daemon t
 KERNEL_STOP_TIMEOUT_S = 30.0  # `kernel stop` waits this long for the daemon to exit
 KERNEL_SHUTDOWN_GRACE_S = 10.0  # shutdown waits this long for killed processes to end
 KERNEL_POLL_S = 0.5  # how often a blocked wait/follow checks that its client is still there
+PROGRESS_POLL_S = 0.2  # how often a follower that shows progress looks at it
+PROGRESS_MIN_CHARS = 200_000  # input from this size on: say "reading"/"measuring" as progress
+PROGRESS_MIN_MODEL_BYTES = 200_000_000  # a GGUF from this size on: say "loading" as progress
 KERNEL_SERVE_POLL_S = 0.25  # how often the daemon's accept loop checks for a shutdown
 KERNEL_START_POLL_S = 0.1  # `kernel start` checks this often whether the daemon answers
 KERNEL_STOP_POLL_S = 0.05  # `kernel stop` checks this often whether the daemon has exited

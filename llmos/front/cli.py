@@ -5,7 +5,7 @@ line, `llmos: error: <message>`, and a distinct exit code (see `llmos.errors`); 
 shown only with `LLMOS_DEBUG=1`.
 
     llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
-    llmos models
+    llmos models [add NAME SOURCE [--default] | default NAME | rm NAME]   (llmos.front.cli_models)
     llmos programs
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
@@ -44,11 +44,19 @@ from typing import Any
 import click
 
 from llmos import config, params
-from llmos.errors import AuditError, InputError, KernelError, LlmosError
+from llmos.errors import (
+    EXIT_INTERRUPTED,
+    AuditError,
+    KernelError,
+    LlmosError,
+    NoSuchRunError,
+)
 from llmos.front import kclient
 from llmos.front.cli_memory import memory, shm
+from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
+from llmos.front.progress import ProgressLine
 from llmos.kernel import boot
 from llmos.kernel.security import principals
 from llmos.store.log import RunRecord
@@ -61,6 +69,7 @@ def cli() -> None:
 
 
 cli.add_command(memory)
+cli.add_command(models)
 cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
@@ -86,7 +95,11 @@ cli.add_command(user)
     is_flag=True,
     help="Run as a background process of the kernel daemon; print its pid.",
 )
-@click.option("--priority", type=int, help="With -d: scheduling priority (0-39).")
+@click.option(
+    "--priority",
+    type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY),
+    help="With -d: scheduling priority (0-39; out of range is refused, exit 2).",
+)
 @click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
@@ -106,7 +119,7 @@ def run(
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
-    from llmos.kernel import api  # the kernel itself only for commands that run programs
+    from llmos.kernel import api, cpus  # the kernel itself only for commands that run programs
     from llmos.kernel.core import Kernel
 
     caller = api.Caller.of(principals.current())
@@ -114,36 +127,56 @@ def run(
     kernel = Kernel(system)
     request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
     prog, inputs = api.spawn_request(kernel, caller, request)
+    progress = ProgressLine()  # notices, and on a terminal the work before the first token
     try:
         inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        progress.show(cpus.slow_start(model or prog.model, system.config))
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, str(prog.path), caller.owner)
         raise
+    finally:
+        progress.clear()
 
     wrote_newline = True
+    # stdout and stderr on one terminal: a diagnostic line must not start mid-answer.
+    shared_tty = sys.stdout.isatty() and sys.stderr.isatty()
 
     def emit(text: str) -> None:
         nonlocal wrote_newline
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
-        wrote_newline = text.endswith("\n")
+        if text:
+            wrote_newline = text.endswith("\n")
 
-    result = api.run(
-        kernel,
-        caller,
-        prog,
-        inputs,
-        cpu=cpu,
-        on_text=None if as_json else emit,
-        on_trace=_trace if trace else None,
-    )
+    def on_trace(step: dict[str, Any]) -> None:
+        nonlocal wrote_newline
+        progress.clear()
+        if shared_tty and not wrote_newline:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            wrote_newline = True
+        _trace(step)
+
+    try:
+        result = api.run(
+            kernel,
+            caller,
+            prog,
+            inputs,
+            cpu=cpu,
+            on_text=None if as_json else emit,
+            on_trace=on_trace if trace else None,
+            on_event=progress.event,
+        )
+    finally:
+        progress.clear()
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
     elif not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
-    _paging_note(result.extra.get("context") or {}, result.run_id)
     if verbose:
         click.echo(
             f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
@@ -151,20 +184,6 @@ def run(
             f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s",
             err=True,
         )
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def models(as_json: bool) -> None:
-    """List the CPUs llmos can run programs on."""
-    system = boot.boot(open_log=False)
-    rows = system.list_models()
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for row in rows:
-        click.echo(f"{row['name']:<28} {row['kind']:<10} {row['detail']}")
 
 
 @cli.command()
@@ -205,19 +224,6 @@ def mcp_cmd() -> None:
     from llmos.front.mcpserver import serve_stdio
 
     serve_stdio()
-
-
-def _paging_note(context: dict[str, Any], run_id: str) -> None:
-    """Say on stderr when part of the context was paged out: never a silent truncation."""
-    paged = int(context.get("paged") or 0)
-    if paged:
-        mb = int(context.get("paged_chars") or 0) / 1e6
-        click.echo(
-            f"llmos: the context did not fit its {context.get('limit')}-token limit: {paged} "
-            f"segments ({mb:.1f} MB) were paged out to the swap store (page ids: "
-            f"`llmos logs {run_id} --json`; read one: `llmos memory page ID`)",
-            err=True,
-        )
 
 
 def _trace(step: dict[str, Any]) -> None:
@@ -282,7 +288,7 @@ def logs(
     if run_id:
         record = log.get_run(run_id, owner)
         if record is None:
-            raise InputError(f"no run with id '{run_id}' in {log.path}")
+            raise NoSuchRunError(f"no run with id '{run_id}' in {log.path}")
         messages = log.messages(record.id, owner)
         if as_json:
             click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
@@ -324,7 +330,9 @@ def _lost_line(lost: list[dict[str, Any]]) -> str:
         f"run {x.get('run_id', '?')[:12]} {x.get('program')} (owner {x.get('owner') or '-'})"
         for x in lost
     )
-    return f"llmos: kernel restarted; {len(lost)} processes were lost: {items}"
+    n = len(lost)
+    were = "process was" if n == 1 else "processes were"
+    return f"llmos: kernel restarted; {n} {were} lost: {items}"
 
 
 def _run_detached(
@@ -401,9 +409,10 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
     reply = kclient.stop_daemon(config.home(create=False))
+    killed = int(reply.get("killed", 0))
     click.echo(
-        f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
-        "killed)",
+        f"llmos: kernel stopped (pid {reply.get('pid')}, {killed} "
+        f"{'process' if killed == 1 else 'processes'} killed)",
         err=True,
     )
 
@@ -433,7 +442,7 @@ def kernel_status(as_json: bool) -> None:
     click.echo(f"socket: {st.get('socket')}")
     lost = st.get("lost") or []
     if lost:
-        click.echo(f"lost at start: {len(lost)} processes")
+        click.echo(f"lost at start: {len(lost)} process{'es' if len(lost) != 1 else ''}")
         for x in lost:
             click.echo(f"  run {x.get('run_id')} {x.get('program')} (owner {x.get('owner')})")
 
@@ -486,6 +495,8 @@ def ps(show_all: bool, as_json: bool) -> None:
     click.echo(PS_HEADER)
     for p in procs:
         click.echo(_ps_row(p))
+        if p.get("progress"):  # long work before its first token: prefill, paging...
+            click.echo(f"{'':>6} doing: {p['progress']}")
         if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
             click.echo(f"{'':>6} asks: {p['question']}")
         if p.get("approval"):  # waiting_approval: `llmos approve PID` / `llmos deny PID`
@@ -496,12 +507,16 @@ def ps(show_all: bool, as_json: bool) -> None:
 @click.argument("pids", metavar="PID...", nargs=-1, required=True, type=int)
 @handle_errors
 def kill(pids: tuple[int, ...]) -> None:
-    """Kill processes (each ends at its next token; its output so far is logged)."""
+    """Kill processes (each ends at its next token; its output so far is logged). A process
+    that has already exited is not an error: a note says how it ended, exit 0."""
     client = _client()
     failed: LlmosError | None = None
     for pid in pids:
         try:
-            client.request("kill", pid=pid)
+            reply = client.request("kill", pid=pid)
+            if reply.get("already_exited"):
+                status = (reply.get("process") or {}).get("exit_status")
+                click.echo(f"llmos: process {pid} had already exited ({status})", err=True)
         except KernelError:
             raise
         except LlmosError as exc:
@@ -529,7 +544,7 @@ def cont(pid: int) -> None:
 
 
 @cli.command()
-@click.argument("priority", type=int)
+@click.argument("priority", type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY))
 @click.argument("pid", type=int)
 @handle_errors
 def renice(priority: int, pid: int) -> None:
@@ -649,10 +664,13 @@ def wait(pid: int, timeout: float | None, as_json: bool) -> None:
 def _follow(pid: int) -> None:
     client = _client()
     wrote_newline = True
-    for text in client.follow(pid):
+    progress = ProgressLine()  # its notices, and on a terminal its progress (prefill...)
+    for text in client.follow(pid, on_event=progress.event):
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
         wrote_newline = text.endswith("\n")
+    progress.clear()
     if not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -722,7 +740,18 @@ def top(once: bool, interval: float) -> None:
 
 def main() -> None:
     try:
-        cli.main(prog_name="llmos", standalone_mode=True)
+        code = cli.main(prog_name="llmos", standalone_mode=False)
+    except click.UsageError as exc:  # one line, not click's usage block; exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `llmos` or group: its help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message().rstrip(".") + hint, exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:  # Ctrl-C or EOF at a prompt
+        click.echo("llmos: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging
         if os.environ.get("LLMOS_DEBUG"):
             raise
@@ -732,6 +761,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["cli", "main"]

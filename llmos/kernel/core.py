@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import AccessError, InputError, LlmosError, NoSuchProcessError, ProgramError
+from llmos.errors import (
+    AccessError,
+    BudgetError,
+    InputError,
+    LlmosError,
+    NoSuchProcessError,
+    ProgramError,
+)
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins, recovery
@@ -270,6 +277,8 @@ class Kernel:
         except LlmosError as exc:
             proc.exception = exc
             status, error = ("killed", str(exc)) if proc.entity.killed else ("failed", str(exc))
+            if isinstance(exc, BudgetError) and not proc.entity.killed:
+                status = "budget"  # its prompt alone passed the budget; the error says so
         except Exception as exc:  # a bug must not take the kernel down with it
             status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         finally:
@@ -294,6 +303,15 @@ class Kernel:
         except InputError as exc:
             raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
+
+        def paged(segments: int, chars: int, limit: int) -> None:
+            # Said as it happens (before the step generates), never a silent truncation.
+            proc.notice(
+                f"the context did not fit its {limit}-token limit: {segments} segments "
+                f"({chars / 1e6:.1f} MB) were paged out to the swap store (page ids: "
+                f"`llmos logs {proc.run_id} --json`; read one: `llmos memory page ID`)"
+            )
+
         return Pager(
             store=lambda: self.system.memory,
             owner=proc.owner,
@@ -301,6 +319,8 @@ class Kernel:
             policy=policy,
             reserve=reserve,
             label=str(program.path),
+            on_progress=lambda text: setattr(proc.entity, "progress", text),
+            on_paged=paged,
         )
 
     def _prepare(self, proc: Process, program: Program, context: Context) -> None:
@@ -588,17 +608,23 @@ class Kernel:
         return info
 
     def top(self) -> dict[str, Any]:
-        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot),
-        per user, per CPU."""
+        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot, or
+        since it started for the first one: a generating process never shows 0), per user, per
+        CPU."""
         now = time.monotonic()
         procs = []
         for p in self.table.all():
             info = self._info(p)
             last = self._rates.get(p.pid)
             gen = p.entity.generated
-            info["tokens_per_s"] = (
-                round((gen - last[1]) / (now - last[0]), 1) if last and now > last[0] else 0.0
-            )
+            rate = 0.0
+            if not p.alive:
+                pass
+            elif last is not None and now > last[0]:
+                rate = (gen - last[1]) / (now - last[0])
+            elif gen and info.get("state") == State.RUNNING.value:
+                rate = gen / max(time.time() - p.created_at, 1e-3)
+            info["tokens_per_s"] = round(rate, 1)
             if p.alive:
                 self._rates[p.pid] = (now, gen)
             procs.append(info)

@@ -29,7 +29,9 @@ and page in memories and shared segments), then steps:
 Budgets: a CPU that schedules (batching) charges and enforces budgets per token itself; for the
 others (remote servers) this loop charges each step's prompt before sending it and each
 generated chunk as it arrives, and ends the process with reason `budget` when it is over. This
-is the only place that does so.
+is the only place that does so. A budget counts prompt and generated tokens; a process whose
+prompt alone would pass it (nothing generated) fails with a BudgetError that says how many
+tokens the prompt takes, instead of ending silently.
 
 Output: text streams to `on_text` as it is generated, except a syscall (text from the call marker
 on is held back, `TextGate`) and JSON (printed once it validates: a reply cut short must not
@@ -57,7 +59,7 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.errors import BudgetError, ContextOverflowError, LlmosError, OutputError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -165,12 +167,18 @@ def run_process(
             )
             if on_run is not None:
                 on_run(run_id)
+        size = sum(len(str(m.get("content") or "")) for m in messages)
+        if entity is not None and size >= params.PROGRESS_MIN_CHARS:
+            entity.progress = f"reading {size / 1e6:.1f} MB of input into the context"
         context = Context.from_messages(messages, context_limit(program, cpu), cpu)
         if prepare is not None:
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
         result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace, resume)
+        starved = not (result.text or result.completion_tokens)  # nothing could be generated
+        if result.finish_reason == "budget" and entity is not None and starved:
+            raise prompt_over_budget(program, context, entity)
     except LlmosError as exc:
         if run_id is not None:
             log.finish_run(
@@ -262,7 +270,11 @@ def _steps(
                 f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
             )
         context.step = step
+        if entity is not None and context.resident_chars() >= params.PROGRESS_MIN_CHARS:
+            entity.progress = f"measuring the context ({context.resident_chars() / 1e6:.1f} MB)"
         context.fit()  # pages out what no longer fits (see llmos.kernel.mm.paging)
+        if entity is not None:
+            entity.progress = None  # what comes next is the CPU's prefill (entity.prefill)
         if police is not None and not police.charge(prompt=context.used):
             return result("", "", "budget")
         request = GenRequest(
@@ -467,6 +479,22 @@ def stream_reply(
         if close is not None:
             close()
     return "".join(parts), last, first_at
+
+
+def prompt_over_budget(program: Program, context: Context, entity: Entity) -> BudgetError:
+    """The one line for a process whose prompt left nothing of a token budget to generate
+    with (its own, an ancestor's or its owner's account: budgets count prompt and generated
+    tokens)."""
+    n = context.used or context.measure()
+    if entity.budget is not None and n >= entity.budget:
+        whose = f"the process's token budget is {entity.budget}"
+    else:
+        whose = "its parent's budget or its owner's token account has less left"
+    return BudgetError(
+        f"{program.path}: the prompt is {n} tokens and {whose}: nothing is left to generate "
+        "with (a budget counts prompt and generated tokens: give one larger than the prompt "
+        "plus the reply)"
+    )
 
 
 def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) -> int:

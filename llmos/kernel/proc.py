@@ -92,6 +92,7 @@ class Process:
     error: str | None = None
     run_id: str | None = None
     output: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # one-line notes for its followers (stderr)
     syscalls: int = 0
     devices: Any = None  # its llmos.kernel.loop.Devices (None for a program without devices)
     on_trace: Any = None  # called with each step of its loop (`llmos run --trace`)
@@ -166,6 +167,24 @@ class Process:
         self.entity.poke()
         return ""
 
+    @property
+    def progress(self) -> str | None:
+        """The long work it is doing before its first token, in a few words (None if none):
+        building or paging its context (the kernel's loop says), or the CPU's prefill."""
+        if not self.alive:
+            return None
+        e = self.entity
+        if e.prefill is not None:
+            done, total = e.prefill
+            return f"prefill {done}/{total} prompt tokens ({100 * done // max(total, 1)}%)"
+        return e.progress
+
+    def notice(self, text: str) -> None:
+        """A one-line note for whoever follows the process (paging, say), sent at once."""
+        with self.cond:
+            self.notices.append(text)
+            self.cond.notify_all()
+
     def read_output(self, seen: int, timeout: float | None) -> tuple[list[str], bool]:
         """The output pieces after the first `seen`, waiting up to `timeout` seconds for one
         (or for the exit), and whether the process is still alive. Every follower of the
@@ -225,6 +244,7 @@ class Process:
             "exit_status": self.exit_status,
             "error": self.error,
             "run_id": self.run_id,
+            "progress": self.progress,
         }
 
     def _context_used(self) -> int:

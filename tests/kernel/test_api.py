@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos.errors import AccessError, InputError, RequestError
+from llmos.errors import AccessError, NotFoundError, RequestError
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel import api
 from llmos.kernel.boot import boot
@@ -89,7 +89,7 @@ def test_memory_ops_are_scoped_to_the_caller(kernel: Kernel) -> None:
     hits = api.call(kernel, ALICE, "memory.recall", {"query": "lock code"})["hits"]
     assert hits[0]["id"] == f"m{mid}"
     assert api.call(kernel, BOB, "memory.recall", {"query": "lock code"})["hits"] == []
-    with pytest.raises(InputError, match=f"no memory m{mid} of bob"):
+    with pytest.raises(NotFoundError, match=f"no memory m{mid} of bob"):
         api.call(kernel, BOB, "memory.forget", {"id": mid})
     assert api.call(kernel, ALICE, "memory.forget", {"id": mid}) == {"forgotten": mid}
     assert api.call(kernel, ALICE, "memory.list", {})["hits"] == []

@@ -79,6 +79,7 @@ class SchedView(Protocol):
     resident: bool  # holds a KV slot now
     swapped: str | None  # "ram" or "disk" while its KV is parked
     done: bool  # its generation has ended
+    prefill: tuple[int, int] | None  # (prompt tokens computed, prompt tokens) while prefilling
     on_change: Callable[[], None] | None  # the CPU's wake-up, called when a flag above changes
 
     @property
@@ -100,6 +101,7 @@ class Unscheduled:
     resident: bool = False
     swapped: str | None = None
     done: bool = False
+    prefill: tuple[int, int] | None = None
     on_change: Callable[[], None] | None = None
     over_budget: bool = False
 

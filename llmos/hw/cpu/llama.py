@@ -466,6 +466,8 @@ class EmbeddedCPU(CPU):
         with self._lock:
             for job in chosen:
                 tokens = sampled.get(job.seq)
+                if not tokens and job.seq.n_prompt:  # still prefilling: say how far
+                    job.entity.prefill = (min(job.seq.n_past, job.seq.n_prompt), job.seq.n_prompt)
                 if not tokens or job not in self._jobs:
                     continue
                 if job.entity.stopped and not (job.cancelled or job.entity.killed):
@@ -485,6 +487,7 @@ class EmbeddedCPU(CPU):
     def _on_token(self, job: Job, token: int) -> None:
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
+            job.entity.prefill = None
         if self.engine.is_eog(token):
             self._flush(job, final=True)
             self._end(job, "stop")

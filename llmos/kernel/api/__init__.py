@@ -24,10 +24,13 @@ when the caller's `gone()` says the client went away.
     embed               texts                                      vectors, tokens
     ps                  all                                        processes
     get                 pid                                        process, question
-    kill|stop|cont      pid                                        process
+    kill|stop|cont      pid                                        process, already_exited
+                                                                   (kill only: no error)
     renice              pid, priority                              process, old_priority
     wait                pid, timeout                               process, text, timed_out
-    follow              pid                                        events (see above)
+    follow              pid, progress                              events (see above; with
+                                                                   progress, notice and
+                                                                   progress events too)
     answer              pid, text                                  process
     approve|deny        pid                                        process
     audit               pid, device, decision, limit, verify       records (the caller's own),
@@ -100,6 +103,7 @@ from llmos.kernel.api.base import Caller, Empty, Handler, Op, PidRequest, Reques
 from llmos.kernel.api.procs import (
     AnswerRequest,
     AuditRequest,
+    FollowRequest,
     PsRequest,
     ReniceRequest,
     SpawnRequest,
@@ -183,6 +187,7 @@ __all__ = [
     "EmbedRequest",
     "Empty",
     "ExecRequest",
+    "FollowRequest",
     "Handler",
     "IdRequest",
     "InstallRequest",
@@ -233,7 +238,7 @@ OPS: dict[str, Op] = {
         Op("cont", PidRequest, _signal("cont")),
         Op("renice", ReniceRequest, _renice),
         Op("wait", WaitRequest, _wait),
-        Op("follow", PidRequest, _follow, streams=True),
+        Op("follow", FollowRequest, _follow, streams=True),
         Op("answer", AnswerRequest, _answer),
         Op("approve", PidRequest, _decide(True)),
         Op("deny", PidRequest, _decide(False)),

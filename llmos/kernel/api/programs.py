@@ -47,7 +47,7 @@ class ExecRequest(Request):
     inputs: dict[str, Any] = Field(default_factory=dict)
     stdin: str | None = None
     model: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
     budget: int | None = Field(default=None, ge=0)
 
 
@@ -83,7 +83,7 @@ class ChatRequest(Request):
     json_schema: dict[str, Any] | None = None
     tools: list[ChatTool] = Field(default_factory=list, max_length=params.CHAT_MAX_TOOLS)
     tool_choice: str = Field(default="auto", max_length=64)  # auto|none|required|a tool's name
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
 class EmbedRequest(Request):

@@ -35,8 +35,10 @@ leave half an object on stdout for the next program in a pipe).
 Invariants: every run that reaches the log leaves exactly one run row, finished as `ok`,
 `failed` (with the error's kind and message) or `cancelled`; every step of a program with
 devices (kind, device, arguments, result, duration) is in `RunResult.extra["steps"]`, and
-`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is an
-OutputError naming the limit.
+`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is a
+StepLimitError (exit 21) naming the limit. A call cut off by the output-token cap is recorded as
+malformed with the cap named (raise `maxOutputTokens`); an empty answer after tool calls is an
+OutputError, never a silent success.
 
 What this module does not do: load programs (see `llmos.kernel.program`), choose CPUs (see
 `llmos.kernel.cpus`), define devices or check access (see `llmos.kernel.syscall`), or schedule
@@ -54,7 +56,7 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.errors import ContextOverflowError, LlmosError, OutputError, StepLimitError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -244,11 +246,13 @@ def _steps(
         )
 
     step = 0
+    cut_off = ""  # why the last step's call was unusable, when the output cap cut it off
     while True:
         step += 1
         if specs and step > program.max_steps:
-            raise OutputError(
+            raise StepLimitError(
                 f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
+                + cut_off
             )
         context.step = step
         context.fit()  # pages out what no longer fits (see llmos.kernel.mm.paging)
@@ -281,6 +285,13 @@ def _steps(
                     {"step": step, "kind": "text", "tokens": last.completion_tokens},
                 )
             attempts += 1
+            if (
+                specs
+                and not ended_early
+                and not text.strip()
+                and any(s.get("kind") == "syscall" for s in steps)
+            ):
+                raise OutputError(f"{program.path}: the answer after the tool calls is empty")
             if not program.json_mode or ended_early:
                 return result(text, text, last.finish_reason)
             try:
@@ -308,16 +319,26 @@ def _steps(
             return result(text, output, last.finish_reason)
         assert devices is not None  # specs implies devices
         if trapped.kind == "malformed":
-            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": trapped.error})
+            error = trapped.error
+            if last.finish_reason == "length":
+                error = (
+                    f"{error}: cut off at the {request.max_tokens}-token output cap "
+                    "(raise maxOutputTokens)"
+                )
+                cut_off = f" (the last call was {error})"
+            else:
+                cut_off = ""
+            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": error})
             context.append("assistant", text, "turn", {"step": step})
             context.append(
                 "user",
-                f"That call was malformed ({trapped.error}). "
+                f"That call was malformed ({error}). "
                 "Reply with one valid call or with your answer.",
                 "turn",
                 {"step": step, "from": "kernel"},
             )
             continue
+        cut_off = ""
         call_message = _assistant_call(text, trapped.calls)
         context.append(
             "assistant",

@@ -9,7 +9,7 @@ The body has the OpenAI error shape, so the official clients raise their own typ
     no_such_process (also another        404 (another owner's pid answers exactly like a
       owner's pid), not_found (a run)         pid that does not exist)
     protocol, input, program, output,     422
-      context_overflow, model
+      step_limit, context_overflow, model
     quota (a per-user limit)              429 (+ Retry-After: the error's own wait, e.g. to
                                           00:00 UTC for tokens_per_day, else a default)
     admission (the table is full),        503 (+ Retry-After)
@@ -39,6 +39,7 @@ STATUS = {
     "input": 422,
     "program": 422,
     "output": 422,
+    "step_limit": 422,
     "context_overflow": 422,
     "model": 422,
     "quota": 429,

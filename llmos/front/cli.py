@@ -45,7 +45,7 @@ import click
 
 from llmos import config, params
 from llmos.errors import AuditError, InputError, KernelError, LlmosError
-from llmos.front import kclient
+from llmos.front import cli_logs, kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
@@ -222,17 +222,7 @@ def _paging_note(context: dict[str, Any], run_id: str) -> None:
 
 def _trace(step: dict[str, Any]) -> None:
     """One agent step on stderr, as `llmos run --trace` shows it."""
-    if step["kind"] == "syscall":
-        outcome = json.dumps(step["result"], ensure_ascii=False) if step["ok"] else step["error"]
-        click.echo(
-            f"llmos: step {step['step']}: {step['device']}({step['arguments']}) -> "
-            f"{'ok' if step['ok'] else 'error'}: {outcome} ({step['ms']:.1f} ms)",
-            err=True,
-        )
-    elif step["kind"] == "malformed":
-        click.echo(f"llmos: step {step['step']}: malformed call: {step['error']}", err=True)
-    else:
-        click.echo(f"llmos: step {step['step']}: answer ({step['tokens']} tokens)", err=True)
+    click.echo(f"llmos: {cli_logs.step_line(step)}", err=True)
 
 
 def _run_row(r: RunRecord) -> str:
@@ -249,8 +239,10 @@ def _run_row(r: RunRecord) -> str:
 @click.option("-q", "--query", help="Full-text search over programs, inputs, prompts, replies.")
 @click.option("-n", "--limit", type=int, default=params.LOG_LIST_DEFAULT, show_default=True)
 @click.option("--program", help="Only runs of this program.")
+@click.option("--model", "cpu_name", help="Only runs on this CPU (as listed, e.g. openai/qwen).")
 @click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-r", "--reply", is_flag=True, help="Print only the last run's reply.")
 @click.option(
     "-f",
     "--follow",
@@ -265,11 +257,16 @@ def logs(
     query: str | None,
     limit: int,
     program: str | None,
+    cpu_name: str | None,
     status: str | None,
     as_json: bool,
+    reply: bool,
     follow_pid: int | None,
 ) -> None:
-    """List logged runs, search them, or show one run in full; -f PID follows a process."""
+    """List logged runs, search them, or show one run in full; -f PID follows a process.
+
+    `llmos logs path` prints the log database's path; -r prints the newest (matching) run's
+    reply, or RUN_ID's."""
     if follow_pid is not None:
         if run_id is not None:
             raise click.UsageError("give either RUN_ID or -f PID, not both")
@@ -279,27 +276,32 @@ def logs(
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all
     system = boot.boot()
     log = system.log
+    if run_id == "path":
+        click.echo(str(log.path))
+        return
+    if reply and not run_id:
+        found = log.list_runs(
+            limit=1, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+        )
+        if not found:
+            raise InputError(f"no logged run matches in {log.path}")
+        run_id = found[0].id
     if run_id:
         record = log.get_run(run_id, owner)
         if record is None:
             raise InputError(f"no run with id '{run_id}' in {log.path}")
+        if reply:
+            click.echo(record.response or "")
+            return
         messages = log.messages(record.id, owner)
         if as_json:
             click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
             return
-        click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
-        if record.inputs:
-            click.echo(f"inputs: {json.dumps(record.inputs, ensure_ascii=False)}")
-        for m in messages:
-            click.echo(f"--- {m.get('role')}\n{m.get('content')}")
-        if record.error:
-            click.echo(f"--- error ({record.error_kind})\n{record.error}")
-        click.echo(
-            f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
-            f"tokens, {record.duration_ms or 0:.0f} ms"
-        )
+        click.echo("\n".join(cli_logs.run_text(record, messages)))
         return
-    rows = log.list_runs(limit=limit, query=query, program=program, status=status, owner=owner)
+    rows = log.list_runs(
+        limit=limit, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+    )
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], ensure_ascii=False))
         return

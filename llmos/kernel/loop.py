@@ -144,6 +144,7 @@ def run_process(
     messages: list[Message] = []
     run_id: str | None = None
     context: Context | None = None
+    tally = _Tally()
     try:
         try:
             messages = program.render(inputs)
@@ -164,16 +165,22 @@ def run_process(
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
-        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace)
+        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace, tally)
     except LlmosError as exc:
         if run_id is not None:
+            # a failed run keeps what it used and did: its tokens and its steps
             log.finish_run(
                 run_id,
                 status="failed",
                 error_kind=exc.kind,
                 error=str(exc),
+                prompt_tokens=tally.prompt_tokens,
+                completion_tokens=tally.completion_tokens,
                 duration_ms=(time.perf_counter() - started) * 1000,
-                extra=_context_extra(context),
+                extra={
+                    **_context_extra(context),
+                    **({"steps": tally.steps} if tally.steps else {}),
+                },
             )
         raise
     except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
@@ -208,6 +215,15 @@ def run_process(
     return result
 
 
+@dataclass
+class _Tally:
+    """What a run has used and done so far (kept when it fails)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _steps(
     program: Program,
     cpu: CPU,
@@ -217,8 +233,10 @@ def _steps(
     entity: Entity | None,
     devices: Devices | None,
     on_trace: Trace | None,
+    tally: _Tally,
 ) -> RunResult:
-    """The loop itself (see the module note); returns the unlogged result."""
+    """The loop itself (see the module note); returns the unlogged result. `tally` holds the
+    tokens and steps so far, so a run that fails is logged with what it used and did."""
     specs: list[ToolSpec] | None = None
     if devices is not None and devices.grants:
         specs = devices.table.specs(devices.grants)
@@ -226,7 +244,7 @@ def _steps(
     schema = program.output_schema if program.json_mode else None
     required_first = program.llmos.get("tool_choice") == "required"
     police = entity if entity is not None and not cpu.capabilities.batching else None
-    steps: list[dict[str, Any]] = []
+    steps = tally.steps
     prompt_total = completion_total = 0
     ttft_ms: float | None = None
     attempts = 0  # answers generated (a JSON answer that fails validation is tried again)
@@ -272,6 +290,7 @@ def _steps(
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
+        tally.prompt_tokens, tally.completion_tokens = prompt_total, completion_total
         trapped = classify(text, last.tool_calls) if specs else Trapped(kind="text")
         if specs:
             context.touch(text)

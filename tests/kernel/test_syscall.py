@@ -207,6 +207,21 @@ def test_agent_loop_stops_at_max_steps(tmp_path: Path, agent_program: Any) -> No
     assert caught.value.exit_code == 21 != OutputError.exit_code
 
 
+def test_a_failed_tool_using_run_is_logged_with_its_tokens_and_steps(
+    tmp_path: Path, agent_program: Any
+) -> None:
+    cpu = ScriptedCPU([[call("calc", {"expression": "1+1"})]] * 3)
+    with pytest.raises(StepLimitError):
+        _run(tmp_path, agent_program, cpu)
+    with Log.open(tmp_path / "logs.db") as log:
+        (record,) = log.list_runs()
+    assert record.status == "failed" and record.error_kind == "step_limit"
+    assert record.prompt_tokens > 0
+    assert record.extra is not None
+    assert [s["device"] for s in record.extra["steps"]] == ["calc"] * 3
+    assert record.to_json()["steps"][0]["result"] == {"result": "2", "exact": True}
+
+
 def test_a_call_cut_off_by_the_output_cap_names_the_cap(tmp_path: Path) -> None:
     path = tmp_path / "capped.prompt"
     path.write_text(

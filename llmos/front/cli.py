@@ -35,6 +35,7 @@ do the work, and formats what they return.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -45,7 +46,7 @@ import click
 
 from llmos import config, params
 from llmos.errors import AuditError, InputError, KernelError, LlmosError
-from llmos.front import cli_logs, kclient
+from llmos.front import cli_logs, cli_prompt, kclient
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
@@ -67,7 +68,18 @@ cli.add_command(user)
 
 
 @cli.command()
-@click.argument("program_ref", metavar="PROGRAM")
+@click.argument("program_ref", metavar="[PROGRAM]", required=False)
+@click.option("-p", "--prompt", help="An ad-hoc prompt to run without a program file.")
+@click.option("-s", "--system", "system_prompt", help="With -p: a system prompt.")
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
+)
 @click.option(
     "-i",
     "--input",
@@ -90,7 +102,10 @@ cli.add_command(user)
 @click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
-    program_ref: str,
+    program_ref: str | None,
+    prompt: str | None,
+    system_prompt: str | None,
+    option_pairs: tuple[tuple[str, str], ...],
     input_pairs: tuple[str, ...],
     model: str | None,
     as_json: bool,
@@ -100,8 +115,18 @@ def run(
     priority: int | None,
     budget: int | None,
 ) -> None:
-    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
+    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name), or -p PROMPT."""
+    config = cli_prompt.options(option_pairs)
+    if (program_ref is None) == (prompt is None):
+        raise click.UsageError("give either PROGRAM or -p PROMPT")
+    if prompt is not None and (detach or input_pairs):
+        raise click.UsageError("-p runs in this process and takes no -i inputs (no -d)")
+    if system_prompt is not None and prompt is None:
+        raise click.UsageError("-s needs -p (a program file has its own system prompt)")
+    if detach and config:
+        raise click.UsageError("-o is not available with -d")
     if detach:
+        assert program_ref is not None
         _run_detached(program_ref, input_pairs, model, priority, budget, as_json)
         return
     if priority is not None or budget is not None:
@@ -112,10 +137,20 @@ def run(
     caller = api.Caller.of(principals.current())
     system = boot.boot()
     kernel = Kernel(system)
-    request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
-    prog, inputs = api.spawn_request(kernel, caller, request)
+    inputs: dict[str, Any] = {}
+    if prompt is not None:
+        prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config)
+    else:
+        assert program_ref is not None
+        request = api.SpawnRequest(
+            program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs)
+        )
+        prog, inputs = api.spawn_request(kernel, caller, request)
+        if config:
+            prog = dataclasses.replace(prog, config={**prog.config, **config})
     try:
-        inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        if prompt is None:
+            inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, str(prog.path), caller.owner)

@@ -183,6 +183,9 @@ def test_agent_loop_calls_then_answers(tmp_path: Path, agent_program: Any) -> No
     }
     assert cpu.requests[0].tools is not None and cpu.requests[0].tools[0].name == "calc"
     assert record.extra["steps"][0]["device"] == "calc"  # every step is in the log
+    by_kind = record.extra["context"]["by_kind"]  # tokens per kind of segment, counted
+    assert by_kind["input"]["tokens"] == 1  # "q": one token on the scripted CPU
+    assert all(row["tokens"] > 0 for row in by_kind.values())
 
 
 def test_agent_loop_recovers_from_errors_and_denials(tmp_path: Path, agent_program: Any) -> None:

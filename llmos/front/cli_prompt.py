@@ -1,0 +1,51 @@
+"""Ad-hoc prompts for `llmos run`: `-p PROMPT` without a program file, `-s SYSTEM`, `-o KEY VALUE`.
+
+`-p` makes a one-off chat program (`llmos.kernel.program.chat`): an optional system message,
+then one user message (piped stdin first, then the prompt, as `llm` does). `-o` sets a
+`config` key (`temperature`, `maxOutputTokens`, ...) on the ad-hoc program or on a program
+file; values are read as JSON when they parse (`0.2`, `64`, `["\\n"]`), else as text.
+
+Invariants: an unknown `-o` key or a value of the wrong type is a usage error (exit 2) naming
+the key; nothing is written to disk. What this does not do: run anything (`cli.run` does).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from llmos.errors import LlmosError
+from llmos.kernel import program as program_mod
+from llmos.kernel.program import Program
+
+
+def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """`-o KEY VALUE` pairs as a checked `config` mapping (a usage error if one is bad)."""
+    known = program_mod.config_keys()
+    config: dict[str, Any] = {}
+    for key, raw in pairs:
+        if key not in known:
+            raise click.BadParameter(
+                f"unknown model option '{key}' (known: {', '.join(known)})", param_hint="-o"
+            )
+        try:
+            config[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            config[key] = raw
+    try:
+        return program_mod.check_config("-o", config)
+    except LlmosError as exc:
+        raise click.BadParameter(str(exc).removeprefix("-o: "), param_hint="-o") from exc
+
+
+def adhoc(prompt: str, system: str | None, stdin: str | None, config: dict[str, Any]) -> Program:
+    """The one-off program `llmos run -p PROMPT [-s SYSTEM]` runs."""
+    user = f"{stdin.rstrip()}\n\n{prompt}" if stdin and stdin.strip() else prompt
+    messages: list[dict[str, Any]] = [{"role": "user", "content": user}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    prog = program_mod.chat(messages, config=config)
+    prog.name = "prompt"
+    return prog

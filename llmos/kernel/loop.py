@@ -38,7 +38,8 @@ devices (kind, device, arguments, result, duration) is in `RunResult.extra["step
 `on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is a
 StepLimitError (exit 21) naming the limit. A call cut off by the output-token cap is recorded as
 malformed with the cap named (raise `maxOutputTokens`); an empty answer after tool calls is an
-OutputError, never a silent success.
+OutputError, never a silent success; so is a first reply without a call when the program sets
+`llmos.tool_choice: required` and the CPU did not enforce it (a BackendError).
 
 What this module does not do: load programs (see `llmos.kernel.program`), choose CPUs (see
 `llmos.kernel.cpus`), define devices or check access (see `llmos.kernel.syscall`), or schedule
@@ -56,7 +57,13 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError, OutputError, StepLimitError
+from llmos.errors import (
+    BackendError,
+    ContextOverflowError,
+    LlmosError,
+    OutputError,
+    StepLimitError,
+)
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -295,6 +302,11 @@ def _steps(
         if specs:
             context.touch(text)
         ended_early = last.finish_reason in ("cancelled", "budget")
+        if required_first and step == 1 and trapped.kind == "text" and not ended_early:
+            raise BackendError(
+                f"{cpu.name} answered without a tool call although {program.path} sets "
+                "llmos.tool_choice: required (the server does not enforce it)"
+            )
         if ended_early or trapped.kind == "text":
             gate.flush()
             if specs:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmos.errors import OutputError, ProgramError, StepLimitError
+from llmos.errors import BackendError, OutputError, ProgramError, StepLimitError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
@@ -223,6 +223,16 @@ def test_a_failed_tool_using_run_is_logged_with_its_tokens_and_steps(
     assert record.extra is not None
     assert [s["device"] for s in record.extra["steps"]] == ["calc"] * 3
     assert record.to_json()["steps"][0]["result"] == {"result": "2", "exact": True}
+
+
+def test_required_tool_choice_not_enforced_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "required.prompt"
+    path.write_text(PROGRAM.replace("llmos.max_steps: 3", "llmos.tool_choice: required"))
+    cpu = ScriptedCPU(["It is 391, I think."])  # a CPU that ignored the required call
+    with pytest.raises(BackendError, match="tool_choice: required") as caught:
+        _run(tmp_path, load(path), cpu)
+    assert caught.value.exit_code == 6
+    assert cpu.requests[0].tool_choice == "required"
 
 
 def test_a_call_cut_off_by_the_output_cap_names_the_cap(tmp_path: Path) -> None:

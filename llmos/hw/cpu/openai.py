@@ -21,6 +21,8 @@ Invariants:
 - A server that rejects `stream_options` with a 400/422 gets the request once more without it;
   one that knows no `json_schema` response format (llama-cpp-python's server) gets it once
   more as `{"type": "json_object", "schema": ...}`, the form that server enforces by grammar.
+- `tool_choice: "required"` with a single tool is sent in the named form
+  (`{"type": "function", ...}`), which servers that ignore "required" still enforce.
 - Each such adaptation is learned once per server: it is remembered for the CPU's lifetime and,
   given a `dialects` file (`$LLMOS_HOME/openai-servers.json`), across runs, keyed by base URL
   and model, so the next run asks in the accepted form at once. A remembered adaptation that
@@ -285,7 +287,12 @@ class OpenAICPU(CPU):
             kwargs["seed"] = request.seed
         if request.tools:
             kwargs["tools"] = [_tool_param(tool) for tool in request.tools]
-            if request.tool_choice is not None:
+            if request.tool_choice == "required" and len(request.tools) == 1:
+                # the named form forces the one call on every server that knows tools
+                # (llama-cpp-python's ignores "required" and answers in text)
+                name = _wire_name(request.tools[0].name)
+                kwargs["tool_choice"] = {"type": "function", "function": {"name": name}}
+            elif request.tool_choice is not None:
                 kwargs["tool_choice"] = request.tool_choice
         if request.json_schema is not None:
             kwargs["response_format"] = {

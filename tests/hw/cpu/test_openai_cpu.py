@@ -185,6 +185,16 @@ def test_tools_with_auto_choice_get_a_text_reply(cpu: OpenAICPU) -> None:
     assert final.finish_reason in {"stop", "length"}
 
 
+@pytest.mark.slow
+def test_required_tool_choice_with_one_tool_gets_a_call(cpu: OpenAICPU) -> None:
+    """llama-cpp-python's server ignores tool_choice "required"; the named form is enforced."""
+    request = ask("What is the weather in Paris?", tools=[WEATHER], tool_choice="required")
+    _, final = collect(cpu.generate(request))
+    assert final.finish_reason == "tool_calls"
+    assert [c.name for c in final.tool_calls] == [WEATHER.name]
+    json.loads(final.tool_calls[0].arguments)
+
+
 class _ForcedToolCPU(OpenAICPU):
     """GenRequest has no `tool_choice`; force one to see the server's streamed tool calls."""
 

@@ -72,6 +72,10 @@ cli.add_command(user)
 @click.option("-p", "--prompt", help="An ad-hoc prompt to run without a program file.")
 @click.option("-s", "--system", "system_prompt", help="With -p: a system prompt.")
 @click.option(
+    "-c", "--continue", "continue_", is_flag=True, help="With -p: continue the last -p run."
+)
+@click.option("--cid", metavar="RUN_ID", help="With -p: continue the conversation of this run.")
+@click.option(
     "-o",
     "--option",
     "option_pairs",
@@ -105,6 +109,8 @@ def run(
     program_ref: str | None,
     prompt: str | None,
     system_prompt: str | None,
+    continue_: bool,
+    cid: str | None,
     option_pairs: tuple[tuple[str, str], ...],
     input_pairs: tuple[str, ...],
     model: str | None,
@@ -121,6 +127,8 @@ def run(
         raise click.UsageError("give either PROGRAM or -p PROMPT")
     if prompt is not None and (detach or input_pairs):
         raise click.UsageError("-p runs in this process and takes no -i inputs (no -d)")
+    if (continue_ or cid) and prompt is None:
+        raise click.UsageError("-c and --cid continue a conversation: they need -p")
     if system_prompt is not None and prompt is None:
         raise click.UsageError("-s needs -p (a program file has its own system prompt)")
     if detach and config:
@@ -139,7 +147,8 @@ def run(
     kernel = Kernel(system)
     inputs: dict[str, Any] = {}
     if prompt is not None:
-        prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config)
+        history = _conversation(system, caller, cid, continue_) if cid or continue_ else None
+        prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config, history)
     else:
         assert program_ref is not None
         request = api.SpawnRequest(
@@ -258,6 +267,23 @@ def _paging_note(context: dict[str, Any], run_id: str) -> None:
 def _trace(step: dict[str, Any]) -> None:
     """One agent step on stderr, as `llmos run --trace` shows it."""
     click.echo(f"llmos: {cli_logs.step_line(step)}", err=True)
+
+
+def _conversation(
+    system: boot.System, caller: Any, cid: str | None, last: bool
+) -> list[dict[str, Any]]:
+    """The messages of run `cid`, or of the newest `-p` run, to continue (-c / --cid)."""
+    owner = None if caller.admin else caller.owner
+    if cid:
+        record = system.log.get_run(cid, owner)
+        if record is None:
+            raise InputError(f"no run with id '{cid}' in {system.log.path}")
+    else:
+        found = system.log.list_runs(limit=1, program=cli_prompt.PROGRAM_NAME, owner=owner)
+        if not found:
+            raise InputError(f"no -p conversation to continue in {system.log.path}")
+        record = found[0]
+    return system.log.messages(record.id, owner)
 
 
 def _run_row(r: RunRecord) -> str:

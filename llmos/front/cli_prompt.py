@@ -1,4 +1,5 @@
-"""Ad-hoc prompts for `llmos run`: `-p PROMPT` without a program file, `-s SYSTEM`, `-o KEY VALUE`.
+"""Ad-hoc prompts for `llmos run`: `-p PROMPT` without a program file, `-s SYSTEM`, `-o KEY VALUE`,
+and `-c` / `--cid RUN_ID` to continue a logged conversation (its messages, then the prompt).
 
 `-p` makes a one-off chat program (`llmos.kernel.program.chat`): an optional system message,
 then one user message (piped stdin first, then the prompt, as `llm` does). `-o` sets a
@@ -20,6 +21,8 @@ from llmos.errors import LlmosError
 from llmos.kernel import program as program_mod
 from llmos.kernel.program import Program
 
+PROGRAM_NAME = "prompt"  # how -p runs are named in the log
+
 
 def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """`-o KEY VALUE` pairs as a checked `config` mapping (a usage error if one is bad)."""
@@ -40,12 +43,24 @@ def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
         raise click.BadParameter(str(exc).removeprefix("-o: "), param_hint="-o") from exc
 
 
-def adhoc(prompt: str, system: str | None, stdin: str | None, config: dict[str, Any]) -> Program:
-    """The one-off program `llmos run -p PROMPT [-s SYSTEM]` runs."""
+def adhoc(
+    prompt: str,
+    system: str | None,
+    stdin: str | None,
+    config: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+) -> Program:
+    """The one-off program `llmos run -p PROMPT [-s SYSTEM]` runs; with `history` (a logged
+    conversation's messages, for -c/--cid) the prompt continues it."""
     user = f"{stdin.rstrip()}\n\n{prompt}" if stdin and stdin.strip() else prompt
-    messages: list[dict[str, Any]] = [{"role": "user", "content": user}]
-    if system:
+    messages: list[dict[str, Any]] = [
+        {"role": m["role"], "content": m.get("content") or ""}
+        for m in history or []
+        if m.get("role") in ("system", "user", "assistant")
+    ]
+    if system and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system})
+    messages.append({"role": "user", "content": user})
     prog = program_mod.chat(messages, config=config)
-    prog.name = "prompt"
+    prog.name = PROGRAM_NAME
     return prog

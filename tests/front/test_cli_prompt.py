@@ -43,6 +43,7 @@ def test_piped_stdin_comes_before_the_prompt(run_cli: RunCli) -> None:
         (("run", "-p", "hi", "-o", "bogus", "1"), "unknown model option 'bogus'"),
         (("run", "-p", "hi", "-o", "maxOutputTokens", "many"), "'config.maxOutputTokens'"),
         (("run", "x.prompt", "-s", "be brief"), "-s needs -p"),
+        (("run", "x.prompt", "-c"), "they need -p"),
     ],
 )
 def test_adhoc_usage_errors_exit_2(run_cli: RunCli, args: tuple[str, ...], said: str) -> None:
@@ -50,3 +51,29 @@ def test_adhoc_usage_errors_exit_2(run_cli: RunCli, args: tuple[str, ...], said:
     assert proc.returncode == 2
     assert said in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_continue_carries_the_last_conversation_on(run_cli: RunCli) -> None:
+    first = run_cli("run", "-p", "My name is Ada.", "-s", "Be brief.",
+                    "-o", "maxOutputTokens", "3", "--json")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    second = run_cli("run", "-c", "-p", "What is my name?", "-o", "maxOutputTokens", "3", "--json")
+    assert second.returncode == 0, second.stderr
+    shown = json.loads(run_cli("logs", json.loads(second.stdout)["run_id"], "--json").stdout)
+    said = [(m["role"], m["content"]) for m in shown["messages"]]
+    assert said[:2] == [("system", "Be brief."), ("user", "My name is Ada.")]
+    assert said[2] == ("assistant", json.loads(first.stdout)["output"])
+    assert said[3] == ("user", "What is my name?") and said[4][0] == "assistant"
+    by_id = run_cli("run", "--cid", json.loads(first.stdout)["run_id"], "-p", "Again?",
+                    "-o", "maxOutputTokens", "2", "--json")  # fmt: skip
+    assert by_id.returncode == 0, by_id.stderr
+    again = json.loads(run_cli("logs", json.loads(by_id.stdout)["run_id"], "--json").stdout)
+    assert [m["content"] for m in again["messages"]][3] == "Again?"
+
+
+def test_continue_with_nothing_to_continue_exits_4(run_cli: RunCli) -> None:
+    proc = run_cli("run", "-c", "-p", "hi")
+    assert proc.returncode == 4
+    assert "no -p conversation to continue" in proc.stderr
+    assert run_cli("run", "--cid", "ffffffffffff", "-p", "hi").returncode == 4

@@ -47,6 +47,7 @@ import click
 from llmos import config, params
 from llmos.errors import AuditError, InputError, KernelError, LlmosError
 from llmos.front import cli_logs, cli_prompt, kclient
+from llmos.front.cli_chat import chat
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
@@ -65,6 +66,7 @@ cli.add_command(memory)
 cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
+cli.add_command(chat)
 
 
 @cli.command()
@@ -147,7 +149,9 @@ def run(
     kernel = Kernel(system)
     inputs: dict[str, Any] = {}
     if prompt is not None:
-        history = _conversation(system, caller, cid, continue_) if cid or continue_ else None
+        history = (
+            cli_prompt.conversation(system, caller, cid, continue_) if cid or continue_ else None
+        )
         prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config, history)
     else:
         assert program_ref is not None
@@ -267,23 +271,6 @@ def _paging_note(context: dict[str, Any], run_id: str) -> None:
 def _trace(step: dict[str, Any]) -> None:
     """One agent step on stderr, as `llmos run --trace` shows it."""
     click.echo(f"llmos: {cli_logs.step_line(step)}", err=True)
-
-
-def _conversation(
-    system: boot.System, caller: Any, cid: str | None, last: bool
-) -> list[dict[str, Any]]:
-    """The messages of run `cid`, or of the newest `-p` run, to continue (-c / --cid)."""
-    owner = None if caller.admin else caller.owner
-    if cid:
-        record = system.log.get_run(cid, owner)
-        if record is None:
-            raise InputError(f"no run with id '{cid}' in {system.log.path}")
-    else:
-        found = system.log.list_runs(limit=1, program=cli_prompt.PROGRAM_NAME, owner=owner)
-        if not found:
-            raise InputError(f"no -p conversation to continue in {system.log.path}")
-        record = found[0]
-    return system.log.messages(record.id, owner)
 
 
 def _run_row(r: RunRecord) -> str:

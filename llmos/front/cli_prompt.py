@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from llmos.errors import LlmosError
+from llmos.errors import InputError, LlmosError
+from llmos.kernel import boot
 from llmos.kernel import program as program_mod
 from llmos.kernel.program import Program
 
@@ -64,3 +65,20 @@ def adhoc(
     prog = program_mod.chat(messages, config=config)
     prog.name = PROGRAM_NAME
     return prog
+
+
+def conversation(
+    system: boot.System, caller: Any, cid: str | None, last: bool
+) -> list[dict[str, Any]]:
+    """The messages of run `cid`, or of the newest `-p`/chat run, to continue (-c / --cid)."""
+    owner = None if caller.admin else caller.owner
+    if cid:
+        record = system.log.get_run(cid, owner)
+        if record is None:
+            raise InputError(f"no run with id '{cid}' in {system.log.path}")
+    else:
+        found = system.log.list_runs(limit=1, program=PROGRAM_NAME, owner=owner)
+        if not found:
+            raise InputError(f"no -p conversation to continue in {system.log.path}")
+        record = found[0]
+    return system.log.messages(record.id, owner)

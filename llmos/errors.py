@@ -6,6 +6,7 @@
      +-- ModelError                  exit 5  a model spec or GGUF file that cannot be used
      +-- BackendError                exit 6  a remote CPU that is unreachable or fails
      +-- OutputError                 exit 7  a reply that cannot be made to fit the output schema
+     |    +-- StepLimitError         exit 22 llmos.max_steps used up before an answer
      +-- ContextOverflowError        exit 8  a prompt longer than the CPU's context window
      +-- LogStoreError               exit 9  the log database is unusable (no FTS5, corrupt)
      +-- ConfigError                 exit 10 a config file that cannot be read
@@ -82,6 +83,13 @@ class BackendError(LlmosError):
 class OutputError(LlmosError):
     exit_code = 7
     kind = "output"
+
+
+class StepLimitError(OutputError):
+    """A tool-using run that used up `llmos.max_steps` without giving an answer."""
+
+    exit_code = 22
+    kind = "step_limit"
 
 
 class ContextOverflowError(LlmosError):
@@ -183,6 +191,7 @@ EXIT_CODES: dict[str, int] = {
         ModelError,
         BackendError,
         OutputError,
+        StepLimitError,
         ContextOverflowError,
         LogStoreError,
         ConfigError,

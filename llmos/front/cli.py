@@ -35,6 +35,7 @@ do the work, and formats what they return.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -47,11 +48,13 @@ from llmos import config, params
 from llmos.errors import (
     EXIT_INTERRUPTED,
     AuditError,
+    InputError,
     KernelError,
     LlmosError,
     NoSuchRunError,
 )
-from llmos.front import kclient
+from llmos.front import cli_logs, cli_prompt, kclient
+from llmos.front.cli_chat import chat
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
@@ -73,10 +76,26 @@ cli.add_command(models)
 cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
+cli.add_command(chat)
 
 
 @cli.command()
-@click.argument("program_ref", metavar="PROGRAM")
+@click.argument("program_ref", metavar="[PROGRAM]", required=False)
+@click.option("-p", "--prompt", help="An ad-hoc prompt to run without a program file.")
+@click.option("-s", "--system", "system_prompt", help="With -p: a system prompt.")
+@click.option(
+    "-c", "--continue", "continue_", is_flag=True, help="With -p: continue the last -p run."
+)
+@click.option("--cid", metavar="RUN_ID", help="With -p: continue the conversation of this run.")
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
+)
 @click.option(
     "-i",
     "--input",
@@ -103,7 +122,12 @@ cli.add_command(user)
 @click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
-    program_ref: str,
+    program_ref: str | None,
+    prompt: str | None,
+    system_prompt: str | None,
+    continue_: bool,
+    cid: str | None,
+    option_pairs: tuple[tuple[str, str], ...],
     input_pairs: tuple[str, ...],
     model: str | None,
     as_json: bool,
@@ -113,8 +137,20 @@ def run(
     priority: int | None,
     budget: int | None,
 ) -> None:
-    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
+    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name), or -p PROMPT."""
+    config = cli_prompt.options(option_pairs)
+    if (program_ref is None) == (prompt is None):
+        raise click.UsageError("give either PROGRAM or -p PROMPT")
+    if prompt is not None and (detach or input_pairs):
+        raise click.UsageError("-p runs in this process and takes no -i inputs (no -d)")
+    if (continue_ or cid) and prompt is None:
+        raise click.UsageError("-c and --cid continue a conversation: they need -p")
+    if system_prompt is not None and prompt is None:
+        raise click.UsageError("-s needs -p (a program file has its own system prompt)")
+    if detach and config:
+        raise click.UsageError("-o is not available with -d")
     if detach:
+        assert program_ref is not None
         _run_detached(program_ref, input_pairs, model, priority, budget, as_json)
         return
     if priority is not None or budget is not None:
@@ -125,11 +161,24 @@ def run(
     caller = api.Caller.of(principals.current())
     system = boot.boot()
     kernel = Kernel(system)
-    request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
-    prog, inputs = api.spawn_request(kernel, caller, request)
+    inputs: dict[str, Any] = {}
+    if prompt is not None:
+        history = (
+            cli_prompt.conversation(system, caller, cid, continue_) if cid or continue_ else None
+        )
+        prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config, history)
+    else:
+        assert program_ref is not None
+        request = api.SpawnRequest(
+            program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs)
+        )
+        prog, inputs = api.spawn_request(kernel, caller, request)
+        if config:
+            prog = dataclasses.replace(prog, config={**prog.config, **config})
     progress = ProgressLine()  # notices, and on a terminal the work before the first token
     try:
-        inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        if prompt is None:
+            inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
         progress.show(cpus.slow_start(model or prog.model, system.config))
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
@@ -228,17 +277,7 @@ def mcp_cmd() -> None:
 
 def _trace(step: dict[str, Any]) -> None:
     """One agent step on stderr, as `llmos run --trace` shows it."""
-    if step["kind"] == "syscall":
-        outcome = json.dumps(step["result"], ensure_ascii=False) if step["ok"] else step["error"]
-        click.echo(
-            f"llmos: step {step['step']}: {step['device']}({step['arguments']}) -> "
-            f"{'ok' if step['ok'] else 'error'}: {outcome} ({step['ms']:.1f} ms)",
-            err=True,
-        )
-    elif step["kind"] == "malformed":
-        click.echo(f"llmos: step {step['step']}: malformed call: {step['error']}", err=True)
-    else:
-        click.echo(f"llmos: step {step['step']}: answer ({step['tokens']} tokens)", err=True)
+    click.echo(f"llmos: {cli_logs.step_line(step)}", err=True)
 
 
 def _run_row(r: RunRecord) -> str:
@@ -255,8 +294,10 @@ def _run_row(r: RunRecord) -> str:
 @click.option("-q", "--query", help="Full-text search over programs, inputs, prompts, replies.")
 @click.option("-n", "--limit", type=int, default=params.LOG_LIST_DEFAULT, show_default=True)
 @click.option("--program", help="Only runs of this program.")
+@click.option("--model", "cpu_name", help="Only runs on this CPU (as listed, e.g. openai/qwen).")
 @click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-r", "--reply", is_flag=True, help="Print only the last run's reply.")
 @click.option(
     "-f",
     "--follow",
@@ -271,11 +312,16 @@ def logs(
     query: str | None,
     limit: int,
     program: str | None,
+    cpu_name: str | None,
     status: str | None,
     as_json: bool,
+    reply: bool,
     follow_pid: int | None,
 ) -> None:
-    """List logged runs, search them, or show one run in full; -f PID follows a process."""
+    """List logged runs, search them, or show one run in full; -f PID follows a process.
+
+    `llmos logs path` prints the log database's path; -r prints the newest (matching) run's
+    reply, or RUN_ID's."""
     if follow_pid is not None:
         if run_id is not None:
             raise click.UsageError("give either RUN_ID or -f PID, not both")
@@ -285,27 +331,32 @@ def logs(
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all
     system = boot.boot()
     log = system.log
+    if run_id == "path":
+        click.echo(str(log.path))
+        return
+    if reply and not run_id:
+        found = log.list_runs(
+            limit=1, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+        )
+        if not found:
+            raise InputError(f"no logged run matches in {log.path}")
+        run_id = found[0].id
     if run_id:
         record = log.get_run(run_id, owner)
         if record is None:
             raise NoSuchRunError(f"no run with id '{run_id}' in {log.path}")
+        if reply:
+            click.echo(record.response or "")
+            return
         messages = log.messages(record.id, owner)
         if as_json:
             click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
             return
-        click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
-        if record.inputs:
-            click.echo(f"inputs: {json.dumps(record.inputs, ensure_ascii=False)}")
-        for m in messages:
-            click.echo(f"--- {m.get('role')}\n{m.get('content')}")
-        if record.error:
-            click.echo(f"--- error ({record.error_kind})\n{record.error}")
-        click.echo(
-            f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
-            f"tokens, {record.duration_ms or 0:.0f} ms"
-        )
+        click.echo("\n".join(cli_logs.run_text(record, messages)))
         return
-    rows = log.list_runs(limit=limit, query=query, program=program, status=status, owner=owner)
+    rows = log.list_runs(
+        limit=limit, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+    )
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], ensure_ascii=False))
         return

@@ -40,8 +40,11 @@ leave half an object on stdout for the next program in a pipe).
 Invariants: every run that reaches the log leaves exactly one run row, finished as `ok`,
 `failed` (with the error's kind and message) or `cancelled`; every step of a program with
 devices (kind, device, arguments, result, duration) is in `RunResult.extra["steps"]`, and
-`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is an
-OutputError naming the limit.
+`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is a
+StepLimitError (exit 21) naming the limit. A call cut off by the output-token cap is recorded as
+malformed with the cap named (raise `maxOutputTokens`); an empty answer after tool calls is an
+OutputError, never a silent success; so is a first reply without a call when the program sets
+`llmos.tool_choice: required` and the CPU did not enforce it (a BackendError).
 
 What this module does not do: load programs (see `llmos.kernel.program`), choose CPUs (see
 `llmos.kernel.cpus`), define devices or check access (see `llmos.kernel.syscall`), or schedule
@@ -59,7 +62,14 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import BudgetError, ContextOverflowError, LlmosError, OutputError
+from llmos.errors import (
+    BackendError,
+    BudgetError,
+    ContextOverflowError,
+    LlmosError,
+    OutputError,
+    StepLimitError,
+)
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -150,6 +160,7 @@ def run_process(
     messages: list[Message] = []
     run_id: str | None = None
     context: Context | None = None
+    tally = _Tally()
     try:
         try:
             messages = program.render(inputs)
@@ -175,19 +186,27 @@ def run_process(
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
-        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace, resume)
+        result = _steps(
+            program, cpu, context, on_text, started, entity, devices, on_trace, tally, resume
+        )
         starved = not (result.text or result.completion_tokens)  # nothing could be generated
         if result.finish_reason == "budget" and entity is not None and starved:
             raise prompt_over_budget(program, context, entity)
     except LlmosError as exc:
         if run_id is not None:
+            # a failed run keeps what it used and did: its tokens and its steps
             log.finish_run(
                 run_id,
                 status="failed",
                 error_kind=exc.kind,
                 error=str(exc),
+                prompt_tokens=tally.prompt_tokens,
+                completion_tokens=tally.completion_tokens,
                 duration_ms=(time.perf_counter() - started) * 1000,
-                extra=_context_extra(context),
+                extra={
+                    **_context_extra(context),
+                    **({"steps": tally.steps} if tally.steps else {}),
+                },
             )
         raise
     except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
@@ -222,6 +241,15 @@ def run_process(
     return result
 
 
+@dataclass
+class _Tally:
+    """What a run has used and done so far (kept when it fails)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _steps(
     program: Program,
     cpu: CPU,
@@ -231,9 +259,11 @@ def _steps(
     entity: Entity | None,
     devices: Devices | None,
     on_trace: Trace | None,
+    tally: _Tally,
     resume: str = "",
 ) -> RunResult:
-    """The loop itself (see the module note); returns the unlogged result."""
+    """The loop itself (see the module note); returns the unlogged result. `tally` holds the
+    tokens and steps so far, so a run that fails is logged with what it used and did."""
     specs: list[ToolSpec] | None = None
     if devices is not None and devices.grants:
         specs = devices.table.specs(devices.grants)
@@ -243,7 +273,7 @@ def _steps(
     schema = program.output_schema if program.json_mode else None
     required_first = program.llmos.get("tool_choice") == "required"
     police = entity if entity is not None and not cpu.capabilities.batching else None
-    steps: list[dict[str, Any]] = []
+    steps = tally.steps
     prompt_total = completion_total = 0
     ttft_ms: float | None = None
     attempts = 0  # answers generated (a JSON answer that fails validation is tried again)
@@ -263,11 +293,13 @@ def _steps(
         )
 
     step = 0
+    cut_off = ""  # why the last step's call was unusable, when the output cap cut it off
     while True:
         step += 1
         if specs and step > program.max_steps:
-            raise OutputError(
+            raise StepLimitError(
                 f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
+                + cut_off
             )
         context.step = step
         if entity is not None and context.resident_chars() >= params.PROGRESS_MIN_CHARS:
@@ -293,12 +325,18 @@ def _steps(
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
+        tally.prompt_tokens, tally.completion_tokens = prompt_total, completion_total
         trapped = classify(text, last.tool_calls) if specs else Trapped(kind="text")
         if devices is None and trapped.kind == "malformed":
             trapped = Trapped(kind="text", text=text)  # no device to retry for: it is the answer
         if specs:
             context.touch(text)
         ended_early = last.finish_reason in ("cancelled", "budget")
+        if required_first and step == 1 and trapped.kind == "text" and not ended_early:
+            raise BackendError(
+                f"{cpu.name} answered without a tool call although {program.path} sets "
+                "llmos.tool_choice: required (the server does not enforce it)"
+            )
         if ended_early or trapped.kind == "text":
             gate.flush()
             if specs:
@@ -308,6 +346,13 @@ def _steps(
                     {"step": step, "kind": "text", "tokens": last.completion_tokens},
                 )
             attempts += 1
+            if (
+                specs
+                and not ended_early
+                and not text.strip()
+                and any(s.get("kind") == "syscall" for s in steps)
+            ):
+                raise OutputError(f"{program.path}: the answer after the tool calls is empty")
             if not program.json_mode or ended_early:
                 return result(text, text, last.finish_reason)
             try:
@@ -343,16 +388,26 @@ def _steps(
             ]
             return done
         if trapped.kind == "malformed":
-            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": trapped.error})
+            error = trapped.error
+            if last.finish_reason == "length":
+                error = (
+                    f"{error}: cut off at the {request.max_tokens}-token output cap "
+                    "(raise maxOutputTokens)"
+                )
+                cut_off = f" (the last call was {error})"
+            else:
+                cut_off = ""
+            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": error})
             context.append("assistant", text, "turn", {"step": step})
             context.append(
                 "user",
-                f"That call was malformed ({trapped.error}). "
+                f"That call was malformed ({error}). "
                 "Reply with one valid call or with your answer.",
                 "turn",
                 {"step": step, "from": "kernel"},
             )
             continue
+        cut_off = ""
         call_message = _assistant_call(text, trapped.calls)
         context.append(
             "assistant",

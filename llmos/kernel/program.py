@@ -445,6 +445,16 @@ def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
         raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
 
 
+def config_keys() -> list[str]:
+    """The `config` keys a program (or `llmos run -o KEY VALUE`) may set."""
+    return list(_CONFIG_KEYS)
+
+
+def check_config(where: str, config: Any) -> dict[str, Any]:
+    """`config` checked as a program's would be; ProgramError names `where` and the key."""
+    return _check_config(Path(where), config)
+
+
 def _check_config(path: Path, config: Any) -> dict[str, Any]:
     if config is None:
         return {}

@@ -249,6 +249,7 @@ class RunRecord:
             "ttft_ms": self.ttft_ms,
             "parent_run": self.parent_run,
             "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
+            "steps": (self.extra or {}).get("steps", []),  # a tool-using run's syscalls
         }
         if with_path:
             out["program_path"] = self.program_path
@@ -507,6 +508,7 @@ class Log:
         program: str | None = None,
         status: str | None = None,
         owner: str | None = None,
+        cpu: str | None = None,
     ) -> list[RunRecord]:
         """Runs newest first, or best match first for a full-text `query`; limit <= 0: all.
         With `owner`, only that owner's runs (a run with no owner is nobody's: admins only)."""
@@ -530,6 +532,9 @@ class Log:
         if owner is not None:
             where.append("runs.owner = ?")
             args.append(owner)
+        if cpu is not None:
+            where.append("runs.cpu = ?")
+            args.append(cpu)
         sql = f"SELECT {_RUN_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -10,7 +10,7 @@ The body has the OpenAI error shape, so the official clients raise their own typ
       owner's pid), not_found (a run,         pid that does not exist)
       memory, page or shared segment)
     protocol, input, program, output,     422
-      context_overflow, model, budget
+      step_limit, context_overflow, model, budget
     quota (a per-user limit)              429 (+ Retry-After: the error's own wait, e.g. to
                                           00:00 UTC for tokens_per_day, else a default)
     admission (the table is full),        503 (+ Retry-After)
@@ -41,6 +41,7 @@ STATUS = {
     "budget": 422,
     "program": 422,
     "output": 422,
+    "step_limit": 422,
     "context_overflow": 422,
     "model": 422,
     "quota": 429,

@@ -21,6 +21,12 @@ Invariants:
 - A server that rejects `stream_options` with a 400/422 gets the request once more without it;
   one that knows no `json_schema` response format (llama-cpp-python's server) gets it once
   more as `{"type": "json_object", "schema": ...}`, the form that server enforces by grammar.
+- `tool_choice: "required"` with a single tool is sent in the named form
+  (`{"type": "function", ...}`), which servers that ignore "required" still enforce.
+- Each such adaptation is learned once per server: it is remembered for the CPU's lifetime and,
+  given a `dialects` file (`$LLMOS_HOME/openai-servers.json`), across runs, keyed by base URL
+  and model, so the next run asks in the accepted form at once. A remembered adaptation that
+  the server then refuses (the server changed) is forgotten and the request asked as written.
 
 Token counts are estimates (`capabilities.exact_tokens` is False): the remote tokenizer is not
 available, so a text is taken to be one token per `params.OPENAI_BYTES_PER_TOKEN` UTF-8 bytes
@@ -39,9 +45,13 @@ context size (pass `n_ctx`, else `params.OPENAI_DEFAULT_N_CTX` is assumed).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import openai
@@ -119,8 +129,26 @@ def _is_context_error(status: int, message: str, body: object) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-def _fallback_kwargs(kwargs: dict[str, Any], exc: openai.APIStatusError) -> dict[str, Any] | None:
-    """The request to try after `exc`, or None when no known server dialect explains it.
+_ADAPTATIONS = ("json_object", "no_stream_options")
+
+
+def _adapt(kwargs: dict[str, Any], adaptation: str) -> dict[str, Any]:
+    """`kwargs` in the form one learned adaptation asks for (unchanged if it does not apply)."""
+    response_format = kwargs.get("response_format")
+    if (
+        adaptation == "json_object"
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+    ):
+        schema = response_format["json_schema"]["schema"]
+        return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
+    if adaptation == "no_stream_options" and "stream_options" in kwargs:
+        return {k: v for k, v in kwargs.items() if k != "stream_options"}
+    return kwargs
+
+
+def _adaptation(kwargs: dict[str, Any], exc: openai.APIStatusError) -> str | None:
+    """The adaptation to make after `exc`, or None when no known server dialect explains it.
 
     - llama-cpp-python's server knows no `response_format` of type `json_schema` (it answers
       500 with a validation error) but enforces `{"type": "json_object", "schema": ...}` with a
@@ -140,10 +168,9 @@ def _fallback_kwargs(kwargs: dict[str, Any], exc: openai.APIStatusError) -> dict
         and exc.status_code in (400, 422, 500)
         and ("response_format" in lowered or "json_schema" in lowered)
     ):
-        schema = response_format["json_schema"]["schema"]
-        return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
+        return "json_object"
     if "stream_options" in kwargs and exc.status_code in (400, 422):
-        return {k: v for k, v in kwargs.items() if k != "stream_options"}
+        return "no_stream_options"
     return None
 
 
@@ -191,6 +218,7 @@ class OpenAICPU(CPU):
         api_key: str | None,
         n_ctx: int | None = None,
         timeout: float = params.OPENAI_TIMEOUT_S,
+        dialects: Path | None = None,
     ) -> None:
         self.model = model
         self.name = f"openai/{model}"
@@ -207,6 +235,9 @@ class OpenAICPU(CPU):
         except openai.OpenAIError as exc:  # e.g. a base_url the client cannot parse
             raise BackendError(f"cannot use OpenAI-compatible server {base_url}: {exc}") from exc
         self.base_url = str(self._client.base_url).rstrip("/")
+        self._dialects = dialects
+        self._dialect_key = f"{self.base_url} {model}"
+        self.learned: set[str] = set(_load_dialects(dialects).get(self._dialect_key, []))
 
     # --- sizes ---------------------------------------------------------------------------------
 
@@ -256,7 +287,12 @@ class OpenAICPU(CPU):
             kwargs["seed"] = request.seed
         if request.tools:
             kwargs["tools"] = [_tool_param(tool) for tool in request.tools]
-            if request.tool_choice is not None:
+            if request.tool_choice == "required" and len(request.tools) == 1:
+                # the named form forces the one call on every server that knows tools
+                # (llama-cpp-python's ignores "required" and answers in text)
+                name = _wire_name(request.tools[0].name)
+                kwargs["tool_choice"] = {"type": "function", "function": {"name": name}}
+            elif request.tool_choice is not None:
                 kwargs["tool_choice"] = request.tool_choice
         if request.json_schema is not None:
             kwargs["response_format"] = {
@@ -266,20 +302,34 @@ class OpenAICPU(CPU):
         return kwargs
 
     def _open_stream(self, kwargs: dict[str, Any]) -> Stream[ChatCompletionChunk]:
-        """Start the request, adapting it once to each known server dialect that refuses it."""
+        """Start the request, adapting it once to each known server dialect that refuses it
+        (in the form already learned for this server, when there is one)."""
+        written = kwargs
+        for known in sorted(self.learned):
+            kwargs = _adapt(kwargs, known)
         try:
             while True:
                 try:
                     return self._create(kwargs)
                 except openai.APIStatusError as exc:
-                    fallback = _fallback_kwargs(kwargs, exc)
-                    if fallback is None:
-                        raise
-                    kwargs = fallback
+                    adaptation = _adaptation(kwargs, exc)
+                    if adaptation is None:
+                        if kwargs is written or not self.learned:
+                            raise
+                        self._remember(set())  # the server changed: ask as written, relearn
+                        kwargs = written
+                        continue
+                    self._remember(self.learned | {adaptation})
+                    kwargs = _adapt(kwargs, adaptation)
         except LlmosError:
             raise
         except Exception as exc:
             self._raise_mapped(exc)
+
+    def _remember(self, learned: set[str]) -> None:
+        self.learned = learned
+        if self._dialects is not None:
+            _save_dialect(self._dialects, self._dialect_key, sorted(learned))
 
     def _create(self, kwargs: dict[str, Any]) -> Stream[ChatCompletionChunk]:
         result = self._client.chat.completions.create(**kwargs)
@@ -441,6 +491,39 @@ class OpenAICPU(CPU):
             raise BackendError(f"server {url} reported an error: {_one_line(message)}") from exc
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         raise BackendError(f"malformed reply from server {url}: {detail}") from exc
+
+
+def _load_dialects(path: Path | None) -> dict[str, list[str]]:
+    """The remembered adaptations per server; an unreadable file is as good as none."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(key): [a for a in value if a in _ADAPTATIONS]
+        for key, value in data.items()
+        if isinstance(value, list)
+    }
+
+
+def _save_dialect(path: Path, key: str, learned: list[str]) -> None:
+    """Record one server's adaptations (atomically: a reader never sees half a file); a
+    file that cannot be written only costs the next run its relearning."""
+    data = _load_dialects(path)
+    if learned:
+        data[key] = learned
+    else:
+        data.pop(key, None)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def _message_text(message: Message) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import jsonschema
@@ -145,6 +146,36 @@ def test_json_schema_reply_validates(cpu: OpenAICPU, schema: dict[str, Any]) -> 
 
 
 @pytest.mark.slow
+def test_a_refused_json_schema_is_learned_once_per_server(llama_url: str, tmp_path: Path) -> None:
+    # llama-cpp-python's server refuses `json_schema`: the first CPU learns that (two failed
+    # requests inside the client's retry, then the json_object form); a later CPU, as the
+    # next run would make, reads it from the dialects file and asks in the right form at once.
+    dialects = tmp_path / "openai-servers.json"
+    schema = SCHEMAS[1]
+    calls: list[str] = []
+
+    def counted(remote: OpenAICPU) -> OpenAICPU:
+        create = remote._create
+
+        def spy(kwargs: dict[str, Any]) -> Any:
+            calls.append(kwargs.get("response_format", {}).get("type", ""))
+            return create(kwargs)
+
+        remote._create = spy  # type: ignore[method-assign]
+        return remote
+
+    for _ in range(2):
+        with OpenAICPU(ALIAS, llama_url, None, n_ctx=2048, timeout=60, dialects=dialects) as r:
+            text, _ = collect(
+                counted(r).generate(ask("Pick one.", max_tokens=40, json_schema=schema))
+            )
+            jsonschema.validate(json.loads(text), schema)
+            assert r.learned == {"json_object"}
+    assert calls == ["json_schema", "json_object", "json_object"]
+    assert json.loads(dialects.read_text()) == {f"{llama_url} {ALIAS}": ["json_object"]}
+
+
+@pytest.mark.slow
 def test_tools_with_auto_choice_get_a_text_reply(cpu: OpenAICPU) -> None:
     """The server accepts `tools`, but this model does not call them unless forced."""
     request = ask("What is the weather in Paris?", max_tokens=16, tools=[WEATHER])
@@ -152,6 +183,16 @@ def test_tools_with_auto_choice_get_a_text_reply(cpu: OpenAICPU) -> None:
     assert text.strip()
     assert final.tool_calls == []
     assert final.finish_reason in {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_required_tool_choice_with_one_tool_gets_a_call(cpu: OpenAICPU) -> None:
+    """llama-cpp-python's server ignores tool_choice "required"; the named form is enforced."""
+    request = ask("What is the weather in Paris?", tools=[WEATHER], tool_choice="required")
+    _, final = collect(cpu.generate(request))
+    assert final.finish_reason == "tool_calls"
+    assert [c.name for c in final.tool_calls] == [WEATHER.name]
+    json.loads(final.tool_calls[0].arguments)
 
 
 class _ForcedToolCPU(OpenAICPU):
@@ -361,6 +402,22 @@ def test_json_schema_refused_is_retried_as_json_object_with_schema() -> None:
     assert formats == ["json_schema"] * (1 + params.OPENAI_MAX_RETRIES) + ["json_object"]
     assert server.requests[-1]["response_format"] == {"type": "json_object", "schema": schema}
     assert "stream_options" in server.requests[-1]
+
+
+def test_a_remembered_adaptation_the_server_refuses_is_forgotten(tmp_path: Path) -> None:
+    schema = {"type": "object"}
+    events: list[dict[str, Any] | str] = [delta_event({"content": "{}"}, finish="stop")]
+    dialects = tmp_path / "openai-servers.json"
+    refusal = (500, "unknown parameter: schema")  # the server changed: json_schema works now
+    rejections = 1 + params.OPENAI_MAX_RETRIES  # the client retries a 500 by itself
+    with sse_server(events, reject_first=refusal, reject_count=rejections) as server:
+        dialects.write_text(json.dumps({f"{server.base_url} m": ["json_object"]}))
+        cpu = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        text, _ = collect(cpu.generate(ask("hi", json_schema=schema)))
+    assert text == "{}"
+    formats = [r["response_format"]["type"] for r in server.requests]
+    assert formats == ["json_object"] * rejections + ["json_schema"]
+    assert cpu.learned == set() and json.loads(dialects.read_text()) == {}
 
 
 def test_parallel_tool_calls_are_joined_by_index() -> None:

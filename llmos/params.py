@@ -337,6 +337,14 @@ MCP_MAX_RESTARTS = 3  # consecutive failed starts or crashes before a server is 
 MCP_RESTART_BACKOFF_S = 0.5  # wait before the 2nd consecutive restart, doubled each time after
 MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
+# `type` of an `mcpServers` entry -> transport (the spellings of Claude Desktop, VS Code, Cursor)
+MCP_TRANSPORT_TYPES = {
+    "stdio": "stdio",
+    "http": "http",
+    "streamable-http": "http",
+    "streamableHttp": "http",
+    "sse": "sse",
+}
 MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
 MCP_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages

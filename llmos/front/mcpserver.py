@@ -15,9 +15,10 @@ Any MCP client (Claude Desktop, an IDE, another agent) can then run llmos progra
   `structuredContent` when it is an object.
 
 Invariants:
-- Every failure of a call (unknown program, bad input, a model or backend error, a bug) is an
-  MCP tool result with `isError: true` and a one-line message; the server never crashes on a
-  call and never answers with a protocol error for it.
+- A call of an unknown tool (no such program for this caller) is a JSON-RPC error, Invalid
+  params (-32602), as the MCP specification asks. Every other failure of a call (bad input, a
+  model or backend error, a bug) is an MCP tool result with `isError: true` and a one-line
+  message; the server never crashes on a call.
 - The program runs in a worker thread, so the protocol loop keeps answering (pings,
   cancellations, other calls) while a model generates; the embedded CPU batches concurrent
   calls itself.
@@ -46,7 +47,7 @@ import mcp_types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_REQUEST
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 from llmos import params
 from llmos.errors import LlmosError
@@ -107,7 +108,7 @@ def call_program(
     kernel: Kernel, catalog: Catalog, ctx: Any, name: str, arguments: dict[str, Any]
 ) -> mcp_types.CallToolResult:
     """Run program `name` with `arguments` as the catalog's caller and make an MCP tool
-    result; never raises."""
+    result; raises only `MCPError` (Invalid params) when there is no such program."""
     system = kernel.system
     try:
         caller = catalog.caller(ctx)
@@ -115,12 +116,12 @@ def call_program(
         return _error(str(exc))
     try:
         program = catalog.find(ctx, name)
-        if program is None:
-            return _error(f"no program named '{name}'")
     except LlmosError as exc:
         return _error(str(exc))
     except Exception as exc:
         return _error(f"cannot list programs: {exc}")
+    if program is None:
+        raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: no program named '{name}'")
     try:
         # Inputs are checked before the CPU is resolved, so a bad call costs no model load;
         # it is journalled as a failed run all the same.

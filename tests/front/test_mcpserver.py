@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from llmos.kernel import program as program_mod
 from llmos.store.log import Log
@@ -122,7 +124,7 @@ def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> N
     tools, results = asyncio.run(
         _with_llmos(
             llmos_home,
-            [("shout", {"text": 5}), ("shout", {}), ("nope", {}), ("notes", {"bogus": "x"})],
+            [("shout", {"text": 5}), ("shout", {}), ("notes", {"bogus": "x"})],
         )
     )
     by_name = {t.name: t for t in tools.tools}
@@ -139,8 +141,28 @@ def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> N
         assert result.is_error
         assert len(result.content) == 1 and "\n" not in result.content[0].text
     assert "text" in results[0].content[0].text
-    assert "no program named 'nope'" in results[2].content[0].text
-    assert "bogus" in results[3].content[0].text
+    assert "bogus" in results[2].content[0].text
+
+
+def test_an_unknown_tool_is_a_json_rpc_error(llmos_home: Path, no_orphans: None) -> None:
+    """The MCP specification: calling a tool that does not exist is Invalid params (-32602),
+    not a tool result; the server keeps serving after it."""
+
+    async def session_calls() -> tuple[MCPError, Any]:
+        async with (
+            stdio_client(_llmos_server(llmos_home)) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await asyncio.wait_for(session.initialize(), 60)
+            with pytest.raises(MCPError) as raised:
+                await asyncio.wait_for(session.call_tool("nope", {}), 60)
+            after = await asyncio.wait_for(session.call_tool("shout", {}), 60)
+            return raised.value, after
+
+    error, after = asyncio.run(session_calls())
+    assert error.code == INVALID_PARAMS
+    assert "no program named 'nope'" in str(error)
+    assert after.is_error and "text" in after.content[0].text
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@
 Configuration is the Claude Desktop convention, read from any mapping that holds it (a
 config.json, say): `{"mcpServers": {"NAME": {"command": ..., "args": [...], "env": {...},
 "cwd": ...}}}` for a server run as a child process over stdio, or `{"NAME": {"url":
-"http://..."}}` for one reached over streamable HTTP. An entry with `"disabled": true` is
-skipped.
+"http://...", "headers": {...}}}` for one reached over streamable HTTP (`"type": "sse"`: the
+legacy SSE transport; other `type` spellings in `params.MCP_TRANSPORT_TYPES`). `headers` (say
+`Authorization`) go with every request to a remote server. `start_timeout_s` and
+`call_timeout_s` override the defaults for one server. An entry with `"disabled": true` is
+skipped; any other key is a `ConfigError`.
 
 Supervision (one `MCPSupervisor` per server):
 - The supervisor owns a daemon thread running its own asyncio loop. One long-lived task on
@@ -64,8 +67,10 @@ from typing import Any, TextIO, TypeVar, cast
 
 import mcp_types
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.sse import sse_client
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from llmos import params
@@ -77,7 +82,20 @@ from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
 logging.getLogger("mcp").addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
-_SPEC_KEYS = frozenset({"command", "args", "env", "cwd", "url", "disabled", "type"})
+_SPEC_KEYS = frozenset(
+    {
+        "command",
+        "args",
+        "env",
+        "cwd",
+        "url",
+        "headers",
+        "disabled",
+        "type",
+        "start_timeout_s",
+        "call_timeout_s",
+    }
+)
 _live: weakref.WeakSet[MCPSupervisor] = weakref.WeakSet()
 
 
@@ -95,6 +113,10 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    transport: str = "stdio"  # "stdio", "http" (streamable HTTP) or "sse" (the legacy transport)
+    start_timeout_s: float | None = None  # None: the supervisor's default
+    call_timeout_s: float | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: Any) -> ServerSpec:
@@ -129,7 +151,43 @@ class ServerSpec:
         cwd = entry.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise ConfigError(f"{where}.cwd: expected a string")
-        return cls(name=name, command=command, args=list(args), env=dict(env), cwd=cwd, url=url)
+        headers = entry.get("headers", {})
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ConfigError(f"{where}.headers: expected a mapping of strings to strings")
+        if headers and url is None:
+            raise ConfigError(f"{where}.headers: only a server given by 'url' takes headers")
+        kind = entry.get("type")
+        transport = "stdio" if command is not None else "http"
+        if kind is not None:
+            transport = params.MCP_TRANSPORT_TYPES.get(str(kind), "")
+            if not transport:
+                known = ", ".join(sorted(params.MCP_TRANSPORT_TYPES))
+                raise ConfigError(f"{where}.type: unknown transport '{kind}' (known: {known})")
+            if (transport == "stdio") != (command is not None):
+                need = "'command'" if transport == "stdio" else "'url'"
+                raise ConfigError(f"{where}.type: a '{kind}' server is given by {need}")
+        timeouts: dict[str, float | None] = {}
+        for key in ("start_timeout_s", "call_timeout_s"):
+            value = entry.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ConfigError(f"{where}.{key}: expected a positive number of seconds")
+            timeouts[key] = None if value is None else float(value)
+        return cls(
+            name=name,
+            command=command,
+            args=list(args),
+            env=dict(env),
+            cwd=cwd,
+            url=url,
+            headers=dict(headers),
+            transport=transport,
+            start_timeout_s=timeouts["start_timeout_s"],
+            call_timeout_s=timeouts["call_timeout_s"],
+        )
 
 
 def parse_config(config: Mapping[str, Any]) -> list[ServerSpec]:
@@ -215,8 +273,8 @@ class MCPSupervisor:
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.start_timeout_s = start_timeout_s
-        self.call_timeout_s = call_timeout_s
+        self.start_timeout_s = spec.start_timeout_s or start_timeout_s
+        self.call_timeout_s = spec.call_timeout_s or call_timeout_s
         self.max_restarts = max_restarts
         self.close_timeout_s = close_timeout_s
         self._lock = threading.Lock()
@@ -430,6 +488,7 @@ class MCPSupervisor:
                 )
         session = _Session(self.name)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ready.add_done_callback(_retrieved)  # a start that timed out leaves no one to read it
         session.task = asyncio.ensure_future(self._hold(session, ready))
         self.starts += 1
         try:
@@ -479,8 +538,13 @@ class MCPSupervisor:
     @contextlib.asynccontextmanager
     async def _transport(self, session: _Session) -> AsyncIterator[Any]:
         spec = self.spec
+        if spec.url is not None and spec.transport == "sse":
+            async with sse_client(spec.url, headers=spec.headers or None) as streams:
+                yield streams
+            return
         if spec.url is not None:
-            async with streamable_http_client(spec.url) as streams:
+            client = create_mcp_http_client(headers=spec.headers or None)
+            async with client, streamable_http_client(spec.url, http_client=client) as streams:
                 yield streams
             return
         assert spec.command is not None
@@ -591,10 +655,18 @@ class MCPDevices:
 # --- Helpers ------------------------------------------------------------------------------------
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a finished future's exception as read: its outcome is reported elsewhere (as a
+    `_Failure`), and asyncio's "exception was never retrieved" traceback is noise to a user."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def _race(session: _Session, awaitable: Awaitable[_T], timeout: float | None) -> _T:
     """`awaitable`'s result, unless the session breaks (_Failure), is stopped (_Failure) or
     `timeout` runs out (TimeoutError) first; the loser is cancelled."""
     task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_retrieved)  # cancelled with its holder, its error is still read
     broken = asyncio.ensure_future(session.broken.wait())
     stopped = asyncio.ensure_future(session.stop.wait())
     try:

@@ -33,6 +33,13 @@ when the caller's `gone()` says the client went away.
     audit               pid, device, decision, limit, verify       records (the caller's own),
                                                                    verify (the whole chain)
     top                 -                                          the kernel's snapshot
+    context             pid                                        segments (kind, label,
+                                                                   tokens, resident or page,
+                                                                   preview), used, limit,
+                                                                   tainted, sources, by_kind
+    steps               pid                                        steps (the syscall
+                                                                   timeline), approval,
+                                                                   question
     memory.remember     text, tags                                 id
     memory.recall       query, k                                   hits
     memory.forget       id                                         forgotten
@@ -66,10 +73,11 @@ Invariants:
   (`llmos.kernel.security.principals`: the OS user, or the daemon's socket peer), never taken
   from the payload: no request model has an `owner` field, so a payload that names one is
   refused.
-- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer) acts only on the
-  caller's own processes, or any process for an admin. Another owner's pid answers exactly like
-  a pid that does not exist (NoSuchProcessError, the same text), so not even its existence
-  leaks. `ps` and `top` show only the caller's processes and account (admins see all).
+- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer, context, steps)
+  acts only on the caller's own processes, or any process for an admin. Another owner's pid
+  answers exactly like a pid that does not exist (NoSuchProcessError, the same text), so not
+  even its existence leaks. `ps` and `top` show only the caller's processes and account
+  (admins see all).
 - Memories, pages and shared segments are per owner in their stores; the caller's owner is the
   one passed.
 - `usage` and `logs.*` are owner-scoped like `llmos logs`: a caller sees their own usage and
@@ -106,6 +114,7 @@ from llmos.kernel.api.procs import (
     WaitRequest,
     _answer,
     _audit,
+    _context,
     _decide,
     _follow,
     _get,
@@ -113,6 +122,7 @@ from llmos.kernel.api.procs import (
     _renice,
     _signal,
     _spawn_op,
+    _steps_op,
     _top,
     _wait,
     follow_process,
@@ -239,6 +249,8 @@ OPS: dict[str, Op] = {
         Op("deny", PidRequest, _decide(False)),
         Op("audit", AuditRequest, _audit),
         Op("top", Empty, _top),
+        Op("context", PidRequest, _context),
+        Op("steps", PidRequest, _steps_op),
         Op("memory.remember", RememberRequest, _remember),
         Op("memory.recall", RecallRequest, _recall),
         Op("memory.forget", IdRequest, _forget),

@@ -14,6 +14,8 @@ only its own thread.
     POST   /api/processes/{pid}/answer        {"text": "..."} answers its `ask`
     GET    /api/processes/{pid}/wait          ?timeout=S (at most params.SERVE_WAIT_MAX_S)
     GET    /api/processes/{pid}/events        its output as resumable SSE (`llmos...sse`)
+    GET    /api/processes/{pid}/context       its context window: segments, used of limit, taint
+    GET    /api/processes/{pid}/steps         its syscall timeline (and the call awaiting approval)
     GET    /api/programs                      installed programs (the caller's and the system's)
     GET    /api/programs/{name}               one, with its source
     PUT    /api/programs/{name}               install {"source", "format", "system"}
@@ -72,6 +74,16 @@ def list_processes(request: Request, caller: CallerDep, all: bool = False) -> An
 @router.get("/processes/{pid}")
 def get_process(request: Request, caller: CallerDep, pid: int) -> Any:
     return _call(request, caller, "get", {"pid": pid})
+
+
+@router.get("/processes/{pid}/context")
+def process_context(request: Request, caller: CallerDep, pid: int) -> Any:
+    return _call(request, caller, "context", {"pid": pid})
+
+
+@router.get("/processes/{pid}/steps")
+def process_steps(request: Request, caller: CallerDep, pid: int) -> Any:
+    return _call(request, caller, "steps", {"pid": pid})
 
 
 @router.delete("/processes/{pid}")

@@ -132,6 +132,8 @@ def test_another_users_pid_answers_exactly_like_a_missing_one(server: Server) ->
             ("DELETE", f"/api/processes/{pid}"),
             ("POST", f"/api/processes/{pid}/stop"),
             ("POST", f"/api/processes/{pid}/approve"),
+            ("GET", f"/api/processes/{pid}/context"),
+            ("GET", f"/api/processes/{pid}/steps"),
         ):
             r = bob.request(method, path)
             assert r.status_code == 404, (method, path, r.text)
@@ -145,6 +147,30 @@ def test_another_users_pid_answers_exactly_like_a_missing_one(server: Server) ->
         alice.get(f"/api/processes/{pid}/wait")
     with server.client("root") as root:
         assert root.get(f"/api/processes/{pid}").json()["process"]["owner"] == "alice"
+
+
+def test_context_window_and_timeline_of_a_process(server: Server) -> None:
+    with server.client("alice") as c:
+        pid = _spawn(c, "The cat sat on the mat.")
+        c.get(f"/api/processes/{pid}/wait")
+        ctx = c.get(f"/api/processes/{pid}/context").json()
+        proc = c.get(f"/api/processes/{pid}").json()["process"]
+        assert ctx["limit"] == proc["context_limit"] > 0
+        assert 0 < ctx["used"] <= ctx["limit"] and ctx["tainted"] is False
+        kinds = [s["kind"] for s in ctx["segments"]]
+        assert "input" in kinds and all(s["resident"] for s in ctx["segments"])
+        (given,) = [s for s in ctx["segments"] if s["kind"] == "input"]
+        assert "The cat sat on the mat." in given["preview"] and given["label"] == "trusted"
+        steps = c.get(f"/api/processes/{pid}/steps").json()
+        # a program without devices has no syscalls to show, and waits on nothing
+        assert steps == {
+            "pid": pid,
+            "state": "exited",
+            "steps": [],
+            "approval": None,
+            "question": None,
+        }
+        assert c.get("/api/processes/999999/context").status_code == 404
 
 
 def test_kill_stop_and_cont(server: Server) -> None:

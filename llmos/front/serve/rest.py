@@ -91,13 +91,6 @@ def kill_process(request: Request, caller: CallerDep, pid: int) -> Any:
     return _call(request, caller, "kill", {"pid": pid})
 
 
-@router.post("/processes/{pid}/{signal}")
-def signal_process(request: Request, caller: CallerDep, pid: int, signal: str) -> Any:
-    if signal not in ("kill", "stop", "cont", "approve", "deny"):
-        raise RequestError(f"unknown action {signal!r}: use kill, stop, cont, approve or deny")
-    return _call(request, caller, signal, {"pid": pid})
-
-
 class Renice(api.Request):
     priority: int
 
@@ -114,6 +107,14 @@ def renice_process(request: Request, caller: CallerDep, pid: int, body: Renice) 
 @router.post("/processes/{pid}/answer")
 def answer_process(request: Request, caller: CallerDep, pid: int, body: Answer) -> Any:
     return _call(request, caller, "answer", {"pid": pid, "text": body.text})
+
+
+# after the fixed paths above: /{signal} would match /renice and /answer too
+@router.post("/processes/{pid}/{signal}")
+def signal_process(request: Request, caller: CallerDep, pid: int, signal: str) -> Any:
+    if signal not in ("kill", "stop", "cont", "approve", "deny"):
+        raise RequestError(f"unknown action {signal!r}: use kill, stop, cont, approve or deny")
+    return _call(request, caller, signal, {"pid": pid})
 
 
 @router.get("/processes/{pid}/wait")

@@ -14,6 +14,7 @@ not empty, and the page elements they must show.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -32,7 +33,7 @@ from llmos import params
 from llmos.errors import LlmosError
 from llmos.front.serve.app import create_app
 from llmos.front.serve.service import Service
-from llmos.hw.cpu.base import Chunk, GenRequest
+from llmos.hw.cpu.base import Chunk, GenRequest, ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
@@ -49,6 +50,14 @@ name: broken
 description: A program whose CPU fails.
 ---
 Say something about {{input}}.
+"""
+ASKER = """---
+name: asker
+description: Asks the user one question.
+tools: [ask]
+---
+{{role "user"}}
+Plan a trip. {{input}}
 """
 PACED_TEXT = " ".join(f"w{i}" for i in range(40))
 
@@ -135,6 +144,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         live.install("alice", "summarize", SUMMARIZE)
         live.install("alice", "grow", approvals.GROW)
         live.install("alice", "broken", FAILING)
+        live.install("alice", "asker", ASKER)
         yield live
         live.stop()
         kernel.shutdown()
@@ -155,6 +165,7 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    playwright_api.expect.set_options(timeout=TIMEOUT_MS)  # a loaded machine is slow
     with playwright_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=chromium, headless=True)
         yield b
@@ -236,6 +247,12 @@ def test_run_a_program_and_watch_its_stream(page: Any, live: Live, tmp_path: Pat
     expect(page.locator("#context-summary")).to_contain_text(f"of {proc.context_limit} tokens")
     expect(page.locator("#context-summary")).to_contain_text("0 paged out")
     expect(page.locator("#scheduler")).to_contain_text("live")
+    # every form field has a label a screen reader announces
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')]"
+        ".filter((e) => e.type !== 'hidden' && e.labels.length === 0).map((e) => e.id)"
+    )
+    assert unlabelled == []
     # the run is in the logs, and a search finds it
     page.get_by_label("Search runs").fill("afternoon")
     page.get_by_role("button", name="Search").click()
@@ -282,7 +299,8 @@ def test_approve_waiting_syscalls_and_watch_the_context_page(
     target = os.environ.get("LLMOS_CONSOLE_SCREENSHOT")  # docs/console.png is taken this way
     if target:
         shutil.copyfile(paged, target)
-    approve.click()
+    approve.focus()  # the last one from the keyboard
+    page.keyboard.press("Enter")
     expect(page.locator("#stream-status")).to_have_text("(ended: ok)")
     expect(page.locator("#stream")).to_have_text(approvals.ANSWER)
     expect(timeline.locator("li.step-syscall")).to_have_count(3)
@@ -290,6 +308,25 @@ def test_approve_waiting_syscalls_and_watch_the_context_page(
     expect(timeline.locator("li.pending")).to_have_count(0)
     expect(page.locator("#waiting")).to_be_hidden()
     shot(page, tmp_path / "done.png", "#timeline", "#context-bar", "#processes")
+
+
+def test_answer_a_process_that_asks(page: Any, live: Live, tmp_path: Path) -> None:
+    question = [ToolCall("q1", "ask", json.dumps({"question": "Which city?"}))]
+    live.cpus["scripted1"].queue(question, "Booked.")
+    login(page, live)
+    pid = run(page, "asker", "In June.", model="scripted1")
+    expect = playwright_api.expect
+    expect(page.locator("#waiting-what")).to_have_text("It asks: Which city?")
+    expect(page.locator(f"#proc-rows tr[data-pid='{pid}']")).to_contain_text("Which city?")
+    expect(page.get_by_role("button", name="Approve")).to_be_hidden()
+    shot(page, tmp_path / "asks.png", "#answer-form")
+    page.get_by_label("Your answer").fill("Oslo")
+    page.get_by_label("Your answer").press("Enter")
+    expect(page.locator("#stream-status")).to_have_text("(ended: ok)")
+    step = page.locator("#timeline li.step-syscall")
+    expect(step).to_contain_text("ask(")
+    expect(step).to_contain_text("Oslo")
+    expect(page.locator("#waiting")).to_be_hidden()
 
 
 def test_a_failing_program_shows_its_error_where_it_ran(

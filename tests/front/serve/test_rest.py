@@ -177,8 +177,16 @@ def test_kill_stop_and_cont(server: Server) -> None:
     with server.client("alice") as c:
         pid = _spawn(c, "word " * 200)
         assert c.post(f"/api/processes/{pid}/stop").status_code == 200
-        assert c.get(f"/api/processes/{pid}").json()["process"]["state"] in ("stopped", "exited")
+        state = c.get(f"/api/processes/{pid}").json()["process"]["state"]
+        assert state in ("stopped", "exited")
+        if state == "stopped":
+            reniced = c.post(f"/api/processes/{pid}/renice", json={"priority": 30})
+            assert reniced.status_code == 200, reniced.text
+            assert reniced.json()["old_priority"] == 20
+            assert reniced.json()["process"]["priority"] == 30
         assert c.post(f"/api/processes/{pid}/cont").status_code == 200
+        answered = c.post(f"/api/processes/{pid}/answer", json={"text": "x"})
+        assert answered.status_code == 404 and "not waiting for an answer" in answered.text
         killed = c.delete(f"/api/processes/{pid}")
         assert killed.status_code == 200
         done = c.get(f"/api/processes/{pid}/wait", params={"timeout": 30}).json()

@@ -200,13 +200,6 @@ def events(
     )
 
 
-@router.post("/api/processes/{pid}/{action}")
-def act(request: Request, caller: CallerDep, pid: int, action: str) -> Any:
-    if action not in ("approve", "deny", "kill", "stop", "cont"):
-        raise RequestError(f"unknown action {action!r}: use approve, deny, kill, stop or cont")
-    return _call(request, caller, action, {"pid": pid})
-
-
 class Answer(api.Request):
     text: str
 
@@ -214,6 +207,14 @@ class Answer(api.Request):
 @router.post("/api/processes/{pid}/answer")
 def answer(request: Request, caller: CallerDep, pid: int, body: Answer) -> Any:
     return _call(request, caller, "answer", {"pid": pid, "text": body.text})
+
+
+# after /answer: /{action} would match it too
+@router.post("/api/processes/{pid}/{action}")
+def act(request: Request, caller: CallerDep, pid: int, action: str) -> Any:
+    if action not in ("approve", "deny", "kill", "stop", "cont"):
+        raise RequestError(f"unknown action {action!r}: use approve, deny, kill, stop or cont")
+    return _call(request, caller, action, {"pid": pid})
 
 
 class Run(api.Request):

@@ -139,7 +139,7 @@ function renderScheduler(top) {
   const resident = count((p) => p.state === "running");
   const swapped = count((p) => p.swapped);
   const waiting = live.filter((p) => p.state.startsWith("waiting") || p.state === "blocked");
-  const why = waiting.map((p) => `${p.pid} ${waitingOn(p) || p.state}`).join("; ");
+  const why = waiting.map((p) => `process ${p.pid} waits on ${waitingOn(p) || p.state}`).join("; ");
   $("sched-summary").textContent =
     `${live.length} live: ${resident} resident, ${swapped} swapped, ${waiting.length} waiting` +
     (why ? ` (${why})` : "") +
@@ -205,6 +205,12 @@ function renderContext(ctx) {
       el("li", {}, el("span", { class: `swatch kind-${k}`, "aria-hidden": "true" }),
         `${k}: ${ctx.by_kind[k].segments} (${ctx.by_kind[k].paged} paged)`),
     ),
+    el("li", {}, el("span", { class: "swatch overhead", "aria-hidden": "true" }),
+      `stubs and framing: ${Math.max(0, ctx.used - counted)} tokens`),
+    el("li", {}, el("span", { class: "swatch paged-swatch", "aria-hidden": "true" }),
+      "paged out (lower row)"),
+    el("li", {}, el("span", { class: "swatch untrusted-swatch", "aria-hidden": "true" }),
+      "red underline: untrusted"),
   );
   $("segments").replaceChildren(
     ...ctx.segments.map((s) =>

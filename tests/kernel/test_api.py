@@ -163,6 +163,7 @@ def test_context_and_steps_show_paging_and_approvals(kernel: Kernel, tmp_path: P
         "{'result': '4', 'exact': True}",
     ]
     assert all(s["ok"] and s["at"] > 0 for s in steps["steps"][:3])
+    assert [(s["decision"], s["by"]) for s in steps["steps"][:3]] == [("approved", "alice")] * 3
     assert steps["approval"] is None and steps["state"] == "exited"
     # another owner's pid is as if it did not exist
     for op in ("context", "steps"):

@@ -38,7 +38,8 @@ when the caller's `gone()` says the client went away.
                                                                    preview), used, limit,
                                                                    tainted, sources, by_kind
     steps               pid                                        steps (the syscall
-                                                                   timeline), approval,
+                                                                   timeline, with the guard's
+                                                                   decisions), approval,
                                                                    question
     memory.remember     text, tags                                 id
     memory.recall       query, k                                   hits

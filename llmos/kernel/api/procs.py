@@ -331,11 +331,12 @@ def _context(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
 
 def _steps_op(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
     """The process's syscall timeline: each step of its loop (a syscall with its device,
-    arguments, outcome and duration; a malformed call; the answer), with when it ended, and
-    the call it waits on for approval now, if any."""
+    arguments, outcome and duration, and the guard's decision on it; a malformed call; the
+    answer), with when it ended, and the call it waits on for approval now, if any."""
     proc = owned(kernel, caller, req.pid)
     with proc.cond:
         steps = [dict(s) for s in proc.steps]
+    _decisions(kernel, proc, steps)
     return {
         "pid": proc.pid,
         "state": proc.state.value,
@@ -343,3 +344,21 @@ def _steps_op(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]
         "approval": kernel.approvals.pending(proc.pid),
         "question": kernel.question(proc.pid),
     }
+
+
+def _decisions(kernel: Kernel, proc: Process, steps: list[dict[str, Any]]) -> None:
+    """Each syscall step given the guard's audited decision on it (`decision`, `by`,
+    `reason`): the process's audit records since it started, matched in order by device."""
+    records = [
+        r
+        for r in kernel.audit().query(proc.owner, pid=proc.pid, limit=params.TIMELINE_MAX_STEPS)
+        if r["ts"] >= proc.created_at
+    ]
+    for step in steps:
+        if step.get("kind") != "syscall":
+            continue
+        for i, r in enumerate(records):
+            if r["device"] == step["device"]:
+                step.update(decision=r["decision"], by=r["by"], reason=r["reason"])
+                del records[: i + 1]
+                break

@@ -281,6 +281,7 @@ def test_approve_waiting_syscalls_and_watch_the_context_page(
     # the call ran and is in the timeline; the 2nd (long) call waits
     expect(timeline.locator("li.step-syscall")).to_have_count(1)
     expect(timeline.locator("li.step-syscall").first).to_contain_text("calc")
+    expect(timeline.locator("li.step-syscall").first).to_contain_text("approved by alice")
     expect(timeline.locator("li.step-syscall").first).to_contain_text("ok: {'result': '2'")
     expect(page.locator("#waiting-what")).to_contain_text('calc {"expression": "1 + 1 + 1')
     expect(summary).to_contain_text(" 0 paged out")

@@ -226,7 +226,8 @@ function renderTimeline(steps, approval) {
     let what;
     if (s.kind === "syscall") {
       const outcome = s.ok ? `ok: ${s.result}` : `error: ${s.error}`;
-      what = `${s.device}(${s.arguments}) → ${outcome} (${s.ms} ms)`;
+      const decided = s.decision && s.decision !== "allowed" ? ` · ${s.decision}${s.by ? ` by ${s.by}` : ""}` : "";
+      what = `${s.device}(${s.arguments})${decided} → ${outcome} (${s.ms} ms)`;
     } else if (s.kind === "malformed") {
       what = `malformed call: ${s.error}`;
     } else if (s.kind === "text") {

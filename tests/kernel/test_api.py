@@ -3,6 +3,7 @@ line, and the same operations serve processes, memories and shared segments in-p
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from llmos.errors import AccessError, InputError, NoSuchProcessError, RequestError
+from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel import api
 from llmos.kernel.boot import boot
@@ -169,3 +171,24 @@ def test_context_and_steps_show_paging_and_approvals(kernel: Kernel, tmp_path: P
     for op in ("context", "steps"):
         with pytest.raises(NoSuchProcessError):
             api.call(kernel, BOB, op, {"pid": pid})
+
+
+def test_context_names_the_untrusted_text_that_tainted_it(kernel: Kernel, tmp_path: Path) -> None:
+    root = kernel.user_root("alice")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text("buy milk\n")
+    read = [ToolCall("r1", "fs", json.dumps({"op": "read", "path": "notes.txt"}))]
+    kernel.add_cpu(ScriptedCPU([read, "You need milk."]))
+    prog = tmp_path / "notes.prompt"
+    prog.write_text('---\nname: notes\ntools: [fs]\n---\n{{role "user"}}\nRead my notes.\n')
+    pid = api.call(kernel, ALICE, "spawn", {"program": str(prog), "model": "scripted"})["pid"]
+    api.call(kernel, ALICE, "wait", {"pid": pid})
+    ctx = api.call(kernel, ALICE, "context", {"pid": pid})
+    assert ctx["tainted"] is True and ctx["sources"] == ["fs:notes.txt"]
+    labels = {s["kind"]: s["label"] for s in ctx["segments"] if s["kind"] in ("input", "syscall")}
+    assert labels == {"input": "trusted", "syscall": "untrusted"}
+    steps = api.call(kernel, ALICE, "steps", {"pid": pid})["steps"]
+    assert [s["kind"] for s in steps] == ["syscall", "text"]
+    step = steps[0]
+    assert step["device"] == "fs" and "buy milk" in step["result"]
+    assert step["decision"] == "allowed"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import threading
@@ -65,6 +66,14 @@ tools: [ask]
 ---
 {{role "user"}}
 Plan a trip. {{input}}
+"""
+NOTES = """---
+name: notes
+description: Reads the user's notes.
+tools: [fs]
+---
+{{role "user"}}
+Read my notes. {{input}}
 """
 PACED_TEXT = " ".join(f"w{i}" for i in range(40))
 
@@ -152,6 +161,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         live.install("alice", "grow", approvals.GROW)
         live.install("alice", "broken", FAILING)
         live.install("alice", "asker", ASKER)
+        live.install("alice", "notes", NOTES)
         yield live
         live.stop()
         kernel.shutdown()
@@ -318,6 +328,37 @@ def test_approve_waiting_syscalls_and_watch_the_context_page(
     expect(timeline.locator("li.pending")).to_have_count(0)
     expect(page.locator("#waiting")).to_be_hidden()
     shot(page, tmp_path / "done.png", "#timeline", "#context-bar", "#processes")
+
+
+def test_deny_a_waiting_syscall(page: Any, live: Live, tmp_path: Path) -> None:
+    live.cpus["scripted1"].queue(approvals.call(1, "5 + 5"), "Not allowed, then.")
+    login(page, live)
+    run(page, "grow", "Five and five.", model="scripted1")
+    expect = playwright_api.expect
+    expect(page.locator("#waiting-what")).to_contain_text('calc {"expression": "5 + 5"}')
+    page.get_by_role("button", name="Deny").click()
+    expect(page.locator("#stream-status")).to_have_text("(ended: ok)")
+    step = page.locator("#timeline li.step-syscall")
+    expect(step).to_have_class(re.compile(r"\bfailed\b"))
+    expect(step).to_contain_text("denied by alice")
+    expect(step).to_contain_text("error:")
+    shot(page, tmp_path / "denied.png", "#timeline")
+
+
+def test_untrusted_text_is_marked_in_the_context(page: Any, live: Live, tmp_path: Path) -> None:
+    root = live.kernel.user_root("alice")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text("buy milk\n")
+    read = [ToolCall("r1", "fs", json.dumps({"op": "read", "path": "notes.txt"}))]
+    live.cpus["scripted1"].queue(read, "You need milk.")
+    login(page, live)
+    run(page, "notes", "today", model="scripted1")
+    expect = playwright_api.expect
+    expect(page.locator("#stream-status")).to_have_text("(ended: ok)")
+    expect(page.locator("#context-summary")).to_contain_text("tainted by fs:notes.txt")
+    expect(page.locator("#context-bar .seg.untrusted.kind-syscall")).to_have_count(1)
+    expect(page.locator("#context-bar .seg.trusted.kind-input")).not_to_have_count(0)
+    shot(page, tmp_path / "tainted.png", "#context-bar .seg.untrusted")
 
 
 def test_answer_a_process_that_asks(page: Any, live: Live, tmp_path: Path) -> None:

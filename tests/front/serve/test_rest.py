@@ -173,6 +173,19 @@ def test_context_window_and_timeline_of_a_process(server: Server) -> None:
         assert c.get("/api/processes/999999/context").status_code == 404
 
 
+def test_the_console_is_served_with_its_files(server: Server) -> None:
+    with httpx2.Client(base_url=server.url) as c:
+        r = c.get("/console")
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"
+        login = c.get("/console/login")
+        assert login.status_code == 200 and '<input id="token" name="token"' in login.text
+        script = c.get("/console/static/console.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert "new EventSource(" in script.text
+        assert c.get("/console/static/console.css").status_code == 200
+        assert c.get("/console/api/top").status_code == 401  # a bearer token is not a session
+
+
 def test_kill_stop_and_cont(server: Server) -> None:
     with server.client("alice") as c:
         pid = _spawn(c, "word " * 200)

@@ -194,8 +194,11 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
     yield p
     context.close()
+    assert errors == []  # the page's script never threw
 
 
 def login(page: Any, live: Live, user: str = "alice") -> None:

@@ -184,6 +184,7 @@ def test_the_console_is_served_with_its_files(server: Server) -> None:
         assert "new EventSource(" in script.text
         assert c.get("/console/static/console.css").status_code == 200
         assert c.get("/console/api/top").status_code == 401  # a bearer token is not a session
+    assert f"web console at {server.url}/console" in server.output()
 
 
 def test_kill_stop_and_cont(server: Server) -> None:

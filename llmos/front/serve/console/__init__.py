@@ -154,7 +154,6 @@ def console(request: Request) -> Response:
     settings = {
         "poll_ms": params.CONSOLE_POLL_MS,
         "reconnect_ms": params.CONSOLE_RECONNECT_MS,
-        "logs_limit": params.CONSOLE_LOGS_LIMIT,
     }
     return _render("console.html", user=user.name, admin=user.admin, settings=json.dumps(settings))
 

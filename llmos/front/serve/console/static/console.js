@@ -252,6 +252,7 @@ async function refreshDetail() {
     d = await api(`/processes/${pid}`);
   } catch (err) {
     showError(err.message);
+    if (err.message.startsWith("no process with pid")) stream?.close(); // reaped: nothing to follow
     return;
   }
   if (pid !== selected) return;

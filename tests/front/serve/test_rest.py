@@ -179,6 +179,7 @@ def test_the_console_is_served_with_its_files(server: Server) -> None:
         assert r.status_code == 303 and r.headers["location"] == "/console/login"
         login = c.get("/console/login")
         assert login.status_code == 200 and '<input id="token" name="token"' in login.text
+        assert "default-src 'self'" in login.headers["content-security-policy"]
         script = c.get("/console/static/console.js")
         assert script.status_code == 200 and "javascript" in script.headers["content-type"]
         assert "new EventSource(" in script.text

@@ -25,6 +25,8 @@ Invariants:
 - CSRF: a POST (login included) must carry an `Origin` header naming this server
   (scheme://host), else 403; with SameSite=Strict no other site's request carries the cookie.
 - A wrong token is one clear line on the login form (401), never a hint of which tokens exist.
+- Pages carry a Content-Security-Policy that allows only this server's own files (no inline
+  script) and forbids framing.
 
 What this does not do: hold any state of its own (everything comes from the kernel API), or
 serve the REST API (`rest`), which takes bearer tokens only.
@@ -53,7 +55,12 @@ from llmos.store.users import User
 
 HERE = Path(__file__).parent
 PATH = "/console"
-LOGIN_ERROR = "That token is not valid: it is unknown or revoked. Paste a token from `llmos user`."
+LOGIN_ERROR = (
+    "That token is not valid: it is unknown or revoked. "
+    "Paste a token that llmos user add or llmos user rotate printed."
+)
+# Only this server's own script, styles and forms; never framed by another site.
+CSP = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -67,7 +74,8 @@ static = StaticFiles(directory=HERE / "static")
 
 def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
     html = _templates.get_template(name).render(path=PATH, **values)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": CSP}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def _user(request: Request) -> User | None:

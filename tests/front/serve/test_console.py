@@ -226,6 +226,7 @@ def shot(page: Any, path: Path, *selectors: str) -> Path:
     element on the page and visible."""
     for selector in selectors:
         assert page.locator(selector).first.is_visible(), f"{selector} is not visible"
+    page.evaluate("window.scrollTo(0, 0)")  # the viewport from the top
     page.screenshot(path=str(path))
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"

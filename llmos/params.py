@@ -396,6 +396,16 @@ CHAT_TOOL_ID_MAX = 128  # characters of a tool call's id
 EMBED_MAX_TEXTS = 2048  # the most texts one embeddings request may send
 SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)
 
+# --- The web console (llmos.front.serve.console) and what it reads (kernel API context, steps) --
+TIMELINE_MAX_STEPS = 1000  # steps of one process's loop kept for its syscall timeline
+TIMELINE_RESULT_CHARS = 2000  # characters of one syscall's result kept in the timeline
+CONTEXT_VIEW_PREVIEW_CHARS = 120  # characters of a resident segment's text the context op shows
+CONSOLE_COOKIE = "llmos_console"  # the console's session cookie (HttpOnly, SameSite=Strict)
+CONSOLE_COOKIE_MAX_AGE_S = 8 * 3600  # how long a console login lasts
+CONSOLE_POLL_MS = 1000  # how often the console's page refreshes the process list and details
+CONSOLE_RECONNECT_MS = 1000  # how long the page waits before it reconnects a dropped stream
+CONSOLE_LOGS_LIMIT = 20  # runs a console log search shows
+
 # --- Operations: metering, per-user service quotas, logs and metrics over HTTP --------------------
 # See llmos.kernel.meter, llmos.store.usage and llmos.front.serve.ops.
 QUOTA_TOKENS_PER_DAY: int | None = None  # tokens (prompt + generated) a user may use per UTC day

@@ -205,7 +205,7 @@ class Kernel:
             self.table.reaped(proc)
             proc.exit("failed", str(exc))
             raise
-        proc.on_trace = on_trace
+        proc.on_trace = _timeline(proc, on_trace)
         proc.entity.on_change = getattr(cpu, "wake", None)
         thread = threading.Thread(
             target=self._main,
@@ -675,3 +675,25 @@ class _Question:
         self.text = text
         self.answer = ""
         self.event = threading.Event()
+
+
+def _timeline(proc: Process, on_trace: Trace | None) -> Trace:
+    """The trace hook of `proc`: each step of its loop kept (timed, its result cut to
+    params.TIMELINE_RESULT_CHARS, at most params.TIMELINE_MAX_STEPS of them) in
+    `proc.steps` for the console's syscall timeline, then passed on to `on_trace`."""
+
+    def trace(record: dict[str, Any]) -> None:
+        kept = {**record, "at": time.time()}
+        result = kept.get("result")
+        if result is not None:
+            text = result if isinstance(result, str) else repr(result)
+            if len(text) > params.TIMELINE_RESULT_CHARS:
+                text = text[: params.TIMELINE_RESULT_CHARS] + "…"
+            kept["result"] = text
+        with proc.cond:
+            if len(proc.steps) < params.TIMELINE_MAX_STEPS:
+                proc.steps.append(kept)
+        if on_trace is not None:
+            on_trace(record)
+
+    return trace

@@ -96,6 +96,7 @@ class Process:
     syscalls: int = 0
     devices: Any = None  # its llmos.kernel.loop.Devices (None for a program without devices)
     on_trace: Any = None  # called with each step of its loop (`llmos run --trace`)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # its loop's steps so far, timed
     result: Any = None  # the llmos.kernel.loop.RunResult of a process that ran to its end
     exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0

@@ -36,6 +36,14 @@ when the caller's `gone()` says the client went away.
     audit               pid, device, decision, limit, verify       records (the caller's own),
                                                                    verify (the whole chain)
     top                 -                                          the kernel's snapshot
+    context             pid                                        segments (kind, label,
+                                                                   tokens, resident or page,
+                                                                   preview), used, limit,
+                                                                   tainted, sources, by_kind
+    steps               pid                                        steps (the syscall
+                                                                   timeline, with the guard's
+                                                                   decisions), approval,
+                                                                   question
     memory.remember     text, tags                                 id
     memory.recall       query, k                                   hits
     memory.forget       id                                         forgotten
@@ -69,10 +77,11 @@ Invariants:
   (`llmos.kernel.security.principals`: the OS user, or the daemon's socket peer), never taken
   from the payload: no request model has an `owner` field, so a payload that names one is
   refused.
-- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer) acts only on the
-  caller's own processes, or any process for an admin. Another owner's pid answers exactly like
-  a pid that does not exist (NoSuchProcessError, the same text), so not even its existence
-  leaks. `ps` and `top` show only the caller's processes and account (admins see all).
+- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer, context, steps)
+  acts only on the caller's own processes, or any process for an admin. Another owner's pid
+  answers exactly like a pid that does not exist (NoSuchProcessError, the same text), so not
+  even its existence leaks. `ps` and `top` show only the caller's processes and account
+  (admins see all).
 - Memories, pages and shared segments are per owner in their stores; the caller's owner is the
   one passed.
 - `usage` and `logs.*` are owner-scoped like `llmos logs`: a caller sees their own usage and
@@ -110,6 +119,7 @@ from llmos.kernel.api.procs import (
     WaitRequest,
     _answer,
     _audit,
+    _context,
     _decide,
     _follow,
     _get,
@@ -117,6 +127,7 @@ from llmos.kernel.api.procs import (
     _renice,
     _signal,
     _spawn_op,
+    _steps_op,
     _top,
     _wait,
     follow_process,
@@ -244,6 +255,8 @@ OPS: dict[str, Op] = {
         Op("deny", PidRequest, _decide(False)),
         Op("audit", AuditRequest, _audit),
         Op("top", Empty, _top),
+        Op("context", PidRequest, _context),
+        Op("steps", PidRequest, _steps_op),
         Op("memory.remember", RememberRequest, _remember),
         Op("memory.recall", RecallRequest, _recall),
         Op("memory.forget", IdRequest, _forget),

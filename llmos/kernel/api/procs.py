@@ -1,6 +1,7 @@
 """The kernel API's process operations: spawn (and the one function that turns a program
 reference, inputs and stdin into a spawn), ps, get, kill, stop, cont, renice, wait, follow,
-answer, approve, deny, audit, top; `run` (the in-process foreground run) and `follow_process`
+answer, approve, deny, audit, top, context (the context window as memory), steps (the syscall
+timeline); `run` (the in-process foreground run) and `follow_process`
 (a process's one output stream, resumable from any piece).
 
 Invariants: see `llmos.kernel.api` (every operation on a pid acts only on the caller's own
@@ -32,6 +33,7 @@ from llmos.kernel.api.base import Caller, Empty, Handler, PidRequest, Request, o
 from llmos.kernel.core import Kernel
 from llmos.kernel.inputs import parse_cli_inputs
 from llmos.kernel.loop import RunResult
+from llmos.kernel.mm.context import one_line
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
 
@@ -325,3 +327,78 @@ def _top(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
         snap["processes"] = [p for p in snap["processes"] if p["owner"] == caller.owner]
         snap["users"] = {o: u for o, u in snap["users"].items() if o == caller.owner}
     return snap
+
+
+def _context(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+    """The process's context window as memory: its segments in order (kind, label, tokens,
+    resident or the page it went to, a short preview of resident text), the tokens used of
+    the limit, whether it is tainted and by what. A process whose program is not yet rendered
+    has no segments."""
+    proc = owned(kernel, caller, req.pid)
+    ctx = proc.context
+    info = proc.info()
+    reply: dict[str, Any] = {
+        "pid": proc.pid,
+        "state": info["state"],
+        "swapped": info["swapped"],
+        "used": info["context_used"],
+        "limit": proc.context_limit,
+        "pages_out": info["pages_out"],
+        "tainted": False,
+        "sources": [],
+        "segments": [],
+        "by_kind": {},
+    }
+    if ctx is None:
+        return reply
+    segments = list(ctx.segments)  # a snapshot: the process's thread appends and pages
+    rows = []
+    for seg in segments:
+        row = seg.info()
+        row["resident"] = seg.resident
+        row["preview"] = (
+            one_line(seg.text, params.CONTEXT_VIEW_PREVIEW_CHARS) if seg.resident else seg.summary
+        )
+        rows.append(row)
+    reply.update(
+        tainted=ctx.tainted,
+        sources=ctx.sources(),
+        segments=rows,
+        by_kind=ctx.accounting()["by_kind"],
+    )
+    return reply
+
+
+def _steps_op(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+    """The process's syscall timeline: each step of its loop (a syscall with its device,
+    arguments, outcome and duration, and the guard's decision on it; a malformed call; the
+    answer), with when it ended, and the call it waits on for approval now, if any."""
+    proc = owned(kernel, caller, req.pid)
+    with proc.cond:
+        steps = [dict(s) for s in proc.steps]
+    _decisions(kernel, proc, steps)
+    return {
+        "pid": proc.pid,
+        "state": proc.state.value,
+        "steps": steps,
+        "approval": kernel.approvals.pending(proc.pid),
+        "question": kernel.question(proc.pid),
+    }
+
+
+def _decisions(kernel: Kernel, proc: Process, steps: list[dict[str, Any]]) -> None:
+    """Each syscall step given the guard's audited decision on it (`decision`, `by`,
+    `reason`): the process's audit records since it started, matched in order by device."""
+    records = [
+        r
+        for r in kernel.audit().query(proc.owner, pid=proc.pid, limit=params.TIMELINE_MAX_STEPS)
+        if r["ts"] >= proc.created_at
+    ]
+    for step in steps:
+        if step.get("kind") != "syscall":
+            continue
+        for i, r in enumerate(records):
+            if r["device"] == step["device"]:
+                step.update(decision=r["decision"], by=r["by"], reason=r["reason"])
+                del records[: i + 1]
+                break

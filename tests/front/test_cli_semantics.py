@@ -38,7 +38,7 @@ def one_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
     [
         (["--bogus"], "No such option '--bogus' (see 'llmos --help')"),
         (["ps", "--bogus"], "No such option '--bogus' (see 'llmos ps --help')"),
-        (["run"], "Missing argument 'PROGRAM' (see 'llmos run --help')"),
+        (["run"], "give either PROGRAM or -p PROMPT (see 'llmos run --help')"),
         (["nosuchcommand"], "No such command 'nosuchcommand' (see 'llmos --help')"),
         (
             ["logs", "--status", "maybe"],

@@ -326,7 +326,8 @@ def test_folder_without_skill_file(tmp_path: Path) -> None:
         (
             "unknown_llmos.prompt",
             "unknown key 'llmos.max_stepz' (valid llmos keys: budget, context, devices,"
-            " max_output_tokens, max_steps, memory, paging, priority, shm, tool_choice)",
+            " max_output_tokens, max_steps, memory, paging, priority, shm, speculative,"
+            " tool_choice)",
         ),
         ("unknown_nested_llmos.prompt", "unknown key 'llmos.colour' (valid llmos keys: "),
         ("wrong_type_llmos.prompt", "'llmos.max_steps' must be an integer, got \"four\""),

@@ -417,3 +417,10 @@ METRICS_TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # ti
 METRICS_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 PROCS_DB_NAME = "procs.db"  # <home>/procs.db: the service's process journal (table + output)
 PROCS_BUSY_TIMEOUT_S = 10.0  # how long a journal write waits for another writer
+
+# --- The fleet simulator (llmos.kernel.sched.sim, bench/sim.py) ---------------------------------
+SIM_BLOCK_TOKENS = 16  # tokens one prompt block stands for (the simulator's unit of prefix)
+SIM_SLOTS = 16  # sequence slots of one simulated CPU (as the embedded CPU's)
+SIM_STEP_TOKENS = 8  # engine steps simulated as one event (placement is revisited between)
+SIM_REQUESTS_PER_CPU = 40  # a fleet's trace: requests per CPU
+SIM_USERS_PER_CPU = 20  # a fleet's trace: users per CPU (20,000 users at 1,000 CPUs)

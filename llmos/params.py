@@ -417,3 +417,13 @@ METRICS_TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # ti
 METRICS_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 PROCS_DB_NAME = "procs.db"  # <home>/procs.db: the service's process journal (table + output)
 PROCS_BUSY_TIMEOUT_S = 10.0  # how long a journal write waits for another writer
+
+# --- The interactive shell (llmos.front.shell) ----------------------------------------------------
+SHELL_HISTORY_NAME = "shell_history"  # <home>/shell_history: the shell's persistent history
+SHELL_TOKEN_ENV = "LLMOS_TOKEN"  # the bearer token `llmos shell --url` sends
+SHELL_REMOTE_MODEL = "embedded"  # the conversation's CPU on a remote service unless --model
+SHELL_POLL_S = 0.25  # how often a foreground job is checked for an approval or a question
+SHELL_HTTP_TIMEOUT_S = 30.0  # one request to a remote service (streams wait longer)
+SHELL_RECONNECT_TRIES = 20  # times a cut output stream is resumed before the job is lost
+SHELL_RECONNECT_S = 0.5  # the pause between two of those tries
+SHELL_LINE_MAX = 64 * 1024  # characters of one command line

@@ -55,6 +55,7 @@ from llmos.errors import (
 )
 from llmos.front import cli_logs, cli_prompt, kclient
 from llmos.front.cli_chat import chat
+from llmos.front.shell.command import shell
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
@@ -77,6 +78,7 @@ cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
 cli.add_command(chat)
+cli.add_command(shell)
 
 
 @cli.command()

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmos import config, params
-from llmos.hw.cpu.base import Chunk, GenRequest, ToolCall
-from llmos.hw.cpu.scripted import Reply, ScriptedCPU
 from llmos.front.shell.backend import Local
 from llmos.front.shell.repl import Shell, loop
+from llmos.hw.cpu.base import Chunk, GenRequest, ToolCall
+from llmos.hw.cpu.scripted import Reply, ScriptedCPU
 from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
@@ -50,7 +50,9 @@ def reply(item: object) -> Reply:
 def main(path: str) -> None:
     scenario = json.loads(Path(path).read_text())
     kernel = Kernel(boot())
-    kernel.add_cpu(PacedCPU([reply(r) for r in scenario.get("replies", [])], scenario.get("delay", 0)))
+    kernel.add_cpu(
+        PacedCPU([reply(r) for r in scenario.get("replies", [])], scenario.get("delay", 0))
+    )
     if scenario.get("approve"):
         policy = UserPolicy(approve=list(scenario["approve"]))
         kernel.user_policy = lambda owner: policy

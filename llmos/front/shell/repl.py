@@ -291,7 +291,7 @@ class Shell:
             if job.state == "stopped":
                 job.cont()
             if name == "fg":
-                self.say(job.source)
+                self.say(job.source.removesuffix(" &"))
                 self.foreground(job)
             else:
                 self.say(show.job_line(job.number, job.state, job.source, job.pid))

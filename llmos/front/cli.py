@@ -55,12 +55,12 @@ from llmos.errors import (
 )
 from llmos.front import cli_logs, cli_prompt, kclient
 from llmos.front.cli_chat import chat
-from llmos.front.shell.command import shell
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.front.progress import ProgressLine
+from llmos.front.shell.command import shell
 from llmos.kernel import boot
 from llmos.kernel.security import principals
 from llmos.store.log import RunRecord

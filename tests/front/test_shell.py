@@ -324,6 +324,10 @@ def test_shell_says_the_service_went_away_and_reconnects(live: Live, tmp_path: P
         LLMOS_TOKEN=live.token,
     )
     assert "PID" in command(child, "ps")
+    queue(live, [SLOW])
+    child.sendline("count through the outage &")
+    child.expect(r"\[1\] (\d+)")
+    child.expect_exact(PROMPT)
     live.stop()
     out = command(child, "ps")
     assert f"llmos: error: cannot reach {live.url}" in out and "reconnect" in out
@@ -332,6 +336,9 @@ def test_shell_says_the_service_went_away_and_reconnects(live: Live, tmp_path: P
     live.start()
     out = command(child, "programs")
     assert f"llmos: reconnected to {live.url}" in out and "summarize" in out
+    out = command(child, "fg %1")  # its stream was cut and resumed: nothing lost or repeated
+    words = out.split()
+    assert all(words.count(f"w{i}") == 1 for i in range(30)), out
     queue(live, ["Back again."])
     assert "Back again." in command(child, "chat are you there?")
     child.sendline("exit")

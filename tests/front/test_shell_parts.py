@@ -176,6 +176,11 @@ def test_a_bad_line_is_one_line_and_the_shell_goes_on(local: Local) -> None:
         shell.run_line(line)
     assert all(s.startswith("llmos: error: ") and s.count("\n") == 1 for s in said), said
     assert not shell.done
+    said.clear()
+    shell.run_line("help")
+    assert all(word in said[0] for word in ("chat [TEXT]", "approve", "ps [-a], top", "fg [%N]"))
+    shell.run_line("exit")
+    assert shell.done
 
 
 def test_sse_parsing() -> None:

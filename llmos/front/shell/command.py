@@ -3,7 +3,8 @@
 Without `--url` the kernel runs in this process (as the OS user, like `llmos run`); with
 `--url` every command goes to that `llmos serve` as the user whose token is in `LLMOS_TOKEN`.
 A token the service refuses ends the shell at once (AuthError, exit 20); a service that cannot
-be reached at the start is said, and each later command tries again.
+be reached at the start is said, and each later command tries again. On leaving, live jobs of
+the in-process kernel are killed (they would end with it); a service's go on there.
 
 What this does not do: anything after the start (`repl`).
 """
@@ -57,7 +58,11 @@ def shell(url: str | None, model: str | None, system_prompt: str | None) -> None
         loop(sh, home / params.SHELL_HISTORY_NAME)
     finally:
         for job in sh.jobs.all():
-            if job.live and backend.where == backends.Local.where:
+            if not job.live:
+                continue
+            if isinstance(backend, backends.Local):  # its processes end with this kernel
                 with contextlib.suppress(LlmosError):
                     job.kill()
+            elif job.pid is not None:
+                sh.say(f"[{job.number}] pid {job.pid} goes on at {backend.where} (ps shows it)")
         backend.close()

@@ -7,15 +7,7 @@ for an approval or for an answer goes to the background with a note saying so, s
 can `approve`/`deny` or `answer` it at the prompt and `fg` it again. Finished background jobs
 are reported before the next prompt.
 
-    chat [TEXT]          a turn of the conversation (TEXT), or the conversation mode
-                         (`chat> `: every line is a turn; `exit` or Ctrl-D leaves it)
-    new                  start a new conversation
-    NAME [WORDS] [k=v]   run installed program NAME (words: its input text; k=v: its inputs);
-      [< FILE] [| ...]   `<` reads the input from FILE; `|` gives the output to the next one
-    jobs, fg [%N], bg [%N], kill %N|PID, stop %N|PID
-    ps [-a], top         the scheduler's view: resident, swapped, waiting and on what
-    approve %N|PID, deny %N|PID, answer %N|PID TEXT
-    programs, help, exit
+`help` prints the commands (`HELP`).
 
 Invariants: a bad line, an unknown command or a failed operation is one line
 (`llmos: error: ...`) and the shell goes on; nothing but Ctrl-D, `exit` or the end of the input
@@ -70,7 +62,16 @@ BUILTINS = (
 )
 PROMPT = "llmos> "
 CHAT_PROMPT = "chat> "
-HELP = (__doc__ or "").split("\n\n")[3].rstrip()
+HELP = """\
+    chat [TEXT]          a turn of the conversation (TEXT), or the conversation mode
+                         (`chat> `: every line is a turn; `exit` or Ctrl-D leaves it)
+    new                  start a new conversation
+    NAME [WORDS] [k=v]   run installed program NAME (words: its input text; k=v: its inputs);
+      [< FILE] [| ...]   `<` reads the input from FILE; `|` gives the output to the next one
+    jobs, fg [%N], bg [%N], kill %N|PID, stop %N|PID
+    ps [-a], top         the scheduler's view: resident, swapped, waiting and on what
+    approve %N|PID, deny %N|PID, answer %N|PID TEXT
+    programs, help, exit"""
 
 
 class Shell:

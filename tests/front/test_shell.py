@@ -115,7 +115,10 @@ def scripted_session(child: pexpect.spawn, tmp_path: Path, remote: bool) -> None
     # a background job, listed, brought to the foreground
     child.sendline("count to thirty &")
     child.expect(r"\[1\] (\d+)")
+    counting = child.match.group(1)
     child.expect_exact(PROMPT)
+    row = command(child, "ps").split(f"\n{counting:>5} ")[1].splitlines()[0]
+    assert "running" in row and "resident" in row  # the scheduler's view
     assert "count to thirty" in command(child, "jobs")
     out = command(child, "fg %1")
     assert "w29 end-of-count" in out

@@ -190,3 +190,24 @@ def test_sse_parsing() -> None:
         ("output", {"text": "hi"}, 2),
         ("end", {"exit_status": "ok"}, None),
     ]
+
+
+ASKER = "---\ndescription: Asks.\ntools: [ask]\n---\nPlan a trip: {{input}}\n"
+
+
+def test_a_question_sends_the_job_back_and_answer_resumes_it(local: Local) -> None:
+    question = [ToolCall("q1", "ask", '{"question": "Which city?"}')]
+    scripted(local).queue(question, "A trip to Oslo in June.")
+    api.call(local.kernel, local.caller, "programs.install", {"name": "asker", "source": ASKER})
+    said: list[str] = []
+    shell = Shell(local, out=said.append)
+    shell.run_line("asker in June")  # foreground: it comes to wait, and goes to the background
+    job = shell.jobs.all()[0]
+    assert job.live and any(f"pid {job.pid} asks: Which city?" in s for s in said), said
+    ps = show.ps(local.ps())
+    assert "waiting" in ps and "an answer: Which city?" in ps
+    shell.run_line("answer %1 Oslo, please")
+    assert f"answered pid {job.pid}" in said[-1]
+    shell.run_line("fg %1")
+    assert "A trip to Oslo in June." in "".join(said)
+    assert "Oslo, please" in str(scripted(local).requests[-1].messages)

@@ -80,6 +80,13 @@ class BackendError(LlmosError):
     kind = "backend"
 
 
+class ServiceUnreachableError(BackendError):
+    """A remote `llmos serve` that cannot be reached (refused, reset, timed out); `llmos shell`
+    says so and tries again on the next command."""
+
+    kind = "unreachable"
+
+
 class OutputError(LlmosError):
     exit_code = 7
     kind = "output"

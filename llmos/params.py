@@ -424,3 +424,13 @@ SIM_SLOTS = 16  # sequence slots of one simulated CPU (as the embedded CPU's)
 SIM_STEP_TOKENS = 8  # engine steps simulated as one event (placement is revisited between)
 SIM_REQUESTS_PER_CPU = 40  # a fleet's trace: requests per CPU
 SIM_USERS_PER_CPU = 20  # a fleet's trace: users per CPU (20,000 users at 1,000 CPUs)
+
+# --- The interactive shell (llmos.front.shell) ----------------------------------------------------
+SHELL_HISTORY_NAME = "shell_history"  # <home>/shell_history: the shell's persistent history
+SHELL_TOKEN_ENV = "LLMOS_TOKEN"  # the bearer token `llmos shell --url` sends
+SHELL_REMOTE_MODEL = "embedded"  # the conversation's CPU on a remote service unless --model
+SHELL_POLL_S = 0.25  # how often a foreground job is checked for an approval or a question
+SHELL_HTTP_TIMEOUT_S = 30.0  # one request to a remote service (streams wait longer)
+SHELL_RECONNECT_TRIES = 20  # times a cut output stream is resumed before the job is lost
+SHELL_RECONNECT_S = 0.5  # the pause between two of those tries
+SHELL_LINE_MAX = 64 * 1024  # characters of one command line

@@ -60,6 +60,7 @@ from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.front.progress import ProgressLine
+from llmos.front.shell.command import shell
 from llmos.kernel import boot
 from llmos.kernel.security import principals
 from llmos.store.log import RunRecord
@@ -77,6 +78,7 @@ cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
 cli.add_command(chat)
+cli.add_command(shell)
 
 
 @cli.command()

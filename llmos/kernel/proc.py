@@ -232,6 +232,7 @@ class Process:
             "state": self.state.value,
             "priority": e.priority,
             "swapped": e.swapped,
+            "resident": e.resident,  # its KV is in a slot of its CPU now
             "prompt_tokens": e.prompt_tokens,
             "generated_tokens": e.generated,
             "budget": e.budget,

@@ -16,6 +16,9 @@ only its own thread.
     GET    /api/processes/{pid}/events        its output as resumable SSE (`llmos...sse`)
     GET    /api/processes/{pid}/context       its context window: segments, used of limit, taint
     GET    /api/processes/{pid}/steps         its syscall timeline (and the call awaiting approval)
+    POST   /api/chat                          one conversation turn as a process (201: pid,
+                                              process): the kernel API's `chat` ({"model",
+                                              "messages"}); follow it like any process
     GET    /api/programs                      installed programs (the caller's and the system's)
     GET    /api/programs/{name}               one, with its source
     PUT    /api/programs/{name}               install {"source", "format", "system"}
@@ -53,7 +56,7 @@ CallerDep = Annotated[api.Caller, Depends(auth_caller)]
 
 def _call(request: Request, caller: api.Caller, op: str, payload: dict[str, Any]) -> Any:
     service = request.app.state.service
-    if op in ("exec", "spawn") and service.draining:
+    if op in ("exec", "spawn", "chat") and service.draining:
         raise HTTPError(503, "the service is shutting down; try again shortly", "draining")
     return api.call(service.kernel, caller, op, payload)
 
@@ -84,6 +87,11 @@ def process_context(request: Request, caller: CallerDep, pid: int) -> Any:
 @router.get("/processes/{pid}/steps")
 def process_steps(request: Request, caller: CallerDep, pid: int) -> Any:
     return _call(request, caller, "steps", {"pid": pid})
+
+
+@router.post("/chat", status_code=201)
+def chat(request: Request, caller: CallerDep, body: api.ChatRequest) -> Any:
+    return _call(request, caller, "chat", body.model_dump(exclude_unset=True))
 
 
 @router.delete("/processes/{pid}")

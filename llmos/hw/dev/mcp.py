@@ -620,18 +620,43 @@ class MCPDevices:
             spec.name: MCPSupervisor(spec, **supervisor_options) for spec in parse_config(config)
         }
 
-    def devices(self, problems: list[str] | None = None) -> dict[str, Device]:
-        """Every tool of every server, by device name. Servers start in parallel; one that
-        cannot start is left out, its one-line reason appended to `problems` when given."""
+    def names(self) -> list[str]:
+        """The configured (enabled) servers, started or not."""
+        return list(self.supervisors)
+
+    def mount(self, groups: list[str], problems: dict[str, str]) -> dict[str, Device]:
+        """The tools of the servers `groups` only, by device name (the syscall table's
+        `Mounts`); a server that cannot start has its one-line reason in `problems[name]`."""
+        return self.devices(servers=groups, problems_by_server=problems)
+
+    def devices(
+        self,
+        problems: list[str] | None = None,
+        *,
+        servers: list[str] | None = None,
+        problems_by_server: dict[str, str] | None = None,
+    ) -> dict[str, Device]:
+        """Every tool of every server (or of `servers` only), by device name. Servers start
+        in parallel, each within its own start timeout; one that cannot start is left out,
+        its one-line reason appended to `problems` when given."""
+        chosen = {
+            name: sup
+            for name, sup in self.supervisors.items()
+            if servers is None or name in servers
+        }
         found: dict[str, Device] = {}
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.supervisors))) as pool:
-            futures = {name: pool.submit(sup.tools) for name, sup in self.supervisors.items()}
+        if not chosen:
+            return found
+        with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
+            futures = {name: pool.submit(sup.tools) for name, sup in chosen.items()}
             for name, future in futures.items():
                 try:
                     tools = future.result()
                 except MCPServerError as exc:
                     if problems is not None:
                         problems.append(str(exc))
+                    if problems_by_server is not None:
+                        problems_by_server[name] = str(exc)
                     continue
                 for tool in tools:
                     device = MCPToolDevice(self.supervisors[name], tool)

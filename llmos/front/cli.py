@@ -7,6 +7,7 @@ shown only with `LLMOS_DEBUG=1`.
     llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
     llmos models [add NAME SOURCE [--default] | default NAME | rm NAME]   (llmos.front.cli_models)
     llmos programs
+    llmos devices [NAME] [--probe] [--json]   devices, call formats, MCP servers (cli_devices)
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
     llmos logs -f PID                      follow a kernel process's output as it is generated
@@ -55,6 +56,7 @@ from llmos.errors import (
 )
 from llmos.front import cli_logs, cli_prompt, kclient
 from llmos.front.cli_chat import chat
+from llmos.front.cli_devices import devices
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
@@ -77,6 +79,7 @@ cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
 cli.add_command(chat)
+cli.add_command(devices)
 
 
 @cli.command()

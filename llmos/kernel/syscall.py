@@ -157,9 +157,17 @@ class SyscallTable:
             if name not in self.devices and params.MCP_TOOL_NAME_SEP in name
         }
         wanted = {n: g for n, g in wanted.items() if g in groups}
+        problems = self.mount(sorted(set(wanted.values())))
+        return {n: problems[g] for n, g in wanted.items() if problems.get(g)}
+
+    def mount(self, groups: list[str]) -> dict[str, str]:
+        """Start the groups (MCP servers) not mounted yet, concurrently, and add their
+        devices; returns {group: its one-line problem} for those that could not start (now or
+        earlier: a group that failed is tried again, within its supervisor's restart bounds)."""
+        if self.mounts is None:
+            return {}
         with self._mount_lock:
-            # a group that failed is tried again (its supervisor bounds the restarts)
-            todo = sorted({g for g in wanted.values() if self._mounted.get(g) != ""})
+            todo = [g for g in groups if self._mounted.get(g) != ""]
             if todo:
                 problems: dict[str, str] = {}
                 found = self.mounts.mount(todo, problems)
@@ -170,7 +178,7 @@ class SyscallTable:
                     )
                 for group in todo:
                     self._mounted[group] = problems.get(group, "")
-            return {n: self._mounted[g] for n, g in wanted.items() if self._mounted.get(g)}
+            return {g: self._mounted[g] for g in groups if self._mounted.get(g)}
 
     def specs(self, grants: dict[str, Device]) -> list[ToolSpec]:
         return [ToolSpec(d.name, d.description, d.schema) for d in grants.values()]

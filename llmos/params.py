@@ -349,6 +349,9 @@ MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
 MCP_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages
 MCP_INPUT_SHOWN_CHARS = 80  # an invalid value a server rejected is quoted cut to this
+MCP_RESOURCE_SCHEME = "llmos://programs/"  # `llmos mcp`: a program's source as a resource
+MCP_RESOURCE_NOT_FOUND = -32002  # the MCP specification's error code for an unknown resource
+MCP_LIST_POLL_S = 2.0  # `llmos mcp` rescans the programs this often to send listChanged
 MCP_SHUTDOWN_MARGIN_S = 5.0  # closing waits twice the close timeout plus this for the shutdown
 
 # --- Process devices (llmos.hw.dev.proc: call, ask) ----------------------------------

@@ -57,6 +57,7 @@ OPENAI_TIMEOUT_S = 120.0
 OPENAI_CONNECT_TIMEOUT_S = 10.0
 OPENAI_MAX_RETRIES = 1  # transport-level retries inside the openai client
 OPENAI_DEFAULT_N_CTX = 8192  # assumed context size when the server does not say
+OPENAI_PROBE_TIMEOUT_S = 5.0  # each request asking a server its context size (once per server)
 OPENAI_DIALECTS_NAME = "openai-servers.json"  # under $LLMOS_HOME: what each server refused
 OPENAI_BYTES_PER_TOKEN = 4  # token estimate for remote models: UTF-8 bytes per token
 OPENAI_MESSAGE_OVERHEAD_TOKENS = 4  # estimated tokens per message for role and separators

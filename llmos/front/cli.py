@@ -11,6 +11,7 @@ shown only with `LLMOS_DEBUG=1`.
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
     llmos logs -f PID                      follow a kernel process's output as it is generated
+    llmos logs off|on|status               stop or resume journalling runs (config.json)
     llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
                                            (see llmos.front.cli_memory)
 
@@ -323,12 +324,16 @@ def logs(
 ) -> None:
     """List logged runs, search them, or show one run in full; -f PID follows a process.
 
-    `llmos logs path` prints the log database's path; -r prints the newest (matching) run's
-    reply, or RUN_ID's."""
+    `llmos logs path` prints the log database's path; `llmos logs off|on|status` turns
+    journalling off or on (stored in config.json) or says which; -r prints the newest
+    (matching) run's reply, or RUN_ID's."""
     if follow_pid is not None:
         if run_id is not None:
             raise click.UsageError("give either RUN_ID or -f PID, not both")
         _follow(follow_pid)
+        return
+    if run_id in cli_logs.SWITCH_WORDS:
+        cli_logs.switch(run_id)
         return
     me = principals.current()
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all

@@ -50,6 +50,7 @@ class System:
     def log(self) -> Log:
         if self._log is None:
             self._log = Log.open(self.home / params.LOG_DB_NAME)
+            self._log.journal = self.config.logging  # `llmos logs off`: runs not journalled
             self._log.fail_stale_runs("llmos exited before the run finished")
         return self._log
 

@@ -90,3 +90,34 @@ def test_without_a_size_from_the_server_the_default_applies(
     assert proc.returncode == 0, proc.stderr
     assert "paged out" not in proc.stderr
     assert LONG in server.requests[0]["messages"][-1]["content"]  # sent whole
+
+
+def test_required_tool_choice_refused_by_the_server_fails_in_one_line(
+    run_cli: RunCli, home: Path, tmp_path: Path
+) -> None:
+    """The server refuses `tool_choice: "required"`: llmos asks again with "auto" (tools kept);
+    the model then answers without a call, so the run fails clearly (exit 6), logged with the
+    tokens it used, never as a silent success."""
+    prog = tmp_path / "t.prompt"
+    prog.write_text(
+        "---\nname: t\ntools: [calc, clock]\nllmos.tool_choice: required\n---\n{{input}}\n"
+    )
+    refusal = (400, "tool_choice 'required' is not supported")
+    with sse_server(REPLY, reject_first=refusal) as server:
+        proc = run_cli(
+            "run",
+            prog,
+            "--model",
+            "openai/m",
+            input="What is 2+2?",
+            env={"LLMOS_OPENAI_BASE_URL": server.base_url},
+        )
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"llmos: error: openai/m answered without a tool call although {prog} sets"
+        " llmos.tool_choice: required (the server does not enforce it)"
+    ]
+    assert [r["tool_choice"] for r in server.requests] == ["required", "auto"]
+    assert all(len(r["tools"]) == 2 for r in server.requests)
+    (run,) = json.loads(run_cli("logs", "--json").stdout)
+    assert run["status"] == "failed" and run["prompt_tokens"] > 0

@@ -22,7 +22,8 @@ Invariants:
   one that knows no `json_schema` response format (llama-cpp-python's server) gets it once
   more as `{"type": "json_object", "schema": ...}`, the form that server enforces by grammar.
 - `tool_choice: "required"` with a single tool is sent in the named form
-  (`{"type": "function", ...}`), which servers that ignore "required" still enforce.
+  (`{"type": "function", ...}`), which servers that ignore "required" still enforce; one that
+  refuses "required" outright is asked with "auto", the tools kept (never dropped).
 - Each such adaptation is learned once per server: it is remembered for the CPU's lifetime and,
   given a `dialects` file (`$LLMOS_HOME/openai-servers.json`), across runs, keyed by base URL
   and model, so the next run asks in the accepted form at once. A remembered adaptation that
@@ -135,7 +136,7 @@ def _is_context_error(status: int, message: str, body: object) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-_ADAPTATIONS = ("json_object", "no_stream_options")
+_ADAPTATIONS = ("json_object", "no_stream_options", "tool_choice_auto")
 
 
 def _adapt(kwargs: dict[str, Any], adaptation: str) -> dict[str, Any]:
@@ -150,6 +151,8 @@ def _adapt(kwargs: dict[str, Any], adaptation: str) -> dict[str, Any]:
         return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
     if adaptation == "no_stream_options" and "stream_options" in kwargs:
         return {k: v for k, v in kwargs.items() if k != "stream_options"}
+    if adaptation == "tool_choice_auto" and kwargs.get("tool_choice") == "required":
+        return {**kwargs, "tool_choice": "auto"}
     return kwargs
 
 
@@ -161,6 +164,9 @@ def _adaptation(kwargs: dict[str, Any], exc: openai.APIStatusError) -> str | Non
       grammar: ask in that form.
     - Some servers refuse `stream_options` with a 400 or 422: ask without it (usage then falls
       back to estimates).
+    - A server that refuses `tool_choice: "required"` (400, 422 or 500 naming `tool_choice`)
+      is asked with "auto": the tools stay offered, and the kernel reports a first reply
+      without a call as the server not enforcing `required` (`llmos.kernel.loop`).
     Each change is made at most once, so the loop in `_open_stream` ends.
     """
     message = _status_message(exc)
@@ -175,6 +181,12 @@ def _adaptation(kwargs: dict[str, Any], exc: openai.APIStatusError) -> str | Non
         and ("response_format" in lowered or "json_schema" in lowered)
     ):
         return "json_object"
+    if (
+        kwargs.get("tool_choice") == "required"
+        and exc.status_code in (400, 422, 500)
+        and "tool_choice" in lowered
+    ):
+        return "tool_choice_auto"
     if "stream_options" in kwargs and exc.status_code in (400, 422):
         return "no_stream_options"
     return None

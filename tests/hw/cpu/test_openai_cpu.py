@@ -613,3 +613,29 @@ def test_llama_cpp_python_server_says_no_size_so_config_holds(
     with OpenAICPU(ALIAS, llama_url, None, n_ctx=2048, timeout=60, dialects=dialects) as cpu:
         assert cpu.n_ctx == 2048 and cpu.n_ctx_source == "config"
     assert json.loads(dialects.read_text()) == {f"{llama_url} {ALIAS}": {"n_ctx": 0}}
+
+
+# --- tool_choice "required" refused ------------------------------------------------------------
+
+CLOCK = ToolSpec(
+    name="clock", description="The time.", parameters={"type": "object", "properties": {}}
+)
+
+
+def test_a_refused_required_tool_choice_is_asked_as_auto_with_the_tools(tmp_path: Path) -> None:
+    events: list[dict[str, Any] | str] = [delta_event({"content": "It is sunny."}, finish="stop")]
+    refusal = (400, "tool_choice 'required' is not supported by this server")
+    dialects = tmp_path / "openai-servers.json"
+    with sse_server(events, reject_first=refusal) as server:
+        cpu = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        request = ask("Weather?", tools=[WEATHER, CLOCK], tool_choice="required")
+        text, final = collect(cpu.generate(request))
+        again = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        collect(again.generate(request))
+    assert text == "It is sunny." and final.tool_calls == []
+    sent = server.requests
+    assert [r["tool_choice"] for r in sent] == ["required", "auto", "auto"]
+    assert all(len(r["tools"]) == 2 for r in sent)  # the tools are never dropped
+    assert cpu.learned == {"tool_choice_auto"}
+    entry = json.loads(dialects.read_text())[f"{server.base_url} m"]
+    assert entry["adaptations"] == ["tool_choice_auto"]

@@ -338,6 +338,7 @@ MCP_MAX_RESTARTS = 3  # consecutive failed starts or crashes before a server is 
 MCP_RESTART_BACKOFF_S = 0.5  # wait before the 2nd consecutive restart, doubled each time after
 MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
+NPM_LOG_NOTE = "A complete log of this run"  # npm's last stderr line, skipped when quoting it
 # `type` of an `mcpServers` entry -> transport (the spellings of Claude Desktop, VS Code, Cursor)
 MCP_TRANSPORT_TYPES = {
     "stdio": "stdio",

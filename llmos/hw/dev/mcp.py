@@ -36,7 +36,8 @@ Supervision (one `MCPSupervisor` per server):
 Invariants:
 - `MCPToolDevice.call` and `MCPSupervisor.call` never raise for a server's failure: they
   return `DeviceResult.failure` with one line naming the server (and the command, for a
-  command that cannot be run; the tail of its stderr, for a server that failed to start).
+  command that cannot be run; the telling line of its stderr, for a server that failed to
+  start: its last line, or npm's error code and reason for an `npx` server).
 - Tool results: text contents joined with newlines (other content as a short placeholder);
   `structuredContent`, when present, is the output instead; `isError` results are failures
   carrying the text. Output is truncated to `ctx.max_output_bytes`.
@@ -255,8 +256,7 @@ class _Session:
             text = self.stderr.read()
         except (OSError, ValueError):
             return ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        return _telling_line([line.strip() for line in text.splitlines() if line.strip()])
 
 
 class MCPSupervisor:
@@ -795,6 +795,32 @@ def _describe_parse_error(exc: Exception) -> str:
                 return f"{first.get('msg', 'invalid')}: {shown[: params.MCP_INPUT_SHOWN_CHARS]!r}"
             return str(first.get("msg", exc))
     return str(exc)
+
+
+_NPM_PREFIXES = ("npm error ", "npm ERR! ")
+
+
+def _telling_line(lines: list[str]) -> str:
+    """The stderr line that says why a server failed: npm's error code with the line that
+    explains it (`npm error code E404: 404 Not Found - GET ...`: npm ends with a pointer to
+    its debug log, which says nothing), else the last line."""
+    bodies = [
+        line[len(prefix) :].strip()
+        for line in lines
+        for prefix in _NPM_PREFIXES
+        if line.startswith(prefix)
+    ]
+    if bodies:
+        code = next((b for b in bodies if b.startswith("code ")), "")
+        after = bodies[bodies.index(code) + 1 :] if code else bodies
+        detail = next(
+            (b for b in after if len(b.split()) > 1 and not b.startswith(params.NPM_LOG_NOTE)),
+            "",
+        )
+        telling = ": ".join(part for part in (code, detail) if part)
+        if telling:
+            return f"npm error {telling}"
+    return lines[-1] if lines else ""
 
 
 def _one_line(text: str) -> str:

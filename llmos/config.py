@@ -11,8 +11,11 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
       "aliases": {"fast": "openai/gpt-4o-mini", "local": "/models/qwen.gguf"},
       "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192},
       "mcpServers": {"time": {"command": "mcp-server-time", "args": []}},
-      "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05}
+      "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05},
+      "logging": true
     }
+
+`logging: false` (`llmos logs off`) stops journalling runs in the log (`llmos.store.log`).
 
 `prices` (each 0 when absent) turn metered usage into cost: per million prompt tokens, per
 million generated tokens, per hour resident on a CPU (`/api/usage`, `llmos_user_cost_total`).
@@ -72,6 +75,7 @@ class Config:
     mcp_servers: dict[str, Any] = field(default_factory=dict)  # Claude-Desktop `mcpServers`
     path: Path | None = None
     prices: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRICE_KEYS, 0.0))
+    logging: bool = True  # False: runs are not journalled (`llmos logs off`)
 
     def cost(self, prompt_tokens: int, generated_tokens: int, cpu_s: float) -> float:
         """What this much usage costs at the configured prices."""
@@ -125,7 +129,11 @@ def parse(path: Path, raw: Any) -> Config:
     mcp_servers = raw.get("mcpServers", {})
     if not isinstance(mcp_servers, dict):
         raise ConfigError(f"{path}: 'mcpServers' must map server names to their settings")
+    logging = raw.get("logging", True)
+    if not isinstance(logging, bool):
+        raise ConfigError(f"{path}: 'logging' must be true or false")
     return Config(
+        logging=logging,
         default_model=default_model,
         aliases=aliases,
         openai=openai,

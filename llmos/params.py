@@ -57,6 +57,7 @@ OPENAI_TIMEOUT_S = 120.0
 OPENAI_CONNECT_TIMEOUT_S = 10.0
 OPENAI_MAX_RETRIES = 1  # transport-level retries inside the openai client
 OPENAI_DEFAULT_N_CTX = 8192  # assumed context size when the server does not say
+OPENAI_PROBE_TIMEOUT_S = 5.0  # each request asking a server its context size (once per server)
 OPENAI_DIALECTS_NAME = "openai-servers.json"  # under $LLMOS_HOME: what each server refused
 OPENAI_BYTES_PER_TOKEN = 4  # token estimate for remote models: UTF-8 bytes per token
 OPENAI_MESSAGE_OVERHEAD_TOKENS = 4  # estimated tokens per message for role and separators
@@ -337,6 +338,7 @@ MCP_MAX_RESTARTS = 3  # consecutive failed starts or crashes before a server is 
 MCP_RESTART_BACKOFF_S = 0.5  # wait before the 2nd consecutive restart, doubled each time after
 MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
+NPM_LOG_NOTE = "A complete log of this run"  # npm's last stderr line, skipped when quoting it
 # `type` of an `mcpServers` entry -> transport (the spellings of Claude Desktop, VS Code, Cursor)
 MCP_TRANSPORT_TYPES = {
     "stdio": "stdio",
@@ -349,6 +351,9 @@ MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
 MCP_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages
 MCP_INPUT_SHOWN_CHARS = 80  # an invalid value a server rejected is quoted cut to this
+MCP_RESOURCE_SCHEME = "llmos://programs/"  # `llmos mcp`: a program's source as a resource
+MCP_RESOURCE_NOT_FOUND = -32002  # the MCP specification's error code for an unknown resource
+MCP_LIST_POLL_S = 2.0  # `llmos mcp` rescans the programs this often to send listChanged
 MCP_SHUTDOWN_MARGIN_S = 5.0  # closing waits twice the close timeout plus this for the shutdown
 
 # --- Process devices (llmos.hw.dev.proc: call, ask) ----------------------------------

@@ -7,9 +7,11 @@ shown only with `LLMOS_DEBUG=1`.
     llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
     llmos models [add NAME SOURCE [--default] | default NAME | rm NAME]   (llmos.front.cli_models)
     llmos programs
+    llmos devices [NAME] [--probe] [--json]   devices, call formats, MCP servers (cli_devices)
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
     llmos logs -f PID                      follow a kernel process's output as it is generated
+    llmos logs off|on|status               stop or resume journalling runs (config.json)
     llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
                                            (see llmos.front.cli_memory)
 
@@ -55,6 +57,7 @@ from llmos.errors import (
 )
 from llmos.front import cli_logs, cli_prompt, kclient
 from llmos.front.cli_chat import chat
+from llmos.front.cli_devices import devices
 from llmos.front.cli_memory import memory, shm
 from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
@@ -79,6 +82,7 @@ cli.add_command(serve)
 cli.add_command(user)
 cli.add_command(chat)
 cli.add_command(shell)
+cli.add_command(devices)
 
 
 @cli.command()
@@ -322,12 +326,16 @@ def logs(
 ) -> None:
     """List logged runs, search them, or show one run in full; -f PID follows a process.
 
-    `llmos logs path` prints the log database's path; -r prints the newest (matching) run's
-    reply, or RUN_ID's."""
+    `llmos logs path` prints the log database's path; `llmos logs off|on|status` turns
+    journalling off or on (stored in config.json) or says which; -r prints the newest
+    (matching) run's reply, or RUN_ID's."""
     if follow_pid is not None:
         if run_id is not None:
             raise click.UsageError("give either RUN_ID or -f PID, not both")
         _follow(follow_pid)
+        return
+    if run_id in cli_logs.SWITCH_WORDS:
+        cli_logs.switch(run_id)
         return
     me = principals.current()
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all

@@ -1,8 +1,14 @@
-"""How `llmos logs` shows a run: its messages, its agent steps, its outcome.
+"""How `llmos logs` shows a run (its messages, its agent steps, its outcome), and turns
+journalling off and on.
 
 One formatter for a step (`step_line`), shared by `llmos run --trace` (as it happens) and
-`llmos logs RUN_ID` (afterwards), so both read the same. It prints nothing itself and
-does not query the log: `llmos.front.cli` does both.
+`llmos logs RUN_ID` (afterwards), so both read the same. The formatters print nothing and do
+not query the log: `llmos.front.cli` does both.
+
+`llmos logs off|on|status` (`switch`) sets or shows `logging` in config.json. While it is off,
+runs are not journalled; the audit trail, the usage ledger, paged-out context (swap pages) and
+the kernel daemon's process journal are still kept. A running kernel daemon reads the setting
+when it starts.
 """
 
 from __future__ import annotations
@@ -10,7 +16,42 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import click
+
+from llmos import config
+from llmos.kernel import boot
 from llmos.store.log import RunRecord
+
+SWITCH_WORDS = ("off", "on", "status")
+
+
+def switch(word: str) -> None:
+    """`llmos logs off|on|status`: turn journalling off or on in config.json, or say which."""
+    home = config.home()
+    if word in ("off", "on"):
+        wanted = word == "on"
+
+        def change(raw: dict[str, Any]) -> None:
+            if wanted:
+                raw.pop("logging", None)  # on is the default
+            else:
+                raw["logging"] = False
+
+        config.update(home, change)
+        if wanted:
+            click.echo("llmos: logging is on: runs are journalled again", err=True)
+        else:
+            click.echo(
+                "llmos: logging is off: runs are not journalled (the audit trail and usage are"
+                " still kept); `llmos logs on` turns it back on",
+                err=True,
+            )
+        return
+    system = boot.boot()
+    count = system.log.count_runs()
+    state = "on" if system.config.logging else "off"
+    runs = f"{count} run{'' if count == 1 else 's'}"
+    click.echo(f"logging is {state}: {runs} in {system.log.path}")
 
 
 def step_line(step: dict[str, Any]) -> str:

@@ -363,7 +363,7 @@ class Kernel:
         if not declared and not options:
             return None
         table = self.system.syscalls
-        grants = grants_for(declared, options, table.devices, str(program.path))
+        grants = grants_for(declared, options, table, str(program.path))
         grants = {
             name: dev
             for name, dev in grants.items()

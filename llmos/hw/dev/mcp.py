@@ -36,7 +36,8 @@ Supervision (one `MCPSupervisor` per server):
 Invariants:
 - `MCPToolDevice.call` and `MCPSupervisor.call` never raise for a server's failure: they
   return `DeviceResult.failure` with one line naming the server (and the command, for a
-  command that cannot be run; the tail of its stderr, for a server that failed to start).
+  command that cannot be run; the telling line of its stderr, for a server that failed to
+  start: its last line, or npm's error code and reason for an `npx` server).
 - Tool results: text contents joined with newlines (other content as a short placeholder);
   `structuredContent`, when present, is the output instead; `isError` results are failures
   carrying the text. Output is truncated to `ctx.max_output_bytes`.
@@ -255,8 +256,7 @@ class _Session:
             text = self.stderr.read()
         except (OSError, ValueError):
             return ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        return _telling_line([line.strip() for line in text.splitlines() if line.strip()])
 
 
 class MCPSupervisor:
@@ -620,18 +620,43 @@ class MCPDevices:
             spec.name: MCPSupervisor(spec, **supervisor_options) for spec in parse_config(config)
         }
 
-    def devices(self, problems: list[str] | None = None) -> dict[str, Device]:
-        """Every tool of every server, by device name. Servers start in parallel; one that
-        cannot start is left out, its one-line reason appended to `problems` when given."""
+    def names(self) -> list[str]:
+        """The configured (enabled) servers, started or not."""
+        return list(self.supervisors)
+
+    def mount(self, groups: list[str], problems: dict[str, str]) -> dict[str, Device]:
+        """The tools of the servers `groups` only, by device name (the syscall table's
+        `Mounts`); a server that cannot start has its one-line reason in `problems[name]`."""
+        return self.devices(servers=groups, problems_by_server=problems)
+
+    def devices(
+        self,
+        problems: list[str] | None = None,
+        *,
+        servers: list[str] | None = None,
+        problems_by_server: dict[str, str] | None = None,
+    ) -> dict[str, Device]:
+        """Every tool of every server (or of `servers` only), by device name. Servers start
+        in parallel, each within its own start timeout; one that cannot start is left out,
+        its one-line reason appended to `problems` when given."""
+        chosen = {
+            name: sup
+            for name, sup in self.supervisors.items()
+            if servers is None or name in servers
+        }
         found: dict[str, Device] = {}
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.supervisors))) as pool:
-            futures = {name: pool.submit(sup.tools) for name, sup in self.supervisors.items()}
+        if not chosen:
+            return found
+        with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
+            futures = {name: pool.submit(sup.tools) for name, sup in chosen.items()}
             for name, future in futures.items():
                 try:
                     tools = future.result()
                 except MCPServerError as exc:
                     if problems is not None:
                         problems.append(str(exc))
+                    if problems_by_server is not None:
+                        problems_by_server[name] = str(exc)
                     continue
                 for tool in tools:
                     device = MCPToolDevice(self.supervisors[name], tool)
@@ -770,6 +795,32 @@ def _describe_parse_error(exc: Exception) -> str:
                 return f"{first.get('msg', 'invalid')}: {shown[: params.MCP_INPUT_SHOWN_CHARS]!r}"
             return str(first.get("msg", exc))
     return str(exc)
+
+
+_NPM_PREFIXES = ("npm error ", "npm ERR! ")
+
+
+def _telling_line(lines: list[str]) -> str:
+    """The stderr line that says why a server failed: npm's error code with the line that
+    explains it (`npm error code E404: 404 Not Found - GET ...`: npm ends with a pointer to
+    its debug log, which says nothing), else the last line."""
+    bodies = [
+        line[len(prefix) :].strip()
+        for line in lines
+        for prefix in _NPM_PREFIXES
+        if line.startswith(prefix)
+    ]
+    if bodies:
+        code = next((b for b in bodies if b.startswith("code ")), "")
+        after = bodies[bodies.index(code) + 1 :] if code else bodies
+        detail = next(
+            (b for b in after if len(b.split()) > 1 and not b.startswith(params.NPM_LOG_NOTE)),
+            "",
+        )
+        telling = ": ".join(part for part in (code, detail) if part)
+        if telling:
+            return f"npm error {telling}"
+    return lines[-1] if lines else ""
 
 
 def _one_line(text: str) -> str:

@@ -550,3 +550,58 @@ def test_close_kills_a_busy_server(flaky: dict[str, Any], no_orphans: None) -> N
     pool.shutdown()
     closed = sup.call("echo", {"text": "x"})
     assert not closed.ok and "closed" in (closed.error or "")
+
+
+# What `npx -y` prints for a package that is not in the registry (npm 10/11).
+NPM_E404 = """\
+npm error code E404
+npm error 404 Not Found - GET https://registry.npmjs.org/@modelcontextprotocol%2fserver-doesnotexist
+npm error 404
+npm error 404  The requested resource '@modelcontextprotocol/server-doesnotexist@*' could not be found or you do not have permission to access it.
+npm error 404
+npm error 404 Note that you can also install from a
+npm error 404 tarball, folder, http url, or git url.
+npm error A complete log of this run can be found in: /root/.npm/_logs/2026-01-01T00_00_00_000Z-debug-0.log
+"""  # noqa: E501
+
+
+def test_npm_e404_quotes_the_line_that_says_why(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "fake_npx.py"
+    script.write_text(f"import sys\nsys.stderr.write({NPM_E404!r})\nsys.exit(1)\n")
+    spec = ServerSpec(name="missing", command=sys.executable, args=[str(script)])
+    sup = MCPSupervisor(spec, max_restarts=0)
+    try:
+        with pytest.raises(MCPServerError) as info:
+            sup.tools()
+    finally:
+        sup.close()
+    message = str(info.value)
+    assert message.startswith("server missing exited during start-up (stderr: npm error code E404:")
+    registry = "https://registry.npmjs.org/@modelcontextprotocol%2fserver-doesnotexist"
+    assert f"404 Not Found - GET {registry}" in message
+    assert "complete log" not in message
+
+
+@pytest.mark.slow
+def test_real_npx_of_a_missing_package_says_e404(no_orphans: None) -> None:
+    if shutil.which("npx") is None:
+        pytest.skip("npx not installed")
+    spec = ServerSpec(
+        name="missing", command="npx", args=["-y", "@modelcontextprotocol/server-doesnotexist"]
+    )
+    sup = MCPSupervisor(spec, max_restarts=0, start_timeout_s=60)
+    try:
+        with pytest.raises(MCPServerError) as info:
+            sup.tools()
+    finally:
+        sup.close()
+    assert "npm error code E404: 404 Not Found" in str(info.value)
+
+
+def test_a_plain_stderr_is_quoted_by_its_last_line(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('starting', file=sys.stderr)\nsys.exit('no config')\n")
+    with MCPDevices({"mcpServers": {"c": {"command": sys.executable, "args": [str(script)]}}}) as m:
+        problems: list[str] = []
+        m.devices(problems)
+    assert problems == ["server c exited during start-up (stderr: no config)"]

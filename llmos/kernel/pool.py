@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import BackendError, LlmosError, ModelError
+from llmos.errors import BackendError, LlmosError, ModelError, NotFoundError
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, Dispatcher, GenRequest, Message
 from llmos.kernel.sched.router import CpuState, Job, RoutePolicy, prefix_hashes, route
 
@@ -156,6 +156,7 @@ class PoolCPU(CPU):
         self.usage: dict[tuple[str, str], Usage] = {}
         self.failovers = 0
         self.brownouts = 0
+        self.migrations = 0
         self.placements: dict[str, str] = {}  # member -> why it was last chosen
         self.pins: dict[int, str] = {}  # pid -> member named by migrate
 
@@ -214,14 +215,17 @@ class PoolCPU(CPU):
                 "usage": usage,
                 "failovers": self.failovers,
                 "brownouts": self.brownouts,
+                "migrations": self.migrations,
             }
 
     # --- placement -----------------------------------------------------------------------------
     def migrate(self, pid: int, member: str) -> None:
-        """Run process `pid`'s next generations on `member` (while it can take them)."""
+        """Run process `pid` on `member` from now on (while it can take it): its next
+        generations, and the one running now, which moves at its next piece of text when it
+        is plain text and `member` can continue a reply (else at its next generation)."""
         if member not in self.members:
             known = ", ".join(self.members)
-            raise BackendError(f"pool '{self.spec.name}' has no CPU '{member}' (it has {known})")
+            raise NotFoundError(f"pool '{self.spec.name}' has no CPU '{member}' (it has {known})")
         with self._lock:
             self.pins[pid] = member
 
@@ -351,10 +355,15 @@ class PoolCPU(CPU):
                 sub = dataclasses.replace(request, prefix=request.prefix + sent)
             started = self._clock()
             stream = iter(m.cpu.generate(sub))
+            moved = False
             try:
                 for chunk in stream:
                     if chunk.text:
                         sent += chunk.text
+                        if plain and not chunk.done and self._moved(pid, m):
+                            yield chunk
+                            moved = True
+                            break
                     if chunk.done:
                         self._ok(m, owner, chunk, self._clock() - started, blocks)
                         if earlier_generated:
@@ -362,7 +371,8 @@ class PoolCPU(CPU):
                                 chunk, completion_tokens=chunk.completion_tokens + earlier_generated
                             )
                     yield chunk
-                return
+                if not moved:
+                    return
             except FAULTS as exc:
                 moves += 1
                 log.warning("pool %s: CPU %s failed: %s", self.spec.name, m.spec.name, exc)
@@ -374,6 +384,13 @@ class PoolCPU(CPU):
                 if moves > params.POOL_FAILOVERS_MAX or (sent and not plain):
                     raise
                 avoid.add(m.spec.name)
+            else:  # moved by migrate: meter what it generated here, go on elsewhere
+                part = max(self.count_tokens(sent) - earlier_generated, 0)
+                with self._lock:
+                    self._meter(m, owner, len(tokens), part, self._clock() - started)
+                    self.migrations += 1
+                earlier_generated += part
+                log.info("pool %s: process %s moved from %s", self.spec.name, pid, m.spec.name)
             finally:
                 close = getattr(stream, "close", None)
                 if close is not None:
@@ -381,6 +398,16 @@ class PoolCPU(CPU):
                 with self._lock:
                     m.in_flight -= len(tokens)
                     m.queued -= 1
+
+    def _moved(self, pid: object, m: Member) -> bool:
+        """Whether migrate has sent process `pid` from `m` to a member that can take over."""
+        target = self.pins.get(pid) if isinstance(pid, int) else None
+        if target is None or target == m.spec.name:
+            return False
+        t = self.members[target]
+        return (
+            t.cpu is not None and t.cpu.capabilities.continuation and self._clock() >= t.open_until
+        )
 
     @staticmethod
     def _say(entity: object, what: str | None) -> None:

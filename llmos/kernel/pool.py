@@ -44,7 +44,14 @@ from typing import Any
 from llmos import params
 from llmos.errors import BackendError, LlmosError, ModelError, NotFoundError
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, Dispatcher, GenRequest, Message
-from llmos.kernel.sched.router import CpuState, Job, RoutePolicy, prefix_hashes, route
+from llmos.kernel.sched.router import (
+    CpuState,
+    Decision,
+    Job,
+    RoutePolicy,
+    prefix_hashes,
+    route,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +129,12 @@ class PoolCPU(CPU):
         build: Callable[[str], CPU],
         *,
         clock: Callable[[], float] = time.monotonic,
+        router: Callable[[Job, list[CpuState], RoutePolicy | None], Decision] = route,
     ) -> None:
         self.name = params.POOL_SPEC_PREFIX + spec.name
         self.spec = spec
         self._clock = clock
+        self._route = router  # the router's rules; a benchmark passes round robin to compare
         self._lock = threading.Lock()
         self.members: dict[str, Member] = {}
         for m in spec.members:
@@ -312,7 +321,7 @@ class PoolCPU(CPU):
                 continuation=bool(sent),
             )
             with self._lock:
-                decision = route(job, self._states(now), policy)
+                decision = self._route(job, self._states(now), policy)
             if decision.cpu is None and avoid:
                 avoid.clear()  # every other member is out too: a failed one may serve again
                 continue

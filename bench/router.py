@@ -8,7 +8,9 @@ cache holds the longest prefix of the prompt) and by round robin (`RoundRobin`).
 prompt tokens computed (prompt tokens less those an engine's prefix cache supplied) and time
 to first token (median, p90).
 
-Goal: affinity computes <= 0.6x the prompt tokens round robin computes.
+Goal: affinity computes each document once in the whole pool: its prompt tokens computed are
+at most 1.1x the ideal (every prompt's tokens, less the document each request after a
+document's first could take from a cache). Round robin computes each document once per engine.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from llmos.kernel.pool import MemberSpec, PoolCPU, PoolSpec
 from llmos.kernel.sched.router import RoundRobin, route
 
 QUICK = quick()
-DOCS = 2
-REQUESTS = 6 if QUICK else 16
+DOCS = 2 if QUICK else 4
+REQUESTS = 6 if QUICK else 24
 PREFIX = 150 if QUICK else 600
-GOAL = 0.6
+GOAL = 1.1
+SYSTEM = "Answer questions about this ledger.\n\n"
 SENTENCE = (
     "Ledger {d}, entry {i}. The harbour office of town {d} records every mooring fee, cargo "
     "manifest and departure, audited each spring by the council. "
@@ -49,7 +52,7 @@ def document(d: int, cpu: EmbeddedCPU) -> str:
 
 def request(doc: str, i: int) -> GenRequest:
     messages: list[Message] = [
-        {"role": "system", "content": "Answer questions about this ledger.\n\n" + doc},
+        {"role": "system", "content": SYSTEM + doc},
         {"role": "user", "content": f"Question {i}: what does entry {i + 1} record?"},
     ]
     return GenRequest(messages=messages, max_tokens=1, temperature=0.0)
@@ -105,7 +108,18 @@ def measure(name: str, router: Callable[..., Any], requests: list[GenRequest]) -
 def main() -> None:
     probe = EmbeddedCPU(embedded_model_path(), n_threads=n_threads())
     docs = [document(d, probe) for d in range(DOCS)]
+
+    def shared(doc: str) -> int:
+        """Tokens two requests about `doc` have in common: what a cache can supply."""
+        a, b = (probe.prompt_tokens(request(doc, i).messages) for i in (0, 1))
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    shareable = sum(shared(d) for d in docs) // DOCS
     probe.close()
+
     requests = workload(docs)
     affinity = measure("prefix affinity", route, requests)
     rr = measure("round robin", RoundRobin().route, requests)
@@ -136,7 +150,12 @@ def main() -> None:
         )
     )
     ratio = affinity["computed"] / max(rr["computed"], 1)
-    print(f"affinity computes {ratio:.2f}x the prompt tokens round robin does (goal <= {GOAL}x)")
+    ideal = affinity["prompt_tokens"] - (len(requests) - DOCS) * shareable
+    of_ideal = affinity["computed"] / max(ideal, 1)
+    print(
+        f"affinity computes {ratio:.2f}x the prompt tokens round robin does; "
+        f"{of_ideal:.2f}x the ideal of {ideal} (goal <= {GOAL}x)"
+    )
     emit(
         "router",
         {
@@ -151,8 +170,10 @@ def main() -> None:
             "affinity_wall_s": round(affinity["wall_s"], 3),
             "rr_wall_s": round(rr["wall_s"], 3),
             "computed_ratio": round(ratio, 3),
+            "ideal_computed": ideal,
+            "affinity_of_ideal": round(of_ideal, 3),
             "goal": GOAL,
-            "pass": ratio <= GOAL,
+            "pass": of_ideal <= GOAL,
         },
     )
 

@@ -19,7 +19,7 @@ import pytest
 
 from llmos import config as config_mod
 from llmos import params
-from llmos.errors import BackendError, ConfigError, ModelError
+from llmos.errors import BackendError, ConfigError, ModelError, NotFoundError
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.hw.cpu.openai import OpenAICPU
@@ -184,7 +184,7 @@ def test_user_policy_keeps_a_user_off_dear_cpus() -> None:
 def test_migrate_pins_a_process_and_refuses_an_unknown_cpu() -> None:
     a, b = ScriptedCPU(["a"] * 3), ScriptedCPU(["b"] * 3)
     pool = pool_of({"a": a, "b": b})
-    with pytest.raises(BackendError, match="pool 'p' has no CPU 'zz' \\(it has a, b\\)"):
+    with pytest.raises(NotFoundError, match=r"pool 'p' has no CPU 'zz' \(it has a, b\)"):
         pool.migrate(9, "zz")
     pool.migrate(9, "b")
     assert text_of(pool.generate(ask("q", Entity(pid=9))))[0] == "b"

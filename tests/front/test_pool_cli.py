@@ -56,6 +56,12 @@ def test_an_unknown_pool_is_one_error_line(run_cli: RunCli, home: Path) -> None:
     assert done.stderr == "llmos: error: unknown pool 'nope' (pools: p)\n"
 
 
+def test_migrate_without_a_kernel_exits_13(run_cli: RunCli) -> None:
+    done = run_cli("migrate", "1", "smol-1")
+    assert done.returncode == 13 and done.stdout == ""
+    assert done.stderr.startswith("llmos: error: kernel is not running")
+
+
 def test_a_bad_pool_in_config_is_one_error_line(run_cli: RunCli, home: Path) -> None:
     (home / "config.json").write_text(json.dumps({"pools": {"p": {"cpus": []}}}))
     done = run_cli("run", "-p", "Say hello.", "-m", "pool/p")

@@ -40,7 +40,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -62,7 +62,9 @@ from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.front.progress import ProgressLine
 from llmos.kernel import boot
 from llmos.kernel.security import principals
-from llmos.store.log import RunRecord
+
+if TYPE_CHECKING:
+    from llmos.store.log import RunRecord
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,9 +8,10 @@ does not query the log: `llmos.front.cli` does both.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmos.store.log import RunRecord
+if TYPE_CHECKING:
+    from llmos.store.log import RunRecord
 
 
 def step_line(step: dict[str, Any]) -> str:

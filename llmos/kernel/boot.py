@@ -11,6 +11,10 @@
 log, memory store, the device table, CPUs, the program search path). It holds no policy of its
 own: processes, their memory and their devices are the kernel's (`llmos.kernel.core`).
 
+The stores, the program loader, the syscall table and the CPUs are imported on first use,
+inside the functions that open them, so a command that needs none of them (`llmos --help`,
+`ps`) never loads numpy, llama.cpp, jsonschema or the MCP SDK (tests/front/test_footprint.py).
+
 What this module does not do: run programs, the kernel daemon, or schedule anything.
 """
 

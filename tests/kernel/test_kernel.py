@@ -125,7 +125,14 @@ _references: dict[tuple[str, str], str] = {}
 
 
 def reference(make_kernel: Callable[..., Kernel], program: str, text: str) -> str:
-    """What `program` answers to `text` when it runs alone (one process in its kernel)."""
+    """What `program` answers to `text` when it runs alone (one process in its kernel), from an
+    empty prefix cache. It leaves the cache empty, so the process it is compared with starts
+    from the same state (reusing another prompt's cached KV, computed in a batch of another
+    shape, may change greedy output in its last bits)."""
+    cpu = cpu_mod._cache["embedded"]
+    assert isinstance(cpu, EmbeddedCPU)
+    forget = cpu.forget_prefixes
+    forget()
     key = (program, text)
     if key not in _references:
         kernel = make_kernel(policy="fifo", max_resident=1)
@@ -133,6 +140,7 @@ def reference(make_kernel: Callable[..., Kernel], program: str, text: str) -> st
         kernel.wait(proc.pid, timeout=120)
         assert proc.exit_status == "ok", proc.error
         _references[key] = proc.text
+        forget()
     return _references[key]
 
 
@@ -384,6 +392,20 @@ def test_a_prompt_larger_than_the_budget_generates_nothing(
     assert proc.text == "" and proc.entity.generated == 0
     assert "nothing is left to generate with" in (proc.error or "")
     assert proc.entity.prompt_tokens == 0 and proc.entity.exhausted
+
+
+@pytest.mark.slow
+def test_forget_prefixes_empties_the_prefix_cache(
+    make_kernel: Callable[..., Kernel], cpu: EmbeddedCPU
+) -> None:
+    kernel = make_kernel(policy="fifo")
+    proc = kernel.spawn("story", {"input": TOPICS[1]})
+    kernel.wait(proc.pid, timeout=120)
+    assert proc.exit_status == "ok"
+    assert cpu.stats()["cached_prefixes"] >= 1  # its prompt is kept as a shared prefix
+    cpu.forget_prefixes()
+    assert cpu.stats()["cached_prefixes"] == 0
+    assert cpu.engine.free_slots == cpu.engine.n_seq_max
 
 
 @pytest.mark.slow

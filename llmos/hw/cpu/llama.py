@@ -145,6 +145,7 @@ class EmbeddedCPU(CPU):
         self._jobs: list[Job] = []  # live jobs, resident or parked, in arrival order
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._forget = False  # forget_prefixes() asked the engine thread to drop kept prefixes
         self.dispatcher: Dispatcher = ArrivalOrder()
         self.swap_dir: Path | None = None  # where parked KV goes when the plan says "disk"
         self._swap_ram = 0  # bytes of saved KV held in RAM
@@ -282,6 +283,21 @@ class EmbeddedCPU(CPU):
         with self._lock:
             self._lock.notify_all()
 
+    def forget_prefixes(self) -> None:
+        """Drop every finished prompt kept as a shared prefix, freeing its KV cells; returns
+        once they are gone. Later prompts are then computed from an empty cache, as on a fresh
+        CPU (greedy output can depend on which cached KV a prompt reuses: the same tokens
+        computed in a batch of another shape differ in their last bits)."""
+        with self._lock:
+            if self._thread is None:
+                while self._cached:
+                    self._evict_cached()
+                return
+            self._forget = True
+            self._lock.notify_all()
+            while self._forget and not self._closing:
+                self._lock.wait(timeout=1.0)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -327,6 +343,12 @@ class EmbeddedCPU(CPU):
                     while self._cached:
                         self._evict_cached()
                     return
+                if self._forget:
+                    while self._cached:
+                        self._evict_cached()
+                    self._forget = False
+                    self._lock.notify_all()
+                    continue
                 for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
                     self._end(job, "cancelled")
                 for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
@@ -343,7 +365,7 @@ class EmbeddedCPU(CPU):
 
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
-        return any(
+        return self._forget or any(
             not j.entity.stopped or j.cancelled or j.entity.killed or j.seq.resident
             for j in self._jobs
         )

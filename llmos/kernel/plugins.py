@@ -183,11 +183,26 @@ def _gguf_cpu(spec: str) -> CPU:
     return EmbeddedCPU(path, name=str(path), n_ctx=_n_ctx())
 
 
+_window_hint: int | None = None  # set by size_window() for a one-shot run in this process
+
+
+def size_window(tokens: int | None) -> None:
+    """Say, before the first embedded or GGUF CPU of this process is made, the most tokens the
+    one run it serves can put in its window (`Program.window_needed`): the CPU then allocates
+    the smallest of params.WINDOW_SIZES that holds them, not the full window. None (or more
+    than the largest size): the full window. LLMOS_N_CTX still wins. Only for a process that
+    runs one program (`llmos run` without a daemon); a kernel serving many keeps the full one."""
+    global _window_hint
+    fits = [n for n in params.WINDOW_SIZES if tokens is not None and tokens <= n]
+    _window_hint = min(fits) if fits else None
+
+
 def _n_ctx() -> int:
-    """The KV cells an embedded or GGUF CPU allocates: LLMOS_N_CTX, or the full window."""
+    """The KV cells an embedded or GGUF CPU allocates: LLMOS_N_CTX, the window a one-shot run
+    needs (size_window), or the full window."""
     raw = os.environ.get(params.ENV_N_CTX, "").strip()
     if not raw:
-        return params.EMBEDDED_N_CTX
+        return _window_hint or params.EMBEDDED_N_CTX
     try:
         n_ctx = int(raw)
     except ValueError:

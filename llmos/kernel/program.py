@@ -53,7 +53,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from llmos import params
-from llmos.errors import InputError, ProgramError
+from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.hw.cpu.base import Message, ToolSpec
 from llmos.kernel import dotprompt
 from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
@@ -140,6 +140,22 @@ class Program:
         if "speculative" in self.llmos:
             out["speculative"] = bool(self.llmos["speculative"])
         return out
+
+    def window_needed(self, inputs: dict[str, Any] | None = None) -> int | None:
+        """At most how many tokens one run of this program puts in the context window: its
+        rendered messages in UTF-8 bytes (a token is at least one byte), its output limit and
+        params.WINDOW_MARGIN_TOKENS of chat template. None when a run can grow past what its
+        text shows (devices, tools, memory, shared segments, paging or context settings) or
+        its inputs do not render."""
+        if self.tools or self.client_tools or set(self.llmos) - params.WINDOW_FIXED_KEYS:
+            return None
+        try:
+            messages = self.messages or self.render(inputs)
+        except LlmosError:
+            return None
+        size = sum(len(str(m.get("content") or "").encode()) for m in messages)
+        out = self.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS
+        return size + int(out) + params.WINDOW_MARGIN_TOKENS
 
     def render(self, inputs: dict[str, Any] | None = None) -> list[Message]:
         """Validate `inputs` (defaults merged under them) and render the chat messages."""

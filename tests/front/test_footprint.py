@@ -89,3 +89,80 @@ def test_a_smaller_kv_cache_is_the_window_the_cpu_reports(
         assert cpu.n_ctx == 1024
     finally:
         cpu.close()
+
+
+# --- a one-shot run allocates the window it needs ---------------------------------------------
+
+
+def test_the_window_a_program_needs_is_bounded_by_its_text(tmp_path: Path) -> None:
+    from llmos.kernel.program import load as load_program
+
+    plain = tmp_path / "plain.prompt"
+    plain.write_text(
+        "---\nconfig:\n  maxOutputTokens: 100\nllmos.max_steps: 1\n---\nSay {{input}}.\n"
+    )
+    prog = load_program(plain)
+    need = prog.window_needed({"input": "hello"})
+    assert need == len(b"Say hello.") + 100 + params.WINDOW_MARGIN_TOKENS
+    # a token is at least one byte: a multi-byte input counts its bytes
+    assert prog.window_needed({"input": "é" * 10}) == need - 5 + 20
+    grows = tmp_path / "grows.prompt"
+    grows.write_text("---\nllmos.devices: [calc]\n---\nAdd {{input}}.\n")
+    assert load_program(grows).window_needed({"input": "1 and 2"}) is None
+    remembers = tmp_path / "remembers.prompt"
+    remembers.write_text("---\nllmos.memory: {auto_recall: 200}\n---\nHi {{input}}.\n")
+    assert load_program(remembers).window_needed({"input": "x"}) is None
+
+
+def test_size_window_picks_the_smallest_that_holds_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmos.kernel import plugins
+
+    monkeypatch.delenv(params.ENV_N_CTX, raising=False)
+    monkeypatch.setattr(plugins, "_window_hint", None)
+    small, large = params.WINDOW_SIZES[0], params.WINDOW_SIZES[-1]
+    for tokens, window in [
+        (10, small),
+        (small, small),
+        (small + 1, params.WINDOW_SIZES[1]),
+        (large + 1, params.EMBEDDED_N_CTX),
+        (None, params.EMBEDDED_N_CTX),
+    ]:
+        plugins.size_window(tokens)
+        assert plugins._n_ctx() == window, tokens
+    plugins.size_window(10)
+    monkeypatch.setenv(params.ENV_N_CTX, "4096")  # the user's setting wins
+    assert plugins._n_ctx() == 4096
+
+
+def run_window(home: Path, *args: str, stdin: str = "") -> int:
+    """The window `llmos run -v ARGS` reports it ran with (the real command)."""
+    proc = subprocess.run(
+        ["llmos", "run", "-v", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LLMOS_HOME": str(home)},
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("llmos: run ")][-1]
+    return int(line.rsplit("window ", 1)[1].split()[0])
+
+
+@pytest.mark.slow
+def test_a_one_shot_run_allocates_the_window_it_needs(home: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert run_window(home, "-p", "Say hi") == params.WINDOW_SIZES[0]
+    summary = "The meeting moved from Monday to Thursday at 3pm because the projector broke."
+    assert (
+        run_window(home, str(examples / "summarize.prompt"), stdin=summary)
+        == (params.WINDOW_SIZES[0])
+    )
+    # an input too large for the largest small window gets the full one (and the pager)
+    long_text = "The committee met again and talked about the budget. " * 120
+    assert run_window(home, str(examples / "summarize.prompt"), stdin=long_text) == (
+        params.EMBEDDED_N_CTX
+    )

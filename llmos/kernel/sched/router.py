@@ -104,7 +104,13 @@ def affinity(job: Job, cpu: CpuState, block: int = params.ROUTER_BLOCK_TOKENS) -
     return n * block
 
 
-def _why_not(job: Job, cpu: CpuState, policy: RoutePolicy) -> str | None:
+def load(cpu: CpuState) -> int:
+    """A CPU's load in tokens: those in flight plus params.ROUTER_QUEUE_TOKENS a queued request."""
+    return cpu.in_flight + cpu.queued * params.ROUTER_QUEUE_TOKENS
+
+
+def why_not(job: Job, cpu: CpuState, policy: RoutePolicy) -> str | None:
+    """Why `cpu` may not take `job` (None: it may)."""
     if not cpu.up:
         return "down"
     if cpu.name in job.avoid:
@@ -126,8 +132,7 @@ def _why_not(job: Job, cpu: CpuState, policy: RoutePolicy) -> str | None:
 
 def score(job: Job, cpu: CpuState) -> float:
     """Higher is better: cached prefix tokens (weighted) less the load in tokens."""
-    load = cpu.in_flight + cpu.queued * params.ROUTER_QUEUE_TOKENS
-    return params.ROUTER_AFFINITY_WEIGHT * affinity(job, cpu) - load
+    return params.ROUTER_AFFINITY_WEIGHT * affinity(job, cpu) - load(cpu)
 
 
 def route(job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None) -> Decision:
@@ -137,7 +142,7 @@ def route(job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None)
     refused: list[str] = []
     eligible: list[CpuState] = []
     for cpu in states:
-        why = _why_not(job, cpu, policy)
+        why = why_not(job, cpu, policy)
         if why is None:
             eligible.append(cpu)
         else:
@@ -174,7 +179,7 @@ class RoundRobin:
         self, job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None
     ) -> Decision:
         policy = policy or RoutePolicy()
-        eligible = [c for c in cpus if _why_not(job, c, policy) is None]
+        eligible = [c for c in cpus if why_not(job, c, policy) is None]
         if not eligible:
             return Decision(None, "no CPU can take it")
         cpu = eligible[self._turn % len(eligible)]

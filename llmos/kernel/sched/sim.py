@@ -6,8 +6,9 @@ What is real and what is modelled:
   (`fair` by default, as `llmos serve` runs), over `Entity` objects charged with `Entity.charge`
   like the embedded CPU charges them; each CPU's prefix cache is the engine's `PrefixIndex`;
   the placement of each arriving request is a `Router`: the baselines below (round robin,
-  least loaded, prefix affinity) or the kernel's own router (`LlmosRouter`, calling
-  `llmos.kernel.sched.router.route` with the states a pool gives it);
+  least loaded, prefix affinity) or the kernel's own router (`LlmosRouter`: `route()`'s rules
+  through the fleet-wide view of `llmos.kernel.sched.fleet`, told of each change of a CPU's
+  load, state and cache as it happens);
 - modelled: the time a step takes (a `CostModel`, by default this project's measurements of
   the embedded model on two cores: prefill ~300 tok/s, a decode step of N sequences
   3.5 + 4.35 N ms), and prompts as chains of 16-token blocks (a block id stands for its
@@ -40,7 +41,6 @@ import itertools
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,8 +48,9 @@ from typing import Protocol
 from llmos import params
 from llmos.hw.cpu.prefix import PrefixIndex
 from llmos.kernel.sched.dispatch import PolicyDispatcher
+from llmos.kernel.sched.fleet import Fleet
 from llmos.kernel.sched.policy import POLICIES, Account, Entity
-from llmos.kernel.sched.router import CpuState, route
+from llmos.kernel.sched.router import CpuState
 from llmos.kernel.sched.router import Job as RouteJob
 
 BLOCK = params.SIM_BLOCK_TOKENS
@@ -302,6 +303,8 @@ class Router(Protocol):
 
     def observe_cached(self, cpu: int, blocks: tuple[int, ...], present: bool) -> None: ...
 
+    def observe_cpu(self, cpu: SimCPU) -> None: ...
+
 
 class RoundRobin:
     name = "round robin"
@@ -320,6 +323,9 @@ class RoundRobin:
     def observe_cached(self, cpu: int, blocks: tuple[int, ...], present: bool) -> None:
         pass
 
+    def observe_cpu(self, cpu: SimCPU) -> None:
+        pass
+
 
 class LeastLoaded:
     """The CPU with the fewest tokens in flight (prefill left plus output left)."""
@@ -331,6 +337,9 @@ class LeastLoaded:
         return min(up, key=lambda c: (c.tokens_in_flight, c.index)).index if up else -1
 
     def observe_cached(self, cpu: int, blocks: tuple[int, ...], present: bool) -> None:
+        pass
+
+    def observe_cpu(self, cpu: SimCPU) -> None:
         pass
 
 
@@ -360,49 +369,51 @@ class PrefixAffinity:
         else:
             self.index.remove(key)
 
+    def observe_cpu(self, cpu: SimCPU) -> None:
+        pass
+
 
 class LlmosRouter:
-    """The kernel's own router (`llmos.kernel.sched.router.route`, as a pool calls it), fed
-    each CPU's state as a pool feeds it: up or not, tokens in flight, requests queued, and the
-    blocks its cache holds (block ids stand for the pool's chained block hashes: an id names
-    its whole prefix, as a chained hash does)."""
+    """The kernel's own router (`llmos.kernel.sched.router.route`'s rules) through its
+    fleet-wide view (`llmos.kernel.sched.fleet.Fleet`), fed as a pool at scale feeds it: each
+    CPU's up state, tokens in flight and requests queued when they change, and the blocks
+    each cache holds or evicts (block ids stand for chained block hashes: an id names its
+    whole prefix, as a chained hash does)."""
 
     name = "llmos"
 
     def __init__(self) -> None:
-        self._blocks: dict[int, Counter[str]] = {}
-        self._frozen: dict[int, frozenset[str]] = {}
+        self.fleet: Fleet | None = None
+
+    def _view(self, fleet: list[SimCPU]) -> Fleet:
+        if self.fleet is None:
+            self.fleet = Fleet(
+                CpuState(
+                    name=str(c.index),
+                    up=c.up,
+                    n_ctx=1 << 30,
+                    in_flight=c.tokens_in_flight,
+                    queued=c.queue_depth,
+                )
+                for c in fleet
+            )
+        return self.fleet
 
     def place(self, req: Request, fleet: list[SimCPU]) -> int:
         job = RouteJob(blocks=tuple(map(str, req.blocks)), prompt_tokens=req.prompt_tokens)
-        states = [
-            CpuState(
-                name=str(c.index),
-                up=c.up,
-                n_ctx=1 << 30,
-                in_flight=c.tokens_in_flight,
-                queued=c.queue_depth,
-                cached=self._cached(c.index),
-            )
-            for c in fleet
-        ]
-        decision = route(job, states)
+        decision = self._view(fleet).route(job)
         return -1 if decision.cpu is None else int(decision.cpu)
 
-    def _cached(self, cpu: int) -> frozenset[str]:
-        frozen = self._frozen.get(cpu)
-        if frozen is None:
-            frozen = frozenset(self._blocks.get(cpu, Counter()))
-            self._frozen[cpu] = frozen
-        return frozen
-
     def observe_cached(self, cpu: int, blocks: tuple[int, ...], present: bool) -> None:
-        held = self._blocks.setdefault(cpu, Counter())
-        for b in map(str, blocks):
-            held[b] += 1 if present else -1
-            if held[b] <= 0:
-                del held[b]
-        self._frozen.pop(cpu, None)
+        if self.fleet is not None:
+            change = self.fleet.cache_add if present else self.fleet.cache_drop
+            change(str(cpu), map(str, blocks))
+
+    def observe_cpu(self, cpu: SimCPU) -> None:
+        if self.fleet is not None:
+            self.fleet.update(
+                str(cpu.index), up=cpu.up, in_flight=cpu.tokens_in_flight, queued=cpu.queue_depth
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,6 +520,7 @@ class Simulation:
             elif kind == "recover":
                 assert isinstance(what, SimCPU)
                 what.up = True
+                self.router.observe_cpu(what)
                 waiting, self.unplaced = self.unplaced, []
                 for job in waiting:
                     self._place(job)
@@ -531,6 +543,7 @@ class Simulation:
         job.seq = _Seq(prefill_left=need - hit, n_past=hit)
         cpu.jobs.append(job)
         cpu.load += job.tokens_left
+        self.router.observe_cpu(cpu)
         if cpu.busy_until is None:
             self._at(self.now, "step", (cpu, cpu.epoch))
             cpu.busy_until = self.now
@@ -541,6 +554,7 @@ class Simulation:
         for blocks in list(cpu.cached.values()):
             self.router.observe_cached(cpu.index, blocks, False)
         orphans = cpu.fail()
+        self.router.observe_cpu(cpu)
         self._at(self.now + down_s, "recover", cpu)
         for job in orphans:
             self._place(job)
@@ -583,6 +597,7 @@ class Simulation:
             cpu.jobs.remove(job)
             self.done.append(Done(job.req, job.first_at, end, job.cached, job.computed))
         cpu.recount()
+        self.router.observe_cpu(cpu)
         if cpu.jobs:
             cpu.busy_until = end
             self._at(end, "step", (cpu, cpu.epoch))

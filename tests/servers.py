@@ -6,6 +6,7 @@
 - `sse_server(events)` answers every POST with a fixed `text/event-stream` body, to replay exact
   stream shapes (split tool-call arguments, usage chunks with `choices: null`, broken JSON).
 - `closed_port_url()` is a loopback URL on which nothing listens.
+- `descendants(pid)` and `assert_no_new_children(before)`: that a test left no server process.
 - The fakes answer the context-size questions (`GET /props`, `GET /v1/models`, `POST
   /api/show`: `llmos.hw.cpu.ctxsize`) with 404 unless given `sizes` (path -> JSON body), and
   record them apart (`probes`), so `requests` and `paths` hold only the completions.
@@ -317,3 +318,39 @@ def sse_server(
 
     with _serve(_handler(respond, recorder, sizes)) as base_url:
         yield FakeServer(base_url, recorder)
+
+
+def descendants(root: int) -> set[int]:
+    """Live (not zombie) descendants of `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def assert_no_new_children(before: set[int]) -> None:
+    """Wait up to 5 s for every child started since `before` (descendants()) to be gone."""
+    deadline = time.monotonic() + 5
+    while True:
+        left = descendants(os.getpid()) - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"server processes left behind: {sorted(left)}"

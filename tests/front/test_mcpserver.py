@@ -24,50 +24,16 @@ from mcp_types import INVALID_PARAMS
 
 from llmos.kernel import program as program_mod
 from llmos.store.log import Log
+from tests.servers import assert_no_new_children, descendants
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _descendants(root: int) -> set[int]:
-    """Live (not zombie) descendants of `root`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _assert_no_new_children(before: set[int]) -> None:
-    deadline = time.monotonic() + 5
-    while True:
-        left = _descendants(os.getpid()) - before
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"server processes left behind: {sorted(left)}"
-
-
 @pytest.fixture
 def no_orphans() -> Iterator[None]:
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     yield
-    _assert_no_new_children(before)
+    assert_no_new_children(before)
 
 
 # --- llmos as an MCP server -------------------------------------------------------------------

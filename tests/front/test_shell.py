@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from typing import Any
 import httpx2
 import pexpect
 import pytest
-import uvicorn
 
 from llmos import params
 from llmos.front.serve.app import create_app
@@ -41,6 +38,7 @@ from llmos.store.users import UserStore
 from tests.conftest import _SCRUBBED_ENV, llmos_command
 from tests.front.serve.conftest import SUMMARIZE, Server, free_port, install_summarize
 from tests.front.shell_harness import PacedCPU
+from tests.uvicorn_thread import UvicornThread
 
 TIMEOUT_S = 60
 PROMPT = "llmos> "
@@ -241,35 +239,17 @@ class Live:
         self.service.ready = True
         self.port = free_port()
         self.token = self.users.add("alice")
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        config = uvicorn.Config(
-            create_app(self.service),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+        self.http = UvicornThread(create_app(self.service), self.port, lifespan="off")
+        self.http.start()
 
     def stop(self) -> None:
-        assert self.server is not None and self.thread is not None
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        self.http.stop()
 
 
 @pytest.fixture

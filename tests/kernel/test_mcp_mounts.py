@@ -21,7 +21,7 @@ from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
-from tests.hw.dev.test_mcp import _assert_no_new_children, _descendants
+from tests.servers import assert_no_new_children, descendants
 
 ECHO_SERVER = textwrap.dedent(
     """
@@ -49,9 +49,9 @@ CRASH_SERVER = "import sys\nsys.exit('cannot open the frobnicator')\n"
 
 @pytest.fixture
 def no_orphans() -> Iterator[None]:
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     yield
-    _assert_no_new_children(before)
+    assert_no_new_children(before)
 
 
 @pytest.fixture

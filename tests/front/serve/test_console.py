@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 
 from llmos import params
 from llmos.errors import LlmosError
@@ -42,6 +40,7 @@ from llmos.kernel.core import Kernel
 from llmos.store.users import UserStore
 from tests import approvals
 from tests.front.serve.conftest import SUMMARIZE, free_port
+from tests.uvicorn_thread import UvicornThread
 
 try:
     from playwright import sync_api as playwright_api
@@ -103,35 +102,17 @@ class Live:
     port: int
     tokens: dict[str, str] = field(default_factory=dict)
     cpus: dict[str, ScriptedCPU] = field(default_factory=dict)
-    server: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        config = uvicorn.Config(
-            create_app(self.service),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the console's server did not start"
-            time.sleep(0.05)
+        self.http = UvicornThread(create_app(self.service), self.port, lifespan="on")
+        self.http.start()
 
     def stop(self) -> None:
-        assert self.server is not None and self.thread is not None
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        self.http.stop()
 
     def install(self, user: str, name: str, source: str) -> None:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}

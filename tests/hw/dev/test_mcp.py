@@ -31,6 +31,7 @@ import pytest
 from llmos.errors import ConfigError
 from llmos.hw.dev.base import CallContext
 from llmos.hw.dev.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
+from tests.servers import assert_no_new_children, descendants
 
 REPO = Path(__file__).resolve().parents[3]
 INSTALL_SCRIPT = REPO / "scripts" / "install-test-servers.sh"
@@ -81,41 +82,6 @@ GARBAGE_SERVER = textwrap.dedent(
 )
 
 
-def _descendants(root: int) -> set[int]:
-    """Live (not zombie) descendants of `root`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _assert_no_new_children(before: set[int]) -> None:
-    deadline = time.monotonic() + 5
-    while True:
-        left = _descendants(os.getpid()) - before
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert not left, f"server processes left behind: {sorted(left)}"
-
-
 @pytest.fixture(scope="session")
 def installed_servers() -> None:
     """Run the install script once if the real servers are missing."""
@@ -142,9 +108,9 @@ def time_bin(installed_servers: None) -> str:
 
 @pytest.fixture
 def no_orphans() -> Iterator[None]:
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     yield
-    _assert_no_new_children(before)
+    assert_no_new_children(before)
 
 
 @pytest.fixture
@@ -538,7 +504,7 @@ def test_server_crashing_at_start_quotes_its_stderr(tmp_path: Path, no_orphans: 
 def test_close_kills_a_busy_server(flaky: dict[str, Any], no_orphans: None) -> None:
     sup = MCPSupervisor(ServerSpec(name="flaky", **flaky), call_timeout_s=60)
     assert {t.name for t in sup.tools()} >= {"hang"}
-    assert _descendants(os.getpid())
+    assert descendants(os.getpid())
     pool = concurrent.futures.ThreadPoolExecutor(1)
     pending = pool.submit(sup.call, "hang", {})
     time.sleep(0.5)

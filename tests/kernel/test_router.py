@@ -58,6 +58,18 @@ def test_ties_go_to_the_cheaper_cpu_then_by_name() -> None:
     assert route(Job(), [CpuState("a", price_per_1k=1.0), CpuState("b")]).cpu == "b"
 
 
+def test_a_prompt_no_cpu_holds_goes_where_the_cache_has_most_room() -> None:
+    """Equal scores and prices: the emptier cache takes a new prefix (it evicts least), so new
+    prompts spread over the pool rather than piling onto the first CPU by name."""
+    other = prefix_hashes([9] * (3 * B))
+    full = CpuState("a", cached=frozenset(prefix_hashes(SYSTEM)) | frozenset(other))
+    emptier = CpuState("b", cached=frozenset(other))
+    fresh = job_of([42] * (2 * B))
+    assert route(fresh, [full, emptier]).cpu == "b"
+    # `held` stands for the whole cache when `cached` carries only part of it
+    assert route(fresh, [CpuState("a", held=1), CpuState("b", held=7)]).cpu == "a"
+
+
 def test_capabilities_exclude_cpus() -> None:
     small = CpuState("small", n_ctx=64, grammar=True)
     plain = CpuState("plain", n_ctx=8192, grammar=False)

@@ -7,17 +7,18 @@ instead of rebuilt for each decision:
 - each CPU's `CpuState` (up, capabilities, price, load), without its cache;
 - a directory: block hash -> the CPUs holding it, with a count per CPU (several cached
   prompts of one CPU can hold the same block);
-- the CPUs in load order: (load, price, name) in a sorted list.
+- the CPUs in load order: (load, price, blocks held, name) in a sorted list.
 
 `Fleet.route(job, policy)` gathers the only CPUs that can win under route()'s rules, then lets
 route() decide among them:
 - of the CPUs holding a prefix of the job's prompt, in order of score (cached tokens weighted,
-  less load; then price, then name), the first eligible preferred CPU and the first eligible
-  fallback one;
+  less load; then price, blocks held, name), the first eligible preferred CPU and the first
+  eligible fallback one;
 - in load order, the first eligible preferred CPU and the first eligible fallback one (the best
   of those holding no prefix: their score is minus their load);
 - the pinned CPU, if any.
-Any other eligible CPU scores no higher than one of these and loses the tie-break to it. With
+Any other eligible CPU scores no higher than one of these and loses the tie-break to it
+(candidates carry their matched blocks as `cached` and their whole cache's size as `held`). With
 none eligible, route() sees the whole fleet, for its full reason.
 
 Invariants:
@@ -59,9 +60,8 @@ class Fleet:
     def __len__(self) -> int:
         return len(self._states)
 
-    @staticmethod
-    def _key(cpu: CpuState) -> tuple[int, float, str]:
-        return (load(cpu), cpu.price_per_1k, cpu.name)
+    def _key(self, cpu: CpuState) -> tuple[int, float, int, str]:
+        return (load(cpu), cpu.price_per_1k, len(self._held.get(cpu.name, ())), cpu.name)
 
     # --- what the owner reports ----------------------------------------------------------------
 
@@ -69,14 +69,14 @@ class Fleet:
         """A new CPU (its `cached` blocks go into the directory)."""
         if cpu.name in self._states:
             raise ValueError(f"{cpu.name} is already in the fleet")
-        self._states[cpu.name] = dataclasses.replace(cpu, cached=frozenset())
-        self._order.add(self._key(cpu))
+        self._states[cpu.name] = dataclasses.replace(cpu, cached=frozenset(), held=None)
         self._held[cpu.name] = Counter()
+        self._order.add(self._key(cpu))
         self.cache_add(cpu.name, cpu.cached)
 
     def update(self, name: str, **changes: Any) -> None:
         """Change a CPU's state (up, in_flight, queued, price...; not `cached`)."""
-        if "cached" in changes:
+        if "cached" in changes or "held" in changes:
             raise ValueError("report cache changes with cache_add and cache_drop")
         old = self._states[name]
         new = dataclasses.replace(old, **changes)
@@ -87,15 +87,18 @@ class Fleet:
 
     def cache_add(self, name: str, blocks: Iterable[str]) -> None:
         """`name` now caches a prompt with these block hashes."""
-        held = self._held[name]
+        state, held = self._states[name], self._held[name]
+        self._order.remove(self._key(state))
         for h in blocks:
             if not held[h]:
                 self._dir.setdefault(h, set()).add(name)
             held[h] += 1
+        self._order.add(self._key(state))
 
     def cache_drop(self, name: str, blocks: Iterable[str]) -> None:
         """`name` evicted a cached prompt with these block hashes."""
-        held = self._held[name]
+        state, held = self._states[name], self._held[name]
+        self._order.remove(self._key(state))
         for h in blocks:
             if held[h] <= 1:
                 held.pop(h, None)
@@ -106,6 +109,7 @@ class Fleet:
                         del self._dir[h]
             else:
                 held[h] -= 1
+        self._order.add(self._key(state))
 
     def cache_clear(self, name: str) -> None:
         """`name` lost its whole cache (it failed or restarted)."""
@@ -137,7 +141,9 @@ class Fleet:
         matched = self.matched(job) if job is not None else {}
         blocks = job.blocks if job is not None else ()
         return [
-            dataclasses.replace(s, cached=frozenset(blocks[: matched[n]])) if n in matched else s
+            dataclasses.replace(
+                s, cached=frozenset(blocks[: matched.get(n, 0)]), held=len(self._held[n])
+            )
             for n, s in self._states.items()
         ]
 
@@ -148,9 +154,10 @@ class Fleet:
         candidates: dict[str, CpuState] = {}
 
         def take(name: str) -> CpuState:
-            state = self._states[name]
-            n = matched.get(name, 0)
-            return dataclasses.replace(state, cached=frozenset(job.blocks[:n])) if n else state
+            n, held = matched.get(name, 0), len(self._held[name])
+            return dataclasses.replace(
+                self._states[name], cached=frozenset(job.blocks[:n]), held=held
+            )
 
         def first_eligible(names: Iterable[str]) -> None:
             """Take the first eligible preferred CPU of `names` (and stop there), and the first
@@ -171,11 +178,12 @@ class Fleet:
             key=lambda n: (
                 -(weight * matched[n] - load(self._states[n])),
                 self._states[n].price_per_1k,
+                len(self._held[n]),
                 n,
             ),
         )
         first_eligible(by_score)
-        first_eligible(name for _load, _price, name in self._order)
+        first_eligible(name for *_rest, name in self._order)
         if job.pinned is not None and job.pinned in self._states:
             candidates[job.pinned] = take(job.pinned)
         if not any(why_not(job, c, policy) is None for c in candidates.values()):

@@ -14,7 +14,10 @@ The decision, in order:
    fallback CPU serve (a brownout: `Decision.brownout` is True);
 4. score: the longest cached prefix of the job's prompt (in tokens), less the CPU's load
    (tokens in flight plus `params.ROUTER_QUEUE_TOKENS` per queued request), scaled by
-   `params.ROUTER_AFFINITY_WEIGHT`; ties go to the cheaper CPU, then by name (deterministic).
+   `params.ROUTER_AFFINITY_WEIGHT`; ties go to the cheaper CPU, then to the one whose cache
+   holds fewer blocks (room for this prompt's prefix: a prompt no CPU has seen goes where it
+   evicts least, so new prefixes spread over the pool instead of piling onto the first CPU by
+   name), then by name (deterministic).
 
 Prefixes are compared by block hashes (`prefix_hashes`): the hash of block k covers every
 token before the block's end, so two prompts share block k's hash only if they share all
@@ -60,6 +63,7 @@ class CpuState:
     in_flight: int = 0  # tokens of the generations running on it now
     queued: int = 0  # requests on it now
     cached: frozenset[str] = frozenset()  # block hashes of prompts it has computed
+    held: int | None = None  # blocks its cache holds, when `cached` is only part of them
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ def load(cpu: CpuState) -> int:
     return cpu.in_flight + cpu.queued * params.ROUTER_QUEUE_TOKENS
 
 
+def held(cpu: CpuState) -> int:
+    """How many blocks `cpu`'s cache holds."""
+    return len(cpu.cached) if cpu.held is None else cpu.held
+
+
 def why_not(job: Job, cpu: CpuState, policy: RoutePolicy) -> str | None:
     """Why `cpu` may not take `job` (None: it may)."""
     if not cpu.up:
@@ -156,7 +165,7 @@ def route(job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None)
     if not pick_from:
         return Decision(None, "no CPU can take it (" + "; ".join(refused or ["empty pool"]) + ")")
     scores = {c.name: score(job, c) for c in pick_from}
-    best = min(pick_from, key=lambda c: (-scores[c.name], c.price_per_1k, c.name))
+    best = min(pick_from, key=lambda c: (-scores[c.name], c.price_per_1k, held(c), c.name))
     cached = affinity(job, best)
     brownout = not preferred
     if brownout:

@@ -4,7 +4,10 @@ node_b) started on this machine with `ray start`, an engine actor on each.
 Greedy decoding makes every claim exact: a reply generated on node B, moved by its KV through
 Ray's object store or re-prefilled from its text on node A, must be the same text as one run
 uninterrupted on node A. The last test kills node B (its raylet and every process under it)
-in the middle of a generation. After the module no Ray process it started may be left.
+in the middle of two generations: one read straight from node B's CPU (one BackendError that
+carries the text streamed so far) and one through a pool of both CPUs, the kernel's failover,
+which goes on on node A with the reply intact. After the module no Ray process it started may
+be left.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 from llmos.errors import BackendError, ModelError
 from llmos.hw.cpu.base import Chunk, GenRequest, collect
 from llmos.kernel.plugins import cpu_factories
+from llmos.kernel.pool import MemberSpec, PoolCPU, PoolSpec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'llmos[cluster]'")
 
@@ -38,7 +42,6 @@ from llmos.hw.cpu.ray import KVHandle, RayCPU  # noqa: E402
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
-RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE = str(100 * 1024 * 1024)
 PROMPT = "Write a long story about a dragon who learns to read."
 TOTAL = 48  # tokens of the reference reply
@@ -105,9 +108,29 @@ class Cluster:
         self.node_b.wait()
 
 
+def ray_script() -> str:
+    """The `ray` command of the Ray these tests import: beside the Python running them (a
+    virtual environment's bin directory need not be on PATH), else the one on PATH."""
+    here = Path(sys.executable).parent
+    found = shutil.which("ray", path=str(here)) or shutil.which("ray")
+    if found is None:
+        pytest.fail(
+            f"the ray command is neither in {here} nor on PATH: pip install 'llmos[cluster]'",
+            pytrace=False,
+        )
+    return found
+
+
 def start_node(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [RAY, "start", "--num-cpus=1", f"--object-store-memory={OBJECT_STORE}", "--block", *args],
+        [
+            ray_script(),
+            "start",
+            "--num-cpus=1",
+            f"--object-store-memory={OBJECT_STORE}",
+            "--block",
+            *args,
+        ],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -276,21 +299,38 @@ def test_kv_of_another_model_is_never_loaded(cpu_a: RayCPU, cpu_b: RayCPU, refer
 def test_node_b_lost_mid_generation_continues_on_node_a(
     cluster: Cluster, cpu_a: RayCPU, cpu_b: RayCPU
 ) -> None:
-    whole, _ = collect(cpu_a.generate(request(LONG)))
-    got: list[Chunk] = []
-    stream = cpu_b.generate(request(LONG))
+    whole, _ = collect(cpu_a.generate(request(LONG)))  # the uninterrupted reply
+    # The kernel's control plane: a pool of the two engines, node B preferred (A is its
+    # fallback; the pool tokenizes with A). Beside it, one stream straight from node B.
+    members = {"a": cpu_a, "b": cpu_b}
+    pool = PoolCPU(
+        PoolSpec(
+            "cluster", (MemberSpec("a", "ray/node_a", fallback=True), MemberSpec("b", "ray/node_b"))
+        ),
+        members.__getitem__,
+    )
+    via_pool, direct = pool.generate(request(LONG)), cpu_b.generate(request(LONG))
+    pooled: list[Chunk] = [next(via_pool) for _ in range(3)]
+    got: list[Chunk] = [next(direct) for _ in range(3)]
+    assert list(pool.placements) == ["b"]  # the pool placed it on node B
+    cluster.kill_node_b()
+    # Straight from node B: one BackendError, carrying the text streamed before the loss.
     with pytest.raises(BackendError) as caught:
-        for chunk in stream:
+        for chunk in direct:
             got.append(chunk)
-            if len(got) == 3:
-                cluster.kill_node_b()
     exc = caught.value
     assert "lost" in str(exc) and "\n" not in str(exc)
     emitted = "".join(c.text for c in got)
     assert exc.emitted == emitted and emitted
     assert not any(c.done for c in got) and len(emitted) < len(whole)
-    rest, _ = collect(cpu_a.generate(request(LONG, prefix=emitted)))
-    assert emitted + rest == whole
+    # Through the pool: the reply goes on on node A, nothing lost and nothing repeated.
+    pooled.extend(via_pool)
+    assert "".join(c.text for c in pooled) == whole
+    last = pooled[-1]
+    assert last.done and last.finish_reason == "length"
+    stats = pool.stats()
+    assert stats["members"]["b"]["failures"] == 1 and stats["failovers"] == 1
+    assert "a" in pool.placements
     # The lost CPU says so at once, in one line, from then on.
     assert cpu_b.stats().get("lost")
     with pytest.raises(BackendError, match="lost"):

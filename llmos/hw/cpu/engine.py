@@ -21,6 +21,14 @@ Invariants:
 - A sequence is resident (has a slot) or parked (its KV saved as bytes, or in a file, or not
   saved at all, in which case it re-prefills on resume). Saving frees the slot's KV.
 - Only the thread that owns the engine calls it; `llama_decode` releases the GIL.
+- Greedy output is a function of a sequence's tokens and of the order of its cells in the
+  unified KV cache, not of their offset nor of how the tokens were batched (prefill chunk,
+  one decode step each, a restore). Cells leave position order when a hole opens below a
+  live sequence (another's cells freed: an evicted kept prefix, a finished or parked
+  sequence): llama.cpp's allocator puts the sequence's next tokens there, attention then sums
+  its cells in another order, and the last bits change (a near tie can flip a greedy token).
+  Comparisons of greedy output (a continued or a restored reply with an uninterrupted one)
+  hold exactly from the same layout, e.g. an empty prefix cache (`forget_prefixes`).
 
 What this module does not do: choose which sequences run (the scheduler does), chat templates
 or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the kernel does).

@@ -47,43 +47,30 @@ PROMPT = "Write a long story about a dragon who learns to read."
 TOTAL = 48  # tokens of the reference reply
 CUT = 16  # tokens generated on node B before the KV moves
 LONG = 160  # tokens of the reply that node B's loss interrupts
-# Markers of the processes a Ray node runs (raylet, GCS, workers, monitors).
-RAY_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "ray start")
+STOP_GRACE_S = 10.0  # how long a node stopped by SIGTERM may take before it is killed
 
 
-def ray_pids() -> set[int]:
-    """Live (not zombie) processes of any Ray node on this machine."""
+def session_pids(sessions: set[int]) -> set[int]:
+    """Live (not zombie) processes of the given sessions: each node this module starts is a
+    session of its own, so these are its processes (raylet, GCS, workers, monitors) and no
+    one else's, even where other Ray clusters run on the machine."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if state != "Z" and any(m in cmd for m in RAY_MARKERS):
+        if fields[0] != "Z" and int(fields[3]) in sessions:
             found.add(int(entry.name))
     return found
 
 
-def descendants(pid: int) -> set[int]:
-    """`pid` and every process under it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in out:
-            out.add(p)
-            todo.extend(children.get(p, []))
-    return out
+def kill_sessions(sessions: set[int]) -> None:
+    for pid in session_pids(sessions):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -101,10 +88,8 @@ class Cluster:
     node_b_id: str
 
     def kill_node_b(self) -> None:
-        """Lose node B as a machine is lost: SIGKILL its raylet and everything under it."""
-        for pid in descendants(self.node_b.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Lose node B as a machine is lost: SIGKILL its raylet and every process of it."""
+        kill_sessions({self.node_b.pid})
         self.node_b.wait()
 
 
@@ -147,7 +132,6 @@ def node_with(resource: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    before = ray_pids()
     tmp = tempfile.mkdtemp(prefix="llmos-ray-", dir="/tmp")  # short: Ray's sockets live here
     env = dict(
         os.environ,
@@ -193,15 +177,20 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(address, head, node_b, node_a_id, node_b_id)
     finally:
         ray.shutdown()
-        for proc in (node_b, head):
-            if proc is not None and proc.poll() is None:
+        nodes = [proc for proc in (node_b, head) if proc is not None]
+        sessions = {proc.pid for proc in nodes}
+        for proc in nodes:
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while (left := ray_pids() - before) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while session_pids(sessions) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        kill_sessions(sessions)  # what a graceful stop left
+        for proc in nodes:
+            proc.wait(timeout=STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while (left := session_pids(sessions)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         shutil.rmtree(tmp, ignore_errors=True)
         assert not left, f"Ray processes left after the cluster stopped: {sorted(left)}"
 
@@ -302,7 +291,7 @@ def test_node_b_lost_mid_generation_continues_on_node_a(
     whole, _ = collect(cpu_a.generate(request(LONG)))  # the uninterrupted reply
     # The kernel's control plane: a pool of the two engines, node B preferred (A is its
     # fallback; the pool tokenizes with A). Beside it, one stream straight from node B.
-    members = {"a": cpu_a, "b": cpu_b}
+    members = {"ray/node_a": cpu_a, "ray/node_b": cpu_b}
     pool = PoolCPU(
         PoolSpec(
             "cluster", (MemberSpec("a", "ray/node_a", fallback=True), MemberSpec("b", "ray/node_b"))

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ from llmos.errors import BackendError, ModelError
 from llmos.hw.cpu.base import Chunk, GenRequest, collect
 from llmos.kernel.plugins import cpu_factories
 from llmos.kernel.pool import MemberSpec, PoolCPU, PoolSpec
+from tests.conftest import RunCli
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'llmos[cluster]'")
 
@@ -225,6 +227,25 @@ def reference(cpu_a: RayCPU) -> str:
     text, last = collect(cpu_a.generate(request(TOTAL)))
     assert last.finish_reason == "length" and last.completion_tokens == TOTAL
     return text
+
+
+def test_no_cluster_at_the_address_is_one_line_and_exit_6(run_cli: RunCli) -> None:
+    port = free_port()  # nothing listens there
+    proc = run_cli(
+        "run",
+        ROOT / "examples" / "summarize.prompt",
+        "--model",
+        "ray",
+        input="The meeting moved to Thursday.",
+        env={"RAY_ADDRESS": f"127.0.0.1:{port}"},
+    )
+    assert proc.returncode == 6, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # Ray names the host by this node's address
+    assert re.fullmatch(
+        rf"llmos: error: ray: no Ray cluster answers at [\w.:-]+:{port}: Connection refused "
+        r"\(start one with: ray start --head, or set RAY_ADDRESS\)",
+        line,
+    ), line
 
 
 def test_each_spec_places_its_engine_on_the_node_offering_the_resource(

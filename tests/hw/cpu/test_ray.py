@@ -310,12 +310,12 @@ def test_node_b_lost_mid_generation_continues_on_node_a(
     cluster: Cluster, cpu_a: RayCPU, cpu_b: RayCPU
 ) -> None:
     whole, _ = collect(cpu_a.generate(request(LONG)))  # the uninterrupted reply
-    # The kernel's control plane: a pool of the two engines, node B preferred (A is its
-    # fallback; the pool tokenizes with A). Beside it, one stream straight from node B.
+    # The kernel's control plane: a pool of the two engines, node B first and preferred (A is
+    # its fallback). Beside it, one stream straight from node B.
     members = {"ray/node_a": cpu_a, "ray/node_b": cpu_b}
     pool = PoolCPU(
         PoolSpec(
-            "cluster", (MemberSpec("a", "ray/node_a", fallback=True), MemberSpec("b", "ray/node_b"))
+            "cluster", (MemberSpec("b", "ray/node_b"), MemberSpec("a", "ray/node_a", fallback=True))
         ),
         members.__getitem__,
     )

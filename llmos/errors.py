@@ -76,8 +76,15 @@ class ModelError(LlmosError):
 
 
 class BackendError(LlmosError):
+    """A CPU that is unreachable or fails. `emitted`: the reply's text streamed before a
+    failure in mid-generation (a lost Ray node), so the reply can be continued elsewhere."""
+
     exit_code = 6
     kind = "backend"
+
+    def __init__(self, message: str, emitted: str = "") -> None:
+        super().__init__(message)
+        self.emitted = emitted
 
 
 class ServiceUnreachableError(BackendError):

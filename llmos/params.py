@@ -80,6 +80,18 @@ OPENAI_MESSAGE_OVERHEAD_TOKENS = 4  # estimated tokens per message for role and 
 OPENAI_REPLY_PRIMING_TOKENS = 3  # estimated tokens of the assistant generation prompt
 OPENAI_ERROR_MAX_CHARS = 200  # a server's error text is cut to this in llmos messages
 
+# --- A cluster on Ray (llmos.hw.cpu.ray; `pip install 'llmos[cluster]'`) -----------------------
+RAY_CPU_PREFIX = "ray"  # model specs `ray` (any node) and `ray/<resource>` (a node offering it)
+ENV_RAY_ADDRESS = "RAY_ADDRESS"  # Ray's own variable: the cluster to join
+RAY_DEFAULT_ADDRESS = "auto"  # the cluster started on this machine (`ray start --head`)
+RAY_CONNECT_TIMEOUT_S = 5.0  # how long joining waits for the cluster's address to answer
+RAY_RESOURCE_SHARE = 0.01  # of a node's custom resource one engine actor takes (many fit)
+RAY_ENGINE_THREADS = 1  # llama.cpp threads of the engine in each actor
+RAY_ACTOR_CONCURRENCY = 64  # calls one engine actor serves at once (generations and their polls)
+RAY_POLL_WAIT_S = 0.5  # how long one poll of a generation waits in the actor for a chunk
+RAY_CALL_TIMEOUT_S = 30.0  # a call to an actor that takes longer counts its node as lost
+RAY_START_TIMEOUT_S = 300.0  # placing an engine actor and loading its model may take this long
+
 # --- Programs ---------------------------------------------------------------------------------
 PROGRAM_MAX_BYTES = 1_000_000  # a program file larger than this is refused
 PROGRAM_SUFFIXES = (".prompt", ".md")

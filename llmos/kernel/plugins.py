@@ -19,10 +19,10 @@ plugins through the entry-point group "llmos" (`[project.entry-points.llmos] myp
 
 `get_plugin_manager()` builds (once per llmos process) a `PluginManager` with these specs,
 registers the built-in plugin (`BUILTIN`: the devices calc, python, shell, fs, clock, random,
-call, ask and the memory devices; the CPUs embedded, openai and gguf (a path to a .gguf file);
-the paging policies oldest, lru, summarize; the scheduling policies of
-`llmos.kernel.sched.policy`), then loads installed plugins. The functions below call a hook on
-every plugin and return what was registered, by name, built-ins first.
+call, ask and the memory devices; the CPUs embedded, openai, gguf (a path to a .gguf file)
+and ray (an engine on a Ray node); the paging policies oldest, lru, summarize; the scheduling
+policies of `llmos.kernel.sched.policy`), then loads installed plugins. The functions below
+call a hook on every plugin and return what was registered, by name, built-ins first.
 
 Invariants:
 - Hooks are called one plugin at a time, so every failure names its plugin: a plugin that
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 PROJECT = "llmos"
 BUILTIN_NAME = "llmos.builtin"
 GGUF_CPU = "gguf"  # the built-in CPU for a model spec that is a path to a .gguf file
-BUILTIN_CPUS = ("embedded", "openai", GGUF_CPU)
+BUILTIN_CPUS = ("embedded", "openai", GGUF_CPU, params.RAY_CPU_PREFIX)
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 _NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{params.PLUGIN_NAME_MAX_CHARS - 1}}}$")
@@ -121,10 +121,11 @@ class Builtin:
 
     @hookimpl
     def llmos_register_cpus(self, register: Callable[..., None], config: Config) -> None:
-        embedded, openai, gguf = BUILTIN_CPUS
+        embedded, openai, gguf, ray = BUILTIN_CPUS
         register(embedded, functools.partial(_embedded_cpu, config=config))
         register(openai, functools.partial(_openai_cpu, config=config))
         register(gguf, _gguf_cpu)
+        register(ray, _ray_cpu)
 
     @hookimpl
     def llmos_register_paging_policies(self, register: Callable[..., None]) -> None:
@@ -213,6 +214,14 @@ def _n_ctx() -> int:
             f"{params.N_CTX_MIN} to {params.EMBEDDED_N_CTX}"
         )
     return n_ctx
+
+
+def _ray_cpu(spec: str) -> CPU:
+    """An embedded engine in a Ray actor, for spec "ray" (any node) or "ray/<resource>" (a
+    node offering that custom resource); Ray is imported only now."""
+    from llmos.hw.cpu.ray import RayCPU
+
+    return RayCPU(spec.partition("/")[2] or None)
 
 
 BUILTIN = Builtin()

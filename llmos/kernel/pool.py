@@ -20,7 +20,8 @@ drive it unchanged; inside, each `generate`:
    out: a brownout, stated in the process's progress and counted in `stats()`.
 
 Invariants: a member that cannot load is reported by name (`stats()`, the `down` error) and
-the rest of the pool serves; a continuation is never sent to a member that cannot continue a
+the rest of the pool serves; the first loaded member that answers tokenizes (a lost one does
+not stop the pool counting); a continuation is never sent to a member that cannot continue a
 reply, and never for a constrained or tool-calling reply (those fail over only before their
 first text); a generation moves at most `params.POOL_FAILOVERS_MAX` times.
 
@@ -31,6 +32,7 @@ each builds), or time-share a member (each member's own scheduling does, under t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -149,7 +151,7 @@ class PoolCPU(CPU):
         if not loaded:
             reasons = "; ".join(f"{m.spec.name}: {m.error}" for m in self.members.values())
             raise ModelError(f"pool '{spec.name}': no CPU can be used ({reasons})")
-        self._tokenizer = loaded[0]
+        self._tokenizers = loaded  # the first that answers tokenizes (one may be lost)
         caps = [c.capabilities for c in loaded]
         self.capabilities = Capabilities(
             grammar=all(c.grammar for c in caps),
@@ -175,10 +177,16 @@ class PoolCPU(CPU):
         return self._n_ctx
 
     def tokenize(self, text: str) -> list[int]:
-        return self._tokenizer.tokenize(text)
+        for cpu in self._tokenizers[:-1]:
+            with contextlib.suppress(*FAULTS):  # its node or server is lost: ask the next
+                return cpu.tokenize(text)
+        return self._tokenizers[-1].tokenize(text)
 
     def count_messages(self, messages: list[Message]) -> int:
-        return self._tokenizer.count_messages(messages)
+        for cpu in self._tokenizers[:-1]:
+            with contextlib.suppress(*FAULTS):
+                return cpu.count_messages(messages)
+        return self._tokenizers[-1].count_messages(messages)
 
     def schedule(self, dispatcher: Dispatcher, swap_dir: Path | None) -> None:
         for m in self.members.values():

@@ -52,7 +52,7 @@ def test_builtins_register_through_the_hook() -> None:
     pm = registry.make_plugin_manager(entry_points=False)
     found = registry.devices(pm=pm)
     assert list(found) == BUILTINS
-    assert list(registry.cpu_factories(pm=pm)) == ["embedded", "openai", "gguf"]
+    assert list(registry.cpu_factories(pm=pm)) == ["embedded", "openai", "gguf", "ray"]
     again = registry.devices(pm=pm)
     assert all(again[n] is not found[n] for n in BUILTINS)  # fresh instances
     assert pm.get_plugin(registry.BUILTIN_NAME) is registry.BUILTIN
@@ -70,7 +70,7 @@ def test_plugin_object_adds_device_and_cpu() -> None:
     assert list(found) == [*BUILTINS, "echo"]
     assert found["echo"].call({"text": "hi"}, CallContext()).output == "hi"
     factories = registry.cpu_factories(pm=pm)
-    assert list(factories) == ["embedded", "openai", "gguf", "echo"]
+    assert list(factories) == ["embedded", "openai", "gguf", "ray", "echo"]
     assert factories["echo"]("echo/x") == "echo/x"
 
 

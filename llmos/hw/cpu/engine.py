@@ -21,6 +21,14 @@ Invariants:
 - A sequence is resident (has a slot) or parked (its KV saved as bytes, or in a file, or not
   saved at all, in which case it re-prefills on resume). Saving frees the slot's KV.
 - Only the thread that owns the engine calls it; `llama_decode` releases the GIL.
+- Greedy output is a function of a sequence's tokens and of the order of its cells in the
+  unified KV cache, not of their offset nor of how the tokens were batched (prefill chunk,
+  one decode step each, a restore). Cells leave position order when a hole opens below a
+  live sequence (another's cells freed: an evicted kept prefix, a finished or parked
+  sequence): llama.cpp's allocator puts the sequence's next tokens there, attention then sums
+  its cells in another order, and the last bits change (a near tie can flip a greedy token).
+  Comparisons of greedy output (a continued or a restored reply with an uninterrupted one)
+  hold exactly from the same layout, e.g. an empty prefix cache (`forget_prefixes`).
 
 What this module does not do: choose which sequences run (the scheduler does), chat templates
 or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the kernel does).
@@ -29,6 +37,8 @@ or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the 
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import itertools
 import os
 import threading
@@ -97,6 +107,34 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path}: not a GGUF model file (bad magic {magic!r})")
+
+
+@functools.cache
+def gguf_identity(path: Path) -> str:
+    """The identity of a model's weights: the SHA-256 of its GGUF file (computed once per
+    process). KV state is valid only in an engine whose model has the same identity."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class KVState:
+    """A sequence's registers as plain data, to continue it in another engine: the tokens in
+    its KV, the tokens still to feed, its recent sampled tokens (the repeat penalty's history)
+    and the KV bytes (`llama_state_seq_get_data`; empty: the tokens are re-prefilled). Valid
+    only for the model whose identity (`gguf_identity`) it carries."""
+
+    model_id: str
+    tokens: list[int]
+    pending: list[int]
+    sampled: list[int]
+    data: bytes
 
 
 class EngineFull(LlmosError):
@@ -177,6 +215,12 @@ class Sampler:
         """Sample from the logits at batch `index` and accept the token into the chain."""
         # llama_sampler_sample also accepts the token (grammar state advances).
         return int(ll.llama_sampler_sample(self.ptr, ctx, index))
+
+    def accept(self, tokens: list[int]) -> None:
+        """Feed tokens sampled earlier into the chain's history (the repeat penalty's), as if
+        this chain had sampled them: a continued reply is penalised as the original was."""
+        for token in tokens:
+            ll.llama_sampler_accept(self.ptr, token)
 
     def free(self) -> None:
         if self.ptr:

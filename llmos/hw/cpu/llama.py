@@ -23,6 +23,9 @@ Invariants:
 - Only the engine thread touches the engine after start-up (tokenize is read-only and safe).
 - A job's stream ends with exactly one `done` chunk, or raises one llmos error.
 - Closing a `generate` generator cancels its job at the next step and frees its slot.
+- A reply continued from its text (`GenRequest.prefix`) or from a `KVState` (`generate`'s
+  `resume`, checked against the model's identity) samples exactly as the uninterrupted reply
+  would have: its sampler's repeat-penalty history is primed with the earlier tokens.
 
 What this module does not do: choose which jobs run or where KV is parked (its dispatcher
 does), or validate JSON against the schema (the caller does).
@@ -37,7 +40,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +61,7 @@ from llmos.hw.cpu.base import (
     SchedView,
     Where,
 )
-from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.engine import Engine, EngineFull, KVState, Sequence, gguf_identity
 from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
 
@@ -111,6 +114,8 @@ class Job:
     first_token_at: float | None = None
     charged_prompt: bool = False
     deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
+    primed: list[int] = field(default_factory=list)  # sampled before this job (continued reply)
+    export: Callable[[KVState], None] | None = None  # receives its KV if it ends by length
 
 
 class EmbeddedCPU(CPU):
@@ -206,20 +211,53 @@ class EmbeddedCPU(CPU):
         info["path"] = str(self.engine.model_path)
         return info
 
-    def generate(self, request: GenRequest) -> Iterator[Chunk]:
-        tokens = self.prompt_tokens(request.messages)
+    @property
+    def model_id(self) -> str:
+        """The identity of this CPU's weights (the SHA-256 of its GGUF file)."""
+        return gguf_identity(self.engine.model_path)
+
+    def generate(
+        self,
+        request: GenRequest,
+        *,
+        resume: KVState | None = None,
+        export: Callable[[KVState], None] | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the reply to `request` (see the CPU interface). `resume`: continue a reply
+        from its saved KV instead (the request's messages and prefix are then not read; its
+        max_tokens counts only new tokens); a state of another model is a ModelError, and the
+        caller re-prefills. `export`: if the reply ends by its token limit, its KV is saved
+        and passed to this callable (on the engine thread) before the final chunk."""
+        primed: list[int] = []
+        if resume is not None:
+            if resume.model_id != self.model_id:
+                raise ModelError(
+                    f"{self.name}: KV state of model {resume.model_id[:12]} does not match "
+                    f"this CPU's model {self.model_id[:12]}: re-prefill it"
+                )
+            if request.tools or request.json_schema:
+                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
+            tokens = list(resume.tokens) + list(resume.pending)
+            primed = list(resume.sampled)
+            done_tokens = 0
+        else:
+            tokens = self.prompt_tokens(request.messages)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
-        done_tokens = 0
-        if request.prefix:
-            if request.tools or request.json_schema:
-                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
-            more = self.engine.tokenize(request.prefix, special=False)
-            done_tokens = len(more)
-            tokens = tokens + more
+        if resume is None:
+            done_tokens = 0
+            if request.prefix:
+                if request.tools or request.json_schema:
+                    raise ModelError(
+                        "a reply is continued only as plain text (no grammar, no tools)"
+                    )
+                more = self.engine.tokenize(request.prefix, special=False)
+                done_tokens = len(more)
+                tokens = tokens + more
+                primed = more
         lazy: list[str] | None = None
         if request.tools and request.tool_choice != "none":
             # Syscalls by grammar: one well-formed call to one granted device. With
@@ -244,6 +282,11 @@ class EmbeddedCPU(CPU):
             lazy_triggers=lazy,
             speculate=speculative() if request.speculative is None else request.speculative,
         )
+        if primed:
+            seq.sampler.accept(primed[-params.REPEAT_LAST_N :])
+        if resume is not None:  # its KV comes back by restore (or a re-prefill if that fails)
+            seq.tokens, seq.pending = list(resume.tokens), list(resume.pending)
+            seq.saved = resume.data
         max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
         if entity is not None:
@@ -254,6 +297,8 @@ class EmbeddedCPU(CPU):
             stop=list(request.stop),
             entity=self.dispatcher.new_view() if entity is None else entity,
             named=entity is not None,
+            primed=primed[-params.REPEAT_LAST_N :],
+            export=export,
         )
         self._submit(job)
         try:
@@ -324,6 +369,7 @@ class EmbeddedCPU(CPU):
         with self._lock:
             if self._closing:
                 raise LlmosError(f"{self.name} is shutting down")
+            self._swap_ram += len(job.seq.saved or b"")  # a resumed job's KV, held in RAM
             self._jobs.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -550,6 +596,8 @@ class EmbeddedCPU(CPU):
             job.out.put(Chunk(text=emit))
 
     def _end(self, job: Job, reason: str) -> None:
+        if reason == "length" and job.export is not None:
+            job.export(self._export(job))
         self._finish_seq(job)
         job.out.put(
             Chunk(
@@ -559,6 +607,25 @@ class EmbeddedCPU(CPU):
                 completion_tokens=job.generated,
             )
         )
+
+    def _export(self, job: Job) -> KVState:
+        """The job's KV as a `KVState` (its slot is freed; a parked job's KV comes from RAM, or
+        is left to re-prefill)."""
+        seq = job.seq
+        if seq.resident:
+            self.engine.save(seq)
+        else:
+            self._swap_ram -= len(seq.saved or b"")
+        sampled = job.primed + seq.tokens[seq.n_prompt :] + seq.pending
+        state = KVState(
+            model_id=self.model_id,
+            tokens=list(seq.tokens),
+            pending=list(seq.pending),
+            sampled=sampled[-params.REPEAT_LAST_N :],
+            data=seq.saved or b"",
+        )
+        self.engine.drop_saved(seq)
+        return state
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         self._finish_seq(job)

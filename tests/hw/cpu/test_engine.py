@@ -246,6 +246,32 @@ def test_saving_a_sequence_that_has_not_run_saves_nothing(
         engine.finish(seq)
 
 
+# --- what greedy output depends on ------------------------------------------------------------
+
+
+def test_greedy_output_depends_neither_on_cell_offset_nor_on_batching(
+    cpu: EmbeddedCPU, engine: Engine, prompt: list[int], reference: list[int]
+) -> None:
+    # Another sequence's cells before this one's: the same tokens at another offset of the
+    # unified cache (its cells still in position order) give the same output.
+    other = engine.new_sequence(prompt_for(cpu, "Name three colours of the rainbow."))
+    try:
+        engine.admit(other)
+        run_to(engine, other, [], 1)
+        assert generate(engine, prompt) == reference
+    finally:
+        engine.finish(other)
+    # The first CUT reply tokens fed in one prefill chunk rather than one step each, with the
+    # repeat penalty's history primed: the same continuation (what a continued reply needs).
+    seq = engine.new_sequence(prompt + reference[:CUT])
+    try:
+        seq.sampler.accept(reference[:CUT])
+        engine.admit(seq)
+        assert run_to(engine, seq, [], TOTAL - CUT) == reference[CUT:]
+    finally:
+        engine.finish(seq)
+
+
 # --- prefix sharing --------------------------------------------------------------------------
 
 

@@ -29,6 +29,8 @@ or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the 
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import itertools
 import os
 import threading
@@ -97,6 +99,19 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path}: not a GGUF model file (bad magic {magic!r})")
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def model_identity(path: Path) -> str:
+    """The identity of a GGUF's weights, for KV states: the SHA-256 of the file (computed once
+    per file version). Two engines may exchange a sequence's KV only when theirs are equal."""
+    st = path.stat()
+    return "sha256:" + _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 class EngineFull(LlmosError):
@@ -177,6 +192,12 @@ class Sampler:
         """Sample from the logits at batch `index` and accept the token into the chain."""
         # llama_sampler_sample also accepts the token (grammar state advances).
         return int(ll.llama_sampler_sample(self.ptr, ctx, index))
+
+    def accept(self, tokens: list[int]) -> None:
+        """Replay tokens sampled elsewhere (a reply moved here), so the repeat penalty's
+        window is what it would have been."""
+        for token in tokens:
+            ll.llama_sampler_accept(self.ptr, token)
 
     def free(self) -> None:
         if self.ptr:
@@ -414,10 +435,8 @@ class Engine:
             return 0
         size = 0
         if seq.tokens:
-            size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
-            buf = (ctypes.c_uint8 * size)()
-            got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
-            data = ctypes.string_at(buf, got)
+            data = self.snapshot(seq)
+            got = len(data)
             if to_path is not None:
                 tmp = to_path.with_suffix(".tmp")
                 tmp.write_bytes(data)
@@ -429,6 +448,27 @@ class Engine:
             size = got
         self.release(seq)
         return size
+
+    def snapshot(self, seq: Sequence) -> bytes:
+        """A copy of a resident sequence's KV (of its `tokens`); the slot keeps it."""
+        assert seq.slot is not None
+        size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
+        buf = (ctypes.c_uint8 * size)()
+        got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
+        return ctypes.string_at(buf, got)
+
+    def resume(self, seq: Sequence, tokens: list[int], kv: bytes, n_kv: int) -> None:
+        """Make a new sequence, built on the first `seq.n_prompt` of `tokens`, continue a
+        reply begun elsewhere: its sampler replays the sampled tokens, the KV of `tokens[:n_kv]`
+        is restored when it is admitted (re-prefilled if that fails), the rest is fed."""
+        assert not seq.tokens and seq.slot is None and 0 <= n_kv < len(tokens)
+        generated = tokens[seq.n_prompt :]
+        seq.sampler.accept(generated)
+        if seq.lookup is not None:
+            seq.lookup.extend(generated)
+        seq.tokens = list(tokens[:n_kv]) if kv else []
+        seq.pending = list(tokens[len(seq.tokens) :])
+        seq.saved = kv or None
 
     def release(self, seq: Sequence) -> None:
         """Free the slot of `seq` without saving (its KV is dropped)."""

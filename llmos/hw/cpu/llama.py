@@ -24,6 +24,14 @@ Invariants:
 - A job's stream ends with exactly one `done` chunk, or raises one llmos error.
 - Closing a `generate` generator cancels its job at the next step and frees its slot.
 
+A request with a `Handoff` (a pool's reply that another CPU of this model could continue) has
+its tokens kept there, its KV checkpointed every `handoff.every` generated tokens and at each
+preemption to RAM, and, when the caller asks it to move, a fresh checkpoint taken at the next
+step, ending its stream "moved". A request with `resume` whose model identity (`kv_model`: the
+GGUF's hash) and prompt tokens match continues from that state's tokens and KV, with the text
+the caller has not received yet still to come; any other `resume` is ignored and the reply
+re-prefilled from its `prefix`.
+
 What this module does not do: choose which jobs run or where KV is parked (its dispatcher
 does), or validate JSON against the schema (the caller does).
 """
@@ -37,6 +45,7 @@ import queue
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +62,14 @@ from llmos.hw.cpu.base import (
     Chunk,
     Dispatcher,
     GenRequest,
+    Handoff,
+    KVState,
     Message,
     Plan,
     SchedView,
     Where,
 )
-from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence, model_identity
 from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
 
@@ -111,6 +122,8 @@ class Job:
     first_token_at: float | None = None
     charged_prompt: bool = False
     deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
+    handoff: Handoff | None = None  # where its state is kept for another CPU of this model
+    checkpointed: int = 0  # `generated` at its last checkpoint
 
 
 class EmbeddedCPU(CPU):
@@ -151,6 +164,9 @@ class EmbeddedCPU(CPU):
         self._prefix = PrefixIndex()
         self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
         self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
+        self.prefill_tokens = 0  # prompt (and re-prefilled) tokens computed
+        self.kv_imports = self.kv_exports = 0  # replies continued from, and moved to, elsewhere
+        self._kv_model: str | None = None
 
     def _special_text(self, key: str) -> str:
         value = self.engine.meta(key)
@@ -200,6 +216,12 @@ class EmbeddedCPU(CPU):
     def count_messages(self, messages: list[Message]) -> int:
         return len(self.prompt_tokens(messages))
 
+    @property
+    def kv_model(self) -> str | None:
+        if self._kv_model is None:
+            self._kv_model = model_identity(self.engine.model_path)
+        return self._kv_model
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["path"] = str(self.engine.model_path)
@@ -212,8 +234,11 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
+        resumed = self._resumable(request, tokens)
         done_tokens = 0
-        if request.prefix:
+        if resumed is not None:
+            done_tokens = len(resumed.tokens) - resumed.n_prompt
+        elif request.prefix:
             if request.tools or request.json_schema:
                 raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
             more = self.engine.tokenize(request.prefix, special=False)
@@ -243,6 +268,9 @@ class EmbeddedCPU(CPU):
             lazy_triggers=lazy,
             speculate=speculative() if request.speculative is None else request.speculative,
         )
+        if resumed is not None:
+            tokens = list(resumed.tokens)
+            self.engine.resume(seq, tokens, resumed.kv, resumed.n_kv)
         max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
         if entity is not None:
@@ -253,7 +281,18 @@ class EmbeddedCPU(CPU):
             stop=list(request.stop),
             entity=self.dispatcher.new_view() if entity is None else entity,
             named=entity is not None,
+            handoff=request.handoff,
         )
+        if resumed is not None:
+            # the text of the moved tokens the caller has not received yet comes first
+            sent = request.prefix
+            job.text = job.decoder.decode(
+                b"".join(self.engine.piece(t) for t in tokens[seq.n_prompt :])
+            )[len(sent) :]
+        if job.handoff is not None:
+            kv, n_kv = (resumed.kv, resumed.n_kv) if resumed is not None else (b"", 0)
+            job.handoff.begin(self.kv_model or "", tokens, seq.n_prompt, kv, n_kv)
+            job.handoff.wake = self.wake
         self._submit(job)
         try:
             while True:
@@ -265,6 +304,25 @@ class EmbeddedCPU(CPU):
                     return
         finally:
             job.cancelled = True  # a no-op once finished; cancels a job abandoned mid-stream
+
+    def _resumable(self, request: GenRequest, prompt: list[int]) -> KVState | None:
+        """`request.resume` if this CPU may continue it: the same model, the same prompt
+        tokens, room in the context, plain text, and its tokens' text begins with what the
+        caller has received. Otherwise None: the reply is re-prefilled from its prefix."""
+        state = request.resume
+        if state is None or request.tools or request.json_schema:
+            return None
+        n = state.n_prompt
+        ok = (
+            state.model == self.kv_model
+            and n == len(prompt)
+            and list(state.tokens[:n]) == prompt
+            and 0 <= state.n_kv < len(state.tokens) < self.n_ctx
+        )
+        if ok:
+            text = b"".join(self.engine.piece(t) for t in state.tokens[n:])
+            ok = text.decode("utf-8", errors="replace").startswith(request.prefix)
+        return state if ok else None
 
     def schedule(self, dispatcher: Dispatcher, swap_dir: Path | None) -> None:
         with self._lock:
@@ -293,6 +351,9 @@ class EmbeddedCPU(CPU):
                 "preemptions": self.preemptions,
                 "restores": self.restores,
                 "prefix_shared_tokens": self.prefix_shared_tokens,
+                "prefill_tokens": self.prefill_tokens,
+                "kv_imports": self.kv_imports,
+                "kv_exports": self.kv_exports,
             }
 
     def close(self) -> None:
@@ -309,6 +370,9 @@ class EmbeddedCPU(CPU):
             if self._closing:
                 raise LlmosError(f"{self.name} is shutting down")
             self._jobs.append(job)
+            if job.seq.saved is not None:  # a moved reply's KV, parked until it is admitted
+                self._swap_ram += len(job.seq.saved)
+                self.kv_imports += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"llmos-engine-{self.name}", daemon=True
@@ -329,6 +393,8 @@ class EmbeddedCPU(CPU):
                     return
                 for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
                     self._end(job, "cancelled")
+                for job in [j for j in self._jobs if j.handoff is not None and j.handoff.move]:
+                    self._move_out(job)
                 for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
                     self._end(job, "length" if job.max_tokens == 0 else "budget")
                 dispatcher = self.dispatcher
@@ -344,7 +410,11 @@ class EmbeddedCPU(CPU):
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
         return any(
-            not j.entity.stopped or j.cancelled or j.entity.killed or j.seq.resident
+            not j.entity.stopped
+            or j.cancelled
+            or j.entity.killed
+            or j.seq.resident
+            or (j.handoff is not None and j.handoff.move)
             for j in self._jobs
         )
 
@@ -433,6 +503,10 @@ class EmbeddedCPU(CPU):
             # The disk is full or gone: keep the state in RAM rather than lose it.
             self.engine.save(job.seq)
         self._swap_ram += len(job.seq.saved or b"")
+        seq = job.seq
+        if job.handoff is not None and seq.saved is not None and job.deferred is None:
+            job.handoff.checkpoint(seq.tokens + seq.pending, seq.saved, seq.n_past)
+            job.checkpointed = job.generated
         self._prefix.remove(job.seq)
         job.entity.resident = False
         job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
@@ -449,6 +523,7 @@ class EmbeddedCPU(CPU):
             return
         for job in chosen:  # drafts never run past the reply's token limit
             job.seq.draft_limit = job.max_tokens - job.generated - 1
+        prefilling = {j.seq: j.seq.n_past for j in chosen if j.seq.prefilling}
         try:
             try:
                 sampled = self.engine.step([j.seq for j in chosen])
@@ -464,6 +539,7 @@ class EmbeddedCPU(CPU):
                 self._fail(job, exc)
             return
         self.steps += 1
+        self.prefill_tokens += sum(seq.n_past - n for seq, n in prefilling.items())
         with self._lock:
             for job in chosen:
                 tokens = sampled.get(job.seq)
@@ -477,9 +553,43 @@ class EmbeddedCPU(CPU):
                     job.deferred = tokens
                 else:
                     self._on_tokens(job, tokens)
+                    self._checkpoint(job)
+
+    def _checkpoint(self, job: Job) -> None:
+        """Every `handoff.every` generated tokens, a copy of a live reply's KV to its handoff."""
+        h, seq = job.handoff, job.seq
+        if h is None or job not in self._jobs or not seq.resident or seq.prefilling:
+            return
+        if job.generated - job.checkpointed >= h.every:
+            h.checkpoint(seq.tokens + seq.pending, self.engine.snapshot(seq), seq.n_past)
+            job.checkpointed = job.generated
+
+    def _move_out(self, job: Job) -> None:
+        """The caller moves this reply to another CPU of this model: leave its tokens and KV
+        in its handoff and end its stream "moved" (tokens of a stopped step go with it)."""
+        assert job.handoff is not None
+        seq = job.seq
+        tokens = seq.tokens + seq.pending
+        if seq.resident and seq.tokens:
+            kv = self.engine.snapshot(seq)
+        elif seq.saved is not None:
+            kv = seq.saved
+        elif seq.saved_path is not None:
+            try:
+                data = seq.saved_path.read_bytes()
+            except OSError:
+                data = b""
+            kv = data if zlib.crc32(data) == seq.saved_crc else b""
+        else:
+            kv = b""
+        job.handoff.checkpoint(tokens, kv, seq.n_past if kv else 0)
+        self.kv_exports += 1
+        self._end(job, "moved")
 
     def _on_tokens(self, job: Job, tokens: list[int]) -> None:
         """A step's tokens for `job`, in order, until one ends it (the rest are dropped)."""
+        if job.handoff is not None:
+            job.handoff.extend(tokens)
         for token in tokens:
             self._on_token(job, token)
             if job not in self._jobs:

@@ -235,6 +235,7 @@ class EmbeddedCPU(CPU):
                 f"{self.n_ctx} tokens"
             )
         resumed = self._resumable(request, tokens)
+        n_conversation = len(tokens)
         done_tokens = 0
         if resumed is not None:
             done_tokens = len(resumed.tokens) - resumed.n_prompt
@@ -291,7 +292,7 @@ class EmbeddedCPU(CPU):
             )[len(sent) :]
         if job.handoff is not None:
             kv, n_kv = (resumed.kv, resumed.n_kv) if resumed is not None else (b"", 0)
-            job.handoff.begin(self.kv_model or "", tokens, seq.n_prompt, kv, n_kv)
+            job.handoff.begin(self.kv_model or "", tokens, n_conversation, kv, n_kv)
             job.handoff.wake = self.wake
         self._submit(job)
         try:

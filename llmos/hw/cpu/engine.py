@@ -225,6 +225,10 @@ class Sequence:
     restore_failures: int = 0  # times a saved state could not be restored
     lookup: Lookup | None = None  # draft source (greedy, unconstrained sequences only)
     draft_limit: int = 0  # the most draft tokens worth verifying now (set by the caller)
+    # Pending tokens at positions from here on are fed one a step, as they were when first
+    # sampled (a reply moved here): llama.cpp's numbers depend on the batch's shape, so a
+    # greedy reply goes on exactly as it would have. None: prefill in chunks.
+    replay_from: int | None = None
 
     @property
     def n_past(self) -> int:
@@ -460,7 +464,8 @@ class Engine:
     def resume(self, seq: Sequence, tokens: list[int], kv: bytes, n_kv: int) -> None:
         """Make a new sequence, built on the first `seq.n_prompt` of `tokens`, continue a
         reply begun elsewhere: its sampler replays the sampled tokens, the KV of `tokens[:n_kv]`
-        is restored when it is admitted (re-prefilled if that fails), the rest is fed."""
+        is restored when it is admitted (re-prefilled if that fails), the rest is fed (the
+        sampled tokens one a step, see `Sequence.replay_from`)."""
         assert not seq.tokens and seq.slot is None and 0 <= n_kv < len(tokens)
         generated = tokens[seq.n_prompt :]
         seq.sampler.accept(generated)
@@ -469,6 +474,7 @@ class Engine:
         seq.tokens = list(tokens[:n_kv]) if kv else []
         seq.pending = list(tokens[len(seq.tokens) :])
         seq.saved = kv or None
+        seq.replay_from = seq.n_prompt
 
     def release(self, seq: Sequence) -> None:
         """Free the slot of `seq` without saving (its KV is dropped)."""
@@ -518,6 +524,9 @@ class Engine:
             if seq.slot is None or not seq.pending or room <= 0:
                 continue
             take = 1 if not seq.prefilling else min(len(seq.pending), prefill_chunk, room)
+            if seq.replay_from is not None and take > 1:
+                ahead = seq.replay_from - seq.n_past
+                take = 1 if ahead <= 0 else min(take, ahead)
             if seq.n_past + take > self.n_ctx:
                 raise ContextOverflowError(
                     f"sequence would exceed the {self.n_ctx}-token context window"

@@ -70,6 +70,7 @@ from llmos.kernel.sched.router import (
     prefix_hashes,
     route,
 )
+from llmos.store.usage import CpuUsage
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,6 @@ def spec_of(name: str, raw: dict[str, Any]) -> PoolSpec:
             for user, p in raw["policies"].items()
         },
     )
-
-
-@dataclass
-class Usage:
-    """Metered use of one member by one owner."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    seconds: float = 0.0
-    cost: float = 0.0
 
 
 @dataclass
@@ -186,7 +176,7 @@ class PoolCPU(CPU):
             continuation=all(c.continuation for c in caps),
         )
         self._n_ctx = min(c.n_ctx for c in loaded)
-        self.usage: dict[tuple[str, str], Usage] = {}
+        self.usage: dict[tuple[str, str], CpuUsage] = {}  # (member, owner)
         self.failovers = 0
         self.brownouts = 0
         self.migrations = 0
@@ -241,7 +231,7 @@ class PoolCPU(CPU):
                 for name, m in self.members.items()
             }
             usage = [
-                {"cpu": cpu, "user": owner, **dataclasses.asdict(u)}
+                {"cpu": cpu, "user": owner, **u.to_json()}
                 for (cpu, owner), u in sorted(self.usage.items())
             ]
             return {
@@ -305,7 +295,13 @@ class PoolCPU(CPU):
             self.failovers += 1
 
     def _ok(
-        self, m: Member, owner: str, chunk: Chunk, seconds: float, blocks: tuple[str, ...]
+        self,
+        m: Member,
+        owner: str,
+        entity: object,
+        chunk: Chunk,
+        seconds: float,
+        blocks: tuple[str, ...],
     ) -> None:
         with self._lock:
             m.failures = 0
@@ -315,15 +311,19 @@ class PoolCPU(CPU):
                 m.cached.move_to_end(h)
             while len(m.cached) > params.ROUTER_CACHED_BLOCKS:
                 m.cached.popitem(last=False)
-            self._meter(m, owner, chunk.prompt_tokens, chunk.completion_tokens, seconds)
+            self._meter(m, owner, entity, chunk.prompt_tokens, chunk.completion_tokens, seconds)
 
-    def _meter(self, m: Member, owner: str, prompt: int, generated: int, seconds: float) -> None:
-        u = self.usage.setdefault((m.spec.name, owner), Usage())
-        u.requests += 1
-        u.prompt_tokens += prompt
-        u.generated_tokens += generated
-        u.seconds += seconds
-        u.cost += (prompt + generated) / 1000.0 * m.spec.price_per_1k
+    def _meter(
+        self, m: Member, owner: str, entity: object, prompt: int, generated: int, seconds: float
+    ) -> None:
+        """Charge one generation's use of `m` to its owner, and to its process (the kernel
+        puts a process's `cpus` in the run log and the usage ledger when it exits)."""
+        cost = (prompt + generated) / 1000.0 * m.spec.price_per_1k
+        used = CpuUsage(1, prompt, generated, seconds, cost)
+        self.usage.setdefault((m.spec.name, owner), CpuUsage()).add(used)
+        per_process = getattr(entity, "cpus", None)
+        if isinstance(per_process, dict):
+            per_process.setdefault(m.spec.name, CpuUsage()).add(used)
 
     def generate(self, request: GenRequest) -> Iterator[Chunk]:
         entity = request.entity
@@ -424,7 +424,7 @@ class PoolCPU(CPU):
                                 moved = True
                                 break
                     if chunk.done:
-                        self._ok(m, owner, chunk, self._clock() - started, blocks)
+                        self._ok(m, owner, entity, chunk, self._clock() - started, blocks)
                         if earlier_generated:
                             chunk = dataclasses.replace(
                                 chunk, completion_tokens=chunk.completion_tokens + earlier_generated
@@ -439,7 +439,8 @@ class PoolCPU(CPU):
                 resume = handoff.state() if handoff is not None else None
                 part = self.count_tokens(sent) - earlier_generated if sent else 0
                 with self._lock:
-                    self._meter(m, owner, len(tokens), max(part, 0), self._clock() - started)
+                    elapsed = self._clock() - started
+                    self._meter(m, owner, entity, len(tokens), max(part, 0), elapsed)
                 earlier_generated += max(part, 0)
                 if moves > params.POOL_FAILOVERS_MAX or (sent and not plain):
                     raise
@@ -451,7 +452,7 @@ class PoolCPU(CPU):
                 else:
                     part = max(self.count_tokens(sent) - earlier_generated, 0)
                 with self._lock:
-                    self._meter(m, owner, len(tokens), part, self._clock() - started)
+                    self._meter(m, owner, entity, len(tokens), part, self._clock() - started)
                     self.migrations += 1
                 earlier_generated += part
                 log.info("pool %s: process %s moved from %s", self.spec.name, pid, m.spec.name)

@@ -363,3 +363,27 @@ def test_a_process_s_use_of_each_cpu_is_in_the_run_log_the_ledger_and_the_usage_
     finally:
         kernel.shutdown()
         kernel.system.close()
+
+
+def test_a_live_process_s_use_of_pool_cpus_is_added_to_today_s_rows(tmp_path: Path) -> None:
+    from llmos.kernel.meter import Meter
+    from llmos.kernel.proc import ProcessTable
+    from llmos.store.log import Log
+    from llmos.store.usage import CpuUsage, Usage, day_of
+
+    table = ProcessTable()
+    with Log.open(tmp_path / "logs.db") as log:
+        today = day_of(time.time())
+        log.usage.add("alice", today, Usage(1, 1, 0.0, 1), {"a": CpuUsage(1, 1, 1, 0.5, 0.25)})
+        meter = Meter(table, lambda: log.usage)
+        proc = table.create(owner="alice", program="p", program_path=None, inputs={}, cpu="pool/p")
+        proc.entity.cpus["a"] = CpuUsage(2, 10, 4, 1.0, 0.5)
+        proc.entity.cpus["b"] = CpuUsage(1, 3, 3, 0.1, 0.0)
+        rows = {(o, c): u for o, _, c, u in meter.cpu_usage()}
+        assert rows[("alice", "a")] == CpuUsage(3, 11, 5, 1.5, 0.75)
+        assert rows[("alice", "b")] == CpuUsage(1, 3, 3, 0.1, 0.0)
+        assert meter.cpu_usage("bob") == [] and meter.cpu_usage(until="2000-01-01") == []
+        # once it exits its use is in the ledger, counted once
+        meter.record(proc)
+        assert {(o, c): u for o, _, c, u in log.usage.cpu_rows()} == rows
+        assert {(o, c): u for o, _, c, u in meter.cpu_usage()} == rows

@@ -257,6 +257,7 @@ class RunRecord:
             "parent_run": self.parent_run,
             "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
             "steps": (self.extra or {}).get("steps", []),  # a tool-using run's syscalls
+            "cpus": (self.extra or {}).get("cpus"),  # a pool's CPUs that served it, metered
         }
         if with_path:
             out["program_path"] = self.program_path

@@ -351,6 +351,11 @@ def test_a_process_s_use_of_each_cpu_is_in_the_run_log_the_ledger_and_the_usage_
         assert cpus["b"]["cost"] == pytest.approx(
             (cpus["b"]["prompt_tokens"] + 3) / 1000 * 2.0, abs=1e-6
         )
+        assert run.to_json()["cpus"] == cpus  # `llmos logs ID --json`
+        from llmos.front.cli_logs import run_text
+
+        shown = run_text(run, [])
+        assert "    on a: 1 requests, " in "\n".join(shown) and shown[-1].startswith("    on b: ")
         today = day_of(time.time())
         ledger = {(o, d, c): u.to_json() for o, d, c, u in kernel.system.log.usage.cpu_rows()}
         assert ledger == {("alice", today, "a"): cpus["a"], ("alice", today, "b"): cpus["b"]}

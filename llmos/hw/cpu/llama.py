@@ -557,11 +557,13 @@ class EmbeddedCPU(CPU):
                     self._checkpoint(job)
 
     def _checkpoint(self, job: Job) -> None:
-        """Every `handoff.every` generated tokens, a copy of a live reply's KV to its handoff."""
+        """Every `handoff.every` generated tokens (or a POOL_KV_CHECKPOINT_SPREAD-th of the
+        tokens in KV, if more), a copy of a live reply's KV to its handoff."""
         h, seq = job.handoff, job.seq
         if h is None or job not in self._jobs or not seq.resident or seq.prefilling:
             return
-        if job.generated - job.checkpointed >= h.every:
+        due = max(h.every, seq.n_past // params.POOL_KV_CHECKPOINT_SPREAD)
+        if job.generated - job.checkpointed >= due:
             h.checkpoint(seq.tokens + seq.pending, self.engine.snapshot(seq), seq.n_past)
             job.checkpointed = job.generated
 

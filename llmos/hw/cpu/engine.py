@@ -29,8 +29,6 @@ or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
 import itertools
 import os
 import threading
@@ -99,19 +97,6 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path}: not a GGUF model file (bad magic {magic!r})")
-
-
-@functools.cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def model_identity(path: Path) -> str:
-    """The identity of a GGUF's weights, for KV states: the SHA-256 of the file (computed once
-    per file version). Two engines may exchange a sequence's KV only when theirs are equal."""
-    st = path.stat()
-    return "sha256:" + _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 class EngineFull(LlmosError):

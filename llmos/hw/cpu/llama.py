@@ -24,13 +24,10 @@ Invariants:
 - A job's stream ends with exactly one `done` chunk, or raises one llmos error.
 - Closing a `generate` generator cancels its job at the next step and frees its slot.
 
-A request with a `Handoff` (a pool's reply that another CPU of this model could continue) has
-its tokens kept there, its KV checkpointed every `handoff.every` generated tokens and at each
-preemption to RAM, and, when the caller asks it to move, a fresh checkpoint taken at the next
-step, ending its stream "moved". A request with `resume` whose model identity (`kv_model`: the
-GGUF's hash) and prompt tokens match continues from that state's tokens and KV, with the text
-the caller has not received yet still to come; any other `resume` is ignored and the reply
-re-prefilled from its `prefix`.
+A request with a `Handoff` has its tokens kept there and its KV checkpointed (when due, and at
+each preemption to RAM); asked to move, it hands its state over at the next step and ends
+"moved". A request with a `resume` that `llmos.hw.cpu.kvmove` accepts goes on from that state;
+any other is re-prefilled from its `prefix`.
 
 What this module does not do: choose which jobs run or where KV is parked (its dispatcher
 does), or validate JSON against the schema (the caller does).
@@ -45,7 +42,6 @@ import queue
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +51,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
+from llmos.hw.cpu import kvmove
 from llmos.hw.cpu.base import (
     CPU,
     ArrivalOrder,
@@ -63,13 +60,12 @@ from llmos.hw.cpu.base import (
     Dispatcher,
     GenRequest,
     Handoff,
-    KVState,
     Message,
     Plan,
     SchedView,
     Where,
 )
-from llmos.hw.cpu.engine import Engine, EngineFull, Sequence, model_identity
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
 from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
 
@@ -219,7 +215,7 @@ class EmbeddedCPU(CPU):
     @property
     def kv_model(self) -> str | None:
         if self._kv_model is None:
-            self._kv_model = model_identity(self.engine.model_path)
+            self._kv_model = kvmove.model_identity(self.engine.model_path)
         return self._kv_model
 
     def describe(self) -> dict[str, Any]:
@@ -234,7 +230,7 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
-        resumed = self._resumable(request, tokens)
+        resumed = kvmove.resumable(request, tokens, self.kv_model or "", self.engine)
         n_conversation = len(tokens)
         done_tokens = 0
         if resumed is not None:
@@ -284,12 +280,8 @@ class EmbeddedCPU(CPU):
             named=entity is not None,
             handoff=request.handoff,
         )
-        if resumed is not None:
-            # the text of the moved tokens the caller has not received yet comes first
-            sent = request.prefix
-            job.text = job.decoder.decode(
-                b"".join(self.engine.piece(t) for t in tokens[seq.n_prompt :])
-            )[len(sent) :]
+        if resumed is not None:  # the moved reply's text the caller has not received comes first
+            job.text = kvmove.unsent_text(self.engine, resumed, request.prefix)
         if job.handoff is not None:
             kv, n_kv = (resumed.kv, resumed.n_kv) if resumed is not None else (b"", 0)
             job.handoff.begin(self.kv_model or "", tokens, n_conversation, kv, n_kv)
@@ -305,25 +297,6 @@ class EmbeddedCPU(CPU):
                     return
         finally:
             job.cancelled = True  # a no-op once finished; cancels a job abandoned mid-stream
-
-    def _resumable(self, request: GenRequest, prompt: list[int]) -> KVState | None:
-        """`request.resume` if this CPU may continue it: the same model, the same prompt
-        tokens, room in the context, plain text, and its tokens' text begins with what the
-        caller has received. Otherwise None: the reply is re-prefilled from its prefix."""
-        state = request.resume
-        if state is None or request.tools or request.json_schema:
-            return None
-        n = state.n_prompt
-        ok = (
-            state.model == self.kv_model
-            and n == len(prompt)
-            and list(state.tokens[:n]) == prompt
-            and 0 <= state.n_kv < len(state.tokens) < self.n_ctx
-        )
-        if ok:
-            text = b"".join(self.engine.piece(t) for t in state.tokens[n:])
-            ok = text.decode("utf-8", errors="replace").startswith(request.prefix)
-        return state if ok else None
 
     def schedule(self, dispatcher: Dispatcher, swap_dir: Path | None) -> None:
         with self._lock:
@@ -557,13 +530,11 @@ class EmbeddedCPU(CPU):
                     self._checkpoint(job)
 
     def _checkpoint(self, job: Job) -> None:
-        """Every `handoff.every` generated tokens (or a POOL_KV_CHECKPOINT_SPREAD-th of the
-        tokens in KV, if more), a copy of a live reply's KV to its handoff."""
+        """A copy of a live reply's KV to its handoff, when one is due."""
         h, seq = job.handoff, job.seq
         if h is None or job not in self._jobs or not seq.resident or seq.prefilling:
             return
-        due = max(h.every, seq.n_past // params.POOL_KV_CHECKPOINT_SPREAD)
-        if job.generated - job.checkpointed >= due:
+        if kvmove.checkpoint_due(h.every, job.generated - job.checkpointed, seq.n_past):
             h.checkpoint(seq.tokens + seq.pending, self.engine.snapshot(seq), seq.n_past)
             job.checkpointed = job.generated
 
@@ -571,21 +542,7 @@ class EmbeddedCPU(CPU):
         """The caller moves this reply to another CPU of this model: leave its tokens and KV
         in its handoff and end its stream "moved" (tokens of a stopped step go with it)."""
         assert job.handoff is not None
-        seq = job.seq
-        tokens = seq.tokens + seq.pending
-        if seq.resident and seq.tokens:
-            kv = self.engine.snapshot(seq)
-        elif seq.saved is not None:
-            kv = seq.saved
-        elif seq.saved_path is not None:
-            try:
-                data = seq.saved_path.read_bytes()
-            except OSError:
-                data = b""
-            kv = data if zlib.crc32(data) == seq.saved_crc else b""
-        else:
-            kv = b""
-        job.handoff.checkpoint(tokens, kv, seq.n_past if kv else 0)
+        job.handoff.checkpoint(*kvmove.hand_over(self.engine, job.seq))
         self.kv_exports += 1
         self._end(job, "moved")
 

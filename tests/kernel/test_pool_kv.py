@@ -9,6 +9,7 @@ off at a chosen point, as a server that goes away does."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -211,3 +212,44 @@ def test_a_member_of_another_model_gets_a_moved_reply_by_re_prefill(
     assert pool.stats()["migrations"] == 1 and pool.stats()["kv_resumes"] == 0
     assert after["kv_imports"] == before["kv_imports"] and after["kv_exports"] == 0
     assert after["prefill_tokens"] > before["prefill_tokens"]
+
+
+def test_a_parked_reply_leaves_a_checkpoint_and_moves_while_stopped(
+    pair: tuple[EmbeddedCPU, EmbeddedCPU],
+) -> None:
+    e1, e2 = pair
+    prompt = "Explain how a lighthouse works, step by step."
+    want = uninterrupted(e2, prompt)
+    handoff = Handoff(every=10_000)  # no periodic checkpoint: only the one the park leaves
+    entity = Entity(pid=13)
+    first = request(prompt, entity)
+    first.handoff = handoff
+    stream = e1.generate(first)
+    sent = ""
+    for chunk in stream:
+        sent += chunk.text
+        if len(sent) > 30:
+            break
+    entity.stopped = True
+    if entity.on_change is not None:
+        entity.on_change()
+    deadline = time.monotonic() + 30
+    while entity.swapped != "ram" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert entity.swapped == "ram"  # parked: its KV saved to RAM, and to the handoff
+    parked = handoff.state()
+    assert parked is not None and parked.kv and parked.n_kv == len(parked.tokens) - 1
+    handoff.request_move()  # moved while stopped: the engine hands it over all the same
+    rest = list(stream)
+    assert rest[-1].finish_reason == "moved" and e1.stats()["kv_exports"] >= 1
+    sent += "".join(c.text for c in rest)
+    state = handoff.state()
+    assert state is not None and state.tokens[: len(parked.tokens)] == parked.tokens
+    entity.stopped = False
+    follow = request(prompt, entity)
+    follow.resume, follow.prefix = state, sent
+    before = e2.stats()
+    got = sent + "".join(c.text for c in e2.generate(follow))
+    assert got == want
+    assert e2.stats()["kv_imports"] == before["kv_imports"] + 1
+    assert e2.stats()["prefill_tokens"] == before["prefill_tokens"]

@@ -204,10 +204,11 @@ class KVState:
 
 class Handoff:
     """Where a CPU with `kv_state` leaves a running reply's state for its caller. The CPU sets
-    `model` and `n_prompt` and extends `tokens` as tokens are sampled; every `every` generated
-    tokens (and when it parks the reply's KV in RAM) it stores a checkpoint; `request_move`
-    asks it to stop the reply at its next step with a fresh checkpoint (finish reason
-    "moved"). Written by the CPU's thread, read by the caller: under its lock."""
+    `model` and `n_prompt` and extends `tokens` as tokens are sampled (shown to the caller or
+    not yet: the text the caller has not received comes from the CPU that goes on); every
+    `every` generated tokens (and when it parks the reply's KV in RAM) it stores a checkpoint;
+    `request_move` asks it to stop the reply at its next step with a fresh checkpoint (finish
+    reason "moved"). Written by the CPU's thread, read by the caller: under its lock."""
 
     def __init__(self, every: int = params.POOL_KV_CHECKPOINT_TOKENS) -> None:
         self.every = every

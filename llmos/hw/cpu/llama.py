@@ -478,7 +478,7 @@ class EmbeddedCPU(CPU):
             self.engine.save(job.seq)
         self._swap_ram += len(job.seq.saved or b"")
         seq = job.seq
-        if job.handoff is not None and seq.saved is not None and job.deferred is None:
+        if job.handoff is not None and seq.saved is not None:
             job.handoff.checkpoint(seq.tokens + seq.pending, seq.saved, seq.n_past)
             job.checkpointed = job.generated
         self._prefix.remove(job.seq)
@@ -521,6 +521,8 @@ class EmbeddedCPU(CPU):
                     job.entity.prefill = (min(job.seq.n_past, job.seq.n_prompt), job.seq.n_prompt)
                 if not tokens or job not in self._jobs:
                     continue
+                if job.handoff is not None:  # its tokens as in its sequence, shown or not
+                    job.handoff.extend(tokens)
                 if job.entity.stopped and not (job.cancelled or job.entity.killed):
                     # Stopped while this step ran: the tokens are the process's, but they show
                     # (and count) only when the process continues.
@@ -548,8 +550,6 @@ class EmbeddedCPU(CPU):
 
     def _on_tokens(self, job: Job, tokens: list[int]) -> None:
         """A step's tokens for `job`, in order, until one ends it (the rest are dropped)."""
-        if job.handoff is not None:
-            job.handoff.extend(tokens)
         for token in tokens:
             self._on_token(job, token)
             if job not in self._jobs:

@@ -27,8 +27,11 @@ N_CTX = 2048
 MAX_TOKENS = 80
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair() -> Iterator[tuple[EmbeddedCPU, EmbeddedCPU]]:
+    """Two fresh engines: greedy replies compare equal only between engines whose caches hold
+    the same prefixes (a prefix shared from the cache was computed in another batch shape, and
+    llama.cpp's numbers depend on it)."""
     e1 = EmbeddedCPU(embedded_model_path(), name="e1", n_ctx=N_CTX)
     e2 = EmbeddedCPU(embedded_model_path(), name="e2", n_ctx=N_CTX)
     try:

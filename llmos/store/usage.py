@@ -145,6 +145,18 @@ class CpuUsage:
 CpuRow = tuple[str, str, str, CpuUsage]  # owner, day, cpu, usage
 
 
+def _filter(owner: str | None, since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (empty or with a leading space) and its arguments for a read scoped
+    to `owner` and days `since`..`until` (each when given)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for clause, value in (("owner = ?", owner), ("day >= ?", since), ("day <= ?", until)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
 class Ledger:
     """The usage table of one log database; safe to share between threads."""
 
@@ -203,16 +215,9 @@ class Ledger:
     ) -> list[tuple[str, str, Usage]]:
         """(owner, day, usage) rows, by owner then day; only `owner`'s when given; days from
         `since` through `until` (inclusive) when given; at most `limit` rows."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, value in (("owner = ?", owner), ("day >= ?", since), ("day <= ?", until)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = _filter(owner, since, until)
         sql = "SELECT owner, day, prompt_tokens, generated_tokens, cpu_s, processes FROM usage"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY owner, day LIMIT ?"
+        sql += where + " ORDER BY owner, day LIMIT ?"
         args.append(-1 if limit is None else limit)
         return [
             (row[0], row[1], Usage(int(row[2]), int(row[3]), float(row[4]), int(row[5])))
@@ -224,19 +229,11 @@ class Ledger:
     ) -> list[CpuRow]:
         """(owner, day, cpu, usage) rows of pool CPUs, by owner, day and CPU; filtered like
         `rows`."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, value in (("owner = ?", owner), ("day >= ?", since), ("day <= ?", until)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = _filter(owner, since, until)
         sql = (
             "SELECT owner, day, cpu, requests, prompt_tokens, generated_tokens, seconds, cost"
-            " FROM usage_cpu"
+            " FROM usage_cpu" + where + " ORDER BY owner, day, cpu"
         )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY owner, day, cpu"
         return [
             (
                 row[0],

@@ -480,3 +480,12 @@ POOL_BREAKER_OPEN_S = 10.0  # how long an open breaker keeps a CPU out before on
 POOL_FAILOVERS_MAX = 4  # the most times one generation moves to another CPU after failures
 POOL_WAIT_DOWN_S = 30.0  # how long a generation waits while every CPU of its pool is down
 POOL_WAIT_POLL_S = 0.05  # how often a waiting generation looks for a CPU again
+# KV transfer between CPUs of one model (llmos.hw.cpu.base.Handoff): while a plain reply runs on
+# a pool CPU that another member could continue from its KV, the CPU checkpoints the reply's KV
+# every this many generated tokens (and at each preemption to RAM); a failover loads the last
+# checkpoint and re-prefills only the tokens after it. A checkpoint copies the whole sequence's
+# KV (~22.5 KiB a token for SmolLM2-135M, ~14 us a token to copy), so in a long context the
+# interval grows to a SPREAD-th of the tokens in KV: the copies then cost a fixed share of the
+# decoding time (a few percent), and a failover recomputes at most that many tokens.
+POOL_KV_CHECKPOINT_TOKENS = 32
+POOL_KV_CHECKPOINT_SPREAD = 16

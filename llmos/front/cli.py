@@ -756,7 +756,7 @@ def _follow(pid: int) -> None:
 def _pool_lines(name: str, st: dict[str, Any]) -> list[str]:
     lines = [
         f"cpu {name}: failovers {st.get('failovers', 0)} brownouts {st.get('brownouts', 0)} "
-        f"migrations {st.get('migrations', 0)}"
+        f"migrations {st.get('migrations', 0)} kv_resumes {st.get('kv_resumes', 0)}"
     ]
     for cpu, m in st["members"].items():
         fb = " fallback" if m.get("fallback") else ""

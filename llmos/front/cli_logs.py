@@ -88,4 +88,10 @@ def run_text(record: RunRecord, messages: list[dict[str, Any]]) -> list[str]:
         f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
         f"tokens, {record.duration_ms or 0:.0f} ms"
     )
+    for cpu, u in ((record.extra or {}).get("cpus") or {}).items():  # a pool's CPUs
+        lines.append(
+            f"    on {cpu}: {u.get('requests')} requests, {u.get('prompt_tokens')} prompt + "
+            f"{u.get('generated_tokens')} generated tokens, {float(u.get('seconds') or 0):.1f}s, "
+            f"cost {float(u.get('cost') or 0):.4f}"
+        )
     return lines

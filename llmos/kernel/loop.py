@@ -206,6 +206,7 @@ def run_process(
                 extra={
                     **_context_extra(context),
                     **({"steps": tally.steps} if tally.steps else {}),
+                    **_cpus_extra(entity),
                 },
             )
         raise
@@ -222,6 +223,7 @@ def run_process(
         raise
     result.run_id = run_id
     result.extra.update(_context_extra(context))
+    result.extra.update(_cpus_extra(entity))
     killed = result.finish_reason == "cancelled"
     ended_early = killed or result.finish_reason == "budget"
     log.finish_run(
@@ -586,6 +588,13 @@ def context_limit(program: Program, cpu: CPU) -> int:
     if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < limit:
         limit = asked
     return limit
+
+
+def _cpus_extra(entity: Entity | None) -> dict[str, Any]:
+    """Which CPUs of a pool served the run, with tokens, seconds and cost on each."""
+    if entity is None or not entity.cpus:
+        return {}
+    return {"cpus": {cpu: u.to_json() for cpu, u in sorted(entity.cpus.items())}}
 
 
 def _context_extra(context: Context | None) -> dict[str, Any]:

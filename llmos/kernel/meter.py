@@ -7,6 +7,10 @@ them, with one process, to its owner's row for the day in the usage ledger
 (`llmos.store.usage`, in the log database), so usage survives a restart. Until then its
 counters are live: `usage` and `check` add them to today's row.
 
+A process on a pool of CPUs also carries its use of each CPU of the pool (`entity.cpus`,
+charged by `llmos.kernel.pool`): `record` adds it to the ledger's per-CPU rows in the same
+transaction, and `cpu_usage` reads them with live processes' added, like `usage`.
+
 `check(owner, quota)` refuses a spawn (QuotaError, with `retry_after_s` = seconds to the next
 UTC midnight) when the owner has used `quota.tokens_per_day` tokens today (ledger plus live
 processes). The live-process quota (`quota.max_processes`) is the process table's, checked
@@ -27,6 +31,7 @@ refused), or meter devices' own work (a syscall's time is not CPU time here).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from llmos.errors import QuotaError
 from llmos.kernel.proc import Process, ProcessTable
-from llmos.store.usage import Ledger, Usage, day_of, seconds_to_next_day
+from llmos.store.usage import CpuRow, CpuUsage, Ledger, Usage, day_of, seconds_to_next_day
 
 if TYPE_CHECKING:
     from llmos.kernel.security.policy import Quota
@@ -68,7 +73,8 @@ class Meter:
         used = usage_of(proc)
         with self._lock:
             try:
-                self._ledger().add(proc.owner, day_of(time.time()), used)
+                cpus = {cpu: dataclasses.replace(u) for cpu, u in proc.entity.cpus.items()}
+                self._ledger().add(proc.owner, day_of(time.time()), used, cpus)
             except Exception as exc:  # the exit goes on; the kernel's totals still count it
                 log.warning("usage of pid %s not recorded: %s", proc.pid, exc)
             self._totals.setdefault(proc.owner, Usage()).add(used)
@@ -117,6 +123,31 @@ class Meter:
                 else:
                     row.add(used)
             rows.sort(key=lambda r: (r[0], r[1]))
+        return rows
+
+    def cpu_usage(
+        self, owner: str | None = None, since: str | None = None, until: str | None = None
+    ) -> list[CpuRow]:
+        """The ledger's per-CPU rows of pool CPUs (filtered like `usage`), with live
+        processes' use added to today's rows."""
+        today = day_of(time.time())
+        with self._lock:
+            rows = self._ledger().cpu_rows(owner, since, until)
+            live: dict[tuple[str, str], CpuUsage] = {}
+            for proc in self._table.all(include_exited=False):
+                if proc.metered or (owner is not None and proc.owner != owner):
+                    continue
+                for cpu, used in list(proc.entity.cpus.items()):
+                    live.setdefault((proc.owner, cpu), CpuUsage()).add(used)
+        if live and (since is None or since <= today) and (until is None or until >= today):
+            index = {(o, d, c): u for o, d, c, u in rows}
+            for (who, cpu), used in live.items():
+                row = index.get((who, today, cpu))
+                if row is None:
+                    rows.append((who, today, cpu, used))
+                else:
+                    row.add(used)
+            rows.sort(key=lambda r: (r[0], r[1], r[2]))
         return rows
 
     def today(self, owner: str) -> Usage:

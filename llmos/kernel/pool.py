@@ -12,8 +12,12 @@ drive it unchanged; inside, each `generate`:
    went away), opens its breaker after `params.POOL_BREAKER_FAILURES` failures in a row and
    places the generation again, avoiding the member that failed: before any text was sent it
    starts afresh; after, it continues on a member with `continuation` from the text already
-   sent (a re-prefill of the context and the reply so far), so the caller's stream goes on
-   with nothing lost and nothing repeated;
+   sent, so the caller's stream goes on with nothing lost and nothing repeated. A plain reply
+   on a member that saves KV (`kv_model`) while another member runs the same model carries a
+   `Handoff`: the member checkpoints the reply's KV there every
+   `params.POOL_KV_CHECKPOINT_TOKENS` tokens, so a failover to a member of that model loads
+   the last checkpoint and re-prefills only the tokens after it (the router prefers such a
+   member); elsewhere it re-prefills the context and the reply so far;
 4. when no member can take it, the process waits in a visible state (its `progress` says so)
    for up to the pool's `wait_down_s`, then fails with a `BackendError` naming every member
    and why it is out. A member marked `fallback` serves only while every preferred one is
@@ -25,9 +29,14 @@ not stop the pool counting); a continuation is never sent to a member that canno
 reply, and never for a constrained or tool-calling reply (those fail over only before their
 first text); a generation moves at most `params.POOL_FAILOVERS_MAX` times.
 
-What this module does not do: choose (the router does), move KV state between members (a
-continuation re-prefills; members running the same GGUF share nothing but the prefix cache
-each builds), or time-share a member (each member's own scheduling does, under the kernel).
+`migrate` moves a running plain reply at its next piece of text: to a member of the same
+model with its KV (the member stops it at a step and the target loads the state: nothing is
+recomputed, and a greedy reply goes on exactly as it would have), to any other member by
+re-prefill.
+
+What this module does not do: choose (the router does), check a KV state against a model
+(the member loading it does, and re-prefills from the text when it does not match), or
+time-share a member (each member's own scheduling does, under the kernel).
 """
 
 from __future__ import annotations
@@ -45,7 +54,16 @@ from typing import Any
 
 from llmos import params
 from llmos.errors import BackendError, LlmosError, ModelError, NotFoundError
-from llmos.hw.cpu.base import CPU, Capabilities, Chunk, Dispatcher, GenRequest, Message
+from llmos.hw.cpu.base import (
+    CPU,
+    Capabilities,
+    Chunk,
+    Dispatcher,
+    GenRequest,
+    Handoff,
+    KVState,
+    Message,
+)
 from llmos.kernel.sched.router import (
     CpuState,
     Decision,
@@ -54,6 +72,7 @@ from llmos.kernel.sched.router import (
     prefix_hashes,
     route,
 )
+from llmos.store.usage import CpuUsage
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +113,6 @@ def spec_of(name: str, raw: dict[str, Any]) -> PoolSpec:
 
 
 @dataclass
-class Usage:
-    """Metered use of one member by one owner."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    seconds: float = 0.0
-    cost: float = 0.0
-
-
-@dataclass
 class Member:
     spec: MemberSpec
     cpu: CPU | None  # None: it could not be loaded
@@ -114,6 +122,7 @@ class Member:
     in_flight: int = 0
     queued: int = 0
     failed_total: int = 0
+    kv_model: str | None = None  # the model identity of its KV states (None: not reachable)
     cached: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def state(self, now: float) -> str:
@@ -132,11 +141,13 @@ class PoolCPU(CPU):
         *,
         clock: Callable[[], float] = time.monotonic,
         router: Callable[[Job, list[CpuState], RoutePolicy | None], Decision] = route,
+        kv_transfer: bool = True,
     ) -> None:
         self.name = params.POOL_SPEC_PREFIX + spec.name
         self.spec = spec
         self._clock = clock
         self._route = router  # the router's rules; a benchmark passes round robin to compare
+        self.kv_transfer = kv_transfer  # False: every move re-prefills (a benchmark compares)
         self._lock = threading.Lock()
         self.members: dict[str, Member] = {}
         for m in spec.members:
@@ -147,6 +158,9 @@ class PoolCPU(CPU):
                     "pool %s: CPU %s (%s) cannot be used: %s", spec.name, m.name, m.model, exc
                 )
                 self.members[m.name] = Member(m, None, error=str(exc))
+        for member in self.members.values():
+            if member.cpu is not None and member.cpu.capabilities.kv_state:
+                member.kv_model = member.cpu.kv_model
         loaded = [m.cpu for m in self.members.values() if m.cpu is not None]
         if not loaded:
             reasons = "; ".join(f"{m.spec.name}: {m.error}" for m in self.members.values())
@@ -164,10 +178,11 @@ class PoolCPU(CPU):
             continuation=all(c.continuation for c in caps),
         )
         self._n_ctx = min(c.n_ctx for c in loaded)
-        self.usage: dict[tuple[str, str], Usage] = {}
+        self.usage: dict[tuple[str, str], CpuUsage] = {}  # (member, owner)
         self.failovers = 0
         self.brownouts = 0
         self.migrations = 0
+        self.kv_resumes = 0  # generations placed with a KV state of the member's model
         self.placements: dict[str, str] = {}  # member -> why it was last chosen
         self.pins: dict[int, str] = {}  # pid -> member named by migrate
 
@@ -219,11 +234,12 @@ class PoolCPU(CPU):
                     "failures": m.failed_total,
                     "error": m.error,
                     "price_per_1k": m.spec.price_per_1k,
+                    "kv_model": m.kv_model,
                 }
                 for name, m in self.members.items()
             }
             usage = [
-                {"cpu": cpu, "user": owner, **dataclasses.asdict(u)}
+                {"cpu": cpu, "user": owner, **u.to_json()}
                 for (cpu, owner), u in sorted(self.usage.items())
             ]
             return {
@@ -233,13 +249,15 @@ class PoolCPU(CPU):
                 "failovers": self.failovers,
                 "brownouts": self.brownouts,
                 "migrations": self.migrations,
+                "kv_resumes": self.kv_resumes,
             }
 
     # --- placement -----------------------------------------------------------------------------
     def migrate(self, pid: int, member: str) -> None:
         """Run process `pid` on `member` from now on (while it can take it): its next
         generations, and the one running now, which moves at its next piece of text when it
-        is plain text and `member` can continue a reply (else at its next generation)."""
+        is plain text and `member` can continue a reply (else at its next generation): with
+        its KV state when `member` runs the same model, else by re-prefill."""
         if member not in self.members:
             known = ", ".join(self.members)
             raise NotFoundError(f"pool '{self.spec.name}' has no CPU '{member}' (it has {known})")
@@ -261,6 +279,7 @@ class PoolCPU(CPU):
                     price_per_1k=m.spec.price_per_1k,
                     fallback=m.spec.fallback,
                     continuation=caps.continuation,
+                    kv_model=m.kv_model,
                     in_flight=m.in_flight,
                     queued=m.queued,
                     cached=frozenset(m.cached),
@@ -284,7 +303,13 @@ class PoolCPU(CPU):
             self.failovers += 1
 
     def _ok(
-        self, m: Member, owner: str, chunk: Chunk, seconds: float, blocks: tuple[str, ...]
+        self,
+        m: Member,
+        owner: str,
+        entity: object,
+        chunk: Chunk,
+        seconds: float,
+        blocks: tuple[str, ...],
     ) -> None:
         with self._lock:
             m.failures = 0
@@ -294,15 +319,19 @@ class PoolCPU(CPU):
                 m.cached.move_to_end(h)
             while len(m.cached) > params.ROUTER_CACHED_BLOCKS:
                 m.cached.popitem(last=False)
-            self._meter(m, owner, chunk.prompt_tokens, chunk.completion_tokens, seconds)
+            self._meter(m, owner, entity, chunk.prompt_tokens, chunk.completion_tokens, seconds)
 
-    def _meter(self, m: Member, owner: str, prompt: int, generated: int, seconds: float) -> None:
-        u = self.usage.setdefault((m.spec.name, owner), Usage())
-        u.requests += 1
-        u.prompt_tokens += prompt
-        u.generated_tokens += generated
-        u.seconds += seconds
-        u.cost += (prompt + generated) / 1000.0 * m.spec.price_per_1k
+    def _meter(
+        self, m: Member, owner: str, entity: object, prompt: int, generated: int, seconds: float
+    ) -> None:
+        """Charge one generation's use of `m` to its owner, and to its process (the kernel
+        puts a process's `cpus` in the run log and the usage ledger when it exits)."""
+        cost = (prompt + generated) / 1000.0 * m.spec.price_per_1k
+        used = CpuUsage(1, prompt, generated, seconds, cost)
+        self.usage.setdefault((m.spec.name, owner), CpuUsage()).add(used)
+        per_process = getattr(entity, "cpus", None)
+        if isinstance(per_process, dict):
+            per_process.setdefault(m.spec.name, CpuUsage()).add(used)
 
     def generate(self, request: GenRequest) -> Iterator[Chunk]:
         entity = request.entity
@@ -318,6 +347,7 @@ class PoolCPU(CPU):
         avoid: set[str] = set()
         moves = 0
         waiting_since: float | None = None
+        resume: KVState | None = None  # the reply's state, from the member it left
         while True:
             now = self._clock()
             job = Job(
@@ -327,6 +357,8 @@ class PoolCPU(CPU):
                 pinned=self.pins.get(pid) if isinstance(pid, int) else None,
                 avoid=frozenset(avoid),
                 continuation=bool(sent),
+                kv_model=resume.model if resume is not None else None,
+                kv_tokens=resume.n_kv if resume is not None else 0,
             )
             with self._lock:
                 decision = self._route(job, self._states(now), policy)
@@ -367,22 +399,40 @@ class PoolCPU(CPU):
                 self.placements[m.spec.name] = decision.reason
                 m.in_flight += len(tokens)
                 m.queued += 1
+            handoff = Handoff() if plain and self._kv_peer(m) else None
+            if resume is not None and resume.model != m.kv_model:
+                resume = None  # another model: it re-prefills from the text
+            if resume is not None:
+                with self._lock:
+                    self.kv_resumes += 1
             sub = request
-            if sent:
-                sub = dataclasses.replace(request, prefix=request.prefix + sent)
+            if sent or handoff is not None or resume is not None:
+                sub = dataclasses.replace(
+                    request, prefix=request.prefix + sent, resume=resume, handoff=handoff
+                )
+            resume = None
             started = self._clock()
             stream = iter(m.cpu.generate(sub))
             moved = False
+            handed: Chunk | None = None  # the member's last chunk when it handed the reply over
             try:
                 for chunk in stream:
+                    if chunk.done and chunk.finish_reason == "moved":
+                        handed, moved = chunk, True
+                        break
                     if chunk.text:
                         sent += chunk.text
                         if plain and not chunk.done and self._moved(pid, m):
-                            yield chunk
-                            moved = True
-                            break
+                            if handoff is not None and handoff.move:
+                                pass  # asked already: its text comes until it stops
+                            elif handoff is not None and self._kv_target(pid, m):
+                                handoff.request_move()  # it stops at a step, with its KV
+                            else:
+                                yield chunk
+                                moved = True
+                                break
                     if chunk.done:
-                        self._ok(m, owner, chunk, self._clock() - started, blocks)
+                        self._ok(m, owner, entity, chunk, self._clock() - started, blocks)
                         if earlier_generated:
                             chunk = dataclasses.replace(
                                 chunk, completion_tokens=chunk.completion_tokens + earlier_generated
@@ -394,17 +444,23 @@ class PoolCPU(CPU):
                 moves += 1
                 log.warning("pool %s: CPU %s failed: %s", self.spec.name, m.spec.name, exc)
                 self._fault(m, exc)
+                resume = handoff.state() if handoff is not None else None
                 part = self.count_tokens(sent) - earlier_generated if sent else 0
                 with self._lock:
-                    self._meter(m, owner, len(tokens), max(part, 0), self._clock() - started)
+                    elapsed = self._clock() - started
+                    self._meter(m, owner, entity, len(tokens), max(part, 0), elapsed)
                 earlier_generated += max(part, 0)
                 if moves > params.POOL_FAILOVERS_MAX or (sent and not plain):
                     raise
                 avoid.add(m.spec.name)
             else:  # moved by migrate: meter what it generated here, go on elsewhere
-                part = max(self.count_tokens(sent) - earlier_generated, 0)
+                if handed is not None and handoff is not None:
+                    resume = handoff.state()
+                    part = handed.completion_tokens
+                else:
+                    part = max(self.count_tokens(sent) - earlier_generated, 0)
                 with self._lock:
-                    self._meter(m, owner, len(tokens), part, self._clock() - started)
+                    self._meter(m, owner, entity, len(tokens), part, self._clock() - started)
                     self.migrations += 1
                 earlier_generated += part
                 log.info("pool %s: process %s moved from %s", self.spec.name, pid, m.spec.name)
@@ -415,6 +471,19 @@ class PoolCPU(CPU):
                 with self._lock:
                     m.in_flight -= len(tokens)
                     m.queued -= 1
+
+    def _kv_peer(self, m: Member) -> bool:
+        """Whether another member could continue `m`'s replies from their KV."""
+        return (
+            self.kv_transfer
+            and m.kv_model is not None
+            and any(o is not m and o.kv_model == m.kv_model for o in self.members.values())
+        )
+
+    def _kv_target(self, pid: object, m: Member) -> bool:
+        """Whether migrate sends process `pid` from `m` to a member of the same model."""
+        target = self.pins.get(pid) if isinstance(pid, int) else None
+        return target is not None and self.members[target].kv_model == m.kv_model
 
     def _moved(self, pid: object, m: Member) -> bool:
         """Whether migrate has sent process `pid` from `m` to a member that can take over."""

@@ -55,6 +55,7 @@ from llmos.errors import LogStoreError
 from llmos.store.db import Database, Migration
 from llmos.store.usage import Ledger
 from llmos.store.usage import migrate as _m002_usage
+from llmos.store.usage import migrate_cpu as _m003_usage_cpu
 
 STATUSES = ("running", "ok", "failed", "cancelled")
 FINAL_STATUSES = ("ok", "failed", "cancelled")
@@ -112,6 +113,7 @@ def _m001_schema(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[Migration] = [
     ("001_schema", _m001_schema),
     ("002_usage", _m002_usage),  # the usage ledger (llmos.store.usage)
+    ("003_usage_cpu", _m003_usage_cpu),  # per pool CPU (llmos.store.usage)
 ]
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -255,6 +257,7 @@ class RunRecord:
             "parent_run": self.parent_run,
             "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
             "steps": (self.extra or {}).get("steps", []),  # a tool-using run's syscalls
+            "cpus": (self.extra or {}).get("cpus"),  # a pool's CPUs that served it, metered
         }
         if with_path:
             out["program_path"] = self.program_path

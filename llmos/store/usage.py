@@ -7,6 +7,12 @@ created by the log's migration `002_usage` (`migrate`), so it lives and moves wi
 
     usage(owner, day 'YYYY-MM-DD', prompt_tokens, generated_tokens, cpu_s, processes)
 
+A process on a pool of CPUs (`llmos.kernel.pool`) also has its use of each CPU of the pool
+added to `usage_cpu` (migration `003_usage_cpu`), in the same transaction: which CPU served
+its tokens, for how long, at what cost (the pool's prices).
+
+    usage_cpu(owner, day, cpu, requests, prompt_tokens, generated_tokens, seconds, cost)
+
 Invariants:
 - Rows only grow: `add` is one upsert that adds to the row in one statement, so two kernels
   sharing the file (a server and an `llmos run`) never lose each other's counts.
@@ -43,6 +49,23 @@ def migrate(conn: sqlite3.Connection) -> None:
         )"""
     )
     conn.execute("CREATE INDEX usage_day ON usage(day, owner)")
+
+
+def migrate_cpu(conn: sqlite3.Connection) -> None:
+    """The log's migration `003_usage_cpu`."""
+    conn.execute(
+        """CREATE TABLE usage_cpu (
+            owner TEXT NOT NULL,
+            day TEXT NOT NULL,
+            cpu TEXT NOT NULL,
+            requests INT NOT NULL DEFAULT 0,
+            prompt_tokens INT NOT NULL DEFAULT 0,
+            generated_tokens INT NOT NULL DEFAULT 0,
+            seconds REAL NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (owner, day, cpu)
+        )"""
+    )
 
 
 def day_of(ts: float) -> str:
@@ -90,15 +113,82 @@ class Usage:
         }
 
 
+@dataclass
+class CpuUsage:
+    """One owner's (or one process's) use of one CPU of a pool: generations placed on it,
+    the prompt tokens it read and the tokens it generated, seconds, and their cost at its
+    price per 1000 tokens."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+
+    def add(self, other: CpuUsage) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.generated_tokens += other.generated_tokens
+        self.seconds += other.seconds
+        self.cost += other.cost
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "seconds": round(self.seconds, 3),
+            "cost": round(self.cost, 6),
+        }
+
+
+CpuRow = tuple[str, str, str, CpuUsage]  # owner, day, cpu, usage
+
+
+def _filter(owner: str | None, since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (empty or with a leading space) and its arguments for a read scoped
+    to `owner` and days `since`..`until` (each when given)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for clause, value in (("owner = ?", owner), ("day >= ?", since), ("day <= ?", until)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
 class Ledger:
     """The usage table of one log database; safe to share between threads."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, owner: str, day: str, usage: Usage) -> None:
-        """Add `usage` to `owner`'s row for `day` (creating it)."""
+    def add(
+        self, owner: str, day: str, usage: Usage, cpus: dict[str, CpuUsage] | None = None
+    ) -> None:
+        """Add `usage` to `owner`'s row for `day` (creating it), and each of `cpus` to the
+        row of that CPU, in one transaction."""
         with self._db.transaction("usage add") as conn:
+            for cpu, used in (cpus or {}).items():
+                conn.execute(
+                    "INSERT INTO usage_cpu (owner, day, cpu, requests, prompt_tokens,"
+                    " generated_tokens, seconds, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (owner, day, cpu) DO UPDATE SET"
+                    " requests = requests + excluded.requests,"
+                    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+                    " generated_tokens = generated_tokens + excluded.generated_tokens,"
+                    " seconds = seconds + excluded.seconds, cost = cost + excluded.cost",
+                    (
+                        owner,
+                        day,
+                        cpu,
+                        used.requests,
+                        used.prompt_tokens,
+                        used.generated_tokens,
+                        used.seconds,
+                        used.cost,
+                    ),
+                )
             conn.execute(
                 "INSERT INTO usage (owner, day, prompt_tokens, generated_tokens, cpu_s, processes)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner, day) DO UPDATE SET"
@@ -125,19 +215,32 @@ class Ledger:
     ) -> list[tuple[str, str, Usage]]:
         """(owner, day, usage) rows, by owner then day; only `owner`'s when given; days from
         `since` through `until` (inclusive) when given; at most `limit` rows."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, value in (("owner = ?", owner), ("day >= ?", since), ("day <= ?", until)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = _filter(owner, since, until)
         sql = "SELECT owner, day, prompt_tokens, generated_tokens, cpu_s, processes FROM usage"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY owner, day LIMIT ?"
+        sql += where + " ORDER BY owner, day LIMIT ?"
         args.append(-1 if limit is None else limit)
         return [
             (row[0], row[1], Usage(int(row[2]), int(row[3]), float(row[4]), int(row[5])))
+            for row in self._db.read(sql, args)
+        ]
+
+    def cpu_rows(
+        self, owner: str | None = None, since: str | None = None, until: str | None = None
+    ) -> list[CpuRow]:
+        """(owner, day, cpu, usage) rows of pool CPUs, by owner, day and CPU; filtered like
+        `rows`."""
+        where, args = _filter(owner, since, until)
+        sql = (
+            "SELECT owner, day, cpu, requests, prompt_tokens, generated_tokens, seconds, cost"
+            " FROM usage_cpu" + where + " ORDER BY owner, day, cpu"
+        )
+        return [
+            (
+                row[0],
+                row[1],
+                row[2],
+                CpuUsage(int(row[3]), int(row[4]), int(row[5]), float(row[6]), float(row[7])),
+            )
             for row in self._db.read(sql, args)
         ]
 

@@ -1,6 +1,7 @@
 """A pool of CPUs through the real `llmos` command: `run --model pool/NAME` with a pool entry
 that cannot load, an unknown pool, and `llmos migrate` moving a running process on a daemon
-whose pool runs two embedded engines (`llmos top` shows the move and each CPU's metering)."""
+whose pool runs two embedded engines of one model, so the reply moves with its KV (`llmos top`
+shows the move and each CPU's metering)."""
 
 from __future__ import annotations
 
@@ -108,10 +109,13 @@ def test_migrate_moves_a_running_process_to_another_cpu(pooled: Path) -> None:
     before = info(pooled, pid)["generated_tokens"]
     until(lambda: info(pooled, pid)["generated_tokens"] > before + 2, 60, "tokens after the move")
     stats = pool_stats(pooled)
+    # both members run the same GGUF: the reply moved with its KV, nothing re-prefilled
+    assert stats["kv_resumes"] == 1
+    assert stats["members"][here]["kv_model"] == stats["members"][there]["kv_model"] is not None
     assert stats["members"][here]["in_flight"] == 0
     assert [(u["cpu"], u["generated_tokens"] > 0) for u in stats["usage"]] == [(here, True)]
     top = ok(llmos(pooled, "top", "--once"))
-    assert "cpu pool/p: failovers 0 brownouts 0 migrations 1" in top
+    assert "cpu pool/p: failovers 0 brownouts 0 migrations 1 kv_resumes 1" in top
     assert f"  {here} " in top and "gone: failed to load" in top
 
     # a process that does not run on a pool has nowhere to move

@@ -32,6 +32,7 @@ def random_state(rng: random.Random, name: str) -> CpuState:
         continuation=rng.random() > 0.2,
         in_flight=rng.choice([0, 0, 10, 64, 300, 1000]),
         queued=rng.choice([0, 0, 1, 3]),
+        kv_model=rng.choice([None, "ka", "kb"]),
     )
 
 
@@ -45,6 +46,8 @@ def random_job(rng: random.Random, names: list[str]) -> Job:
         pinned=rng.choice(names) if rng.random() < 0.1 else None,
         avoid=frozenset(rng.sample(names, k=rng.randint(0, min(2, len(names))))),
         continuation=rng.random() < 0.2,
+        kv_model=rng.choice([None, None, None, "ka"]),
+        kv_tokens=rng.choice([0, 300]),
     )
 
 

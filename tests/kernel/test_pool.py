@@ -319,3 +319,76 @@ def test_json_config_example_in_the_module_note_parses(tmp_path: Path) -> None:
     end = note.index("\n    }\n", start) + 6
     conf = config_mod.parse(tmp_path / "c.json", json.loads(note[start:end]))
     assert [c["name"] for c in conf.pools["local"]["cpus"]] == ["smol-1", "smol-2", "gpu", "spare"]
+
+
+def test_a_process_s_use_of_each_cpu_is_in_the_run_log_the_ledger_and_the_usage_op(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmos.kernel import api
+    from llmos.kernel.boot import boot
+    from llmos.kernel.core import Kernel
+    from llmos.store.usage import day_of
+
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    kernel = Kernel(boot())
+    try:
+        a = ScriptedCPU([BackendError("a went away")])
+        b = ScriptedCPU(["one two three"])
+        pool = pool_of({"a": a, "b": b}, prices={"a": 1.0, "b": 2.0})
+        kernel.add_cpu(pool)
+        prog = tmp_path / "p.prompt"
+        prog.write_text("---\nname: p\n---\n{{input}}\n")
+        alice = api.Caller("alice")
+        spawned = api.call(
+            kernel, alice, "spawn", {"program": str(prog), "stdin": "hi", "model": "pool/p"}
+        )
+        assert api.call(kernel, alice, "wait", {"pid": spawned["pid"]})["text"] == "one two three"
+        (run,) = kernel.system.log.list_runs()
+        cpus = (run.extra or {})["cpus"]
+        assert set(cpus) == {"a", "b"}
+        assert cpus["a"]["requests"] == 1 and cpus["a"]["generated_tokens"] == 0
+        assert cpus["b"]["generated_tokens"] == 3 and cpus["b"]["prompt_tokens"] > 0
+        assert cpus["b"]["cost"] == pytest.approx(
+            (cpus["b"]["prompt_tokens"] + 3) / 1000 * 2.0, abs=1e-6
+        )
+        assert run.to_json()["cpus"] == cpus  # `llmos logs ID --json`
+        from llmos.front.cli_logs import run_text
+
+        shown = run_text(run, [])
+        assert "    on a: 1 requests, " in "\n".join(shown) and shown[-1].startswith("    on b: ")
+        today = day_of(time.time())
+        ledger = {(o, d, c): u.to_json() for o, d, c, u in kernel.system.log.usage.cpu_rows()}
+        assert ledger == {("alice", today, "a"): cpus["a"], ("alice", today, "b"): cpus["b"]}
+        usage = api.call(kernel, alice, "usage", {})
+        assert [(r["user"], r["cpu"], r["generated_tokens"]) for r in usage["cpus"]] == [
+            ("alice", "a", 0),
+            ("alice", "b", 3),
+        ]
+        assert api.call(kernel, api.Caller("bob"), "usage", {})["cpus"] == []
+    finally:
+        kernel.shutdown()
+        kernel.system.close()
+
+
+def test_a_live_process_s_use_of_pool_cpus_is_added_to_today_s_rows(tmp_path: Path) -> None:
+    from llmos.kernel.meter import Meter
+    from llmos.kernel.proc import ProcessTable
+    from llmos.store.log import Log
+    from llmos.store.usage import CpuUsage, Usage, day_of
+
+    table = ProcessTable()
+    with Log.open(tmp_path / "logs.db") as log:
+        today = day_of(time.time())
+        log.usage.add("alice", today, Usage(1, 1, 0.0, 1), {"a": CpuUsage(1, 1, 1, 0.5, 0.25)})
+        meter = Meter(table, lambda: log.usage)
+        proc = table.create(owner="alice", program="p", program_path=None, inputs={}, cpu="pool/p")
+        proc.entity.cpus["a"] = CpuUsage(2, 10, 4, 1.0, 0.5)
+        proc.entity.cpus["b"] = CpuUsage(1, 3, 3, 0.1, 0.0)
+        rows = {(o, c): u for o, _, c, u in meter.cpu_usage()}
+        assert rows[("alice", "a")] == CpuUsage(3, 11, 5, 1.5, 0.75)
+        assert rows[("alice", "b")] == CpuUsage(1, 3, 3, 0.1, 0.0)
+        assert meter.cpu_usage("bob") == [] and meter.cpu_usage(until="2000-01-01") == []
+        # once it exits its use is in the ledger, counted once
+        meter.record(proc)
+        assert {(o, c): u for o, _, c, u in log.usage.cpu_rows()} == rows
+        assert {(o, c): u for o, _, c, u in meter.cpu_usage()} == rows

@@ -123,3 +123,16 @@ def test_round_robin_takes_turns_blind_to_prefixes() -> None:
     cpus = [warm, CpuState("b")]
     job = job_of(SYSTEM)
     assert [rr.route(job, cpus).cpu for _ in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_a_moved_reply_goes_where_its_kv_state_loads_unless_that_cpu_is_too_busy() -> None:
+    job = job_of(SYSTEM, kv_model="sha256:m", kv_tokens=300, continuation=True)
+    same = CpuState("b", continuation=True, kv_model="sha256:m", in_flight=100)
+    other = CpuState("a", continuation=True, kv_model="sha256:x")
+    decision = route(job, [other, same])
+    assert decision.cpu == "b" and "KV state of the same model (300 tokens)" in decision.reason
+    # a state holds no more than its tokens: a CPU with more load than that loses
+    busy = CpuState("b", continuation=True, kv_model="sha256:m", in_flight=400)
+    assert route(job, [other, busy]).cpu == "a"
+    # no state: the model identity is no preference
+    assert route(job_of(SYSTEM, continuation=True), [other, same]).cpu == "a"

@@ -65,7 +65,7 @@ def test_migrations_run_once(db: Path) -> None:
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     conn.close()
     assert [name for name, _ in first] == [name for name, _ in MIGRATIONS]
-    assert len(first) == len(MIGRATIONS) == 2  # 001_schema, 002_usage
+    assert len(first) == len(MIGRATIONS) == 3  # 001_schema, 002_usage, 003_usage_cpu
     assert again == first
     assert mode == "wal"
 

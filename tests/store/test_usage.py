@@ -14,7 +14,7 @@ import pytest
 from llmos import config
 from llmos.errors import ConfigError
 from llmos.store.log import Log
-from llmos.store.usage import Usage, day_of, parse_day, seconds_to_next_day
+from llmos.store.usage import CpuUsage, Usage, day_of, parse_day, seconds_to_next_day
 
 
 def test_usage_rows_add_up_per_owner_and_day_and_survive_a_reopen(tmp_path: Path) -> None:
@@ -36,6 +36,30 @@ def test_usage_rows_add_up_per_owner_and_day_and_survive_a_reopen(tmp_path: Path
     applied = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
     conn.close()
     assert {"001_schema", "002_usage"} <= applied
+
+
+def test_per_cpu_rows_add_up_with_the_owner_s_row_and_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    with Log.open(path) as log:
+        log.usage.add(
+            "alice",
+            "2031-01-01",
+            Usage(10, 5, 1.0, 1),
+            {"a": CpuUsage(1, 10, 3, 0.5, 0.026), "b": CpuUsage(1, 10, 2, 0.25, 0.0)},
+        )
+        log.usage.add(
+            "alice", "2031-01-01", Usage(4, 4, 0.1, 1), {"a": CpuUsage(1, 4, 4, 0.1, 0.016)}
+        )
+        log.usage.add("bob", "2031-01-02", Usage(1, 1, 0.0, 1), {"b": CpuUsage(1, 1, 1, 0.0, 0.0)})
+        log.usage.add("bob", "2031-01-02", Usage(1, 1, 0.0, 1))  # not on a pool: no CPU rows
+    with Log.open(path) as log:
+        rows = {(o, d, c): u for o, d, c, u in log.usage.cpu_rows()}
+        assert rows[("alice", "2031-01-01", "a")] == CpuUsage(2, 14, 7, 0.6, pytest.approx(0.042))
+        assert rows[("alice", "2031-01-01", "b")] == CpuUsage(1, 10, 2, 0.25, 0.0)
+        assert list(rows)[-1] == ("bob", "2031-01-02", "b") and len(rows) == 3
+        assert [c for _, _, c, _ in log.usage.cpu_rows("bob")] == ["b"]
+        assert log.usage.cpu_rows(since="2031-01-03") == []
+        assert log.usage.day("alice", "2031-01-01") == Usage(14, 9, pytest.approx(1.1), 2)
 
 
 def test_concurrent_adds_lose_nothing(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@
     POST /v1/chat/completions   streaming (SSE `data: {chunk}` lines ending `data: [DONE]`) or
                                 not; `max_tokens`/`max_completion_tokens`, `temperature`,
                                 `response_format` (`json_object`, `json_schema`), usage (in the
-                                last chunk with `stream_options.include_usage`), `tools` and
+                                last chunk with `stream_options.include_usage`; on a pool, with
+                                `cpus`: tokens, seconds, cost per CPU), `tools` and
                                 `tool_choice` (functions the client runs itself)
     POST /v1/embeddings         the embedding model memory ships (float or base64)
 
@@ -218,14 +219,19 @@ def kernel_request(body: ChatCompletionRequest) -> dict[str, Any]:
     return payload
 
 
-def _usage(proc: Process) -> dict[str, int]:
+def _usage(proc: Process) -> dict[str, Any]:
+    """OpenAI's usage object; on a pool of CPUs, also `cpus`: each CPU that served the reply,
+    with its tokens, seconds and cost (an extra key, which OpenAI clients keep)."""
     info = proc.info()
     prompt, generated = int(info["prompt_tokens"]), int(info["generated_tokens"])
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": generated,
         "total_tokens": prompt + generated,
     }
+    if proc.entity.cpus:
+        out["cpus"] = {cpu: u.to_json() for cpu, u in sorted(proc.entity.cpus.items())}
+    return out
 
 
 def _tool_calls(proc: Process) -> list[dict[str, Any]]:

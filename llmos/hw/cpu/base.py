@@ -20,6 +20,13 @@ kernel's `sched.policy.Entity` is one); `JobView`, a live job as the CPU shows i
 is preempted and where the KV goes, who steps now). `ArrivalOrder` is the dispatcher of a CPU
 no kernel configures: arrival order, as many resident as there are slots.
 
+A CPU with `kv_state` can also hand a generation to another CPU of the same model
+(`kv_model`): the caller passes a `Handoff` in the request, where the CPU keeps the reply's
+tokens and a checkpoint of its KV and, when asked to `move`, a fresh one, ending the stream
+with finish reason "moved"; the caller then passes the `KVState` as `resume` to the other CPU,
+which loads it only if the model identity and the prompt's tokens match (else it re-prefills
+from `prefix`, never continuing a foreign state).
+
 What this module does not do: scheduling decisions beyond that default (see
 `llmos.kernel.sched`), prompt rendering (see `llmos.kernel.program`), or output validation
 against a schema (the caller validates).
@@ -28,6 +35,7 @@ against a schema (the caller validates).
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +188,71 @@ class ArrivalOrder:
         return placed
 
 
+@dataclass(frozen=True)
+class KVState:
+    """A reply's registers, portable to another CPU of the same model: `tokens` (the prompt's
+    `n_prompt`, then every token sampled so far; the last is not yet fed) and the KV of the
+    first `n_kv` of them, in the bytes of the CPU that made it (`kv` empty when `n_kv` is 0).
+    `model` is that CPU's `kv_model`: no other model may load the bytes."""
+
+    model: str
+    tokens: tuple[int, ...]
+    n_prompt: int
+    kv: bytes = b""
+    n_kv: int = 0
+
+
+class Handoff:
+    """Where a CPU with `kv_state` leaves a running reply's state for its caller. The CPU sets
+    `model` and `n_prompt` and extends `tokens` as tokens are sampled (shown to the caller or
+    not yet: the text the caller has not received comes from the CPU that goes on); every
+    `every` generated tokens (and when it parks the reply's KV in RAM) it stores a checkpoint;
+    `request_move` asks it to stop the reply at its next step with a fresh checkpoint (finish
+    reason "moved"). Written by the CPU's thread, read by the caller: under its lock."""
+
+    def __init__(self, every: int = params.POOL_KV_CHECKPOINT_TOKENS) -> None:
+        self.every = every
+        self.lock = threading.Lock()
+        self.model = ""
+        self.n_prompt = 0
+        self.tokens: list[int] = []
+        self.kv = b""
+        self.n_kv = 0
+        self.move = False
+        self.wake: Callable[[], None] | None = None  # the CPU's wake-up, set by the CPU
+
+    def begin(
+        self, model: str, tokens: list[int], n_prompt: int, kv: bytes = b"", n_kv: int = 0
+    ) -> None:
+        with self.lock:
+            self.model, self.tokens, self.n_prompt = model, list(tokens), n_prompt
+            self.kv, self.n_kv = kv, n_kv
+
+    def extend(self, tokens: list[int]) -> None:
+        with self.lock:
+            self.tokens.extend(tokens)
+
+    def request_move(self) -> None:
+        self.move = True
+        if self.wake is not None:
+            self.wake()
+
+    def checkpoint(self, tokens: list[int], kv: bytes, n_kv: int) -> None:
+        with self.lock:
+            self.tokens = list(tokens)
+            self.kv, self.n_kv = kv, n_kv
+
+    def state(self) -> KVState | None:
+        """The reply so far, with the last checkpoint's KV; None before the CPU began it."""
+        with self.lock:
+            if not self.model or not self.tokens:
+                return None
+            n_kv = self.n_kv if self.kv and self.n_kv < len(self.tokens) else 0
+            return KVState(
+                self.model, tuple(self.tokens), self.n_prompt, self.kv if n_kv else b"", n_kv
+            )
+
+
 @dataclass
 class GenRequest:
     messages: list[Message]
@@ -200,6 +273,11 @@ class GenRequest:
     # again, and it counts against max_tokens. Plain text only (no grammar, no tools).
     prefix: str = ""
     speculative: bool | None = None  # draft by prompt lookup; None: the CPU's default
+    # A reply begun elsewhere (see `KVState`): a CPU whose `kv_model` is its `model` and whose
+    # prompt tokens are its first `n_prompt` loads its KV and goes on from its tokens; `prefix`
+    # still says what the caller has received. Any other CPU ignores it.
+    resume: KVState | None = None
+    handoff: Handoff | None = None  # where a `kv_state` CPU keeps this reply's state
 
 
 @dataclass
@@ -239,6 +317,13 @@ class CPU(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenRequest) -> Iterator[Chunk]:
         """Stream the reply to `request`; see the module note for the contract."""
+
+    @property
+    def kv_model(self) -> str | None:
+        """The identity of the model whose KV this CPU can save and load (a hash of its
+        weights); two CPUs with the same one can continue each other's replies from KV. None
+        for a CPU whose KV is not reachable."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What `llmos models` shows for this CPU."""

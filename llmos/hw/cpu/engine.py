@@ -217,8 +217,9 @@ class Sampler:
         return int(ll.llama_sampler_sample(self.ptr, ctx, index))
 
     def accept(self, tokens: list[int]) -> None:
-        """Feed tokens sampled earlier into the chain's history (the repeat penalty's), as if
-        this chain had sampled them: a continued reply is penalised as the original was."""
+        """Feed tokens sampled earlier (a continued reply, or one moved here from another
+        engine) into the chain's history, as if this chain had sampled them: the repeat
+        penalty's window is what it would have been."""
         for token in tokens:
             ll.llama_sampler_accept(self.ptr, token)
 
@@ -248,6 +249,10 @@ class Sequence:
     restore_failures: int = 0  # times a saved state could not be restored
     lookup: Lookup | None = None  # draft source (greedy, unconstrained sequences only)
     draft_limit: int = 0  # the most draft tokens worth verifying now (set by the caller)
+    # Pending tokens at positions from here on are fed one a step, as they were when first
+    # sampled (a reply moved here): llama.cpp's numbers depend on the batch's shape, so a
+    # greedy reply goes on exactly as it would have. None: prefill in chunks.
+    replay_from: int | None = None
 
     @property
     def n_past(self) -> int:
@@ -458,10 +463,8 @@ class Engine:
             return 0
         size = 0
         if seq.tokens:
-            size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
-            buf = (ctypes.c_uint8 * size)()
-            got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
-            data = ctypes.string_at(buf, got)
+            data = self.snapshot(seq)
+            got = len(data)
             if to_path is not None:
                 tmp = to_path.with_suffix(".tmp")
                 tmp.write_bytes(data)
@@ -473,6 +476,29 @@ class Engine:
             size = got
         self.release(seq)
         return size
+
+    def snapshot(self, seq: Sequence) -> bytes:
+        """A copy of a resident sequence's KV (of its `tokens`); the slot keeps it."""
+        assert seq.slot is not None
+        size = int(ll.llama_state_seq_get_size(self.ctx, seq.slot))
+        buf = (ctypes.c_uint8 * size)()
+        got = int(ll.llama_state_seq_get_data(self.ctx, buf, size, seq.slot))
+        return ctypes.string_at(buf, got)
+
+    def resume(self, seq: Sequence, tokens: list[int], kv: bytes, n_kv: int) -> None:
+        """Make a new sequence, built on the first `seq.n_prompt` of `tokens`, continue a
+        reply begun elsewhere: its sampler replays the sampled tokens, the KV of `tokens[:n_kv]`
+        is restored when it is admitted (re-prefilled if that fails), the rest is fed (the
+        sampled tokens one a step, see `Sequence.replay_from`)."""
+        assert not seq.tokens and seq.slot is None and 0 <= n_kv < len(tokens)
+        generated = tokens[seq.n_prompt :]
+        seq.sampler.accept(generated)
+        if seq.lookup is not None:
+            seq.lookup.extend(generated)
+        seq.tokens = list(tokens[:n_kv]) if kv else []
+        seq.pending = list(tokens[len(seq.tokens) :])
+        seq.saved = kv or None
+        seq.replay_from = seq.n_prompt
 
     def release(self, seq: Sequence) -> None:
         """Free the slot of `seq` without saving (its KV is dropped)."""
@@ -522,6 +548,9 @@ class Engine:
             if seq.slot is None or not seq.pending or room <= 0:
                 continue
             take = 1 if not seq.prefilling else min(len(seq.pending), prefill_chunk, room)
+            if seq.replay_from is not None and take > 1:
+                ahead = seq.replay_from - seq.n_past
+                take = 1 if ahead <= 0 else min(take, ahead)
             if seq.n_past + take > self.n_ctx:
                 raise ContextOverflowError(
                     f"sequence would exceed the {self.n_ctx}-token context window"

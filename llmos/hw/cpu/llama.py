@@ -27,6 +27,11 @@ Invariants:
   `resume`, checked against the model's identity) samples exactly as the uninterrupted reply
   would have: its sampler's repeat-penalty history is primed with the earlier tokens.
 
+A request with a `Handoff` has its tokens kept there and its KV checkpointed (when due, and at
+each preemption to RAM); asked to move, it hands its state over at the next step and ends
+"moved". A request with a `resume` that `llmos.hw.cpu.kvmove` accepts goes on from that state;
+any other is re-prefilled from its `prefix`.
+
 What this module does not do: choose which jobs run or where KV is parked (its dispatcher
 does), or validate JSON against the schema (the caller does).
 """
@@ -49,6 +54,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
+from llmos.hw.cpu import kvmove
 from llmos.hw.cpu.base import (
     CPU,
     ArrivalOrder,
@@ -56,6 +62,7 @@ from llmos.hw.cpu.base import (
     Chunk,
     Dispatcher,
     GenRequest,
+    Handoff,
     Message,
     Plan,
     SchedView,
@@ -116,6 +123,8 @@ class Job:
     deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
     primed: list[int] = field(default_factory=list)  # sampled before this job (continued reply)
     export: Callable[[KVState], None] | None = None  # receives its KV if it ends by length
+    handoff: Handoff | None = None  # where its state is kept for another CPU of this model
+    checkpointed: int = 0  # `generated` at its last checkpoint
 
 
 class EmbeddedCPU(CPU):
@@ -157,6 +166,9 @@ class EmbeddedCPU(CPU):
         self._prefix = PrefixIndex()
         self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
         self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
+        self.prefill_tokens = 0  # prompt (and re-prefilled) tokens computed
+        self.kv_imports = self.kv_exports = 0  # replies continued from, and moved to, elsewhere
+        self._kv_model: str | None = None
 
     def _special_text(self, key: str) -> str:
         value = self.engine.meta(key)
@@ -206,6 +218,12 @@ class EmbeddedCPU(CPU):
     def count_messages(self, messages: list[Message]) -> int:
         return len(self.prompt_tokens(messages))
 
+    @property
+    def kv_model(self) -> str | None:
+        if self._kv_model is None:
+            self._kv_model = kvmove.model_identity(self.engine.model_path)
+        return self._kv_model
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["path"] = str(self.engine.model_path)
@@ -247,9 +265,17 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
+        resumed = (
+            kvmove.resumable(request, tokens, self.kv_model or "", self.engine)
+            if resume is None
+            else None
+        )
+        n_conversation = len(tokens)
         if resume is None:
             done_tokens = 0
-            if request.prefix:
+            if resumed is not None:
+                done_tokens = len(resumed.tokens) - resumed.n_prompt
+            elif request.prefix:
                 if request.tools or request.json_schema:
                     raise ModelError(
                         "a reply is continued only as plain text (no grammar, no tools)"
@@ -287,6 +313,9 @@ class EmbeddedCPU(CPU):
         if resume is not None:  # its KV comes back by restore (or a re-prefill if that fails)
             seq.tokens, seq.pending = list(resume.tokens), list(resume.pending)
             seq.saved = resume.data
+        if resumed is not None:
+            tokens = list(resumed.tokens)
+            self.engine.resume(seq, tokens, resumed.kv, resumed.n_kv)
         max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
         if entity is not None:
@@ -299,7 +328,14 @@ class EmbeddedCPU(CPU):
             named=entity is not None,
             primed=primed[-params.REPEAT_LAST_N :],
             export=export,
+            handoff=request.handoff,
         )
+        if resumed is not None:  # the moved reply's text the caller has not received comes first
+            job.text = kvmove.unsent_text(self.engine, resumed, request.prefix)
+        if job.handoff is not None:
+            kv, n_kv = (resumed.kv, resumed.n_kv) if resumed is not None else (b"", 0)
+            job.handoff.begin(self.kv_model or "", tokens, n_conversation, kv, n_kv)
+            job.handoff.wake = self.wake
         self._submit(job)
         try:
             while True:
@@ -354,6 +390,9 @@ class EmbeddedCPU(CPU):
                 "preemptions": self.preemptions,
                 "restores": self.restores,
                 "prefix_shared_tokens": self.prefix_shared_tokens,
+                "prefill_tokens": self.prefill_tokens,
+                "kv_imports": self.kv_imports,
+                "kv_exports": self.kv_exports,
             }
 
     def close(self) -> None:
@@ -369,8 +408,10 @@ class EmbeddedCPU(CPU):
         with self._lock:
             if self._closing:
                 raise LlmosError(f"{self.name} is shutting down")
-            self._swap_ram += len(job.seq.saved or b"")  # a resumed job's KV, held in RAM
             self._jobs.append(job)
+            if job.seq.saved is not None:  # a resumed or moved reply's KV, parked until admitted
+                self._swap_ram += len(job.seq.saved)
+                self.kv_imports += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"llmos-engine-{self.name}", daemon=True
@@ -397,6 +438,8 @@ class EmbeddedCPU(CPU):
                     continue
                 for job in [j for j in self._jobs if j.cancelled or j.entity.killed]:
                     self._end(job, "cancelled")
+                for job in [j for j in self._jobs if j.handoff is not None and j.handoff.move]:
+                    self._move_out(job)
                 for job in [j for j in self._jobs if j.max_tokens == 0 or j.entity.over_budget]:
                     self._end(job, "length" if job.max_tokens == 0 else "budget")
                 dispatcher = self.dispatcher
@@ -412,7 +455,11 @@ class EmbeddedCPU(CPU):
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
         return self._forget or any(
-            not j.entity.stopped or j.cancelled or j.entity.killed or j.seq.resident
+            not j.entity.stopped
+            or j.cancelled
+            or j.entity.killed
+            or j.seq.resident
+            or (j.handoff is not None and j.handoff.move)
             for j in self._jobs
         )
 
@@ -504,6 +551,10 @@ class EmbeddedCPU(CPU):
             # The disk is full or gone: keep the state in RAM rather than lose it.
             self.engine.save(job.seq)
         self._swap_ram += len(job.seq.saved or b"")
+        seq = job.seq
+        if job.handoff is not None and seq.saved is not None:
+            job.handoff.checkpoint(seq.tokens + seq.pending, seq.saved, seq.n_past)
+            job.checkpointed = job.generated
         self._prefix.remove(job.seq)
         job.entity.resident = False
         job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
@@ -520,6 +571,7 @@ class EmbeddedCPU(CPU):
             return
         for job in chosen:  # drafts never run past the reply's token limit
             job.seq.draft_limit = job.max_tokens - job.generated - 1
+        prefilling = {j.seq: j.seq.n_past for j in chosen if j.seq.prefilling}
         try:
             try:
                 sampled = self.engine.step([j.seq for j in chosen])
@@ -535,6 +587,7 @@ class EmbeddedCPU(CPU):
                 self._fail(job, exc)
             return
         self.steps += 1
+        self.prefill_tokens += sum(seq.n_past - n for seq, n in prefilling.items())
         with self._lock:
             for job in chosen:
                 tokens = sampled.get(job.seq)
@@ -542,12 +595,32 @@ class EmbeddedCPU(CPU):
                     job.entity.prefill = (min(job.seq.n_past, job.seq.n_prompt), job.seq.n_prompt)
                 if not tokens or job not in self._jobs:
                     continue
+                if job.handoff is not None:  # its tokens as in its sequence, shown or not
+                    job.handoff.extend(tokens)
                 if job.entity.stopped and not (job.cancelled or job.entity.killed):
                     # Stopped while this step ran: the tokens are the process's, but they show
                     # (and count) only when the process continues.
                     job.deferred = tokens
                 else:
                     self._on_tokens(job, tokens)
+                    self._checkpoint(job)
+
+    def _checkpoint(self, job: Job) -> None:
+        """A copy of a live reply's KV to its handoff, when one is due."""
+        h, seq = job.handoff, job.seq
+        if h is None or job not in self._jobs or not seq.resident or seq.prefilling:
+            return
+        if kvmove.checkpoint_due(h.every, job.generated - job.checkpointed, seq.n_past):
+            h.checkpoint(seq.tokens + seq.pending, self.engine.snapshot(seq), seq.n_past)
+            job.checkpointed = job.generated
+
+    def _move_out(self, job: Job) -> None:
+        """The caller moves this reply to another CPU of this model: leave its tokens and KV
+        in its handoff and end its stream "moved" (tokens of a stopped step go with it)."""
+        assert job.handoff is not None
+        job.handoff.checkpoint(*kvmove.hand_over(self.engine, job.seq))
+        self.kv_exports += 1
+        self._end(job, "moved")
 
     def _on_tokens(self, job: Job, tokens: list[int]) -> None:
         """A step's tokens for `job`, in order, until one ends it (the rest are dropped)."""

@@ -57,7 +57,9 @@ when the caller's `gone()` says the client went away.
     shm.chmod           name, others, grant                        segment
     shm.rm              name                                       removed
     usage               since (default: params.USAGE_DAYS_MAX      usage (per owner and day,
-                        days ago), until, user (an admin's)        with cost), totals, prices
+                        days ago), until, user (an admin's)        with cost), cpus (per
+                                                                   owner, day and pool CPU),
+                                                                   totals, prices
     logs.list           limit, program, status                     runs (the caller's; an
                                                                    admin's: everyone's)
     logs.search         query, limit                               runs, best match first

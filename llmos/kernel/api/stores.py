@@ -171,7 +171,8 @@ def _day(value: str | None, name: str) -> str | None:
 
 
 def _usage(kernel: Kernel, caller: Caller, req: UsageRequest) -> dict[str, Any]:
-    """Usage per owner and day (ledger plus live processes), priced at the configured prices."""
+    """Usage per owner and day (ledger plus live processes), priced at the configured prices;
+    `cpus`: per owner, day and pool CPU, priced at the pool's prices."""
     if req.user is not None and req.user != caller.owner and not caller.admin:
         raise AccessError("only an admin may see another user's usage")
     owner = req.user if req.user is not None else (None if caller.admin else caller.owner)
@@ -186,8 +187,13 @@ def _usage(kernel: Kernel, caller: Caller, req: UsageRequest) -> dict[str, Any]:
         totals.setdefault(who, Usage()).add(used)
         cost = cfg.cost(used.prompt_tokens, used.generated_tokens, used.cpu_s)
         out.append({"user": who, "day": day, **used.to_json(), "cost": round(cost, 6)})
+    cpus = [
+        {"user": who, "day": day, "cpu": cpu, **used.to_json()}
+        for who, day, cpu, used in kernel.meter.cpu_usage(owner, since, until)
+    ]
     return {
         "usage": out,
+        "cpus": cpus,
         "totals": {
             who: {
                 **t.to_json(),

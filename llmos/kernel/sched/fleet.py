@@ -17,6 +17,8 @@ route() decide among them:
 - in load order, the first eligible preferred CPU and the first eligible fallback one (the best
   of those holding no prefix: their score is minus their load);
 - the pinned CPU, if any.
+A job carrying a KV state (`Job.kv_model`: a reply moving after a failover or a migration)
+scores on every CPU of that model, so it is routed over the whole fleet (a rare event).
 Any other eligible CPU scores no higher than one of these and loses the tie-break to it
 (candidates carry their matched blocks as `cached` and their whole cache's size as `held`). With
 none eligible, route() sees the whole fleet, for its full reason.
@@ -150,6 +152,8 @@ class Fleet:
     def route(self, job: Job, policy: RoutePolicy | None = None) -> Decision:
         """route(job, every CPU, policy), from the few CPUs that can win (module note)."""
         policy = policy or RoutePolicy()
+        if job.kv_model is not None:  # a KV state to place (a failover, a migration): rare, and
+            return route(job, self.states(job), policy)  # any CPU of that model may win
         matched = self.matched(job)
         candidates: dict[str, CpuState] = {}
 

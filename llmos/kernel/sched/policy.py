@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmos import params
+from llmos.store.usage import CpuUsage
 
 _arrivals = itertools.count()
 _charging = threading.Lock()  # one charge at a time walks the ancestors and the account
@@ -89,6 +90,7 @@ class Entity:
     on_change: Callable[[], None] | None = None  # wakes the CPU's loop
     cpu_s: float = 0.0  # seconds it was resident before its current residency (see below)
     resident_since: float | None = None  # monotonic time it became resident, while it is
+    cpus: dict[str, CpuUsage] = field(default_factory=dict)  # per pool CPU (set by the pool)
 
     def __post_init__(self) -> None:
         self.rr_key = self.arrival

@@ -12,7 +12,9 @@ The decision, in order:
 2. policy: only the CPUs the user allows, at no more than the user's price per 1k tokens;
 3. preference: CPUs not marked `fallback` first; only when none of them is eligible does a
    fallback CPU serve (a brownout: `Decision.brownout` is True);
-4. score: the longest cached prefix of the job's prompt (in tokens), less the CPU's load
+4. score: the longest cached prefix of the job's prompt (in tokens), plus the tokens of a
+   moved reply's KV state when the CPU runs the model that made it (`kv_model`: it loads
+   the state instead of recomputing it), less the CPU's load
    (tokens in flight plus `params.ROUTER_QUEUE_TOKENS` per queued request), scaled by
    `params.ROUTER_AFFINITY_WEIGHT`; ties go to the cheaper CPU, then to the one whose cache
    holds fewer blocks (room for this prompt's prefix: a prompt no CPU has seen goes where it
@@ -60,6 +62,7 @@ class CpuState:
     price_per_1k: float = 0.0  # what the user pays per 1000 tokens on it
     fallback: bool = False  # serves only when no preferred CPU can
     continuation: bool = False  # can continue a reply from its text so far (failover)
+    kv_model: str | None = None  # the model identity whose KV states it can load
     in_flight: int = 0  # tokens of the generations running on it now
     queued: int = 0  # requests on it now
     cached: frozenset[str] = frozenset()  # block hashes of prompts it has computed
@@ -77,6 +80,8 @@ class Job:
     pinned: str | None = None  # a CPU named by hand (migrate): placed there if eligible
     avoid: frozenset[str] = frozenset()  # CPUs that just failed it (failover)
     continuation: bool = False  # continues a reply already partly sent (needs a CPU that can)
+    kv_model: str | None = None  # the model of the KV state it carries (failover, migrate)
+    kv_tokens: int = 0  # tokens that state holds: recomputed on any CPU of another model
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,12 @@ def why_not(job: Job, cpu: CpuState, policy: RoutePolicy) -> str | None:
 
 
 def score(job: Job, cpu: CpuState) -> float:
-    """Higher is better: cached prefix tokens (weighted) less the load in tokens."""
-    return params.ROUTER_AFFINITY_WEIGHT * affinity(job, cpu) - load(cpu)
+    """Higher is better: cached prefix tokens and loadable KV tokens (weighted) less the load
+    in tokens."""
+    kept = affinity(job, cpu)
+    if job.kv_model is not None and cpu.kv_model == job.kv_model:
+        kept = max(kept, job.kv_tokens)
+    return params.ROUTER_AFFINITY_WEIGHT * kept - load(cpu)
 
 
 def route(job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None) -> Decision:
@@ -170,6 +179,8 @@ def route(job: Job, cpus: Iterable[CpuState], policy: RoutePolicy | None = None)
     brownout = not preferred
     if brownout:
         reason = "fallback: every preferred CPU is down or refused"
+    elif job.kv_model is not None and best.kv_model == job.kv_model and job.kv_tokens:
+        reason = f"KV state of the same model ({job.kv_tokens} tokens)"
     elif cached:
         reason = f"prefix affinity ({cached} tokens cached)"
     else:

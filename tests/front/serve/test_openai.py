@@ -276,3 +276,34 @@ def test_a_streaming_client_that_disconnects_kills_its_process(server: Server) -
             proc = c.get(f"/api/processes/{pid}").json()["process"]
         assert proc["exit_status"] == "killed"
         assert proc["generated_tokens"] < 2000
+
+
+@pytest.mark.slow
+def test_a_completion_on_a_pool_says_which_cpu_served_it(
+    fresh_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMOS_N_CTX", "2048")
+    pools = {"p": {"cpus": [{"name": "smol", "model": "embedded", "n": 2, "price_per_1k": 0.5}]}}
+    (fresh_server.home / "config.json").write_text(json.dumps({"pools": pools}))
+    fresh_server.start()
+    r = _client(fresh_server).chat.completions.create(
+        model="pool/p",
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=12,  # type: ignore[arg-type]
+    )
+    assert r.usage is not None
+    cpus = (r.usage.model_extra or {})["cpus"]
+    (name,) = cpus  # one CPU served it
+    used = cpus[name]
+    assert name in ("smol-1", "smol-2") and used["requests"] == 1
+    assert used["generated_tokens"] == r.usage.completion_tokens
+    assert used["cost"] == pytest.approx(
+        (used["prompt_tokens"] + used["generated_tokens"]) / 1000 * 0.5, abs=1e-6
+    )
+    with fresh_server.client("alice") as http:
+        rows = http.get("/api/usage").json()["cpus"]
+    assert [(u["user"], u["cpu"], u["generated_tokens"]) for u in rows] == [
+        ("alice", name, r.usage.completion_tokens)
+    ]
+    with fresh_server.client("bob") as http:
+        assert http.get("/api/usage").json()["cpus"] == []

@@ -167,6 +167,10 @@ RECALL_CANDIDATES = 50  # hybrid retrieval: candidates taken from each of BM25 a
 RRF_K = 60  # reciprocal rank fusion constant: score = sum of 1 / (RRF_K + rank)
 BM25_COMMON_SHARE = 0.02  # a query word in more than this share of documents is left out...
 BM25_COMMON_MIN = 500  # ...when it is also in more documents than this (see memory._rare_words)
+BM25_DF_CACHE_TERMS = 4096  # document frequencies of query words remembered per store...
+BM25_DF_STALE_SHARE = 0.01  # ...until the scope has grown or shrunk by more than this share
+VECTOR_EXACT_MAX = 20_000  # a vector index this small is scanned exactly (a product per row)
+VECTOR_SHORTLIST = 1000  # larger: this many rows nearest by sign bits (Hamming), then exact scores
 MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 MEMORY_MAX_TAG_BYTES = 256  # remember: a longer tag is refused

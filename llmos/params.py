@@ -189,17 +189,22 @@ EMBED_DIM = 256
 EMBED_BATCH = 512  # texts embedded per batch
 
 # --- Quantization -------------------------------------------------------------------------------
-# The embedded model's weights: "q4_1" runs the shipped file as-is; "q4_0" or "q8_0" converts it
-# once (llama.cpp's quantizer) into <home>/models and runs the converted file (see
-# llmos.hw.cpu.quant and bench/quant.py for the measured speed/quality trade-off).
-# Measured by bench/quant.py on the machines llmos is tested on (Intel AMX, where llama.cpp's
-# repacked kernels are off): Q8_0 prefills 2.1x faster than the shipped Q4_1 and agrees with it
-# on 95% of next tokens (perplexity +0.5%), but decodes 0.80x (one process) to 1.07x (eight);
-# Q4_0 agrees on only 69% (perplexity +20%). Decoding dominates, so the shipped file stays.
-EMBEDDED_QUANT = "q4_1"
-ENV_EMBEDDED_QUANT = "LLMOS_EMBEDDED_QUANT"  # q4_1 | q8_0 | q4_0: overrides EMBEDDED_QUANT
+# The embedded model's weights: "q4_1" runs the shipped file as-is; "iq4_nl", "q4_0" or "q8_0"
+# converts it once (llama.cpp's quantizer) into <home>/models and runs the converted file. Which
+# one is chosen at first boot per kind of CPU (llmos.hw.cpu.weights) from the ratios bench/quant.py
+# measured against the shipped file (each format in its own process, medians over rounds; the
+# README has the tables). Quality does not depend on the CPU: IQ4_NL and Q4_0 re-encode 4-bit
+# weights into another 4-bit grid and lose more than the gate allows; Q8_0 is nearly lossless.
+EMBEDDED_QUANT = "q4_1"  # the format a CPU with no measurement runs
+ENV_EMBEDDED_QUANT = "LLMOS_EMBEDDED_QUANT"  # q4_1 | iq4_nl | q4_0 | q8_0: overrides the choice
 QUANT_SHIPPED = "q4_1"  # the quantization of the file in the wheel
-QUANT_FTYPES = ("q4_1", "q4_0", "q8_0")  # the values EMBEDDED_QUANT may take
+QUANT_FTYPES = ("q4_1", "iq4_nl", "q4_0", "q8_0")  # the formats the embedded model may run in
+QUANT_MIN_SPEEDUP = 1.2  # a conversion is chosen only if >= this x the shipped file at N=16...
+QUANT_MIN_AGREEMENT = 0.90  # ...agrees with it on at least this share of next tokens...
+QUANT_MAX_PPL_RATIO = 1.05  # ...and has a perplexity at most this x (and is no slower at N=1)
+QUANT_TABLE_VERSION = 2  # bump with QUANT_MEASURED: recorded choices are then made again
+# kind of CPU (llmos.hw.cpu.weights.cpu_kind) -> format -> ratios against the shipped Q4_1
+QUANT_MEASURED: dict[str, dict[str, dict[str, float]]] = {}
 QUANT_CACHE_DIR_NAME = "models"  # <home>/models holds converted GGUF files
 QUANT_MIN_BYTES = 1024 * 1024  # a cached GGUF smaller than this is taken as partial and rebuilt
 

@@ -13,11 +13,11 @@ at least params.QUANT_MIN_AGREEMENT of next tokens and has a perplexity at most
 params.QUANT_MAX_PPL_RATIO x; otherwise the shipped Q4_1. A kind of CPU with no measurement
 keeps Q4_1 too.
 
-`embedded_format(models_dir)` is what boot uses: LLMOS_EMBEDDED_QUANT when set (it always
-wins, and nothing is recorded); else the choice recorded in `<models_dir>/weights.json`; else
-(first boot, or a record that is unreadable, not JSON, names an unknown format, or was made
-from another version of the measured table or on another kind of CPU) a fresh choice, written
-atomically (temporary file, fsync, rename) so that a crash leaves the old record or the new.
+`embedded_format(models_dir)` is what boot uses: LLMOS_EMBEDDED_QUANT when set and not empty
+(it always wins, and nothing is recorded); else the choice recorded in
+`<models_dir>/weights.json`; else (first boot, or a record that is unreadable, not JSON,
+names an unknown format, or was made from another version of the measured table or on another
+kind of CPU) a fresh choice, written atomically (temporary file, fsync, rename) so that a crash leaves the old record or the new.
 
 What this module does not do: convert weights (`llmos.hw.cpu.quant`) or measure anything
 (bench/quant.py does, offline).

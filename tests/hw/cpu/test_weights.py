@@ -133,14 +133,15 @@ def test_an_unwritable_home_still_gets_a_choice(tmp_path: Path) -> None:
 
 
 def test_models_shows_the_weight_format_and_why(run_cli: RunCli, home: Path) -> None:
-    rows = json.loads(run_cli("models", "--json").stdout)
+    unset = {params.ENV_EMBEDDED_QUANT: ""}  # the suite sets it; empty is unset
+    rows = json.loads(run_cli("models", "--json", env=unset).stdout)
     embedded = next(r for r in rows if r["name"] == "embedded")
     assert embedded["weights"] in params.QUANT_FTYPES
     assert embedded["weights_source"] == "chosen"
     record = json.loads((home / "models" / weights.RECORD_NAME).read_text())
     assert record["ftype"] == embedded["weights"]
     assert embedded["weights_reason"] == record["reason"]
-    shown = run_cli("models").stdout
+    shown = run_cli("models", env=unset).stdout
     assert f"weights {record['reason']} (recorded)" in shown
     forced = run_cli("models", "--json", env={params.ENV_EMBEDDED_QUANT: "q8_0"})
     embedded = next(r for r in json.loads(forced.stdout) if r["name"] == "embedded")

@@ -17,7 +17,8 @@ keeps Q4_1 too.
 (it always wins, and nothing is recorded); else the choice recorded in
 `<models_dir>/weights.json`; else (first boot, or a record that is unreadable, not JSON,
 names an unknown format, or was made from another version of the measured table or on another
-kind of CPU) a fresh choice, written atomically (temporary file, fsync, rename) so that a crash leaves the old record or the new.
+kind of CPU) a fresh choice, written atomically (temporary file, fsync, rename) so that a crash
+leaves the old record or the new.
 
 What this module does not do: convert weights (`llmos.hw.cpu.quant`) or measure anything
 (bench/quant.py does, offline).

@@ -204,7 +204,43 @@ QUANT_MIN_AGREEMENT = 0.90  # ...agrees with it on at least this share of next t
 QUANT_MAX_PPL_RATIO = 1.05  # ...and has a perplexity at most this x (and is no slower at N=1)
 QUANT_TABLE_VERSION = 2  # bump with QUANT_MEASURED: recorded choices are then made again
 # kind of CPU (llmos.hw.cpu.weights.cpu_kind) -> format -> ratios against the shipped Q4_1
-QUANT_MEASURED: dict[str, dict[str, dict[str, float]]] = {}
+# (bench/quant.py, 3 rounds; README "Weight formats" has the tables and their spread.)
+QUANT_MEASURED: dict[str, dict[str, dict[str, float]]] = {
+    "x86-avx2": {  # 2 cores, repacked kernels on; medians under a load average of 7-13
+        "iq4_nl": {
+            "speedup_prefill": 1.485,
+            "speedup_n1": 4.611,
+            "speedup_n16": 2.572,
+            "agreement": 0.7341,
+            "ppl_ratio": 1.1734,
+        },
+        "q4_0": {
+            "speedup_prefill": 1.267,
+            "speedup_n1": 3.548,
+            "speedup_n16": 1.147,
+            "agreement": 0.6852,
+            "ppl_ratio": 1.1705,
+        },
+        "q8_0": {
+            "speedup_prefill": 1.253,
+            "speedup_n1": 1.421,
+            "speedup_n16": 1.539,
+            "agreement": 0.956,
+            "ppl_ratio": 1.0019,
+        },
+    },
+    # Intel AMX, extra buffers off: the earlier bench's Q8_0 figures (its speedup_n16 is the
+    # N=8 figure it measured); its Q4_0 failed on quality alone (agreement 0.69, ppl 1.20x).
+    "no-repack": {
+        "q8_0": {
+            "speedup_prefill": 2.1,
+            "speedup_n1": 0.80,
+            "speedup_n16": 1.07,
+            "agreement": 0.95,
+            "ppl_ratio": 1.005,
+        },
+    },
+}
 QUANT_CACHE_DIR_NAME = "models"  # <home>/models holds converted GGUF files
 QUANT_MIN_BYTES = 1024 * 1024  # a cached GGUF smaller than this is taken as partial and rebuilt
 

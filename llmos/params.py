@@ -190,6 +190,10 @@ RECALL_CANDIDATES = 50  # hybrid retrieval: candidates taken from each of BM25 a
 RRF_K = 60  # reciprocal rank fusion constant: score = sum of 1 / (RRF_K + rank)
 BM25_COMMON_SHARE = 0.02  # a query word in more than this share of documents is left out...
 BM25_COMMON_MIN = 500  # ...when it is also in more documents than this (see memory._rare_words)
+BM25_DF_CACHE_TERMS = 4096  # document frequencies of query words remembered per store...
+BM25_DF_STALE_SHARE = 0.01  # ...until the scope has grown or shrunk by more than this share
+VECTOR_EXACT_MAX = 20_000  # a vector index this small is scanned exactly (a product per row)
+VECTOR_SHORTLIST = 1000  # larger: this many rows nearest by sign bits (Hamming), then exact scores
 MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 MEMORY_MAX_TAG_BYTES = 256  # remember: a longer tag is refused
@@ -208,17 +212,58 @@ EMBED_DIM = 256
 EMBED_BATCH = 512  # texts embedded per batch
 
 # --- Quantization -------------------------------------------------------------------------------
-# The embedded model's weights: "q4_1" runs the shipped file as-is; "q4_0" or "q8_0" converts it
-# once (llama.cpp's quantizer) into <home>/models and runs the converted file (see
-# llmos.hw.cpu.quant and bench/quant.py for the measured speed/quality trade-off).
-# Measured by bench/quant.py on the machines llmos is tested on (Intel AMX, where llama.cpp's
-# repacked kernels are off): Q8_0 prefills 2.1x faster than the shipped Q4_1 and agrees with it
-# on 95% of next tokens (perplexity +0.5%), but decodes 0.80x (one process) to 1.07x (eight);
-# Q4_0 agrees on only 69% (perplexity +20%). Decoding dominates, so the shipped file stays.
-EMBEDDED_QUANT = "q4_1"
-ENV_EMBEDDED_QUANT = "LLMOS_EMBEDDED_QUANT"  # q4_1 | q8_0 | q4_0: overrides EMBEDDED_QUANT
+# The embedded model's weights: "q4_1" runs the shipped file as-is; "iq4_nl", "q4_0" or "q8_0"
+# converts it once (llama.cpp's quantizer) into <home>/models and runs the converted file. Which
+# one is chosen at first boot per kind of CPU (llmos.hw.cpu.weights) from the ratios bench/quant.py
+# measured against the shipped file (each format in its own process, medians over rounds; the
+# README has the tables). Quality does not depend on the CPU: IQ4_NL and Q4_0 re-encode 4-bit
+# weights into another 4-bit grid and lose more than the gate allows; Q8_0 is nearly lossless.
+EMBEDDED_QUANT = "q4_1"  # the format a CPU with no measurement runs
+ENV_EMBEDDED_QUANT = "LLMOS_EMBEDDED_QUANT"  # q4_1 | iq4_nl | q4_0 | q8_0: overrides the choice
 QUANT_SHIPPED = "q4_1"  # the quantization of the file in the wheel
-QUANT_FTYPES = ("q4_1", "q4_0", "q8_0")  # the values EMBEDDED_QUANT may take
+QUANT_FTYPES = ("q4_1", "iq4_nl", "q4_0", "q8_0")  # the formats the embedded model may run in
+QUANT_MIN_SPEEDUP = 1.2  # a conversion is chosen only if >= this x the shipped file at N=16...
+QUANT_MIN_AGREEMENT = 0.90  # ...agrees with it on at least this share of next tokens...
+QUANT_MAX_PPL_RATIO = 1.05  # ...and has a perplexity at most this x (and is no slower at N=1)
+QUANT_TABLE_VERSION = 2  # bump with QUANT_MEASURED: recorded choices are then made again
+# kind of CPU (llmos.hw.cpu.weights.cpu_kind) -> format -> ratios against the shipped Q4_1
+# (bench/quant.py, 3 rounds; README "Weight formats" has the tables and their spread.)
+QUANT_MEASURED: dict[str, dict[str, dict[str, float]]] = {
+    "x86-avx2": {  # 2 cores, repacked kernels on; medians under a load average of 7-13
+        "iq4_nl": {
+            "speedup_prefill": 1.485,
+            "speedup_n1": 4.611,
+            "speedup_n16": 2.572,
+            "agreement": 0.7341,
+            "ppl_ratio": 1.1734,
+        },
+        "q4_0": {
+            "speedup_prefill": 1.267,
+            "speedup_n1": 3.548,
+            "speedup_n16": 1.147,
+            "agreement": 0.6852,
+            "ppl_ratio": 1.1705,
+        },
+        "q8_0": {
+            "speedup_prefill": 1.253,
+            "speedup_n1": 1.421,
+            "speedup_n16": 1.539,
+            "agreement": 0.956,
+            "ppl_ratio": 1.0019,
+        },
+    },
+    # Intel AMX, extra buffers off: the earlier bench's Q8_0 figures (its speedup_n16 is the
+    # N=8 figure it measured); its Q4_0 failed on quality alone (agreement 0.69, ppl 1.20x).
+    "no-repack": {
+        "q8_0": {
+            "speedup_prefill": 2.1,
+            "speedup_n1": 0.80,
+            "speedup_n16": 1.07,
+            "agreement": 0.95,
+            "ppl_ratio": 1.005,
+        },
+    },
+}
 QUANT_CACHE_DIR_NAME = "models"  # <home>/models holds converted GGUF files
 QUANT_MIN_BYTES = 1024 * 1024  # a cached GGUF smaller than this is taken as partial and rebuilt
 

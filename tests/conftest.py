@@ -9,7 +9,10 @@
 - `llmos_cli`: the same runner without a bound home, for fixtures wider than one test.
 
 The subprocess environment drops the OpenAI settings and LLMOS_DEBUG of the caller's shell, so
-a developer's configuration never leaks into a test.
+a developer's configuration never leaks into a test. The suite runs the embedded model in its
+shipped format (LLMOS_EMBEDDED_QUANT=q4_1 unless set): expected outputs are that file's, and a
+fresh home would otherwise convert the weights per machine kind (that choice has its own tests
+in tests/hw/cpu/test_weights.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
 CLI_TIMEOUT_S = 300
+os.environ.setdefault("LLMOS_EMBEDDED_QUANT", "q4_1")
 _SCRUBBED_ENV = (
     "LLMOS_HOME",
     "LLMOS_DEBUG",

@@ -1,6 +1,7 @@
 """The `llmos models` commands: list the CPUs, and make a better one in one command.
 
-    llmos models [--json]                       the CPUs programs can run on, the default marked
+    llmos models [--json]                       the CPUs programs can run on, the default marked,
+                                                and the embedded model's weight format and why
     llmos models add NAME SOURCE [--default] [--sha256 HEX] [--revision R] [--force]
                                                 SOURCE: a local .gguf, or hf:OWNER/REPO/FILE.gguf
     llmos models default NAME                   make NAME the default CPU
@@ -43,6 +44,10 @@ def models(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         mark = "  (default)" if row["name"] == default else ""
         click.echo(f"{row['name']:<28} {row['kind']:<10} {row['detail']}{mark}")
+        if row.get("weights_reason"):
+            click.echo(
+                f"{'':<28} {'':<10} weights {row['weights_reason']} ({row['weights_source']})"
+            )
 
 
 @models.command("add")

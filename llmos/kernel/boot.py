@@ -131,14 +131,21 @@ class System:
 
     def list_models(self) -> list[dict[str, str]]:
         from llmos.hw.cpu.llama import embedded_model_path  # llama.cpp only when asked
+        from llmos.hw.cpu.weights import embedded_format
 
         rows = []
         try:
+            path = embedded_model_path()
+            home = self.config.path.parent if self.config.path else config_mod.home()
+            choice = embedded_format(home / params.QUANT_CACHE_DIR_NAME)
             rows.append(
                 {
                     "name": "embedded",
                     "kind": "embedded",
-                    "detail": str(embedded_model_path()),
+                    "detail": str(path),
+                    "weights": choice.ftype,
+                    "weights_reason": choice.reason,
+                    "weights_source": choice.source,
                 }
             )
         except LlmosError as exc:

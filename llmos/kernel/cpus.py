@@ -20,13 +20,12 @@ shared by every process that uses it.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from llmos import params
 from llmos.config import Config
-from llmos.errors import ModelError
+from llmos.errors import LlmosError, ModelError
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.kernel.plugins import BUILTIN_CPUS, GGUF_CPU, cpu_factories
 
@@ -123,18 +122,20 @@ def slow_start(spec: str | None, config: Config) -> str | None:
         if name in _cache:
             return None
     if name == "embedded":
-        from llmos.hw.cpu import quant
+        from llmos.hw.cpu import quant, weights
         from llmos.hw.cpu.llama import embedded_model_path
 
-        ftype = (os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT).lower()
-        if ftype == params.QUANT_SHIPPED or ftype not in params.QUANT_FTYPES:
-            return None
         home = config.path.parent if config.path else None
-        try:
-            shipped = embedded_model_path()
-        except ModelError:
+        if home is None:
             return None
-        if home is None or quant.is_valid(
+        try:
+            ftype = weights.embedded_format(home / params.QUANT_CACHE_DIR_NAME).ftype
+            shipped = embedded_model_path()
+        except LlmosError:
+            return None
+        if ftype == params.QUANT_SHIPPED:
+            return None
+        if quant.is_valid(
             quant.cached_path(shipped, home / params.QUANT_CACHE_DIR_NAME, ftype), shipped
         ):
             return None

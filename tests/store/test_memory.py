@@ -4,11 +4,13 @@ faults: non-UTF-8 text, an empty query, concurrent writers, a corrupt or locked 
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmos import params
@@ -79,9 +81,10 @@ def test_hybrid_retrieval_fuses_both_rankings(store: MemoryStore) -> None:
 
 
 def test_fts_query_drops_stop_words_and_quotes() -> None:
-    q = fts_query("u1", query_words('what is "the" password? password'))
-    assert q == 'scope:"u1" AND ("password")'
-    assert fts_query("u1", query_words("   ")) is None
+    q = fts_query(["text", "tags"], query_words('what is "the" pass"word? pass"word'))
+    assert q == '{text tags}: ("pass" OR "word")'
+    assert fts_query(["text"], query_words('say "x""y"')) == '{text}: ("say" OR "x" OR "y")'
+    assert fts_query(["text"], query_words("   ")) is None
     assert query_words("what is it") == ["what", "is", "it"]  # only stop words: keep them
 
 
@@ -430,3 +433,39 @@ def test_vector_index_grows_in_place_and_removes() -> None:
     best = grown.search(query, 1)[0][0]
     grown.remove({best})
     assert len(grown) == 2999 and best not in {i for i, _ in grown.search(query, 50)}
+
+
+def test_large_vector_index_shortlists_by_sign_bits_and_scores_the_named_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above VECTOR_EXACT_MAX rows: the sign-bit shortlist, rescored exactly, finds what the
+    exact scan finds for a close query; rows named in `also` are scored even when the
+    shortlist misses them; add and remove keep the sign bits in step with the rows."""
+    words = "cat dog owl pear plum oak fir tin zinc salt rain snow mud clay silk wool map ink"
+    texts = [" ".join(c) for c in itertools.combinations(words.split(), 4)][:3000]
+    vectors = embed.embed(texts)
+    exact = embed.VectorIndex()
+    exact.reset(list(range(1, 3001)), vectors)
+    query = embed.embed([texts[1234]])[0]
+    truth = exact.search(query, 5)
+    monkeypatch.setattr(params, "VECTOR_EXACT_MAX", 500)
+    monkeypatch.setattr(params, "VECTOR_SHORTLIST", 50)
+    large = embed.VectorIndex()
+    large.add(list(range(1, 2001)), vectors[:2000])
+    assert large.search(query, 5)  # builds the sign-bit index
+    large.add(list(range(2001, 3001)), vectors[2000:])  # kept in step from here on
+    assert large.search(query, 5)[0] == truth[0] == (1235, pytest.approx(1.0, abs=1e-5))
+    # The row farthest by sign bits is not on the shortlist, but when named it is scored.
+    hamming = np.unpackbits(embed.sign_bits(vectors) ^ embed.sign_bits(query), axis=1).sum(1)
+    far = int(np.argmax(hamming)) + 1
+    assert far not in {i for i, _ in large.search(query, 3000)}
+    scored = dict(large.search(query, 3000, also=[far, 99_999]))
+    assert scored[far] == pytest.approx(float(vectors[far - 1] @ query), abs=1e-5)
+    assert 99_999 not in scored
+    large.remove({1235, 7})
+    exact.remove({1235, 7})
+    near = embed.embed([texts[2500]])[0]
+    assert large.search(near, 1) == exact.search(near, 1)
+    assert 1235 not in {i for i, _ in large.search(query, 50)}
+    with pytest.raises(ValueError, match="ascend"):
+        large.add([5], vectors[:1])

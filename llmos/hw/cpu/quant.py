@@ -1,10 +1,10 @@
 """Model quantization: convert the shipped GGUF once to a faster weight format, and cache it.
 
 Design note. The embedded model ships as Q4_1. On CPUs llama.cpp has faster kernels for other
-formats (Q4_0 and Q8_0 have repacked and wider SIMD paths), so converting the weights can be the
-largest single speed lever; it costs some quality (Q4_0 is coarser than Q4_1; Q8_0 re-encodes
-Q4_1 weights almost losslessly but is twice the size). `bench/quant.py` measures both sides on
-the machine at hand; `params.EMBEDDED_QUANT` records the choice.
+formats (IQ4_NL, Q4_0 and Q8_0 have repacked and wider SIMD paths), so converting the weights can
+be the largest single speed lever; it costs some quality (IQ4_NL and Q4_0 re-encode Q4_1's 4-bit
+weights on another grid; Q8_0 re-encodes them almost losslessly but is twice the size).
+`bench/quant.py` measures both sides; `llmos.hw.cpu.weights` chooses per kind of CPU.
 
 `prepared_model(shipped, cache_dir, ftype)` returns the file to load: the shipped file itself
 for the shipped format, else `<cache_dir>/<model>.<ftype>.gguf`, converted on first use with
@@ -21,7 +21,7 @@ Invariants:
 - A cached file that is not a GGUF (bad magic), too small to be one (size 0, truncated), or
   older than the shipped file is rebuilt.
 
-What this module does not do: choose the format (params does, informed by the benchmark) or
+What this module does not do: choose the format (`llmos.hw.cpu.weights` does) or
 load the model (see `llmos.hw.cpu.engine`).
 """
 
@@ -42,6 +42,7 @@ from llmos.hw.cpu.engine import GGUF_MAGIC, init_backend
 
 # llama.cpp's file types for the formats we convert to.
 _FTYPES: dict[str, int] = {
+    "iq4_nl": ll.LLAMA_FTYPE_MOSTLY_IQ4_NL,
     "q4_0": ll.LLAMA_FTYPE_MOSTLY_Q4_0,
     "q8_0": ll.LLAMA_FTYPE_MOSTLY_Q8_0,
 }

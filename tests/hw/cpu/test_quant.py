@@ -64,3 +64,21 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, damage: bytes) -> None:
 def test_unknown_ftype_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LlmosError, match=r"unknown model quantization 'q3_k'.*q8_0"):
         prepared_model(embedded_model_path(), tmp_path, "q3_k")
+
+
+@pytest.mark.slow
+def test_iq4_nl_conversion_loads_and_generates(tmp_path: Path) -> None:
+    path = prepared_model(embedded_model_path(), tmp_path, "iq4_nl")
+    assert path == tmp_path / "SmolLM2-135M-Instruct.iq4_nl.gguf"
+    assert path.read_bytes()[:4] == GGUF_MAGIC
+    engine = Engine(path, n_ctx=512, n_seq_max=1)
+    try:
+        seq = engine.new_sequence(engine.tokenize("The capital of France is"), temperature=0.0)
+        engine.admit(seq)
+        out: list[int] = []
+        while len(out) < 4:
+            out.extend(engine.step([seq]).get(seq) or [])
+        assert len(out) == 4 and b"".join(engine.piece(t) for t in out).strip()
+        engine.finish(seq)
+    finally:
+        engine.close()

@@ -1,0 +1,159 @@
+"""The dependability services (llmos.kernel.dependable) on a scripted CPU: deterministic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmos.errors import OutputError, ProgramError
+from llmos.hw.cpu.base import ToolSpec
+from llmos.hw.cpu.grammar import call_grammar
+from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.hw.dev.base import CallContext
+from llmos.kernel.dependable import redundancy, route, verify
+from llmos.kernel.loop import Devices, run_process
+from llmos.kernel.plugins import devices as builtin_devices
+from llmos.kernel.program import Program, load
+from llmos.kernel.syscall import SyscallTable, grants_for
+from llmos.store.log import Log
+
+
+def _program(tmp_path: Path, front: str) -> Program:
+    path = tmp_path / "p.prompt"
+    path.write_text(f"---\n{front}\n---\n{{{{input}}}}\n")
+    return load(path)
+
+
+def _run(tmp_path: Path, program: Program, cpu: ScriptedCPU, text: str) -> Any:
+    table = SyscallTable(builtin_devices())
+    devices = Devices(table, grants_for(program.tools, {}, table.devices, "t"), CallContext())
+    seen: list[str] = []
+    try:
+        with Log.open(tmp_path / "logs.db") as log:
+            result = run_process(program, {"input": text}, cpu, log, seen.append, devices=devices)
+    finally:
+        table.close()
+    return result, "".join(seen)
+
+
+@pytest.mark.parametrize(
+    ("question", "expression"),
+    [
+        ("A shop sells 17 books at 23.45 dollars each. How much in total?", "17 * 23.45"),
+        ("Tom had 45 apples and gave away 17. How many are left?", "45 - 17"),
+        ("3 friends share a bill of 96.30 dollars equally. How much each?", "96.30 / 3"),
+        ("Sara has 1,250 coins and gets 375 more. How many now?", "1250 + 375"),
+        ("What is (4 + 5) times 2?", "(4 + 5) * 2"),
+        ("What is the capital of France?", None),
+    ],
+)
+def test_arithmetic_is_parsed_from_the_question(question: str, expression: str | None) -> None:
+    assert route.arithmetic_expression(question) == expression
+
+
+def test_the_calc_grammar_admits_only_the_questions_numbers() -> None:
+    spec = ToolSpec("calc", "calc", {"type": "object", "properties": {"expression": {}}})
+    [constrained] = route.constrain_specs([spec], "17 books at 23.45 each", arithmetic="calc")
+    pattern = constrained.parameters["properties"]["expression"]["pattern"]
+    import re
+
+    assert re.match(pattern, "17 * 23.45") and not re.match(pattern, "12 * 3.45")
+    call_grammar([constrained], required=True)  # llama.cpp's converter accepts it
+
+
+def test_grounded_arguments_become_a_choice_of_input_spans() -> None:
+    spec = ToolSpec("fs", "fs", {"type": "object", "properties": {"path": {}, "content": {}}})
+    text = 'Save the note "buy milk" in the file notes/todo.txt.'
+    [c] = route.constrain_specs([spec], text, ground={"fs": ("path", "content")})
+    assert c.parameters["properties"]["path"]["enum"] == ["buy milk", "notes/todo.txt"]
+
+
+def test_verify_grounded_and_cites() -> None:
+    source = "Maria Lopez, maria@acme.com. Total due: 813.60"
+    assert (
+        verify.grounded({"name": "Maria Lopez", "total": 813.6}, ["name", "total"], source) is None
+    )
+    assert "does not occur" in str(verify.grounded({"email": "<EMAIL>"}, ["email"], source))
+    assert "does not occur" in str(verify.grounded({"total": 50}, ["total"], source))
+    assert "empty" in str(verify.grounded({"email": ""}, ["email"], source))
+    assert verify.cites("The answer is 398.650.", ["398.65"]) is None
+    assert verify.cites("The answer is 41.4.", ["398.65"]) is not None
+
+
+def test_votes() -> None:
+    assert redundancy.majority(["a", "B", "b", "a ", "b"]) == (1, 3)
+    assert redundancy.majority([]) is None
+    outs = [{"n": "A", "e": "x"}, {"n": "A"}, {"n": "B", "e": "x"}]
+    assert redundancy.consensus(outs, None) == {"n": "A", "e": "x"}
+
+
+def test_routed_arithmetic_is_called_by_the_kernel_and_the_answer_checked(
+    tmp_path: Path,
+) -> None:
+    program = _program(
+        tmp_path,
+        "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
+    )
+    cpu = ScriptedCPU(["The answer is 41.4.", "The answer is 398.65."])
+    result, seen = _run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
+    steps = result.extra["steps"]
+    assert steps[0]["routed"] and steps[0]["arguments"] == '{"expression": "17 * 23.45"}'
+    assert result.output == "The answer is 398.65." and seen == result.output
+    assert "failed a check" in cpu.requests[1].messages[-1]["content"]  # the misquote retried
+
+
+def test_an_answer_that_keeps_failing_its_check_fails_clearly(tmp_path: Path) -> None:
+    program = _program(
+        tmp_path,
+        "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
+    )
+    cpu = ScriptedCPU(["It is 7.", "It is 8."])
+    with pytest.raises(OutputError, match="verification failed"):
+        _run(tmp_path, program, cpu, "What is 6 times 7?")
+
+
+def test_redundancy_votes_over_verified_samples(tmp_path: Path) -> None:
+    program = _program(
+        tmp_path,
+        "name: x\noutput:\n  schema:\n    name: string\n    email?: string\n"
+        "llmos.redundancy: {k: 3, vote: schema}\nllmos.verify: {grounded: [name, email]}",
+    )
+    replies = [
+        json.dumps({"name": "Maria Lopez", "email": "<EMAIL>"}),  # fails its check
+        json.dumps({"name": "Maria Lopez", "email": "maria@acme.com"}),
+        json.dumps({"name": "Maria Lopez"}),
+    ]
+    cpu = ScriptedCPU(replies)
+    result, seen = _run(tmp_path, program, cpu, "Maria Lopez, maria@acme.com")
+    assert result.extra["redundancy"]["valid"] == 2
+    assert result.output["name"] == "Maria Lopez" and json.loads(seen) == result.output
+    assert len(cpu.requests) == 3 and {r.seed for r in cpu.requests[1:]} == {1, 2}
+
+
+def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None:
+    program = _program(
+        tmp_path,
+        "name: x\noutput:\n  schema:\n    name: string\n"
+        "llmos.redundancy: {k: 2}\nllmos.verify: {grounded: [name]}",
+    )
+    cpu = ScriptedCPU([json.dumps({"name": "Bob"}), json.dumps({"name": "Eve"})])
+    with pytest.raises(OutputError, match="none of the 2 samples"):
+        _run(tmp_path, program, cpu, "Maria Lopez")
+
+
+@pytest.mark.parametrize(
+    ("front", "message"),
+    [
+        ("llmos.redundancy: {k: 99}", "k' must be an integer"),
+        ("llmos.redundancy: {vote: best}", "vote' must be one of"),
+        ("llmos.verify: {grounded: name}", "grounded' must be a list"),
+        ("llmos.route: {mode: magic}", "mode' must be one of"),
+        ("llmos.route: {nope: 1}", "unknown keys"),
+    ],
+)
+def test_bad_settings_are_refused_at_load(tmp_path: Path, front: str, message: str) -> None:
+    with pytest.raises(ProgramError, match=message):
+        _program(tmp_path, f"name: x\n{front}")

@@ -291,7 +291,9 @@ def _steps(
             messages=context.messages(),
             tools=specs,
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
-            json_schema=(schema or {"type": "object"}) if program.json_mode and not specs else None,
+            json_schema=_nonempty(schema or {"type": "object"}, dep)
+            if program.json_mode and not specs
+            else None,
             entity=entity,
             **settings,
         )
@@ -427,6 +429,25 @@ def _cited(dep: Settings, steps: list[dict[str, Any]], text: str) -> str | None:
                 forms = [str(out)]
             return verifier.cites(text, forms)
     return f"the answer was given without a result from {device}"
+
+
+def _nonempty(schema: dict[str, Any], dep: Settings) -> dict[str, Any]:
+    """The schema the CPU constrains a JSON answer to: a grounded string field, when given,
+    may not be empty (an empty claim is never grounded, so the grammar rules it out)."""
+    fields = dep.verify.grounded if dep.verify is not None else ()
+    props = schema.get("properties")
+    if not fields or not isinstance(props, dict):
+        return schema
+    props = {
+        k: {**v, "minLength": 1} if k in fields and "string" in _types(v) else v
+        for k, v in props.items()
+    }
+    return {**schema, "properties": props}
+
+
+def _types(schema: Any) -> list[str]:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return [kind] if isinstance(kind, str) else list(kind or [])
 
 
 def _retry_note(context: Context, text: str, problem: str, attempt: int) -> None:

@@ -133,6 +133,11 @@ def constrain_specs(
             if arg in props and choices:
                 described = {k: v for k, v in props[arg].items() if k != "pattern"}
                 props[arg] = {**described, "enum": choices}
+        grounded = [a for a in (ground or {}).get(spec.name, ()) if a in props and choices]
+        if grounded:  # a grounded argument is one the call must give
+            params_schema["required"] = list(
+                dict.fromkeys([*params_schema.get("required", []), *grounded])
+            )
         params_schema["properties"] = props
         out.append(dataclasses.replace(spec, parameters=params_schema))
     return out

@@ -157,3 +157,30 @@ def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None
 def test_bad_settings_are_refused_at_load(tmp_path: Path, front: str, message: str) -> None:
     with pytest.raises(ProgramError, match=message):
         _program(tmp_path, f"name: x\n{front}")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_note_example_on_the_embedded_model_writes_the_note(
+    tmp_path: Path, embedded: Any
+) -> None:
+    program = load(EXAMPLES / "note.prompt")
+    table = SyscallTable(builtin_devices())
+    root = tmp_path / "files"
+    root.mkdir()
+    devices = Devices(
+        table, grants_for(program.tools, {}, table.devices, "t"), CallContext(root=root)
+    )
+    try:
+        with Log.open(tmp_path / "logs.db") as log:
+            run_process(
+                program,
+                {"input": 'Save the note "water the plants" in the file home.txt.'},
+                embedded,
+                log,
+                devices=devices,
+            )
+    finally:
+        table.close()
+    assert (root / "home.txt").read_text() == "water the plants"

@@ -41,12 +41,12 @@ def prefill(engine: Engine, seq: Sequence) -> tuple[float, int]:
     while True:
         out = engine.step([seq])
         if seq in out:
-            return time.perf_counter() - t0, out[seq]
+            return time.perf_counter() - t0, out[seq][-1]
 
 
 def next_token(engine: Engine, seq: Sequence) -> int:
     """The greedy token after the pending one, without changing `seq` for good."""
-    probe = engine.step([seq])[seq]
+    (probe,) = engine.step([seq])[seq]
     # Undo the probe: forget the fed token in KV, and the sampled one.
     fed = seq.tokens.pop()
     assert seq.slot is not None

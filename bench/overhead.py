@@ -5,7 +5,9 @@ loading, rendering, the engine thread, streaming to stdout, the log) and through
 llama-cpp-python's own `Llama.create_completion` on the same GGUF file, the same rendered
 prompt, greedy decoding, the same thread count. Decode speed is compared: generated tokens
 after the first, divided by the time from the first token to the last (prefill and model
-load excluded on both sides). Runs alternate, REPEATS times; the medians are compared.
+load excluded on both sides). Each run is a process of its own (the raw side too: never beside
+a loaded model), the two alternating REPEATS times; the medians are compared. `llmos` is the
+one installed next to the running Python (not whatever PATH finds).
 
 Goal: llmos reaches >= 0.95 of raw throughput.
 """
@@ -47,10 +49,18 @@ You are a storyteller. Write long, detailed stories.
 TOPIC = "Write a long story about a lighthouse keeper who finds a map in a bottle."
 
 
+def llmos_cmd() -> list[str]:
+    """The `llmos` of this Python's environment."""
+    script = Path(sys.executable).with_name("llmos")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from llmos.front.cli import main; main()"]
+
+
 def llmos_run(program: Path, home: str) -> dict[str, float]:
     env = {**os.environ, "LLMOS_HOME": home}
     out = subprocess.run(
-        ["llmos", "run", str(program), "--json", "-i", f"input={TOPIC}"],
+        [*llmos_cmd(), "run", str(program), "--json", "-i", f"input={TOPIC}"],
         capture_output=True,
         text=True,
         env=env,
@@ -62,6 +72,32 @@ def llmos_run(program: Path, home: str) -> dict[str, float]:
         "tokens": result["usage"]["completion_tokens"],
         "tok_s": result["tokens_per_s"],
     }
+
+
+def raw_side(prompt_file: Path) -> dict[str, float]:
+    """One raw run in this (fresh) process: load the model, generate, report decode speed."""
+    patch_llama_model_params()
+    from llama_cpp import Llama
+
+    llm = Llama(
+        str(embedded_model_path()),
+        n_ctx=2048,
+        n_threads=n_threads(),
+        n_threads_batch=n_threads(),
+        verbose=False,
+    )
+    return raw_run(llm, prompt_file.read_text())
+
+
+def raw_proc(prompt_file: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--raw", str(prompt_file)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.splitlines()[-1]))
 
 
 def raw_run(llm: object, prompt: str) -> dict[str, float]:
@@ -79,9 +115,9 @@ def raw_run(llm: object, prompt: str) -> dict[str, float]:
 
 
 def main() -> None:
-    patch_llama_model_params()
-    from llama_cpp import Llama
-
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw":
+        print(json.dumps(raw_side(Path(sys.argv[2]))))
+        return
     model = embedded_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         program = Path(tmp) / "story.prompt"
@@ -90,17 +126,12 @@ def main() -> None:
         cpu = EmbeddedCPU(model, n_seq_max=1, n_ctx=2048)
         prompt = cpu.render_prompt(load(program).render({"input": TOPIC}))
         cpu.close()
-        llm = Llama(
-            str(model),
-            n_ctx=2048,
-            n_threads=n_threads(),
-            n_threads_batch=n_threads(),
-            verbose=False,
-        )
+        prompt_file = Path(tmp) / "prompt.txt"
+        prompt_file.write_text(prompt)
         llmos_runs, raw_runs = [], []
         for _ in range(REPEATS):
             llmos_runs.append(llmos_run(program, tmp))
-            raw_runs.append(raw_run(llm, prompt))
+            raw_runs.append(raw_proc(prompt_file))
     rows = [
         ["llmos run", llmos_runs[0]["tokens"], median([r["tok_s"] for r in llmos_runs])],
         ["raw llama-cpp-python", raw_runs[0]["tokens"], median([r["tok_s"] for r in raw_runs])],

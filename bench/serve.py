@@ -9,14 +9,23 @@ usage in the last chunk. Recorded per request: time to first token (first non-em
 chunk), total latency, generated tokens, and whether it failed.
 
 In-process side: the same load (the same users, clients, prompts and limits) on a `Kernel` in a
-process of its own, each client a thread calling the kernel's API (`chat`, then following the
-process's output) directly: the ceiling the HTTP layer is measured against.
+process of its own, configured as `llmos serve` configures it (fair share, the process journal
+that logs every piece of output before it is sent), each client a thread calling the kernel's
+API (`chat`, then following the process's output) directly: the ceiling the HTTP layer is
+measured against.
+
+The HTTP side's load generator (the process running the `openai` clients, not the server) runs
+at nice CLIENT_NICE (`--client-nice`, default 10): on a small machine it shares the cores with
+the server, and a client that takes CPU the server wanted measures the client, not the HTTP
+layer; real clients run on other machines. `--client-nice 0` measures them side by side; the
+JSON line says which was used.
 
 The two sides alternate over ROUNDS rounds (each in its own process, never side by side).
 Goals: 0 errors; HTTP aggregate tokens/s at least 0.9 of the in-process rate; Jain's fairness
 index over per-user tokens (HTTP side) at least 0.95.
 
-    python bench/serve.py [--duration S] [--clients N] [--users N] [--rounds N] [--quick]
+    python bench/serve.py [--duration S] [--clients N] [--users N] [--rounds N]
+                          [--client-nice N] [--quick]
 
 A table, then one JSON line.
 """
@@ -188,10 +197,11 @@ async def http_load(
     return records, wall
 
 
-def run_http(clients: int, users: int, duration: float) -> dict[str, Any]:
+def run_http(clients: int, users: int, duration: float, nice: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="llmos-bench-serve-") as tmp:
         home = Path(tmp) / "home"
         server, url, tokens = start_server(home, users)
+        os.nice(nice)  # this process only: the server started above keeps its priority
         try:
             records, wall = asyncio.run(http_load(url, tokens, clients, duration))
         finally:
@@ -206,15 +216,21 @@ def run_http(clients: int, users: int, duration: float) -> dict[str, Any]:
 # --- the in-process side --------------------------------------------------------------------------
 
 
-def run_inproc(clients: int, users: int, duration: float) -> dict[str, Any]:
+def run_inproc(clients: int, users: int, duration: float, nice: int) -> dict[str, Any]:
+    del nice  # the callers here are the kernel API's own threads: nothing to set apart
     with tempfile.TemporaryDirectory(prefix="llmos-bench-inproc-") as tmp:
         os.environ["LLMOS_HOME"] = str(Path(tmp) / "home")
         from llmos import params
         from llmos.kernel import api
         from llmos.kernel.boot import boot
         from llmos.kernel.core import Kernel
+        from llmos.store.procs import ProcJournal
 
-        kernel = Kernel(boot(), policy=params.SERVE_SCHED_POLICY, max_processes=256)
+        system = boot()
+        journal = ProcJournal.open(system.home / params.PROCS_DB_NAME)
+        kernel = Kernel(
+            system, policy=params.SERVE_SCHED_POLICY, max_processes=256, journal=journal
+        )
         kernel.cpu(None)
         names = [f"user{i}" for i in range(users)]
         records: list[dict[str, Any]] = []
@@ -264,13 +280,14 @@ def run_inproc(clients: int, users: int, duration: float) -> dict[str, Any]:
         wall = time.monotonic() - started
         kernel.shutdown()
         kernel.system.close()
+        journal.close()
     return summarize("in-process", records, wall)
 
 
 # --- rounds -----------------------------------------------------------------------------------
 
 
-def one_side(side: str, clients: int, users: int, duration: float) -> dict[str, Any]:
+def one_side(side: str, clients: int, users: int, duration: float, nice: int) -> dict[str, Any]:
     """Run one side in a fresh process and return its summary."""
     out = subprocess.run(
         [
@@ -284,6 +301,8 @@ def one_side(side: str, clients: int, users: int, duration: float) -> dict[str, 
             str(users),
             "--duration",
             str(duration),
+            "--client-nice",
+            str(nice),
         ],
         capture_output=True,
         text=True,
@@ -301,12 +320,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--client-nice", type=int, default=10, help="niceness of the HTTP load generator"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run (15 s, 10 clients)")
     parser.add_argument("--side", choices=["http", "in-process"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         run = run_http if args.side == "http" else run_inproc
-        print(json.dumps(run(args.clients, args.users, args.duration)))
+        print(json.dumps(run(args.clients, args.users, args.duration, args.client_nice)))
         return
     if args.quick:
         args.duration, args.clients, args.rounds = 15.0, 10, 1
@@ -314,7 +336,8 @@ def main() -> None:
     sides: dict[str, list[dict[str, Any]]] = {"http": [], "in-process": []}
     for _ in range(args.rounds):
         for side in ("http", "in-process"):
-            sides[side].append(one_side(side, args.clients, args.users, per_round))
+            summary = one_side(side, args.clients, args.users, per_round, args.client_nice)
+            sides[side].append(summary)
 
     def total(side: str, key: str) -> float:
         return float(sum(r[key] for r in sides[side]))
@@ -380,6 +403,7 @@ def main() -> None:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "max_tokens": MAX_TOKENS,
+            "client_nice": args.client_nice,
             "requests": int(total("http", "requests")),
             "errors": errors,
             "ttft_p50_s": max(r["ttft_p50_s"] for r in sides["http"]),

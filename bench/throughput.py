@@ -1,5 +1,5 @@
 """Throughput: N processes generating at once on the kernel's scheduling engine, against two
-baselines.
+baselines, each side alone in a process of its own.
 
 For N = 1, 2, 4, 8, 16, N processes (greedy, a distinct prompt each: count on from a distinct
 number in words) each generate exactly TOKENS tokens; every side is told never to end at the
@@ -11,7 +11,7 @@ model's end-of-generation token, so every side does the same work:
   Entity), minus program rendering and run logging, which `Kernel.spawn` cannot skip
   `ignore_eos` for. The engine batches them: one llama_decode per step. Wall time from the
   first submission to the last completion.
-- sequential: the same requests submitted one after another, each waited for.
+- sequential: the same requests on the same kernel CPU, one after another, each waited for.
 - raw: llama.cpp batched decoding of the same prompt token lists (exactly the tokens llmos
   sends) written directly against llama_cpp's low-level API: one context (same n_ctx, n_batch,
   threads, model parameters; n_seq_max=N, kv_unified), prefill in n_batch chunks, then one
@@ -19,36 +19,47 @@ model's end-of-generation token, so every side does the same work:
   end-of-generation tokens masked (as ignore_eos does). The context is created, warmed up by a
   short untimed decode and cleared (llama_memory_clear) before timing: this is the ceiling.
 
-Each phase uses its own prompts: a run- and phase-specific nonce opens the system message, so
-no phase can reuse prompt prefixes that an earlier phase left resident on the CPU (the CPU
-keeps finished prompts as shareable prefixes). Inside a phase, processes may still share the
-common system prompt (that is the engine's prefix sharing at work).
+Each side runs in a fresh process of its own (never beside a live engine: they would share
+threads and caches), one process per side per round; the sides alternate over ROUNDS rounds,
+their order rotating each round. A first process only renders the prompts to the exact token
+lists llmos sends (and lists the end-of-generation tokens) for the raw side. Each N has its own
+prompts (a run- and N-specific nonce opens the system message), so a side cannot reuse the
+prefixes an earlier N left resident; inside one N, processes may still share the common system
+prompt (that is the engine's prefix sharing at work).
 
-Rates: "tok/s" is generated tokens / wall time, prefill included, on every side. "decode tok/s"
-counts only the tokens generated after every process of the phase has its first token, over
-the time after that (for sequential: each process's own decode time, summed).
+Rates: "tok/s" is generated tokens / wall time, prefill included, on every side; the table
+gives each side's median over the rounds with its spread (min-max), and kernel/raw is the
+ratio of the medians. "decode tok/s" counts only the tokens generated after every process of
+the phase has its first token, over the time after that (for sequential: each process's own
+decode time, summed).
+
+    python bench/throughput.py [--rounds N]      (BENCH_QUICK=1: N = 1, 2; 16 tokens; 1 round)
 
 Goal: kernel >= 0.9 x raw at every N (wall rates, prefill included).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as ll
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, n_threads, quick, table
+from _common import emit, median, n_threads, quick, table
 
 from llmos import params
 from llmos.hw.cpu.base import GenRequest, Message
@@ -62,7 +73,7 @@ QUICK = quick()
 NS = (1, 2) if QUICK else (1, 2, 4, 8, 16)
 TOKENS = 16 if QUICK else 128
 GOAL = 0.9
-RUN = secrets.token_hex(4)  # this run's nonce: no phase shares a prompt prefix with another
+ROUNDS = 1 if QUICK else 3
 SYSTEM = "Job {tag}. You write very long lists and never stop early."
 USER = (
     "Count upward from {start} to {start} plus one thousand. Write every number in words, "
@@ -77,8 +88,8 @@ def messages(tag: str, i: int) -> list[Message]:
     ]
 
 
-def phase_prompts(phase: str, n: int) -> list[list[Message]]:
-    tag = f"{RUN}-{phase}-{n}"
+def phase_prompts(run: str, phase: str, n: int) -> list[list[Message]]:
+    tag = f"{run}-{phase}-{n}"
     return [messages(tag, i) for i in range(n)]
 
 
@@ -270,55 +281,135 @@ class Raw:
         ll.llama_model_free(self.model)
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as home:
-        os.environ[params.ENV_HOME] = home
-        system = boot()
-        kernel = Kernel(system)
-        cpu = kernel.cpu(None)  # the embedded CPU under the kernel's policy and residency limit
-        assert isinstance(cpu, EmbeddedCPU)
-        raw = Raw(cpu.engine.model_path, cpu.engine.eog_tokens())
-        llmos_run(cpu, phase_prompts("warmup", 2), sequential=False)
-        rows, results = [], {}
-        for n in NS:
-            batched = phase_prompts("batched", n)
-            k = llmos_run(cpu, batched, sequential=False)
-            s = llmos_run(cpu, phase_prompts("sequential", n), sequential=True)
-            r = raw.run([cpu.prompt_tokens(m) for m in batched], TOKENS)
-            vs_seq, vs_raw = k.rate / s.rate, k.rate / r.rate
-            rates = [k.rate, s.rate, r.rate, vs_seq, vs_raw, k.decode_rate, r.decode_rate]
-            rows.append([n, k.tokens, k.wall, *rates])
-            results[str(n)] = {
-                "kernel_tok_s": round(k.rate, 2),
-                "sequential_tok_s": round(s.rate, 2),
-                "raw_tok_s": round(r.rate, 2),
-                "kernel_tokens": k.tokens,
-                "sequential_tokens": s.tokens,
-                "raw_tokens": r.tokens,
-                "kernel_wall_s": round(k.wall, 3),
-                "sequential_wall_s": round(s.wall, 3),
-                "raw_wall_s": round(r.wall, 3),
-                "kernel_decode_tok_s": round(k.decode_rate, 2),
-                "sequential_decode_tok_s": round(s.decode_rate, 2),
-                "raw_decode_tok_s": round(r.decode_rate, 2),
-                "vs_sequential": round(vs_seq, 3),
-                "vs_raw": round(vs_raw, 3),
-                "decode_vs_raw": round(k.decode_rate / r.decode_rate, 3) if r.decode_rate else 0.0,
-                "prompt_tokens_mean": round(sum(len(cpu.prompt_tokens(m)) for m in batched) / n, 1),
-            }
-        policy = kernel.policy.name
-        raw.close()
+def _kernel_cpu() -> tuple[Kernel, EmbeddedCPU]:
+    kernel = Kernel(boot())
+    cpu = kernel.cpu(None)  # the embedded CPU under the kernel's policy and residency limit
+    assert isinstance(cpu, EmbeddedCPU)
+    return kernel, cpu
+
+
+def side_tokens(run: str) -> dict[str, Any]:
+    """The exact token lists llmos sends for each N, and the end-of-generation tokens."""
+    kernel, cpu = _kernel_cpu()
+    try:
+        return {
+            "model": str(cpu.engine.model_path),
+            "eog": cpu.engine.eog_tokens(),
+            "prompts": {
+                str(n): [cpu.prompt_tokens(m) for m in phase_prompts(run, "batched", n)] for n in NS
+            },
+        }
+    finally:
         kernel.shutdown()
         cpu.close()
+
+
+def side_kernel(run: str, sequential: bool) -> dict[str, Any]:
+    kernel, cpu = _kernel_cpu()
+    try:
+        llmos_run(cpu, phase_prompts(run, "warmup", 2), sequential=False)
+        out = {}
+        for n in NS:
+            r = llmos_run(cpu, phase_prompts(run, "batched", n), sequential=sequential)
+            out[str(n)] = r.__dict__
+        out["policy"] = kernel.policy.name  # type: ignore[assignment]
+        return out
+    finally:
+        kernel.shutdown()
+        cpu.close()
+
+
+def side_raw(tokens: dict[str, Any]) -> dict[str, Any]:
+    raw = Raw(Path(tokens["model"]), tokens["eog"])
+    try:
+        return {str(n): raw.run(tokens["prompts"][str(n)], TOKENS).__dict__ for n in NS}
+    finally:
+        raw.close()
+
+
+def run_side(side: str, run: str, tokens_file: Path) -> dict[str, Any]:
+    """One side in a fresh process; its result."""
+    cmd = [sys.executable, __file__, "--side", side, "--run", run, "--tokens", str(tokens_file)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"{side} side failed: {out.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--side", choices=["tokens", "kernel", "sequential", "raw"])
+    parser.add_argument("--run", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        with tempfile.TemporaryDirectory() as home:
+            os.environ[params.ENV_HOME] = home
+            if args.side == "tokens":
+                result = side_tokens(args.run)
+            elif args.side == "raw":
+                result = side_raw(json.loads(args.tokens.read_text()))
+            else:
+                result = side_kernel(args.run, sequential=args.side == "sequential")
+        print(json.dumps(result))
+        return
+    run = secrets.token_hex(4)  # this run's nonce: no N shares a prompt prefix with another
+    sides = ("kernel", "raw", "sequential")
+    got: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens_file = Path(tmp) / "tokens.json"
+        tokens = run_side("tokens", run, tokens_file)
+        tokens_file.write_text(json.dumps(tokens))
+        for round_no in range(args.rounds):
+            for side in sides[round_no % 3 :] + sides[: round_no % 3]:
+                got[side].append(run_side(side, run, tokens_file))
+    policy = str(got["kernel"][0].get("policy"))
+
+    def rates(side: str, n: int, key: str = "rate") -> list[float]:
+        results = [Result(**g[str(n)]) for g in got[side]]
+        return [float(getattr(res, key)) for res in results]
+
+    rows: list[list[Any]] = []
+    results: dict[str, dict[str, Any]] = {}
+    for n in NS:
+        k, r, s = rates("kernel", n), rates("raw", n), rates("sequential", n)
+        kd, rd = rates("kernel", n, "decode_rate"), rates("raw", n, "decode_rate")
+        km, rm, sm = median(k), median(r), median(s)
+        vs_raw = km / rm if rm else 0.0
+        vs_seq = km / sm if sm else 0.0
+        rows.append(
+            [
+                n,
+                f"{km:.1f} ({min(k):.1f}-{max(k):.1f})",
+                f"{rm:.1f} ({min(r):.1f}-{max(r):.1f})",
+                f"{sm:.1f} ({min(s):.1f}-{max(s):.1f})",
+                vs_seq,
+                vs_raw,
+                median(kd),
+                median(rd),
+            ]
+        )
+        results[str(n)] = {
+            "kernel_tok_s": round(km, 2),
+            "raw_tok_s": round(rm, 2),
+            "sequential_tok_s": round(sm, 2),
+            "kernel_tok_s_range": [round(min(k), 2), round(max(k), 2)],
+            "raw_tok_s_range": [round(min(r), 2), round(max(r), 2)],
+            "kernel_decode_tok_s": round(median(kd), 2),
+            "raw_decode_tok_s": round(median(rd), 2),
+            "vs_sequential": round(vs_seq, 3),
+            "vs_raw": round(vs_raw, 3),
+            "prompt_tokens_mean": round(sum(len(p) for p in tokens["prompts"][str(n)]) / n, 1),
+        }
     print(
         table(
             [
                 "N",
-                "tokens",
-                "kernel s",
-                "kernel tok/s",
-                "sequential tok/s",
-                "raw tok/s",
+                "kernel tok/s (range)",
+                "raw tok/s (range)",
+                "sequential tok/s (range)",
                 "x seq",
                 "x raw",
                 "kernel decode tok/s",
@@ -327,8 +418,11 @@ def main() -> None:
             rows,
         )
     )
-    print("tok/s: generated tokens / wall time, prefill included, on every side")
-    worst = min(r["vs_raw"] for r in results.values())
+    print(
+        f"medians over {args.rounds} rounds, each side alone in its own process; tok/s: "
+        "generated tokens / wall time, prefill included, on every side"
+    )
+    worst = min(float(res["vs_raw"]) for res in results.values())
     print(f"worst kernel/raw = {worst:.3f} (goal >= {GOAL} at every N)")
     emit(
         "throughput",
@@ -337,9 +431,11 @@ def main() -> None:
             "min_vs_raw": worst,
             "goal": GOAL,
             "pass": worst >= GOAL,
+            "rounds": args.rounds,
             "tokens_per_process": TOKENS,
             "ignore_eos": True,
             "rates_include_prefill": True,
+            "separate_processes": True,
             "policy": policy,
             "threads": n_threads(),
             "quick": QUICK,

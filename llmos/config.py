@@ -11,14 +11,21 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
       "aliases": {"fast": "openai/gpt-4o-mini", "local": "/models/qwen.gguf"},
       "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192},
       "mcpServers": {"time": {"command": "mcp-server-time", "args": []}},
-      "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05}
+      "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05},
+      "logging": true
     }
+
+`logging: false` (`llmos logs off`) stops journalling runs in the log (`llmos.store.log`).
 
 `prices` (each 0 when absent) turn metered usage into cost: per million prompt tokens, per
 million generated tokens, per hour resident on a CPU (`/api/usage`, `llmos_user_cost_total`).
 
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
 `LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
+
+`update(home, change)` rewrites `config.json` (atomically, owner-only) with `change` applied to
+its JSON object: how `llmos models add|rm` registers a model under a name, keeping every other
+key as it was.
 
 What this module does not do: create the log (see `llmos.store.log`) or resolve models (see
 `llmos.kernel.cpus`).
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +75,7 @@ class Config:
     mcp_servers: dict[str, Any] = field(default_factory=dict)  # Claude-Desktop `mcpServers`
     path: Path | None = None
     prices: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRICE_KEYS, 0.0))
+    logging: bool = True  # False: runs are not journalled (`llmos logs off`)
 
     def cost(self, prompt_tokens: int, generated_tokens: int, cpu_s: float) -> float:
         """What this much usage costs at the configured prices."""
@@ -101,6 +110,11 @@ def load(home_dir: Path | None = None) -> Config:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    return parse(path, raw)
+
+
+def parse(path: Path, raw: Any) -> Config:
+    """`config.json`'s object as a Config; ConfigError naming the key at fault."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a JSON object")
     aliases = raw.get("aliases", {})
@@ -115,7 +129,11 @@ def load(home_dir: Path | None = None) -> Config:
     mcp_servers = raw.get("mcpServers", {})
     if not isinstance(mcp_servers, dict):
         raise ConfigError(f"{path}: 'mcpServers' must map server names to their settings")
+    logging = raw.get("logging", True)
+    if not isinstance(logging, bool):
+        raise ConfigError(f"{path}: 'logging' must be true or false")
     return Config(
+        logging=logging,
         default_model=default_model,
         aliases=aliases,
         openai=openai,
@@ -123,6 +141,30 @@ def load(home_dir: Path | None = None) -> Config:
         path=path,
         prices=_prices(path, raw.get("prices", {})),
     )
+
+
+def update(home_dir: Path, change: Callable[[dict[str, Any]], None]) -> Config:
+    """Apply `change` to `config.json`'s object and write it back whole (a temporary file
+    renamed over it, mode 0600), then read it again: a change that leaves it invalid is not
+    written (ConfigError)."""
+    path = home_dir / params.CONFIG_FILE_NAME
+    raw: dict[str, Any] = {}
+    if path.exists():
+        load(home_dir)  # ConfigError for a file that is not valid as it is
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    change(raw)
+    config = parse(path, raw)  # ConfigError: nothing is written
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write config: {exc.strerror}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return config
 
 
 def _prices(path: Path, raw: Any) -> dict[str, float]:

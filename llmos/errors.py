@@ -6,6 +6,7 @@
      +-- ModelError                  exit 5  a model spec or GGUF file that cannot be used
      +-- BackendError                exit 6  a remote CPU that is unreachable or fails
      +-- OutputError                 exit 7  a reply that cannot be made to fit the output schema
+     |    +-- StepLimitError         exit 22 llmos.max_steps used up before an answer
      +-- ContextOverflowError        exit 8  a prompt longer than the CPU's context window
      +-- LogStoreError               exit 9  the log database is unusable (no FTS5, corrupt)
      +-- ConfigError                 exit 10 a config file that cannot be read
@@ -17,9 +18,13 @@
      +-- AuditError                  exit 17 the audit store is unusable or its chain is broken
      +-- PolicyError                 exit 18 a malformed or self-contradicting policy file
      +-- QuotaError                  exit 19 a per-user or per-process quota is used up
+     |    +-- BudgetError                    a prompt larger than the process's token budget
+     +-- AuthError                   exit 20 a missing, unknown or revoked token; a bad user op
+     +-- NotFoundError               exit 21 no memory, page, shared segment or run by that id
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
-Usage errors (unknown flags, bad option values) exit 2, as click does, and so does a malformed
+Usage errors (unknown flags, bad option values, an out-of-range priority) exit 2 with one
+`llmos: error:` line (never click's usage block), and so does a malformed
 request to the kernel (`RequestError`). `llmos wait PID` and `llmos logs -f PID`
 exit 14 when the process ended killed, out of budget, failed or lost, and 124 when
 `wait --timeout` runs out. An interrupt exits 130.
@@ -53,10 +58,16 @@ class InputError(LlmosError):
     kind = "input"
 
 
-class NoSuchRunError(InputError):
-    """No logged run has that id (or it is another owner's: the same answer)."""
+class NotFoundError(LlmosError):
+    """No memory, page, shared segment or run answers to that id or name (another owner's
+    answers exactly the same). Distinct from InputError: the request was well formed."""
 
+    exit_code = 21
     kind = "not_found"
+
+
+class NoSuchRunError(NotFoundError):
+    """No logged run has that id (or it is another owner's: the same answer)."""
 
 
 class ModelError(LlmosError):
@@ -69,9 +80,23 @@ class BackendError(LlmosError):
     kind = "backend"
 
 
+class ServiceUnreachableError(BackendError):
+    """A remote `llmos serve` that cannot be reached (refused, reset, timed out); `llmos shell`
+    says so and tries again on the next command."""
+
+    kind = "unreachable"
+
+
 class OutputError(LlmosError):
     exit_code = 7
     kind = "output"
+
+
+class StepLimitError(OutputError):
+    """A tool-using run that used up `llmos.max_steps` without giving an answer."""
+
+    exit_code = 22
+    kind = "step_limit"
 
 
 class ContextOverflowError(LlmosError):
@@ -138,6 +163,13 @@ class QuotaError(LlmosError):
         self.retry_after_s = retry_after_s  # when trying again can succeed (HTTP Retry-After)
 
 
+class BudgetError(QuotaError):
+    """A process's prompt alone would pass its token budget (which counts prompt and generated
+    tokens), so it could not generate anything: it ends with status `budget` and this line."""
+
+    kind = "budget"
+
+
 class AuthError(LlmosError):
     """A token that is missing, unknown or revoked, or a user-store operation that cannot be
     done (a user that does not exist, or one that already does)."""
@@ -166,6 +198,7 @@ EXIT_CODES: dict[str, int] = {
         ModelError,
         BackendError,
         OutputError,
+        StepLimitError,
         ContextOverflowError,
         LogStoreError,
         ConfigError,
@@ -178,6 +211,7 @@ EXIT_CODES: dict[str, int] = {
         PolicyError,
         QuotaError,
         AuthError,
+        NotFoundError,
         RequestError,
     )
 }

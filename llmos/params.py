@@ -31,6 +31,15 @@ EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at 
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
 EMBEDDED_SEED = 0  # sampler seed for reproducible runs
 PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
+# Speculative decoding by prompt lookup (llmos.hw.cpu.lookup), for greedy, unconstrained replies.
+SPEC_LOOKUP = False  # opt-in (`llmos.speculative: true`, or LLMOS_SPECULATIVE=1 for every reply)
+ENV_SPECULATIVE = "LLMOS_SPECULATIVE"
+SPEC_NGRAM_MIN = 2  # the shortest tail n-gram looked up (1-grams draft too much noise)
+SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
+SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
+SPEC_DRAFT_START = 2  # a sequence's first draft length (it doubles while drafts hold)
+SPEC_BACKOFF_MIN = 4  # steps without drafting after a draft rejected at its first token...
+SPEC_BACKOFF_MAX = 64  # ...doubling with each such failure up to this
 PREFIX_MIN_SHARE = 16  # shortest shared prompt prefix worth copying KV for (or waiting on)
 PREFIX_CACHE_TOKENS = 2048  # finished prompts' KV kept resident for later sharing, in tokens
 
@@ -57,6 +66,8 @@ OPENAI_TIMEOUT_S = 120.0
 OPENAI_CONNECT_TIMEOUT_S = 10.0
 OPENAI_MAX_RETRIES = 1  # transport-level retries inside the openai client
 OPENAI_DEFAULT_N_CTX = 8192  # assumed context size when the server does not say
+OPENAI_PROBE_TIMEOUT_S = 5.0  # each request asking a server its context size (once per server)
+OPENAI_DIALECTS_NAME = "openai-servers.json"  # under $LLMOS_HOME: what each server refused
 OPENAI_BYTES_PER_TOKEN = 4  # token estimate for remote models: UTF-8 bytes per token
 OPENAI_MESSAGE_OVERHEAD_TOKENS = 4  # estimated tokens per message for role and separators
 OPENAI_REPLY_PRIMING_TOKENS = 3  # estimated tokens of the assistant generation prompt
@@ -69,6 +80,12 @@ SKILL_FILE = "SKILL.md"
 SKILL_NAME_MAX = 64
 SKILL_DESCRIPTION_MAX = 1024
 MODEL_ALIAS_MAX_DEPTH = 8  # most aliases followed from a model spec to a backend (cycles)
+MODEL_NAME_MAX = 64  # `llmos models add NAME`: the longest name
+MODEL_NAME_PATTERN = rf"[a-z0-9][a-z0-9._-]{{0,{MODEL_NAME_MAX - 1}}}"
+MODELS_DOWNLOAD_DIR = "models/hf"  # <home>/models/hf/OWNER--REPO/ holds downloaded GGUF files
+MODEL_DOWNLOAD_TIMEOUT_S = 10.0  # Hugging Face metadata requests (a download itself may be long)
+MODEL_HASH_CHUNK = 1 << 20  # bytes read at a time to hash a model file
+MODEL_ERROR_MAX_CHARS = 200  # of a download library's message, in our one error line
 # The `llmos.*` keys a program may set in its front matter, with their types.
 LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "budget": int,  # most tokens (prompt + generated) the process may use
@@ -84,6 +101,7 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "redundancy": dict,  # {k, vote, temperature}: k samples in one batch, voted (kernel.dependable)
     "verify": dict,  # {grounded: [fields], cites: device}: check answers against their sources
     "route": dict,  # {arithmetic: calc, mode, ground: {device: [args]}}: work to Software 1.0
+    "speculative": bool,  # draft by prompt lookup (greedy replies; see llmos.hw.cpu.lookup)
 }
 MAX_PRIORITY = 39
 MIN_PRIORITY = 0
@@ -202,6 +220,9 @@ KERNEL_START_TIMEOUT_S = 30.0  # `kernel start` waits this long for the daemon t
 KERNEL_STOP_TIMEOUT_S = 30.0  # `kernel stop` waits this long for the daemon to exit
 KERNEL_SHUTDOWN_GRACE_S = 10.0  # shutdown waits this long for killed processes to end
 KERNEL_POLL_S = 0.5  # how often a blocked wait/follow checks that its client is still there
+PROGRESS_POLL_S = 0.2  # how often a follower that shows progress looks at it
+PROGRESS_MIN_CHARS = 200_000  # input from this size on: say "reading"/"measuring" as progress
+PROGRESS_MIN_MODEL_BYTES = 200_000_000  # a GGUF from this size on: say "loading" as progress
 KERNEL_SERVE_POLL_S = 0.25  # how often the daemon's accept loop checks for a shutdown
 KERNEL_START_POLL_S = 0.1  # `kernel start` checks this often whether the daemon answers
 KERNEL_STOP_POLL_S = 0.05  # `kernel stop` checks this often whether the daemon has exited
@@ -329,10 +350,22 @@ MCP_MAX_RESTARTS = 3  # consecutive failed starts or crashes before a server is 
 MCP_RESTART_BACKOFF_S = 0.5  # wait before the 2nd consecutive restart, doubled each time after
 MCP_RESTART_BACKOFF_MAX_S = 5.0  # the longest wait between restarts
 MCP_STDERR_TAIL_BYTES = 2000  # a server's last stderr bytes, quoted when it fails to start
+NPM_LOG_NOTE = "A complete log of this run"  # npm's last stderr line, skipped when quoting it
+# `type` of an `mcpServers` entry -> transport (the spellings of Claude Desktop, VS Code, Cursor)
+MCP_TRANSPORT_TYPES = {
+    "stdio": "stdio",
+    "http": "http",
+    "streamable-http": "http",
+    "streamableHttp": "http",
+    "sse": "sse",
+}
 MCP_TOOL_NAME_SEP = "."  # device name = <server><sep><tool>
 MCP_SERVER_NAME = "llmos"  # the name llmos gives itself as an MCP server (`llmos mcp`)
 MCP_MESSAGE_MAX_CHARS = 300  # a server's own error text is cut to this in one-line messages
 MCP_INPUT_SHOWN_CHARS = 80  # an invalid value a server rejected is quoted cut to this
+MCP_RESOURCE_SCHEME = "llmos://programs/"  # `llmos mcp`: a program's source as a resource
+MCP_RESOURCE_NOT_FOUND = -32002  # the MCP specification's error code for an unknown resource
+MCP_LIST_POLL_S = 2.0  # `llmos mcp` rescans the programs this often to send listChanged
 MCP_SHUTDOWN_MARGIN_S = 5.0  # closing waits twice the close timeout plus this for the shutdown
 
 # --- Process devices (llmos.hw.dev.proc: call, ask) ----------------------------------
@@ -373,8 +406,22 @@ SERVE_THREADS = 512  # worker threads for blocking kernel calls and streams (one
 SERVE_DRAIN_S = 30.0  # SIGTERM: how long open streams may finish before the kernel stops
 PROGRAM_MODEL_PREFIX = "program/"  # /v1 model ids of installed programs: program/NAME
 CHAT_MAX_MESSAGES = 256  # the most messages one chat completion may send
+CHAT_MAX_TOOLS = 64  # the most functions one chat completion may declare (and calls per message)
+CHAT_TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a declared function's name (OpenAI's rule)
+CHAT_TOOL_DESCRIPTION_MAX = 4096  # characters of one declared function's description
+CHAT_TOOL_ID_MAX = 128  # characters of a tool call's id
 EMBED_MAX_TEXTS = 2048  # the most texts one embeddings request may send
 SERVE_WAIT_MAX_S = 300.0  # the longest one `wait` request blocks (the client asks again)
+
+# --- The web console (llmos.front.serve.console) and what it reads (kernel API context, steps) --
+TIMELINE_MAX_STEPS = 1000  # steps of one process's loop kept for its syscall timeline
+TIMELINE_RESULT_CHARS = 2000  # characters of one syscall's result kept in the timeline
+CONTEXT_VIEW_PREVIEW_CHARS = 120  # characters of a resident segment's text the context op shows
+CONSOLE_COOKIE = "llmos_console"  # the console's session cookie (HttpOnly, SameSite=Strict)
+CONSOLE_COOKIE_MAX_AGE_S = 8 * 3600  # how long a console login lasts
+CONSOLE_POLL_MS = 1000  # how often the console's page refreshes the process list and details
+CONSOLE_RECONNECT_MS = 1000  # how long the page waits before it reconnects a dropped stream
+CONSOLE_LOGS_LIMIT = 20  # runs a console log search shows
 
 # --- Operations: metering, per-user service quotas, logs and metrics over HTTP --------------------
 # See llmos.kernel.meter, llmos.store.usage and llmos.front.serve.ops.
@@ -387,3 +434,20 @@ METRICS_TTFT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # ti
 METRICS_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 PROCS_DB_NAME = "procs.db"  # <home>/procs.db: the service's process journal (table + output)
 PROCS_BUSY_TIMEOUT_S = 10.0  # how long a journal write waits for another writer
+
+# --- The fleet simulator (llmos.kernel.sched.sim, bench/sim.py) ---------------------------------
+SIM_BLOCK_TOKENS = 16  # tokens one prompt block stands for (the simulator's unit of prefix)
+SIM_SLOTS = 16  # sequence slots of one simulated CPU (as the embedded CPU's)
+SIM_STEP_TOKENS = 8  # engine steps simulated as one event (placement is revisited between)
+SIM_REQUESTS_PER_CPU = 40  # a fleet's trace: requests per CPU
+SIM_USERS_PER_CPU = 20  # a fleet's trace: users per CPU (20,000 users at 1,000 CPUs)
+
+# --- The interactive shell (llmos.front.shell) ----------------------------------------------------
+SHELL_HISTORY_NAME = "shell_history"  # <home>/shell_history: the shell's persistent history
+SHELL_TOKEN_ENV = "LLMOS_TOKEN"  # the bearer token `llmos shell --url` sends
+SHELL_REMOTE_MODEL = "embedded"  # the conversation's CPU on a remote service unless --model
+SHELL_POLL_S = 0.25  # how often a foreground job is checked for an approval or a question
+SHELL_HTTP_TIMEOUT_S = 30.0  # one request to a remote service (streams wait longer)
+SHELL_RECONNECT_TRIES = 20  # times a cut output stream is resumed before the job is lost
+SHELL_RECONNECT_S = 0.5  # the pause between two of those tries
+SHELL_LINE_MAX = 64 * 1024  # characters of one command line

@@ -5,6 +5,8 @@
 # - bubblewrap (`bwrap`, Debian package bubblewrap), the python and shell devices' sandbox,
 #   with apt-get when it is missing and we are root (otherwise a message; the devices refuse
 #   to run without it);
+# - chromium (Debian package chromium), the headless browser the web console's end-to-end tests
+#   drive through Playwright (never a browser download), the same way;
 # - mcp-server-time (PyPI) into the current Python environment;
 # - @modelcontextprotocol/server-everything and server-filesystem (npm) into
 #   <repo>/.mcp-servers (gitignored), where tests/test_mcp.py looks for them.
@@ -21,6 +23,14 @@ if ! command -v bwrap >/dev/null 2>&1; then
         apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }
     else
         echo "install-test-servers: bwrap not found; install the Debian package bubblewrap" >&2
+    fi
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
+    else
+        echo "install-test-servers: chromium not found; install the Debian package chromium" >&2
     fi
 fi
 

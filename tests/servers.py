@@ -6,6 +6,9 @@
 - `sse_server(events)` answers every POST with a fixed `text/event-stream` body, to replay exact
   stream shapes (split tool-call arguments, usage chunks with `choices: null`, broken JSON).
 - `closed_port_url()` is a loopback URL on which nothing listens.
+- The fakes answer the context-size questions (`GET /props`, `GET /v1/models`, `POST
+  /api/show`: `llmos.hw.cpu.ctxsize`) with 404 unless given `sizes` (path -> JSON body), and
+  record them apart (`probes`), so `requests` and `paths` hold only the completions.
 
 Invariants: everything binds to 127.0.0.1 only; every helper is a context manager that stops
 what it started (the llama server's whole process group is killed and reaped) before it returns.
@@ -170,6 +173,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.probes: list[str] = []
         self.lock = threading.Lock()
 
     def add(self, path: str, body: bytes) -> None:
@@ -196,9 +200,13 @@ def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         thread.join()
 
 
+PROBE_PATHS = ("/props", "/v1/models", "/api/show")
+
+
 def _handler(
     respond: Any,
     recorder: _Recorder,
+    sizes: dict[str, Any] | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -206,8 +214,15 @@ def _handler(
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            recorder.add(self.path, body)
-            status, content_type, payload = respond(len(recorder.requests), self.path, body)
+            if self.path in PROBE_PATHS:
+                with recorder.lock:
+                    recorder.probes.append(self.path)
+                known = (sizes or {}).get(self.path)
+                status, content_type = (200, "application/json") if known else (404, "text/plain")
+                payload = json.dumps(known).encode() if known else b"not found"
+            else:
+                recorder.add(self.path, body)
+                status, content_type, payload = respond(len(recorder.requests), self.path, body)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
@@ -238,6 +253,12 @@ class FakeServer:
     def paths(self) -> list[str]:
         with self._recorder.lock:
             return list(self._recorder.paths)
+
+    @property
+    def probes(self) -> list[str]:
+        """The context-size questions asked (paths), in order."""
+        with self._recorder.lock:
+            return list(self._recorder.probes)
 
 
 @contextlib.contextmanager
@@ -272,11 +293,13 @@ def sse_server(
     done: bool = True,
     reject_first: tuple[int, str] | None = None,
     reject_count: int = 1,
+    sizes: dict[str, Any] | None = None,
 ) -> Iterator[FakeServer]:
     """Answer every POST with the same event stream.
 
     `reject_first=(status, message)` answers the first `reject_count` requests with that error
-    instead, as a server that refuses some request field would.
+    instead, as a server that refuses some request field would. `sizes` answers context-size
+    questions (see the module note).
     """
     recorder = _Recorder()
     stream = sse_body(events, done)
@@ -288,5 +311,5 @@ def sse_server(
             return status, "application/json", json.dumps(error).encode()
         return 200, "text/event-stream", stream
 
-    with _serve(_handler(respond, recorder)) as base_url:
+    with _serve(_handler(respond, recorder, sizes)) as base_url:
         yield FakeServer(base_url, recorder)

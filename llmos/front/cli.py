@@ -5,11 +5,13 @@ line, `llmos: error: <message>`, and a distinct exit code (see `llmos.errors`); 
 shown only with `LLMOS_DEBUG=1`.
 
     llmos run PROGRAM [-i key=value ...] [--model M] [--json] [-v]
-    llmos models
+    llmos models [add NAME SOURCE [--default] | default NAME | rm NAME]   (llmos.front.cli_models)
     llmos programs
+    llmos devices [NAME] [--probe] [--json]   devices, call formats, MCP servers (cli_devices)
     llmos logs [RUN_ID] [-q QUERY] [-n N] [--program P] [--status S] [--json]
                                            (your own runs; root and admins see every owner's)
     llmos logs -f PID                      follow a kernel process's output as it is generated
+    llmos logs off|on|status               stop or resume journalling runs (config.json)
     llmos memory remember|recall|forget|list|page    llmos shm ls|create|read|write|chmod|rm
                                            (see llmos.front.cli_memory)
 
@@ -35,6 +37,7 @@ do the work, and formats what they return.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -44,11 +47,23 @@ from typing import Any
 import click
 
 from llmos import config, params
-from llmos.errors import AuditError, InputError, KernelError, LlmosError
-from llmos.front import kclient
+from llmos.errors import (
+    EXIT_INTERRUPTED,
+    AuditError,
+    InputError,
+    KernelError,
+    LlmosError,
+    NoSuchRunError,
+)
+from llmos.front import cli_logs, cli_prompt, kclient
+from llmos.front.cli_chat import chat
+from llmos.front.cli_devices import devices
 from llmos.front.cli_memory import memory, shm
+from llmos.front.cli_models import models
 from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
+from llmos.front.progress import ProgressLine
+from llmos.front.shell.command import shell
 from llmos.kernel import boot
 from llmos.kernel.security import principals
 from llmos.store.log import RunRecord
@@ -61,13 +76,32 @@ def cli() -> None:
 
 
 cli.add_command(memory)
+cli.add_command(models)
 cli.add_command(shm)
 cli.add_command(serve)
 cli.add_command(user)
+cli.add_command(chat)
+cli.add_command(shell)
+cli.add_command(devices)
 
 
 @cli.command()
-@click.argument("program_ref", metavar="PROGRAM")
+@click.argument("program_ref", metavar="[PROGRAM]", required=False)
+@click.option("-p", "--prompt", help="An ad-hoc prompt to run without a program file.")
+@click.option("-s", "--system", "system_prompt", help="With -p: a system prompt.")
+@click.option(
+    "-c", "--continue", "continue_", is_flag=True, help="With -p: continue the last -p run."
+)
+@click.option("--cid", metavar="RUN_ID", help="With -p: continue the conversation of this run.")
+@click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
+)
 @click.option(
     "-i",
     "--input",
@@ -86,11 +120,20 @@ cli.add_command(user)
     is_flag=True,
     help="Run as a background process of the kernel daemon; print its pid.",
 )
-@click.option("--priority", type=int, help="With -d: scheduling priority (0-39).")
+@click.option(
+    "--priority",
+    type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY),
+    help="With -d: scheduling priority (0-39; out of range is refused, exit 2).",
+)
 @click.option("--budget", type=click.IntRange(min=0), help="With -d: most tokens it may use.")
 @handle_errors
 def run(
-    program_ref: str,
+    program_ref: str | None,
+    prompt: str | None,
+    system_prompt: str | None,
+    continue_: bool,
+    cid: str | None,
+    option_pairs: tuple[tuple[str, str], ...],
     input_pairs: tuple[str, ...],
     model: str | None,
     as_json: bool,
@@ -100,50 +143,95 @@ def run(
     priority: int | None,
     budget: int | None,
 ) -> None:
-    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name)."""
+    """Run PROGRAM (a .prompt, SKILL.md folder, .md file, or an installed name), or -p PROMPT."""
+    config = cli_prompt.options(option_pairs)
+    if (program_ref is None) == (prompt is None):
+        raise click.UsageError("give either PROGRAM or -p PROMPT")
+    if prompt is not None and (detach or input_pairs):
+        raise click.UsageError("-p runs in this process and takes no -i inputs (no -d)")
+    if (continue_ or cid) and prompt is None:
+        raise click.UsageError("-c and --cid continue a conversation: they need -p")
+    if system_prompt is not None and prompt is None:
+        raise click.UsageError("-s needs -p (a program file has its own system prompt)")
+    if detach and config:
+        raise click.UsageError("-o is not available with -d")
     if detach:
+        assert program_ref is not None
         _run_detached(program_ref, input_pairs, model, priority, budget, as_json)
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
-    from llmos.kernel import api  # the kernel itself only for commands that run programs
+    from llmos.kernel import api, cpus  # the kernel itself only for commands that run programs
     from llmos.kernel.core import Kernel
 
     caller = api.Caller.of(principals.current())
     system = boot.boot()
     kernel = Kernel(system)
-    request = api.SpawnRequest(program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs))
-    prog, inputs = api.spawn_request(kernel, caller, request)
+    inputs: dict[str, Any] = {}
+    if prompt is not None:
+        history = (
+            cli_prompt.conversation(system, caller, cid, continue_) if cid or continue_ else None
+        )
+        prog = cli_prompt.adhoc(prompt, system_prompt, read_stdin(), config, history)
+    else:
+        assert program_ref is not None
+        request = api.SpawnRequest(
+            program=program_ref, cwd=os.getcwd(), input_pairs=list(input_pairs)
+        )
+        prog, inputs = api.spawn_request(kernel, caller, request)
+        if config:
+            prog = dataclasses.replace(prog, config={**prog.config, **config})
+    progress = ProgressLine()  # notices, and on a terminal the work before the first token
     try:
-        inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        if prompt is None:
+            inputs = api.with_stdin(inputs, read_stdin())  # read once the program has loaded
+        progress.show(cpus.slow_start(model or prog.model, system.config))
         cpu = kernel.cpu(model or prog.model)
     except LlmosError as exc:
         system.log_failure(prog.name, exc, str(prog.path), caller.owner)
         raise
+    finally:
+        progress.clear()
 
     wrote_newline = True
+    # stdout and stderr on one terminal: a diagnostic line must not start mid-answer.
+    shared_tty = sys.stdout.isatty() and sys.stderr.isatty()
 
     def emit(text: str) -> None:
         nonlocal wrote_newline
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
-        wrote_newline = text.endswith("\n")
+        if text:
+            wrote_newline = text.endswith("\n")
 
-    result = api.run(
-        kernel,
-        caller,
-        prog,
-        inputs,
-        cpu=cpu,
-        on_text=None if as_json else emit,
-        on_trace=_trace if trace else None,
-    )
+    def on_trace(step: dict[str, Any]) -> None:
+        nonlocal wrote_newline
+        progress.clear()
+        if shared_tty and not wrote_newline:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            wrote_newline = True
+        _trace(step)
+
+    try:
+        result = api.run(
+            kernel,
+            caller,
+            prog,
+            inputs,
+            cpu=cpu,
+            on_text=None if as_json else emit,
+            on_trace=on_trace if trace else None,
+            on_event=progress.event,
+        )
+    finally:
+        progress.clear()
     if as_json:
         click.echo(json.dumps(result.to_json(prog, cpu.name), ensure_ascii=False))
     elif not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
-    _paging_note(result.extra.get("context") or {}, result.run_id)
     if verbose:
         click.echo(
             f"llmos: run {result.run_id} on {cpu.name}: {result.prompt_tokens} prompt + "
@@ -151,20 +239,6 @@ def run(
             f"{(result.ttft_ms or 0):.0f} ms, {result.tokens_per_s:.1f} tok/s",
             err=True,
         )
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def models(as_json: bool) -> None:
-    """List the CPUs llmos can run programs on."""
-    system = boot.boot(open_log=False)
-    rows = system.list_models()
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for row in rows:
-        click.echo(f"{row['name']:<28} {row['kind']:<10} {row['detail']}")
 
 
 @cli.command()
@@ -207,32 +281,9 @@ def mcp_cmd() -> None:
     serve_stdio()
 
 
-def _paging_note(context: dict[str, Any], run_id: str) -> None:
-    """Say on stderr when part of the context was paged out: never a silent truncation."""
-    paged = int(context.get("paged") or 0)
-    if paged:
-        mb = int(context.get("paged_chars") or 0) / 1e6
-        click.echo(
-            f"llmos: the context did not fit its {context.get('limit')}-token limit: {paged} "
-            f"segments ({mb:.1f} MB) were paged out to the swap store (page ids: "
-            f"`llmos logs {run_id} --json`; read one: `llmos memory page ID`)",
-            err=True,
-        )
-
-
 def _trace(step: dict[str, Any]) -> None:
     """One agent step on stderr, as `llmos run --trace` shows it."""
-    if step["kind"] == "syscall":
-        outcome = json.dumps(step["result"], ensure_ascii=False) if step["ok"] else step["error"]
-        click.echo(
-            f"llmos: step {step['step']}: {step['device']}({step['arguments']}) -> "
-            f"{'ok' if step['ok'] else 'error'}: {outcome} ({step['ms']:.1f} ms)",
-            err=True,
-        )
-    elif step["kind"] == "malformed":
-        click.echo(f"llmos: step {step['step']}: malformed call: {step['error']}", err=True)
-    else:
-        click.echo(f"llmos: step {step['step']}: answer ({step['tokens']} tokens)", err=True)
+    click.echo(f"llmos: {cli_logs.step_line(step)}", err=True)
 
 
 def _run_row(r: RunRecord) -> str:
@@ -249,8 +300,10 @@ def _run_row(r: RunRecord) -> str:
 @click.option("-q", "--query", help="Full-text search over programs, inputs, prompts, replies.")
 @click.option("-n", "--limit", type=int, default=params.LOG_LIST_DEFAULT, show_default=True)
 @click.option("--program", help="Only runs of this program.")
+@click.option("--model", "cpu_name", help="Only runs on this CPU (as listed, e.g. openai/qwen).")
 @click.option("--status", type=click.Choice(["running", "ok", "failed", "cancelled"]))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-r", "--reply", is_flag=True, help="Print only the last run's reply.")
 @click.option(
     "-f",
     "--follow",
@@ -265,41 +318,55 @@ def logs(
     query: str | None,
     limit: int,
     program: str | None,
+    cpu_name: str | None,
     status: str | None,
     as_json: bool,
+    reply: bool,
     follow_pid: int | None,
 ) -> None:
-    """List logged runs, search them, or show one run in full; -f PID follows a process."""
+    """List logged runs, search them, or show one run in full; -f PID follows a process.
+
+    `llmos logs path` prints the log database's path; `llmos logs off|on|status` turns
+    journalling off or on (stored in config.json) or says which; -r prints the newest
+    (matching) run's reply, or RUN_ID's."""
     if follow_pid is not None:
         if run_id is not None:
             raise click.UsageError("give either RUN_ID or -f PID, not both")
         _follow(follow_pid)
         return
+    if run_id in cli_logs.SWITCH_WORDS:
+        cli_logs.switch(run_id)
+        return
     me = principals.current()
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all
     system = boot.boot()
     log = system.log
+    if run_id == "path":
+        click.echo(str(log.path))
+        return
+    if reply and not run_id:
+        found = log.list_runs(
+            limit=1, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+        )
+        if not found:
+            raise InputError(f"no logged run matches in {log.path}")
+        run_id = found[0].id
     if run_id:
         record = log.get_run(run_id, owner)
         if record is None:
-            raise InputError(f"no run with id '{run_id}' in {log.path}")
+            raise NoSuchRunError(f"no run with id '{run_id}' in {log.path}")
+        if reply:
+            click.echo(record.response or "")
+            return
         messages = log.messages(record.id, owner)
         if as_json:
             click.echo(json.dumps({**record.to_json(), "messages": messages}, ensure_ascii=False))
             return
-        click.echo(f"run {record.id}  {record.program}  on {record.cpu}  [{record.status}]")
-        if record.inputs:
-            click.echo(f"inputs: {json.dumps(record.inputs, ensure_ascii=False)}")
-        for m in messages:
-            click.echo(f"--- {m.get('role')}\n{m.get('content')}")
-        if record.error:
-            click.echo(f"--- error ({record.error_kind})\n{record.error}")
-        click.echo(
-            f"--- {record.prompt_tokens} prompt + {record.completion_tokens} generated "
-            f"tokens, {record.duration_ms or 0:.0f} ms"
-        )
+        click.echo("\n".join(cli_logs.run_text(record, messages)))
         return
-    rows = log.list_runs(limit=limit, query=query, program=program, status=status, owner=owner)
+    rows = log.list_runs(
+        limit=limit, query=query, program=program, status=status, owner=owner, cpu=cpu_name
+    )
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], ensure_ascii=False))
         return
@@ -324,7 +391,9 @@ def _lost_line(lost: list[dict[str, Any]]) -> str:
         f"run {x.get('run_id', '?')[:12]} {x.get('program')} (owner {x.get('owner') or '-'})"
         for x in lost
     )
-    return f"llmos: kernel restarted; {len(lost)} processes were lost: {items}"
+    n = len(lost)
+    were = "process was" if n == 1 else "processes were"
+    return f"llmos: kernel restarted; {n} {were} lost: {items}"
 
 
 def _run_detached(
@@ -401,9 +470,10 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
     reply = kclient.stop_daemon(config.home(create=False))
+    killed = int(reply.get("killed", 0))
     click.echo(
-        f"llmos: kernel stopped (pid {reply.get('pid')}, {reply.get('killed', 0)} processes "
-        "killed)",
+        f"llmos: kernel stopped (pid {reply.get('pid')}, {killed} "
+        f"{'process' if killed == 1 else 'processes'} killed)",
         err=True,
     )
 
@@ -433,7 +503,7 @@ def kernel_status(as_json: bool) -> None:
     click.echo(f"socket: {st.get('socket')}")
     lost = st.get("lost") or []
     if lost:
-        click.echo(f"lost at start: {len(lost)} processes")
+        click.echo(f"lost at start: {len(lost)} process{'es' if len(lost) != 1 else ''}")
         for x in lost:
             click.echo(f"  run {x.get('run_id')} {x.get('program')} (owner {x.get('owner')})")
 
@@ -486,6 +556,8 @@ def ps(show_all: bool, as_json: bool) -> None:
     click.echo(PS_HEADER)
     for p in procs:
         click.echo(_ps_row(p))
+        if p.get("progress"):  # long work before its first token: prefill, paging...
+            click.echo(f"{'':>6} doing: {p['progress']}")
         if p.get("question"):  # waiting on `ask`: answer with `llmos answer PID TEXT`
             click.echo(f"{'':>6} asks: {p['question']}")
         if p.get("approval"):  # waiting_approval: `llmos approve PID` / `llmos deny PID`
@@ -496,12 +568,16 @@ def ps(show_all: bool, as_json: bool) -> None:
 @click.argument("pids", metavar="PID...", nargs=-1, required=True, type=int)
 @handle_errors
 def kill(pids: tuple[int, ...]) -> None:
-    """Kill processes (each ends at its next token; its output so far is logged)."""
+    """Kill processes (each ends at its next token; its output so far is logged). A process
+    that has already exited is not an error: a note says how it ended, exit 0."""
     client = _client()
     failed: LlmosError | None = None
     for pid in pids:
         try:
-            client.request("kill", pid=pid)
+            reply = client.request("kill", pid=pid)
+            if reply.get("already_exited"):
+                status = (reply.get("process") or {}).get("exit_status")
+                click.echo(f"llmos: process {pid} had already exited ({status})", err=True)
         except KernelError:
             raise
         except LlmosError as exc:
@@ -529,7 +605,7 @@ def cont(pid: int) -> None:
 
 
 @cli.command()
-@click.argument("priority", type=int)
+@click.argument("priority", type=click.IntRange(params.MIN_PRIORITY, params.MAX_PRIORITY))
 @click.argument("pid", type=int)
 @handle_errors
 def renice(priority: int, pid: int) -> None:
@@ -649,10 +725,13 @@ def wait(pid: int, timeout: float | None, as_json: bool) -> None:
 def _follow(pid: int) -> None:
     client = _client()
     wrote_newline = True
-    for text in client.follow(pid):
+    progress = ProgressLine()  # its notices, and on a terminal its progress (prefill...)
+    for text in client.follow(pid, on_event=progress.event):
+        progress.clear()
         sys.stdout.write(text)
         sys.stdout.flush()
         wrote_newline = text.endswith("\n")
+    progress.clear()
     if not wrote_newline:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -722,7 +801,18 @@ def top(once: bool, interval: float) -> None:
 
 def main() -> None:
     try:
-        cli.main(prog_name="llmos", standalone_mode=True)
+        code = cli.main(prog_name="llmos", standalone_mode=False)
+    except click.UsageError as exc:  # one line, not click's usage block; exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `llmos` or group: its help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        fail(exc.format_message().rstrip(".") + hint, exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:  # Ctrl-C or EOF at a prompt
+        click.echo("llmos: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # last resort: a bug, reported as one line unless debugging
         if os.environ.get("LLMOS_DEBUG"):
             raise
@@ -732,6 +822,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["cli", "main"]

@@ -8,14 +8,15 @@
 
     llmos shm ls [--json]
     llmos shm create NAME [TEXT] [--others r|rw] [--grant USER=r|rw ...]
-    llmos shm read NAME           llmos shm write NAME [TEXT] [--append] [--if-version V]
+    llmos shm read NAME [--raw]   llmos shm write NAME [TEXT] [--append] [--if-version V]
     llmos shm chmod NAME [--others MODE] [--grant USER=MODE ...]     llmos shm rm NAME
 
 They act as the OS user running them (its uid's user name, never $USER: the same owner
 `llmos run` gives its processes), on
 <home>/memory.db directly: no kernel is needed, and a running kernel sees the changes.
 Errors are one line each: bad input exits 4, a store that is corrupt, locked or full exits 15,
-a refused access exits 16.
+a refused access exits 16, no memory, page or segment by that id or name exits 21. `shm read`
+ends its text with a newline (unless `--raw`); `shm write --append` adds its text as a new line.
 
 What this module does not do: store or check anything itself (the kernel's API does,
 `llmos.kernel.api`).
@@ -164,16 +165,22 @@ def shm_create(name: str, text: str | None, others: str, grants: tuple[str, ...]
 
 @shm.command("read")
 @click.argument("name")
+@click.option("--raw", is_flag=True, help="Exactly the stored text (no newline added).")
 @handle_errors
-def shm_read(name: str) -> None:
-    """Print segment NAME's text."""
-    sys.stdout.write(local_call("shm.read", name=name)["text"])
+def shm_read(name: str, raw: bool) -> None:
+    """Print segment NAME's text, ending in a newline (unless --raw)."""
+    text = local_call("shm.read", name=name)["text"]
+    if not raw and text and not text.endswith("\n"):
+        text += "\n"
+    sys.stdout.write(text)
 
 
 @shm.command("write")
 @click.argument("name")
 @click.argument("text", required=False)
-@click.option("--append", is_flag=True, help="Add to the end instead of replacing.")
+@click.option(
+    "--append", is_flag=True, help="Add TEXT as a new line at the end instead of replacing."
+)
 @click.option("--if-version", type=click.IntRange(min=0), help="Fail unless at this version.")
 @handle_errors
 def shm_write(name: str, text: str | None, append: bool, if_version: int | None) -> None:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,16 +217,25 @@ class KernelClient:
             raise KernelError(f"cannot spool the input to {directory}: {exc.strerror}") from exc
         return Path(name)
 
-    def follow(self, pid: int) -> Iterator[str]:
+    def follow(
+        self, pid: int, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> Iterator[str]:
         """The process's output, from its start, as it is generated; ends when it exits.
-        The final `done` message is left in `self.last_exit`."""
+        With `on_event`, its notices and progress go there as they come (see
+        `llmos.kernel.api.follow_process`). The final `done` message is left in
+        `self.last_exit`."""
         self.last_exit = None
-        sock, reader = self._open("follow", {"pid": pid}, None)
+        payload: dict[str, Any] = {"pid": pid}
+        if on_event is not None:
+            payload["progress"] = True
+        sock, reader = self._open("follow", payload, None)
         try:
             while True:
                 message = self._read(reader, "follow")
                 if message.get("ok") is False:
                     raise reply_error(message)
+                if on_event is not None and ("notice" in message or "progress" in message):
+                    on_event(message)
                 if "text" in message:
                     yield str(message["text"])
                 if message.get("done"):

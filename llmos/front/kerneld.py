@@ -11,7 +11,9 @@ spawn, ps, kill, stop, cont, renice, wait, follow, answer, top, memory.*, shm.*,
 its pydantic models) or one of the daemon's own (`status`, `shutdown`). It gets one reply line,
 `{"ok": true, ...}` or `{"ok": false, "error": "<one line>", "kind": "<LlmosError.kind>",
 "exit_code": N}`, except `follow`, which streams `{"text": "..."}` lines (the process's output
-from its start, then live) and ends with `{"done": true, "exit_status": ..., "error": ...}`.
+from its start, then live; with `"progress": true` also `{"notice": ...}` and `{"progress": ...}`
+lines, what `llmos logs -f` shows on stderr) and ends with `{"done": true, "exit_status": ...,
+"error": ...}`.
 One argument is the transport's, not the API's: for `spawn`, `stdin_file` (a large stdin the
 client left in <home>/spool, read and deleted). Who is asking is never an argument: the daemon
 takes the peer's uid from the socket (SO_PEERCRED) and its user name from the password database

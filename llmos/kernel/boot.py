@@ -17,7 +17,6 @@ What this module does not do: run programs, the kernel daemon, or schedule anyth
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ class System:
     def log(self) -> Log:
         if self._log is None:
             self._log = Log.open(self.home / params.LOG_DB_NAME)
+            self._log.journal = self.config.logging  # `llmos logs off`: runs not journalled
             self._log.fail_stale_runs("llmos exited before the run finished")
         return self._log
 
@@ -67,7 +67,8 @@ class System:
 
     @property
     def syscalls(self) -> SyscallTable:
-        """The syscall table: built-in and plugin devices, plus the configured MCP servers."""
+        """The syscall table: built-in and plugin devices, plus the configured MCP servers as
+        mounts, each started only when a program declares one of its tools."""
         if self._syscalls is None:
             from llmos.kernel import plugins as registry
 
@@ -76,19 +77,14 @@ class System:
                 from llmos.hw.dev.mcp import MCPDevices
 
                 self._mcp = MCPDevices({"mcpServers": self.config.mcp_servers})
-                problems: list[str] = []
-                for name, device in self._mcp.devices(problems).items():
-                    devices.setdefault(name, device)
-                for problem in problems:
-                    print(f"llmos: warning: {problem}", file=sys.stderr)
-            self._syscalls = SyscallTable(devices)
+            self._syscalls = SyscallTable(devices, mounts=self._mcp)
         return self._syscalls
 
     def close(self) -> None:
         """Stop device servers and close the syscall table (CPUs close with the process)."""
         if self._syscalls is not None:
-            self._syscalls.close()
-        if self._mcp is not None:
+            self._syscalls.close()  # closes the MCP servers it mounted
+        elif self._mcp is not None:
             self._mcp.close_all()
         if self._memory is not None:
             self._memory.close()

@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from llmos import params
-from llmos.errors import AccessError, InputError, LlmosError, NoSuchProcessError, ProgramError
+from llmos.errors import (
+    AccessError,
+    BudgetError,
+    InputError,
+    LlmosError,
+    NoSuchProcessError,
+    ProgramError,
+)
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins, recovery
@@ -180,9 +187,13 @@ class Kernel:
             max_live=user.quota.max_processes,
             pid=pid,
         )
-        if replay:  # a recovered process: its output so far, which its run reproduces first
+        if replay:  # a recovered process: its output so far, continued or reproduced first
             proc.output = list(replay)
-            proc.replay = "".join(replay)
+            plain = not program.json_mode and not program.tools and not program.client_tools
+            if plain and cpu.capabilities.continuation:
+                proc.resume = "".join(replay)
+            else:
+                proc.replay = "".join(replay)
         if self.journal is not None:
             self._journal(proc, program, inputs, model)
         proc.context_limit = context_limit(program, cpu)
@@ -194,7 +205,7 @@ class Kernel:
             self.table.reaped(proc)
             proc.exit("failed", str(exc))
             raise
-        proc.on_trace = on_trace
+        proc.on_trace = _timeline(proc, on_trace)
         proc.entity.on_change = getattr(cpu, "wake", None)
         thread = threading.Thread(
             target=self._main,
@@ -256,6 +267,7 @@ class Kernel:
                 devices=proc.devices,
                 prepare=lambda ctx: self._prepare(proc, program, ctx),
                 on_trace=proc.on_trace,
+                resume=proc.resume,
             )
             proc.result = result
             if result.finish_reason == "cancelled":
@@ -265,6 +277,8 @@ class Kernel:
         except LlmosError as exc:
             proc.exception = exc
             status, error = ("killed", str(exc)) if proc.entity.killed else ("failed", str(exc))
+            if isinstance(exc, BudgetError) and not proc.entity.killed:
+                status = "budget"  # its prompt alone passed the budget; the error says so
         except Exception as exc:  # a bug must not take the kernel down with it
             status, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         finally:
@@ -289,6 +303,15 @@ class Kernel:
         except InputError as exc:
             raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
         reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
+
+        def paged(segments: int, chars: int, limit: int) -> None:
+            # Said as it happens (before the step generates), never a silent truncation.
+            proc.notice(
+                f"the context did not fit its {limit}-token limit: {segments} segments "
+                f"({chars / 1e6:.1f} MB) were paged out to the swap store (page ids: "
+                f"`llmos logs {proc.run_id} --json`; read one: `llmos memory page ID`)"
+            )
+
         return Pager(
             store=lambda: self.system.memory,
             owner=proc.owner,
@@ -296,6 +319,8 @@ class Kernel:
             policy=policy,
             reserve=reserve,
             label=str(program.path),
+            on_progress=lambda text: setattr(proc.entity, "progress", text),
+            on_paged=paged,
         )
 
     def _prepare(self, proc: Process, program: Program, context: Context) -> None:
@@ -338,7 +363,7 @@ class Kernel:
         if not declared and not options:
             return None
         table = self.system.syscalls
-        grants = grants_for(declared, options, table.devices, str(program.path))
+        grants = grants_for(declared, options, table, str(program.path))
         grants = {
             name: dev
             for name, dev in grants.items()
@@ -583,17 +608,23 @@ class Kernel:
         return info
 
     def top(self) -> dict[str, Any]:
-        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot),
-        per user, per CPU."""
+        """A snapshot for `llmos top`: per process (with tokens/s since the last snapshot, or
+        since it started for the first one: a generating process never shows 0), per user, per
+        CPU."""
         now = time.monotonic()
         procs = []
         for p in self.table.all():
             info = self._info(p)
             last = self._rates.get(p.pid)
             gen = p.entity.generated
-            info["tokens_per_s"] = (
-                round((gen - last[1]) / (now - last[0]), 1) if last and now > last[0] else 0.0
-            )
+            rate = 0.0
+            if not p.alive:
+                pass
+            elif last is not None and now > last[0]:
+                rate = (gen - last[1]) / (now - last[0])
+            elif gen and info.get("state") == State.RUNNING.value:
+                rate = gen / max(time.time() - p.created_at, 1e-3)
+            info["tokens_per_s"] = round(rate, 1)
             if p.alive:
                 self._rates[p.pid] = (now, gen)
             procs.append(info)
@@ -644,3 +675,25 @@ class _Question:
         self.text = text
         self.answer = ""
         self.event = threading.Event()
+
+
+def _timeline(proc: Process, on_trace: Trace | None) -> Trace:
+    """The trace hook of `proc`: each step of its loop kept (timed, its result cut to
+    params.TIMELINE_RESULT_CHARS, at most params.TIMELINE_MAX_STEPS of them) in
+    `proc.steps` for the console's syscall timeline, then passed on to `on_trace`."""
+
+    def trace(record: dict[str, Any]) -> None:
+        kept = {**record, "at": time.time()}
+        result = kept.get("result")
+        if result is not None:
+            text = result if isinstance(result, str) else repr(result)
+            if len(text) > params.TIMELINE_RESULT_CHARS:
+                text = text[: params.TIMELINE_RESULT_CHARS] + "…"
+            kept["result"] = text
+        with proc.cond:
+            if len(proc.steps) < params.TIMELINE_MAX_STEPS:
+                proc.steps.append(kept)
+        if on_trace is not None:
+            on_trace(record)
+
+    return trace

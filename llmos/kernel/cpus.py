@@ -16,6 +16,7 @@ shared by every process that uses it.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -85,6 +86,45 @@ def resolve(spec: str | None, config: Config) -> CPU:
             cpu = _build(name, config)
             _cache[name] = cpu
         return cpu
+
+
+def slow_start(spec: str | None, config: Config) -> str | None:
+    """What making `spec`'s CPU will spend noticeable time on, in a few words (None: nothing
+    worth saying, or it is loaded already): converting the embedded model's weights once
+    (`llmos.hw.cpu.quant`), or loading a large GGUF file. For a progress line."""
+    try:
+        name = canonical(spec, config)
+    except ModelError:
+        return None
+    with _cache_lock:
+        if name in _cache:
+            return None
+    if name == "embedded":
+        from llmos.hw.cpu import quant
+        from llmos.hw.cpu.llama import embedded_model_path
+
+        ftype = (os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT).lower()
+        if ftype == params.QUANT_SHIPPED or ftype not in params.QUANT_FTYPES:
+            return None
+        home = config.path.parent if config.path else None
+        try:
+            shipped = embedded_model_path()
+        except ModelError:
+            return None
+        if home is None or quant.is_valid(
+            quant.cached_path(shipped, home / params.QUANT_CACHE_DIR_NAME, ftype), shipped
+        ):
+            return None
+        return f"converting the embedded model to {ftype} (once; cached in {home}/models)"
+    if _prefix(name) == GGUF_CPU:
+        path = Path(name).expanduser()
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        if size >= params.PROGRESS_MIN_MODEL_BYTES:
+            return f"loading {path.name} ({size / 1e6:.0f} MB)"
+    return None
 
 
 def close_all() -> None:

@@ -15,6 +15,9 @@ and page in memories and shared segments), then steps:
    on the embedded CPU, `response_format` elsewhere).
 3. trap: `trap.classify` sorts the reply: text (the answer), a syscall, or a malformed call (the
    model is told what was wrong and the loop goes on).
+   A call to one of the program's `client_tools` (functions the caller runs itself, the OpenAI
+   endpoint's `tools`) is not a syscall: the run ends there with finish reason `tool_calls`
+   and the calls in `RunResult.extra["tool_calls"]`.
 4. syscall: the process's guard (`llmos.kernel.security.guard`) decides and audits it first (it may
    wait for approval); then `SyscallTable.dispatch` runs it (the process is blocked
    meanwhile); its result, or a clear error, is appended as a `tool` message (a `syscall`
@@ -26,7 +29,9 @@ and page in memories and shared segments), then steps:
 Budgets: a CPU that schedules (batching) charges and enforces budgets per token itself; for the
 others (remote servers) this loop charges each step's prompt before sending it and each
 generated chunk as it arrives, and ends the process with reason `budget` when it is over. This
-is the only place that does so.
+is the only place that does so. A budget counts prompt and generated tokens; a process whose
+prompt alone would pass it (nothing generated) fails with a BudgetError that says how many
+tokens the prompt takes, instead of ending silently.
 
 Output: text streams to `on_text` as it is generated, except a syscall (text from the call marker
 on is held back, `TextGate`) and JSON (printed once it validates: a reply cut short must not
@@ -35,8 +40,11 @@ leave half an object on stdout for the next program in a pipe).
 Invariants: every run that reaches the log leaves exactly one run row, finished as `ok`,
 `failed` (with the error's kind and message) or `cancelled`; every step of a program with
 devices (kind, device, arguments, result, duration) is in `RunResult.extra["steps"]`, and
-`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is an
-OutputError naming the limit.
+`on_trace` sees each as it happens (`llmos run --trace`); running out of `llmos.max_steps` is a
+StepLimitError (exit 21) naming the limit. A call cut off by the output-token cap is recorded as
+malformed with the cap named (raise `maxOutputTokens`); an empty answer after tool calls is an
+OutputError, never a silent success; so is a first reply without a call when the program sets
+`llmos.tool_choice: required` and the CPU did not enforce it (a BackendError).
 
 What this module does not do: load programs (see `llmos.kernel.program`), choose CPUs (see
 `llmos.kernel.cpus`), define devices or check access (see `llmos.kernel.syscall`), or schedule
@@ -54,7 +62,14 @@ from typing import Any
 import jsonschema
 
 from llmos import params
-from llmos.errors import ContextOverflowError, LlmosError, OutputError
+from llmos.errors import (
+    BackendError,
+    BudgetError,
+    ContextOverflowError,
+    LlmosError,
+    OutputError,
+    StepLimitError,
+)
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
@@ -67,7 +82,7 @@ from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
 from llmos.kernel.security.guard import Guard, arguments, result_label
 from llmos.kernel.syscall import SyscallResult, SyscallTable
-from llmos.kernel.trap import Trapped, classify
+from llmos.kernel.trap import Trapped, classify, with_call_note
 from llmos.store.log import Log
 
 Trace = Callable[[dict[str, Any]], None]
@@ -140,15 +155,21 @@ def run_process(
     devices: Devices | None = None,
     prepare: Callable[[Context], None] | None = None,
     on_trace: Trace | None = None,
+    resume: str = "",
 ) -> RunResult:
-    """Run `program` once; see the module note. Raises an LlmosError after logging it."""
+    """Run `program` once; see the module note. Raises an LlmosError after logging it.
+    `resume`: the reply so far of a recovered process, which a CPU with `continuation` goes on
+    from (it is not sent to `on_text` again)."""
     started = time.perf_counter()
     messages: list[Message] = []
     run_id: str | None = None
     context: Context | None = None
+    tally = _Tally()
     try:
         try:
             messages = program.render(inputs)
+            if program.client_tools and cpu.capabilities.grammar:
+                messages = with_call_note(messages, program.client_tools)
         finally:
             run_id = log.start_run(
                 program.name,
@@ -161,22 +182,46 @@ def run_process(
             )
             if on_run is not None:
                 on_run(run_id)
+        size = sum(len(str(m.get("content") or "")) for m in messages)
+        if entity is not None and size >= params.PROGRESS_MIN_CHARS:
+            entity.progress = f"reading {size / 1e6:.1f} MB of input into the context"
         context = Context.from_messages(messages, context_limit(program, cpu), cpu)
         if prepare is not None:
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
         source = "\n".join(v for v in inputs.values() if isinstance(v, str))
-        result = _steps(program, cpu, context, on_text, started, entity, devices, on_trace, source)
+        result = _steps(
+            program,
+            cpu,
+            context,
+            on_text,
+            started,
+            entity,
+            devices,
+            on_trace,
+            tally,
+            resume,
+            source,
+        )
+        starved = not (result.text or result.completion_tokens)  # nothing could be generated
+        if result.finish_reason == "budget" and entity is not None and starved:
+            raise prompt_over_budget(program, context, entity)
     except LlmosError as exc:
         if run_id is not None:
+            # a failed run keeps what it used and did: its tokens and its steps
             log.finish_run(
                 run_id,
                 status="failed",
                 error_kind=exc.kind,
                 error=str(exc),
+                prompt_tokens=tally.prompt_tokens,
+                completion_tokens=tally.completion_tokens,
                 duration_ms=(time.perf_counter() - started) * 1000,
-                extra=_context_extra(context),
+                extra={
+                    **_context_extra(context),
+                    **({"steps": tally.steps} if tally.steps else {}),
+                },
             )
         raise
     except BaseException as exc:  # KeyboardInterrupt, or a bug: never leave a 'running' row
@@ -211,6 +256,15 @@ def run_process(
     return result
 
 
+@dataclass
+class _Tally:
+    """What a run has used and done so far (kept when it fails)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _steps(
     program: Program,
     cpu: CPU,
@@ -220,10 +274,13 @@ def _steps(
     entity: Entity | None,
     devices: Devices | None,
     on_trace: Trace | None,
+    tally: _Tally,
+    resume: str = "",
     source: str = "",
 ) -> RunResult:
-    """The loop itself (see the module note); returns the unlogged result. `source` is the
-    program's input text, what `llmos.verify` and `llmos.route` check against."""
+    """The loop itself (see the module note); returns the unlogged result. `tally` holds the
+    tokens and steps so far, so a run that fails is logged with what it used and did. `source`
+    is the program's input text, what `llmos.verify` and `llmos.route` check against."""
     specs: list[ToolSpec] | None = None
     dep = Settings.of(program.llmos)
     routed: ToolCall | None = None
@@ -246,13 +303,15 @@ def _steps(
                         name=route.arithmetic,
                         arguments=json.dumps({"expression": expression}),
                     )
+    elif program.client_tools:
+        specs = list(program.client_tools)  # the caller's own functions: a call ends the run
     hold = dep.verify is not None or dep.redundancy is not None  # printed once checked
     verify_left = params.VERIFY_RETRIES
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
     required_first = program.llmos.get("tool_choice") == "required"
     police = entity if entity is not None and not cpu.capabilities.batching else None
-    steps: list[dict[str, Any]] = []
+    steps = tally.steps
     prompt_total = completion_total = 0
     ttft_ms: float | None = None
     attempts = 0  # answers generated (a JSON answer that fails validation is tried again)
@@ -274,17 +333,23 @@ def _steps(
         )
 
     step = 0
+    cut_off = ""  # why the last step's call was unusable, when the output cap cut it off
     while True:
         step += 1
         if specs and step > program.max_steps:
-            raise OutputError(
+            raise StepLimitError(
                 f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
+                + cut_off
             )
         context.step = step
         if routed is not None and step == 1:  # the kernel makes the call (llmos.route)
             _run_calls(devices, [routed], "", step, context, steps, on_trace, routed=True)
             continue
+        if entity is not None and context.resident_chars() >= params.PROGRESS_MIN_CHARS:
+            entity.progress = f"measuring the context ({context.resident_chars() / 1e6:.1f} MB)"
         context.fit()  # pages out what no longer fits (see llmos.kernel.mm.paging)
+        if entity is not None:
+            entity.progress = None  # what comes next is the CPU's prefill (entity.prefill)
         if police is not None and not police.charge(prompt=context.used):
             return result("", "", "budget")
         request = GenRequest(
@@ -295,20 +360,30 @@ def _steps(
             if program.json_mode and not specs
             else None,
             entity=entity,
+            prefix=resume if step == 1 else "",
             **settings,
         )
         if dep.redundancy is not None and not specs:
             return _voted(program, cpu, request, dep, source, police, started, on_text)
         gate = TextGate(None if program.json_mode or hold else on_text, hold_calls=bool(specs))
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
+        text = request.prefix + text
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
         completion_total += last.completion_tokens
+        tally.prompt_tokens, tally.completion_tokens = prompt_total, completion_total
         trapped = classify(text, last.tool_calls) if specs else Trapped(kind="text")
+        if devices is None and trapped.kind == "malformed":
+            trapped = Trapped(kind="text", text=text)  # no device to retry for: it is the answer
         if specs:
             context.touch(text)
         ended_early = last.finish_reason in ("cancelled", "budget")
+        if required_first and step == 1 and trapped.kind == "text" and not ended_early:
+            raise BackendError(
+                f"{cpu.name} answered without a tool call although {program.path} sets "
+                "llmos.tool_choice: required (the server does not enforce it)"
+            )
         if ended_early or trapped.kind == "text":
             gate.flush()
             if specs:
@@ -318,6 +393,13 @@ def _steps(
                     {"step": step, "kind": "text", "tokens": last.completion_tokens},
                 )
             attempts += 1
+            if (
+                specs
+                and not ended_early
+                and not text.strip()
+                and any(s.get("kind") == "syscall" for s in steps)
+            ):
+                raise OutputError(f"{program.path}: the answer after the tool calls is empty")
             if ended_early:
                 return result(text, text, last.finish_reason)
             if not program.json_mode:
@@ -361,18 +443,36 @@ def _steps(
             if on_text is not None and not hold:
                 on_text(text)
             return result(text, output, last.finish_reason)
-        assert devices is not None  # specs implies devices
+        if devices is None:  # a call to one of the caller's functions: the caller runs it
+            attempts += 1
+            at = text.find(CALL_OPEN)
+            _record(steps, on_trace, {"step": step, "kind": "client_call"})
+            done = result(text[:at].strip() if at >= 0 else text, "", "tool_calls")
+            done.extra["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in trapped.calls
+            ]
+            return done
         if trapped.kind == "malformed":
-            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": trapped.error})
+            error = trapped.error
+            if last.finish_reason == "length":
+                error = (
+                    f"{error}: cut off at the {request.max_tokens}-token output cap "
+                    "(raise maxOutputTokens)"
+                )
+                cut_off = f" (the last call was {error})"
+            else:
+                cut_off = ""
+            _record(steps, on_trace, {"step": step, "kind": "malformed", "error": error})
             context.append("assistant", text, "turn", {"step": step})
             context.append(
                 "user",
-                f"That call was malformed ({trapped.error}). "
+                f"That call was malformed ({error}). "
                 "Reply with one valid call or with your answer.",
                 "turn",
                 {"step": step, "from": "kernel"},
             )
             continue
+        cut_off = ""
         _run_calls(devices, trapped.calls, text, step, context, steps, on_trace)
 
 
@@ -646,6 +746,22 @@ def stream_reply(
         if close is not None:
             close()
     return "".join(parts), last, first_at
+
+
+def prompt_over_budget(program: Program, context: Context, entity: Entity) -> BudgetError:
+    """The one line for a process whose prompt left nothing of a token budget to generate
+    with (its own, an ancestor's or its owner's account: budgets count prompt and generated
+    tokens)."""
+    n = context.used or context.measure()
+    if entity.budget is not None and n >= entity.budget:
+        whose = f"the process's token budget is {entity.budget}"
+    else:
+        whose = "its parent's budget or its owner's token account has less left"
+    return BudgetError(
+        f"{program.path}: the prompt is {n} tokens and {whose}: nothing is left to generate "
+        "with (a budget counts prompt and generated tokens: give one larger than the prompt "
+        "plus the reply)"
+    )
 
 
 def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) -> int:

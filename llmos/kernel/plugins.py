@@ -157,6 +157,7 @@ def _embedded_cpu(spec: str, *, config: Config) -> CPU:
 
 def _openai_cpu(spec: str, *, config: Config) -> CPU:
     """Any OpenAI-compatible server, for spec "openai/<model>"."""
+    from llmos.config import home
     from llmos.hw.cpu.openai import OpenAICPU
 
     model = spec.partition("/")[2]
@@ -168,6 +169,7 @@ def _openai_cpu(spec: str, *, config: Config) -> CPU:
         base_url=config.openai_base_url(),
         api_key=config.openai_api_key(),
         n_ctx=int(n_ctx) if n_ctx else None,
+        dialects=(config.path.parent if config.path else home()) / params.OPENAI_DIALECTS_NAME,
     )
 
 

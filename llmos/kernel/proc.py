@@ -92,9 +92,11 @@ class Process:
     error: str | None = None
     run_id: str | None = None
     output: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # one-line notes for its followers (stderr)
     syscalls: int = 0
     devices: Any = None  # its llmos.kernel.loop.Devices (None for a program without devices)
     on_trace: Any = None  # called with each step of its loop (`llmos run --trace`)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # its loop's steps so far, timed
     result: Any = None  # the llmos.kernel.loop.RunResult of a process that ran to its end
     exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0
@@ -102,6 +104,7 @@ class Process:
     memory: Any = None  # its llmos.kernel.mm.paging.Pager (policy, swap key)
     journal: Any = None  # the kernel's llmos.store.procs.ProcJournal, if it keeps one
     replay: str = ""  # recovered output its new run must reproduce first (llmos.kernel.recovery)
+    resume: str = ""  # recovered output its new run continues from (a CPU with continuation)
     diverged: bool = False  # its new run did not reproduce it: stopped, to be reported lost
     metered: bool = False  # its usage is in the ledger (llmos.kernel.meter): no longer live
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -165,6 +168,24 @@ class Process:
         self.entity.poke()
         return ""
 
+    @property
+    def progress(self) -> str | None:
+        """The long work it is doing before its first token, in a few words (None if none):
+        building or paging its context (the kernel's loop says), or the CPU's prefill."""
+        if not self.alive:
+            return None
+        e = self.entity
+        if e.prefill is not None:
+            done, total = e.prefill
+            return f"prefill {done}/{total} prompt tokens ({100 * done // max(total, 1)}%)"
+        return e.progress
+
+    def notice(self, text: str) -> None:
+        """A one-line note for whoever follows the process (paging, say), sent at once."""
+        with self.cond:
+            self.notices.append(text)
+            self.cond.notify_all()
+
     def read_output(self, seen: int, timeout: float | None) -> tuple[list[str], bool]:
         """The output pieces after the first `seen`, waiting up to `timeout` seconds for one
         (or for the exit), and whether the process is still alive. Every follower of the
@@ -211,6 +232,7 @@ class Process:
             "state": self.state.value,
             "priority": e.priority,
             "swapped": e.swapped,
+            "resident": e.resident,  # its KV is in a slot of its CPU now
             "prompt_tokens": e.prompt_tokens,
             "generated_tokens": e.generated,
             "budget": e.budget,
@@ -224,6 +246,7 @@ class Process:
             "exit_status": self.exit_status,
             "error": self.error,
             "run_id": self.run_id,
+            "progress": self.progress,
         }
 
     def _context_used(self) -> int:

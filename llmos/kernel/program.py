@@ -54,7 +54,7 @@ import yaml
 
 from llmos import params
 from llmos.errors import InputError, ProgramError
-from llmos.hw.cpu.base import Message
+from llmos.hw.cpu.base import Message, ToolSpec
 from llmos.kernel import dependable, dotprompt
 from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
 
@@ -103,6 +103,9 @@ class Program:
     template: str = field(default="", repr=False)  # dotprompt body / skill or markdown text
     source: str = field(default="", repr=False)  # the whole file, for dotprompt rendering
     messages: list[Message] = field(default_factory=list, repr=False)  # a chat's, as given
+    # Functions the caller runs itself (the OpenAI endpoint's `tools`): a call to one ends the
+    # process with finish reason `tool_calls` instead of running a device (llmos.kernel.loop).
+    client_tools: list[ToolSpec] = field(default_factory=list)
 
     @property
     def json_mode(self) -> bool:
@@ -134,6 +137,8 @@ class Program:
                 out[kwarg] = list(value) if isinstance(value, list) else value
         if "max_output_tokens" in self.llmos:
             out["max_tokens"] = self.llmos["max_output_tokens"]
+        if "speculative" in self.llmos:
+            out["speculative"] = bool(self.llmos["speculative"])
         return out
 
     def render(self, inputs: dict[str, Any] | None = None) -> list[Message]:
@@ -442,6 +447,16 @@ def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
             )
     if key == "shm" and not all(isinstance(n, str) and n for n in value):
         raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
+
+
+def config_keys() -> list[str]:
+    """The `config` keys a program (or `llmos run -o KEY VALUE`) may set."""
+    return list(_CONFIG_KEYS)
+
+
+def check_config(where: str, config: Any) -> dict[str, Any]:
+    """`config` checked as a program's would be; ProgramError names `where` and the key."""
+    return _check_config(Path(where), config)
 
 
 def _check_config(path: Path, config: Any) -> dict[str, Any]:

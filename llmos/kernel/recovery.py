@@ -7,11 +7,14 @@ it (`Process.append_output`). When a new kernel starts on the same home, `recove
 looks at the processes the journal still has as live:
 
 - a top process whose program declares no devices is started again with the same pid and
-  owner, its output so far already in place: its context is prefilled again from its program
-  and inputs, and its new run must first reproduce what it had sent (the journal); the pieces
-  that match are not sent twice, and it goes on from there, so a client that reconnects with
-  `Last-Event-ID` gets the rest. If the new run differs from what was sent (sampling, or
-  numerics that depend on the batch), it is stopped there and reported lost: what a client
+  owner, its output so far already in place, and its context prefilled again from its program
+  and inputs. On a CPU that can continue a reply (`capabilities.continuation`: the embedded
+  one) a plain-text answer goes on from the text it had sent: that text is prefilled after
+  the conversation, as the reply's beginning, and generation continues from there, so a
+  client that reconnects with `Last-Event-ID` gets the rest. Elsewhere (another CPU, a JSON
+  answer, a caller's functions) the new run must first reproduce what it had sent; the pieces
+  that match are not sent twice and it goes on from there; if it differs (sampling, or
+  numerics that depend on the batch) it is stopped there and reported lost: what a client
   received is never contradicted;
 - any other (a program with devices, whose syscalls must not run twice; a child whose parent
   is gone) is reported lost: it stays in the table as exited with status `lost`, its output
@@ -22,18 +25,20 @@ Invariants: pids continue above the journal's highest, so no pid names two proce
 recovered process keeps its owner (ownership checks hold across the restart); each live row
 ends up either running again or finished as `lost`, never left live.
 
-Not covered: continuing a reply from its saved KV or from the text so far (the reply is
-regenerated and checked instead, which costs the tokens again); a process with devices is
-never resumed, even one that made no syscall yet.
+Not covered: restoring a reply's saved KV state (the context and the text so far are
+prefilled again, which costs a prefill); a process with devices is never resumed, even one
+that made no syscall yet.
 
 What this does not do: write the journal (the kernel and `Process` do), or open it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from llmos.errors import LlmosError
+from llmos.hw.cpu.base import ToolSpec
 from llmos.kernel import program as program_mod
 from llmos.kernel.proc import Process, State
 from llmos.kernel.program import Program
@@ -59,20 +64,32 @@ def spec_of(program: Program, inputs: dict[str, Any], model: str | None) -> dict
         }
     else:
         spec["path"] = str(program.path)
+    if program.client_tools:
+        spec["client_tools"] = [dataclasses.asdict(t) for t in program.client_tools]
+        spec["llmos"] = program.llmos
     return spec
 
 
 def program_of(spec: dict[str, Any]) -> Program:
     chat = spec.get("chat")
     if chat is not None:
-        return program_mod.chat(
+        program = program_mod.chat(
             chat["messages"],
             model=chat.get("model"),
             config=chat.get("config"),
             output_schema=chat.get("output_schema"),
             json_output=bool(chat.get("json")),
         )
-    return program_mod.load(spec["path"])
+    else:
+        program = program_mod.load(spec["path"])
+    tools = spec.get("client_tools")
+    if tools:
+        program = dataclasses.replace(
+            program,
+            client_tools=[ToolSpec(**t) for t in tools],
+            llmos={**program.llmos, **(spec.get("llmos") or {})},
+        )
+    return program
 
 
 def recover(kernel: Any) -> list[dict[str, Any]]:

@@ -14,6 +14,14 @@
 Nothing raises out of `dispatch`: every failure is a result the model sees and can recover
 from, and the process continues. A syscall's result is never silently dropped.
 
+Mounts: devices that run elsewhere (the tools of configured MCP servers, named
+`server.tool`) are not started with the table. `resolve(names)` mounts, concurrently, only the
+servers whose tools a program declares, the first time one is declared. A server that cannot
+start is that server's problem (its name and its stderr; tried again on the next declaration,
+within its supervisor's restart bounds), and `grants_for` reports it as a `BackendError`, not
+as an unknown device. A server no program declares is never started, so one that hangs costs
+nothing to a program that does not use it.
+
 Grants: a program gets only the devices it declares (Dotprompt `tools:`, or keys of
 `llmos.devices`, whose values are per-device options). Devices that are off by default
 (`shell`) need both the declaration and `llmos.devices.<name>.grant: true`.
@@ -27,14 +35,16 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
 from llmos import params
-from llmos.errors import ProgramError
+from llmos.errors import BackendError, ProgramError
 from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 
@@ -59,16 +69,45 @@ class SyscallResult:
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+class Mounts(Protocol):
+    """Devices mounted on demand, a group (an MCP server) at a time; see `llmos.hw.dev.mcp`."""
+
+    def names(self) -> list[str]:
+        """The groups that can be mounted (server names)."""
+        ...
+
+    def mount(self, groups: list[str], problems: dict[str, str]) -> dict[str, Device]:
+        """Start `groups` concurrently; their devices by name. A group that cannot start is
+        left out, its one-line reason in `problems[group]`."""
+        ...
+
+    def close_all(self) -> None: ...
+
+
 def grants_for(
-    declared: list[str], options: dict[str, Any], table: dict[str, Device], program: str
+    declared: list[str],
+    options: dict[str, Any],
+    table: dict[str, Device] | SyscallTable,
+    program: str,
 ) -> dict[str, Device]:
     """The devices a program may call; ProgramError for a declared device that does not exist
-    or one that is off by default and not explicitly granted."""
+    or one that is off by default and not explicitly granted; BackendError for one whose
+    server cannot start. Given the table itself, first mounts the servers the program
+    declares (`SyscallTable.resolve`)."""
+    names = list(dict.fromkeys([*declared, *options]))
+    problems: dict[str, str] = {}
+    if isinstance(table, SyscallTable):
+        problems = table.resolve(names)
+        devices, unmounted = table.devices, table.unmounted()
+    else:
+        devices, unmounted = table, []
     grants: dict[str, Device] = {}
-    for name in dict.fromkeys([*declared, *options]):
-        device = table.get(name)
+    for name in names:
+        device = devices.get(name)
         if device is None:
-            known = ", ".join(sorted(table)) or "none"
+            if name in problems:
+                raise BackendError(f"{program}: device '{name}': {problems[name]}")
+            known = ", ".join([*sorted(devices), *(f"{g}.*" for g in unmounted)]) or "none"
             raise ProgramError(f"{program}: declares unknown device '{name}' (known: {known})")
         opts = options.get(name) or {}
         if not device.default_on and not (isinstance(opts, dict) and opts.get("grant") is True):
@@ -81,8 +120,14 @@ def grants_for(
 
 
 class SyscallTable:
-    def __init__(self, devices: dict[str, Device], workers: int = params.SYSCALL_WORKERS):
+    def __init__(
+        self,
+        devices: dict[str, Device],
+        workers: int = params.SYSCALL_WORKERS,
+        mounts: Mounts | None = None,
+    ):
         self.devices = dict(devices)
+        self.mounts = mounts
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="llmos-syscall"
         )
@@ -90,6 +135,50 @@ class SyscallTable:
             name: jsonschema.validators.validator_for(d.schema)(d.schema)
             for name, d in self.devices.items()
         }
+        self._mount_lock = threading.Lock()
+        self._mounted: dict[str, str] = {}  # group -> "" (mounted) or its one-line problem
+
+    def unmounted(self) -> list[str]:
+        """The groups (MCP servers) not started yet."""
+        if self.mounts is None:
+            return []
+        return [g for g in self.mounts.names() if g not in self._mounted]
+
+    def resolve(self, names: Iterable[str]) -> dict[str, str]:
+        """Mount the groups that `names` (device names `group.tool`) need and that are not
+        mounted yet, concurrently; returns {device name: its group's problem} for the names
+        whose group could not start (now or earlier)."""
+        if self.mounts is None:
+            return {}
+        groups = set(self.mounts.names())
+        wanted = {
+            name: name.split(params.MCP_TOOL_NAME_SEP, 1)[0]
+            for name in names
+            if name not in self.devices and params.MCP_TOOL_NAME_SEP in name
+        }
+        wanted = {n: g for n, g in wanted.items() if g in groups}
+        problems = self.mount(sorted(set(wanted.values())))
+        return {n: problems[g] for n, g in wanted.items() if problems.get(g)}
+
+    def mount(self, groups: list[str]) -> dict[str, str]:
+        """Start the groups (MCP servers) not mounted yet, concurrently, and add their
+        devices; returns {group: its one-line problem} for those that could not start (now or
+        earlier: a group that failed is tried again, within its supervisor's restart bounds)."""
+        if self.mounts is None:
+            return {}
+        with self._mount_lock:
+            todo = [g for g in groups if self._mounted.get(g) != ""]
+            if todo:
+                problems: dict[str, str] = {}
+                found = self.mounts.mount(todo, problems)
+                for name, device in found.items():
+                    self.devices.setdefault(name, device)
+                    self._validators.setdefault(
+                        name, jsonschema.validators.validator_for(device.schema)(device.schema)
+                    )
+                for group in todo:
+                    self._mounted[group] = problems.get(group, "")
+            return {g: self._mounted[g] for g in groups if self._mounted.get(g)}
 
     def specs(self, grants: dict[str, Device]) -> list[ToolSpec]:
         return [ToolSpec(d.name, d.description, d.schema) for d in grants.values()]
@@ -154,6 +243,8 @@ class SyscallTable:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for device in self.devices.values():
             device.close()
+        if self.mounts is not None:
+            self.mounts.close_all()
 
 
 def _fail(name: str, error: str) -> SyscallResult:

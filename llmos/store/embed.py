@@ -14,13 +14,15 @@ would trade recall for time this size does not need.
 
 Invariants: embeddings are L2-normalised float32 rows of params.EMBED_DIM; the model is loaded
 once per OS process, from files in the wheel only (`wordllama`'s own loader would try the
-network for its tokenizer, so it is not used).
+network for its tokenizer, so it is not used); loading it leaves the process's logging
+configuration as it found it (the package configures INFO logging on import).
 
 What this module does not do: store vectors (see `llmos.store.memory`) or BM25 (SQLite FTS5 does).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,11 @@ def _load() -> Any:
     global _model
     with _lock:
         if _model is None:
+            root_logger = logging.getLogger()
+            level, handlers = root_logger.level, list(root_logger.handlers)
             try:
+                # wordllama calls logging.basicConfig(level=INFO) on import, which would turn
+                # on INFO lines (HTTP requests among them) on stderr for the whole process.
                 import wordllama
                 from safetensors import safe_open
                 from wordllama import WordLlama
@@ -51,6 +57,9 @@ def _load() -> Any:
                     f"the embedding model package is missing ({exc}); "
                     f"reinstall llmos (it depends on {params.EMBED_PACKAGE})"
                 ) from exc
+            finally:
+                root_logger.setLevel(level)
+                root_logger.handlers[:] = handlers
             root = Path(wordllama.__file__).parent
             weights = root / "weights" / f"{params.EMBED_CONFIG}_{params.EMBED_DIM}.safetensors"
             tokenizer = root / "tokenizers" / f"{params.EMBED_CONFIG}_tokenizer_config.json"

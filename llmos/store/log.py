@@ -24,6 +24,11 @@ Invariants:
 - Schema changes are named migrations (`MIGRATIONS`), each applied once, in order, in its own
   transaction. Append new ones; never edit an applied one.
 
+- While `journal` is False (`llmos logs off`, set by the kernel from config), `start_run`
+  returns a fresh run id and writes nothing, and `finish_run` of such an id does nothing:
+  those runs are not journalled at all (neither prompt, reply nor row). The usage ledger is
+  not affected.
+
 - Reads can be scoped to one owner (`list_runs`, `get_run`, `messages` take `owner`): the
   filter is in the SQL, so another owner's runs are neither returned nor counted.
 
@@ -249,6 +254,7 @@ class RunRecord:
             "ttft_ms": self.ttft_ms,
             "parent_run": self.parent_run,
             "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
+            "steps": (self.extra or {}).get("steps", []),  # a tool-using run's syscalls
         }
         if with_path:
             out["program_path"] = self.program_path
@@ -274,6 +280,8 @@ class Log:
         self._db = db
         self.path = db.path
         self.usage = Ledger(db)  # per-owner, per-day usage (llmos.store.usage)
+        self.journal = True  # False: runs are not journalled (see the module note)
+        self._unjournalled: set[str] = set()
 
     @classmethod
     def open(cls, path: Path | None = None) -> Log:
@@ -401,6 +409,9 @@ class Log:
     ) -> str:
         """Record a run that is starting, with its prompt; returns the new run id."""
         run_id = new_run_id()
+        if not self.journal:
+            self._unjournalled.add(run_id)
+            return run_id
         inputs_json = _dumps(inputs)
         with self._db.transaction("start_run") as conn:
             head = self._insert_chain(conn, messages)
@@ -441,6 +452,9 @@ class Log:
         """Record how a running run ended. duration_ms defaults to the wall time since start."""
         if status not in FINAL_STATUSES:
             raise LogStoreError(f"cannot finish run {run_id} with status {status!r}")
+        if run_id in self._unjournalled:
+            self._unjournalled.discard(run_id)
+            return
         extra_json = _dumps(extra) if extra is not None else None
         with self._db.transaction("finish_run") as conn:
             row = conn.execute(
@@ -507,6 +521,7 @@ class Log:
         program: str | None = None,
         status: str | None = None,
         owner: str | None = None,
+        cpu: str | None = None,
     ) -> list[RunRecord]:
         """Runs newest first, or best match first for a full-text `query`; limit <= 0: all.
         With `owner`, only that owner's runs (a run with no owner is nobody's: admins only)."""
@@ -530,6 +545,9 @@ class Log:
         if owner is not None:
             where.append("runs.owner = ?")
             args.append(owner)
+        if cpu is not None:
+            where.append("runs.cpu = ?")
+            args.append(cpu)
         sql = f"SELECT {_RUN_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)

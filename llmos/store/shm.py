@@ -13,8 +13,9 @@ right needed); people use `llmos shm`. A write may say which version it expects
 (`if_version`), so two writers cannot silently overwrite each other (compare-and-swap).
 
 Invariants: a right is checked on every access, inside the transaction that uses it; a
-refused access raises AccessError and changes nothing; a missing segment is an InputError for
-reads and is created (owned by the writer, private) by a write.
+refused access raises AccessError and changes nothing; a missing segment is a NotFoundError
+for reads and is created (owned by the writer, private) by a write; an append starts a new
+line (a newline goes between the old text and the new unless one of them has it already).
 
 What this module does not do: decide who a caller is (the kernel passes the process's owner,
 the command line the OS user), or label what was read as untrusted (a later security layer
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmos import params
-from llmos.errors import AccessError, InputError, QuotaError
+from llmos.errors import AccessError, InputError, NotFoundError, QuotaError
 from llmos.store.memory import MemoryStore, check_text
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -101,7 +102,7 @@ class SharedMemory:
     def read(self, user: str, name: str) -> SharedSegment:
         seg = self._get(check_name(name))
         if seg is None:
-            raise InputError(f"no shared segment named {name!r}")
+            raise NotFoundError(f"no shared segment named {name!r}")
         if "r" not in seg.mode_for(user):
             raise AccessError(f"{user} may not read shared segment {name!r}")
         return seg
@@ -159,7 +160,9 @@ class SharedMemory:
             ).fetchone()
             if row is None:
                 if if_version not in (None, 0):
-                    raise InputError(f"no shared segment named {name!r} (expected v{if_version})")
+                    raise NotFoundError(
+                        f"no shared segment named {name!r} (expected v{if_version})"
+                    )
                 _check_size(text)
                 (owned,) = conn.execute(
                     "SELECT COUNT(*) FROM shm WHERE owner = ?", (user,)
@@ -179,7 +182,10 @@ class SharedMemory:
                     raise InputError(
                         f"shared segment {name!r} is at version {version}, not {if_version}"
                     )
-                new = old + text if append else text
+                # An append is a new line: the old text and the new never run together.
+                joined = old.endswith("\n") or text.startswith("\n")
+                sep = "\n" if append and old and text and not joined else ""
+                new = old + sep + text if append else text
                 _check_size(new)
                 conn.execute(
                     "UPDATE shm SET text = ?, version = version + 1, updated_at = ?, "
@@ -201,7 +207,7 @@ class SharedMemory:
         with self.store.db.transaction("shm chmod") as conn:
             row = conn.execute("SELECT owner, acl FROM shm WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise InputError(f"no shared segment named {name!r}")
+                raise NotFoundError(f"no shared segment named {name!r}")
             if row[0] != user:
                 raise AccessError(f"only {row[0]} may change the rights of {name!r}")
             acl = json.loads(row[1])
@@ -222,7 +228,7 @@ class SharedMemory:
         with self.store.db.transaction("shm remove") as conn:
             row = conn.execute("SELECT owner FROM shm WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise InputError(f"no shared segment named {name!r}")
+                raise NotFoundError(f"no shared segment named {name!r}")
             if row[0] != user:
                 raise AccessError(f"only {row[0]} may remove {name!r}")
             conn.execute("DELETE FROM shm WHERE name = ?", (name,))

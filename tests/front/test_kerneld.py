@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from llmos import params
+from llmos.errors import RequestError
 from llmos.front import kerneld
 from llmos.front.kclient import KernelClient
 from llmos.kernel import api
@@ -321,7 +323,15 @@ def test_run_detached_wait_and_follow(kd: Path) -> None:
     shutil.copy(progs_dir(kd) / "tiny.prompt", installed)
     named = int(ok(llmos(kd, "run", "-d", "tiny", "--budget", "0", input="piped text")))
     assert named == pid + 1
-    assert llmos(kd, "wait", named).returncode == 14  # ended by its budget
+    waited = llmos(kd, "wait", named)  # its prompt alone passes its budget: one line says so
+    assert waited.returncode == 14 and waited.stdout == ""
+    assert re.fullmatch(
+        rf"llmos: error: process {named} ended budget: {re.escape(str(installed))}: the prompt "
+        r"is \d+ tokens and the process's token budget is 0: nothing is left to generate with "
+        r"\(a budget counts prompt and generated tokens: give one larger than the prompt plus "
+        r"the reply\)\n",
+        waited.stderr,
+    ), waited.stderr
     p = info(kd, named)
     assert (p["exit_status"], p["budget"], p["budget_left"]) == ("budget", 0, 0)
     record = get_run(kd, p["run_id"])
@@ -345,8 +355,17 @@ def test_stop_cont_renice_kill(kd: Path) -> None:
     assert row.split()[-1] == "long"
 
     assert ok(llmos(kd, "renice", 7, pid)) == f"{pid}: priority 30 -> 7\n"
-    assert ok(llmos(kd, "renice", 99, pid)) == f"{pid}: priority 7 -> 39\n"  # clamped
-    assert info(kd, pid)["priority"] == 39
+    # An out-of-range priority is refused with one line (exit 2), never clamped.
+    assert error_line(llmos(kd, "renice", 99, pid), 2) == (
+        "Invalid value for 'PRIORITY': 99 is not in the range 0<=x<=39 (see 'llmos renice --help')"
+    )
+    assert info(kd, pid)["priority"] == 7
+    assert error_line(llmos(kd, "run", "-d", "tiny.prompt", "--priority", "99"), 2) == (
+        "Invalid value for '--priority': 99 is not in the range 0<=x<=39 (see 'llmos run --help')"
+    )
+    with pytest.raises(RequestError, match="priority"):  # the API refuses it too
+        KernelClient(kd).request("renice", pid=pid, priority=40)
+    assert ok(llmos(kd, "renice", 39, pid)) == f"{pid}: priority 7 -> 39\n"
 
     assert ok(llmos(kd, "cont", pid)) == ""
     until(lambda: info(kd, pid)["generated_tokens"] > frozen, 120, "tokens after cont")
@@ -363,7 +382,11 @@ def test_stop_cont_renice_kill(kd: Path) -> None:
     assert record.error_kind == "killed"
     assert record.response and waited.stdout == record.response.rstrip("\n") + "\n"
     assert record.completion_tokens == p["generated_tokens"]
-    # Signals to a process that has exited, or never existed, exit 12 with one line.
+    # Killing a process that has already exited is not an error: a note, exit 0.
+    again = llmos(kd, "kill", pid)
+    assert (again.returncode, again.stdout) == (0, "")
+    assert again.stderr == f"llmos: process {pid} had already exited (killed)\n"
+    # Other signals to a process that has exited, or any to one that never existed, exit 12.
     assert error_line(llmos(kd, "stop", pid), 12) == (f"process {pid} has already exited (killed)")
     assert error_line(llmos(kd, "kill", 99999), 12) == "no process with pid 99999"
     assert error_line(llmos(kd, "wait", 99999), 12) == "no process with pid 99999"
@@ -474,7 +497,7 @@ def test_many_spawns_all_accounted_for(kd: Path) -> None:
     finally:
         log.close()
     mine = [runs[p["run_id"]] for p in statuses]
-    assert [r.status for r in mine] == ["cancelled"] * 196 + ["ok"] * 4
+    assert [r.status for r in mine] == ["failed"] * 196 + ["ok"] * 4  # prompts over budget
     assert {r.error_kind for r in mine[:196]} == {"budget"}
 
 
@@ -541,6 +564,20 @@ def test_admission_control_then_sigterm(fresh: Path) -> None:
     assert error_line(llmos(fresh, "ps"), 13) == NOT_RUNNING
 
 
+def test_top_shows_a_running_process_rate_and_stop_counts_in_words(fresh: Path) -> None:
+    """`top --once` (a first snapshot) shows a generating process's tokens/s, not 0.0; `kernel
+    stop` says "1 process killed", not "1 processes"."""
+    dpid = start(fresh)
+    pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
+    until(lambda: info(fresh, pid)["generated_tokens"] >= 3, 120, "long to generate")
+    lines = ok(llmos(fresh, "top", "--once")).splitlines()
+    row = next(ln.split() for ln in lines if ln.split()[:1] == [str(pid)])
+    assert row[2] == "running" and float(row[4]) > 0.0, row  # STATE, TOK/S
+    stopped = llmos(fresh, "kernel", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stderr == f"llmos: kernel stopped (pid {dpid}, 1 process killed)\n"
+
+
 def test_sigkilled_daemon_restarts_and_reports_lost(fresh: Path) -> None:
     old = start(fresh)
     pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
@@ -557,7 +594,7 @@ def test_sigkilled_daemon_restarts_and_reports_lost(fresh: Path) -> None:
     assert new != old and pid_alive(new)
     assert proc.stderr.splitlines() == [
         f"llmos: kernel started (pid {new}, policy priority)",
-        f"llmos: kernel restarted; 1 processes were lost: run {run_id[:12]} long (owner {OWNER})",
+        f"llmos: kernel restarted; 1 process was lost: run {run_id[:12]} long (owner {OWNER})",
     ]
     st = json.loads(ok(llmos(fresh, "kernel", "status", "--json")))
     assert st["lost"] == [{"run_id": run_id, "program": "long", "owner": OWNER}]

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from llmos.kernel import program as program_mod
 from llmos.store.log import Log
@@ -122,7 +124,7 @@ def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> N
     tools, results = asyncio.run(
         _with_llmos(
             llmos_home,
-            [("shout", {"text": 5}), ("shout", {}), ("nope", {}), ("notes", {"bogus": "x"})],
+            [("shout", {"text": 5}), ("shout", {}), ("notes", {"bogus": "x"})],
         )
     )
     by_name = {t.name: t for t in tools.tools}
@@ -139,8 +141,28 @@ def test_llmos_serves_programs_as_tools(llmos_home: Path, no_orphans: None) -> N
         assert result.is_error
         assert len(result.content) == 1 and "\n" not in result.content[0].text
     assert "text" in results[0].content[0].text
-    assert "no program named 'nope'" in results[2].content[0].text
-    assert "bogus" in results[3].content[0].text
+    assert "bogus" in results[2].content[0].text
+
+
+def test_an_unknown_tool_is_a_json_rpc_error(llmos_home: Path, no_orphans: None) -> None:
+    """The MCP specification: calling a tool that does not exist is Invalid params (-32602),
+    not a tool result; the server keeps serving after it."""
+
+    async def session_calls() -> tuple[MCPError, Any]:
+        async with (
+            stdio_client(_llmos_server(llmos_home)) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await asyncio.wait_for(session.initialize(), 60)
+            with pytest.raises(MCPError) as raised:
+                await asyncio.wait_for(session.call_tool("nope", {}), 60)
+            after = await asyncio.wait_for(session.call_tool("shout", {}), 60)
+            return raised.value, after
+
+    error, after = asyncio.run(session_calls())
+    assert error.code == INVALID_PARAMS
+    assert "no program named 'nope'" in str(error)
+    assert after.is_error and "text" in after.content[0].text
 
 
 @pytest.mark.slow
@@ -181,3 +203,105 @@ def test_a_tool_using_program_runs_with_its_devices(llmos_home: Path, no_orphans
     assert record.owner == pwd.getpwuid(os.geteuid()).pw_name and record.status == "ok"
     calls = [s for s in record.extra["steps"] if s["kind"] == "syscall"]
     assert calls and calls[0]["device"] == "calc" and calls[0]["ok"]
+
+
+# --- Resources, prompts, list changes, error texts --------------------------------------------
+
+
+async def _session_run(home: Path, body: Any, seen: list[Any] | None = None) -> Any:
+    async def on_message(message: Any) -> None:
+        if seen is not None:
+            seen.append(message)
+
+    async with (
+        stdio_client(_llmos_server(home)) as (read, write),
+        ClientSession(read, write, message_handler=on_message) as session,
+    ):
+        init = await asyncio.wait_for(session.initialize(), 60)
+        return await body(session, init)
+
+
+def test_resources_and_prompts_are_the_programs(llmos_home: Path, no_orphans: None) -> None:
+    async def body(session: ClientSession, init: Any) -> dict[str, Any]:
+        return {
+            "caps": init.capabilities,
+            "resources": await session.list_resources(),
+            "source": await session.read_resource("llmos://programs/shout"),
+            "prompts": await session.list_prompts(),
+            "prompt": await session.get_prompt("shout", {"text": "hi there"}),
+        }
+
+    got = asyncio.run(_session_run(llmos_home, body))
+    caps = got["caps"]
+    assert caps.tools.list_changed and caps.prompts.list_changed
+    assert caps.resources.list_changed
+    resources = {r.name: r for r in got["resources"].resources}
+    assert {str(r.uri) for r in resources.values()} == {
+        "llmos://programs/shout",
+        "llmos://programs/notes",
+    }
+    assert resources["shout"].description == "Repeat the text in capitals."
+    assert resources["notes"].mime_type == "text/markdown"
+    assert str(llmos_home) not in got["resources"].model_dump_json()
+    (contents,) = got["source"].contents
+    assert contents.text == PROGRAM and contents.mime_type == "text/plain"
+    prompts = {p.name: p for p in got["prompts"].prompts}
+    (argument,) = prompts["shout"].arguments
+    assert argument.name == "text" and argument.required
+    assert argument.description == "what to repeat"
+    assert [a.name for a in prompts["notes"].arguments] == ["input"]
+    messages = got["prompt"].messages
+    assert messages[-1].role == "user"
+    assert "Repeat in capitals: hi there" in messages[-1].content.text
+
+
+def test_error_texts_show_no_server_paths(llmos_home: Path, no_orphans: None) -> None:
+    async def body(session: ClientSession, init: Any) -> list[str]:
+        texts: list[str] = []
+        for call in (
+            lambda: session.read_resource("llmos://programs/nope"),
+            lambda: session.get_prompt("shout", {"nope": "x"}),
+            lambda: session.get_prompt("nope", {}),
+        ):
+            with pytest.raises(MCPError) as info:
+                await call()
+            texts.append(f"{info.value.error.code} {info.value.error.message}")
+        bad = await session.call_tool("shout", {"nope": "x"})
+        assert bad.is_error
+        texts.append(bad.content[0].text)
+        return texts
+
+    missing, bad_arg, no_prompt, bad_call = asyncio.run(_session_run(llmos_home, body))
+    for text in (missing, bad_arg, no_prompt, bad_call):
+        assert str(llmos_home) not in text and "/programs/" not in text.replace(
+            "llmos://programs/", ""
+        ), text
+    assert missing == "-32002 Unknown resource: no program named 'nope'"
+    assert bad_arg == f"{INVALID_PARAMS} shout.prompt: missing required input 'text'"
+    assert no_prompt == f"{INVALID_PARAMS} Unknown prompt: no program named 'nope'"
+    assert bad_call.startswith("shout.prompt: ") and "input" in bad_call
+
+
+def test_a_new_program_is_announced(llmos_home: Path, no_orphans: None) -> None:
+    seen: list[Any] = []
+
+    async def body(session: ClientSession, init: Any) -> list[str]:
+        before = {t.name for t in (await session.list_tools()).tools}
+        assert "echo" not in before
+        (llmos_home / "programs" / "echo.md").write_text("Say the text back.\n")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kinds = {type(m).__name__ for m in seen}
+            if {"ToolListChangedNotification", "PromptListChangedNotification"} <= kinds:
+                break
+            await asyncio.sleep(0.1)
+        return [t.name for t in (await session.list_tools()).tools]
+
+    names = asyncio.run(_session_run(llmos_home, body, seen))
+    assert "echo" in names
+    kinds = {type(m).__name__ for m in seen}
+    assert {
+        "ToolListChangedNotification",
+        "PromptListChangedNotification",
+        "ResourceListChangedNotification",
+    } <= kinds, kinds

@@ -3,16 +3,21 @@ line, and the same operations serve processes, memories and shared segments in-p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from llmos.errors import AccessError, InputError, RequestError
+from llmos.errors import AccessError, NoSuchProcessError, NotFoundError, RequestError
+from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel import api
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
+from tests import approvals
 
 
 @pytest.fixture
@@ -89,7 +94,7 @@ def test_memory_ops_are_scoped_to_the_caller(kernel: Kernel) -> None:
     hits = api.call(kernel, ALICE, "memory.recall", {"query": "lock code"})["hits"]
     assert hits[0]["id"] == f"m{mid}"
     assert api.call(kernel, BOB, "memory.recall", {"query": "lock code"})["hits"] == []
-    with pytest.raises(InputError, match=f"no memory m{mid} of bob"):
+    with pytest.raises(NotFoundError, match=f"no memory m{mid} of bob"):
         api.call(kernel, BOB, "memory.forget", {"id": mid})
     assert api.call(kernel, ALICE, "memory.forget", {"id": mid}) == {"forgotten": mid}
     assert api.call(kernel, ALICE, "memory.list", {})["hits"] == []
@@ -107,3 +112,83 @@ def test_shm_ops_keep_their_rights(kernel: Kernel) -> None:
     assert [s["name"] for s in api.call(kernel, BOB, "shm.ls", {})["segments"]] == ["plan"]
     api.call(kernel, ALICE, "shm.rm", {"name": "plan"})
     assert api.call(kernel, ALICE, "shm.ls", {})["segments"] == []
+
+
+def _until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_context_and_steps_show_paging_and_approvals(kernel: Kernel, tmp_path: Path) -> None:
+    kernel.user_policy = lambda owner: approvals.APPROVE_CALC
+    cpu = ScriptedCPU(approvals.replies())
+    kernel.add_cpu(cpu)
+    prog = tmp_path / "grow.prompt"
+    prog.write_text(approvals.GROW)
+    spawn = {"program": str(prog), "stdin": approvals.INPUT, "model": "scripted"}
+    pid = api.call(kernel, ALICE, "spawn", spawn)["pid"]
+    seen = []
+
+    def waiting() -> dict[str, Any] | None:
+        steps: dict[str, Any] = api.call(kernel, ALICE, "steps", {"pid": pid})
+        return steps if steps["approval"] else None
+
+    for expression in ("1 + 1", approvals.LONG, "2 + 2"):
+        steps = _until(waiting)
+        call = steps["approval"]["call"]
+        assert call.startswith('calc {"expression": "' + expression[:40]), call
+        assert steps["state"] == "waiting_approval"
+        ctx = api.call(kernel, ALICE, "context", {"pid": pid})
+        seen.append((ctx["pages_out"], len(steps["steps"])))
+        assert ctx["limit"] == 400 and 0 < ctx["used"] <= 400
+        assert ctx["segments"][0]["kind"] == "input" and ctx["segments"][0]["label"] == "trusted"
+        api.call(kernel, ALICE, "approve", {"pid": pid})
+    # nothing paged before the long call, pages out after it; one step more per approval
+    assert seen[0] == (0, 0) and seen[1] == (0, 1)
+    assert seen[2][0] > 0 and seen[2][1] == 2
+    api.call(kernel, ALICE, "wait", {"pid": pid})
+    ctx = api.call(kernel, ALICE, "context", {"pid": pid})
+    paged = [s for s in ctx["segments"] if not s["resident"]]
+    assert paged and all(s["page"].startswith("p") for s in paged)
+    assert sum(row["paged"] for row in ctx["by_kind"].values()) == len(paged)
+    resident = [s for s in ctx["segments"] if s["resident"]]
+    assert any(s["kind"] == "syscall" and "4" in s["preview"] for s in resident)
+    steps = api.call(kernel, ALICE, "steps", {"pid": pid})
+    assert [s["kind"] for s in steps["steps"]] == ["syscall", "syscall", "syscall", "text"]
+    assert [s["result"] for s in steps["steps"][:3:2]] == [
+        "{'result': '2', 'exact': True}",
+        "{'result': '4', 'exact': True}",
+    ]
+    assert all(s["ok"] and s["at"] > 0 for s in steps["steps"][:3])
+    assert [(s["decision"], s["by"]) for s in steps["steps"][:3]] == [("approved", "alice")] * 3
+    assert steps["approval"] is None and steps["state"] == "exited"
+    # another owner's pid is as if it did not exist
+    for op in ("context", "steps"):
+        with pytest.raises(NoSuchProcessError):
+            api.call(kernel, BOB, op, {"pid": pid})
+
+
+def test_context_names_the_untrusted_text_that_tainted_it(kernel: Kernel, tmp_path: Path) -> None:
+    root = kernel.user_root("alice")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text("buy milk\n")
+    read = [ToolCall("r1", "fs", json.dumps({"op": "read", "path": "notes.txt"}))]
+    kernel.add_cpu(ScriptedCPU([read, "You need milk."]))
+    prog = tmp_path / "notes.prompt"
+    prog.write_text('---\nname: notes\ntools: [fs]\n---\n{{role "user"}}\nRead my notes.\n')
+    pid = api.call(kernel, ALICE, "spawn", {"program": str(prog), "model": "scripted"})["pid"]
+    api.call(kernel, ALICE, "wait", {"pid": pid})
+    ctx = api.call(kernel, ALICE, "context", {"pid": pid})
+    assert ctx["tainted"] is True and ctx["sources"] == ["fs:notes.txt"]
+    labels = {s["kind"]: s["label"] for s in ctx["segments"] if s["kind"] in ("input", "syscall")}
+    assert labels == {"input": "trusted", "syscall": "untrusted"}
+    steps = api.call(kernel, ALICE, "steps", {"pid": pid})["steps"]
+    assert [s["kind"] for s in steps] == ["syscall", "text"]
+    step = steps[0]
+    assert step["device"] == "fs" and "buy milk" in step["result"]
+    assert step["decision"] == "allowed"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llmos.errors import OutputError
+from llmos.errors import BudgetError, OutputError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
@@ -75,15 +75,34 @@ def test_json_that_never_validates_fails_with_output_error(tmp_path: Path) -> No
     assert row.status == "failed" and row.error_kind == "output"
 
 
-def test_a_remote_cpu_is_charged_each_steps_prompt_and_stops_at_the_budget(
-    tmp_path: Path,
-) -> None:
+def test_a_prompt_over_the_budget_fails_with_one_line_that_says_so(tmp_path: Path) -> None:
+    """A budget counts prompt and generated tokens; a prompt alone past it is refused with the
+    prompt's size (never an empty answer logged as cancelled)."""
     program = _program(tmp_path, "name: p")
     entity = Entity(budget=2)  # the prompt alone (3 tokens) is over it
     cpu = ScriptedCPU(["never generated"])
-    result, seen, record = _run(tmp_path, program, cpu, entity=entity)
-    assert result.finish_reason == "budget" and seen == [] and cpu.requests == []
+    with pytest.raises(BudgetError) as caught:
+        _run(tmp_path, program, cpu, entity=entity)
+    assert str(caught.value) == (
+        f"{program.path}: the prompt is 3 tokens and the process's token budget is 2: nothing "
+        "is left to generate with (a budget counts prompt and generated tokens: give one "
+        "larger than the prompt plus the reply)"
+    )
+    assert caught.value.exit_code == 19 and caught.value.kind == "budget"
+    assert cpu.requests == []
     assert entity.prompt_tokens == 0 and entity.exhausted  # a prompt past the budget: uncharged
+    with Log.open(tmp_path / "logs.db") as log:
+        (record,) = log.list_runs()
+    assert record.status == "failed" and record.error_kind == "budget"
+
+
+def test_a_remote_cpu_stops_generating_at_the_budget(tmp_path: Path) -> None:
+    program = _program(tmp_path, "name: p")
+    entity = Entity(budget=5)  # the prompt (3 tokens) fits; 2 generated tokens end it
+    cpu = ScriptedCPU(["one two three four"])
+    result, seen, record = _run(tmp_path, program, cpu, entity=entity)
+    assert result.finish_reason == "budget" and "".join(seen) == "one two "
+    assert (entity.prompt_tokens, entity.generated) == (3, 2)
     assert record.status == "cancelled" and record.error_kind == "budget"
 
 
@@ -135,3 +154,30 @@ def test_text_gate_streams_text_but_never_a_call() -> None:
         gate(piece)
     gate.flush()
     assert "".join(seen) == "4 < 5 is true"
+
+
+def test_a_call_to_a_client_function_ends_the_run_with_the_call(tmp_path: Path) -> None:
+    """The OpenAI endpoint's `tools`: the caller runs the function, so the loop dispatches
+    nothing; the run ends with finish reason `tool_calls` and the call; text before the call
+    is the answer's content, and the call itself is never streamed as text."""
+    import dataclasses
+
+    from llmos.hw.cpu.base import ToolSpec
+
+    spec = ToolSpec("get_weather", "The weather in a city.", {"type": "object"})
+    program = dataclasses.replace(_program(tmp_path, "name: p"), client_tools=[spec])
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    cpu = ScriptedCPU([f"Let me look. {call}"])
+    result, seen, record = _run(tmp_path, program, cpu)
+    assert result.finish_reason == "tool_calls" and result.text == "Let me look."
+    (made,) = result.extra["tool_calls"]
+    assert made["name"] == "get_weather" and json.loads(made["arguments"]) == {"city": "Oslo"}
+    assert "<tool_call>" not in "".join(seen)
+    assert len(cpu.requests) == 1 and [t.name for t in cpu.requests[0].tools or []] == [
+        "get_weather"
+    ]
+    assert record.status == "ok" and record.extra["finish_reason"] == "tool_calls"
+    # a reply without a call is the answer, as for any program
+    plain = ScriptedCPU(["It is sunny."])
+    result, seen, _ = _run(tmp_path, program, plain)
+    assert result.finish_reason != "tool_calls" and "".join(seen) == "It is sunny."

@@ -327,7 +327,7 @@ def test_folder_without_skill_file(tmp_path: Path) -> None:
             "unknown_llmos.prompt",
             "unknown key 'llmos.max_stepz' (valid llmos keys: budget, context, devices,"
             " max_output_tokens, max_steps, memory, paging, priority, redundancy, route, shm,"
-            " tool_choice, verify)",
+            " speculative, tool_choice, verify)",
         ),
         ("unknown_nested_llmos.prompt", "unknown key 'llmos.colour' (valid llmos keys: "),
         ("wrong_type_llmos.prompt", "'llmos.max_steps' must be an integer, got \"four\""),

@@ -1,5 +1,6 @@
 """Recovery from the process journal (`llmos.kernel.recovery`), on the embedded CPU: what a
-kernel that was killed left live is resumed or reported lost, and no output is contradicted."""
+kernel that was killed left live is resumed (continued from its text, or reproduced first on a
+CPU that cannot continue) or reported lost, and no output is contradicted."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmos.hw.cpu.llama import embedded_model_path
+from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel.boot import boot
 from llmos.kernel.core import Kernel
 from llmos.store.procs import ProcJournal
@@ -33,13 +35,15 @@ Compute {{input}}.
 """
 
 
-def _row(journal: ProcJournal, pid: int, path: Path, output: list[str]) -> None:
+def _row(
+    journal: ProcJournal, pid: int, path: Path, output: list[str], model: str | None = None
+) -> None:
     journal.started(
         pid=pid,
         ppid=0,
         owner="alice",
         program=path.stem,
-        spec={"path": str(path), "inputs": {}, "model": None},
+        spec={"path": str(path), "inputs": {}, "model": model},
         priority=20,
         budget=None,
         created_at=time.time(),
@@ -63,11 +67,14 @@ def kernel_on(home: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
         k.system.close()
 
 
-def test_a_replay_that_differs_from_what_was_sent_is_lost_and_keeps_the_output(
+def test_a_plain_answer_continues_from_the_text_it_had_sent(
     home: Path,
     tmp_path: Path,
     kernel_on,  # type: ignore[no-untyped-def]
 ) -> None:
+    """On the embedded CPU (which can continue a reply) the recovered text is the reply's
+    beginning: generation goes on from it, even from text the model would never have written,
+    and nothing already sent is sent again."""
     program = tmp_path / "count.prompt"
     program.write_text(GREEDY)
     journal = ProcJournal.open(home / "procs.db")
@@ -76,34 +83,61 @@ def test_a_replay_that_differs_from_what_was_sent_is_lost_and_keeps_the_output(
     report = kernel.recover()
     assert report[0]["pid"] == 7 and report[0]["outcome"] == "resumed"
     proc = kernel.wait(7, timeout=120)
-    assert proc.exit_status == "lost" and "did not reproduce" in (proc.error or "")
-    assert proc.text == "Zebra crossing"  # nothing sent is contradicted or repeated
+    assert proc.exit_status == "ok", proc.error
+    assert proc.output[:2] == ["Zebra", " crossing"] and len(proc.text) > len("Zebra crossing")
+    assert journal.output_of(7) == proc.output  # every piece journalled once, in order
     assert journal.live() == []
+    record = kernel.system.log.get_run(proc.run_id)
+    assert record is not None and record.response == proc.text
+    assert record.completion_tokens <= 24  # the reply so far counts against its limit
     assert kernel.spawn(str(program), owner="alice").pid == 8  # pids go on above the journal's
 
 
-def test_a_replay_that_matches_continues_after_what_was_sent(
+SCRIPTED = """---
+description: Greet.
+model: scripted
+---
+Say hello.
+"""
+
+
+def _scripted_kernel(kernel_on, journal: ProcJournal, reply: str) -> Kernel:  # type: ignore[no-untyped-def]
+    kernel = kernel_on(journal)
+    kernel.add_cpu(ScriptedCPU([reply]))  # no continuation: the reply is reproduced first
+    return kernel  # type: ignore[no-any-return]
+
+
+def test_on_a_cpu_without_continuation_a_replay_that_differs_is_lost(
     home: Path,
     tmp_path: Path,
     kernel_on,  # type: ignore[no-untyped-def]
 ) -> None:
-    program = tmp_path / "count.prompt"
-    program.write_text(GREEDY)
-    first = Kernel(boot())
-    try:
-        full = first.wait(first.spawn(str(program), owner="alice").pid, timeout=120)
-        pieces = list(full.output)
-    finally:
-        first.shutdown()
-        first.system.close()
-    assert len(pieces) > 4
+    program = tmp_path / "greet.prompt"
+    program.write_text(SCRIPTED)
     journal = ProcJournal.open(home / "procs.db")
-    _row(journal, 3, program, pieces[:3])  # the crash came after three pieces
-    kernel = kernel_on(journal)
+    _row(journal, 7, program, ["Zebra"], model="scripted")
+    kernel = _scripted_kernel(kernel_on, journal, "Hello there world")
+    assert kernel.recover()[0]["outcome"] == "resumed"
+    proc = kernel.wait(7, timeout=60)
+    assert proc.exit_status == "lost" and "did not reproduce" in (proc.error or "")
+    assert proc.text == "Zebra"  # nothing sent is contradicted or repeated
+    assert journal.live() == []
+
+
+def test_on_a_cpu_without_continuation_a_replay_that_matches_goes_on(
+    home: Path,
+    tmp_path: Path,
+    kernel_on,  # type: ignore[no-untyped-def]
+) -> None:
+    program = tmp_path / "greet.prompt"
+    program.write_text(SCRIPTED)
+    journal = ProcJournal.open(home / "procs.db")
+    _row(journal, 3, program, ["Hello", " there"], model="scripted")
+    kernel = _scripted_kernel(kernel_on, journal, "Hello there world")
     kernel.recover()
-    proc = kernel.wait(3, timeout=120)
+    proc = kernel.wait(3, timeout=60)
     assert proc.exit_status == "ok", proc.error
-    assert proc.text == "".join(pieces)
+    assert proc.text == "Hello there world"
     assert journal.output_of(3) == proc.output  # every piece journalled once, in order
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmos.errors import OutputError, ProgramError
+from llmos.errors import BackendError, OutputError, ProgramError, StepLimitError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
@@ -183,6 +183,9 @@ def test_agent_loop_calls_then_answers(tmp_path: Path, agent_program: Any) -> No
     }
     assert cpu.requests[0].tools is not None and cpu.requests[0].tools[0].name == "calc"
     assert record.extra["steps"][0]["device"] == "calc"  # every step is in the log
+    by_kind = record.extra["context"]["by_kind"]  # tokens per kind of segment, counted
+    assert by_kind["input"]["tokens"] == 1  # "q": one token on the scripted CPU
+    assert all(row["tokens"] > 0 for row in by_kind.values())
 
 
 def test_agent_loop_recovers_from_errors_and_denials(tmp_path: Path, agent_program: Any) -> None:
@@ -201,8 +204,57 @@ def test_agent_loop_recovers_from_errors_and_denials(tmp_path: Path, agent_progr
 
 def test_agent_loop_stops_at_max_steps(tmp_path: Path, agent_program: Any) -> None:
     cpu = ScriptedCPU([[call("calc", {"expression": "1+1"})]] * 3)
-    with pytest.raises(OutputError, match=r"reached llmos.max_steps \(3\)"):
+    with pytest.raises(StepLimitError, match=r"reached llmos.max_steps \(3\)") as caught:
         _run(tmp_path, agent_program, cpu)
+    # its own exit code: not 7, which says the reply failed the output schema
+    assert caught.value.exit_code == 22 != OutputError.exit_code
+
+
+def test_a_failed_tool_using_run_is_logged_with_its_tokens_and_steps(
+    tmp_path: Path, agent_program: Any
+) -> None:
+    cpu = ScriptedCPU([[call("calc", {"expression": "1+1"})]] * 3)
+    with pytest.raises(StepLimitError):
+        _run(tmp_path, agent_program, cpu)
+    with Log.open(tmp_path / "logs.db") as log:
+        (record,) = log.list_runs()
+    assert record.status == "failed" and record.error_kind == "step_limit"
+    assert record.prompt_tokens > 0
+    assert record.extra is not None
+    assert [s["device"] for s in record.extra["steps"]] == ["calc"] * 3
+    assert record.to_json()["steps"][0]["result"] == {"result": "2", "exact": True}
+
+
+def test_required_tool_choice_not_enforced_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "required.prompt"
+    path.write_text(PROGRAM.replace("llmos.max_steps: 3", "llmos.tool_choice: required"))
+    cpu = ScriptedCPU(["It is 391, I think."])  # a CPU that ignored the required call
+    with pytest.raises(BackendError, match="tool_choice: required") as caught:
+        _run(tmp_path, load(path), cpu)
+    assert caught.value.exit_code == 6
+    assert cpu.requests[0].tool_choice == "required"
+
+
+def test_a_call_cut_off_by_the_output_cap_names_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "capped.prompt"
+    path.write_text(
+        PROGRAM.replace("llmos.max_steps: 3", "llmos.max_steps: 2\nconfig:\n  maxOutputTokens: 4")
+    )
+    long_call = (
+        '<tool_call> {"name": "calc", "arguments": {"expression": "1 + 2 + 3"}} </tool_call>'
+    )
+    cpu = ScriptedCPU([long_call, long_call])
+    with pytest.raises(StepLimitError, match=r"4-token output cap \(raise maxOutputTokens\)"):
+        _run(tmp_path, load(path), cpu)
+    # the model was told why, too
+    assert "4-token output cap" in cpu.requests[1].messages[-1]["content"]
+
+
+def test_an_empty_answer_after_tool_calls_is_an_error(tmp_path: Path, agent_program: Any) -> None:
+    cpu = ScriptedCPU([[call("calc", {"expression": "2+2"})], "   "])
+    with pytest.raises(OutputError, match="answer after the tool calls is empty") as caught:
+        _run(tmp_path, agent_program, cpu)
+    assert caught.value.exit_code == 7
 
 
 def test_a_process_is_blocked_during_its_syscall(

@@ -209,6 +209,7 @@ def test_attack_secret_sent_to_an_mcp_tool_never_reaches_the_listener(
     hooked: Kernel, home: Path, tmp_path: Path, listener: Listener
 ) -> None:
     kernel = hooked
+    assert kernel.system.syscalls.resolve(["hook.post"]) == {}
     assert "hook.post" in kernel.system.syscalls.devices  # the sink is real
     root = files(kernel)
     (root / "secrets").mkdir()

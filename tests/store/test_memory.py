@@ -358,8 +358,10 @@ def test_cli_memory_commands(run_cli: RunCli) -> None:
     result = run_cli("memory", "recall", "")
     assert result.returncode == 4 and "empty" in result.stderr
     assert run_cli("memory", "forget", mid).returncode == 0
-    result = run_cli("memory", "forget", mid)
-    assert result.returncode == 4 and "no memory" in result.stderr
+    result = run_cli("memory", "forget", mid)  # not found: its own code, not bad input's 4
+    assert result.returncode == 21 and "no memory" in result.stderr
+    result = run_cli("memory", "page", "p999")
+    assert result.returncode == 21 and result.stderr.startswith("llmos: error: no page p999 of ")
     assert run_cli("memory", "list").stdout == ""
 
 

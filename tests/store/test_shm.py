@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmos import params
-from llmos.errors import AccessError, InputError
+from llmos.errors import AccessError, InputError, NotFoundError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.kernel import boot
@@ -36,7 +36,8 @@ def test_rights_are_checked_on_every_access(shm: SharedMemory) -> None:
     assert [s.name for s in shm.list("carol")] == []
     shm.chmod("alice", "plan", grant={"bob": "rw"}, others="r")
     assert shm.write("bob", "plan", "\nstep 2", append=True).text == "step 1\nstep 2"
-    assert shm.read("carol", "plan").version == 2
+    assert shm.write("bob", "plan", "step 3", append=True).text == "step 1\nstep 2\nstep 3"
+    assert shm.read("carol", "plan").version == 3
     with pytest.raises(AccessError, match="only alice may change"):
         shm.chmod("bob", "plan", others="rw")
     with pytest.raises(AccessError, match="only alice may remove"):
@@ -45,7 +46,7 @@ def test_rights_are_checked_on_every_access(shm: SharedMemory) -> None:
     with pytest.raises(AccessError):
         shm.write("bob", "plan", "x")
     shm.remove("alice", "plan")
-    with pytest.raises(InputError, match="no shared segment"):
+    with pytest.raises(NotFoundError, match="no shared segment"):
         shm.read("alice", "plan")
 
 
@@ -131,15 +132,19 @@ def test_processes_of_two_owners_share_a_segment(home: Path, tmp_path: Path) -> 
 
 def test_cli_shm_commands(run_cli: RunCli) -> None:
     assert run_cli("shm", "create", "notes", "hello", "--others", "r").returncode == 0
-    assert run_cli("shm", "read", "notes").stdout == "hello"
-    result = run_cli("shm", "write", "notes", " world", "--append", "--if-version", "1")
+    assert run_cli("shm", "read", "notes").stdout == "hello\n"  # a line ends in a newline
+    assert run_cli("shm", "read", "notes", "--raw").stdout == "hello"
+    result = run_cli("shm", "write", "notes", "world", "--append", "--if-version", "1")
     assert result.returncode == 0 and result.stdout.strip() == "notes v2"
+    assert run_cli("shm", "read", "notes").stdout == "hello\nworld\n"  # an append is a line
     result = run_cli("shm", "write", "notes", "x", "--if-version", "1")
     assert result.returncode == 4 and "version 2" in result.stderr
     listing = json.loads(run_cli("shm", "ls", "--json").stdout)
     assert listing[0]["name"] == "notes" and listing[0]["others"] == "r"
     result = run_cli("shm", "chmod", "notes", "--grant", "bad")
     assert result.returncode == 4 and "USER=r" in result.stderr
-    result = run_cli("shm", "read", "missing")
-    assert result.returncode == 4 and result.stderr.count("\n") == 1
+    result = run_cli("shm", "read", "missing")  # not found: its own code, not bad input's 4
+    assert result.returncode == 21 and result.stderr == (
+        "llmos: error: no shared segment named 'missing'\n"
+    )
     assert run_cli("shm", "rm", "notes").returncode == 0

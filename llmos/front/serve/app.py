@@ -2,10 +2,10 @@
 
 `create_app(service)` builds the application around one `Service`. Routers: the REST API
 (`rest`), usage, logs and `/metrics` (`ops`, `metrics`), the OpenAI-compatible `/v1`
-(`openai_api`), MCP over streamable HTTP at `/mcp` (`mcp_http`, whose transport runs for the
-app's lifespan), health (`/healthz`: the process answers; `/readyz`: the kernel is up and not
-draining). Every answer that is an error has the
-one-line OpenAI error shape (`errors`).
+(`openai_api`), the web console at `/console` (`console`, with its static files), MCP over
+streamable HTTP at `/mcp` (`mcp_http`, whose transport runs for the app's lifespan), health
+(`/healthz`: the process answers; `/readyz`: the kernel is up and not draining). Every answer
+that is an error has the one-line OpenAI error shape (`errors`).
 
 Middleware (outermost first):
 - access log and request metrics: one structured JSON line per request on the `llmos.access`
@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmos import params
 from llmos.errors import LlmosError
-from llmos.front.serve import errors, mcp_http, metrics, openai_api, ops, rest
+from llmos.front.serve import console, errors, mcp_http, metrics, openai_api, ops, rest
 from llmos.front.serve.service import Service
 
 access_log = logging.getLogger("llmos.access")
@@ -67,6 +67,8 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(ops.router)  # usage, logs, /metrics
     app.include_router(openai_api.router)  # /v1: models, chat completions, embeddings
+    app.include_router(console.router)  # /console: the web console's pages and data
+    app.mount(f"{console.PATH}/static", console.static, name="console-static")
     mcp_endpoint = mcp_http.MCPEndpoint(service.kernel)
     app.router.routes.append(
         Route("/mcp", endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"])

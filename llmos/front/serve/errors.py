@@ -7,9 +7,10 @@ The body has the OpenAI error shape, so the official clients raise their own typ
     auth (missing/unknown/revoked token)  401 (+ WWW-Authenticate: Bearer)
     access, policy                        403
     no_such_process (also another        404 (another owner's pid answers exactly like a
-      owner's pid), not_found (a run)         pid that does not exist)
+      owner's pid), not_found (a run,         pid that does not exist)
+      memory, page or shared segment)
     protocol, input, program, output,     422
-      context_overflow, model
+      step_limit, context_overflow, model, budget
     quota (a per-user limit)              429 (+ Retry-After: the error's own wait, e.g. to
                                           00:00 UTC for tokens_per_day, else a default)
     admission (the table is full),        503 (+ Retry-After)
@@ -37,8 +38,10 @@ STATUS = {
     "no_such_program": 404,
     "protocol": 422,
     "input": 422,
+    "budget": 422,
     "program": 422,
     "output": 422,
+    "step_limit": 422,
     "context_overflow": 422,
     "model": 422,
     "quota": 429,

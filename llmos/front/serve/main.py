@@ -138,7 +138,7 @@ def serve(
         service.ready = True
         print(
             f"llmos: serve: pid {os.getpid()} listening on http://{host}:{port} "
-            f"(policy {kernel.policy.name})",
+            f"(policy {kernel.policy.name}); web console at http://{host}:{port}/console",
             file=sys.stderr,
             flush=True,
         )

@@ -6,7 +6,8 @@
     POST /v1/chat/completions   streaming (SSE `data: {chunk}` lines ending `data: [DONE]`) or
                                 not; `max_tokens`/`max_completion_tokens`, `temperature`,
                                 `response_format` (`json_object`, `json_schema`), usage (in the
-                                last chunk with `stream_options.include_usage`)
+                                last chunk with `stream_options.include_usage`), `tools` and
+                                `tool_choice` (functions the client runs itself)
     POST /v1/embeddings         the embedding model memory ships (float or base64)
 
 A completion is a kernel process owned by the caller (the kernel-API `chat` operation): it is
@@ -22,9 +23,16 @@ runs to its end and its result stays in the log (`/api/logs`).
 Errors have the OpenAI shape (`errors`), so the official clients raise their typed errors
 (401 AuthenticationError, 404 NotFoundError, 422 UnprocessableEntityError, 429 RateLimitError).
 
-Not covered: client-declared `tools` (function calling back to the client) are refused with a
-422 naming the alternative (a program that declares devices); `n` > 1 and `logprobs` are
-refused likewise; content parts other than text are refused.
+Function calling: a call the model makes to one of the request's `tools` ends the process;
+the answer carries it in `tool_calls` with finish reason `tool_calls`, and the client sends the
+function's result back as a `tool` message in its next request (as with any OpenAI server).
+`tool_choice` `required` or `{"type": "function", "function": {"name": ...}}` makes the reply a
+call (by grammar on the embedded CPU); `none` hides the tools. An installed program that
+declares devices of its own takes no client tools (422).
+
+Not covered: `n` > 1 and `logprobs` (422); content parts other than text (422); more than one
+call per reply from the embedded CPU (it writes one); a call's arguments streamed piece by
+piece (a streamed call arrives whole, in one chunk).
 
 What this does not do: decide what runs or who may (the kernel's API does).
 """
@@ -80,6 +88,7 @@ class ChatCompletionRequest(_Lenient):
     temperature: float | None = Field(default=None, ge=0, le=2)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
 
@@ -135,24 +144,61 @@ def _text_of(message: dict[str, Any]) -> str:
     raise InputError("message content must be a string or a list of text parts")
 
 
+def _message(i: int, m: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI message as the kernel API's chat message."""
+    out: dict[str, Any] = {"role": m.get("role"), "content": _text_of(m)}
+    calls = m.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list):
+            raise InputError(f"messages[{i}].tool_calls must be a list")
+        shaped = []
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise InputError(f"messages[{i}]: each tool call needs a function name")
+            args = fn.get("arguments")
+            shaped.append(
+                {
+                    "id": str(call.get("id") or ""),
+                    "name": fn["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args or {}),
+                }
+            )
+        out["tool_calls"] = shaped
+    if m.get("tool_call_id") is not None:
+        out["tool_call_id"] = str(m["tool_call_id"])
+    return out
+
+
+def _tool(tool: Any) -> dict[str, Any]:
+    """One OpenAI `tools` entry as the kernel API's function."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    if tool.get("type", "function") != "function" or not isinstance(fn, dict):
+        raise InputError("only tools of type 'function' are supported")
+    spec: dict[str, Any] = {"name": fn.get("name"), "description": str(fn.get("description") or "")}
+    if fn.get("parameters") is not None:
+        spec["parameters"] = fn["parameters"]
+    return spec
+
+
 def kernel_request(body: ChatCompletionRequest) -> dict[str, Any]:
     """The kernel-API `chat` payload for an OpenAI request (refusing what is not supported)."""
-    if body.tools:
-        raise InputError(
-            "client-declared 'tools' are not supported: install a program that declares the "
-            "devices it needs and call it as program/NAME"
-        )
     if body.n not in (None, 1):
         raise InputError("'n' must be 1")
     if body.logprobs:
         raise InputError("'logprobs' is not supported")
-    messages = []
-    for m in body.messages:
-        role = m.get("role")
-        if role == "tool" or m.get("tool_calls"):
-            raise InputError("tool messages are not supported (no client-declared tools)")
-        messages.append({"role": role, "content": _text_of(m)})
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
     payload: dict[str, Any] = {"model": body.model, "messages": messages}
+    if body.tools:
+        payload["tools"] = [_tool(t) for t in body.tools]
+    choice = body.tool_choice
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InputError("tool_choice must be a string or name a function")
+        payload["tool_choice"] = fn["name"]
+    elif choice is not None:
+        payload["tool_choice"] = choice
     limit = body.max_completion_tokens or body.max_tokens
     if limit is not None:
         payload["max_tokens"] = limit
@@ -182,7 +228,23 @@ def _usage(proc: Process) -> dict[str, int]:
     }
 
 
+def _tool_calls(proc: Process) -> list[dict[str, Any]]:
+    """The calls to the client's functions a finished process ended with, OpenAI-shaped."""
+    result = proc.result
+    calls = (result.extra.get("tool_calls") if result is not None else None) or []
+    return [
+        {
+            "id": c.get("id") or f"call_{secrets.token_hex(8)}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
+        for c in calls
+    ]
+
+
 def _finish_reason(proc: Process, limit: int | None) -> str:
+    if proc.result is not None and proc.result.finish_reason == "tool_calls":
+        return "tool_calls"
     if proc.exit_status == "budget":
         return "length"
     if limit is not None and int(proc.info()["generated_tokens"]) >= limit:
@@ -221,6 +283,12 @@ async def chat_completions(
         )
     await anyio.to_thread.run_sync(proc.wait)
     _raise_failure(proc)
+    calls = _tool_calls(proc)
+    message: dict[str, Any] = {"role": "assistant", "content": proc.text or None}
+    if calls:
+        message["tool_calls"] = calls
+    elif message["content"] is None:
+        message["content"] = ""
     return JSONResponse(
         {
             "id": ident,
@@ -230,7 +298,7 @@ async def chat_completions(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": proc.text},
+                    "message": message,
                     "finish_reason": _finish_reason(proc, limit),
                 }
             ],
@@ -287,6 +355,10 @@ async def _stream(
             yield f"data: {json.dumps(errors.body(message, kind, code))}\n\n"
             yield "data: [DONE]\n\n"
             return
+        calls = _tool_calls(proc)
+        if calls:
+            deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+            yield _chunk(ident, created, model, {"tool_calls": deltas}, None)
         yield _chunk(ident, created, model, {}, _finish_reason(proc, limit))
         if include_usage:
             usage = {

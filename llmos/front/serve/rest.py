@@ -14,6 +14,11 @@ only its own thread.
     POST   /api/processes/{pid}/answer        {"text": "..."} answers its `ask`
     GET    /api/processes/{pid}/wait          ?timeout=S (at most params.SERVE_WAIT_MAX_S)
     GET    /api/processes/{pid}/events        its output as resumable SSE (`llmos...sse`)
+    GET    /api/processes/{pid}/context       its context window: segments, used of limit, taint
+    GET    /api/processes/{pid}/steps         its syscall timeline (and the call awaiting approval)
+    POST   /api/chat                          one conversation turn as a process (201: pid,
+                                              process): the kernel API's `chat` ({"model",
+                                              "messages"}); follow it like any process
     GET    /api/programs                      installed programs (the caller's and the system's)
     GET    /api/programs/{name}               one, with its source
     PUT    /api/programs/{name}               install {"source", "format", "system"}
@@ -51,7 +56,7 @@ CallerDep = Annotated[api.Caller, Depends(auth_caller)]
 
 def _call(request: Request, caller: api.Caller, op: str, payload: dict[str, Any]) -> Any:
     service = request.app.state.service
-    if op in ("exec", "spawn") and service.draining:
+    if op in ("exec", "spawn", "chat") and service.draining:
         raise HTTPError(503, "the service is shutting down; try again shortly", "draining")
     return api.call(service.kernel, caller, op, payload)
 
@@ -74,16 +79,24 @@ def get_process(request: Request, caller: CallerDep, pid: int) -> Any:
     return _call(request, caller, "get", {"pid": pid})
 
 
+@router.get("/processes/{pid}/context")
+def process_context(request: Request, caller: CallerDep, pid: int) -> Any:
+    return _call(request, caller, "context", {"pid": pid})
+
+
+@router.get("/processes/{pid}/steps")
+def process_steps(request: Request, caller: CallerDep, pid: int) -> Any:
+    return _call(request, caller, "steps", {"pid": pid})
+
+
+@router.post("/chat", status_code=201)
+def chat(request: Request, caller: CallerDep, body: api.ChatRequest) -> Any:
+    return _call(request, caller, "chat", body.model_dump(exclude_unset=True))
+
+
 @router.delete("/processes/{pid}")
 def kill_process(request: Request, caller: CallerDep, pid: int) -> Any:
     return _call(request, caller, "kill", {"pid": pid})
-
-
-@router.post("/processes/{pid}/{signal}")
-def signal_process(request: Request, caller: CallerDep, pid: int, signal: str) -> Any:
-    if signal not in ("kill", "stop", "cont", "approve", "deny"):
-        raise RequestError(f"unknown action {signal!r}: use kill, stop, cont, approve or deny")
-    return _call(request, caller, signal, {"pid": pid})
 
 
 class Renice(api.Request):
@@ -102,6 +115,14 @@ def renice_process(request: Request, caller: CallerDep, pid: int, body: Renice) 
 @router.post("/processes/{pid}/answer")
 def answer_process(request: Request, caller: CallerDep, pid: int, body: Answer) -> Any:
     return _call(request, caller, "answer", {"pid": pid, "text": body.text})
+
+
+# after the fixed paths above: /{signal} would match /renice and /answer too
+@router.post("/processes/{pid}/{signal}")
+def signal_process(request: Request, caller: CallerDep, pid: int, signal: str) -> Any:
+    if signal not in ("kill", "stop", "cont", "approve", "deny"):
+        raise RequestError(f"unknown action {signal!r}: use kill, stop, cont, approve or deny")
+    return _call(request, caller, signal, {"pid": pid})
 
 
 @router.get("/processes/{pid}/wait")

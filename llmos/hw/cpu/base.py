@@ -49,6 +49,7 @@ class Capabilities:
     batching: bool = False  # many sequences decode in one step
     kv_state: bool = False  # a sequence's KV state can be saved and restored
     exact_tokens: bool = False  # tokenize() is the model's own tokenizer, not an estimate
+    continuation: bool = False  # continues a reply from `GenRequest.prefix` (plain text only)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class SchedView(Protocol):
     resident: bool  # holds a KV slot now
     swapped: str | None  # "ram" or "disk" while its KV is parked
     done: bool  # its generation has ended
+    prefill: tuple[int, int] | None  # (prompt tokens computed, prompt tokens) while prefilling
     on_change: Callable[[], None] | None  # the CPU's wake-up, called when a flag above changes
 
     @property
@@ -99,6 +101,7 @@ class Unscheduled:
     resident: bool = False
     swapped: str | None = None
     done: bool = False
+    prefill: tuple[int, int] | None = None
     on_change: Callable[[], None] | None = None
     over_budget: bool = False
 
@@ -192,6 +195,11 @@ class GenRequest:
     tools: list[ToolSpec] | None = None
     tool_choice: str | None = None  # "auto" (default), "required" or "none", as in OpenAI's API
     entity: SchedView | None = None  # the process asking, for CPUs that schedule
+    # The reply so far (a recovered process's output): a CPU with `continuation` prefills it
+    # after the conversation and goes on from there; it is neither generated nor streamed
+    # again, and it counts against max_tokens. Plain text only (no grammar, no tools).
+    prefix: str = ""
+    speculative: bool | None = None  # draft by prompt lookup; None: the CPU's default
 
 
 @dataclass

@@ -8,8 +8,11 @@ and its own sampler chain (with a grammar when its output is constrained).
 
 One engine step (`Engine.step`) is one `llama_decode` over a batch holding one token for every
 decoding sequence plus bounded prefill chunks for sequences still reading their prompt, so a
-long prompt never stalls the others. Each sequence whose chunk ends its pending tokens gets one
-sampled token back.
+long prompt never stalls the others. Each sequence whose chunk ends its pending tokens gets its
+sampled token back. A greedy, unconstrained sequence may also carry a draft (prompt lookup,
+`llmos.hw.cpu.lookup`): its next token and the draft are fed together, and the longest draft
+prefix the model confirms comes back too, with the token after it, so one step can yield
+several tokens; the KV of the rejected draft tokens is removed in the same step.
 
 Invariants:
 - `seq.n_past == len(seq.tokens)` tokens of `seq` are in KV at positions 0..n_past-1 of its slot.
@@ -37,6 +40,7 @@ import llama_cpp as ll
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
+from llmos.hw.cpu.lookup import Lookup
 
 GGUF_MAGIC = b"GGUF"
 
@@ -198,6 +202,8 @@ class Sequence:
     n_prompt: int = 0
     prompt: list[int] = field(default_factory=list)
     restore_failures: int = 0  # times a saved state could not be restored
+    lookup: Lookup | None = None  # draft source (greedy, unconstrained sequences only)
+    draft_limit: int = 0  # the most draft tokens worth verifying now (set by the caller)
 
     @property
     def n_past(self) -> int:
@@ -315,8 +321,10 @@ class Engine:
         repeat_penalty: float = params.DEFAULT_REPEAT_PENALTY,
         ignore_eos: bool = False,
         lazy_triggers: list[str] | None = None,
+        speculate: bool = False,
     ) -> Sequence:
-        """A parked sequence that will prefill `prompt` once it gets a slot."""
+        """A parked sequence that will prefill `prompt` once it gets a slot. `speculate`:
+        draft by prompt lookup (only for a greedy reply without a grammar)."""
         if not prompt:
             raise ContextOverflowError("empty prompt: nothing to decode")
         if len(prompt) >= self.n_ctx:
@@ -335,8 +343,15 @@ class Engine:
             n_vocab=self.n_vocab,
             lazy_triggers=lazy_triggers,
         )
+        lookup = None
+        if speculate and temperature <= 0 and grammar is None:
+            lookup = Lookup(prompt)
         return Sequence(
-            pending=list(prompt), sampler=sampler, n_prompt=len(prompt), prompt=list(prompt)
+            pending=list(prompt),
+            sampler=sampler,
+            n_prompt=len(prompt),
+            prompt=list(prompt),
+            lookup=lookup,
         )
 
     @property
@@ -448,12 +463,12 @@ class Engine:
     # --- one step -------------------------------------------------------------------------------
     def step(
         self, seqs: list[Sequence], prefill_chunk: int = params.PREFILL_CHUNK
-    ) -> dict[Sequence, int]:
-        """Decode one batch for the resident `seqs`; return the token sampled for each sequence
-        whose pending tokens were all fed in this step."""
+    ) -> dict[Sequence, list[int]]:
+        """Decode one batch for the resident `seqs`; return the tokens sampled for each sequence
+        whose pending tokens were all fed in this step (one, or more when a draft held)."""
         batch = self._batch
         n = 0
-        plan: list[tuple[Sequence, int, int]] = []  # seq, count fed, logits index or -1
+        plan: list[tuple[Sequence, int, int, list[int]]] = []  # seq, fed, logits index, draft
         decoding = [s for s in seqs if not s.prefilling]
         prefilling = [s for s in seqs if s.prefilling]
         room = self.n_batch
@@ -467,17 +482,21 @@ class Engine:
                 raise ContextOverflowError(
                     f"sequence would exceed the {self.n_ctx}-token context window"
                 )
+            draft: list[int] = []
+            if take == 1 and seq.lookup is not None:
+                limit = min(seq.draft_limit, room - 1, self.n_ctx - seq.n_past - 1)
+                draft = seq.lookup.draft(limit)
             last = take == len(seq.pending)
             pos0 = seq.n_past
-            for j in range(take):
-                batch.token[n] = seq.pending[j]
+            for j, token in enumerate(seq.pending[:take] + draft):
+                batch.token[n] = token
                 batch.pos[n] = pos0 + j
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.slot
-                batch.logits[n] = last and j == take - 1
+                batch.logits[n] = last and j >= take - 1
                 n += 1
-            plan.append((seq, take, n - 1 if last else -1))
-            room -= take
+            plan.append((seq, take, n - 1 - len(draft) if last else -1, draft))
+            room -= take + len(draft)
         if n == 0:
             return {}
         batch.n_tokens = n
@@ -486,14 +505,27 @@ class Engine:
             raise EngineFull("KV cache is full")
         if rc != 0:
             raise LlmosError(f"llama_decode failed with code {rc}")
-        out: dict[Sequence, int] = {}
-        for seq, take, idx in plan:
+        out: dict[Sequence, list[int]] = {}
+        for seq, take, idx, draft in plan:
             seq.tokens.extend(seq.pending[:take])
             del seq.pending[:take]
-            if idx >= 0:
-                token = seq.sampler.sample(self.ctx, idx)
-                seq.pending.append(token)
-                out[seq] = token
+            if idx < 0:
+                continue
+            got = [seq.sampler.sample(self.ctx, idx)]
+            for j, proposed in enumerate(draft):
+                if got[-1] != proposed:
+                    break
+                got.append(seq.sampler.sample(self.ctx, idx + j + 1))
+            if draft:
+                kept = len(got) - 1  # draft tokens the model confirmed: their KV stays
+                seq.tokens.extend(draft[:kept])
+                ll.llama_memory_seq_rm(self.mem, seq.slot, seq.n_past, -1)
+                assert seq.lookup is not None
+                seq.lookup.feedback(len(draft), kept)
+            if seq.lookup is not None:
+                seq.lookup.extend(got)
+            seq.pending.append(got[-1])
+            out[seq] = got
         return out
 
     def close(self) -> None:

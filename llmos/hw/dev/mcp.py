@@ -3,8 +3,11 @@
 Configuration is the Claude Desktop convention, read from any mapping that holds it (a
 config.json, say): `{"mcpServers": {"NAME": {"command": ..., "args": [...], "env": {...},
 "cwd": ...}}}` for a server run as a child process over stdio, or `{"NAME": {"url":
-"http://..."}}` for one reached over streamable HTTP. An entry with `"disabled": true` is
-skipped.
+"http://...", "headers": {...}}}` for one reached over streamable HTTP (`"type": "sse"`: the
+legacy SSE transport; other `type` spellings in `params.MCP_TRANSPORT_TYPES`). `headers` (say
+`Authorization`) go with every request to a remote server. `start_timeout_s` and
+`call_timeout_s` override the defaults for one server. An entry with `"disabled": true` is
+skipped; any other key is a `ConfigError`.
 
 Supervision (one `MCPSupervisor` per server):
 - The supervisor owns a daemon thread running its own asyncio loop. One long-lived task on
@@ -33,7 +36,8 @@ Supervision (one `MCPSupervisor` per server):
 Invariants:
 - `MCPToolDevice.call` and `MCPSupervisor.call` never raise for a server's failure: they
   return `DeviceResult.failure` with one line naming the server (and the command, for a
-  command that cannot be run; the tail of its stderr, for a server that failed to start).
+  command that cannot be run; the telling line of its stderr, for a server that failed to
+  start: its last line, or npm's error code and reason for an `npx` server).
 - Tool results: text contents joined with newlines (other content as a short placeholder);
   `structuredContent`, when present, is the output instead; `isError` results are failures
   carrying the text. Output is truncated to `ctx.max_output_bytes`.
@@ -64,8 +68,10 @@ from typing import Any, TextIO, TypeVar, cast
 
 import mcp_types
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.sse import sse_client
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from llmos import params
@@ -77,7 +83,20 @@ from llmos.hw.dev.base import CallContext, Device, DeviceResult, truncate_text
 logging.getLogger("mcp").addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
-_SPEC_KEYS = frozenset({"command", "args", "env", "cwd", "url", "disabled", "type"})
+_SPEC_KEYS = frozenset(
+    {
+        "command",
+        "args",
+        "env",
+        "cwd",
+        "url",
+        "headers",
+        "disabled",
+        "type",
+        "start_timeout_s",
+        "call_timeout_s",
+    }
+)
 _live: weakref.WeakSet[MCPSupervisor] = weakref.WeakSet()
 
 
@@ -95,6 +114,10 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    transport: str = "stdio"  # "stdio", "http" (streamable HTTP) or "sse" (the legacy transport)
+    start_timeout_s: float | None = None  # None: the supervisor's default
+    call_timeout_s: float | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: Any) -> ServerSpec:
@@ -129,7 +152,43 @@ class ServerSpec:
         cwd = entry.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise ConfigError(f"{where}.cwd: expected a string")
-        return cls(name=name, command=command, args=list(args), env=dict(env), cwd=cwd, url=url)
+        headers = entry.get("headers", {})
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ConfigError(f"{where}.headers: expected a mapping of strings to strings")
+        if headers and url is None:
+            raise ConfigError(f"{where}.headers: only a server given by 'url' takes headers")
+        kind = entry.get("type")
+        transport = "stdio" if command is not None else "http"
+        if kind is not None:
+            transport = params.MCP_TRANSPORT_TYPES.get(str(kind), "")
+            if not transport:
+                known = ", ".join(sorted(params.MCP_TRANSPORT_TYPES))
+                raise ConfigError(f"{where}.type: unknown transport '{kind}' (known: {known})")
+            if (transport == "stdio") != (command is not None):
+                need = "'command'" if transport == "stdio" else "'url'"
+                raise ConfigError(f"{where}.type: a '{kind}' server is given by {need}")
+        timeouts: dict[str, float | None] = {}
+        for key in ("start_timeout_s", "call_timeout_s"):
+            value = entry.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ConfigError(f"{where}.{key}: expected a positive number of seconds")
+            timeouts[key] = None if value is None else float(value)
+        return cls(
+            name=name,
+            command=command,
+            args=list(args),
+            env=dict(env),
+            cwd=cwd,
+            url=url,
+            headers=dict(headers),
+            transport=transport,
+            start_timeout_s=timeouts["start_timeout_s"],
+            call_timeout_s=timeouts["call_timeout_s"],
+        )
 
 
 def parse_config(config: Mapping[str, Any]) -> list[ServerSpec]:
@@ -197,8 +256,7 @@ class _Session:
             text = self.stderr.read()
         except (OSError, ValueError):
             return ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        return _telling_line([line.strip() for line in text.splitlines() if line.strip()])
 
 
 class MCPSupervisor:
@@ -215,8 +273,8 @@ class MCPSupervisor:
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.start_timeout_s = start_timeout_s
-        self.call_timeout_s = call_timeout_s
+        self.start_timeout_s = spec.start_timeout_s or start_timeout_s
+        self.call_timeout_s = spec.call_timeout_s or call_timeout_s
         self.max_restarts = max_restarts
         self.close_timeout_s = close_timeout_s
         self._lock = threading.Lock()
@@ -430,6 +488,7 @@ class MCPSupervisor:
                 )
         session = _Session(self.name)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ready.add_done_callback(_retrieved)  # a start that timed out leaves no one to read it
         session.task = asyncio.ensure_future(self._hold(session, ready))
         self.starts += 1
         try:
@@ -479,8 +538,13 @@ class MCPSupervisor:
     @contextlib.asynccontextmanager
     async def _transport(self, session: _Session) -> AsyncIterator[Any]:
         spec = self.spec
+        if spec.url is not None and spec.transport == "sse":
+            async with sse_client(spec.url, headers=spec.headers or None) as streams:
+                yield streams
+            return
         if spec.url is not None:
-            async with streamable_http_client(spec.url) as streams:
+            client = create_mcp_http_client(headers=spec.headers or None)
+            async with client, streamable_http_client(spec.url, http_client=client) as streams:
                 yield streams
             return
         assert spec.command is not None
@@ -556,18 +620,43 @@ class MCPDevices:
             spec.name: MCPSupervisor(spec, **supervisor_options) for spec in parse_config(config)
         }
 
-    def devices(self, problems: list[str] | None = None) -> dict[str, Device]:
-        """Every tool of every server, by device name. Servers start in parallel; one that
-        cannot start is left out, its one-line reason appended to `problems` when given."""
+    def names(self) -> list[str]:
+        """The configured (enabled) servers, started or not."""
+        return list(self.supervisors)
+
+    def mount(self, groups: list[str], problems: dict[str, str]) -> dict[str, Device]:
+        """The tools of the servers `groups` only, by device name (the syscall table's
+        `Mounts`); a server that cannot start has its one-line reason in `problems[name]`."""
+        return self.devices(servers=groups, problems_by_server=problems)
+
+    def devices(
+        self,
+        problems: list[str] | None = None,
+        *,
+        servers: list[str] | None = None,
+        problems_by_server: dict[str, str] | None = None,
+    ) -> dict[str, Device]:
+        """Every tool of every server (or of `servers` only), by device name. Servers start
+        in parallel, each within its own start timeout; one that cannot start is left out,
+        its one-line reason appended to `problems` when given."""
+        chosen = {
+            name: sup
+            for name, sup in self.supervisors.items()
+            if servers is None or name in servers
+        }
         found: dict[str, Device] = {}
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.supervisors))) as pool:
-            futures = {name: pool.submit(sup.tools) for name, sup in self.supervisors.items()}
+        if not chosen:
+            return found
+        with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
+            futures = {name: pool.submit(sup.tools) for name, sup in chosen.items()}
             for name, future in futures.items():
                 try:
                     tools = future.result()
                 except MCPServerError as exc:
                     if problems is not None:
                         problems.append(str(exc))
+                    if problems_by_server is not None:
+                        problems_by_server[name] = str(exc)
                     continue
                 for tool in tools:
                     device = MCPToolDevice(self.supervisors[name], tool)
@@ -591,10 +680,18 @@ class MCPDevices:
 # --- Helpers ------------------------------------------------------------------------------------
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a finished future's exception as read: its outcome is reported elsewhere (as a
+    `_Failure`), and asyncio's "exception was never retrieved" traceback is noise to a user."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def _race(session: _Session, awaitable: Awaitable[_T], timeout: float | None) -> _T:
     """`awaitable`'s result, unless the session breaks (_Failure), is stopped (_Failure) or
     `timeout` runs out (TimeoutError) first; the loser is cancelled."""
     task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_retrieved)  # cancelled with its holder, its error is still read
     broken = asyncio.ensure_future(session.broken.wait())
     stopped = asyncio.ensure_future(session.stop.wait())
     try:
@@ -698,6 +795,32 @@ def _describe_parse_error(exc: Exception) -> str:
                 return f"{first.get('msg', 'invalid')}: {shown[: params.MCP_INPUT_SHOWN_CHARS]!r}"
             return str(first.get("msg", exc))
     return str(exc)
+
+
+_NPM_PREFIXES = ("npm error ", "npm ERR! ")
+
+
+def _telling_line(lines: list[str]) -> str:
+    """The stderr line that says why a server failed: npm's error code with the line that
+    explains it (`npm error code E404: 404 Not Found - GET ...`: npm ends with a pointer to
+    its debug log, which says nothing), else the last line."""
+    bodies = [
+        line[len(prefix) :].strip()
+        for line in lines
+        for prefix in _NPM_PREFIXES
+        if line.startswith(prefix)
+    ]
+    if bodies:
+        code = next((b for b in bodies if b.startswith("code ")), "")
+        after = bodies[bodies.index(code) + 1 :] if code else bodies
+        detail = next(
+            (b for b in after if len(b.split()) > 1 and not b.startswith(params.NPM_LOG_NOTE)),
+            "",
+        )
+        telling = ": ".join(part for part in (code, detail) if part)
+        if telling:
+            return f"npm error {telling}"
+    return lines[-1] if lines else ""
 
 
 def _one_line(text: str) -> str:

@@ -24,15 +24,26 @@ when the caller's `gone()` says the client went away.
     embed               texts                                      vectors, tokens
     ps                  all                                        processes
     get                 pid                                        process, question
-    kill|stop|cont      pid                                        process
+    kill|stop|cont      pid                                        process, already_exited
+                                                                   (kill only: no error)
     renice              pid, priority                              process, old_priority
     wait                pid, timeout                               process, text, timed_out
-    follow              pid                                        events (see above)
+    follow              pid, progress                              events (see above; with
+                                                                   progress, notice and
+                                                                   progress events too)
     answer              pid, text                                  process
     approve|deny        pid                                        process
     audit               pid, device, decision, limit, verify       records (the caller's own),
                                                                    verify (the whole chain)
     top                 -                                          the kernel's snapshot
+    context             pid                                        segments (kind, label,
+                                                                   tokens, resident or page,
+                                                                   preview), used, limit,
+                                                                   tainted, sources, by_kind
+    steps               pid                                        steps (the syscall
+                                                                   timeline, with the guard's
+                                                                   decisions), approval,
+                                                                   question
     memory.remember     text, tags                                 id
     memory.recall       query, k                                   hits
     memory.forget       id                                         forgotten
@@ -66,10 +77,11 @@ Invariants:
   (`llmos.kernel.security.principals`: the OS user, or the daemon's socket peer), never taken
   from the payload: no request model has an `owner` field, so a payload that names one is
   refused.
-- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer) acts only on the
-  caller's own processes, or any process for an admin. Another owner's pid answers exactly like
-  a pid that does not exist (NoSuchProcessError, the same text), so not even its existence
-  leaks. `ps` and `top` show only the caller's processes and account (admins see all).
+- Every operation on a pid (kill, stop, cont, renice, wait, follow, answer, context, steps)
+  acts only on the caller's own processes, or any process for an admin. Another owner's pid
+  answers exactly like a pid that does not exist (NoSuchProcessError, the same text), so not
+  even its existence leaks. `ps` and `top` show only the caller's processes and account
+  (admins see all).
 - Memories, pages and shared segments are per owner in their stores; the caller's owner is the
   one passed.
 - `usage` and `logs.*` are owner-scoped like `llmos logs`: a caller sees their own usage and
@@ -100,12 +112,14 @@ from llmos.kernel.api.base import Caller, Empty, Handler, Op, PidRequest, Reques
 from llmos.kernel.api.procs import (
     AnswerRequest,
     AuditRequest,
+    FollowRequest,
     PsRequest,
     ReniceRequest,
     SpawnRequest,
     WaitRequest,
     _answer,
     _audit,
+    _context,
     _decide,
     _follow,
     _get,
@@ -113,6 +127,7 @@ from llmos.kernel.api.procs import (
     _renice,
     _signal,
     _spawn_op,
+    _steps_op,
     _top,
     _wait,
     follow_process,
@@ -183,6 +198,7 @@ __all__ = [
     "EmbedRequest",
     "Empty",
     "ExecRequest",
+    "FollowRequest",
     "Handler",
     "IdRequest",
     "InstallRequest",
@@ -233,12 +249,14 @@ OPS: dict[str, Op] = {
         Op("cont", PidRequest, _signal("cont")),
         Op("renice", ReniceRequest, _renice),
         Op("wait", WaitRequest, _wait),
-        Op("follow", PidRequest, _follow, streams=True),
+        Op("follow", FollowRequest, _follow, streams=True),
         Op("answer", AnswerRequest, _answer),
         Op("approve", PidRequest, _decide(True)),
         Op("deny", PidRequest, _decide(False)),
         Op("audit", AuditRequest, _audit),
         Op("top", Empty, _top),
+        Op("context", PidRequest, _context),
+        Op("steps", PidRequest, _steps_op),
         Op("memory.remember", RememberRequest, _remember),
         Op("memory.recall", RecallRequest, _recall),
         Op("memory.forget", IdRequest, _forget),

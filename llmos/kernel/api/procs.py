@@ -1,6 +1,7 @@
 """The kernel API's process operations: spawn (and the one function that turns a program
 reference, inputs and stdin into a spawn), ps, get, kill, stop, cont, renice, wait, follow,
-answer, approve, deny, audit, top; `run` (the in-process foreground run) and `follow_process`
+answer, approve, deny, audit, top, context (the context window as memory), steps (the syscall
+timeline); `run` (the in-process foreground run) and `follow_process`
 (a process's one output stream, resumable from any piece).
 
 Invariants: see `llmos.kernel.api` (every operation on a pid acts only on the caller's own
@@ -22,6 +23,8 @@ from llmos import params
 from llmos.errors import (
     AdmissionError,
     LlmosError,
+    NoSuchProcessError,
+    ProgramError,
     RequestError,
 )
 from llmos.hw.cpu.base import CPU
@@ -30,6 +33,7 @@ from llmos.kernel.api.base import Caller, Empty, Handler, PidRequest, Request, o
 from llmos.kernel.core import Kernel
 from llmos.kernel.inputs import parse_cli_inputs
 from llmos.kernel.loop import RunResult
+from llmos.kernel.mm.context import one_line
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
 
@@ -41,7 +45,7 @@ class SpawnRequest(Request):
     input_pairs: list[str] = Field(default_factory=list)
     stdin: str | None = None
     model: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
     budget: int | None = Field(default=None, ge=0)
 
 
@@ -51,7 +55,7 @@ class PsRequest(Request):
 
 class ReniceRequest(Request):
     pid: int
-    priority: int
+    priority: int = Field(ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
 class WaitRequest(Request):
@@ -95,7 +99,13 @@ def spawn_request(
     ):
         ref = str(candidate)
     try:
-        program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
+        try:
+            program = program_mod.load(ref, program_mod.default_search_dirs(system.home, cwd))
+        except ProgramError:
+            if ref != req.program or not candidate.is_dir():
+                raise
+            # No installed program by that name, but a folder here: say what it lacks.
+            program = program_mod.load(candidate)
     except LlmosError as exc:
         system.log_failure(ref, exc, owner=caller.owner)
         raise
@@ -143,13 +153,17 @@ def run(
     cpu: CPU | None = None,
     on_text: Callable[[str], None] | None = None,
     on_trace: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run `program` as a process and wait for it in the foreground, streaming its output to
-    `on_text`; raise the error it failed with. If the caller is interrupted (or its output
-    pipe closes), the process is killed and logged as such first."""
+    `on_text` (and, given `on_event`, its notices and progress: see `follow_process`); raise
+    the error it failed with. If the caller is interrupted (or its output pipe closes), the
+    process is killed and logged as such first."""
     proc = kernel.spawn(program, inputs, owner=caller.owner, cpu=cpu, on_trace=on_trace)
     try:
-        for event in follow_process(proc, caller):
+        for event in follow_process(proc, caller, progress=on_event is not None):
+            if ("notice" in event or "progress" in event) and on_event is not None:
+                on_event(event)
             if "text" in event and on_text is not None:
                 on_text(event["text"])
     except BaseException:
@@ -167,16 +181,31 @@ def run(
     return result
 
 
-def follow_process(proc: Process, caller: Caller, start: int = 0) -> Iterator[dict[str, Any]]:
+def follow_process(
+    proc: Process, caller: Caller, start: int = 0, *, progress: bool = False
+) -> Iterator[dict[str, Any]]:
     """The process's one output stream, as events: its text from piece `start` on (0: from
     the beginning), then live; each text event carries `next`, the number of pieces read
     through it (where a follower that lost the stream starts again, so nothing is missed or
     repeated). The last event says how it ended. Ends early (without that event) if the
-    caller is gone."""
+    caller is gone. With `progress`, also `{"notice": line}` for each of the process's notices
+    (paging) and `{"progress": words or None}` each time its progress changes (prefill...)."""
     seen = max(0, start)
+    noted = 0
+    shown: str | None = None
+    poll = params.PROGRESS_POLL_S if progress else params.KERNEL_POLL_S
     while True:
-        fresh, alive = proc.read_output(seen, params.KERNEL_POLL_S)
+        fresh, alive = proc.read_output(seen, poll)
         seen += len(fresh)
+        if progress:
+            now = proc.progress if alive and not fresh else None
+            if now != shown:
+                shown = now
+                yield {"progress": now}
+            notes = proc.notices[noted:]
+            noted += len(notes)
+            for note in notes:
+                yield {"notice": note}
         if fresh:
             yield {"text": "".join(fresh), "next": seen}
         if not alive:
@@ -207,10 +236,18 @@ def _ps(kernel: Kernel, caller: Caller, req: PsRequest) -> dict[str, Any]:
 
 
 def _signal(action: str) -> Handler:
+    """kill, stop or cont. Killing a process that has already exited is not an error (what
+    kill asks for is true): the reply says `already_exited`; stop and cont need a live one."""
+
     def handler(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
-        owned(kernel, caller, req.pid)
-        proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
-        return {"process": proc.info()}
+        target = owned(kernel, caller, req.pid)
+        try:
+            proc = {"kill": kernel.kill, "stop": kernel.stop, "cont": kernel.cont}[action](req.pid)
+        except NoSuchProcessError:
+            if action != "kill" or target.alive:
+                raise
+            return {"process": target.info(), "already_exited": True}  # (it just ended)
+        return {"process": proc.info(), "already_exited": False}
 
     return handler
 
@@ -240,8 +277,13 @@ def _wait(kernel: Kernel, caller: Caller, req: WaitRequest) -> dict[str, Any] | 
     return {"process": proc.info(), "text": proc.text, "timed_out": timed_out}
 
 
-def _follow(kernel: Kernel, caller: Caller, req: PidRequest) -> Iterator[dict[str, Any]]:
-    return follow_process(owned(kernel, caller, req.pid), caller)
+class FollowRequest(Request):
+    pid: int
+    progress: bool = False  # also notices and progress events (see follow_process)
+
+
+def _follow(kernel: Kernel, caller: Caller, req: FollowRequest) -> Iterator[dict[str, Any]]:
+    return follow_process(owned(kernel, caller, req.pid), caller, progress=req.progress)
 
 
 def _answer(kernel: Kernel, caller: Caller, req: AnswerRequest) -> dict[str, Any]:
@@ -285,3 +327,78 @@ def _top(kernel: Kernel, caller: Caller, req: Empty) -> dict[str, Any]:
         snap["processes"] = [p for p in snap["processes"] if p["owner"] == caller.owner]
         snap["users"] = {o: u for o, u in snap["users"].items() if o == caller.owner}
     return snap
+
+
+def _context(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+    """The process's context window as memory: its segments in order (kind, label, tokens,
+    resident or the page it went to, a short preview of resident text), the tokens used of
+    the limit, whether it is tainted and by what. A process whose program is not yet rendered
+    has no segments."""
+    proc = owned(kernel, caller, req.pid)
+    ctx = proc.context
+    info = proc.info()
+    reply: dict[str, Any] = {
+        "pid": proc.pid,
+        "state": info["state"],
+        "swapped": info["swapped"],
+        "used": info["context_used"],
+        "limit": proc.context_limit,
+        "pages_out": info["pages_out"],
+        "tainted": False,
+        "sources": [],
+        "segments": [],
+        "by_kind": {},
+    }
+    if ctx is None:
+        return reply
+    segments = list(ctx.segments)  # a snapshot: the process's thread appends and pages
+    rows = []
+    for seg in segments:
+        row = seg.info()
+        row["resident"] = seg.resident
+        row["preview"] = (
+            one_line(seg.text, params.CONTEXT_VIEW_PREVIEW_CHARS) if seg.resident else seg.summary
+        )
+        rows.append(row)
+    reply.update(
+        tainted=ctx.tainted,
+        sources=ctx.sources(),
+        segments=rows,
+        by_kind=ctx.accounting()["by_kind"],
+    )
+    return reply
+
+
+def _steps_op(kernel: Kernel, caller: Caller, req: PidRequest) -> dict[str, Any]:
+    """The process's syscall timeline: each step of its loop (a syscall with its device,
+    arguments, outcome and duration, and the guard's decision on it; a malformed call; the
+    answer), with when it ended, and the call it waits on for approval now, if any."""
+    proc = owned(kernel, caller, req.pid)
+    with proc.cond:
+        steps = [dict(s) for s in proc.steps]
+    _decisions(kernel, proc, steps)
+    return {
+        "pid": proc.pid,
+        "state": proc.state.value,
+        "steps": steps,
+        "approval": kernel.approvals.pending(proc.pid),
+        "question": kernel.question(proc.pid),
+    }
+
+
+def _decisions(kernel: Kernel, proc: Process, steps: list[dict[str, Any]]) -> None:
+    """Each syscall step given the guard's audited decision on it (`decision`, `by`,
+    `reason`): the process's audit records since it started, matched in order by device."""
+    records = [
+        r
+        for r in kernel.audit().query(proc.owner, pid=proc.pid, limit=params.TIMELINE_MAX_STEPS)
+        if r["ts"] >= proc.created_at
+    ]
+    for step in steps:
+        if step.get("kind") != "syscall":
+            continue
+        for i, r in enumerate(records):
+            if r["device"] == step["device"]:
+                step.update(decision=r["decision"], by=r["by"], reason=r["reason"])
+                del records[: i + 1]
+                break

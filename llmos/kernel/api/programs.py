@@ -30,6 +30,8 @@ from llmos.errors import (
     InputError,
     NoSuchProgramError,
 )
+from llmos.hw.cpu.base import ToolSpec
+from llmos.hw.cpu.grammar import CALL_CLOSE, CALL_OPEN
 from llmos.kernel import program as program_mod
 from llmos.kernel.api.base import Caller, Empty, Request
 from llmos.kernel.api.procs import with_stdin
@@ -45,13 +47,31 @@ class ExecRequest(Request):
     inputs: dict[str, Any] = Field(default_factory=dict)
     stdin: str | None = None
     model: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
     budget: int | None = Field(default=None, ge=0)
+
+
+class ChatToolCall(Request):
+    """A call an assistant message made to one of the caller's functions (as sent back)."""
+
+    id: str = Field(default="", max_length=params.CHAT_TOOL_ID_MAX)
+    name: str = Field(pattern=params.CHAT_TOOL_NAME_PATTERN)
+    arguments: str = Field(default="{}", max_length=params.PROGRAM_MAX_BYTES)
 
 
 class ChatMessage(Request):
     role: str = Field(pattern=r"^(system|developer|user|assistant|tool)$")
     content: str = Field(max_length=params.PROGRAM_MAX_BYTES)
+    tool_calls: list[ChatToolCall] = Field(default_factory=list, max_length=params.CHAT_MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=params.CHAT_TOOL_ID_MAX)
+
+
+class ChatTool(Request):
+    """A function the caller declares and runs itself (OpenAI `tools`)."""
+
+    name: str = Field(pattern=params.CHAT_TOOL_NAME_PATTERN)
+    description: str = Field(default="", max_length=params.CHAT_TOOL_DESCRIPTION_MAX)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 class ChatRequest(Request):
@@ -61,7 +81,9 @@ class ChatRequest(Request):
     temperature: float | None = Field(default=None, ge=0, le=2)
     json_object: bool = False
     json_schema: dict[str, Any] | None = None
-    priority: int | None = None
+    tools: list[ChatTool] = Field(default_factory=list, max_length=params.CHAT_MAX_TOOLS)
+    tool_choice: str = Field(default="auto", max_length=64)  # auto|none|required|a tool's name
+    priority: int | None = Field(default=None, ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
 class EmbedRequest(Request):
@@ -149,19 +171,72 @@ def chat_program(kernel: Kernel, caller: Caller, req: ChatRequest) -> Program:
     if req.model.startswith(params.PROGRAM_MODEL_PREFIX):
         program = installed(kernel, caller, req.model[len(params.PROGRAM_MODEL_PREFIX) :])
         _check_model(program.model)
-        return dataclasses.replace(program, config={**program.config, **config})
-    _check_model(req.model)
-    messages = [
-        {"role": m.role if m.role != "developer" else "system", "content": m.content}
-        for m in req.messages
-    ]
-    return program_mod.chat(
-        messages,
-        model=req.model,
-        config=config,
-        output_schema=req.json_schema,
-        json_output=req.json_object,
-    )
+        program = dataclasses.replace(program, config={**program.config, **config})
+    else:
+        _check_model(req.model)
+        program = program_mod.chat(
+            [_cpu_message(m) for m in req.messages],
+            model=req.model,
+            config=config,
+            output_schema=req.json_schema,
+            json_output=req.json_object,
+        )
+    return _with_client_tools(program, req)
+
+
+def _cpu_message(m: ChatMessage) -> dict[str, Any]:
+    """A chat message as a CPU reads it: an assistant's calls to the caller's functions ride
+    as `tool_calls` and, for text-only chat templates, as the call written out; a function's
+    result is a `tool` message naming its call."""
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+    out["content"] = m.content
+    if m.role == "assistant" and m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in m.tool_calls
+        ]
+        if not m.content:
+            first = m.tool_calls[0]
+            out["content"] = (
+                f'{CALL_OPEN}{{"name": {json.dumps(first.name)}, "arguments": '
+                f"{first.arguments or '{}'}}}{CALL_CLOSE}"
+            )
+    if m.role == "tool" and m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _with_client_tools(program: Program, req: ChatRequest) -> Program:
+    """`program` with the caller's functions: a call to one ends the process with the call
+    (llmos.kernel.loop). `tool_choice` `required` or a function's name makes the first reply
+    a call (by grammar on the embedded CPU); `none` hides them."""
+    names = [t.name for t in req.tools]
+    if len(set(names)) != len(names):
+        raise InputError("tools: two functions have the same name")
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in ("auto", "none"):
+            raise InputError(f"tool_choice {choice!r} needs tools")
+        return program
+    if choice == "none":
+        return program
+    if program.tools or program.llmos.get("devices"):
+        raise InputError(
+            f"program {program.name!r} uses devices of its own; it takes no client tools"
+        )
+    specs = [ToolSpec(t.name, t.description, dict(t.parameters)) for t in req.tools]
+    llmos = dict(program.llmos)
+    if choice not in ("auto", "required"):
+        specs = [s for s in specs if s.name == choice]
+        if not specs:
+            raise InputError(f"tool_choice names no declared function: {choice!r}")
+    if choice != "auto":
+        llmos["tool_choice"] = "required"
+    return dataclasses.replace(program, client_tools=specs, llmos=llmos)
 
 
 def chat_inputs(program: Program, req: ChatRequest) -> dict[str, Any]:

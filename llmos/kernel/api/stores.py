@@ -21,6 +21,7 @@ from llmos.errors import (
     InputError,
     LogStoreError,
     NoSuchRunError,
+    NotFoundError,
 )
 from llmos.kernel.api.base import Caller, Empty, Request
 from llmos.kernel.core import Kernel
@@ -86,7 +87,7 @@ def _recall(kernel: Kernel, caller: Caller, req: RecallRequest) -> dict[str, Any
 
 def _forget(kernel: Kernel, caller: Caller, req: IdRequest) -> dict[str, Any]:
     if not kernel.system.memory.forget(caller.owner, req.id):
-        raise InputError(f"no memory m{req.id} of {caller.owner}")
+        raise NotFoundError(f"no memory m{req.id} of {caller.owner}")
     return {"forgotten": req.id}
 
 
@@ -97,7 +98,7 @@ def _memories(kernel: Kernel, caller: Caller, req: ListRequest) -> dict[str, Any
 def _page(kernel: Kernel, caller: Caller, req: IdRequest) -> dict[str, Any]:
     page = kernel.system.memory.page(caller.owner, req.id)
     if page is None:
-        raise InputError(f"no page p{req.id} of {caller.owner}")
+        raise NotFoundError(f"no page p{req.id} of {caller.owner}")
     return {"page": page}
 
 

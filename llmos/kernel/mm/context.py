@@ -355,7 +355,7 @@ class Context:
             row = by_kind.setdefault(seg.kind, {"segments": 0, "tokens": 0, "paged": 0})
             row["segments"] += 1
             if seg.resident:
-                row["tokens"] += seg.tokens or 0
+                row["tokens"] += self.count(seg)  # counted once, then cached on the segment
             else:
                 row["paged"] += 1
         return {

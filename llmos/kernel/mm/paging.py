@@ -106,6 +106,10 @@ class Pager:
     page_outs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     context: Context | None = None
+    # Told what is happening, for people waiting: `on_progress` as a page-out starts (and None
+    # when it is done), `on_paged(segments, chars, limit)` once a fit has paged anything out.
+    on_progress: Callable[[str | None], None] | None = None
+    on_paged: Callable[[int, int, int], None] | None = None
 
     def attach(self, ctx: Context) -> None:
         ctx.fitter = self.fit
@@ -155,18 +159,30 @@ class Pager:
             msgs.add(seg.msg)
             keep.add(seg.id)
         victims = [s for s in order if s.id not in keep]
-        self._page_out(ctx, victims)
-        # Stubs and chat-template overhead were estimated: check exactly, page more if short.
-        rest = [s for s in order if s.id in keep]
-        while ctx.measure() > budget:
-            if not rest:
-                raise ContextOverflowError(
-                    f"{self.label}: context is {ctx.used} tokens after paging out all it may; "
-                    f"the limit leaves {budget} (of {ctx.limit})"
-                )
-            take = max(1, len(rest) // 4)
-            self._page_out(ctx, rest[:take])
-            rest = rest[take:]
+        before = (self.pages_out, sum(s.chars for s in ctx.paged()))
+        if self.on_progress is not None and victims:
+            mb = sum(len(s.text) for s in victims) / 1e6
+            self.on_progress(f"paging out {len(victims)} segments ({mb:.1f} MB) to the swap store")
+        try:
+            self._page_out(ctx, victims)
+            # Stubs and chat-template overhead were estimated: check exactly, page more if short.
+            rest = [s for s in order if s.id in keep]
+            while ctx.measure() > budget:
+                if not rest:
+                    raise ContextOverflowError(
+                        f"{self.label}: context is {ctx.used} tokens after paging out all it "
+                        f"may; the limit leaves {budget} (of {ctx.limit})"
+                    )
+                take = max(1, len(rest) // 4)
+                self._page_out(ctx, rest[:take])
+                rest = rest[take:]
+        finally:
+            if self.on_progress is not None:
+                self.on_progress(None)
+        paged = self.pages_out - before[0]
+        if paged and self.on_paged is not None:
+            chars = sum(s.chars for s in ctx.paged()) - before[1]
+            self.on_paged(paged, chars, ctx.limit)
 
     @staticmethod
     def _pinned(ctx: Context, budget: int) -> list[Segment]:

@@ -84,6 +84,8 @@ class Entity:
     resident: bool = False  # has a KV slot on its CPU now (set by the CPU)
     swapped: str | None = None  # "ram" or "disk" while its KV is parked (set by the CPU)
     done: bool = False  # its generation has ended (set by the CPU); the kernel still finishes
+    prefill: tuple[int, int] | None = None  # (computed, total) prompt tokens (set by the CPU)
+    progress: str | None = None  # long work before its first token (set by the kernel's loop)
     on_change: Callable[[], None] | None = None  # wakes the CPU's loop
     cpu_s: float = 0.0  # seconds it was resident before its current residency (see below)
     resident_since: float | None = None  # monotonic time it became resident, while it is

@@ -135,10 +135,91 @@ def test_errors_are_the_clients_typed_errors(server: Server) -> None:
             model="/tmp/model.gguf", messages=[{"role": "user", "content": "x"}]
         )
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.UnprocessableEntityError, match="tools"):
+    with pytest.raises(openai.UnprocessableEntityError, match="names no declared function"):
         c.chat.completions.create(
-            model="embedded", messages=[{"role": "user", "content": "x"}], tools=[tool]
+            model="embedded",
+            messages=[{"role": "user", "content": "x"}],
+            tools=[tool],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
+    with pytest.raises(openai.UnprocessableEntityError, match="needs tools"):
+        c.chat.completions.create(
+            model="embedded", messages=[{"role": "user", "content": "x"}], tool_choice="required"
+        )
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_client_tools_round_trip(server: Server) -> None:
+    """Function calling as any OpenAI client does it: the model calls the client's function
+    (certain with `tool_choice` required: the embedded CPU writes it by grammar), the client
+    runs it and sends the result back as a `tool` message, and the model answers with it in
+    its context. Streamed, the call arrives as a `tool_calls` delta."""
+    c = _client(server)
+    ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    r = c.chat.completions.create(
+        model="embedded",
+        messages=ask,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required",
+        max_tokens=64,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments), dict)
+    pid = int(r.id.split("-")[1])
+    with server.client("alice") as http:
+        assert http.get(f"/api/processes/{pid}").json()["process"]["exit_status"] == "ok"
+
+    follow = [
+        *ask,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 18 degrees (sentinel-7Q)."},
+    ]
+    answer = c.chat.completions.create(
+        model="embedded",
+        messages=follow,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="none",
+        max_tokens=32,
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert not answer.choices[0].message.tool_calls
+    pid = int(answer.id.split("-")[1])
+    with server.client("alice") as http:
+        run_id = http.get(f"/api/processes/{pid}").json()["process"]["run_id"]
+        logged = http.get(f"/api/logs/{run_id}").json()["messages"]
+    assert "sentinel-7Q" in json.dumps(logged)  # the result reached the CPU
+
+    stream = c.chat.completions.create(
+        model="embedded",
+        messages=ask,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=64,
+        stream=True,
+    )
+    deltas, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            deltas += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert [d.function.name for d in deltas if d.function] == ["get_weather"]
 
 
 def test_async_clients_share_the_machine(server: Server) -> None:

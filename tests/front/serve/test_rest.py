@@ -132,6 +132,8 @@ def test_another_users_pid_answers_exactly_like_a_missing_one(server: Server) ->
             ("DELETE", f"/api/processes/{pid}"),
             ("POST", f"/api/processes/{pid}/stop"),
             ("POST", f"/api/processes/{pid}/approve"),
+            ("GET", f"/api/processes/{pid}/context"),
+            ("GET", f"/api/processes/{pid}/steps"),
         ):
             r = bob.request(method, path)
             assert r.status_code == 404, (method, path, r.text)
@@ -147,12 +149,59 @@ def test_another_users_pid_answers_exactly_like_a_missing_one(server: Server) ->
         assert root.get(f"/api/processes/{pid}").json()["process"]["owner"] == "alice"
 
 
+def test_context_window_and_timeline_of_a_process(server: Server) -> None:
+    with server.client("alice") as c:
+        pid = _spawn(c, "The cat sat on the mat.")
+        c.get(f"/api/processes/{pid}/wait")
+        ctx = c.get(f"/api/processes/{pid}/context").json()
+        proc = c.get(f"/api/processes/{pid}").json()["process"]
+        assert ctx["limit"] == proc["context_limit"] > 0
+        assert 0 < ctx["used"] <= ctx["limit"] and ctx["tainted"] is False
+        kinds = [s["kind"] for s in ctx["segments"]]
+        assert "input" in kinds and all(s["resident"] for s in ctx["segments"])
+        (given,) = [s for s in ctx["segments"] if s["kind"] == "input"]
+        assert "The cat sat on the mat." in given["preview"] and given["label"] == "trusted"
+        steps = c.get(f"/api/processes/{pid}/steps").json()
+        # a program without devices has no syscalls to show, and waits on nothing
+        assert steps == {
+            "pid": pid,
+            "state": "exited",
+            "steps": [],
+            "approval": None,
+            "question": None,
+        }
+        assert c.get("/api/processes/999999/context").status_code == 404
+
+
+def test_the_console_is_served_with_its_files(server: Server) -> None:
+    with httpx2.Client(base_url=server.url) as c:
+        r = c.get("/console")
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"
+        login = c.get("/console/login")
+        assert login.status_code == 200 and '<input id="token" name="token"' in login.text
+        assert "default-src 'self'" in login.headers["content-security-policy"]
+        script = c.get("/console/static/console.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert "new EventSource(" in script.text
+        assert c.get("/console/static/console.css").status_code == 200
+        assert c.get("/console/api/top").status_code == 401  # a bearer token is not a session
+    assert f"web console at {server.url}/console" in server.output()
+
+
 def test_kill_stop_and_cont(server: Server) -> None:
     with server.client("alice") as c:
         pid = _spawn(c, "word " * 200)
         assert c.post(f"/api/processes/{pid}/stop").status_code == 200
-        assert c.get(f"/api/processes/{pid}").json()["process"]["state"] in ("stopped", "exited")
+        state = c.get(f"/api/processes/{pid}").json()["process"]["state"]
+        assert state in ("stopped", "exited")
+        if state == "stopped":
+            reniced = c.post(f"/api/processes/{pid}/renice", json={"priority": 30})
+            assert reniced.status_code == 200, reniced.text
+            assert reniced.json()["old_priority"] == 20
+            assert reniced.json()["process"]["priority"] == 30
         assert c.post(f"/api/processes/{pid}/cont").status_code == 200
+        answered = c.post(f"/api/processes/{pid}/answer", json={"text": "x"})
+        assert answered.status_code == 404 and "not waiting for an answer" in answered.text
         killed = c.delete(f"/api/processes/{pid}")
         assert killed.status_code == 200
         done = c.get(f"/api/processes/{pid}/wait", params={"timeout": 30}).json()

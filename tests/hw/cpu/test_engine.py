@@ -61,7 +61,7 @@ def run_to(engine: Engine, seq: Sequence, out: list[int], n: int) -> list[int]:
     while len(out) < n:
         sampled = engine.step([seq])
         if seq in sampled:
-            out.append(sampled[seq])
+            out.extend(sampled[seq])
     return out
 
 
@@ -375,4 +375,49 @@ def test_admitting_a_resident_sequence_is_a_no_op(engine: Engine, prompt: list[i
         assert seq.slot == slot
         assert engine.free_slots == engine.n_seq_max - 1
     finally:
+        engine.finish(seq)
+
+
+LETTER = (
+    "Repeat the following letter exactly, word for word:\n\n"
+    "Dear Ms. Alvarez,\nThank you for your order #48213 of 17 copies of 'The Quiet Harbor' at "
+    "23.45 each, shipped to 12 Rue de la Paix, Paris. Our accounts team, led by Jonathan "
+    "Whitaker, will send the invoice by Friday.\n"
+)
+
+
+def test_prompt_lookup_drafts_give_the_same_tokens_in_fewer_steps(
+    cpu: EmbeddedCPU, engine: Engine
+) -> None:
+    """Speculative decoding by prompt lookup: a program that copies its input gets the very
+    tokens greedy decoding gives, several per step, and the KV of rejected drafts is gone."""
+    tokens = prompt_for(cpu, LETTER)
+    runs = {}
+    for speculate in (False, True):
+        seq = engine.new_sequence(tokens, temperature=0.0, speculate=speculate)
+        engine.admit(seq)
+        out: list[int] = []
+        steps = 0
+        while len(out) < 60:
+            seq.draft_limit = 60 - len(out) - 1
+            got = engine.step([seq]).get(seq)
+            steps += 1
+            out.extend(got or [])
+            assert seq.slot is not None
+            assert int(ll.llama_memory_seq_pos_max(engine.mem, seq.slot)) + 1 == seq.n_past
+        runs[speculate] = (out[:60], steps, seq.lookup)
+        engine.finish(seq)
+    (plain, plain_steps, _), (drafted, drafted_steps, lookup) = runs[False], runs[True]
+    assert drafted == plain
+    assert lookup is not None and lookup.accepted > 20
+    assert drafted_steps < plain_steps / 2
+
+
+def test_no_drafts_for_sampled_or_constrained_replies(engine: Engine, prompt: list[int]) -> None:
+    sampled = engine.new_sequence(prompt, temperature=0.7, speculate=True)
+    constrained = engine.new_sequence(
+        prompt, temperature=0.0, grammar='root ::= "yes" | "no"', speculate=True
+    )
+    assert sampled.lookup is None and constrained.lookup is None
+    for seq in (sampled, constrained):
         engine.finish(seq)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import jsonschema
@@ -145,6 +146,38 @@ def test_json_schema_reply_validates(cpu: OpenAICPU, schema: dict[str, Any]) -> 
 
 
 @pytest.mark.slow
+def test_a_refused_json_schema_is_learned_once_per_server(llama_url: str, tmp_path: Path) -> None:
+    # llama-cpp-python's server refuses `json_schema`: the first CPU learns that (two failed
+    # requests inside the client's retry, then the json_object form); a later CPU, as the
+    # next run would make, reads it from the dialects file and asks in the right form at once.
+    dialects = tmp_path / "openai-servers.json"
+    schema = SCHEMAS[1]
+    calls: list[str] = []
+
+    def counted(remote: OpenAICPU) -> OpenAICPU:
+        create = remote._create
+
+        def spy(kwargs: dict[str, Any]) -> Any:
+            calls.append(kwargs.get("response_format", {}).get("type", ""))
+            return create(kwargs)
+
+        remote._create = spy  # type: ignore[method-assign]
+        return remote
+
+    for _ in range(2):
+        with OpenAICPU(ALIAS, llama_url, None, n_ctx=2048, timeout=60, dialects=dialects) as r:
+            text, _ = collect(
+                counted(r).generate(ask("Pick one.", max_tokens=40, json_schema=schema))
+            )
+            jsonschema.validate(json.loads(text), schema)
+            assert r.learned == {"json_object"}
+    assert calls == ["json_schema", "json_object", "json_object"]
+    assert json.loads(dialects.read_text()) == {
+        f"{llama_url} {ALIAS}": {"adaptations": ["json_object"]}
+    }
+
+
+@pytest.mark.slow
 def test_tools_with_auto_choice_get_a_text_reply(cpu: OpenAICPU) -> None:
     """The server accepts `tools`, but this model does not call them unless forced."""
     request = ask("What is the weather in Paris?", max_tokens=16, tools=[WEATHER])
@@ -152,6 +185,16 @@ def test_tools_with_auto_choice_get_a_text_reply(cpu: OpenAICPU) -> None:
     assert text.strip()
     assert final.tool_calls == []
     assert final.finish_reason in {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_required_tool_choice_with_one_tool_gets_a_call(cpu: OpenAICPU) -> None:
+    """llama-cpp-python's server ignores tool_choice "required"; the named form is enforced."""
+    request = ask("What is the weather in Paris?", tools=[WEATHER], tool_choice="required")
+    _, final = collect(cpu.generate(request))
+    assert final.finish_reason == "tool_calls"
+    assert [c.name for c in final.tool_calls] == [WEATHER.name]
+    json.loads(final.tool_calls[0].arguments)
 
 
 class _ForcedToolCPU(OpenAICPU):
@@ -363,6 +406,22 @@ def test_json_schema_refused_is_retried_as_json_object_with_schema() -> None:
     assert "stream_options" in server.requests[-1]
 
 
+def test_a_remembered_adaptation_the_server_refuses_is_forgotten(tmp_path: Path) -> None:
+    schema = {"type": "object"}
+    events: list[dict[str, Any] | str] = [delta_event({"content": "{}"}, finish="stop")]
+    dialects = tmp_path / "openai-servers.json"
+    refusal = (500, "unknown parameter: schema")  # the server changed: json_schema works now
+    rejections = 1 + params.OPENAI_MAX_RETRIES  # the client retries a 500 by itself
+    with sse_server(events, reject_first=refusal, reject_count=rejections) as server:
+        dialects.write_text(json.dumps({f"{server.base_url} m": ["json_object"]}))
+        cpu = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        text, _ = collect(cpu.generate(ask("hi", json_schema=schema)))
+    assert text == "{}"
+    formats = [r["response_format"]["type"] for r in server.requests]
+    assert formats == ["json_object"] * rejections + ["json_schema"]
+    assert cpu.learned == set() and json.loads(dialects.read_text()) == {}
+
+
 def test_parallel_tool_calls_are_joined_by_index() -> None:
     def piece(index: int, **fields: Any) -> dict[str, Any]:
         function = {k: v for k, v in fields.items() if k in ("name", "arguments")}
@@ -464,3 +523,119 @@ def test_estimates_and_describe() -> None:
     assert info["name"] == "openai/gpt-4o-mini"
     assert set(info["capabilities"]) == {"json_schema", "tools", "streaming"}
     assert OpenAICPU("m", None, None).base_url == "https://api.openai.com/v1"
+
+
+# --- the context size the server says ----------------------------------------------------------
+
+LLAMA_CPP_PROPS = {"/props": {"default_generation_settings": {"n_ctx": 3072}, "total_slots": 1}}
+VLLM_MODELS = {
+    "/v1/models": {
+        "object": "list",
+        "data": [
+            {"id": "other", "object": "model", "max_model_len": 999},
+            {"id": "m", "object": "model", "max_model_len": 16384},
+        ],
+    }
+}
+OLLAMA_SHOW = {
+    "/api/show": {
+        "parameters": 'stop "<|im_end|>"',
+        "model_info": {"general.architecture": "qwen2", "qwen2.context_length": 32768},
+    }
+}
+OLLAMA_NUM_CTX = {
+    "/api/show": {
+        "parameters": "num_ctx 6144\ntemperature 0.7",
+        "model_info": {"qwen2.context_length": 32768},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected", "asked"),
+    [
+        (LLAMA_CPP_PROPS, 3072, ["/props"]),
+        (VLLM_MODELS, 16384, ["/props", "/v1/models"]),
+        (OLLAMA_SHOW, 32768, ["/props", "/v1/models", "/api/show"]),
+        (OLLAMA_NUM_CTX, 6144, ["/props", "/v1/models", "/api/show"]),
+    ],
+    ids=["llama.cpp", "vllm", "ollama", "ollama-num_ctx"],
+)
+def test_context_size_is_read_where_the_server_says_and_remembered(
+    tmp_path: Path, sizes: dict[str, Any], expected: int, asked: list[str]
+) -> None:
+    dialects = tmp_path / "openai-servers.json"
+    with sse_server([], sizes=sizes) as server:
+        cpu = OpenAICPU("m", server.base_url, None, n_ctx=1000, dialects=dialects)
+        assert cpu.n_ctx == expected and cpu.n_ctx_source == "server"
+        assert cpu.n_ctx == expected
+        assert server.probes == asked  # asked once
+        again = OpenAICPU("m", server.base_url, None, n_ctx=1000, dialects=dialects)
+        assert again.n_ctx == expected
+        assert server.probes == asked  # the next run remembers it
+    assert json.loads(dialects.read_text()) == {f"{server.base_url} m": {"n_ctx": expected}}
+
+
+def test_a_server_that_says_nothing_leaves_config_then_the_default(tmp_path: Path) -> None:
+    dialects = tmp_path / "openai-servers.json"
+    with sse_server([]) as server:
+        configured = OpenAICPU("m", server.base_url, None, n_ctx=1000, dialects=dialects)
+        assert configured.n_ctx == 1000 and configured.n_ctx_source == "config"
+        plain = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        assert plain.n_ctx == params.OPENAI_DEFAULT_N_CTX and plain.n_ctx_source == "default"
+        assert server.probes == ["/props", "/v1/models", "/api/show"]  # once: "nothing" is kept
+    assert json.loads(dialects.read_text()) == {f"{server.base_url} m": {"n_ctx": 0}}
+
+
+def test_an_unreachable_server_is_not_asked_its_size() -> None:
+    cpu = OpenAICPU("m", closed_port_url(), None, n_ctx=1234)
+    assert cpu.n_ctx == 1234
+
+
+def test_a_context_refusal_forgets_the_remembered_size(tmp_path: Path) -> None:
+    message = "This model's maximum context length is 2048 tokens. However, you requested 9000."
+    dialects = tmp_path / "openai-servers.json"
+    with failing_server(400, message=message) as server:
+        dialects.write_text(json.dumps({f"{server.base_url} m": {"n_ctx": 99999}}))
+        cpu = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        assert cpu.n_ctx == 99999
+        with pytest.raises(ContextOverflowError):
+            list(cpu.generate(ask("hi")))
+    assert json.loads(dialects.read_text()) == {}
+
+
+@pytest.mark.slow
+def test_llama_cpp_python_server_says_no_size_so_config_holds(
+    llama_url: str, tmp_path: Path
+) -> None:
+    """llama-cpp-python's server has no /props and no max_model_len: the configured size."""
+    dialects = tmp_path / "openai-servers.json"
+    with OpenAICPU(ALIAS, llama_url, None, n_ctx=2048, timeout=60, dialects=dialects) as cpu:
+        assert cpu.n_ctx == 2048 and cpu.n_ctx_source == "config"
+    assert json.loads(dialects.read_text()) == {f"{llama_url} {ALIAS}": {"n_ctx": 0}}
+
+
+# --- tool_choice "required" refused ------------------------------------------------------------
+
+CLOCK = ToolSpec(
+    name="clock", description="The time.", parameters={"type": "object", "properties": {}}
+)
+
+
+def test_a_refused_required_tool_choice_is_asked_as_auto_with_the_tools(tmp_path: Path) -> None:
+    events: list[dict[str, Any] | str] = [delta_event({"content": "It is sunny."}, finish="stop")]
+    refusal = (400, "tool_choice 'required' is not supported by this server")
+    dialects = tmp_path / "openai-servers.json"
+    with sse_server(events, reject_first=refusal) as server:
+        cpu = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        request = ask("Weather?", tools=[WEATHER, CLOCK], tool_choice="required")
+        text, final = collect(cpu.generate(request))
+        again = OpenAICPU("m", server.base_url, None, dialects=dialects)
+        collect(again.generate(request))
+    assert text == "It is sunny." and final.tool_calls == []
+    sent = server.requests
+    assert [r["tool_choice"] for r in sent] == ["required", "auto", "auto"]
+    assert all(len(r["tools"]) == 2 for r in sent)  # the tools are never dropped
+    assert cpu.learned == {"tool_choice_auto"}
+    entry = json.loads(dialects.read_text())[f"{server.base_url} m"]
+    assert entry["adaptations"] == ["tool_choice_auto"]

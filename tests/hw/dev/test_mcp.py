@@ -14,6 +14,7 @@ answers, one that writes garbage on stdout. Every test checks that no server pro
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import socket
@@ -289,6 +290,145 @@ def test_streamable_http_server_by_url(tmp_path: Path, no_orphans: None) -> None
         server.wait(timeout=10)
 
 
+# Serves `shout` over streamable HTTP at /mcp, or over the legacy SSE transport at /sse (argv[2]
+# "sse"); with argv[3], every request must carry `Authorization: Bearer <argv[3]>` (else 401).
+REMOTE_SERVER = textwrap.dedent(
+    """
+    import sys
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+    from mcp.server.mcpserver import MCPServer
+
+    app = MCPServer("remote")
+
+    @app.tool(structured_output=False)
+    def shout(text: str) -> str:
+        \"\"\"Return the text in capitals.\"\"\"
+        return text.upper()
+
+    web = app.sse_app() if sys.argv[2] == "sse" else app.streamable_http_app()
+    token = sys.argv[3] if len(sys.argv) > 3 else None
+
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and token:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode()
+            if given != f"Bearer {token}":
+                await PlainTextResponse("unauthorized", status_code=401)(scope, receive, send)
+                return
+        await web(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    """
+)
+
+
+@contextlib.contextmanager
+def _remote_server(tmp_path: Path, transport: str, token: str = "") -> Iterator[int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SERVER)
+    argv = [sys.executable, str(script), str(port), transport] + ([token] if token else [])
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as conn:
+                if conn.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_headers_authenticate_to_a_remote_server(tmp_path: Path, no_orphans: None) -> None:
+    with _remote_server(tmp_path, "http", token="s3cret") as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+        entry = {"url": url, "headers": {"Authorization": "Bearer s3cret"}}
+        with MCPDevices({"mcpServers": {"web": entry}}) as mcp:
+            result = mcp.devices()["web.shout"].call({"text": "hi"}, _ctx())
+            assert result.ok and result.output == "HI", result.error
+        # without the header the same server refuses: the server is named as failing
+        config = {"mcpServers": {"web": {"url": url}}}
+        with MCPDevices(config, max_restarts=0, start_timeout_s=10) as mcp:
+            problems: list[str] = []
+            assert mcp.devices(problems) == {}
+            assert len(problems) == 1 and "web" in problems[0]
+
+
+def test_legacy_sse_transport(tmp_path: Path, no_orphans: None) -> None:
+    with _remote_server(tmp_path, "sse", token="t0k") as port:
+        entry = {
+            "url": f"http://127.0.0.1:{port}/sse",
+            "type": "sse",
+            "headers": {"Authorization": "Bearer t0k"},
+        }
+        with MCPDevices({"mcpServers": {"old": entry}}) as mcp:
+            result = mcp.devices()["old.shout"].call({"text": "sse"}, _ctx())
+            assert result.ok and result.output == "SSE", result.error
+
+
+HANGING_SERVER = "import time\ntime.sleep(3600)\n"  # never answers `initialize`
+
+
+def test_failed_starts_leave_no_asyncio_noise(
+    tmp_path: Path, no_orphans: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreachable URL, a URL that refuses (401) and a server that hangs at start are each
+    named as failing, and asyncio logs no "exception was never retrieved" traceback."""
+    import gc
+
+    hanging = tmp_path / "hanging.py"
+    hanging.write_text(HANGING_SERVER)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with _remote_server(tmp_path, "http", token="needed") as port:
+        config = {
+            "mcpServers": {
+                "gone": {"url": f"http://127.0.0.1:{closed}/mcp"},
+                "refusing": {"url": f"http://127.0.0.1:{port}/mcp"},
+                "stuck": {"command": sys.executable, "args": [str(hanging)]},
+            }
+        }
+        with caplog.at_level("DEBUG", logger="asyncio"):
+            with MCPDevices(config, max_restarts=0, start_timeout_s=3) as mcp:
+                problems: list[str] = []
+                assert mcp.devices(problems) == {}
+            gc.collect()
+    assert sorted(p.split()[1] for p in problems) == ["gone", "refusing", "stuck"]
+    assert any("did not start within 3 s" in p for p in problems)
+    noise = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert noise == []
+
+
+def test_remote_keys_are_checked() -> None:
+    for entry, message in [
+        ({"command": "x", "headers": {"A": "b"}}, "only a server given by 'url'"),
+        ({"url": "http://h/mcp", "headers": {"A": 1}}, "headers: expected a mapping"),
+        ({"url": "http://h/sse", "type": "websocket"}, "unknown transport 'websocket'"),
+        ({"command": "x", "type": "sse"}, "given by 'url'"),
+        ({"url": "http://h/mcp", "type": "stdio"}, "given by 'command'"),
+        ({"command": "x", "call_timeout_s": 0}, "call_timeout_s: expected a positive"),
+        ({"command": "x", "start_timeout_s": "5"}, "start_timeout_s: expected a positive"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ServerSpec.from_config("s", entry)
+    spec = ServerSpec.from_config("s", {"url": "http://h/mcp", "type": "streamableHttp"})
+    assert spec.transport == "http"
+
+
+def test_call_timeout_is_configured_per_server(flaky: dict[str, Any], no_orphans: None) -> None:
+    config = {"mcpServers": {"flaky": {**flaky, "call_timeout_s": 1}}}
+    with MCPDevices(config) as mcp:
+        hung = mcp.devices()["flaky.hang"].call({}, _ctx())
+        assert not hung.ok
+        assert "server flaky did not answer within 1 s" in (hung.error or "")
+
+
 # --- Failures -----------------------------------------------------------------------------------
 
 
@@ -410,3 +550,58 @@ def test_close_kills_a_busy_server(flaky: dict[str, Any], no_orphans: None) -> N
     pool.shutdown()
     closed = sup.call("echo", {"text": "x"})
     assert not closed.ok and "closed" in (closed.error or "")
+
+
+# What `npx -y` prints for a package that is not in the registry (npm 10/11).
+NPM_E404 = """\
+npm error code E404
+npm error 404 Not Found - GET https://registry.npmjs.org/@modelcontextprotocol%2fserver-doesnotexist
+npm error 404
+npm error 404  The requested resource '@modelcontextprotocol/server-doesnotexist@*' could not be found or you do not have permission to access it.
+npm error 404
+npm error 404 Note that you can also install from a
+npm error 404 tarball, folder, http url, or git url.
+npm error A complete log of this run can be found in: /root/.npm/_logs/2026-01-01T00_00_00_000Z-debug-0.log
+"""  # noqa: E501
+
+
+def test_npm_e404_quotes_the_line_that_says_why(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "fake_npx.py"
+    script.write_text(f"import sys\nsys.stderr.write({NPM_E404!r})\nsys.exit(1)\n")
+    spec = ServerSpec(name="missing", command=sys.executable, args=[str(script)])
+    sup = MCPSupervisor(spec, max_restarts=0)
+    try:
+        with pytest.raises(MCPServerError) as info:
+            sup.tools()
+    finally:
+        sup.close()
+    message = str(info.value)
+    assert message.startswith("server missing exited during start-up (stderr: npm error code E404:")
+    registry = "https://registry.npmjs.org/@modelcontextprotocol%2fserver-doesnotexist"
+    assert f"404 Not Found - GET {registry}" in message
+    assert "complete log" not in message
+
+
+@pytest.mark.slow
+def test_real_npx_of_a_missing_package_says_e404(no_orphans: None) -> None:
+    if shutil.which("npx") is None:
+        pytest.skip("npx not installed")
+    spec = ServerSpec(
+        name="missing", command="npx", args=["-y", "@modelcontextprotocol/server-doesnotexist"]
+    )
+    sup = MCPSupervisor(spec, max_restarts=0, start_timeout_s=60)
+    try:
+        with pytest.raises(MCPServerError) as info:
+            sup.tools()
+    finally:
+        sup.close()
+    assert "npm error code E404: 404 Not Found" in str(info.value)
+
+
+def test_a_plain_stderr_is_quoted_by_its_last_line(tmp_path: Path, no_orphans: None) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('starting', file=sys.stderr)\nsys.exit('no config')\n")
+    with MCPDevices({"mcpServers": {"c": {"command": sys.executable, "args": [str(script)]}}}) as m:
+        problems: list[str] = []
+        m.devices(problems)
+    assert problems == ["server c exited during start-up (stderr: no config)"]

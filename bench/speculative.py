@@ -1,0 +1,177 @@
+"""Speculative decoding by prompt lookup: the same kernel CPU with drafting off and on.
+
+Programs that copy from their input (repeat, correct, extract, rewrite) and programs that do
+not (a story, a poem, an explanation) each generate up to MAX_TOKENS tokens greedily on the
+embedded CPU; the side with drafting sets `GenRequest.speculative` (what `llmos.speculative:
+true` in a program does). Each side runs in a fresh process of its own, the two alternating
+over ROUNDS rounds; the rate is decode tokens/s (after the first token, to the last), the
+median over the rounds, and the outputs of the two sides are compared token for token.
+
+Goals: at least 1.5x on the copy-heavy programs (their median), never below 0.97x on the
+others, identical greedy output.
+
+    python bench/speculative.py [--rounds N]      (BENCH_QUICK=1: one round, 64 tokens)
+
+A table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, median, quick, table
+
+QUICK = quick()
+ROUNDS = 1 if QUICK else 3
+MAX_TOKENS = 64 if QUICK else 200
+GOAL_COPY = 1.5
+GOAL_OTHER = 0.97
+
+LETTER = (
+    "Dear Ms. Alvarez,\nThank you for your order #48213 of 17 copies of 'The Quiet Harbor' at "
+    "23.45 each, shipped to 12 Rue de la Paix, Paris. Our accounts team, led by Jonathan "
+    "Whitaker (jonathan.whitaker@northwind-books.example), will send the invoice by Friday. "
+    "If any copy arrives damaged, reply to this letter within 14 days and we will replace it.\n"
+    "Kind regards,\nMaria Santos, Customer Care, Northwind Books"
+)
+TYPOS = (
+    "The comittee met on tuesday to discus the new budjet. Several members argued that the "
+    "libary needs more funding for childrens books, while others wanted to repare the roof "
+    "first. In the end they agreed to spend half on each and to meet again next month."
+)
+CODE = (
+    "def total(items):\n    result = 0\n    for item in items:\n        result = result + "
+    "item.price * item.quantity\n    return result\n\n\ndef average(items):\n    if not items:\n"
+    "        return 0\n    return total(items) / len(items)\n"
+)
+PROGRAMS: dict[str, tuple[str, str]] = {
+    "repeat": ("copy", f"Repeat the following letter exactly, word for word:\n\n{LETTER}"),
+    "correct": ("copy", f"Rewrite this text with the spelling mistakes corrected:\n\n{TYPOS}"),
+    "edit-code": (
+        "copy",
+        f"Rename the function `total` to `order_total` everywhere in this code:\n\n{CODE}",
+    ),
+    "quote": (
+        "copy",
+        f"Quote the sentence of this letter that mentions the invoice, then the one that "
+        f"mentions damage:\n\n{LETTER}",
+    ),
+    "story": ("other", "Write a long story about a lighthouse keeper who finds a map."),
+    "poem": ("other", "Write a poem about autumn rain in a city."),
+    "explain": ("other", "Explain how a bicycle gear works, step by step."),
+}
+
+
+def side(speculative: bool) -> dict[str, Any]:
+    from llmos.hw.cpu.base import GenRequest
+    from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
+
+    cpu = EmbeddedCPU(embedded_model_path())
+    out: dict[str, Any] = {}
+    try:
+        warm = GenRequest(messages=[{"role": "user", "content": "Hi."}], max_tokens=4)
+        for _ in cpu.generate(warm):
+            pass
+        for name, (_, text) in PROGRAMS.items():
+            request = GenRequest(
+                messages=[{"role": "user", "content": text}],
+                max_tokens=MAX_TOKENS,
+                temperature=0.0,
+                speculative=speculative,
+            )
+            first = None
+            reply = ""
+            tokens = 0
+            for chunk in cpu.generate(request):
+                if first is None and chunk.text:
+                    first = time.perf_counter()
+                reply += chunk.text
+                if chunk.done:
+                    tokens = chunk.completion_tokens
+            seconds = time.perf_counter() - (first or time.perf_counter())
+            rate = (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
+            out[name] = {"tokens": tokens, "tok_s": rate, "text": reply}
+    finally:
+        cpu.close()
+    return out
+
+
+def run_side(speculative: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--side", "on" if speculative else "off"]
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "LLMOS_HOME": home}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"side failed: {done.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--side", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(side(args.side == "on")))
+        return
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for r in range(args.rounds):
+        for flag in (False, True) if r % 2 == 0 else (True, False):
+            runs[flag].append(run_side(flag))
+    rows = []
+    by_program: dict[str, dict[str, Any]] = {}
+    for name, (kind, _) in PROGRAMS.items():
+        off = median([run[name]["tok_s"] for run in runs[False]])
+        on = median([run[name]["tok_s"] for run in runs[True]])
+        same = all(
+            a[name]["text"] == b[name]["text"] for a, b in zip(runs[False], runs[True], strict=True)
+        )
+        speedup = on / off if off else 0.0
+        rows.append([name, kind, runs[True][0][name]["tokens"], off, on, speedup, same])
+        by_program[name] = {
+            "kind": kind,
+            "off_tok_s": round(off, 2),
+            "on_tok_s": round(on, 2),
+            "speedup": round(speedup, 3),
+            "identical": same,
+        }
+    print(table(["program", "kind", "tokens", "off tok/s", "on tok/s", "x", "identical"], rows))
+    copy = median([p["speedup"] for p in by_program.values() if p["kind"] == "copy"])
+    worst_other = min(p["speedup"] for p in by_program.values() if p["kind"] == "other")
+    identical = sum(p["identical"] for p in by_program.values())
+    print(
+        f"copy-heavy median x{copy:.2f} (goal >= {GOAL_COPY}); others worst x{worst_other:.2f} "
+        f"(goal >= {GOAL_OTHER}); identical output {identical}/{len(by_program)}"
+    )
+    emit(
+        "speculative",
+        {
+            "by_program": by_program,
+            "copy_speedup_median": round(copy, 3),
+            "other_speedup_min": round(worst_other, 3),
+            "identical": identical,
+            "programs": len(by_program),
+            "goal_copy": GOAL_COPY,
+            "goal_other": GOAL_OTHER,
+            "rounds": args.rounds,
+            "max_tokens": MAX_TOKENS,
+            "pass": copy >= GOAL_COPY
+            and worst_other >= GOAL_OTHER
+            and identical == len(by_program),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

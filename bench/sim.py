@@ -35,7 +35,7 @@ from llmos.kernel.sched import sim
 
 
 def routers() -> list[sim.Router]:
-    return [sim.RoundRobin(), sim.LeastLoaded(), sim.PrefixAffinity()]
+    return [sim.RoundRobin(), sim.LeastLoaded(), sim.PrefixAffinity(), sim.LlmosRouter()]
 
 
 def main() -> None:

@@ -12,7 +12,14 @@ The home directory is `$LLMOS_HOME` if set, else the platform's per-user data di
       "openai": {"base_url": "http://127.0.0.1:8080/v1", "api_key": "...", "n_ctx": 8192},
       "mcpServers": {"time": {"command": "mcp-server-time", "args": []}},
       "prices": {"prompt_per_1m": 0.10, "generated_per_1m": 0.40, "cpu_hour": 0.05},
-      "logging": true
+      "logging": true,
+      "pools": {"local": {"cpus": [{"name": "smol", "model": "embedded", "n": 2},
+                                   {"name": "gpu", "model": "openai/qwen", "price_per_1k": 0.2},
+                                   {"name": "spare", "model": "/models/tiny.gguf",
+                                    "fallback": true}],
+                          "wait_down_s": 30,
+                          "policies": {"alice": {"cpus": ["smol-1", "smol-2"],
+                                                 "max_price_per_1k": 0.1}}}}
     }
 
 `logging: false` (`llmos logs off`) stops journalling runs in the log (`llmos.store.log`).
@@ -22,6 +29,12 @@ million generated tokens, per hour resident on a CPU (`/api/usage`, `llmos_user_
 
 The OpenAI settings fall back to `LLMOS_OPENAI_BASE_URL` / `OPENAI_BASE_URL` and
 `LLMOS_OPENAI_API_KEY` / `OPENAI_API_KEY`; the environment wins over the file.
+
+`pools` declares pools of CPUs, each named by the model spec `pool/NAME` (`llmos.kernel.pool`):
+every entry a CPU with a unique `name`, a `model` spec (not itself a pool), an optional price
+per 1000 tokens, `fallback` (serves only while every other one is out) and `n` (that many
+instances, named NAME-1..NAME-n); `wait_down_s`, how long a process waits while every CPU is
+out; `policies`, per user, the CPUs they may use and the most they pay per 1000 tokens.
 
 `update(home, change)` rewrites `config.json` (atomically, owner-only) with `change` applied to
 its JSON object: how `llmos models add|rm` registers a model under a name, keeping every other
@@ -76,6 +89,7 @@ class Config:
     path: Path | None = None
     prices: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRICE_KEYS, 0.0))
     logging: bool = True  # False: runs are not journalled (`llmos logs off`)
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)  # validated, `n` expanded
 
     def cost(self, prompt_tokens: int, generated_tokens: int, cpu_s: float) -> float:
         """What this much usage costs at the configured prices."""
@@ -140,6 +154,7 @@ def parse(path: Path, raw: Any) -> Config:
         mcp_servers=mcp_servers,
         path=path,
         prices=_prices(path, raw.get("prices", {})),
+        pools=_pools(path, raw.get("pools", {})),
     )
 
 
@@ -180,3 +195,81 @@ def _prices(path: Path, raw: Any) -> dict[str, float]:
             raise ConfigError(f"{path}: prices.{key} must be a number >= 0, got {value!r}")
         prices[key] = float(value)
     return prices
+
+
+def _number(path: Path, where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{path}: {where} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _pools(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+    """The `pools` object, each pool's CPUs with `n` expanded into named instances."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: 'pools' must map pool names to pools")
+    out: dict[str, dict[str, Any]] = {}
+    for name, pool in raw.items():
+        where = f"pools.{name}"
+        if not isinstance(pool, dict) or not isinstance(pool.get("cpus"), list) or not pool["cpus"]:
+            raise ConfigError(f"{path}: {where} must be an object with a non-empty 'cpus' list")
+        unknown = sorted(set(pool) - {"cpus", "wait_down_s", "policies"})
+        if unknown:
+            raise ConfigError(f"{path}: {where}: unknown key {unknown[0]!r}")
+        cpus: list[dict[str, Any]] = []
+        for i, entry in enumerate(pool["cpus"]):
+            at = f"{where}.cpus[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: {at} must be an object")
+            bad = sorted(set(entry) - {"name", "model", "price_per_1k", "fallback", "n"})
+            if bad:
+                raise ConfigError(f"{path}: {at}: unknown key {bad[0]!r}")
+            cpu_name, model = entry.get("name"), entry.get("model")
+            if not isinstance(cpu_name, str) or not cpu_name or not isinstance(model, str):
+                raise ConfigError(f"{path}: {at} needs a 'name' and a 'model' (strings)")
+            if model.startswith(params.POOL_SPEC_PREFIX):
+                raise ConfigError(f"{path}: {at}: a pool's CPU cannot be a pool ({model})")
+            n = entry.get("n", 1)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= params.POOL_MAX_CPUS:
+                raise ConfigError(f"{path}: {at}.n must be 1..{params.POOL_MAX_CPUS}, got {n!r}")
+            fallback = entry.get("fallback", False)
+            if not isinstance(fallback, bool):
+                raise ConfigError(f"{path}: {at}.fallback must be true or false")
+            price = _number(path, f"{at}.price_per_1k", entry.get("price_per_1k", 0))
+            names = [cpu_name] if n == 1 else [f"{cpu_name}-{k}" for k in range(1, n + 1)]
+            for one in names:
+                cpus.append(
+                    {"name": one, "model": model, "price_per_1k": price, "fallback": fallback}
+                )
+        seen = [c["name"] for c in cpus]
+        dup = next((c for c in seen if seen.count(c) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"{path}: {where}: two CPUs are named {dup!r}")
+        if len(cpus) > params.POOL_MAX_CPUS:
+            raise ConfigError(f"{path}: {where} has more than {params.POOL_MAX_CPUS} CPUs")
+        wait = _number(
+            path, f"{where}.wait_down_s", pool.get("wait_down_s", params.POOL_WAIT_DOWN_S)
+        )
+        policies = pool.get("policies", {})
+        if not isinstance(policies, dict):
+            raise ConfigError(f"{path}: {where}.policies must map user names to policies")
+        checked: dict[str, dict[str, Any]] = {}
+        for user, pol in policies.items():
+            at = f"{where}.policies.{user}"
+            if not isinstance(pol, dict) or set(pol) - {"cpus", "max_price_per_1k"}:
+                raise ConfigError(f"{path}: {at} may say only 'cpus' and 'max_price_per_1k'")
+            allowed = pol.get("cpus")
+            if allowed is not None and (
+                not isinstance(allowed, list) or not all(a in seen for a in allowed)
+            ):
+                raise ConfigError(
+                    f"{path}: {at}.cpus must list CPUs of the pool ({', '.join(seen)})"
+                )
+            top = pol.get("max_price_per_1k")
+            checked[user] = {
+                "cpus": allowed,
+                "max_price_per_1k": None
+                if top is None
+                else _number(path, f"{at}.max_price_per_1k", top),
+            }
+        out[name] = {"cpus": cpus, "wait_down_s": wait, "policies": checked}
+    return out

@@ -20,7 +20,7 @@
      +-- QuotaError                  exit 19 a per-user or per-process quota is used up
      |    +-- BudgetError                    a prompt larger than the process's token budget
      +-- AuthError                   exit 20 a missing, unknown or revoked token; a bad user op
-     +-- NotFoundError               exit 21 no memory, page, shared segment or run by that id
+     +-- NotFoundError               exit 21 no memory, page, segment, run or pool CPU by that id
      +-- RequestError                exit 2  a malformed request to the kernel's API
 
 Usage errors (unknown flags, bad option values, an out-of-range priority) exit 2 with one

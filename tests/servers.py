@@ -104,8 +104,10 @@ def llama_server(
     alias: str = "smollm2",
     chat_format: str | None = None,
     extra_args: list[str] | None = None,
+    started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
-    """Run llama-cpp-python's OpenAI-compatible server; yield `http://127.0.0.1:PORT/v1`."""
+    """Run llama-cpp-python's OpenAI-compatible server; yield `http://127.0.0.1:PORT/v1`.
+    `started` gets the server's process (a test that kills it mid-generation)."""
     port = free_port()
     args = [
         sys.executable,
@@ -140,6 +142,8 @@ def llama_server(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, killed as a whole at exit
             )
+        if started is not None:
+            started.append(proc)
         try:
             _wait_ready(proc, base_url, log)
             yield base_url

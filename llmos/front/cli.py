@@ -21,6 +21,7 @@ The kernel daemon (see `llmos.front.kerneld`); these talk to it over its socket:
     llmos run -d PROGRAM ...               start a background process; prints its pid
     llmos ps [--all] [--json]    llmos kill PID...    llmos stop PID    llmos cont PID
     llmos renice PRIORITY PID    llmos wait PID [--timeout S]    llmos top [--once]
+    llmos migrate PID CPU
     llmos approve PID    llmos deny PID    decide a syscall waiting for approval
     llmos audit [--pid P] [--device D] [--decision X] [-n N] [--verify] [--json]
 
@@ -42,7 +43,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -66,7 +67,9 @@ from llmos.front.progress import ProgressLine
 from llmos.front.shell.command import shell
 from llmos.kernel import boot
 from llmos.kernel.security import principals
-from llmos.store.log import RunRecord
+
+if TYPE_CHECKING:
+    from llmos.store.log import RunRecord
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -616,6 +619,16 @@ def renice(priority: int, pid: int) -> None:
 
 @cli.command()
 @click.argument("pid", type=int)
+@click.argument("cpu")
+@handle_errors
+def migrate(pid: int, cpu: str) -> None:
+    """Move a running process to another CPU of its pool (config.json's pools)."""
+    reply = _client().request("migrate", pid=pid, cpu=cpu)
+    click.echo(f"{pid}: on {reply['process']['cpu']}, moving to {reply['cpu']}")
+
+
+@cli.command()
+@click.argument("pid", type=int)
 @click.argument("text", nargs=-1, required=True)
 @handle_errors
 def answer(pid: int, text: tuple[str, ...]) -> None:
@@ -738,6 +751,26 @@ def _follow(pid: int) -> None:
     sys.exit(_end_code((client.last_exit or {}).get("process") or {}))
 
 
+def _pool_lines(name: str, st: dict[str, Any]) -> list[str]:
+    lines = [
+        f"cpu {name}: failovers {st.get('failovers', 0)} brownouts {st.get('brownouts', 0)} "
+        f"migrations {st.get('migrations', 0)}"
+    ]
+    for cpu, m in st["members"].items():
+        fb = " fallback" if m.get("fallback") else ""
+        err = f" ({m['error']})" if m.get("error") and m.get("state") != "up" else ""
+        lines.append(
+            f"  {cpu}: {m.get('state')}{fb} model {m.get('model')} in_flight {m.get('in_flight')} "
+            f"queued {m.get('queued')} failures {m.get('failures')}{err}"
+        )
+    for u in st.get("usage", []):
+        lines.append(
+            f"  {u['cpu']} {u['user']}: {u['requests']} requests, {u['prompt_tokens']} prompt + "
+            f"{u['generated_tokens']} generated tokens, {u['seconds']:.1f}s, cost {u['cost']:.4f}"
+        )
+    return lines
+
+
 def _top_text(snap: dict[str, Any]) -> str:
     procs = [p for p in snap.get("processes", []) if p.get("state") != "exited"]
     states: dict[str, int] = {}
@@ -749,6 +782,9 @@ def _top_text(snap: dict[str, Any]) -> str:
         + (" (" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")" if states else "")
     ]
     for name, st in sorted((snap.get("cpus") or {}).items()):
+        if "members" in st:  # a pool (llmos.kernel.pool): one line per CPU, then its metering
+            lines.extend(_pool_lines(name, st))
+            continue
         stats = " ".join(f"{k} {v}" for k, v in st.items())
         lines.append(f"cpu {name}: {stats}" if stats else f"cpu {name}")
     lines.append("")

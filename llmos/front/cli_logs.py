@@ -14,13 +14,14 @@ when it starts.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmos import config
-from llmos.kernel import boot
-from llmos.store.log import RunRecord
+
+if TYPE_CHECKING:
+    from llmos.store.log import RunRecord
 
 SWITCH_WORDS = ("off", "on", "status")
 
@@ -47,6 +48,8 @@ def switch(word: str) -> None:
                 err=True,
             )
         return
+    from llmos.kernel import boot
+
     system = boot.boot()
     count = system.log.count_runs()
     state = "on" if system.config.logging else "off"

@@ -13,20 +13,23 @@ the key; nothing is written to disk. What this does not do: run anything (`cli.r
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmos.errors import InputError, LlmosError
-from llmos.kernel import boot
-from llmos.kernel import program as program_mod
-from llmos.kernel.program import Program
+
+if TYPE_CHECKING:
+    from llmos.kernel import boot
+    from llmos.kernel.program import Program
 
 PROGRAM_NAME = "prompt"  # how -p runs are named in the log
 
 
 def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """`-o KEY VALUE` pairs as a checked `config` mapping (a usage error if one is bad)."""
+    from llmos.kernel import program as program_mod  # loaded only by the commands that run
+
     known = program_mod.config_keys()
     config: dict[str, Any] = {}
     for key, raw in pairs:
@@ -62,6 +65,8 @@ def adhoc(
     if system and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system})
     messages.append({"role": "user", "content": user})
+    from llmos.kernel import program as program_mod
+
     prog = program_mod.chat(messages, config=config)
     prog.name = PROGRAM_NAME
     return prog

@@ -32,7 +32,6 @@ from typing import Any
 
 from llmos import config, params
 from llmos.errors import KernelError, LlmosError
-from llmos.store.log import pid_alive
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
@@ -362,6 +361,8 @@ def stop_daemon(home: Path, timeout: float = params.KERNEL_STOP_TIMEOUT_S) -> di
     reply = client.request("shutdown")
     pid = int(reply.get("pid") or 0)
     deadline = time.monotonic() + timeout
+    from llmos.store.log import pid_alive
+
     while pid_alive(pid) or client.paths.socket.exists():
         if time.monotonic() > deadline:
             raise KernelError(f"kernel (pid {pid}) did not exit within {timeout:.0f} s")

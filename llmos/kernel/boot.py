@@ -11,6 +11,10 @@
 log, memory store, the device table, CPUs, the program search path). It holds no policy of its
 own: processes, their memory and their devices are the kernel's (`llmos.kernel.core`).
 
+The stores, the program loader, the syscall table and the CPUs are imported on first use,
+inside the functions that open them, so a command that needs none of them (`llmos --help`,
+`ps`) never loads numpy, llama.cpp, jsonschema or the MCP SDK (tests/front/test_footprint.py).
+
 What this module does not do: run programs, the kernel daemon, or schedule anything.
 """
 
@@ -20,19 +24,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmos import config as config_mod
 from llmos import params
 from llmos.config import Config
 from llmos.errors import LlmosError, ProgramError
-from llmos.hw.cpu.base import CPU
-from llmos.kernel import cpus as cpu_mod
-from llmos.kernel import program as program_mod
-from llmos.kernel.program import Program
-from llmos.kernel.syscall import SyscallTable
-from llmos.store.log import Log
-from llmos.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from llmos.hw.cpu.base import CPU
+    from llmos.kernel.program import Program
+    from llmos.kernel.syscall import SyscallTable
+    from llmos.store.log import Log
+    from llmos.store.memory import MemoryStore
 
 
 @dataclass
@@ -49,6 +53,8 @@ class System:
     @property
     def log(self) -> Log:
         if self._log is None:
+            from llmos.store.log import Log
+
             self._log = Log.open(self.home / params.LOG_DB_NAME)
             self._log.journal = self.config.logging  # `llmos logs off`: runs not journalled
             self._log.fail_stale_runs("llmos exited before the run finished")
@@ -59,10 +65,14 @@ class System:
         """The memory store (<home>/memory.db), opened on first use; MemoryStoreError if it
         is corrupt or locked."""
         if self._memory is None:
+            from llmos.store.memory import MemoryStore
+
             self._memory = MemoryStore.open(self.home / params.MEMORY_DB_NAME)
         return self._memory
 
     def cpu(self, spec: str | None) -> CPU:
+        from llmos.kernel import cpus as cpu_mod
+
         return cpu_mod.resolve(spec, self.config)
 
     @property
@@ -71,6 +81,7 @@ class System:
         mounts, each started only when a program declares one of its tools."""
         if self._syscalls is None:
             from llmos.kernel import plugins as registry
+            from llmos.kernel.syscall import SyscallTable
 
             devices = registry.devices()
             if self.config.mcp_servers:
@@ -91,9 +102,13 @@ class System:
             self._memory = None
 
     def load_program(self, ref: str) -> Program:
+        from llmos.kernel import program as program_mod
+
         return program_mod.load(ref, self.search_dirs)
 
     def discover_programs(self, problems: list[LlmosError] | None = None) -> list[Program]:
+        from llmos.kernel import program as program_mod
+
         found: list[ProgramError] = []
         programs = program_mod.discover(self.search_dirs, found)
         if problems is not None:
@@ -142,6 +157,8 @@ class System:
 
 
 def boot(*, open_log: bool = True) -> System:
+    from llmos.kernel import program as program_mod
+
     home = config_mod.home()  # 1
     config = config_mod.load(home)  # 2
     system = System(  # 4

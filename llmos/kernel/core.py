@@ -46,6 +46,7 @@ from llmos.errors import (
     LlmosError,
     NoSuchProcessError,
     ProgramError,
+    RequestError,
 )
 from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
@@ -56,6 +57,7 @@ from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.meter import Meter
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
+from llmos.kernel.pool import PoolCPU
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.sched.dispatch import PolicyDispatcher
@@ -507,6 +509,19 @@ class Kernel:
                 priority = min(priority, self.table.get(proc.ppid).priority)
         proc.entity.priority = priority
         proc.entity.poke()
+        return proc
+
+    def migrate(self, pid: int, cpu: str) -> Process:
+        """Move live process `pid` to CPU `cpu` of the pool it runs on (`llmos.kernel.pool`):
+        RequestError when it does not run on a pool, NotFoundError for a CPU the pool lacks."""
+        proc = self._live(pid)
+        with self._lock:
+            pool = self._cpus.get(proc.cpu)
+        if not isinstance(pool, PoolCPU):
+            raise RequestError(
+                f"process {pid} runs on {proc.cpu}, not on a pool: nowhere to move it"
+            )
+        pool.migrate(pid, cpu)
         return proc
 
     def wait(self, pid: int, timeout: float | None = None) -> Process:

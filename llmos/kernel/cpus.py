@@ -6,6 +6,8 @@ A model spec is what a program's `model:` field or `--model` says:
 - a path to a `.gguf` file: that local model, run by the embedded engine;
 - an alias from `config.json`'s `aliases`, resolved to one of the above;
 - `<prefix>` or `<prefix>/<model>`, for a CPU a plugin registered (`llmos_register_cpus`);
+- `pool/<name>`: a pool of `config.json`'s `pools`, routed and failed over as one CPU
+  (`llmos.kernel.pool`); each of its CPUs is loaded on its own, not shared through the cache;
 
 The built-in CPUs register through that same hook (`llmos.kernel.plugins`): each spec form
 above maps to the prefix of the factory that builds it.
@@ -54,7 +56,16 @@ def canonical(spec: str | None, config: Config) -> str:
 
 def _build(spec: str, config: Config) -> CPU:
     """The CPU the factory registered for `spec`'s prefix builds (the built-ins register
-    through the same hook as plugins: see `llmos.kernel.plugins`)."""
+    through the same hook as plugins: see `llmos.kernel.plugins`), or a pool."""
+    if spec.startswith(params.POOL_SPEC_PREFIX):
+        from llmos.kernel.pool import PoolCPU, spec_of
+
+        name = spec.removeprefix(params.POOL_SPEC_PREFIX)
+        raw = config.pools.get(name)
+        if raw is None:
+            known = ", ".join(sorted(config.pools)) or "none in config.json"
+            raise ModelError(f"unknown pool '{name}' (pools: {known})")
+        return PoolCPU(spec_of(name, raw), lambda member: _build(canonical(member, config), config))
     factories = cpu_factories(config)
     factory = factories.get(_prefix(spec) or "")
     if factory is not None:

@@ -152,7 +152,9 @@ def _embedded_cpu(spec: str, *, config: Config) -> CPU:
 
     ftype = os.environ.get(params.ENV_EMBEDDED_QUANT) or params.EMBEDDED_QUANT
     cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
-    return EmbeddedCPU(prepared_model(embedded_model_path(), cache, ftype), name="embedded")
+    return EmbeddedCPU(
+        prepared_model(embedded_model_path(), cache, ftype), name="embedded", n_ctx=_n_ctx()
+    )
 
 
 def _openai_cpu(spec: str, *, config: Config) -> CPU:
@@ -178,7 +180,24 @@ def _gguf_cpu(spec: str) -> CPU:
     from llmos.hw.cpu.llama import EmbeddedCPU
 
     path = Path(spec).expanduser().resolve()
-    return EmbeddedCPU(path, name=str(path))
+    return EmbeddedCPU(path, name=str(path), n_ctx=_n_ctx())
+
+
+def _n_ctx() -> int:
+    """The KV cells an embedded or GGUF CPU allocates: LLMOS_N_CTX, or the full window."""
+    raw = os.environ.get(params.ENV_N_CTX, "").strip()
+    if not raw:
+        return params.EMBEDDED_N_CTX
+    try:
+        n_ctx = int(raw)
+    except ValueError:
+        n_ctx = 0
+    if not params.N_CTX_MIN <= n_ctx <= params.EMBEDDED_N_CTX:
+        raise ModelError(
+            f"{params.ENV_N_CTX}={raw!r}: give a number of tokens from "
+            f"{params.N_CTX_MIN} to {params.EMBEDDED_N_CTX}"
+        )
+    return n_ctx
 
 
 BUILTIN = Builtin()

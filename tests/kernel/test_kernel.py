@@ -371,22 +371,6 @@ def test_a_process_over_its_budget_ends_with_budget(
 
 
 @pytest.mark.slow
-def test_a_prompt_larger_than_the_budget_generates_nothing(
-    make_kernel: Callable[..., Kernel], system: System, cpu: EmbeddedCPU
-) -> None:
-    """A budget smaller than the prompt (but not 0) ends the process before its first token,
-    with the line that says how many tokens the prompt takes, never a one-token answer."""
-    n_prompt = tokens_of(cpu, system, "story", TOPICS[0])
-    kernel = make_kernel()
-    proc = kernel.spawn("story", {"input": TOPICS[0]}, budget=n_prompt // 2)
-    kernel.wait(proc.pid, timeout=60)
-    assert proc.exit_status == "budget"
-    assert proc.text == "" and proc.entity.generated == 0
-    assert "nothing is left to generate with" in (proc.error or "")
-    assert proc.entity.prompt_tokens == 0 and proc.entity.exhausted
-
-
-@pytest.mark.slow
 def test_user_budget_stops_that_users_processes(
     make_kernel: Callable[..., Kernel], system: System, cpu: EmbeddedCPU
 ) -> None:

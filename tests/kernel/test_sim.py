@@ -36,7 +36,9 @@ def test_a_trace_has_heavy_tails_shared_prompts_and_ordered_arrivals() -> None:
     assert trace.failures and all(0 < f.at < reqs[-1].arrival for f in trace.failures)
 
 
-@pytest.mark.parametrize("router", [sim.RoundRobin, sim.LeastLoaded, sim.PrefixAffinity])
+@pytest.mark.parametrize(
+    "router", [sim.RoundRobin, sim.LeastLoaded, sim.PrefixAffinity, sim.LlmosRouter]
+)
 def test_every_request_completes_on_every_router_despite_failures(router: type) -> None:
     trace = _trace(n_cpus=8, failures=3, down_s=20.0)
     report = sim.Simulation(trace, router(), 8).run()
@@ -90,3 +92,12 @@ def test_jain_and_percentile() -> None:
     assert sim.jain([1, 0, 0, 0]) == pytest.approx(0.25)
     assert sim.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert sim.percentile([1.0, 2.0, 3.0, 4.0], 0.99) == 4.0
+
+
+def test_the_llmos_router_finds_caches_without_piling_onto_them() -> None:
+    trace = _trace(n_cpus=10)
+    rr = sim.Simulation(trace, sim.RoundRobin(), 10).run()
+    affinity = sim.Simulation(trace, sim.PrefixAffinity(), 10).run()
+    llmos = sim.Simulation(trace, sim.LlmosRouter(), 10).run()
+    assert llmos.hit_rate > rr.hit_rate  # it follows the caches
+    assert llmos.ttft_p99_s <= affinity.ttft_p99_s * 1.5  # without the hot spots' tail

@@ -11,6 +11,7 @@ only its own thread.
     DELETE /api/processes/{pid}               kill it
     POST   /api/processes/{pid}/{signal}      kill | stop | cont | approve | deny
     POST   /api/processes/{pid}/renice        {"priority": N}
+    POST   /api/processes/{pid}/migrate       {"cpu": "NAME"}: another CPU of its pool
     POST   /api/processes/{pid}/answer        {"text": "..."} answers its `ask`
     GET    /api/processes/{pid}/wait          ?timeout=S (at most params.SERVE_WAIT_MAX_S)
     GET    /api/processes/{pid}/events        its output as resumable SSE (`llmos...sse`)
@@ -107,9 +108,18 @@ class Answer(api.Request):
     text: str
 
 
+class Migrate(api.Request):
+    cpu: str
+
+
 @router.post("/processes/{pid}/renice")
 def renice_process(request: Request, caller: CallerDep, pid: int, body: Renice) -> Any:
     return _call(request, caller, "renice", {"pid": pid, "priority": body.priority})
+
+
+@router.post("/processes/{pid}/migrate")
+def migrate_process(request: Request, caller: CallerDep, pid: int, body: Migrate) -> Any:
+    return _call(request, caller, "migrate", {"pid": pid, "cpu": body.cpu})
 
 
 @router.post("/processes/{pid}/answer")
@@ -117,7 +127,7 @@ def answer_process(request: Request, caller: CallerDep, pid: int, body: Answer) 
     return _call(request, caller, "answer", {"pid": pid, "text": body.text})
 
 
-# after the fixed paths above: /{signal} would match /renice and /answer too
+# after the fixed paths above: /{signal} would match /renice, /migrate and /answer too
 @router.post("/processes/{pid}/{signal}")
 def signal_process(request: Request, caller: CallerDep, pid: int, signal: str) -> Any:
     if signal not in ("kill", "stop", "cont", "approve", "deny"):

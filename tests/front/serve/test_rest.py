@@ -199,6 +199,8 @@ def test_kill_stop_and_cont(server: Server) -> None:
             assert reniced.status_code == 200, reniced.text
             assert reniced.json()["old_priority"] == 20
             assert reniced.json()["process"]["priority"] == 30
+            moved = c.post(f"/api/processes/{pid}/migrate", json={"cpu": "smol-2"})
+            assert moved.status_code == 422 and "not on a pool" in moved.text, moved.text
         assert c.post(f"/api/processes/{pid}/cont").status_code == 200
         answered = c.post(f"/api/processes/{pid}/answer", json={"text": "x"})
         assert answered.status_code == 404 and "not waiting for an answer" in answered.text

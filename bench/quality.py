@@ -15,10 +15,14 @@ fails (a clear OutputError) counts as wrong.
 
 Goals (issue 17): arithmetic at least 90% with the mechanisms; every other set at least 20
 points better on than off. Output: a table, then one JSON line.
+
+Options: `--set NAME` (repeatable) runs only those sets, `--limit N` only the first N items of
+each (BENCH_QUICK=1 is `--limit 6`), `--show` prints each wrong answer, to see why it missed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -102,7 +106,23 @@ SETS: dict[str, tuple[str, Callable[[Any, Any, Path], bool]]] = {
 }
 
 
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="answer quality with dependability off and on")
+    parser.add_argument("--set", action="append", choices=list(SETS), dest="sets")
+    parser.add_argument("--limit", type=int, default=6 if quick() else None)
+    parser.add_argument("--show", action="store_true", help="print each wrong answer")
+    return parser.parse_args()
+
+
+def _shown(proc: Any) -> str:
+    if proc.result is None:
+        return f"failed: {proc.error}"
+    return repr(proc.result.text)[:200]
+
+
 def main() -> None:
+    args = _args()
+    chosen = {n: SETS[n] for n in (args.sets or SETS)}
     home = Path(tempfile.mkdtemp(prefix="llmos-quality-"))
     os.environ["LLMOS_HOME"] = str(home)
     from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
@@ -115,10 +135,10 @@ def main() -> None:
     cpu = EmbeddedCPU(embedded_model_path(), name="embedded")
     kernel.add_cpu(cpu)
     root = kernel.user_root("default")
-    limit = 6 if quick() else None
+    limit = args.limit
     rows, results = [], {}
     try:
-        for name, (file, score) in SETS.items():
+        for name, (file, score) in chosen.items():
             shipped = programs.load(ROOT / "examples" / file)
             items = [json.loads(x) for x in (DATA / f"{name}.jsonl").read_text().splitlines()]
             items = items[:limit]
@@ -135,7 +155,12 @@ def main() -> None:
                 for p in procs:
                     kernel.wait(p.pid)
                 wall = time.perf_counter() - t0
-                right = sum(score(p, it["gold"], root) for p, it in zip(procs, items, strict=True))
+                marks = [score(p, it["gold"], root) for p, it in zip(procs, items, strict=True)]
+                right = sum(marks)
+                if args.show:
+                    for p, it, ok in zip(procs, items, marks, strict=True):
+                        if not ok:
+                            print(f"{name} {cond} miss: {it['input'][:60]!r} -> {_shown(p)}")
                 failed = sum(1 for p in procs if p.result is None)
                 per[cond] = {
                     "accuracy": round(right / len(items), 3),

@@ -344,6 +344,15 @@ def _steps(
         context.step = step
         if routed is not None and step == 1:  # the kernel makes the call (llmos.route)
             _run_calls(devices, [routed], "", step, context, steps, on_trace, routed=True)
+            made = steps[-1]
+            if made.get("ok") and not program.json_mode:  # and states calc's result itself
+                expression = json.loads(routed.arguments)["expression"]
+                stated = router.statement(expression, made.get("result"))
+                _record(steps, on_trace, {"step": step, "kind": "text", "from": "kernel"})
+                attempts += 1
+                if on_text is not None and not hold:
+                    on_text(stated)
+                return result(stated, stated, "stop")
             continue
         if entity is not None and context.resident_chars() >= params.PROGRESS_MIN_CHARS:
             entity.progress = f"measuring the context ({context.resident_chars() / 1e6:.1f} MB)"

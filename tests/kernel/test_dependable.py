@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmos.errors import OutputError, ProgramError
-from llmos.hw.cpu.base import ToolSpec
+from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
@@ -90,19 +90,46 @@ def test_votes() -> None:
     assert redundancy.consensus(outs, None) == {"n": "A", "e": "x"}
 
 
-def test_routed_arithmetic_is_called_by_the_kernel_and_the_answer_checked(
-    tmp_path: Path,
-) -> None:
+def test_routed_arithmetic_is_called_and_stated_by_the_kernel(tmp_path: Path) -> None:
     program = _program(
         tmp_path,
         "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
     )
-    cpu = ScriptedCPU(["The answer is 41.4.", "The answer is 398.65."])
+    cpu = ScriptedCPU([])  # the model is not asked: calc's result is the answer
     result, seen = _run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
     steps = result.extra["steps"]
     assert steps[0]["routed"] and steps[0]["arguments"] == '{"expression": "17 * 23.45"}'
+    assert steps[1] == {"step": 1, "kind": "text", "from": "kernel"}
+    assert result.output == "17 * 23.45 = 398.65" and seen == result.output
+    assert cpu.requests == []
+
+
+def test_a_fraction_is_stated_with_its_decimal_form() -> None:
+    assert route.statement("10 / 3", {"result": "10/3", "decimal": "3.333"}) == (
+        "10 / 3 = 10/3 (about 3.333)"
+    )
+
+
+def test_a_misquoted_calc_result_is_retried_with_the_reason(tmp_path: Path) -> None:
+    program = _program(
+        tmp_path,
+        "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc, mode: grammar}\n"
+        "llmos.verify: {cites: calc}",
+    )
+    call = ToolCall(id="c1", name="calc", arguments='{"expression": "17 * 23.45"}')
+    cpu = ScriptedCPU([[call], "The answer is 41.4.", "The answer is 398.65."])
+    result, seen = _run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
     assert result.output == "The answer is 398.65." and seen == result.output
-    assert "failed a check" in cpu.requests[1].messages[-1]["content"]  # the misquote retried
+    assert "failed a check" in cpu.requests[2].messages[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["It costs $7,006,652.", "That is 7006652.0 in all.", "7 006 652", "Total: USD 7006652.00"],
+)
+def test_a_cited_number_is_compared_as_a_number(answer: str) -> None:
+    assert verify.cites(answer, ["7006652"]) is None
+    assert verify.cites("The answer is 36.", ["7006652"]) is not None
 
 
 def test_an_answer_that_keeps_failing_its_check_fails_clearly(tmp_path: Path) -> None:
@@ -110,9 +137,10 @@ def test_an_answer_that_keeps_failing_its_check_fails_clearly(tmp_path: Path) ->
         tmp_path,
         "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
     )
-    cpu = ScriptedCPU(["It is 7.", "It is 8."])
+    call = ToolCall(id="c1", name="calc", arguments='{"expression": "6 * 7"}')
+    cpu = ScriptedCPU([[call], "It is 7.", "It is 8."])
     with pytest.raises(OutputError, match="verification failed"):
-        _run(tmp_path, program, cpu, "What is 6 times 7?")
+        _run(tmp_path, program, cpu, "What is six times seven?")
 
 
 def test_redundancy_votes_over_verified_samples(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ Three mechanisms, each its own module, each switched on by one `llmos.*` key:
 - `llmos.route: {arithmetic: calc, mode: parse|grammar|both}` and
   `llmos.route: {ground: {DEVICE: [argument, ...]}}` (`route`): jagged work goes to
   Software 1.0. Arithmetic in the question becomes the calc call the kernel makes itself
-  (`parse`), or the call grammar admits only numbers from the question (`grammar`); grounded
-  arguments may only be strings quoted or path-like in the input.
+  (`parse`), and calc's result, stated by the kernel ("17 * 23.45 = 398.65"), is the answer;
+  or the call grammar admits only numbers from the question (`grammar`); grounded arguments
+  may only be strings quoted or path-like in the input.
 
 `Settings.of(program)` reads a program's keys (already checked at load by `check`).
 

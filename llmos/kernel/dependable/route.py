@@ -11,8 +11,13 @@ became `calc("12 * 3.45")`). Two deterministic remedies, chosen by `llmos.route`
   from a device's schema admits, for calc, only expressions over the numbers of the question,
   and for a grounded argument only a span of the input (quoted text or a path-like word).
 
-Invariants: both are pure functions of the input text; an expression returned by
-`arithmetic_expression` uses only numbers that occur in the question and the four operators.
+When the kernel made the call itself and calc answered, `statement(expression, output)` is
+the answer: the kernel states calc's result ("78 * 35.42 = 2762.76") rather than have the model
+re-type it (a small model writes "7,006,652", rounds, or copies its prompt's example).
+
+Invariants: all are pure functions of their text; an expression returned by
+`arithmetic_expression` uses only numbers that occur in the question and the four operators;
+`statement` writes calc's result exactly as calc gave it.
 What this module does not do: evaluate (calc does) or make the call (the loop does).
 """
 
@@ -85,6 +90,17 @@ def _written_expression(question: str) -> str | None:
     if best is None or best.count("(") != best.count(")"):
         return None
     return re.sub(r"\s*([-+*/])\s*", r" \1 ", best).strip()
+
+
+def statement(expression: str, output: Any) -> str:
+    """The answer the kernel states for a routed calc call: the expression and calc's result
+    (with its decimal form when calc gave a fraction)."""
+    if not isinstance(output, dict) or "result" not in output:
+        return f"{expression} = {output}"
+    text = f"{expression} = {output['result']}"
+    if "decimal" in output:
+        text += f" (about {output['decimal']})"
+    return text
 
 
 def number_pattern(question: str) -> str | None:

@@ -6,6 +6,8 @@
   extractor that invents "<EMAIL>" or a total of 50 fails here.
 - `cites(text, results)`: a text answer must state the last result the named device returned
   (compared as numbers when it is one), so the phrasing step cannot misquote the calculator.
+  Numbers are compared as values, however written: thousands separated by commas, spaces or
+  apostrophes ("7,006,652", "7 006 652"), trailing zeros ("7006652.0"), a currency sign.
 
 Each returns None when the check passes, else one sentence saying what failed, which the loop
 shows the model on a retry and puts in the OutputError when retries run out.
@@ -14,6 +16,7 @@ What this module does not do: decide what happens on a failure (the loop and the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -32,8 +35,13 @@ def _decimal(text: str) -> Decimal | None:
         return None
 
 
+_GROUP_GAP = re.compile(r"(?<=\d)[ \u00a0\u202f'](?=\d{3}(?!\d))")  # "7 006 652"
+
+
 def _numbers_in(text: str) -> set[Decimal]:
-    return {d for d in (_decimal(n) for n in numbers(text)) if d is not None}
+    """The values of the numbers written in `text`, digit groups joined as well as apart."""
+    written = numbers(text) + numbers(_GROUP_GAP.sub("", text))
+    return {d for d in (_decimal(n) for n in written) if d is not None}
 
 
 def grounded(output: Any, fields: Sequence[str], source: str) -> str | None:

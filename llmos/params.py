@@ -62,6 +62,7 @@ REDUNDANCY_DEFAULT_K = 5  # samples per answer under llmos.redundancy
 REDUNDANCY_MAX_K = 9  # most samples a program may ask for
 REDUNDANCY_TEMPERATURE = 0.7  # sampling temperature of the samples after the first (greedy) one
 VERIFY_RETRIES = 1  # an answer that fails llmos.verify is retried this many times, then fails
+VERIFY_MAX_LINES = 64  # most lines llmos.verify.lines may ask a text answer for
 ROUTE_MAX_NUMBERS = 12  # most distinct numbers of a question a routed calc grammar admits
 ROUTE_MAX_OPERATORS = 4  # most operators in an expression the routed calc grammar admits
 GROUND_MAX_CHOICES = 64  # most input spans a grounded device argument may choose from

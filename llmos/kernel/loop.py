@@ -412,7 +412,7 @@ def _steps(
             if ended_early:
                 return result(text, text, last.finish_reason)
             if not program.json_mode:
-                problem = _cited(dep, steps, text) if specs else None
+                problem = _cited(dep, steps, text) if specs else _text_checked(dep, text)
                 if problem is None:
                     return result(text, text, last.finish_reason)
                 if verify_left <= 0:
@@ -540,6 +540,13 @@ def _cited(dep: Settings, steps: list[dict[str, Any]], text: str) -> str | None:
     return f"the answer was given without a result from {device}"
 
 
+def _text_checked(dep: Settings, text: str) -> str | None:
+    """Why a text answer fails `llmos.verify.lines`, or None."""
+    if dep.verify is None or dep.verify.lines is None:
+        return None
+    return verifier.lines(text, dep.verify.lines)
+
+
 def _nonempty(schema: dict[str, Any], dep: Settings) -> dict[str, Any]:
     """The schema the CPU constrains a JSON answer to: a grounded string field, when given,
     may not be empty (an empty claim is never grounded, so the grammar rules it out)."""
@@ -618,7 +625,11 @@ def _voted(
     candidates: list[Any] = []
     for s in samples:
         if not program.json_mode:
-            candidates.append(s.text)
+            problem = _text_checked(dep, s.text)
+            if problem is not None:
+                problems.append(problem)
+            else:
+                candidates.append(s.text.strip())
             continue
         try:
             output = validate_json(s.text, schema)

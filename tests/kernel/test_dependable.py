@@ -161,6 +161,25 @@ def test_redundancy_votes_over_verified_samples(tmp_path: Path) -> None:
     assert len(cpu.requests) == 3 and {r.seed for r in cpu.requests[1:]} == {1, 2}
 
 
+def test_a_text_answer_keeps_its_form_under_redundancy(tmp_path: Path) -> None:
+    program = _program(tmp_path, "name: h\nllmos.redundancy: {k: 3}\nllmos.verify: {lines: 3}")
+    two, three = "Snow falls\non the hill", "Snow falls\non the quiet hill\nnight comes"
+    cpu = ScriptedCPU([two, three, "a\nb\nc\nd"])
+    result, seen = _run(tmp_path, program, cpu, "snow")
+    assert result.output == three and seen == three
+    assert result.extra["redundancy"]["valid"] == 1
+    assert verify.lines(two, 3) == "the answer has 2 lines, not 3"
+
+
+def test_a_text_answer_of_the_wrong_form_is_retried(tmp_path: Path) -> None:
+    program = _program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
+    cpu = ScriptedCPU(["one line only", "a\nb\n\nc"])
+    result, _ = _run(tmp_path, program, cpu, "snow")
+    assert result.output == "a\nb\n\nc"
+    assert "2 lines" not in cpu.requests[1].messages[-1]["content"]
+    assert "has 1 line, not 3" in cpu.requests[1].messages[-1]["content"]
+
+
 def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None:
     program = _program(
         tmp_path,
@@ -179,6 +198,7 @@ def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None
         ("llmos.redundancy: {vote: best}", "vote' must be one of"),
         ("llmos.verify: {grounded: name}", "grounded' must be a list"),
         ("llmos.route: {mode: magic}", "mode' must be one of"),
+        ("llmos.verify: {lines: 0}", "lines' must be an integer"),
         ("llmos.route: {nope: 1}", "unknown keys"),
     ],
 )

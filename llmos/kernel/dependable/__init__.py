@@ -6,9 +6,10 @@ Three mechanisms, each its own module, each switched on by one `llmos.*` key:
 - `llmos.redundancy: {k: 5, vote: majority|schema, temperature: 0.7}` (`redundancy`): the
   answer is sampled k times in one batch and the majority (or, for JSON, the field-wise
   consensus of the schema-valid samples) is the answer: modular redundancy.
-- `llmos.verify: {grounded: [field, ...], cites: calc}` (`verify`): a claimed fact is checked
-  against its source before it is believed: a JSON field's value must occur in the program's
-  input, a text answer must state what the named device returned. A sample that fails is
+- `llmos.verify: {grounded: [field, ...], cites: calc, lines: 3}` (`verify`): a claimed fact
+  is checked against its source before it is believed: a JSON field's value must occur in the
+  program's input, a text answer must state what the named device returned, a text answer
+  must have the number of lines its form has (a haiku's three). A sample that fails is
   dropped from the vote; an answer that fails is retried once with the reason shown
   (params.VERIFY_RETRIES), then the run fails with a clear OutputError.
 - `llmos.route: {arithmetic: calc, mode: parse|grammar|both}` and
@@ -49,6 +50,7 @@ class Redundancy:
 class Verify:
     grounded: tuple[str, ...] = ()
     cites: str | None = None
+    lines: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,11 @@ class Settings:
             ),
             verify=None
             if ver is None
-            else Verify(grounded=tuple(ver.get("grounded") or ()), cites=ver.get("cites")),
+            else Verify(
+                grounded=tuple(ver.get("grounded") or ()),
+                cites=ver.get("cites"),
+                lines=ver.get("lines"),
+            ),
             route=None
             if rou is None
             else Route(
@@ -105,9 +111,12 @@ def check(shown: str, key: str, value: Any) -> str | None:
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 2:
             return f"'{shown}.temperature' must be a number from 0 to 2, got {t!r}"
     if key == "verify":
-        unknown = sorted(set(value) - {"grounded", "cites"})
+        unknown = sorted(set(value) - {"grounded", "cites", "lines"})
         if unknown:
-            return f"'{shown}' has unknown keys {unknown} (valid: grounded, cites)"
+            return f"'{shown}' has unknown keys {unknown} (valid: grounded, cites, lines)"
+        n = value.get("lines", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= params.VERIFY_MAX_LINES:
+            return f"'{shown}.lines' must be an integer from 1 to {params.VERIFY_MAX_LINES}"
         grounded = value.get("grounded", [])
         if not isinstance(grounded, list) or not all(isinstance(f, str) for f in grounded):
             return f"'{shown}.grounded' must be a list of output field names"

@@ -8,6 +8,8 @@
   (compared as numbers when it is one), so the phrasing step cannot misquote the calculator.
   Numbers are compared as values, however written: thousands separated by commas, spaces or
   apostrophes ("7,006,652", "7 006 652"), trailing zeros ("7006652.0"), a currency sign.
+- `lines(text, n)`: a text answer must have exactly n non-empty lines (a haiku three), so a
+  form the program asks for is kept, not hoped for.
 
 Each returns None when the check passes, else one sentence saying what failed, which the loop
 shows the model on a retry and puts in the OutputError when retries run out.
@@ -78,3 +80,11 @@ def cites(text: str, results: Sequence[str]) -> str | None:
         if expected is None and _fold(result) in _fold(text):
             return None
     return f"the answer does not state the result {results[0]}" if results else None
+
+
+def lines(text: str, n: int) -> str | None:
+    """Why `text` does not have exactly `n` non-empty lines, or None."""
+    have = sum(1 for line in text.splitlines() if line.strip())
+    if have == n:
+        return None
+    return f"the answer has {have} line{'s' if have != 1 else ''}, not {n}"

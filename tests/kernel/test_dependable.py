@@ -47,6 +47,9 @@ def _run(tmp_path: Path, program: Program, cpu: ScriptedCPU, text: str) -> Any:
         ("3 friends share a bill of 96.30 dollars equally. How much each?", "96.30 / 3"),
         ("Sara has 1,250 coins and gets 375 more. How many now?", "1250 + 375"),
         ("What is (4 + 5) times 2?", "(4 + 5) * 2"),
+        ("A ticket costs 12.50 dollars. Tom buys 4 tickets. What is the total cost?", "12.50 * 4"),
+        ("Mei earns 15 dollars an hour and works 8 hours. How much does she earn?", "15 * 8"),
+        ("A rope is 50 m long. 18 m are cut off. How long is the rest?", "50 - 18"),
         ("What is the capital of France?", None),
     ],
 )

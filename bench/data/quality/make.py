@@ -99,7 +99,7 @@ def arithmetic(rng: random.Random) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     names = ["Tom", "Sara", "Ali", "Mei", "Ravi", "Lena"]
     for i in range(30):
-        kind = i % 5
+        kind = i % 6
         who = names[i % len(names)]
         a = rng.randint(12, 95)
         price = Decimal(rng.randint(150, 4999)) / 100
@@ -118,9 +118,12 @@ def arithmetic(rng: random.Random) -> list[dict[str, object]]:
         elif kind == 3:
             q = f"{who} read {a} pages on Monday and {b} pages on Tuesday. How many pages in all?"
             gold = Decimal(a + b)
-        else:
+        elif kind == 4:
             q = f"A car drives at {a} km per hour for {b} hours. How many km does it travel?"
             gold = Decimal(a * b)
+        else:
+            q = f"A ticket costs {price} dollars. {who} buys {b} tickets. What is the total cost?"
+            gold = price * b
         out.append({"input": q, "gold": fmt(gold)})
     return out
 

@@ -43,11 +43,17 @@ _EXPR_RE = re.compile(r"[\d.()\s]+(?:[-+*/][\d.()\s]+)+")
 # then multiplication: "sells 17 books at 3.50 each").
 _OPS: tuple[tuple[str, str], ...] = (
     ("/", r"\b(split|shared?|divided?|equally|evenly|average|per person|among)\b"),
-    ("*", r"\b(each|per|every|times|rows? of|boxes? of|packs? of|multiplied)\b"),
+    (
+        "*",
+        r"\b(each|per|every|times|rows? of|boxes? of|packs? of|multiplied|"
+        r"an? (hour|day|week|month|year|box|pack|bag|ticket|piece)|"
+        r"costs?\b.*\b(buys?|bought|orders?|ordered)|(buys?|bought|orders?|ordered)\b.*\bcosts?)\b",
+    ),
     (
         "-",
         r"\b(left|remain\w*|spends?|spent|gives? away|gave away|loses?|lost|eats?|ate|"
-        r"fewer|less than|difference|minus|change|takes? away|took away|how much more)\b",
+        r"fewer|less than|difference|minus|change|takes? away|took away|how much more|"
+        r"cut off|the rest)\b",
     ),
     ("+", r"\b(total|sum|altogether|in all|combined|more|plus|adds?|added|together|gets)\b"),
 )

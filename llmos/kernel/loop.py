@@ -367,6 +367,8 @@ def _steps(
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
             json_schema=_nonempty(schema or {"type": "object"}, dep)
             if program.json_mode and not specs
+            else _lines_schema(dep, cpu)
+            if not specs and not resume
             else None,
             entity=entity,
             prefix=resume if step == 1 else "",
@@ -376,7 +378,7 @@ def _steps(
             return _voted(program, cpu, request, dep, source, police, started, on_text)
         gate = TextGate(None if program.json_mode or hold else on_text, hold_calls=bool(specs))
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
-        text = request.prefix + text
+        text = request.prefix + _as_lines(text, request, program)
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
@@ -540,6 +542,34 @@ def _cited(dep: Settings, steps: list[dict[str, Any]], text: str) -> str | None:
     return f"the answer was given without a result from {device}"
 
 
+def _lines_schema(dep: Settings, cpu: CPU) -> dict[str, Any] | None:
+    """Under `llmos.verify.lines` on a CPU with grammars, the form the reply is constrained to:
+    exactly N non-empty strings (a JSON array), which `_as_lines` joins into N lines; so a
+    small model cannot write two lines of a haiku or run three into one."""
+    if dep.verify is None or dep.verify.lines is None or not cpu.capabilities.grammar:
+        return None
+    n = dep.verify.lines
+    line = {
+        "type": "string",
+        "minLength": params.VERIFY_LINE_MIN_CHARS,
+        "maxLength": params.VERIFY_LINE_MAX_CHARS,
+    }
+    return {"type": "array", "items": line, "minItems": n, "maxItems": n}
+
+
+def _as_lines(text: str, request: GenRequest, program: Program) -> str:
+    """A reply made under `_lines_schema` as the text it stands for, one line per string."""
+    if program.json_mode or request.json_schema is None:
+        return text
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return text  # cut off: the check says what is wrong
+    if not isinstance(items, list):
+        return text
+    return "\n".join(" ".join(str(i).split()) for i in items)
+
+
 def _text_checked(dep: Settings, text: str) -> str | None:
     """Why a text answer fails `llmos.verify.lines`, or None."""
     if dep.verify is None or dep.verify.lines is None:
@@ -592,6 +622,8 @@ def _voted(
     red = dep.redundancy
     assert red is not None
     samples = vote.sample(cpu, request, red.k, red.temperature)
+    for s in samples:
+        s.text = _as_lines(s.text, request, program)
     done_at = time.perf_counter()
     prompt = sum(s.last.prompt_tokens for s in samples)
     generated = sum(s.last.completion_tokens for s in samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,19 @@ def test_a_text_answer_keeps_its_form_under_redundancy(tmp_path: Path) -> None:
     assert result.output == three and seen == three
     assert result.extra["redundancy"]["valid"] == 1
     assert verify.lines(two, 3) == "the answer has 2 lines, not 3"
+
+
+class GrammarCPU(ScriptedCPU):
+    capabilities = dataclasses.replace(ScriptedCPU.capabilities, grammar=True)
+
+
+def test_a_form_of_n_lines_is_kept_by_the_grammar(tmp_path: Path) -> None:
+    program = _program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
+    cpu = GrammarCPU(['["Snow falls", "on the  quiet hill", "night comes"]'])
+    result, seen = _run(tmp_path, program, cpu, "snow")
+    assert result.output == "Snow falls\non the quiet hill\nnight comes" == seen
+    schema = cpu.requests[0].json_schema
+    assert schema is not None and schema["minItems"] == schema["maxItems"] == 3
 
 
 def test_a_text_answer_of_the_wrong_form_is_retried(tmp_path: Path) -> None:

@@ -682,7 +682,8 @@ EXAMPLE_CASES = {
         [
             {
                 "role": "system",
-                "content": "You write haiku. A haiku has three short lines.\n"
+                "content": "You write haiku. A haiku has three short lines of three to seven "
+                "words each.\n"
                 "Write one haiku about the topic the user gives. Reply with the three lines only.",
             },
             {"role": "user", "content": "SAMPLE"},

@@ -9,7 +9,8 @@ Three mechanisms, each its own module, each switched on by one `llmos.*` key:
 - `llmos.verify: {grounded: [field, ...], cites: calc, lines: 3}` (`verify`): a claimed fact
   is checked against its source before it is believed: a JSON field's value must occur in the
   program's input, a text answer must state what the named device returned, a text answer
-  must have the number of lines its form has (a haiku's three). A sample that fails is
+  must have the number of lines its form has (a haiku's three; on a CPU with grammars the
+  loop constrains the reply to that many strings and joins them as lines). A sample that fails is
   dropped from the vote; an answer that fails is retried once with the reason shown
   (params.VERIFY_RETRIES), then the run fails with a clear OutputError.
 - `llmos.route: {arithmetic: calc, mode: parse|grammar|both}` and

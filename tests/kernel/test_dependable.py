@@ -249,3 +249,17 @@ def test_the_note_example_on_the_embedded_model_writes_the_note(
     finally:
         table.close()
     assert (root / "home.txt").read_text() == "water the plants"
+
+
+def test_the_arithmetic_example_answers_through_calc(tmp_path: Path, embedded: Any) -> None:
+    program = load(EXAMPLES / "arithmetic.prompt")
+    table = SyscallTable(builtin_devices())
+    devices = Devices(table, grants_for(program.tools, {}, table.devices, "t"), CallContext())
+    question = "A shop sells 1234 books at 5678 dollars each. How much do they cost in total?"
+    try:
+        with Log.open(tmp_path / "logs.db") as log:
+            result = run_process(program, {"input": question}, embedded, log, devices=devices)
+    finally:
+        table.close()
+    assert result.output == "1234 * 5678 = 7006652"
+    assert result.extra["steps"][0]["routed"] and result.extra["steps"][0]["device"] == "calc"

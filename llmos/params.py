@@ -68,6 +68,8 @@ VERIFY_LINE_MAX_CHARS = 40  # most characters of one such line (the grammar's bo
 ROUTE_MAX_NUMBERS = 12  # most distinct numbers of a question a routed calc grammar admits
 ROUTE_MAX_OPERATORS = 4  # most operators in an expression the routed calc grammar admits
 GROUND_MAX_CHOICES = 64  # most input spans a grounded device argument may choose from
+GROUND_PHRASE_WORDS = 4  # longest run of input words a grounded JSON field may be
+GROUND_MAX_PHRASES = 400  # most of those runs offered to one field (the rest are not)
 
 # --- Remote (OpenAI-compatible) CPUs ----------------------------------------------------------
 OPENAI_TIMEOUT_S = 120.0

@@ -365,7 +365,7 @@ def _steps(
             messages=context.messages(),
             tools=specs,
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
-            json_schema=_nonempty(schema or {"type": "object"}, dep)
+            json_schema=_nonempty(schema or {"type": "object"}, dep, source)
             if program.json_mode and not specs
             else _lines_schema(dep, cpu)
             if not specs and not resume
@@ -577,18 +577,28 @@ def _text_checked(dep: Settings, text: str) -> str | None:
     return verifier.lines(text, dep.verify.lines)
 
 
-def _nonempty(schema: dict[str, Any], dep: Settings) -> dict[str, Any]:
-    """The schema the CPU constrains a JSON answer to: a grounded string field, when given,
-    may not be empty (an empty claim is never grounded, so the grammar rules it out)."""
+def _nonempty(schema: dict[str, Any], dep: Settings, source: str) -> dict[str, Any]:
+    """The schema the CPU constrains a JSON answer to: a grounded string field may only be a
+    phrase of the input (`route.phrases`: a small model cannot invent "<EMAIL>"), and not an
+    empty one (an empty claim is never grounded)."""
     fields = dep.verify.grounded if dep.verify is not None else ()
     props = schema.get("properties")
     if not fields or not isinstance(props, dict):
         return schema
+    choices = router.phrases(source)
     props = {
-        k: {**v, "minLength": 1} if k in fields and "string" in _types(v) else v
+        k: (_one_of(v, choices) if choices else {**v, "minLength": 1})
+        if k in fields and "string" in _types(v)
+        else v
         for k, v in props.items()
     }
     return {**schema, "properties": props}
+
+
+def _one_of(schema: dict[str, Any], choices: list[str]) -> dict[str, Any]:
+    """`schema` as one of `choices`; its "type" goes, since llama.cpp's converter follows a
+    list of types (["string", "null"]) and would not see the enum."""
+    return {**{k: v for k, v in schema.items() if k != "type"}, "enum": choices}
 
 
 def _types(schema: Any) -> list[str]:

@@ -263,3 +263,17 @@ def test_the_arithmetic_example_answers_through_calc(tmp_path: Path, embedded: A
         table.close()
     assert result.output == "1234 * 5678 = 7006652"
     assert result.extra["steps"][0]["routed"] and result.extra["steps"][0]["device"] == "calc"
+
+
+def test_a_grounded_field_may_only_be_a_phrase_of_the_input(tmp_path: Path) -> None:
+    from llmos.kernel.dependable import Settings
+    from llmos.kernel.loop import _nonempty
+
+    text = "Reach Dana Whitfield at dana.w@northwind.com, Northwind Logistics."
+    found = route.phrases(text)
+    assert {"Dana Whitfield", "dana.w@northwind.com", "Northwind Logistics"} <= set(found)
+    assert "Whitfield at dana.w@northwind.com, Northwind" not in found  # over 4 words
+    program = load(EXAMPLES / "extract.prompt")
+    schema = _nonempty(program.output_schema or {}, Settings.of(program.llmos), text)
+    email = schema["properties"]["email"]
+    assert email["enum"] == found and "type" not in email  # llama.cpp would skip a typed enum

@@ -133,6 +133,21 @@ def spans(text: str) -> list[str]:
     return unique[: params.GROUND_MAX_CHOICES]
 
 
+def phrases(text: str) -> list[str]:
+    """What a grounded JSON field may be: each run of 1 to params.GROUND_PHRASE_WORDS words of
+    `text` as written there (an email address is one word), in order, at most
+    params.GROUND_MAX_PHRASES of them."""
+    words = [m.group(0).rstrip(".") for m in re.finditer(r"[\w.@+'&-]+", text)]
+    folded = " ".join(text.split())
+    found: list[str] = []
+    for n in range(1, params.GROUND_PHRASE_WORDS + 1):
+        for i in range(len(words) - n + 1):
+            phrase = " ".join(words[i : i + n])
+            if phrase and phrase in folded:
+                found.append(phrase)
+    return list(dict.fromkeys(found))[: params.GROUND_MAX_PHRASES]
+
+
 def constrain_specs(
     specs: list[ToolSpec],
     source: str,

@@ -3,7 +3,9 @@
 - `grounded(output, fields, source)`: each named top-level field of a JSON answer must be
   non-empty and occur in the source (the program's input): a string as written (case and
   whitespace folded), a number as a number written there (813.6 matches "813.60"). An
-  extractor that invents "<EMAIL>" or a total of 50 fails here.
+  extractor that invents "<EMAIL>" or a total of 50 fails here. (Before that, the loop
+  constrains a grounded string field to the input's phrases, `route.phrases`, on a CPU with
+  grammars, so such a value cannot even be written.)
 - `cites(text, results)`: a text answer must state the last result the named device returned
   (compared as numbers when it is one), so the phrasing step cannot misquote the calculator.
   Numbers are compared as values, however written: thousands separated by commas, spaces or

@@ -68,6 +68,20 @@ DEFAULT_REPEAT_PENALTY = 1.1  # small models loop under greedy decoding without 
 REPEAT_LAST_N = 64  # how many recent tokens the repeat penalty looks at
 JSON_RETRIES = 1  # remote CPUs: how many retries after a reply fails its output schema
 
+# --- Dependability (llmos.kernel.dependable) ----------------------------------------------------
+REDUNDANCY_DEFAULT_K = 5  # samples per answer under llmos.redundancy
+REDUNDANCY_MAX_K = 9  # most samples a program may ask for
+REDUNDANCY_TEMPERATURE = 0.7  # sampling temperature of the samples after the first (greedy) one
+VERIFY_RETRIES = 1  # an answer that fails llmos.verify is retried this many times, then fails
+VERIFY_MAX_LINES = 64  # most lines llmos.verify.lines may ask a text answer for
+VERIFY_LINE_MIN_CHARS = 12  # fewest characters of one line under llmos.verify.lines (a phrase)
+VERIFY_LINE_MAX_CHARS = 40  # most characters of one such line (the grammar's bound)
+ROUTE_MAX_NUMBERS = 12  # most distinct numbers of a question a routed calc grammar admits
+ROUTE_MAX_OPERATORS = 4  # most operators in an expression the routed calc grammar admits
+GROUND_MAX_CHOICES = 64  # most input spans a grounded device argument may choose from
+GROUND_PHRASE_WORDS = 4  # longest run of input words a grounded JSON field may be
+GROUND_MAX_PHRASES = 400  # most of those runs offered to one field (the rest are not)
+
 # --- Remote (OpenAI-compatible) CPUs ----------------------------------------------------------
 OPENAI_TIMEOUT_S = 120.0
 OPENAI_CONNECT_TIMEOUT_S = 10.0
@@ -117,6 +131,9 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "paging": str,  # page-out policy: oldest | lru | summarize (see llmos.kernel.mm.paging)
     "memory": dict,  # long-term memory: {auto_recall: tokens} pages in memories at spawn
     "shm": list,  # shared memory segments attached (read) at spawn, by name
+    "redundancy": dict,  # {k, vote, temperature}: k samples in one batch, voted (kernel.dependable)
+    "verify": dict,  # {grounded: [fields], cites: device}: check answers against their sources
+    "route": dict,  # {arithmetic: calc, mode, ground: {device: [args]}}: work to Software 1.0
     "speculative": bool,  # draft by prompt lookup (greedy replies; see llmos.hw.cpu.lookup)
 }
 MAX_PRIORITY = 39

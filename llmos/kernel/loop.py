@@ -73,6 +73,10 @@ from llmos.errors import (
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
+from llmos.kernel.dependable import Settings
+from llmos.kernel.dependable import redundancy as vote
+from llmos.kernel.dependable import route as router
+from llmos.kernel.dependable import verify as verifier
 from llmos.kernel.mm.context import TRUSTED, Context
 from llmos.kernel.program import Program
 from llmos.kernel.sched.policy import Entity
@@ -186,8 +190,19 @@ def run_process(
             prepare(context)
         if context.fitter is None:
             check_fits(cpu, messages, program, context.limit)  # no pager: it must fit as is
+        source = "\n".join(v for v in inputs.values() if isinstance(v, str))
         result = _steps(
-            program, cpu, context, on_text, started, entity, devices, on_trace, tally, resume
+            program,
+            cpu,
+            context,
+            on_text,
+            started,
+            entity,
+            devices,
+            on_trace,
+            tally,
+            resume,
+            source,
         )
         starved = not (result.text or result.completion_tokens)  # nothing could be generated
         if result.finish_reason == "budget" and entity is not None and starved:
@@ -263,14 +278,37 @@ def _steps(
     on_trace: Trace | None,
     tally: _Tally,
     resume: str = "",
+    source: str = "",
 ) -> RunResult:
     """The loop itself (see the module note); returns the unlogged result. `tally` holds the
-    tokens and steps so far, so a run that fails is logged with what it used and did."""
+    tokens and steps so far, so a run that fails is logged with what it used and did. `source`
+    is the program's input text, what `llmos.verify` and `llmos.route` check against."""
     specs: list[ToolSpec] | None = None
+    dep = Settings.of(program.llmos)
+    routed: ToolCall | None = None
     if devices is not None and devices.grants:
         specs = devices.table.specs(devices.grants)
+        if dep.route is not None:
+            route = dep.route
+            by_grammar = route.mode in ("grammar", "both")
+            specs = router.constrain_specs(
+                specs,
+                source,
+                arithmetic=route.arithmetic if by_grammar else None,
+                ground=route.ground,
+            )
+            if route.arithmetic in devices.grants and route.mode in ("parse", "both"):
+                expression = router.arithmetic_expression(source)
+                if expression is not None:
+                    routed = ToolCall(
+                        id="route-1",
+                        name=route.arithmetic,
+                        arguments=json.dumps({"expression": expression}),
+                    )
     elif program.client_tools:
         specs = list(program.client_tools)  # the caller's own functions: a call ends the run
+    hold = dep.verify is not None or dep.redundancy is not None  # printed once checked
+    verify_left = params.VERIFY_RETRIES
     settings = program.gen_settings()
     schema = program.output_schema if program.json_mode else None
     required_first = program.llmos.get("tool_choice") == "required"
@@ -281,6 +319,8 @@ def _steps(
     attempts = 0  # answers generated (a JSON answer that fails validation is tried again)
 
     def result(text: str, output: Any, finish_reason: str | None) -> RunResult:
+        if hold and on_text is not None and text and finish_reason not in ("cancelled", "budget"):
+            on_text(text)
         return RunResult(
             run_id="",
             text=text,
@@ -304,6 +344,18 @@ def _steps(
                 + cut_off
             )
         context.step = step
+        if routed is not None and step == 1:  # the kernel makes the call (llmos.route)
+            _run_calls(devices, [routed], "", step, context, steps, on_trace, routed=True)
+            made = steps[-1]
+            if made.get("ok") and not program.json_mode:  # and states calc's result itself
+                expression = json.loads(routed.arguments)["expression"]
+                stated = router.statement(expression, made.get("result"))
+                _record(steps, on_trace, {"step": step, "kind": "text", "from": "kernel"})
+                attempts += 1
+                if on_text is not None and not hold:
+                    on_text(stated)
+                return result(stated, stated, "stop")
+            continue
         if entity is not None and context.resident_chars() >= params.PROGRESS_MIN_CHARS:
             entity.progress = f"measuring the context ({context.resident_chars() / 1e6:.1f} MB)"
         context.fit()  # pages out what no longer fits (see llmos.kernel.mm.paging)
@@ -315,14 +367,20 @@ def _steps(
             messages=context.messages(),
             tools=specs,
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
-            json_schema=(schema or {"type": "object"}) if program.json_mode and not specs else None,
+            json_schema=_nonempty(schema or {"type": "object"}, dep, source)
+            if program.json_mode and not specs
+            else _lines_schema(dep, cpu)
+            if not specs and not resume
+            else None,
             entity=entity,
             prefix=resume if step == 1 else "",
             **settings,
         )
-        gate = TextGate(None if program.json_mode else on_text, hold_calls=bool(specs))
+        if dep.redundancy is not None and not specs:
+            return _voted(program, cpu, request, dep, source, police, started, on_text)
+        gate = TextGate(None if program.json_mode or hold else on_text, hold_calls=bool(specs))
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
-        text = request.prefix + text
+        text = request.prefix + _as_lines(text, request, program)
         if ttft_ms is None and first_at is not None:
             ttft_ms = (first_at - started) * 1000
         prompt_total += last.prompt_tokens
@@ -355,8 +413,17 @@ def _steps(
                 and any(s.get("kind") == "syscall" for s in steps)
             ):
                 raise OutputError(f"{program.path}: the answer after the tool calls is empty")
-            if not program.json_mode or ended_early:
+            if ended_early:
                 return result(text, text, last.finish_reason)
+            if not program.json_mode:
+                problem = _cited(dep, steps, text) if specs else _text_checked(dep, text)
+                if problem is None:
+                    return result(text, text, last.finish_reason)
+                if verify_left <= 0:
+                    raise OutputError(f"{program.path}: verification failed: {problem}")
+                verify_left -= 1
+                _retry_note(context, text, problem, attempts)
+                continue
             try:
                 output = validate_json(text, schema)
             except OutputError as exc:
@@ -377,7 +444,16 @@ def _steps(
                     {"attempt": attempts, "from": "kernel"},
                 )
                 continue
-            if on_text is not None:
+            problem = None
+            if dep.verify is not None and dep.verify.grounded:
+                problem = verifier.grounded(output, dep.verify.grounded, source)
+            if problem is not None:
+                if verify_left <= 0:
+                    raise OutputError(f"{program.path}: verification failed: {problem}")
+                verify_left -= 1
+                _retry_note(context, text, problem, attempts)
+                continue
+            if on_text is not None and not hold:
                 on_text(text)
             return result(text, output, last.finish_reason)
         if devices is None:  # a call to one of the caller's functions: the caller runs it
@@ -410,26 +486,224 @@ def _steps(
             )
             continue
         cut_off = ""
-        call_message = _assistant_call(text, trapped.calls)
+        _run_calls(devices, trapped.calls, text, step, context, steps, on_trace)
+
+
+def _run_calls(
+    devices: Devices | None,
+    calls: list[ToolCall],
+    text: str,
+    step: int,
+    context: Context,
+    steps: list[dict[str, Any]],
+    on_trace: Trace | None,
+    *,
+    routed: bool = False,
+) -> None:
+    """Append the assistant's call turn, run each call and append its labelled result.
+    `routed`: the kernel made the call itself (llmos.route), not the model."""
+    assert devices is not None  # calls imply devices
+    call_message = _assistant_call(text, calls)
+    context.append(
+        "assistant",
+        str(call_message["content"]),
+        "turn",
+        {"step": step, **({"from": "kernel"} if routed else {})},
+        tool_calls=call_message["tool_calls"],
+    )
+    for call in calls:
+        outcome, label, source = _syscall(devices, call, context)
+        record = _step_record(step, call, outcome)
+        if routed:
+            record["routed"] = True
+        _record(steps, on_trace, record)
         context.append(
-            "assistant",
-            str(call_message["content"]),
-            "turn",
-            {"step": step},
-            tool_calls=call_message["tool_calls"],
+            "tool",
+            outcome.segment(),
+            "syscall",
+            {"step": step, "device": call.name, "ok": outcome.ok, "source": source},
+            label=label,
+            tool_call_id=call.id,
+            name=call.name,
         )
-        for call in trapped.calls:
-            outcome, label, source = _syscall(devices, call, context)
-            _record(steps, on_trace, _step_record(step, call, outcome))
-            context.append(
-                "tool",
-                outcome.segment(),
-                "syscall",
-                {"step": step, "device": call.name, "ok": outcome.ok, "source": source},
-                label=label,
-                tool_call_id=call.id,
-                name=call.name,
-            )
+
+
+def _cited(dep: Settings, steps: list[dict[str, Any]], text: str) -> str | None:
+    """Why a text answer fails `llmos.verify.cites` (the last result of that device), or None."""
+    if dep.verify is None or dep.verify.cites is None:
+        return None
+    device = dep.verify.cites
+    for record in reversed(steps):
+        if record.get("device") == device and record.get("ok"):
+            out = record.get("result")
+            if isinstance(out, dict):
+                forms = [str(out[k]) for k in ("result", "decimal") if k in out]
+            else:
+                forms = [str(out)]
+            return verifier.cites(text, forms)
+    return f"the answer was given without a result from {device}"
+
+
+def _lines_schema(dep: Settings, cpu: CPU) -> dict[str, Any] | None:
+    """Under `llmos.verify.lines` on a CPU with grammars, the form the reply is constrained to:
+    exactly N non-empty strings (a JSON array), which `_as_lines` joins into N lines; so a
+    small model cannot write two lines of a haiku or run three into one."""
+    if dep.verify is None or dep.verify.lines is None or not cpu.capabilities.grammar:
+        return None
+    n = dep.verify.lines
+    line = {
+        "type": "string",
+        "minLength": params.VERIFY_LINE_MIN_CHARS,
+        "maxLength": params.VERIFY_LINE_MAX_CHARS,
+    }
+    return {"type": "array", "items": line, "minItems": n, "maxItems": n}
+
+
+def _as_lines(text: str, request: GenRequest, program: Program) -> str:
+    """A reply made under `_lines_schema` as the text it stands for, one line per string."""
+    if program.json_mode or request.json_schema is None:
+        return text
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return text  # cut off: the check says what is wrong
+    if not isinstance(items, list):
+        return text
+    return "\n".join(" ".join(str(i).split()) for i in items)
+
+
+def _text_checked(dep: Settings, text: str) -> str | None:
+    """Why a text answer fails `llmos.verify.lines`, or None."""
+    if dep.verify is None or dep.verify.lines is None:
+        return None
+    return verifier.lines(text, dep.verify.lines)
+
+
+def _nonempty(schema: dict[str, Any], dep: Settings, source: str) -> dict[str, Any]:
+    """The schema the CPU constrains a JSON answer to: a grounded string field may only be a
+    phrase of the input (`route.phrases`: a small model cannot invent "<EMAIL>"), and not an
+    empty one (an empty claim is never grounded)."""
+    fields = dep.verify.grounded if dep.verify is not None else ()
+    props = schema.get("properties")
+    if not fields or not isinstance(props, dict):
+        return schema
+    choices = router.phrases(source)
+    props = {
+        k: (_one_of(v, choices) if choices else {**v, "minLength": 1})
+        if k in fields and "string" in _types(v)
+        else v
+        for k, v in props.items()
+    }
+    return {**schema, "properties": props}
+
+
+def _one_of(schema: dict[str, Any], choices: list[str]) -> dict[str, Any]:
+    """`schema` as one of `choices`; its "type" goes, since llama.cpp's converter follows a
+    list of types (["string", "null"]) and would not see the enum."""
+    return {**{k: v for k, v in schema.items() if k != "type"}, "enum": choices}
+
+
+def _types(schema: Any) -> list[str]:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return [kind] if isinstance(kind, str) else list(kind or [])
+
+
+def _retry_note(context: Context, text: str, problem: str, attempt: int) -> None:
+    """Show the model its failed answer and why, for one more try (llmos.verify)."""
+    context.append("assistant", text, "turn", {"attempt": attempt})
+    context.append(
+        "user",
+        f"That answer failed a check: {problem}. Reply again with a corrected answer.",
+        "turn",
+        {"attempt": attempt, "from": "kernel"},
+    )
+
+
+def _voted(
+    program: Program,
+    cpu: CPU,
+    request: GenRequest,
+    dep: Settings,
+    source: str,
+    police: Entity | None,
+    started: float,
+    on_text: Callable[[str], None] | None,
+) -> RunResult:
+    """The answer of a program without devices under `llmos.redundancy`: k samples in one
+    batch, each validated and verified, then voted (see llmos.kernel.dependable.redundancy)."""
+    red = dep.redundancy
+    assert red is not None
+    samples = vote.sample(cpu, request, red.k, red.temperature)
+    for s in samples:
+        s.text = _as_lines(s.text, request, program)
+    done_at = time.perf_counter()
+    prompt = sum(s.last.prompt_tokens for s in samples)
+    generated = sum(s.last.completion_tokens for s in samples)
+    extra_view = request.entity if cpu.capabilities.batching else police
+    if extra_view is not None:  # a batching CPU charged the first sample as it ran
+        start = 1 if cpu.capabilities.batching else 0
+        extra_view.charge(
+            prompt=sum(s.last.prompt_tokens for s in samples[start:]),
+            generated=sum(s.last.completion_tokens for s in samples[start:]),
+        )
+    first_reason = samples[0].last.finish_reason
+
+    def done(text: str, output: Any, reason: str | None, info: dict[str, Any]) -> RunResult:
+        return RunResult(
+            run_id="",
+            text=text,
+            output=output,
+            finish_reason=reason,
+            prompt_tokens=prompt,
+            completion_tokens=generated,
+            ttft_ms=(done_at - started) * 1000,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            attempts=len(samples),
+            extra={"redundancy": info},
+        )
+
+    if first_reason in ("cancelled", "budget"):
+        return done("", "", first_reason, {"k": red.k})
+    schema = program.output_schema
+    problems: list[str] = []
+    candidates: list[Any] = []
+    for s in samples:
+        if not program.json_mode:
+            problem = _text_checked(dep, s.text)
+            if problem is not None:
+                problems.append(problem)
+            else:
+                candidates.append(s.text.strip())
+            continue
+        try:
+            output = validate_json(s.text, schema)
+        except OutputError as exc:
+            problems.append(str(exc))
+            continue
+        problem = None
+        if dep.verify is not None and dep.verify.grounded:
+            problem = verifier.grounded(output, dep.verify.grounded, source)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        candidates.append(output)
+    if not candidates:
+        raise OutputError(
+            f"{program.path}: none of the {len(samples)} samples passed its checks "
+            f"(first: {problems[0] if problems else 'no reply'})"
+        )
+    info: dict[str, Any] = {"k": red.k, "vote": red.vote, "valid": len(candidates)}
+    if program.json_mode and red.vote == "schema":
+        winner = vote.consensus(candidates, schema)
+        info["agree"] = sum(1 for c in candidates if c == winner)
+    else:
+        won = vote.majority(candidates)
+        assert won is not None
+        winner, info["agree"] = candidates[won[0]], won[1]
+    text = json.dumps(winner) if program.json_mode else str(winner)
+    if on_text is not None:
+        on_text(text)
+    return done(text, winner, "stop", info)
 
 
 def _syscall(devices: Devices, call: ToolCall, context: Context) -> tuple[SyscallResult, str, str]:

@@ -55,7 +55,7 @@ import yaml
 from llmos import params
 from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.hw.cpu.base import Message, ToolSpec
-from llmos.kernel import dotprompt
+from llmos.kernel import dependable, dotprompt
 from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
 
 _T = TypeVar("_T")
@@ -434,6 +434,10 @@ def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         if key in _POSITIVE_LLMOS and number < 1:
             raise ProgramError(f"{path}: '{shown}' must be positive, got {value}")
         _check_memory_setting(path, shown, key, value)
+        if key in dependable.KEYS:
+            problem = dependable.check(shown, key, value)
+            if problem is not None:
+                raise ProgramError(f"{path}: {problem}")
         out[key] = value
     return out
 

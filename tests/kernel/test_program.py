@@ -326,8 +326,8 @@ def test_folder_without_skill_file(tmp_path: Path) -> None:
         (
             "unknown_llmos.prompt",
             "unknown key 'llmos.max_stepz' (valid llmos keys: budget, context, devices,"
-            " max_output_tokens, max_steps, memory, paging, priority, shm, speculative,"
-            " tool_choice)",
+            " max_output_tokens, max_steps, memory, paging, priority, redundancy, route, shm,"
+            " speculative, tool_choice, verify)",
         ),
         ("unknown_nested_llmos.prompt", "unknown key 'llmos.colour' (valid llmos keys: "),
         ("wrong_type_llmos.prompt", "'llmos.max_steps' must be an integer, got \"four\""),
@@ -648,7 +648,11 @@ EXAMPLE_CASES = {
         "dotprompt",
         "json",
         [
-            {"role": "system", "content": "You extract facts from text. Reply with JSON only."},
+            {
+                "role": "system",
+                "content": "You extract facts from text. Copy each value exactly as it is "
+                "written in the text. Reply with JSON only.",
+            },
             {
                 "role": "user",
                 "content": "Find the person's name, email and company in this text:\n\nSAMPLE",
@@ -661,7 +665,10 @@ EXAMPLE_CASES = {
         [
             {
                 "role": "system",
-                "content": "You classify the sentiment of a text. Reply with JSON only.",
+                "content": "You classify the sentiment of a text. positive: the writer is "
+                "pleased (loved, great, happy). negative: the writer is unhappy (hated, broke, "
+                "rude, awful). neutral: a plain fact with no feeling (times, places, numbers). "
+                "Reply with JSON only.",
             },
             {
                 "role": "user",
@@ -675,7 +682,8 @@ EXAMPLE_CASES = {
         [
             {
                 "role": "system",
-                "content": "You write haiku. A haiku has three short lines.\n"
+                "content": "You write haiku. A haiku has three short lines of three to seven "
+                "words each.\n"
                 "Write one haiku about the topic the user gives. Reply with the three lines only.",
             },
             {"role": "user", "content": "SAMPLE"},
@@ -727,6 +735,8 @@ def test_discover_examples() -> None:
         "classify",
         "extract",
         "haiku",
+        "invoice",
+        "note",
         "recall",
         "summarize",
         "translate",

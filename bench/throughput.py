@@ -193,6 +193,8 @@ class Raw:
         mparams = ll.llama_model_default_params()
         mparams.use_extra_bufts = extra_buffers_safe()
         self.model = ll.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not self.model:
+            raise SystemExit(f"{model_path}: llama.cpp could not load the model")
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
         self.eog = np.array(eog, dtype=np.int64)
@@ -345,8 +347,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        with tempfile.TemporaryDirectory() as home:
-            os.environ[params.ENV_HOME] = home
+        # Every side of one run shares one home (given by main): the model file the kernel
+        # runs (a weight format converted at first boot lives in <home>/models) is the one
+        # the raw side loads.
+        with tempfile.TemporaryDirectory() as spare:
+            os.environ.setdefault(params.ENV_HOME, spare)
             if args.side == "tokens":
                 result = side_tokens(args.run)
             elif args.side == "raw":
@@ -359,6 +364,7 @@ def main() -> None:
     sides = ("kernel", "raw", "sequential")
     got: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ[params.ENV_HOME] = str(Path(tmp) / "home")  # shared by every side's process
         tokens_file = Path(tmp) / "tokens.json"
         tokens = run_side("tokens", run, tokens_file)
         tokens_file.write_text(json.dumps(tokens))

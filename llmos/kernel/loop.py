@@ -203,6 +203,7 @@ def run_process(
             tally,
             resume,
             source,
+            inputs,
         )
         starved = not (result.text or result.completion_tokens)  # nothing could be generated
         if result.finish_reason == "budget" and entity is not None and starved:
@@ -279,10 +280,13 @@ def _steps(
     tally: _Tally,
     resume: str = "",
     source: str = "",
+    inputs: dict[str, Any] | None = None,
 ) -> RunResult:
     """The loop itself (see the module note); returns the unlogged result. `tally` holds the
-    tokens and steps so far, so a run that fails is logged with what it used and did. `source`
-    is the program's input text, what `llmos.verify` and `llmos.route` check against."""
+        tokens and steps so far, so a run that fails is logged with what it used and did. `source`
+        is the program's input text, what `llmos.verify` and `llmos.route` check against (`inputs`:
+    every input by name, for `llmos.verify.check`)."""
+    inputs = inputs if inputs is not None else {}
     specs: list[ToolSpec] | None = None
     dep = Settings.of(program.llmos)
     routed: ToolCall | None = None
@@ -367,7 +371,7 @@ def _steps(
             messages=context.messages(),
             tools=specs,
             tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
-            json_schema=_nonempty(schema or {"type": "object"}, dep, source)
+            json_schema=_answer_schema(schema or {"type": "object"}, dep, source)
             if program.json_mode and not specs
             else _lines_schema(dep, cpu)
             if not specs and not resume
@@ -377,7 +381,7 @@ def _steps(
             **settings,
         )
         if dep.redundancy is not None and not specs:
-            return _voted(program, cpu, request, dep, source, police, started, on_text)
+            return _voted(program, cpu, request, dep, source, inputs, police, started, on_text)
         gate = TextGate(None if program.json_mode or hold else on_text, hold_calls=bool(specs))
         text, last, first_at = stream_reply(cpu.generate(request), gate, cpu, police)
         text = request.prefix + _as_lines(text, request, program)
@@ -417,6 +421,8 @@ def _steps(
                 return result(text, text, last.finish_reason)
             if not program.json_mode:
                 problem = _cited(dep, steps, text) if specs else _text_checked(dep, text)
+                if problem is None and dep.verify is not None and dep.verify.check:
+                    problem = verifier.checked(dep.verify.check, source, inputs, [text])[0]
                 if problem is None:
                     return result(text, text, last.finish_reason)
                 if verify_left <= 0:
@@ -425,7 +431,7 @@ def _steps(
                 _retry_note(context, text, problem, attempts)
                 continue
             try:
-                output = validate_json(text, schema)
+                output = validate_json(text, schema, lambda o: _unasked(o, schema, dep))
             except OutputError as exc:
                 constrained = cpu.capabilities.grammar and not specs
                 if constrained or attempts > params.JSON_RETRIES:
@@ -447,12 +453,16 @@ def _steps(
             problem = None
             if dep.verify is not None and dep.verify.grounded:
                 problem = verifier.grounded(output, dep.verify.grounded, source)
+            if problem is None and dep.verify is not None and dep.verify.check:
+                problem = verifier.checked(dep.verify.check, source, inputs, [output])[0]
             if problem is not None:
                 if verify_left <= 0:
                     raise OutputError(f"{program.path}: verification failed: {problem}")
                 verify_left -= 1
                 _retry_note(context, text, problem, attempts)
                 continue
+            if output != json.loads(text):  # a null for an optional field was left out
+                text = json.dumps(output)
             if on_text is not None and not hold:
                 on_text(text)
             return result(text, output, last.finish_reason)
@@ -579,22 +589,62 @@ def _text_checked(dep: Settings, text: str) -> str | None:
     return verifier.lines(text, dep.verify.lines)
 
 
-def _nonempty(schema: dict[str, Any], dep: Settings, source: str) -> dict[str, Any]:
-    """The schema the CPU constrains a JSON answer to: a grounded string field may only be a
-    phrase of the input (`route.phrases`: a small model cannot invent "<EMAIL>"), and not an
-    empty one (an empty claim is never grounded)."""
+def _answer_schema(schema: dict[str, Any], dep: Settings, source: str) -> dict[str, Any]:
+    """The schema the CPU constrains a JSON answer to under `llmos.verify.grounded`: a grounded
+    string field may only be a phrase of the input (`route.phrases`: a small model cannot
+    invent "<EMAIL>"), a grounded number only a number written there, and not an empty one
+    (an empty claim is never grounded). Every grounded field is asked for: one the program
+    leaves optional may be null (`_unasked` drops it), since a small model otherwise closes
+    the object before it and never gives the company."""
     fields = dep.verify.grounded if dep.verify is not None else ()
     props = schema.get("properties")
     if not fields or not isinstance(props, dict):
         return schema
-    choices = router.phrases(source)
-    props = {
-        k: (_one_of(v, choices) if choices else {**v, "minLength": 1})
-        if k in fields and "string" in _types(v)
-        else v
-        for k, v in props.items()
-    }
-    return {**schema, "properties": props}
+    required = set(schema.get("required") or [])
+    phrases = router.phrases(source)
+    values = _input_numbers(source)
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        kinds = _types(v)
+        if k not in fields or not isinstance(v, dict):
+            out[k] = v
+            continue
+        if "string" in kinds:
+            choices: list[Any] = list(phrases)
+        elif "number" in kinds or "integer" in kinds:
+            choices = [n for n in values if "number" in kinds or isinstance(n, int)]
+        else:
+            out[k] = v
+            continue
+        if not choices:
+            out[k] = {**v, "minLength": 1} if "string" in kinds else v
+            continue
+        out[k] = _one_of(v, choices + ([] if k in required else [None]))
+    asked = [k for k in fields if k in props and k not in required and isinstance(out[k], dict)]
+    asked = [k for k in asked if None in out[k].get("enum", [])]
+    return {**schema, "properties": out, "required": [*required, *asked]}
+
+
+def _input_numbers(source: str) -> list[int | float]:
+    """The numbers written in `source`, as JSON numbers (a grounded number's choices)."""
+    found: list[int | float] = []
+    for n in router.numbers(source):
+        try:
+            found.append(float(n) if "." in n else int(n))
+        except ValueError:
+            continue
+    return list(dict.fromkeys(found))[: params.GROUND_MAX_PHRASES]
+
+
+def _unasked(output: Any, schema: dict[str, Any] | None, dep: Settings) -> Any:
+    """`output` without the nulls `_answer_schema` allowed for optional grounded fields: a
+    field the input lacks is left out, as the program's schema says it may be."""
+    fields = dep.verify.grounded if dep.verify is not None else ()
+    if not fields or not isinstance(output, dict) or schema is None:
+        return output
+    required = set(schema.get("required") or [])
+    dropped = {k for k, v in output.items() if v is None and k in fields and k not in required}
+    return {k: v for k, v in output.items() if k not in dropped}
 
 
 def _one_of(schema: dict[str, Any], choices: list[str]) -> dict[str, Any]:
@@ -625,6 +675,7 @@ def _voted(
     request: GenRequest,
     dep: Settings,
     source: str,
+    inputs: dict[str, Any],
     police: Entity | None,
     started: float,
     on_text: Callable[[str], None] | None,
@@ -676,7 +727,7 @@ def _voted(
                 candidates.append(s.text.strip())
             continue
         try:
-            output = validate_json(s.text, schema)
+            output = validate_json(s.text, schema, lambda o: _unasked(o, schema, dep))
         except OutputError as exc:
             problems.append(str(exc))
             continue
@@ -687,6 +738,11 @@ def _voted(
             problems.append(problem)
             continue
         candidates.append(output)
+    check = dep.verify.check if dep.verify is not None else None
+    if check and candidates:  # one sandboxed run for all the samples left
+        verdicts = verifier.checked(check, source, inputs, candidates)
+        problems += [v for v in verdicts if v is not None]
+        candidates = [c for c, v in zip(candidates, verdicts, strict=True) if v is None]
     if not candidates:
         raise OutputError(
             f"{program.path}: none of the {len(samples)} samples passed its checks "
@@ -695,6 +751,11 @@ def _voted(
     info: dict[str, Any] = {"k": red.k, "vote": red.vote, "valid": len(candidates)}
     if program.json_mode and red.vote == "schema":
         winner = vote.consensus(candidates, schema)
+        merged = check and winner not in candidates  # a field-wise merge: check it too
+        if merged and verifier.checked(str(check), source, inputs, [winner])[0] is not None:
+            won = vote.majority(candidates)
+            assert won is not None
+            winner = candidates[won[0]]
         info["agree"] = sum(1 for c in candidates if c == winner)
     else:
         won = vote.majority(candidates)
@@ -839,12 +900,17 @@ def check_fits(cpu: CPU, messages: list[Message], program: Program, limit: int) 
     return n
 
 
-def validate_json(text: str, schema: dict[str, Any] | None) -> Any:
-    """The parsed reply, or OutputError saying why it is not valid."""
+def validate_json(
+    text: str, schema: dict[str, Any] | None, prepare: Callable[[Any], Any] | None = None
+) -> Any:
+    """The parsed reply (passed through `prepare` first, when given), or OutputError saying why
+    it is not valid."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OutputError(f"reply is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    if prepare is not None:
+        value = prepare(value)
     if schema is not None:
         error = jsonschema.exceptions.best_match(
             jsonschema.validators.validator_for(schema)(schema).iter_errors(value)

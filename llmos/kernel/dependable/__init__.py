@@ -6,9 +6,12 @@ Three mechanisms, each its own module, each switched on by one `llmos.*` key:
 - `llmos.redundancy: {k: 5, vote: majority|schema, temperature: 0.7}` (`redundancy`): the
   answer is sampled k times in one batch and the majority (or, for JSON, the field-wise
   consensus of the schema-valid samples) is the answer: modular redundancy.
-- `llmos.verify: {grounded: [field, ...], cites: calc, lines: 3}` (`verify`): a claimed fact
-  is checked against its source before it is believed: a JSON field's value must occur in the
-  program's input, a text answer must state what the named device returned, a text answer
+- `llmos.verify: {grounded: [field, ...], cites: calc, lines: 3, check: CODE}` (`verify`): a
+  claimed fact is checked against its source before it is believed: a JSON field's value must
+  occur in the program's input (and on a CPU with grammars every grounded field is asked for,
+  so a small model cannot close the object before it), a checker program (`check`, Python run
+  in the sandbox) re-derives what the answer claims, a text answer must state what the named
+  device returned, a text answer
   must have the number of lines its form has (a haiku's three; on a CPU with grammars the
   loop constrains the reply to that many strings and joins them as lines). A sample that fails is
   dropped from the vote; an answer that fails is retried once with the reason shown
@@ -52,6 +55,7 @@ class Verify:
     grounded: tuple[str, ...] = ()
     cites: str | None = None
     lines: int | None = None
+    check: str | None = None  # Python source run in the sandbox (see verify.checked)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Settings:
                 grounded=tuple(ver.get("grounded") or ()),
                 cites=ver.get("cites"),
                 lines=ver.get("lines"),
+                check=ver.get("check"),
             ),
             route=None
             if rou is None
@@ -112,9 +117,18 @@ def check(shown: str, key: str, value: Any) -> str | None:
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 2:
             return f"'{shown}.temperature' must be a number from 0 to 2, got {t!r}"
     if key == "verify":
-        unknown = sorted(set(value) - {"grounded", "cites", "lines"})
+        unknown = sorted(set(value) - {"grounded", "cites", "lines", "check"})
         if unknown:
-            return f"'{shown}' has unknown keys {unknown} (valid: grounded, cites, lines)"
+            return f"'{shown}' has unknown keys {unknown} (valid: grounded, cites, lines, check)"
+        code = value.get("check", "pass")
+        if not isinstance(code, str) or not code.strip():
+            return f"'{shown}.check' must be Python source (a non-empty string)"
+        if len(code.encode("utf-8")) > params.VERIFY_CHECK_MAX_BYTES:
+            return f"'{shown}.check' is longer than {params.VERIFY_CHECK_MAX_BYTES} bytes"
+        try:
+            compile(code, "llmos.verify.check", "exec")
+        except SyntaxError as exc:
+            return f"'{shown}.check' is not valid Python: {exc.msg} (line {exc.lineno})"
         n = value.get("lines", 1)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= params.VERIFY_MAX_LINES:
             return f"'{shown}.lines' must be an integer from 1 to {params.VERIFY_MAX_LINES}"

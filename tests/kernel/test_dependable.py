@@ -13,6 +13,7 @@ from llmos.errors import OutputError, ProgramError
 from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
+from llmos.hw.dev import sandbox
 from llmos.hw.dev.base import CallContext
 from llmos.kernel.dependable import redundancy, route, verify
 from llmos.kernel.loop import Devices, run_process
@@ -267,13 +268,119 @@ def test_the_arithmetic_example_answers_through_calc(tmp_path: Path, embedded: A
 
 def test_a_grounded_field_may_only_be_a_phrase_of_the_input(tmp_path: Path) -> None:
     from llmos.kernel.dependable import Settings
-    from llmos.kernel.loop import _nonempty
+    from llmos.kernel.loop import _answer_schema
 
     text = "Reach Dana Whitfield at dana.w@northwind.com, Northwind Logistics."
     found = route.phrases(text)
     assert {"Dana Whitfield", "dana.w@northwind.com", "Northwind Logistics"} <= set(found)
     assert "Whitfield at dana.w@northwind.com, Northwind" not in found  # over 4 words
     program = load(EXAMPLES / "extract.prompt")
-    schema = _nonempty(program.output_schema or {}, Settings.of(program.llmos), text)
+    schema = _answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
     email = schema["properties"]["email"]
-    assert email["enum"] == found and "type" not in email  # llama.cpp would skip a typed enum
+    # llama.cpp would skip a typed enum; an optional field is asked for, and may be null
+    assert email["enum"] == [*found, None] and "type" not in email
+    assert set(schema["required"]) == {"name", "email", "company"}
+    assert None not in schema["properties"]["name"]["enum"]  # required: it must be given
+
+
+def test_a_grounded_number_is_one_of_the_inputs_numbers() -> None:
+    from llmos.kernel.dependable import Settings
+    from llmos.kernel.loop import _answer_schema
+
+    program = load(EXAMPLES / "invoice.prompt")
+    text = "From: Acme\n  2 x pen @ 1.50 = 3.00\n  1 x ink @ 4.25 = 4.25\nTotal due: 7.25\n"
+    schema = _answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
+    assert schema["properties"]["total"]["enum"] == [2, 1.5, 3.0, 1, 4.25, 7.25]
+
+
+def test_an_optional_grounded_field_left_null_is_left_out(tmp_path: Path) -> None:
+    program = _program(
+        tmp_path,
+        "name: x\noutput:\n  schema:\n    name: string\n    company?: string\n"
+        "llmos.verify: {grounded: [name, company]}",
+    )
+    cpu = GrammarCPU([json.dumps({"name": "Maria Lopez", "company": None})])
+    result, seen = _run(tmp_path, program, cpu, "Maria Lopez wrote.")
+    assert result.output == {"name": "Maria Lopez"} and json.loads(seen) == result.output
+    assert result.text == json.dumps({"name": "Maria Lopez"})
+    asked = cpu.requests[0].json_schema
+    assert asked is not None and set(asked["required"]) == {"name", "company"}
+
+
+INVOICE = "From: Acme\n  2 x pen @ 1.50 = 3.00\n  1 x ink @ 4.25 = 4.25\nTotal due: 7.25\n"
+SUMS = (
+    "llmos.verify:\n  grounded: [total]\n  check: |\n"
+    "    import re\n"
+    "    from decimal import Decimal\n"
+    "    lines = [Decimal(a) for a in re.findall(r'= ([0-9.]+)', input)]\n"
+    "    assert Decimal(str(output['total'])) == sum(lines), 'not the sum of the lines'\n"
+)
+
+
+def _sums(tmp_path: Path, extra: str = "") -> Program:
+    return _program(tmp_path, f"name: inv\noutput:\n  schema:\n    total: number\n{extra}{SUMS}")
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+def test_a_checker_program_rejects_a_wrong_total_and_the_retry_is_believed(
+    tmp_path: Path,
+) -> None:
+    cpu = ScriptedCPU(['{"total": 4.25}', '{"total": 7.25}'])
+    result, _ = _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+    assert result.output == {"total": 7.25}
+    assert "failed a check: not the sum of the lines" in cpu.requests[1].messages[-1]["content"]
+    cpu = ScriptedCPU(['{"total": 4.25}', '{"total": 3.0}'])
+    with pytest.raises(OutputError, match="verification failed: not the sum of the lines"):
+        _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+def test_samples_that_fail_the_checker_leave_the_vote(tmp_path: Path) -> None:
+    program = _sums(tmp_path, "llmos.redundancy: {k: 4, vote: schema}\n")
+    replies = ['{"total": 3.0}', '{"total": 4.25}', '{"total": 7.25}', '{"total": 3.0}']
+    result, seen = _run(tmp_path, program, ScriptedCPU(replies), INVOICE)
+    assert result.output == {"total": 7.25} and json.loads(seen) == {"total": 7.25}
+    assert result.extra["redundancy"]["valid"] == 1
+    crash = _program(
+        tmp_path,
+        "name: c\noutput:\n  schema:\n    total: number\n"
+        "llmos.redundancy: {k: 2}\nllmos.verify: {check: 'output[0]'}",
+    )
+    with pytest.raises(OutputError, match="check raised KeyError"):
+        _run(tmp_path, crash, ScriptedCPU(['{"total": 1}', '{"total": 2}']), INVOICE)
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+def test_a_checker_sees_every_input_and_cannot_reach_the_disk(tmp_path: Path) -> None:
+    marker = tmp_path / "written-by-check"
+    program = _program(
+        tmp_path,
+        "name: c\nllmos.verify:\n  check: |\n"
+        "    assert inputs == {'input': 'hi'} and input == 'hi' and output == 'hello'\n"
+        f"    open({str(marker)!r}, 'w').write('x')\n",
+    )
+    with pytest.raises(OutputError, match="verification failed"):
+        _run(tmp_path, program, ScriptedCPU(["hello", "hello"]), "hi")
+    assert not marker.exists()  # the check runs in the sandbox: the host's disk is not there
+
+
+def test_a_checker_that_cannot_run_believes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed")
+    cpu = ScriptedCPU(['{"total": 7.25}'])
+    with pytest.raises(verify.CheckError, match=r"could not run: .*bwrap is not installed"):
+        _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        ("'x = ('", "not valid Python"),
+        ("''", "must be Python source"),
+        ("[1]", "must be Python source"),
+    ],
+)
+def test_a_bad_checker_is_refused_at_load(tmp_path: Path, check: str, message: str) -> None:
+    with pytest.raises(ProgramError, match=message):
+        _program(tmp_path, f"name: x\nllmos.verify: {{check: {check}}}")

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, loadavg, median, n_threads, quick, table
 
-from llmos.errors import BackendError
-from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Handoff, Message
+from llmos.hw.cpu.base import CPU, GenRequest, Handoff
+from llmos.hw.cpu.faulty import FaultyCPU
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.hw.cpu.openai import OpenAICPU
 from llmos.kernel.pool import MemberSpec, PoolCPU, PoolSpec
@@ -77,40 +76,6 @@ def ask(round_: int) -> GenRequest:
     )
 
 
-class Killed(CPU):
-    """An embedded CPU whose stream breaks off after `after` pieces: it has died."""
-
-    def __init__(self, inner: EmbeddedCPU, after: int) -> None:
-        self.inner, self.after, self.name = inner, after, inner.name
-        self.capabilities = inner.capabilities
-        self.killed_at: float | None = None
-
-    @property
-    def n_ctx(self) -> int:
-        return self.inner.n_ctx
-
-    @property
-    def kv_model(self) -> str | None:
-        return self.inner.kv_model
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.inner.tokenize(text)
-
-    def count_messages(self, messages: list[Message]) -> int:
-        return self.inner.count_messages(messages)
-
-    def generate(self, request: GenRequest) -> Iterator[Chunk]:
-        stream = self.inner.generate(request)
-        try:
-            for n, chunk in enumerate(stream, 1):
-                yield chunk
-                if n >= self.after and self.killed_at is None:
-                    self.killed_at = time.perf_counter()
-                    raise BackendError(f"{self.name} was killed")
-        finally:
-            stream.close()
-
-
 def follow(pool: PoolCPU, request: GenRequest, killed: Any) -> tuple[str, str, float]:
     """Stream `request` through `pool`; `killed()` is the kill's time once it happened.
     Returns the whole text, the text before the kill, and the recovery time."""
@@ -132,12 +97,12 @@ def embedded_trial(
     # the uninterrupted reply, on a third engine: on the source or the target the prompt would
     # then be cached, and a shared prefix computes its last token in another batch shape
     want = "".join(c.text for c in ref.generate(request))
-    dying = Killed(source, KILL_AFTER)
+    dying = FaultyCPU(source, KILL_AFTER)
     members: dict[str, CPU] = {"a": dying, "b": target}
     spec = PoolSpec("bench", (MemberSpec("a", "a"), MemberSpec("b", "b")))
     pool = PoolCPU(spec, members.__getitem__, kv_transfer=kv)
     prefilled = target.stats()["prefill_tokens"]
-    text, before, recovered = follow(pool, request, lambda: dying.killed_at)
+    text, before, recovered = follow(pool, request, lambda: dying.died_at)
     return {
         "how": "kv" if kv else "re-prefill",
         "recovery_s": recovered,

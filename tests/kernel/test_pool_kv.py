@@ -3,8 +3,8 @@ reply's KV (nothing recomputed; greedy output as if uninterrupted), a failed CPU
 resumes from its last KV checkpoint (only the tokens after it recomputed), and a state of
 another model or another prompt is never loaded (the reply re-prefills from its text).
 
-Real engines on the shipped model; the only double is `Dying`, which breaks a member's stream
-off at a chosen point, as a server that goes away does."""
+Real engines on the shipped model; the only double is `FaultyCPU` (llmos.hw.cpu.faulty),
+which breaks a member's stream off at a chosen point, as a server that goes away does."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from llmos import params
-from llmos.errors import BackendError
-from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Handoff, KVState, Message
+from llmos.hw.cpu.base import CPU, GenRequest, Handoff, KVState
+from llmos.hw.cpu.faulty import FaultyCPU
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 from llmos.kernel.pool import MemberSpec, PoolCPU, PoolSpec
 from llmos.kernel.sched.policy import Entity
@@ -39,40 +39,6 @@ def pair() -> Iterator[tuple[EmbeddedCPU, EmbeddedCPU]]:
     finally:
         e1.close()
         e2.close()
-
-
-class Dying(CPU):
-    """A member whose stream breaks off with a BackendError after `after` chunks, once."""
-
-    def __init__(self, inner: EmbeddedCPU, after: int) -> None:
-        self.inner, self.after, self.name = inner, after, inner.name
-        self.capabilities = inner.capabilities
-        self.died = False
-
-    @property
-    def n_ctx(self) -> int:
-        return self.inner.n_ctx
-
-    @property
-    def kv_model(self) -> str | None:
-        return self.inner.kv_model
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.inner.tokenize(text)
-
-    def count_messages(self, messages: list[Message]) -> int:
-        return self.inner.count_messages(messages)
-
-    def generate(self, request: GenRequest) -> Iterator[Chunk]:
-        stream = self.inner.generate(request)
-        try:
-            for n, chunk in enumerate(stream, 1):
-                yield chunk
-                if n >= self.after and not self.died:
-                    self.died = True
-                    raise BackendError(f"{self.name} went away")
-        finally:
-            stream.close()
 
 
 def request(text: str, entity: Entity | None = None) -> GenRequest:
@@ -133,7 +99,7 @@ def test_a_failed_cpu_s_reply_resumes_from_its_last_checkpoint(
     # the reference on the target only where it is compared: a re-prefill there would find
     # the prompt cached
     want = uninterrupted(e2, prompt) if kv_transfer else ""
-    dying = Dying(e1, after=params.POOL_KV_CHECKPOINT_TOKENS + 8)
+    dying = FaultyCPU(e1, after=params.POOL_KV_CHECKPOINT_TOKENS + 8)
     pool = pool_of({"a": dying, "b": e2}, kv_transfer=kv_transfer)
     n_prompt = e2.count_messages(request(prompt).messages)
     before = e2.stats()

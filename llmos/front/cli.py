@@ -56,7 +56,7 @@ from llmos.errors import (
     LlmosError,
     NoSuchRunError,
 )
-from llmos.front import cli_logs, cli_prompt, kclient
+from llmos.front import cli_logs, cli_prompt
 from llmos.front.cli_chat import chat
 from llmos.front.cli_devices import devices
 from llmos.front.cli_memory import memory, shm
@@ -65,10 +65,9 @@ from llmos.front.cli_serve import serve, user
 from llmos.front.clikit import fail, handle_errors, local_call, read_stdin
 from llmos.front.progress import ProgressLine
 from llmos.front.shell.command import shell
-from llmos.kernel import boot
-from llmos.kernel.security import principals
 
 if TYPE_CHECKING:
+    from llmos.front.kclient import KernelClient
     from llmos.store.log import RunRecord
 
 
@@ -164,8 +163,9 @@ def run(
         return
     if priority is not None or budget is not None:
         raise click.UsageError("--priority and --budget need -d (a kernel process)")
-    from llmos.kernel import api, cpus, plugins  # the kernel only for commands that run programs
+    from llmos.kernel import api, boot, cpus, plugins  # the kernel only for commands that run
     from llmos.kernel.core import Kernel
+    from llmos.kernel.security import principals
 
     caller = api.Caller.of(principals.current())
     system = boot.boot()
@@ -251,6 +251,8 @@ def run(
 @handle_errors
 def programs(as_json: bool) -> None:
     """List installed programs and skills."""
+    from llmos.kernel import boot
+
     system = boot.boot(open_log=False)
     problems: list[LlmosError] = []
     found = system.discover_programs(problems)
@@ -342,6 +344,9 @@ def logs(
     if run_id in cli_logs.SWITCH_WORDS:
         cli_logs.switch(run_id)
         return
+    from llmos.kernel import boot
+    from llmos.kernel.security import principals
+
     me = principals.current()
     owner = None if me.admin else me.owner  # a user sees their own runs; an admin sees all
     system = boot.boot()
@@ -382,8 +387,10 @@ def logs(
 # --- The kernel daemon and its processes ---------------------------------------------------------
 
 
-def _client() -> kclient.KernelClient:
-    return kclient.KernelClient(config.home(create=False))
+def _client() -> KernelClient:
+    from llmos.front.kclient import KernelClient  # sockets and subprocesses: only when used
+
+    return KernelClient(config.home(create=False))
 
 
 def _duration(seconds: float) -> str:
@@ -444,6 +451,8 @@ def kernel() -> None:
 @handle_errors
 def kernel_start(policy: str | None, max_resident: int | None, max_processes: int | None) -> None:
     """Start the kernel daemon in the background; print its pid."""
+    from llmos.front import kclient
+
     home = config.home()
     pid = kclient.start_daemon(
         home, policy=policy, max_resident=max_resident, max_processes=max_processes
@@ -465,6 +474,7 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
     """Run the kernel daemon in the foreground (`kernel start` runs this)."""
     config.home()
     from llmos.front import kerneld  # the server side, only for `kernel serve`
+    from llmos.kernel import boot
 
     system = boot.boot(open_log=False)
     kerneld.serve(system, policy=policy, max_resident=max_resident, max_processes=max_processes)
@@ -474,6 +484,8 @@ def kernel_serve(policy: str, max_resident: int, max_processes: int) -> None:
 @handle_errors
 def kernel_stop() -> None:
     """Kill every process and stop the kernel daemon."""
+    from llmos.front import kclient
+
     reply = kclient.stop_daemon(config.home(create=False))
     killed = int(reply.get("killed", 0))
     click.echo(

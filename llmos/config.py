@@ -53,8 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from llmos import params
 from llmos.errors import ConfigError
 
@@ -65,7 +63,12 @@ def home(*, create: bool = True) -> Path:
     directory's mode is never changed. Without it, a missing home is returned as is (a client
     has nothing to connect to)."""
     env = os.environ.get(params.ENV_HOME)
-    path = (Path(env) if env else Path(platformdirs.user_data_dir(params.APP_NAME))).absolute()
+    if env:
+        path = Path(env).absolute()
+    else:
+        import platformdirs  # only without $LLMOS_HOME: it loads tempfile, shutil, random
+
+        path = Path(platformdirs.user_data_dir(params.APP_NAME)).absolute()
     if create and not path.is_dir():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,6 @@ import click
 
 from llmos.front import cli_prompt
 from llmos.front.clikit import handle_errors
-from llmos.kernel import boot
-from llmos.kernel.security import principals
 
 _QUIT = ("exit", "quit")
 
@@ -45,8 +43,9 @@ def chat(
     cid: str | None,
 ) -> None:
     """Chat with a model: each line is a prompt; exit, quit or end of input ends it."""
-    from llmos.kernel import api
+    from llmos.kernel import api, boot  # the kernel only when a chat starts
     from llmos.kernel.core import Kernel
+    from llmos.kernel.security import principals
 
     config = cli_prompt.options(option_pairs)
     caller = api.Caller.of(principals.current())

@@ -24,7 +24,6 @@ import click
 from llmos import params
 from llmos.errors import BackendError, NotFoundError
 from llmos.front.clikit import handle_errors
-from llmos.kernel import boot, devinfo
 
 
 @click.command()
@@ -34,6 +33,8 @@ from llmos.kernel import boot, devinfo
 @handle_errors
 def devices(name: str | None, probe: bool, as_json: bool) -> None:
     """List the devices programs can declare, with their call formats, and the MCP servers."""
+    from llmos.kernel import boot, devinfo  # the kernel only when the command runs
+
     system = boot.boot(open_log=False)
     try:
         servers = list(system.config.mcp_servers)

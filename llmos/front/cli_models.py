@@ -24,7 +24,6 @@ import click
 
 from llmos import config
 from llmos.front.clikit import handle_errors
-from llmos.kernel import boot
 
 
 @click.group(invoke_without_command=True)
@@ -35,6 +34,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """List the CPUs llmos can run programs on (the default is marked); add one."""
     if ctx.invoked_subcommand is not None:
         return
+    from llmos.kernel import boot  # the kernel only when the command runs
+
     system = boot.boot(open_log=False)
     rows = system.list_models()
     default = system.config.default_model

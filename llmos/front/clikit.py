@@ -4,7 +4,7 @@ kernel's API called in this process as the OS user (`local_call`).
 Invariants: an LlmosError becomes `llmos: error: <message>` on stderr and its exit code (a
 traceback only with LLMOS_DEBUG=1); an interrupt exits 130; a closed output pipe exits 0.
 
-What this module does not do: define commands (see `llmos.front.cli`, `llmos.front.cli_memory`).
+What this module does not do: define commands (see the table in `llmos.front.cli`).
 """
 
 from __future__ import annotations

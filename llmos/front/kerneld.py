@@ -41,7 +41,7 @@ Invariants:
   logged), the socket and pid file removed, the CPUs closed.
 
 What this module does not do: schedule or run processes (see `llmos.kernel.core`), format output
-for people (see `llmos.front.cli`), authenticate anyone but the socket's owner, or listen on a
+for people (see `llmos.front.cli_procs`), authenticate anyone but the socket's owner, or listen on a
 network. Not covered: a daemon shared between OS users (the socket stays owner-only until the
 network service brings authenticated callers).
 """

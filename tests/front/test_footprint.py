@@ -2,8 +2,10 @@
 
 `llmos --help` and the commands that only read the log or talk to the daemon must not import
 the heavy parts (numpy, llama.cpp, the MCP SDK, Jinja2, the web stack): each is imported by the
-code that needs it, inside the function. Checked in a fresh interpreter through the real entry
-point, by the modules loaded when it exits. How long that takes is bench/footprint.py's job.
+code that needs it, inside the function. `llmos --help` imports no command module and no part
+of the kernel, the hardware or the stores; no command's `--help` imports those either. Checked
+in a fresh interpreter through the real entry point, by the modules loaded when it exits. How
+long that takes is bench/footprint.py's job.
 """
 
 from __future__ import annotations
@@ -32,6 +34,42 @@ main()
 """
 
 
+# The same, printing every module loaded by its full name.
+PROBE_ALL = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = ["llmos", *sys.argv[1:]]
+from llmos.front.cli import main
+main()
+"""
+# Every command's and subcommand's --help in one interpreter; prints what they loaded in all.
+HELPS_PROBE = """
+import contextlib, io, json, sys
+import click
+from llmos.front.cli import COMMANDS, cli
+
+def paths(group, prefix):
+    ctx = click.Context(group, info_name="llmos")
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        yield [*prefix, name]
+        if isinstance(command, click.Group):
+            yield from paths(command, [*prefix, name])
+
+shown = []
+for path in paths(cli, []):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            cli.main([*path, "--help"], prog_name="llmos", standalone_mode=False)
+        except SystemExit:
+            pass
+    assert out.getvalue().startswith("Usage: llmos "), path
+    shown.append(" ".join(path))
+print(json.dumps({"shown": shown, "modules": sorted(sys.modules)}))
+"""
+UNLOADED_BY_HELP = ("llmos.kernel", "llmos.hw", "llmos.store")
+
+
 def loaded(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, set[str]]:
     full_env = {**os.environ, "LLMOS_HOME": str(home), **(env or {})}
     proc = subprocess.run(
@@ -55,6 +93,47 @@ def test_light_commands_import_nothing_heavy(home: Path, args: tuple[str, ...]) 
     assert code == 0
     assert "llmos" in modules and "click" in modules  # the probe saw the command run
     assert sorted(modules.intersection(HEAVY)) == []
+
+
+def test_help_loads_no_command_and_no_kernel(home: Path) -> None:
+    from llmos.front.cli import COMMANDS
+
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_ALL, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LLMOS_HOME": str(home)},
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "Commands:" in proc.stdout
+    modules = set(json.loads(proc.stderr.strip().splitlines()[-1]))
+    assert "llmos.front.cli" in modules
+    inner = sorted(m for m in modules if m.startswith(UNLOADED_BY_HELP))
+    assert inner == []
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == []
+    commands = sorted({entry.module for entry in COMMANDS.values()} & modules)
+    assert commands == []
+
+
+def test_no_commands_help_loads_the_kernel(home: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", HELPS_PROBE],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LLMOS_HOME": str(home)},
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"run", "kernel start", "memory remember", "shm create", "models add"} <= set(
+        report["shown"]
+    )
+    modules = report["modules"]
+    assert [m for m in modules if m.startswith(UNLOADED_BY_HELP)] == []
+    assert [m for m in modules if m.split(".")[0] in HEAVY] == []
 
 
 def test_a_bad_kv_size_is_one_line_and_the_model_exit_code(home: Path) -> None:

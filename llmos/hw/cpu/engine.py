@@ -36,6 +36,7 @@ or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the 
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import hashlib
@@ -43,10 +44,12 @@ import itertools
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp as ll
+import numpy as np
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
@@ -142,7 +145,15 @@ class EngineFull(LlmosError):
 
 
 class Sampler:
-    """A llama.cpp sampler chain owned by one sequence: grammar, then top-k/top-p/temp/dist."""
+    """How one sequence picks its tokens: grammar, then end-of-generation ban, repeat penalty,
+    then greedy or top-k/top-p/temp/dist.
+
+    A greedy sampler without a grammar picks in Python over the logits row in place (the
+    banned tokens, the penalty on the few tokens of its window, then the first maximum): the
+    same token llama.cpp's chain picks, without the chain's pass over the whole vocabulary
+    per token (its repeat penalty looks every vocabulary entry up in a hash map, most of a
+    token's time outside llama_decode on a small model). Every other sampler is a llama.cpp
+    chain."""
 
     def __init__(
         self,
@@ -158,7 +169,21 @@ class Sampler:
         banned: list[int] | None = None,
         n_vocab: int = 0,
         lazy_triggers: list[str] | None = None,
+        chain: bool = False,
     ) -> None:
+        self.ptr: ll.llama_sampler_p | None = None
+        # The greedy path (unless `chain` asks for llama.cpp's chain, to compare them).
+        self.greedy = temperature <= 0 and grammar is None and n_vocab > 0 and not chain
+        if self.greedy:
+            self.n_vocab = n_vocab
+            self.banned = np.array(sorted(set(banned or ())), dtype=np.intp)
+            self.penalty = np.float32(repeat_penalty)
+            self.window: collections.deque[int] | None = (
+                collections.deque(maxlen=repeat_last_n)
+                if repeat_penalty != 1.0 and repeat_last_n > 0
+                else None
+            )
+            return
         sparams = ll.llama_sampler_chain_default_params()
         sparams.no_perf = True
         self.ptr = ll.llama_sampler_chain_init(sparams)
@@ -213,20 +238,42 @@ class Sampler:
 
     def sample(self, ctx: ll.llama_context_p, index: int) -> int:
         """Sample from the logits at batch `index` and accept the token into the chain."""
-        # llama_sampler_sample also accepts the token (grammar state advances).
-        return int(ll.llama_sampler_sample(self.ptr, ctx, index))
+        if not self.greedy:
+            # llama_sampler_sample also accepts the token (grammar state advances).
+            return int(ll.llama_sampler_sample(self.ptr, ctx, index))
+        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        window = self.window
+        if not self.banned.size and not window:
+            token = int(row.argmax())
+        else:
+            # As llama.cpp's chain: the ban adds -inf; the penalty then multiplies a logit
+            # <= 0 by it and divides any other (float32 both), once per distinct token.
+            logits = row.copy()
+            logits[self.banned] = -np.inf
+            if window:
+                ids = np.fromiter(set(window), dtype=np.intp)
+                got = logits[ids]
+                logits[ids] = np.where(got <= 0, got * self.penalty, got / self.penalty)
+            token = int(logits.argmax())  # the first maximum, as the greedy sampler
+        if window is not None:
+            window.append(token)
+        return token
 
     def accept(self, tokens: list[int]) -> None:
         """Feed tokens sampled earlier (a continued reply, or one moved here from another
         engine) into the chain's history, as if this chain had sampled them: the repeat
         penalty's window is what it would have been."""
+        if self.greedy:
+            if self.window is not None:
+                self.window.extend(tokens)
+            return
         for token in tokens:
             ll.llama_sampler_accept(self.ptr, token)
 
     def free(self) -> None:
         if self.ptr:
             ll.llama_sampler_free(self.ptr)
-            self.ptr = None
+        self.ptr = None
 
 
 _seq_ids = itertools.count(1)
@@ -312,6 +359,9 @@ class Engine:
         self._free_slots = list(range(n_seq_max - 1, -1, -1))
         self._piece_buf = ctypes.create_string_buffer(256)
         self._eog: list[int] | None = None
+        # Per token, as first asked (the engine thread's per-token work makes no C call).
+        self._pieces: dict[int, bytes] = {}
+        self._is_eog: dict[int, bool] = {}
         self.closed = False
 
     # --- vocabulary ---------------------------------------------------------------------------
@@ -327,6 +377,14 @@ class Engine:
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
+        if not special:
+            got = self._pieces.get(token)
+            if got is None:
+                got = self._pieces[token] = self._piece(token, special=False)
+            return got
+        return self._piece(token, special=True)
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
         n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -335,7 +393,10 @@ class Engine:
         return self._piece_buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
-        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+        got = self._is_eog.get(token)
+        if got is None:
+            got = self._is_eog[token] = bool(ll.llama_vocab_is_eog(self.vocab, token))
+        return got
 
     def eog_tokens(self) -> list[int]:
         """Every end-of-generation token of the vocabulary (computed once)."""
@@ -532,10 +593,16 @@ class Engine:
 
     # --- one step -------------------------------------------------------------------------------
     def step(
-        self, seqs: list[Sequence], prefill_chunk: int = params.PREFILL_CHUNK
+        self,
+        seqs: list[Sequence],
+        prefill_chunk: int = params.PREFILL_CHUNK,
+        *,
+        before_decode: Callable[[], None] | None = None,
     ) -> dict[Sequence, list[int]]:
         """Decode one batch for the resident `seqs`; return the tokens sampled for each sequence
-        whose pending tokens were all fed in this step (one, or more when a draft held)."""
+        whose pending tokens were all fed in this step (one, or more when a draft held).
+        `before_decode` is called once the batch is built, right before llama_decode (not
+        at all when there is nothing to decode)."""
         batch = self._batch
         n = 0
         plan: list[tuple[Sequence, int, int, list[int]]] = []  # seq, fed, logits index, draft
@@ -573,6 +640,8 @@ class Engine:
         if n == 0:
             return {}
         batch.n_tokens = n
+        if before_decode is not None:
+            before_decode()
         rc = ll.llama_decode(self.ctx, batch)
         if rc == 1:
             raise EngineFull("KV cache is full")

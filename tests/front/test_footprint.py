@@ -182,7 +182,8 @@ def test_the_window_a_program_needs_is_bounded_by_its_text(tmp_path: Path) -> No
     )
     prog = load_program(plain)
     need = prog.window_needed({"input": "hello"})
-    assert need == len(b"Say hello.") + 100 + params.WINDOW_MARGIN_TOKENS
+    one_message = params.MESSAGE_OVERHEAD_GUESS + params.WINDOW_MARGIN_TOKENS
+    assert need == len(b"Say hello.") + 100 + one_message
     # a token is at least one byte: a multi-byte input counts its bytes
     assert prog.window_needed({"input": "é" * 10}) == need - 5 + 20
     grows = tmp_path / "grows.prompt"
@@ -200,19 +201,25 @@ def test_size_window_picks_the_smallest_that_holds_the_run(
 
     monkeypatch.delenv(params.ENV_N_CTX, raising=False)
     monkeypatch.setattr(plugins, "_window_hint", None)
-    small, large = params.WINDOW_SIZES[0], params.WINDOW_SIZES[-1]
+    step, small = params.WINDOW_STEP, params.N_CTX_MIN
     for tokens, window in [
         (10, small),
         (small, small),
-        (small + 1, params.WINDOW_SIZES[1]),
-        (large + 1, params.EMBEDDED_N_CTX),
+        (small + 1, small + step),
+        (small + step, small + step),
+        (params.WINDOW_MAX, params.WINDOW_MAX),
+        (params.WINDOW_MAX + 1, params.EMBEDDED_N_CTX),
         (None, params.EMBEDDED_N_CTX),
     ]:
         plugins.size_window(tokens)
         assert plugins._n_ctx() == window, tokens
+        one_shot = window < params.EMBEDDED_N_CTX
+        slots = params.ONE_SHOT_N_SEQ_MAX if one_shot else params.EMBEDDED_N_SEQ_MAX
+        assert plugins._n_seq_max() == slots, tokens
     plugins.size_window(10)
     monkeypatch.setenv(params.ENV_N_CTX, "4096")  # the user's setting wins
     assert plugins._n_ctx() == 4096
+    assert plugins._n_seq_max() == params.ONE_SHOT_N_SEQ_MAX  # still one run's process
 
 
 def run_window(home: Path, *args: str, stdin: str = "") -> int:
@@ -233,12 +240,22 @@ def run_window(home: Path, *args: str, stdin: str = "") -> int:
 
 @pytest.mark.slow
 def test_a_one_shot_run_allocates_the_window_it_needs(home: Path) -> None:
+    from llmos.front.cli_prompt import adhoc
+    from llmos.kernel.program import load as load_program
+
+    def window(need: int | None) -> int:
+        assert need is not None
+        step = params.WINDOW_STEP
+        return max(params.N_CTX_MIN, -(-need // step) * step)
+
     examples = Path(__file__).resolve().parents[2] / "examples"
-    assert run_window(home, "-p", "Say hi") == params.WINDOW_SIZES[0]
+    say_hi = window(adhoc("Say hi", None, None, {}).window_needed())
+    assert say_hi < 1024  # the 512-token default reply and the prompt, with room to spare
+    assert run_window(home, "-p", "Say hi") == say_hi
+    summarize = load_program(examples / "summarize.prompt")
     summary = "The meeting moved from Monday to Thursday at 3pm because the projector broke."
-    assert (
-        run_window(home, str(examples / "summarize.prompt"), stdin=summary)
-        == (params.WINDOW_SIZES[0])
+    assert run_window(home, str(examples / "summarize.prompt"), stdin=summary) == window(
+        summarize.window_needed({"input": summary})
     )
     # an input too large for the largest small window gets the full one (and the pager)
     long_text = "The committee met again and talked about the budget. " * 120

@@ -7,6 +7,8 @@
 #   to run without it);
 # - chromium (Debian package chromium), the headless browser the web console's end-to-end tests
 #   drive through Playwright (never a browser download), the same way;
+# - tuser, a second, unprivileged OS user that the security tests act as (another user on a
+#   shared machine), with useradd when it is missing and we are root;
 # - mcp-server-time (PyPI) into the current Python environment;
 # - @modelcontextprotocol/server-everything and server-filesystem (npm) into
 #   <repo>/.mcp-servers (gitignored), where tests/test_mcp.py looks for them.
@@ -31,6 +33,14 @@ if ! command -v chromium >/dev/null 2>&1; then
         apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
     else
         echo "install-test-servers: chromium not found; install the Debian package chromium" >&2
+    fi
+fi
+
+if ! id tuser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v useradd >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/sh tuser
+    else
+        echo "install-test-servers: no user tuser; the tests that act as a second user need it" >&2
     fi
 fi
 

@@ -23,15 +23,7 @@ _QUIT = ("exit", "quit")
 @click.command("chat")
 @click.option("-m", "--model", help="CPU to chat with (as for run).")
 @click.option("-s", "--system", "system_prompt", help="A system prompt.")
-@click.option(
-    "-o",
-    "--option",
-    "option_pairs",
-    type=(str, str),
-    multiple=True,
-    metavar="KEY VALUE",
-    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
-)
+@cli_prompt.option_pairs
 @click.option("-c", "--continue", "continue_", is_flag=True, help="Continue the last conversation.")
 @click.option("--cid", metavar="RUN_ID", help="Continue the conversation of this run.")
 @handle_errors

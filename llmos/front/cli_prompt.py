@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 PROGRAM_NAME = "prompt"  # how -p runs are named in the log
 
 
+# `-o KEY VALUE` (repeatable), the option `options` reads, shared by `run` and `chat`.
+option_pairs = click.option(
+    "-o",
+    "--option",
+    "option_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
+)
+
+
 def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """`-o KEY VALUE` pairs as a checked `config` mapping (a usage error if one is bad)."""
     from llmos.kernel import program as program_mod  # loaded only by the commands that run

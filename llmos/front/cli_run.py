@@ -35,15 +35,7 @@ from llmos.front.progress import ProgressLine
     "-c", "--continue", "continue_", is_flag=True, help="With -p: continue the last -p run."
 )
 @click.option("--cid", metavar="RUN_ID", help="With -p: continue the conversation of this run.")
-@click.option(
-    "-o",
-    "--option",
-    "option_pairs",
-    type=(str, str),
-    multiple=True,
-    metavar="KEY VALUE",
-    help="A model option (a config key), e.g. -o temperature 0.2 (repeatable).",
-)
+@cli_prompt.option_pairs
 @click.option(
     "-i",
     "--input",

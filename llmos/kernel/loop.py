@@ -600,10 +600,11 @@ def _answer_schema(schema: dict[str, Any], dep: Settings, source: str) -> dict[s
     props = schema.get("properties")
     if not fields or not isinstance(props, dict):
         return schema
-    required = set(schema.get("required") or [])
+    required = list(schema.get("required") or [])
     phrases = router.phrases(source)
     values = _input_numbers(source)
     out: dict[str, Any] = {}
+    asked: list[str] = []  # fields now required, an optional one with null as a choice
     for k, v in props.items():
         kinds = _types(v)
         if k not in fields or not isinstance(v, dict):
@@ -620,9 +621,8 @@ def _answer_schema(schema: dict[str, Any], dep: Settings, source: str) -> dict[s
             out[k] = {**v, "minLength": 1} if "string" in kinds else v
             continue
         out[k] = _one_of(v, choices + ([] if k in required else [None]))
-    asked = [k for k in fields if k in props and k not in required and isinstance(out[k], dict)]
-    asked = [k for k in asked if None in out[k].get("enum", [])]
-    return {**schema, "properties": out, "required": [*required, *asked]}
+        asked.append(k)
+    return {**schema, "properties": out, "required": list(dict.fromkeys([*required, *asked]))}
 
 
 def _input_numbers(source: str) -> list[int | float]:

@@ -191,9 +191,10 @@ class ArrivalOrder:
 @dataclass(frozen=True)
 class KVState:
     """A reply's registers, portable to another CPU of the same model: `tokens` (the prompt's
-    `n_prompt`, then every token sampled so far; the last is not yet fed) and the KV of the
-    first `n_kv` of them, in the bytes of the CPU that made it (`kv` empty when `n_kv` is 0).
-    `model` is that CPU's `kv_model`: no other model may load the bytes."""
+    `n_prompt`, then every token of the reply so far; the last is not yet fed) and the KV of
+    the first `n_kv` of them, in the bytes of the CPU that made it (`kv` empty when `n_kv` is
+    0). `model` is that CPU's `kv_model`: no other model may load the bytes. A `Handoff` gives
+    one to a pool; an embedded CPU's `export` gives one to a Ray node's driver."""
 
     model: str
     tokens: tuple[int, ...]

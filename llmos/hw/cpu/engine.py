@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import functools
-import hashlib
 import itertools
 import os
 import threading
@@ -110,34 +108,6 @@ def check_gguf(path: Path) -> None:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path}: not a GGUF model file (bad magic {magic!r})")
-
-
-@functools.cache
-def gguf_identity(path: Path) -> str:
-    """The identity of a model's weights: the SHA-256 of its GGUF file (computed once per
-    process). KV state is valid only in an engine whose model has the same identity."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class KVState:
-    """A sequence's registers as plain data, to continue it in another engine: the tokens in
-    its KV, the tokens still to feed, its recent sampled tokens (the repeat penalty's history)
-    and the KV bytes (`llama_state_seq_get_data`; empty: the tokens are re-prefilled). Valid
-    only for the model whose identity (`gguf_identity`) it carries."""
-
-    model_id: str
-    tokens: list[int]
-    pending: list[int]
-    sampled: list[int]
-    data: bytes
 
 
 class EngineFull(LlmosError):

@@ -23,14 +23,15 @@ Invariants:
 - Only the engine thread touches the engine after start-up (tokenize is read-only and safe).
 - A job's stream ends with exactly one `done` chunk, or raises one llmos error.
 - Closing a `generate` generator cancels its job at the next step and frees its slot.
-- A reply continued from its text (`GenRequest.prefix`) or from a `KVState` (`generate`'s
-  `resume`, checked against the model's identity) samples exactly as the uninterrupted reply
-  would have: its sampler's repeat-penalty history is primed with the earlier tokens.
+- A reply continued from its text (`GenRequest.prefix`) or from a `KVState`
+  (`GenRequest.resume`) samples exactly as the uninterrupted reply would have: its sampler's
+  repeat-penalty history is primed with the earlier tokens.
 
 A request with a `Handoff` has its tokens kept there and its KV checkpointed (when due, and at
 each preemption to RAM); asked to move, it hands its state over at the next step and ends
 "moved". A request with a `resume` that `llmos.hw.cpu.kvmove` accepts goes on from that state;
-any other is re-prefilled from its `prefix`.
+any other is re-prefilled from its `prefix`. A generation given an `export` callable hands the
+same `KVState` to it when it ends by its token limit (a Ray node's reply, `llmos.hw.cpu.ray`).
 
 What this module does not do: choose which jobs run or where KV is parked (its dispatcher
 does), or validate JSON against the schema (the caller does).
@@ -63,12 +64,13 @@ from llmos.hw.cpu.base import (
     Dispatcher,
     GenRequest,
     Handoff,
+    KVState,
     Message,
     Plan,
     SchedView,
     Where,
 )
-from llmos.hw.cpu.engine import Engine, EngineFull, KVState, Sequence, gguf_identity
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
 from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
 from llmos.hw.cpu.prefix import PrefixIndex
 
@@ -121,8 +123,8 @@ class Job:
     first_token_at: float | None = None
     charged_prompt: bool = False
     deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
-    primed: list[int] = field(default_factory=list)  # sampled before this job (continued reply)
-    export: Callable[[KVState], None] | None = None  # receives its KV if it ends by length
+    n_conversation: int = 0  # its prompt's tokens before the reply (`KVState.n_prompt`)
+    export: Callable[[KVState], None] | None = None  # receives its state if it ends by length
     handoff: Handoff | None = None  # where its state is kept for another CPU of this model
     checkpointed: int = 0  # `generated` at its last checkpoint
 
@@ -232,61 +234,31 @@ class EmbeddedCPU(CPU):
         info["path"] = str(self.engine.model_path)
         return info
 
-    @property
-    def model_id(self) -> str:
-        """The identity of this CPU's weights (the SHA-256 of its GGUF file)."""
-        return gguf_identity(self.engine.model_path)
-
     def generate(
-        self,
-        request: GenRequest,
-        *,
-        resume: KVState | None = None,
-        export: Callable[[KVState], None] | None = None,
+        self, request: GenRequest, *, export: Callable[[KVState], None] | None = None
     ) -> Iterator[Chunk]:
-        """Stream the reply to `request` (see the CPU interface). `resume`: continue a reply
-        from its saved KV instead (the request's messages and prefix are then not read; its
-        max_tokens counts only new tokens); a state of another model is a ModelError, and the
-        caller re-prefills. `export`: if the reply ends by its token limit, its KV is saved
-        and passed to this callable (on the engine thread) before the final chunk."""
-        primed: list[int] = []
-        if resume is not None:
-            if resume.model_id != self.model_id:
-                raise ModelError(
-                    f"{self.name}: KV state of model {resume.model_id[:12]} does not match "
-                    f"this CPU's model {self.model_id[:12]}: re-prefill it"
-                )
-            if request.tools or request.json_schema:
-                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
-            tokens = list(resume.tokens) + list(resume.pending)
-            primed = list(resume.sampled)
-            done_tokens = 0
-        else:
-            tokens = self.prompt_tokens(request.messages)
+        """Stream the reply to `request` (see the CPU interface). `export`: if the reply ends by
+        its token limit, its `KVState` is passed to this callable (on the engine thread) before
+        the final chunk."""
+        tokens = self.prompt_tokens(request.messages)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"prompt is {len(tokens)} tokens but {self.name}'s context window is "
                 f"{self.n_ctx} tokens"
             )
-        resumed = (
-            kvmove.resumable(request, tokens, self.kv_model or "", self.engine)
-            if resume is None
-            else None
-        )
+        resumed = kvmove.resumable(request, tokens, self.kv_model or "", self.engine)
         n_conversation = len(tokens)
-        if resume is None:
-            done_tokens = 0
-            if resumed is not None:
-                done_tokens = len(resumed.tokens) - resumed.n_prompt
-            elif request.prefix:
-                if request.tools or request.json_schema:
-                    raise ModelError(
-                        "a reply is continued only as plain text (no grammar, no tools)"
-                    )
-                more = self.engine.tokenize(request.prefix, special=False)
-                done_tokens = len(more)
-                tokens = tokens + more
-                primed = more
+        primed: list[int] = []
+        done_tokens = 0
+        if resumed is not None:
+            done_tokens = len(resumed.tokens) - resumed.n_prompt
+        elif request.prefix:
+            if request.tools or request.json_schema:
+                raise ModelError("a reply is continued only as plain text (no grammar, no tools)")
+            more = self.engine.tokenize(request.prefix, special=False)
+            done_tokens = len(more)
+            tokens = tokens + more
+            primed = more
         lazy: list[str] | None = None
         if request.tools and request.tool_choice != "none":
             # Syscalls by grammar: one well-formed call to one granted device. With
@@ -313,9 +285,6 @@ class EmbeddedCPU(CPU):
         )
         if primed:
             seq.sampler.accept(primed[-params.REPEAT_LAST_N :])
-        if resume is not None:  # its KV comes back by restore (or a re-prefill if that fails)
-            seq.tokens, seq.pending = list(resume.tokens), list(resume.pending)
-            seq.saved = resume.data
         if resumed is not None:
             tokens = list(resumed.tokens)
             self.engine.resume(seq, tokens, resumed.kv, resumed.n_kv)
@@ -329,7 +298,7 @@ class EmbeddedCPU(CPU):
             stop=list(request.stop),
             entity=self.dispatcher.new_view() if entity is None else entity,
             named=entity is not None,
-            primed=primed[-params.REPEAT_LAST_N :],
+            n_conversation=n_conversation,
             export=export,
             handoff=request.handoff,
         )
@@ -643,8 +612,8 @@ class EmbeddedCPU(CPU):
         """The caller moves this reply to another CPU of this model: leave its tokens and KV
         in its handoff and end its stream "moved" (tokens of a stopped step go with it)."""
         assert job.handoff is not None
-        job.handoff.checkpoint(*kvmove.hand_over(self.engine, job.seq))
-        self.kv_exports += 1
+        state = self._export(job)
+        job.handoff.checkpoint(list(state.tokens), state.kv, state.n_kv)
         self._end(job, "moved")
 
     def _on_tokens(self, job: Job, tokens: list[int]) -> None:
@@ -706,23 +675,11 @@ class EmbeddedCPU(CPU):
         self._outbox.append((job.out, done))
 
     def _export(self, job: Job) -> KVState:
-        """The job's KV as a `KVState` (its slot is freed; a parked job's KV comes from RAM, or
-        is left to re-prefill)."""
-        seq = job.seq
-        if seq.resident:
-            self.engine.save(seq)
-        else:
-            self._swap_ram -= len(seq.saved or b"")
-        sampled = job.primed + seq.tokens[seq.n_prompt :] + seq.pending
-        state = KVState(
-            model_id=self.model_id,
-            tokens=list(seq.tokens),
-            pending=list(seq.pending),
-            sampled=sampled[-params.REPEAT_LAST_N :],
-            data=seq.saved or b"",
-        )
-        self.engine.drop_saved(seq)
-        return state
+        """The job's state as it stands, for another CPU of this model: its tokens and the KV
+        of a prefix of them (`kvmove.hand_over`); the job keeps its own."""
+        self.kv_exports += 1
+        tokens, kv, n_kv = kvmove.hand_over(self.engine, job.seq)
+        return KVState(self.kv_model or "", tuple(tokens), job.n_conversation, kv, n_kv)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         self._finish_seq(job)

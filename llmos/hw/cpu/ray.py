@@ -12,11 +12,13 @@ queues the reply's chunks, and each poll returns what is there (waiting up to
 
 KV state moves between nodes through Ray's object store. A generation started with `export`
 hands, when it ends by its token limit, a `KVHandle`: a reference to the actor's `KVState`
-(the sequence's KV bytes, tagged with the model's identity, the SHA-256 of its GGUF file) that
-stays in the source node's object store until the target fetches it. `generate(...,
-resume=handle)` on another `RayCPU` continues the reply from that KV; if the target's model is
-not the one the state was computed with, it re-prefills the conversation and the reply's text
-instead: a mismatched KV is never loaded, so a continuation is never wrong.
+(`llmos.hw.cpu.base`: the reply's tokens and KV bytes, tagged with the model's identity, the
+SHA-256 of its GGUF file) that stays in the source node's object store until the target
+fetches it. `generate(..., resume=handle)` on another `RayCPU` continues the reply from that
+KV; if the target's model is not the one the state was computed with, it re-prefills the
+conversation and the reply's text instead, and so does the target's engine for a state it
+may not load (`llmos.hw.cpu.kvmove`): a mismatched KV is never loaded, so a continuation is
+never wrong.
 
 Invariants:
 - Ray is imported only when a Ray CPU is made (`pip install 'llmos[cluster]'`); without it the
@@ -49,8 +51,7 @@ from typing import Any
 
 from llmos import params
 from llmos.errors import BackendError, LlmosError, ModelError
-from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message
-from llmos.hw.cpu.engine import KVState
+from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, KVState, Message
 
 Item = Chunk | BaseException
 
@@ -120,7 +121,7 @@ class EngineHost:
         ray = _ray()
         return {
             "n_ctx": self.cpu.n_ctx,
-            "model_id": self.cpu.model_id,
+            "model_id": self.cpu.kv_model,
             "path": str(self.cpu.engine.model_path),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
@@ -133,15 +134,17 @@ class EngineHost:
         return self.cpu.count_messages(messages)
 
     def start(self, request: GenRequest, resume: KVState | None, export: bool) -> int:
-        """Start a generation; its id, for `poll`, `take_state` and `cancel`."""
+        """Start a generation, continuing `resume` (a top-level argument, so that Ray
+        fetches it from the object store; one nested in the request would stay a reference);
+        its id, for `poll`, `take_state` and `cancel`."""
+        if resume is not None:
+            request = dataclasses.replace(request, resume=resume)
         with self._lock:
             sid = next(self._ids)
         stream = _Stream()
         with self._lock:
             self._streams[sid] = stream
-        stream.run(
-            self.cpu.generate(request, resume=resume, export=stream.keep if export else None)
-        )
+        stream.run(self.cpu.generate(request, export=stream.keep if export else None))
         return sid
 
     def poll(self, sid: int, wait_s: float) -> list[Item]:
@@ -306,22 +309,21 @@ class RayCPU(CPU):
     ) -> Iterator[Chunk]:
         """Stream the reply to `request` from the node. `resume`: continue the reply a
         `KVHandle` holds (its text stands for the request's prefix; max_tokens still counts
-        the whole reply); from its KV when this engine runs the same model, else re-prefilled
-        from the conversation and the reply's text. `export`: if the reply ends by its token
-        limit, a `KVHandle` of its KV is passed to this callable before the final chunk."""
+        the whole reply); from its KV when this engine runs the same model and may load it,
+        else re-prefilled from the conversation and the reply's text. `export`: if the reply
+        ends by its token limit, a `KVHandle` of its KV is passed to this callable before the
+        final chunk."""
         remote = dataclasses.replace(request, entity=None)
         state_ref = None
         base_text, base_tokens = request.prefix, 0
         if resume is not None:
             base_text = resume.text
+            remote = dataclasses.replace(remote, prefix=resume.text)
             if resume.model_id == self.model_id:
                 state_ref = resume.ref
                 base_tokens = resume.reply_tokens
-                left = max(0, request.max_tokens - resume.reply_tokens)
-                remote = dataclasses.replace(remote, prefix="", max_tokens=left)
                 self.kv_resumes += 1
             else:
-                remote = dataclasses.replace(remote, prefix=resume.text)
                 self.reprefills += 1
         if export is not None and state_ref is None and base_text:
             base_tokens = self.count_tokens(base_text)

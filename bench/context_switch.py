@@ -16,6 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import llmos.hw.cpu  # noqa: F401  (first: it sets how llama.cpp's OpenMP threads wait)
+
+# isort: split
 import llama_cpp as ll
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

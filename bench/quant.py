@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llmos.hw.cpu  # noqa: F401  (first: it sets how llama.cpp's OpenMP threads wait)
+
+# isort: split
 import llama_cpp as ll
 import numpy as np
 

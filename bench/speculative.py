@@ -76,13 +76,14 @@ def side(speculative: bool) -> dict[str, Any]:
     from llmos.hw.cpu.base import GenRequest
     from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
-    cpu = EmbeddedCPU(embedded_model_path())
     out: dict[str, Any] = {}
-    try:
-        warm = GenRequest(messages=[{"role": "user", "content": "Hi."}], max_tokens=4)
-        for _ in cpu.generate(warm):
-            pass
-        for name, (_, text) in PROGRAMS.items():
+    for name, (_, text) in PROGRAMS.items():
+        # A fresh CPU per program: its KV cache holds nothing else (see the module note).
+        cpu = EmbeddedCPU(embedded_model_path())
+        try:
+            warm = GenRequest(messages=[{"role": "user", "content": "Hi."}], max_tokens=4)
+            for _ in cpu.generate(warm):
+                pass
             request = GenRequest(
                 messages=[{"role": "user", "content": text}],
                 max_tokens=MAX_TOKENS,
@@ -101,8 +102,8 @@ def side(speculative: bool) -> dict[str, Any]:
             seconds = time.perf_counter() - (first or time.perf_counter())
             rate = (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
             out[name] = {"tokens": tokens, "tok_s": rate, "text": reply}
-    finally:
-        cpu.close()
+        finally:
+            cpu.close()
     return out
 
 

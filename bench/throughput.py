@@ -17,7 +17,9 @@ model's end-of-generation token, so every side does the same work:
   threads, model parameters; n_seq_max=N, kv_unified), prefill in n_batch chunks, then one
   llama_decode per step with N tokens, greedy by argmax of llama_get_logits_ith with the
   end-of-generation tokens masked (as ignore_eos does). The context is created, warmed up by a
-  short untimed decode and cleared (llama_memory_clear) before timing: this is the ceiling.
+  short untimed decode and cleared (llama_memory_clear) before timing: this is the ceiling. It
+  runs with the OpenMP runtime's defaults, as llama.cpp's users get it; the kernel side with
+  what llmos sets (params.OMP_SPIN_COUNT; bench/contention.py compares the two).
 
 Each side runs in a fresh process of its own (never beside a live engine: they would share
 threads and caches), one process per side per round; the sides alternate over ROUNDS rounds,
@@ -35,7 +37,7 @@ decode time, summed).
 
     python bench/throughput.py [--rounds N]      (BENCH_QUICK=1: N = 1, 2; 16 tokens; 1 round)
 
-Goal: kernel >= 0.9 x raw at every N (wall rates, prefill included).
+Goal: kernel >= 0.95 x raw at every N (wall rates, prefill included).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import llmos.hw.cpu  # noqa: F401  (first: it sets how llama.cpp's OpenMP threads wait)
+
+# isort: split
 import llama_cpp as ll
 import numpy as np
 
@@ -72,7 +77,8 @@ from llmos.kernel.sched.policy import Entity
 QUICK = quick()
 NS = (1, 2) if QUICK else (1, 2, 4, 8, 16)
 TOKENS = 16 if QUICK else 128
-GOAL = 0.9
+GOAL = 0.95
+RUNTIME_SPIN_COUNT = "300000"  # libgomp's default GOMP_SPINCOUNT (llmos sets its own)
 ROUNDS = 1 if QUICK else 3
 SYSTEM = "Job {tag}. You write very long lists and never stop early."
 USER = (
@@ -332,7 +338,10 @@ def side_raw(tokens: dict[str, Any]) -> dict[str, Any]:
 def run_side(side: str, run: str, tokens_file: Path) -> dict[str, Any]:
     """One side in a fresh process; its result."""
     cmd = [sys.executable, __file__, "--side", side, "--run", run, "--tokens", str(tokens_file)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if side == "raw":  # llama.cpp as its users get it: the OpenMP runtime's own defaults
+        env["GOMP_SPINCOUNT"] = RUNTIME_SPIN_COUNT
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"{side} side failed: {out.stderr[-2000:]}")

@@ -51,6 +51,13 @@ WINDOW_FIXED_KEYS = frozenset(
 EMBEDDED_N_BATCH = 512  # most tokens in one llama_decode call (hard limit in llama.cpp)
 EMBEDDED_N_SEQ_MAX = 16  # sequence slots: the most processes resident in KV at once
 EMBEDDED_N_THREADS = 0  # 0 means: the number of CPU cores
+# How long llama.cpp's OpenMP threads spin before they sleep, at each of a decode's barriers and
+# between decodes (GOMP_SPINCOUNT, set unless the environment already says how OpenMP threads
+# wait). The runtime's default, 300000 spins, keeps a core busy doing nothing whenever a thread
+# waits; on a machine shared with anything else (the kernel's own threads, a device, another
+# program) the spinning thread takes the core the working one needs. 1000 decodes as fast
+# when the machine is quiet and faster when it is not (bench/contention.py).
+OMP_SPIN_COUNT = 1000
 EMBEDDED_SEED = 0  # sampler seed for reproducible runs
 PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
 # Speculative decoding by prompt lookup (llmos.hw.cpu.lookup), for greedy, unconstrained replies.

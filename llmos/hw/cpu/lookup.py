@@ -18,14 +18,19 @@ nothing.
 
 It is opt-in (`llmos.speculative: true` in a program, or LLMOS_SPECULATIVE=1). Accepted tokens
 are the model's own argmax, and a position's logits are bit-identical whether it is decoded
-alone or in a batch; a sequence alone in the KV cache gives exactly the tokens it gives without
-drafting. But removing a rejected draft frees KV cells, and llama.cpp's unified cache reuses
-freed cells (other sequences' too) for later tokens, so a sequence's cells stop being in
-position order; attention then adds the same terms in another order, and the tiny difference,
-re-quantized in the next layers, can flip a near-tie. bench/speculative.py measures how often
-(the same cause makes batching with other processes change greedy output). On this CPU class a
-small model is compute-bound, so a verified token costs most of a decoded one: the gain is the
-per-step overhead saved, not the compute, and it is modest (bench/speculative.py).
+alone or in a batch: a sequence alone in the KV cache gives exactly the tokens it gives without
+drafting. With other sequences in the cache it may not, and neither does anything else: freed
+cells (a finished reply's, a rejected draft's) are reused by later tokens, where llama.cpp puts
+a token depends on the batch's size, and attention sums a sequence's cells in cell order, so
+the same prompt's greedy reply can change in its last bits with what ran before it, drafting
+or not (a reply measured alone and after another reply differed, with drafting off).
+
+What it gains is bounded by the hardware. On a 2-core AVX2 machine with the Q8_0 weights a
+decode of one token takes ~14 ms and a verify step ~6 ms plus ~10 ms per token it checks (the
+output layer, a fifth of the model, runs for every checked position): even a 16-token draft
+accepted whole makes 17 tokens ~1.35x faster, and a program that copies most of its reply gains
+little (bench/speculative.py). Machines where one decode is mostly fixed cost (wide SIMD, GPUs)
+gain more.
 
 Invariants: the tail n-gram is indexed only once a later token exists, so a match always has a
 token after it; `extend` must see every token of the sequence, prompt first, in order.

@@ -16,7 +16,7 @@ kinds alternating round by round, REPEATS rounds; medians and spread are reporte
   limit, so it writes a full reply), when it is installed, as the
   reference the issue compares with.
 
-Goals (issue #15, item 5): `llmos --help` under 150 ms; a plain run at 250 MiB RSS or less.
+Goals: `llmos --help` under 150 ms; a plain run at 250 MiB RSS or less.
 """
 
 from __future__ import annotations

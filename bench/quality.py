@@ -13,7 +13,7 @@ arithmetic, the answer states the true number and a calc result equals it ("thro
 invoice, vendor and total both right; note, the file exists with exactly the note. A run that
 fails (a clear OutputError) counts as wrong.
 
-Goals (issue 17): arithmetic at least 90% with the mechanisms; every other set at least 20
+Goals: arithmetic at least 90% with the mechanisms; every other set at least 20
 points better on than off. Output: a table, then one JSON line.
 
 Options: `--set NAME` (repeatable) runs only those sets, `--limit N` only the first N items of

@@ -18,7 +18,7 @@ For each size it measures, on one store (`llmos.store.memory.MemoryStore`, a rea
   index and (up to 100k: it takes minutes to build at 1M on two cores) faiss's HNSW, with how
   often the shortlist's and HNSW's top 5 agree with the exact top 5.
 
-Goals (issue #15): hybrid p95 <= 5 ms at 100k and <= 20 ms at 1M memories, recall@5 no lower
+Goals: hybrid p95 <= 5 ms at 100k and <= 20 ms at 1M memories, recall@5 no lower
 than the exact scan's. BENCH_QUICK=1 runs 1k and 10k only; BENCH_SIZES=100000,1000000 runs the
 sizes named.
 """

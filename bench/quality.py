@@ -4,9 +4,10 @@ Five labelled sets of 30 items (bench/data/quality/, written by make.py there): 
 (`classify`), contact extraction (`extract`), arithmetic word problems (`arithmetic`), an
 invoice's vendor and total (`invoice`) and a tool-using fs task (`note`). Each set runs
 through its program in examples/ twice in one run: "off" is the program with its
-`llmos.redundancy`, `llmos.verify` and `llmos.route` keys removed, "on" is the program as
-shipped. All items of one set and condition are spawned at once on one kernel, so the
-embedded CPU batches them as it would any concurrent processes.
+`llmos.redundancy`, `llmos.verify` and `llmos.route` keys removed (and a device only the
+route's kernel calls, `sentiment`, no longer granted), "on" is the program as shipped. All
+items of one set and condition are spawned at once on one kernel, so the embedded CPU batches
+them as it would any concurrent processes.
 
 Scoring: classify, the label; extract, name, email and company all exact (case folded);
 arithmetic, the answer states the true number and a calc result equals it ("through calc");
@@ -126,6 +127,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="llmos-quality-"))
     os.environ["LLMOS_HOME"] = str(home)
     from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
+    from llmos.kernel import dependable
     from llmos.kernel import program as programs
     from llmos.kernel.boot import boot
     from llmos.kernel.core import Kernel
@@ -144,10 +146,12 @@ def main() -> None:
             items = items[:limit]
             per: dict[str, Any] = {}
             for cond in ("off", "on"):
-                llmos = dict(shipped.llmos)
-                if cond == "off":
+                llmos, tools = dict(shipped.llmos), list(shipped.tools)
+                if cond == "off":  # and no device left that only the route's kernel calls
                     llmos = {k: v for k, v in llmos.items() if k not in MECHANISMS}
-                prog = dataclasses.replace(shipped, llmos=llmos)
+                    kernel_only = dependable.kernel_devices(shipped.llmos)
+                    tools = [t for t in tools if t not in kernel_only]
+                prog = dataclasses.replace(shipped, llmos=llmos, tools=tools)
                 for child in root.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
                 t0 = time.perf_counter()

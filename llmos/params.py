@@ -148,7 +148,7 @@ LLMOS_KEYS: dict[str, type | tuple[type, ...]] = {
     "shm": list,  # shared memory segments attached (read) at spawn, by name
     "redundancy": dict,  # {k, vote, temperature}: k samples in one batch, voted (kernel.dependable)
     "verify": dict,  # {grounded: [fields], cites: device}: check answers against their sources
-    "route": dict,  # {arithmetic: calc, mode, ground: {device: [args]}}: work to Software 1.0
+    "route": dict,  # {arithmetic: calc, mode, ground, sentiment: field}: work to Software 1.0
     "speculative": bool,  # draft by prompt lookup (greedy replies; see llmos.hw.cpu.lookup)
 }
 MAX_PRIORITY = 39
@@ -334,6 +334,10 @@ CALC_MAX_EXPR_CHARS = 1000  # a longer calc expression is refused
 CALC_MAX_DIGITS = 4000  # most decimal digits of any exact number (below Python's 4300 str limit)
 CALC_MAX_FACTORIAL = 1000  # factorial(n) refused above this n (1000! has 2568 digits)
 CALC_DECIMAL_DIGITS = 30  # significant digits of the decimal shown for a non-terminating fraction
+SENTIMENT_MAX_TEXT_CHARS = 5000  # a longer text is refused by the sentiment device
+SENTIMENT_LABEL_THRESHOLD = 0.05  # VADER's own: compound >= it positive, <= -it negative
+SENTIMENT_CONFIDENT_COMPOUND = 0.3  # a positive/negative label is confident from this |compound|
+SENTIMENT_LABELS = ("positive", "negative", "neutral")  # what the device answers (route enums)
 PYTHON_CPU_S = 10  # RLIMIT_CPU of a sandboxed python/shell run, seconds of CPU per process
 PYTHON_MEMORY_BYTES = 1024 * 1024 * 1024  # RLIMIT_AS (address space) per sandboxed process
 PYTHON_WALL_S = 20.0  # wall-clock limit of one run; the whole process group is killed after it

@@ -74,6 +74,7 @@ from llmos.errors import (
 from llmos.hw.cpu.base import CPU, Chunk, GenRequest, Message, ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import CALL_OPEN
 from llmos.hw.dev.base import CallContext, Device
+from llmos.kernel import dependable
 from llmos.kernel.dependable import Settings
 from llmos.kernel.dependable import redundancy as vote
 from llmos.kernel.dependable import route as router
@@ -320,7 +321,8 @@ def _steps(
     dep = Settings.of(program.llmos)
     routed: ToolCall | None = None
     if devices is not None and devices.grants:
-        specs = devices.table.specs(devices.grants)
+        kernel_only = dependable.kernel_devices(program.llmos)  # never offered to the model
+        specs = [s for s in devices.table.specs(devices.grants) if s.name not in kernel_only]
         if dep.route is not None:
             route = dep.route
             by_grammar = route.mode in ("grammar", "both")
@@ -338,6 +340,7 @@ def _steps(
                         name=route.arithmetic,
                         arguments=json.dumps({"expression": expression}),
                     )
+        specs = specs or None  # only the kernel's devices: the CPU answers, as without any
     elif program.client_tools:
         specs = list(program.client_tools)  # the caller's own functions: a call ends the run
     hold = dep.verify is not None or dep.redundancy is not None  # printed once checked
@@ -363,20 +366,27 @@ def _steps(
             ttft_ms=ttft_ms,
             started=started,
             attempts=max(1, attempts),
-            extra={"steps": steps} if specs else {},
+            extra={"steps": steps} if specs or steps else {},
         )
 
     step = 0
+    if dep.route is not None and dep.route.sentiment is not None and schema is not None:
+        narrowed = _route_sentiment(devices, dep.route.sentiment, schema, source, context)
+        if narrowed is not None:  # the kernel's call is step 1; the CPU's steps follow it
+            step = 1
+            schema, made = narrowed
+            _record(steps, on_trace, made)
+    first = step + 1  # the CPU's first step
     cut_off = ""  # why the last step's call was unusable, when the output cap cut it off
     while True:
         step += 1
-        if specs and step > program.max_steps:
+        if specs and step - first + 1 > program.max_steps:
             raise StepLimitError(
                 f"{program.path}: reached llmos.max_steps ({program.max_steps}) without an answer"
                 + cut_off
             )
         context.step = step
-        if routed is not None and step == 1:  # the kernel makes the call (llmos.route)
+        if routed is not None and step == first:  # the kernel makes the call (llmos.route)
             _run_calls(devices, [routed], "", step, context, steps, on_trace, routed=True)
             made = steps[-1]
             if made.get("ok") and not program.json_mode:  # and states calc's result itself
@@ -398,14 +408,16 @@ def _steps(
         request = GenRequest(
             messages=context.messages(),
             tools=specs,
-            tool_choice=("required" if required_first and step == 1 else "auto") if specs else None,
+            tool_choice=(
+                ("required" if required_first and step == first else "auto") if specs else None
+            ),
             json_schema=_answer_schema(schema or {"type": "object"}, dep, source)
             if program.json_mode and not specs
             else _lines_schema(dep, cpu)
             if not specs and not resume
             else None,
             entity=entity,
-            prefix=resume if step == 1 else "",
+            prefix=resume if step == first else "",
             **settings,
         )
         if dep.redundancy is not None and not specs:
@@ -424,7 +436,7 @@ def _steps(
         if specs:
             context.touch(text)
         ended_early = last.finish_reason in ("cancelled", "budget")
-        if required_first and step == 1 and trapped.kind == "text" and not ended_early:
+        if required_first and step == first and trapped.kind == "text" and not ended_early:
             raise BackendError(
                 f"{cpu.name} answered without a tool call although {program.path} sets "
                 "llmos.tool_choice: required (the server does not enforce it)"
@@ -564,6 +576,29 @@ def _run_calls(
             tool_call_id=call.id,
             name=call.name,
         )
+
+
+def _route_sentiment(
+    devices: Devices | None, field_name: str, schema: dict[str, Any], source: str, context: Context
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The kernel's call of the sentiment device on the input (`llmos.route.sentiment`): the
+    answer schema the CPU is then held to (FIELD's enum narrowed to the device's label when it
+    is confident and the label is one of the enum's; else `schema` as it was) and the step
+    record of the call. None when the device is not granted (the route is then off)."""
+    device = dependable.SENTIMENT_DEVICE
+    if devices is None or device not in devices.grants:
+        return None
+    call = ToolCall(id="route-1", name=device, arguments=json.dumps({"text": source}))
+    outcome, _label, _source = _syscall(devices, call, context)
+    record = {**_step_record(1, call, outcome), "from": "kernel", "routed": True}
+    out = outcome.output if outcome.ok and isinstance(outcome.output, dict) else {}
+    props = schema.get("properties") or {}
+    spec = props.get(field_name)
+    label = out.get("label")
+    if not out.get("confident") or not isinstance(spec, dict) or label not in spec.get("enum", []):
+        return schema, record
+    record["narrowed"] = {field_name: label}
+    return {**schema, "properties": {**props, field_name: {**spec, "enum": [label]}}}, record
 
 
 def _cited(dep: Settings, steps: list[dict[str, Any]], text: str) -> str | None:

@@ -18,8 +18,8 @@ plugins through the entry-point group "llmos" (`[project.entry-points.llmos] myp
 "my_package.plugin"`, where the module uses `from llmos.kernel.plugins import hookimpl`).
 
 `get_plugin_manager()` builds (once per llmos process) a `PluginManager` with these specs,
-registers the built-in plugin (`BUILTIN`: the devices calc, python, shell, fs, clock, random,
-call, ask and the memory devices; the CPUs embedded, openai, gguf (a path to a .gguf file)
+registers the built-in plugin (`BUILTIN`: the devices calc, sentiment, python, shell, fs, clock,
+random, call, ask and the memory devices; the CPUs embedded, openai, gguf (a path to a .gguf file)
 and ray (an engine on a Ray node); the paging policies oldest, lru, summarize; the scheduling
 policies of `llmos.kernel.sched.policy`), then loads installed plugins. The functions below
 call a hook on every plugin and return what was registered, by name, built-ins first.
@@ -110,10 +110,12 @@ class Builtin:
         from llmos.hw.dev.proc import AskDevice, CallDevice
         from llmos.hw.dev.python import PythonDevice
         from llmos.hw.dev.quarantine import QuarantineDevice
+        from llmos.hw.dev.sentiment import SentimentDevice
         from llmos.hw.dev.shell import ShellDevice
 
         for cls in (CalcDevice, PythonDevice, ShellDevice, FsDevice, ClockDevice, RandomDevice):
             register(cls())
+        register(SentimentDevice())
         for proc_cls in (CallDevice, AskDevice, QuarantineDevice):
             register(proc_cls())
         for mem_cls in MEMORY_DEVICES:

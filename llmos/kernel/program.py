@@ -320,10 +320,15 @@ def _load_path(path: Path) -> Program:
         raise ProgramError(f"{path}: no such program file")
     text = _read_text(path)
     if path.name == params.SKILL_FILE:
-        return _load_skill(path, text)
-    if path.suffix == ".md":
-        return _load_markdown(path, text)
-    return _load_dotprompt(path, text)
+        program = _load_skill(path, text)
+    elif path.suffix == ".md":
+        program = _load_markdown(path, text)
+    else:
+        program = _load_dotprompt(path, text)
+    problem = dependable.check_program(program.llmos, program.output_schema, program.tools)
+    if problem is not None:
+        raise ProgramError(f"{path}: {problem}")
+    return program
 
 
 def _read_text(path: Path) -> str:

@@ -22,6 +22,7 @@ from llmos import params
 from llmos.errors import ModelError
 
 HEAVY = ("numpy", "llama_cpp", "mcp", "jinja2", "fastapi", "starlette", "pydantic", "llm")
+HEAVY += ("vaderSentiment",)
 
 # Runs the console script's entry point, then prints the top-level packages it loaded.
 PROBE = """

@@ -21,7 +21,8 @@ from llmos.kernel.sched.policy import POLICIES, Entity, FairShare
 from llmos.kernel.sched.policy import Policy as SchedPolicy
 from llmos.store.memory import MemoryStore
 
-BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "call", "ask", "quarantine"]
+BUILTINS = ["calc", "python", "shell", "fs", "clock", "random", "sentiment", "call", "ask"]
+BUILTINS += ["quarantine"]
 BUILTINS += ["remember", "recall", "forget", "page_in", "shm_read", "shm_write", "shm_list"]
 
 

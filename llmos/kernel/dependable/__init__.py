@@ -22,8 +22,13 @@ Three mechanisms, each its own module, each switched on by one `llmos.*` key:
   (`parse`), and calc's result, stated by the kernel ("17 * 23.45 = 398.65"), is the answer;
   or the call grammar admits only numbers from the question (`grammar`); grounded arguments
   may only be strings quoted or path-like in the input.
+  `llmos.route: {sentiment: FIELD}`: before the CPU runs, the kernel calls the `sentiment`
+  device (which the program grants) on the input; when it is confident, the answer schema
+  narrows FIELD's enum to its label (the CPU still writes the JSON and every other field).
+  The device is the kernel's alone: the model is never offered it (`kernel_devices`).
 
-`Settings.of(program)` reads a program's keys (already checked at load by `check`).
+`Settings.of(program)` reads a program's keys (already checked at load by `check`, and
+against the program's output schema and tools by `check_program`).
 
 Invariants: every mechanism is off unless the program asks for it; none changes what a
 program without these keys does. What this package does not do: run the loop (see
@@ -63,6 +68,7 @@ class Route:
     arithmetic: str | None = None  # the device that computes (calc)
     mode: str = "both"
     ground: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sentiment: str | None = None  # the output field the sentiment device's label narrows
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Settings:
                 arithmetic=rou.get("arithmetic"),
                 mode=str(rou.get("mode", "both")),
                 ground={d: tuple(a) for d, a in (rou.get("ground") or {}).items()},
+                sentiment=rou.get("sentiment"),
             ),
         )
 
@@ -138,9 +145,15 @@ def check(shown: str, key: str, value: Any) -> str | None:
         if "cites" in value and not isinstance(value["cites"], str):
             return f"'{shown}.cites' must be a device name"
     if key == "route":
-        unknown = sorted(set(value) - {"arithmetic", "mode", "ground"})
+        unknown = sorted(set(value) - {"arithmetic", "mode", "ground", "sentiment"})
         if unknown:
-            return f"'{shown}' has unknown keys {unknown} (valid: arithmetic, mode, ground)"
+            return (
+                f"'{shown}' has unknown keys {unknown} (valid: arithmetic, mode, ground, sentiment)"
+            )
+        if "sentiment" in value and not (
+            isinstance(value["sentiment"], str) and value["sentiment"]
+        ):
+            return f"'{shown}.sentiment' must be the name of an output field"
         if "arithmetic" in value and not isinstance(value["arithmetic"], str):
             return f"'{shown}.arithmetic' must be a device name (calc)"
         if value.get("mode", "both") not in ROUTE_MODES:
@@ -150,4 +163,50 @@ def check(shown: str, key: str, value: Any) -> str | None:
             isinstance(a, list) and all(isinstance(x, str) for x in a) for a in ground.values()
         ):
             return f"'{shown}.ground' must map device names to lists of argument names"
+    return None
+
+
+SENTIMENT_DEVICE = "sentiment"
+
+
+def kernel_devices(llmos: dict[str, Any]) -> tuple[str, ...]:
+    """The devices only the kernel calls for a program (`llmos.route.sentiment`): granted so
+    the kernel may call them, never offered to the model."""
+    route = llmos.get("route")
+    if isinstance(route, dict) and route.get("sentiment") is not None:
+        return (SENTIMENT_DEVICE,)
+    return ()
+
+
+def check_program(
+    llmos: dict[str, Any], output_schema: dict[str, Any] | None, tools: list[str]
+) -> str | None:
+    """Why a program's `llmos.route.sentiment` does not fit its output schema or tools (a
+    sentence), or None. FIELD must be a field of a JSON output schema whose enum holds only
+    labels the device gives (params.SENTIMENT_LABELS), and the program must grant the device
+    (`tools: [sentiment]`), as the arithmetic route needs calc granted."""
+    route = llmos.get("route")
+    name = route.get("sentiment") if isinstance(route, dict) else None
+    if name is None:
+        return None
+    shown = f"'llmos.route.sentiment: {name}'"
+    props = (output_schema or {}).get("properties")
+    if not isinstance(props, dict):
+        return f"{shown} needs a JSON output schema with that field"
+    spec = props.get(name)
+    if not isinstance(spec, dict):
+        return f"{shown}: the output schema has no field '{name}' (fields: {', '.join(props)})"
+    kind = spec.get("type", "string")
+    enum = spec.get("enum")
+    labels = params.SENTIMENT_LABELS
+    if kind != "string" or not isinstance(enum, list) or not enum:
+        return f"{shown}: field '{name}' must be a string enum of {', '.join(labels)}"
+    strange = [v for v in enum if v not in labels]
+    if strange:
+        return (
+            f"{shown}: field '{name}' has values {strange} the sentiment device never gives "
+            f"(it gives {', '.join(labels)})"
+        )
+    if SENTIMENT_DEVICE not in tools:
+        return f"{shown} needs the device granted: add 'tools: [{SENTIMENT_DEVICE}]'"
     return None

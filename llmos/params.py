@@ -63,10 +63,10 @@ PREFILL_CHUNK = 128  # most prompt tokens one sequence feeds per engine step
 # Speculative decoding by prompt lookup (llmos.hw.cpu.lookup), for greedy, unconstrained replies.
 SPEC_LOOKUP = False  # opt-in (`llmos.speculative: true`, or LLMOS_SPECULATIVE=1 for every reply)
 ENV_SPECULATIVE = "LLMOS_SPECULATIVE"
-SPEC_NGRAM_MIN = 2  # the shortest tail n-gram looked up (1-grams draft too much noise)
+SPEC_NGRAM_MIN = 3  # the shortest tail n-gram looked up (2-grams draft common phrases: wrong)
 SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
 SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
-SPEC_DRAFT_START = 2  # a sequence's first draft length (it doubles while drafts hold)
+SPEC_DRAFT_START = 1  # a sequence's first draft length (it doubles while drafts hold)
 SPEC_BACKOFF_MIN = 4  # steps without drafting after a draft rejected at its first token...
 SPEC_BACKOFF_MAX = 64  # ...doubling with each such failure up to this
 PREFIX_MIN_SHARE = 16  # shortest shared prompt prefix worth copying KV for (or waiting on)

@@ -624,11 +624,9 @@ def _lines_schema(dep: Settings, cpu: CPU) -> dict[str, Any] | None:
     if dep.verify is None or dep.verify.lines is None or not cpu.capabilities.grammar:
         return None
     n = dep.verify.lines
-    line = {
-        "type": "string",
-        "minLength": params.VERIFY_LINE_MIN_CHARS,
-        "maxLength": params.VERIFY_LINE_MAX_CHARS,
-    }
+    word = r"[A-Za-z][A-Za-z']{0,13}[,;:!?.]?"  # a word, perhaps a mark after it
+    more = (params.VERIFY_LINE_MIN_WORDS - 1, params.VERIFY_LINE_MAX_WORDS - 1)
+    line = {"type": "string", "pattern": f"^{word}( {word}){{{more[0]},{more[1]}}}$"}
     return {"type": "array", "items": line, "minItems": n, "maxItems": n}
 
 

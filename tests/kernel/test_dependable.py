@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llmos import params
 from llmos.errors import OutputError, ProgramError
 from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import call_grammar
@@ -187,6 +189,11 @@ def test_a_form_of_n_lines_is_kept_by_the_grammar(tmp_path: Path) -> None:
     assert result.output == "Snow falls\non the quiet hill\nnight comes" == seen
     schema = cpu.requests[0].json_schema
     assert schema is not None and schema["minItems"] == schema["maxItems"] == 3
+    line = re.compile(schema["items"]["pattern"])  # a line is a phrase of whole words
+    assert line.match("on the quiet hill,") and line.match("Snow falls")
+    assert not line.match("Snow")  # fewer than VERIFY_LINE_MIN_WORDS
+    assert not line.match(" ".join(["word"] * (params.VERIFY_LINE_MAX_WORDS + 1)))
+    assert not line.match("behold.Abele's,theres,a,lady,who,is,a,cat")  # no gluing
 
 
 def test_a_text_answer_of_the_wrong_form_is_retried(tmp_path: Path) -> None:

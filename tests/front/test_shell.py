@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +187,38 @@ def test_shell_on_the_in_process_kernel(home: Path, tmp_path: Path) -> None:
     finally:
         kernel.system.close()
     assert (home / params.SHELL_HISTORY_NAME).read_text().count("chat hi, I am Ada") == 1
+
+
+def _ignore_and_block_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTSTP})
+
+
+def test_ctrl_c_kills_the_job_though_the_shell_was_started_ignoring_it(
+    home: Path, tmp_path: Path
+) -> None:
+    """Both are inherited from whoever starts the shell; an interactive shell takes them back."""
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"replies": [SLOW], "delay": 0.2, "programs": PROGRAMS}))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tests.front.shell_harness", str(scenario)],
+        env=env(home),
+        encoding="utf-8",
+        timeout=TIMEOUT_S,
+        dimensions=(50, 200),
+        cwd=str(Path(__file__).parents[2]),
+        preexec_fn=_ignore_and_block_ctrl_c,
+    )
+    child.expect_exact(PROMPT)
+    child.sendline("count slowly")
+    child.expect_exact("w3 ")
+    child.sendcontrol("c")
+    child.expect(r"\[\d+\] killed\s+pid (\d+)")
+    child.expect_exact(PROMPT)
+    assert "w29" not in str(child.before)
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
 
 
 @pytest.mark.slow

@@ -399,6 +399,8 @@ class ShellCompleter(Completer):
 def loop(shell: Shell, history: Path | None) -> None:
     """Read and run lines until exit or the end of the input."""
     read = _terminal_reader(shell, history) if sys.stdin.isatty() else _pipe_reader()
+    if sys.stdin.isatty():
+        _own_ctrl_c()
     while not shell.done:
         shell.report()
         try:
@@ -448,6 +450,17 @@ def _read_file(name: str) -> str:
         raise InputError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
     except OSError as exc:
         raise InputError(f"{name}: {exc.strerror}") from None
+
+
+def _own_ctrl_c() -> None:
+    """An interactive shell takes Ctrl-C and Ctrl-Z as its own, as sh does, even when whoever
+    started it left SIGINT ignored or SIGINT and SIGTSTP blocked (both are inherited): else
+    Ctrl-C could not kill a foreground job."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "SIGTSTP"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTSTP})
 
 
 def _on_sigtstp(handler: Callable[[], None]) -> Any:

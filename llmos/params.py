@@ -89,6 +89,7 @@ VERIFY_RETRIES = 1  # an answer that fails llmos.verify is retried this many tim
 VERIFY_MAX_LINES = 64  # most lines llmos.verify.lines may ask a text answer for
 VERIFY_LINE_MIN_WORDS = 2  # fewest words of one line under llmos.verify.lines (a phrase)
 VERIFY_LINE_MAX_WORDS = 7  # most words of one such line (the grammar's bound: it ends at a word)
+VERIFY_LINE_MAX_WORD_CHARS = 15  # longest word of such a line (no gluing words into one)
 VERIFY_CHECK_MAX_BYTES = 16 * 1024  # most bytes of a llmos.verify.check program's source
 VERIFY_CHECK_WALL_S = 10.0  # longest one sandboxed run of the checks of a reply's samples
 ROUTE_MAX_NUMBERS = 12  # most distinct numbers of a question a routed calc grammar admits

@@ -624,7 +624,8 @@ def _lines_schema(dep: Settings, cpu: CPU) -> dict[str, Any] | None:
     if dep.verify is None or dep.verify.lines is None or not cpu.capabilities.grammar:
         return None
     n = dep.verify.lines
-    word = r"[A-Za-z][A-Za-z']{0,13}[,;:!?.]?"  # a word, perhaps a mark after it
+    # a word: no space, quote, backslash or control break, in any script, and not too long
+    word = rf'[^ \t"\\\n]{{1,{params.VERIFY_LINE_MAX_WORD_CHARS}}}'
     more = (params.VERIFY_LINE_MIN_WORDS - 1, params.VERIFY_LINE_MAX_WORDS - 1)
     line = {"type": "string", "pattern": f"^{word}( {word}){{{more[0]},{more[1]}}}$"}
     return {"type": "array", "items": line, "minItems": n, "maxItems": n}

@@ -191,6 +191,7 @@ def test_a_form_of_n_lines_is_kept_by_the_grammar(tmp_path: Path) -> None:
     assert schema is not None and schema["minItems"] == schema["maxItems"] == 3
     line = re.compile(schema["items"]["pattern"])  # a line is a phrase of whole words
     assert line.match("on the quiet hill,") and line.match("Snow falls")
+    assert line.match("la neige d'été tombe")  # words of any script
     assert not line.match("Snow")  # fewer than VERIFY_LINE_MIN_WORDS
     assert not line.match(" ".join(["word"] * (params.VERIFY_LINE_MAX_WORDS + 1)))
     assert not line.match("behold.Abele's,theres,a,lady,who,is,a,cat")  # no gluing

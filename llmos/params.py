@@ -66,9 +66,17 @@ ENV_SPECULATIVE = "LLMOS_SPECULATIVE"
 SPEC_NGRAM_MIN = 3  # the shortest tail n-gram looked up (2-grams draft common phrases: wrong)
 SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
 SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
-SPEC_DRAFT_START = 1  # a sequence's first draft length (it doubles while drafts hold)
-SPEC_BACKOFF_MIN = 4  # steps without drafting after a draft rejected at its first token...
-SPEC_BACKOFF_MAX = 64  # ...doubling with each such failure up to this
+# A draft's length is chosen for the most tokens per second: from how often this sequence's
+# drafted tokens held (a moving average) and what a step costs (fixed + per-token, measured).
+SPEC_ACCEPT_PRIOR = 0.8  # a new sequence's chance that a drafted token holds
+SPEC_ACCEPT_ALPHA = 0.15  # weight of each verified token's outcome in that average
+SPEC_MIN_GAIN = 0.03  # draft only when it is expected to raise tokens/s by this share
+SPEC_COST_PRIOR_PER_TOKEN = 0.5  # a batch token's share of a one-token step, until measured
+SPEC_COST_MIN_SHARE = 0.01  # the least that share is taken to be (a fit can find it ~0)
+SPEC_COST_DECAY = 0.98  # weight kept by past steps in the step-cost fit, per step
+SPEC_COST_MAX_TOKENS = 64  # steps of more tokens (prefill) use other kernels: not fitted
+SPEC_BACKOFF_MIN = 4  # steps a sequence not worth drafting for waits before a 1-token probe...
+SPEC_BACKOFF_MAX = 64  # ...doubling with each failed probe up to this
 PREFIX_MIN_SHARE = 16  # shortest shared prompt prefix worth copying KV for (or waiting on)
 PREFIX_CACHE_TOKENS = 2048  # finished prompts' KV kept resident for later sharing, in tokens
 

@@ -41,6 +41,7 @@ import ctypes
 import itertools
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ import numpy as np
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
-from llmos.hw.cpu.lookup import Lookup
+from llmos.hw.cpu.lookup import Lookup, StepCost
 
 GGUF_MAGIC = b"GGUF"
 
@@ -327,6 +328,7 @@ class Engine:
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self._free_slots = list(range(n_seq_max - 1, -1, -1))
+        self.cost = StepCost()  # what steps of n tokens take: the drafts' economics
         self._piece_buf = ctypes.create_string_buffer(256)
         self._eog: list[int] | None = None
         # Per token, as first asked (the engine thread's per-token work makes no C call).
@@ -581,6 +583,7 @@ class Engine:
         room = self.n_batch
         if not decoding:  # nobody waits on this step: prefill in the largest chunks
             prefill_chunk = self.n_batch
+        share, drafted = self.cost.per_token_share(), 0
         for seq in decoding + prefilling:
             if seq.slot is None or not seq.pending or room <= 0:
                 continue
@@ -595,7 +598,8 @@ class Engine:
             draft: list[int] = []
             if take == 1 and seq.lookup is not None:
                 limit = min(seq.draft_limit, room - 1, self.n_ctx - seq.n_past - 1)
-                draft = seq.lookup.draft(limit)
+                draft = seq.lookup.draft(limit, share, len(decoding) + drafted)
+                drafted += len(draft)
             last = take == len(seq.pending)
             pos0 = seq.n_past
             for j, token in enumerate(seq.pending[:take] + draft):
@@ -612,7 +616,9 @@ class Engine:
         batch.n_tokens = n
         if before_decode is not None:
             before_decode()
+        started = time.perf_counter()
         rc = ll.llama_decode(self.ctx, batch)
+        self.cost.observe(n, time.perf_counter() - started)
         if rc == 1:
             raise EngineFull("KV cache is full")
         if rc != 0:

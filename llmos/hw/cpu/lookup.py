@@ -8,13 +8,18 @@ that followed it there are the draft. The engine verifies a draft in the same ba
 everyone's next token and keeps the longest prefix the model itself would have chosen, so the
 output is the model's own (no second model; greedy output unchanged).
 
-Verifying a draft is not free: on a CPU each extra token in a batch costs most of what a
-token costs alone (a small model is compute-bound), so a rejected draft is time lost. The
-draft length therefore adapts per sequence: it starts short, doubles while drafts are accepted
-whole, shrinks to what was accepted after a partial one, and after a draft rejected at its
-first token the sequence drafts nothing for a while (a back-off that doubles with each such
-failure, up to params.SPEC_BACKOFF_MAX steps), so a program that copies nothing pays almost
-nothing.
+Verifying a draft is not free: on a CPU each extra token in a batch costs much of what a token
+costs alone (a small model is compute-bound), so a rejected draft is time lost. How long a draft
+is therefore follows the economics of each step. `StepCost` fits what the engine's steps cost
+(fixed + per token, over recent steps), and each sequence keeps a moving average of how often
+its drafted tokens held. A draft of k tokens is expected to yield p + p^2 + ... + p^k more
+tokens for k more tokens of batch; the length chosen is the one with the most tokens per second
+for the whole batch, and there is no draft unless that beats not drafting by
+params.SPEC_MIN_GAIN. Where a batch token is nearly free (a GPU) drafts run long; on a 2-core CPU
+they stay short unless the sequence is copying. A sequence not worth drafting for (its drafts
+failed) waits, then probes with one token (the wait doubles after each failed probe, up to
+params.SPEC_BACKOFF_MAX steps), so a program that copies nothing pays almost nothing and one
+that starts copying later is found again.
 
 It is opt-in (`llmos.speculative: true` in a program, or LLMOS_SPECULATIVE=1). Accepted tokens
 are the model's own argmax, and a position's logits are bit-identical whether it is decoded
@@ -26,14 +31,13 @@ the same prompt's greedy reply can change in its last bits with what ran before 
 or not (a reply measured alone and after another reply differed, with drafting off).
 
 What it gains is bounded by the hardware. On a 2-core AVX2 machine with the Q8_0 weights a
-decode of one token takes ~14 ms and a verify step ~6 ms plus ~10 ms per token it checks (the
+decode of one token takes ~18 ms and a step of k tokens ~8 ms plus ~10 ms per token (the
 output layer, a fifth of the model, runs for every checked position): even a 16-token draft
-accepted whole makes 17 tokens ~1.35x faster, and a program that copies most of its reply gains
-little (bench/speculative.py). Machines where one decode is mostly fixed cost (wide SIMD, GPUs)
-gain more.
+accepted whole makes 17 tokens under 2x faster, and the best length at a 95% hit rate is ~4.
 
 Invariants: the tail n-gram is indexed only once a later token exists, so a match always has a
-token after it; `extend` must see every token of the sequence, prompt first, in order.
+token after it; `extend` must see every token of the sequence, prompt first, in order; only
+ratios of step costs are used, so `StepCost` needs no unit.
 
 What this does not do: verify drafts (`llmos.hw.cpu.engine.Engine.step` does), or draft for
 sampled (non-greedy) or grammar-constrained sequences (the engine gives those no lookup).
@@ -42,6 +46,51 @@ sampled (non-greedy) or grammar-constrained sequences (the engine gives those no
 from __future__ import annotations
 
 from llmos import params
+
+
+class StepCost:
+    """What a decode step of n tokens costs, fitted online as fixed + per_token * n by least
+    squares over recent steps (each older step weighs params.SPEC_COST_DECAY less)."""
+
+    def __init__(self, decay: float = params.SPEC_COST_DECAY) -> None:
+        self.decay = decay
+        self._w = self._n = self._nn = self._t = self._nt = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        if not 1 <= tokens <= params.SPEC_COST_MAX_TOKENS or seconds <= 0:
+            return
+        d = self.decay
+        self._w = self._w * d + 1.0
+        self._n = self._n * d + tokens
+        self._nn = self._nn * d + tokens * tokens
+        self._t = self._t * d + seconds
+        self._nt = self._nt * d + tokens * seconds
+
+    def per_token_share(self) -> float:
+        """What one more token in a batch adds, as a share of a one-token step (0..1];
+        params.SPEC_COST_PRIOR_PER_TOKEN until steps of different sizes were seen."""
+        w = self._w
+        if w <= 0:
+            return params.SPEC_COST_PRIOR_PER_TOKEN
+        mean_n, mean_t = self._n / w, self._t / w
+        var = self._nn / w - mean_n * mean_n
+        if var < 0.25:  # (nearly) one step size only: no slope to see
+            return params.SPEC_COST_PRIOR_PER_TOKEN
+        slope = (self._nt / w - mean_n * mean_t) / var
+        one = mean_t - slope * mean_n + slope  # the fit at one token
+        if one <= 0:  # noise made the fixed part negative: batch tokens are all the cost
+            return 1.0
+        return min(1.0, max(params.SPEC_COST_MIN_SHARE, slope / one))
+
+
+def expected_gain(p: float, k: int, share: float, batch: int) -> float:
+    """How many times the batch's tokens/s a k-token draft is expected to give, where each
+    drafted token holds with chance p (given the ones before it held), a batch token costs
+    `share` of a one-token step, and the batch already holds `batch` tokens."""
+    p = min(max(p, 0.0), 0.999)
+    extra = p * (1 - p**k) / (1 - p)  # p + p^2 + ... + p^k
+    step = (1 - share) + share * batch
+    return (1 + extra / batch) / (1 + share * k / step)
 
 
 class Lookup:
@@ -59,8 +108,8 @@ class Lookup:
         self.sizes = range(ngram_max, ngram_min - 1, -1)  # longest first
         self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self.draft_max = draft_max
-        self.k = min(params.SPEC_DRAFT_START, draft_max)  # the current draft length
-        self.wait = 0  # steps left to draft nothing (after a draft rejected at once)
+        self.p = params.SPEC_ACCEPT_PRIOR  # moving average: a drafted token held
+        self.wait = 0  # steps left before a probe (while drafting does not pay)
         self.backoff = params.SPEC_BACKOFF_MIN
         self.drafted = self.accepted = 0  # totals, for statistics
         self.extend(tokens)
@@ -75,15 +124,34 @@ class Lookup:
                         self._index[n][tuple(history[end + 1 - n : end + 1])] = end
             history.append(token)
 
-    def draft(self, limit: int) -> list[int]:
-        """Up to min(k, limit) tokens that followed the latest earlier occurrence of the
-        history's tail; [] when nothing matches."""
+    def draft(
+        self, limit: int, share: float = params.SPEC_COST_PRIOR_PER_TOKEN, batch: int = 1
+    ) -> list[int]:
+        """The draft worth verifying now, at most `limit` tokens: what followed the latest
+        earlier occurrence of the history's tail, cut to the length with the best expected
+        gain (`share` and `batch` as for `expected_gain`); [] when nothing matches or no
+        length pays (a 1-token probe once the wait is over)."""
+        limit = min(limit, self.draft_max)
+        if limit <= 0:
+            return []
+        found = self._match(limit)
+        if not found:
+            return []
+        best, best_k = 1.0 + params.SPEC_MIN_GAIN, 0
+        for k in range(1, len(found) + 1):
+            gain = expected_gain(self.p, k, share, batch)
+            if gain > best:
+                best, best_k = gain, k
+        if best_k:
+            return found[:best_k]
         if self.wait > 0:
             self.wait -= 1
             return []
-        limit = min(limit, self.k)
-        if limit <= 0:
-            return []
+        self.wait = self.backoff  # a probe: if it fails, the next comes later
+        self.backoff = min(params.SPEC_BACKOFF_MAX, self.backoff * 2)
+        return found[:1]
+
+    def _match(self, limit: int) -> list[int]:
         history = self.history
         for n in self.sizes:
             if len(history) < n:
@@ -94,16 +162,15 @@ class Lookup:
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:
-        """Adapt the draft length to how much of the last draft the model confirmed."""
+        """Fold the last draft's outcome into the hit rate: each confirmed token a hit, the
+        first rejected one a miss (the tokens after it were never tested)."""
         self.drafted += drafted
         self.accepted += accepted
-        if accepted == drafted:
-            self.k = min(self.draft_max, self.k * 2)
+        alpha = params.SPEC_ACCEPT_ALPHA
+        for _ in range(accepted):
+            self.p += alpha * (1.0 - self.p)
+        if accepted < drafted:
+            self.p -= alpha * self.p
+        if accepted:  # a probe that held: drafting is judged again at the next step
             self.backoff = params.SPEC_BACKOFF_MIN
-        elif accepted == 0:
-            self.k = min(params.SPEC_DRAFT_START, self.draft_max)
-            self.wait = self.backoff
-            self.backoff = min(params.SPEC_BACKOFF_MAX, self.backoff * 2)
-        else:
-            self.k = max(1, accepted + 1)
-            self.backoff = params.SPEC_BACKOFF_MIN
+            self.wait = 0

@@ -1,42 +1,95 @@
-"""Prompt lookup on its own: which drafts it proposes and how the draft length adapts."""
+"""Prompt lookup on its own: which drafts it proposes, how long, and what a step costs."""
 
 from __future__ import annotations
 
+import pytest
+
 from llmos import params
-from llmos.hw.cpu.lookup import Lookup
+from llmos.hw.cpu.lookup import Lookup, StepCost, expected_gain
+
+CHEAP = 0.01  # a batch token's share of a one-token step on a wide machine (a GPU)
+CPU = 0.55  # on the 2-core test machine
 
 
 def test_the_tail_is_matched_to_its_latest_earlier_occurrence() -> None:
     lookup = Lookup([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3])
-    lookup.k = 8  # a sequence whose drafts have held (a new one starts at SPEC_DRAFT_START)
     # the tail (1, 2, 3) last occurred before 7, 8: that is the draft
-    assert lookup.draft(2) == [7, 8]
+    assert lookup.draft(2, CHEAP) == [7, 8]
     lookup.extend([7])
-    assert lookup.draft(3) == [8, 1, 2]  # (1, 2, 3, 7), the longest match, is followed by 8, 1, 2
+    # (1, 2, 3, 7), the longest match, is followed by 8, 1, 2
+    assert lookup.draft(3, CHEAP) == [8, 1, 2]
 
 
 def test_no_match_no_draft_and_the_tail_never_matches_itself() -> None:
-    assert Lookup([1, 2, 3, 4]).draft(8) == []
-    assert Lookup([5, 5]).draft(8) == []  # a 1-gram is too short to draft from
+    assert Lookup([1, 2, 3, 4]).draft(8, CHEAP) == []
+    assert Lookup([5, 5]).draft(8, CHEAP) == []  # a 1-gram is too short to draft from
     short = [1, 2, 9] * 2  # (1, 2) recurs, then 9: a 2-gram match
-    assert Lookup(short[:-1]).draft(8) == ([] if params.SPEC_NGRAM_MIN > 2 else [9])
+    assert Lookup(short[:-1]).draft(8, CHEAP) == ([] if params.SPEC_NGRAM_MIN > 2 else [9])
 
 
-def test_the_draft_length_grows_while_drafts_hold_and_backs_off_after_a_miss() -> None:
+def test_the_expected_gain_weighs_the_hit_rate_against_what_batch_tokens_cost() -> None:
+    # a certain draft on free batch tokens: k more tokens for nothing
+    assert expected_gain(1.0, 4, 0.0, 1) == pytest.approx(1 + 0.999 * (1 - 0.999**4) / 0.001)
+    # every batch token as dear as a step: drafting can only lose
+    assert expected_gain(0.99, 8, 1.0, 1) < 1
+    # on the CPU, a 95% hit rate pays most at a few tokens, not at sixteen
+    gains = {k: expected_gain(0.95, k, CPU, 1) for k in (1, 4, 16)}
+    assert gains[4] > gains[16] > 1 and gains[4] > gains[1]
+    # the same draft is worth less in a full batch (it adds a smaller share of the tokens)
+    assert expected_gain(0.95, 4, CPU, 8) < gains[4]
+
+
+def test_draft_length_follows_the_hit_rate_and_the_cost() -> None:
+    copied = list(range(100, 140))
+    lookup = Lookup(copied + copied[:5])  # the tail recurs: up to 35 tokens could follow
+    lookup.p = 0.999
+    assert len(lookup.draft(16, CHEAP)) == 16  # near-free tokens, near-certain hits: the most
+    assert len(lookup.draft(40, CHEAP)) == params.SPEC_DRAFT_MAX
+    lookup.p = 0.95
+    assert 2 <= len(lookup.draft(16, CPU)) <= 8  # dear tokens: a few
+    assert lookup.draft(0, CHEAP) == []
+
+
+def test_hits_raise_the_rate_and_a_miss_lowers_it() -> None:
+    lookup = Lookup([1, 2, 3])
+    p = lookup.p
+    assert p == params.SPEC_ACCEPT_PRIOR
+    lookup.feedback(4, 4)
+    assert lookup.p > p
+    high = lookup.p
+    lookup.feedback(4, 1)  # one hit, then a miss
+    alpha = params.SPEC_ACCEPT_ALPHA
+    assert lookup.p == pytest.approx((high + alpha * (1 - high)) * (1 - alpha))
+    assert (lookup.drafted, lookup.accepted) == (8, 5)
+
+
+def test_a_sequence_whose_drafts_fail_waits_then_probes_with_one_token() -> None:
     lookup = Lookup(list(range(40)) + list(range(5)))
-    start = lookup.k
-    assert start == params.SPEC_DRAFT_START
-    lookup.feedback(start, start)
-    assert lookup.k == 2 * start
-    while lookup.k < 8:  # drafts accepted whole: the length doubles
-        lookup.feedback(lookup.k, lookup.k)
-    drafted, accepted = lookup.drafted, lookup.accepted
-    lookup.feedback(lookup.k, 3)  # partly accepted: the next draft is what held, plus one
-    assert lookup.k == 4
-    lookup.feedback(4, 0)  # rejected at once: no drafts for a while
-    assert [lookup.draft(8) for _ in range(params.SPEC_BACKOFF_MIN)] == [[]] * 4
-    assert lookup.draft(8) != []
-    assert lookup.k == min(params.SPEC_DRAFT_START, params.SPEC_DRAFT_MAX)
-    lookup.feedback(2, 0)  # again: the back-off doubles
-    assert lookup.wait == 2 * params.SPEC_BACKOFF_MIN
-    assert lookup.drafted == drafted + 8 + 4 + 2 and lookup.accepted == accepted + 3
+    lookup.p = 0.2  # its drafts have failed: no length pays on the CPU
+    waits = params.SPEC_BACKOFF_MIN
+    probe = lookup.draft(8, CPU)
+    assert probe == [5]  # the first time, a probe of one token
+    assert [lookup.draft(8, CPU) for _ in range(waits)] == [[]] * waits
+    assert lookup.draft(8, CPU) == [5]  # the wait is over: another probe
+    lookup.feedback(1, 0)  # it failed: the next wait is twice as long
+    assert lookup.wait == 2 * waits
+    lookup.feedback(1, 1)  # a probe that held: judged again at the next step
+    assert lookup.wait == 0 and lookup.backoff == params.SPEC_BACKOFF_MIN
+
+
+def test_step_cost_fits_fixed_plus_per_token() -> None:
+    cost = StepCost()
+    assert cost.per_token_share() == params.SPEC_COST_PRIOR_PER_TOKEN  # nothing seen yet
+    for _ in range(5):
+        cost.observe(1, 0.018)
+    assert cost.per_token_share() == params.SPEC_COST_PRIOR_PER_TOKEN  # one size: no slope
+    for n in (2, 4, 8, 16, 1, 1):
+        cost.observe(n, 0.008 + 0.010 * n)  # 8 ms fixed, 10 ms a token
+    assert cost.per_token_share() == pytest.approx(0.010 / 0.018)
+    cost.observe(400, 1.0)  # a prefill chunk: other kernels, not fitted
+    cost.observe(0, 0.5)
+    assert cost.per_token_share() == pytest.approx(0.010 / 0.018)
+    flat = StepCost()
+    for n in (1, 8, 1, 8):
+        flat.observe(n, 0.02)  # a batch token costs nothing measurable
+    assert flat.per_token_share() == params.SPEC_COST_MIN_SHARE

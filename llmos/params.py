@@ -68,7 +68,7 @@ SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
 SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
 # A draft's length is chosen for the most tokens per second: from how often this sequence's
 # drafted tokens held (a moving average) and what a step costs (fixed + per-token, measured).
-SPEC_ACCEPT_PRIOR = 0.8  # a new sequence's chance that a drafted token holds
+SPEC_ACCEPT_PRIOR = 0.7  # a new sequence's chance that a drafted token holds
 SPEC_ACCEPT_ALPHA = 0.15  # weight of each verified token's outcome in that average
 SPEC_MIN_GAIN = 0.03  # draft only when it is expected to raise tokens/s by this share
 SPEC_COST_PRIOR_PER_TOKEN = 0.5  # a batch token's share of a one-token step, until measured

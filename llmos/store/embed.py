@@ -223,7 +223,11 @@ class VectorIndex:
             if also:
                 wanted = np.asarray(also, dtype=np.int64)
                 at = np.minimum(np.searchsorted(ids, wanted), n - 1)
-                rows = np.union1d(rows, at[ids[at] == wanted])
+                at = at[ids[at] == wanted]
+                # Those not on the shortlist already (sorted, so a binary search each); cheaper
+                # than np.union1d, which sorts and deduplicates the whole concatenation.
+                near = rows[np.minimum(np.searchsorted(rows, at), len(rows) - 1)]
+                rows = np.sort(np.concatenate((rows, np.unique(at[near != at]))))
         scores = self._rows[rows] @ q if len(rows) < n else self.matrix @ q
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
@@ -235,6 +239,10 @@ class VectorIndex:
         sign-bit index is built on first use, then kept in step by add and remove)."""
         if self._bits is None:
             bits = _faiss().IndexBinaryFlat(params.EMBED_DIM)
+            # faiss's default top-k selection keeps a heap, slow for a shortlist this long
+            # (1.2 ms of a 100k search); its counting selection (Hamming distances are 0..256)
+            # picks the same rows in under half the time (bench/retrieval.py, index p95).
+            bits.use_heap = False
             bits.add(sign_bits(self.matrix))
             self._bits = bits
         _, found = self._bits.search(sign_bits(query), min(params.VECTOR_SHORTLIST, self._n))

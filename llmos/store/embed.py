@@ -204,12 +204,25 @@ class VectorIndex:
         self.reset(list(self.ids[keep]), self.matrix[keep])
         self._bits = bits
 
+    def shortlist(self, query: Vectors) -> npt.NDArray[np.int64] | None:
+        """The positions `search` scores for `query` besides its `also` ids: None (every row)
+        up to params.VECTOR_EXACT_MAX rows, else the sign-bit shortlist. Valid for `search`
+        until the index next changes (a caller computes it while waiting on other work)."""
+        if self._n <= params.VECTOR_EXACT_MAX:
+            return None
+        return self._shortlist(np.asarray(query, dtype=np.float32).reshape(-1))
+
     def search(
-        self, query: Vectors, k: int, also: list[int] | None = None
+        self,
+        query: Vectors,
+        k: int,
+        also: list[int] | None = None,
+        shortlist: npt.NDArray[np.int64] | None = None,
     ) -> list[tuple[int, float]]:
         """The k ids most similar to `query` (one row), best first. Above
-        params.VECTOR_EXACT_MAX rows the candidates are the sign-bit shortlist and the ids in
-        `also` (any not in the index are skipped)."""
+        params.VECTOR_EXACT_MAX rows the candidates are the sign-bit shortlist (`shortlist`'s,
+        when the caller has it already) and the ids in `also` (any not in the index are
+        skipped)."""
         n = self._n
         if n == 0 or k <= 0:
             return []
@@ -219,7 +232,7 @@ class VectorIndex:
         if n <= params.VECTOR_EXACT_MAX:
             rows = np.arange(n)
         else:
-            rows = self._shortlist(q)
+            rows = self._shortlist(q) if shortlist is None else shortlist
             if also:
                 wanted = np.asarray(also, dtype=np.int64)
                 at = np.minimum(np.searchsorted(ids, wanted), n - 1)

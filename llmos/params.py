@@ -235,6 +235,7 @@ BM25_DF_CACHE_TERMS = 4096  # document frequencies of query words remembered per
 BM25_DF_STALE_SHARE = 0.01  # ...until the scope has grown or shrunk by more than this share
 VECTOR_EXACT_MAX = 20_000  # a vector index this small is scanned exactly (a product per row)
 VECTOR_SHORTLIST = 1000  # larger: this many rows nearest by sign bits (Hamming), then exact scores
+RECALL_PARALLEL_MIN_ROWS = 20_000  # hybrid recall over more rows runs BM25 on a worker thread
 MEMORY_MAX_TEXT_BYTES = 64 * 1024  # remember: longer text is refused
 MEMORY_MAX_TAGS = 16  # remember: most tags on one memory
 MEMORY_MAX_TAG_BYTES = 256  # remember: a longer tag is refused

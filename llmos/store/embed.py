@@ -204,12 +204,25 @@ class VectorIndex:
         self.reset(list(self.ids[keep]), self.matrix[keep])
         self._bits = bits
 
+    def shortlist(self, query: Vectors) -> npt.NDArray[np.int64] | None:
+        """The positions `search` scores for `query` besides its `also` ids: None (every row)
+        up to params.VECTOR_EXACT_MAX rows, else the sign-bit shortlist. Valid for `search`
+        until the index next changes (a caller computes it while waiting on other work)."""
+        if self._n <= params.VECTOR_EXACT_MAX:
+            return None
+        return self._shortlist(np.asarray(query, dtype=np.float32).reshape(-1))
+
     def search(
-        self, query: Vectors, k: int, also: list[int] | None = None
+        self,
+        query: Vectors,
+        k: int,
+        also: list[int] | None = None,
+        shortlist: npt.NDArray[np.int64] | None = None,
     ) -> list[tuple[int, float]]:
         """The k ids most similar to `query` (one row), best first. Above
-        params.VECTOR_EXACT_MAX rows the candidates are the sign-bit shortlist and the ids in
-        `also` (any not in the index are skipped)."""
+        params.VECTOR_EXACT_MAX rows the candidates are the sign-bit shortlist (`shortlist`'s,
+        when the caller has it already) and the ids in `also` (any not in the index are
+        skipped)."""
         n = self._n
         if n == 0 or k <= 0:
             return []
@@ -219,11 +232,15 @@ class VectorIndex:
         if n <= params.VECTOR_EXACT_MAX:
             rows = np.arange(n)
         else:
-            rows = self._shortlist(q)
+            rows = self._shortlist(q) if shortlist is None else shortlist
             if also:
                 wanted = np.asarray(also, dtype=np.int64)
                 at = np.minimum(np.searchsorted(ids, wanted), n - 1)
-                rows = np.union1d(rows, at[ids[at] == wanted])
+                at = at[ids[at] == wanted]
+                # Those not on the shortlist already (sorted, so a binary search each); cheaper
+                # than np.union1d, which sorts and deduplicates the whole concatenation.
+                near = rows[np.minimum(np.searchsorted(rows, at), len(rows) - 1)]
+                rows = np.sort(np.concatenate((rows, np.unique(at[near != at]))))
         scores = self._rows[rows] @ q if len(rows) < n else self.matrix @ q
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
@@ -235,6 +252,10 @@ class VectorIndex:
         sign-bit index is built on first use, then kept in step by add and remove)."""
         if self._bits is None:
             bits = _faiss().IndexBinaryFlat(params.EMBED_DIM)
+            # faiss's default top-k selection keeps a heap, slow for a shortlist this long
+            # (1.2 ms of a 100k search); its counting selection (Hamming distances are 0..256)
+            # picks the same rows in under half the time (bench/retrieval.py, index p95).
+            bits.use_heap = False
             bits.add(sign_bits(self.matrix))
             self._bits = bits
         _, found = self._bits.search(sign_bits(query), min(params.VECTOR_SHORTLIST, self._n))

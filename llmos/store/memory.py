@@ -12,9 +12,12 @@ common to rank by dropped, the owner's rows chosen by a join) and through a cosi
 embeddings from `llmos.store.embed` (exact when small, a sign-bit shortlist rescored exactly
 when large, the BM25 candidates always scored); each side gives up to
 params.RECALL_CANDIDATES ids and the two rankings are fused by reciprocal rank
-(score = sum of 1 / (params.RRF_K + rank)). Vectors are stored with their rows (float16) and
-cached in RAM per scope; the cache catches up with other writers (another llmos, the daemon)
-by reading rows newer than it has seen and the tombstones `forget` leaves.
+(score = sum of 1 / (params.RRF_K + rank)). Above params.RECALL_PARALLEL_MIN_ROWS rows the
+BM25 query runs on one worker thread per store while the caller's thread embeds the query and
+takes the sign-bit shortlist; the answer is the same as run one after the other. Vectors are
+stored with their rows (float16) and cached in RAM per scope; the cache catches up with other
+writers (another llmos, the daemon) by reading rows newer than it has seen and the tombstones
+`forget` leaves.
 
 Invariants:
 - Every write is one transaction (BEGIN IMMEDIATE): a failure, the disk full included, leaves
@@ -36,7 +39,9 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +218,10 @@ class MemoryStore:
         self.db = db
         self.path = db.path
         self._caches: dict[tuple[str, str], _Cache] = {}
+        # Guards the caches (a VectorIndex is not thread-safe). Taken before db.lock, never
+        # while holding it; the BM25 worker takes db.lock only.
+        self._index_lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None
         # (table, word) -> (documents holding the word, the scope's size when counted)
         self._df: dict[tuple[str, str], tuple[int, int]] = {}
 
@@ -232,6 +241,10 @@ class MemoryStore:
         return cls(db)
 
     def close(self) -> None:
+        with self._index_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         self.db.close()
 
     # --- long-term memories ----------------------------------------------------------------------
@@ -417,32 +430,26 @@ class MemoryStore:
             raise InputError(f"unknown retrieval mode {mode!r} (hybrid, bm25 or vector)")
         k = max(1, min(k, params.RECALL_MAX_K))
         n = max(params.RECALL_CANDIDATES, k)
-        with self.db.lock:
+        with self._index_lock:
             cache = self._caches.setdefault((table, key), _Cache())
             self._catch_up(table, key, cache)
             total = len(cache.index)
         bm25: list[int] = []
-        columns = ["text", "tags"] if table == "memories" else ["text"]
-        match = (
-            fts_query(columns, self._rare_words(table, query, total)) if mode != "vector" else None
-        )
-        if match is not None:
-            column = "owner" if table == "memories" else "process"
-            bm25 = [
-                r[0]
-                for r in self.db.read(
-                    f"SELECT f.rowid FROM {table}_fts AS f JOIN {table} AS t ON t.id = f.rowid "
-                    f"WHERE {table}_fts MATCH ? AND t.{column} = ? ORDER BY f.rank LIMIT ?",
-                    (match, key, n),
-                )
-            ]
+        pending: Future[list[int]] | None = None
+        if mode == "hybrid" and total > params.RECALL_PARALLEL_MIN_ROWS:
+            pending = self._worker().submit(self._bm25, table, key, query, total, n)
+        elif mode != "vector":
+            bm25 = self._bm25(table, key, query, total, n)
         vectors = []
         if mode != "bm25":
             vector = embed.embed([query])[0]
-            with self.db.lock:
+            with self._index_lock:
+                shortlist = cache.index.shortlist(vector)  # while BM25 runs beside it
+                if pending is not None:
+                    bm25 = pending.result()
                 # The BM25 candidates are scored too, so that a large index's shortlist never
                 # hides how close they are (see llmos.store.embed.VectorIndex).
-                found = cache.index.search(vector, n, also=bm25)
+                found = cache.index.search(vector, n, also=bm25, shortlist=shortlist)
             vectors = [i for i, _ in found]
         scores: dict[int, float] = {}
         b_rank: dict[int, int] = {}
@@ -455,6 +462,31 @@ class MemoryStore:
             v_rank[i] = rank
         best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
         return [(i, scores[i], b_rank.get(i), v_rank.get(i)) for i in best]
+
+    def _bm25(self, table: str, key: str, query: str, total: int, n: int) -> list[int]:
+        """Up to n of the scope's ids best by BM25 for `query`'s rare words, best first."""
+        columns = ["text", "tags"] if table == "memories" else ["text"]
+        match = fts_query(columns, self._rare_words(table, query, total))
+        if match is None:
+            return []
+        column = "owner" if table == "memories" else "process"
+        return [
+            r[0]
+            for r in self.db.read(
+                f"SELECT f.rowid FROM {table}_fts AS f JOIN {table} AS t ON t.id = f.rowid "
+                f"WHERE {table}_fts MATCH ? AND t.{column} = ? ORDER BY f.rank LIMIT ?",
+                (match, key, n),
+            )
+        ]
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """The thread that runs a large scope's BM25 query while the caller's thread embeds
+        the query and takes the sign-bit shortlist (SQLite, the tokenizer and faiss all let go
+        of the GIL, so on two cores the two overlap)."""
+        with self._index_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-recall")
+            return self._pool
 
     def _rare_words(self, table: str, query: str, total: int) -> list[str]:
         """The query's words minus those in more than params.BM25_COMMON_SHARE of the scope's

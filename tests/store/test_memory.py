@@ -469,3 +469,65 @@ def test_large_vector_index_shortlists_by_sign_bits_and_scores_the_named_rows(
     assert 1235 not in {i for i, _ in large.search(query, 50)}
     with pytest.raises(ValueError, match="ascend"):
         large.add([5], vectors[:1])
+
+
+def test_sign_bit_shortlist_is_the_nearest_rows_and_named_rows_are_scored_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortlist holds the VECTOR_SHORTLIST rows nearest by Hamming distance (none left
+    out nearer than one taken); a named row already on it is not scored twice; a shortlist
+    taken beforehand gives the same answer as one taken inside `search`."""
+    words = "cat dog owl pear plum oak fir tin zinc salt rain snow mud clay silk wool map ink"
+    texts = [" ".join(c) for c in itertools.combinations(words.split(), 4)][:2000]
+    vectors = embed.embed(texts)
+    monkeypatch.setattr(params, "VECTOR_EXACT_MAX", 300)
+    monkeypatch.setattr(params, "VECTOR_SHORTLIST", 100)
+    index = embed.VectorIndex()
+    index.reset(list(range(10, 2010)), vectors)
+    query = embed.embed(["owl pear rain ink"])[0]
+    rows = index.shortlist(query)
+    assert rows is not None and len(rows) == 100 and len(set(rows.tolist())) == 100
+    hamming = np.unpackbits(embed.sign_bits(vectors) ^ embed.sign_bits(query), axis=1).sum(1)
+    outside = np.ones(len(texts), dtype=bool)
+    outside[rows] = False
+    assert hamming[rows].max() <= hamming[outside].min()
+    inside, far = int(index.ids[rows[0]]), int(index.ids[np.argmax(hamming)])
+    found = index.search(query, 2000, also=[inside, far, inside])
+    assert len(found) == 101 and len({i for i, _ in found}) == 101
+    assert index.search(query, 20, also=[far], shortlist=rows) == index.search(
+        query, 20, also=[far]
+    )
+    small = embed.VectorIndex()
+    small.reset(list(range(10, 210)), vectors[:200])
+    assert small.shortlist(query) is None  # every row is scored
+
+
+def test_hybrid_recall_with_bm25_on_the_worker_thread_answers_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large scope runs BM25 on a worker thread beside the vector search: the same hits as
+    running it in line, still only the owner's; closing the store ends the worker."""
+    monkeypatch.setattr(params, "VECTOR_EXACT_MAX", 100)
+    monkeypatch.setattr(params, "VECTOR_SHORTLIST", 40)
+    store = MemoryStore.open(tmp_path / "memory.db")
+    try:
+        store.remember_many(
+            "alice", [(f"ticket TK-{i} printer jam on floor {i % 9}", []) for i in range(400)]
+        )
+        store.remember_many(
+            "bob", [(f"ticket TK-{i} printer jam on floor {i % 9}", []) for i in range(400)]
+        )
+        queries = ["what happened in TK-123", "printer on floor 4", "paper stuck", "TK-7"]
+        monkeypatch.setattr(params, "RECALL_PARALLEL_MIN_ROWS", 10**9)
+        inline = [store.recall("alice", q, 10) for q in queries]
+        assert store._pool is None
+        monkeypatch.setattr(params, "RECALL_PARALLEL_MIN_ROWS", 0)
+        beside = [store.recall("alice", q, 10) for q in queries]
+        assert store._pool is not None
+        assert beside == inline and inline[0][0].text == "ticket TK-123 printer jam on floor 6"
+        alice = {int(h.ref[1:]) for hits in beside for h in hits}
+        assert all(i <= 400 for i in alice)  # bob's rows come after alice's
+        pool = store._pool
+    finally:
+        store.close()
+    assert store._pool is None and pool._shutdown

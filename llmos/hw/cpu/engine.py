@@ -583,7 +583,7 @@ class Engine:
         room = self.n_batch
         if not decoding:  # nobody waits on this step: prefill in the largest chunks
             prefill_chunk = self.n_batch
-        share, drafted = self.cost.per_token_share(), 0
+        drafted = 0
         for seq in decoding + prefilling:
             if seq.slot is None or not seq.pending or room <= 0:
                 continue
@@ -598,7 +598,7 @@ class Engine:
             draft: list[int] = []
             if take == 1 and seq.lookup is not None:
                 limit = min(seq.draft_limit, room - 1, self.n_ctx - seq.n_past - 1)
-                draft = seq.lookup.draft(limit, share, len(decoding) + drafted)
+                draft = seq.lookup.draft(limit, self.cost, len(decoding) + drafted)
                 drafted += len(draft)
             last = take == len(seq.pending)
             pos0 = seq.n_past

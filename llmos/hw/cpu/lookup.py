@@ -9,17 +9,17 @@ everyone's next token and keeps the longest prefix the model itself would have c
 output is the model's own (no second model; greedy output unchanged).
 
 Verifying a draft is not free: on a CPU each extra token in a batch costs much of what a token
-costs alone (a small model is compute-bound), so a rejected draft is time lost. How long a draft
-is therefore follows the economics of each step. `StepCost` fits what the engine's steps cost
-(fixed + per token, over recent steps), and each sequence keeps a moving average of how often
-its drafted tokens held. A draft of k tokens is expected to yield p + p^2 + ... + p^k more
-tokens for k more tokens of batch; the length chosen is the one with the most tokens per second
-for the whole batch, and there is no draft unless that beats not drafting by
-params.SPEC_MIN_GAIN. Where a batch token is nearly free (a GPU) drafts run long; on a 2-core CPU
-they stay short unless the sequence is copying. A sequence not worth drafting for (its drafts
-failed) waits, then probes with one token (the wait doubles after each failed probe, up to
-params.SPEC_BACKOFF_MAX steps), so a program that copies nothing pays almost nothing and one
-that starts copying later is found again.
+costs alone (a small model is compute-bound), so a rejected draft is time lost. How long a
+draft is therefore follows the economics of each step. `StepCost` keeps what the engine's
+steps of each size took (a fitted line for sizes not yet seen), and each sequence keeps a
+moving average of how often its drafted tokens held. A draft of k tokens is expected to yield
+p + p^2 + ... + p^k more tokens for a step that many tokens longer; the length chosen is the
+one with the most tokens per second for the whole batch, and there is no draft unless that
+beats not drafting by params.SPEC_MIN_GAIN. Where a batch token is nearly free (a GPU) drafts
+run long; on a 2-core CPU they stay short unless the sequence is copying. A sequence not
+worth drafting for (its drafts failed) waits, then probes with one token (the wait doubles
+after each failed probe, up to params.SPEC_BACKOFF_MAX steps), so a program that copies
+nothing pays almost nothing and one that starts copying later is found again.
 
 It is opt-in (`llmos.speculative: true` in a program, or LLMOS_SPECULATIVE=1). Accepted tokens
 are the model's own argmax, and a position's logits are bit-identical whether it is decoded
@@ -30,14 +30,15 @@ a token depends on the batch's size, and attention sums a sequence's cells in ce
 the same prompt's greedy reply can change in its last bits with what ran before it, drafting
 or not (a reply measured alone and after another reply differed, with drafting off).
 
-What it gains is bounded by the hardware. On a 2-core AVX2 machine with the Q8_0 weights a
-decode of one token takes ~18 ms and a step of k tokens ~8 ms plus ~10 ms per token (the
-output layer, a fifth of the model, runs for every checked position): even a 16-token draft
-accepted whole makes 17 tokens under 2x faster, and the best length at a 95% hit rate is ~4.
+What it gains is bounded by the hardware. On the 2-core AVX2 test machine with the Q8_0
+weights a step of one token takes ~15 ms, of two ~30 ms, of four ~51 ms and of seventeen
+~206 ms (~12 ms a token: the output layer, a fifth of the model, runs for every checked
+position): a 16-token draft accepted whole makes tokens ~1.25x faster at most, and shorter
+drafts less. bench/speculative.py measures it.
 
 Invariants: the tail n-gram is indexed only once a later token exists, so a match always has a
 token after it; `extend` must see every token of the sequence, prompt first, in order; only
-ratios of step costs are used, so `StepCost` needs no unit.
+ratios of step costs are used, so `StepCost` needs no unit beyond being consistent.
 
 What this does not do: verify drafts (`llmos.hw.cpu.engine.Engine.step` does), or draft for
 sampled (non-greedy) or grammar-constrained sequences (the engine gives those no lookup).
@@ -49,16 +50,23 @@ from llmos import params
 
 
 class StepCost:
-    """What a decode step of n tokens costs, fitted online as fixed + per_token * n by least
-    squares over recent steps (each older step weighs params.SPEC_COST_DECAY less)."""
+    """What a decode step of n tokens costs: for each size seen, a moving average of its time
+    (small batches need not cost in proportion: on a CPU, two tokens can cost two steps), and
+    for sizes not seen, a least-squares line fixed + per_token * n over recent steps (each
+    older step weighs params.SPEC_COST_DECAY less)."""
 
     def __init__(self, decay: float = params.SPEC_COST_DECAY) -> None:
         self.decay = decay
+        self.seen: dict[int, float] = {}  # step size -> its moving-average time
         self._w = self._n = self._nn = self._t = self._nt = 0.0
 
     def observe(self, tokens: int, seconds: float) -> None:
         if not 1 <= tokens <= params.SPEC_COST_MAX_TOKENS or seconds <= 0:
             return
+        old = self.seen.get(tokens)
+        self.seen[tokens] = (
+            seconds if old is None else old + params.SPEC_COST_ALPHA * (seconds - old)
+        )
         d = self.decay
         self._w = self._w * d + 1.0
         self._n = self._n * d + tokens
@@ -66,31 +74,35 @@ class StepCost:
         self._t = self._t * d + seconds
         self._nt = self._nt * d + tokens * seconds
 
-    def per_token_share(self) -> float:
-        """What one more token in a batch adds, as a share of a one-token step (0..1];
-        params.SPEC_COST_PRIOR_PER_TOKEN until steps of different sizes were seen."""
+    def cost(self, tokens: int) -> float:
+        """A step of `tokens` tokens: measured, fitted, or (nothing measured yet) in units
+        of a one-token step with params.SPEC_COST_PRIOR_PER_TOKEN for each more token."""
+        if tokens in self.seen:
+            return self.seen[tokens]
+        prior = 1.0 + params.SPEC_COST_PRIOR_PER_TOKEN * (tokens - 1)
         w = self._w
         if w <= 0:
-            return params.SPEC_COST_PRIOR_PER_TOKEN
+            return prior
         mean_n, mean_t = self._n / w, self._t / w
         var = self._nn / w - mean_n * mean_n
-        if var < 0.25:  # (nearly) one step size only: no slope to see
-            return params.SPEC_COST_PRIOR_PER_TOKEN
-        slope = (self._nt / w - mean_n * mean_t) / var
-        one = mean_t - slope * mean_n + slope  # the fit at one token
-        if one <= 0:  # noise made the fixed part negative: batch tokens are all the cost
-            return 1.0
-        return min(1.0, max(params.SPEC_COST_MIN_SHARE, slope / one))
+        if var < 0.25:  # one step size only: no slope to see, the prior's shape on its time
+            return mean_t / (1.0 + params.SPEC_COST_PRIOR_PER_TOKEN * (mean_n - 1)) * prior
+        slope = max(0.0, (self._nt / w - mean_n * mean_t) / var)
+        return max(mean_t + slope * (tokens - mean_n), params.SPEC_COST_MIN_SHARE * mean_t)
+
+    def ratio(self, batch: int, extra: int) -> float:
+        """How many times a step of `batch` tokens a step of `batch + extra` costs (>= 1)."""
+        base = self.cost(batch)
+        return max(1.0, self.cost(batch + extra) / base) if base > 0 else 1.0
 
 
-def expected_gain(p: float, k: int, share: float, batch: int) -> float:
+def expected_gain(p: float, k: int, ratio: float, batch: int) -> float:
     """How many times the batch's tokens/s a k-token draft is expected to give, where each
-    drafted token holds with chance p (given the ones before it held), a batch token costs
-    `share` of a one-token step, and the batch already holds `batch` tokens."""
+    drafted token holds with chance p (given the ones before it held), the batch already
+    holds `batch` tokens, and the k more make the step `ratio` times as long."""
     p = min(max(p, 0.0), 0.999)
     extra = p * (1 - p**k) / (1 - p)  # p + p^2 + ... + p^k
-    step = (1 - share) + share * batch
-    return (1 + extra / batch) / (1 + share * k / step)
+    return (1 + extra / batch) / ratio
 
 
 class Lookup:
@@ -124,22 +136,22 @@ class Lookup:
                         self._index[n][tuple(history[end + 1 - n : end + 1])] = end
             history.append(token)
 
-    def draft(
-        self, limit: int, share: float = params.SPEC_COST_PRIOR_PER_TOKEN, batch: int = 1
-    ) -> list[int]:
+    def draft(self, limit: int, cost: StepCost | None = None, batch: int = 1) -> list[int]:
         """The draft worth verifying now, at most `limit` tokens: what followed the latest
         earlier occurrence of the history's tail, cut to the length with the best expected
-        gain (`share` and `batch` as for `expected_gain`); [] when nothing matches or no
-        length pays (a 1-token probe once the wait is over)."""
+        gain in a step of `batch` other tokens costing as `cost` says (no measurements: the
+        prior); [] when nothing matches or no length pays (a 1-token probe once the wait is
+        over)."""
         limit = min(limit, self.draft_max)
         if limit <= 0:
             return []
         found = self._match(limit)
         if not found:
             return []
+        cost = cost or StepCost()
         best, best_k = 1.0 + params.SPEC_MIN_GAIN, 0
         for k in range(1, len(found) + 1):
-            gain = expected_gain(self.p, k, share, batch)
+            gain = expected_gain(self.p, k, cost.ratio(batch, k), batch)
             if gain > best:
                 best, best_k = gain, k
         if best_k:

@@ -490,7 +490,7 @@ def test_prompt_lookup_drafts_give_the_same_tokens_in_fewer_steps(
     """Speculative decoding by prompt lookup: a program that copies its input gets the very
     tokens greedy decoding gives, several per step, and the KV of rejected drafts is gone."""
     # the draft lengths follow measured step times; fixed here, so the step count is too
-    monkeypatch.setattr(engine.cost, "per_token_share", lambda: 0.1)
+    monkeypatch.setattr(engine.cost, "ratio", lambda batch, extra: 1 + 0.1 * extra)
     tokens = prompt_for(cpu, LETTER)
     runs = {}
     for speculate in (False, True):

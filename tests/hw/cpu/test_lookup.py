@@ -7,8 +7,17 @@ import pytest
 from llmos import params
 from llmos.hw.cpu.lookup import Lookup, StepCost, expected_gain
 
-CHEAP = 0.01  # a batch token's share of a one-token step on a wide machine (a GPU)
-CPU = 0.55  # on the 2-core test machine
+
+def line(fixed: float, per_token: float, sizes: range = range(1, 20)) -> StepCost:
+    """A step cost measured on steps of `sizes` tokens costing fixed + per_token * n."""
+    cost = StepCost()
+    for n in sizes:
+        cost.observe(n, fixed + per_token * n)
+    return cost
+
+
+CHEAP = line(0.010, 0.0001)  # a batch token nearly free: a wide machine (a GPU)
+CPU = line(0.008, 0.010)  # a batch token most of a step: the 2-core test machine
 
 
 def test_the_tail_is_matched_to_its_latest_earlier_occurrence() -> None:
@@ -29,14 +38,14 @@ def test_no_match_no_draft_and_the_tail_never_matches_itself() -> None:
 
 def test_the_expected_gain_weighs_the_hit_rate_against_what_batch_tokens_cost() -> None:
     # a certain draft on free batch tokens: k more tokens for nothing
-    assert expected_gain(1.0, 4, 0.0, 1) == pytest.approx(1 + 0.999 * (1 - 0.999**4) / 0.001)
+    assert expected_gain(1.0, 4, 1.0, 1) == pytest.approx(1 + 0.999 * (1 - 0.999**4) / 0.001)
     # every batch token as dear as a step: drafting can only lose
-    assert expected_gain(0.99, 8, 1.0, 1) < 1
+    assert expected_gain(0.99, 8, 9.0, 1) < 1
     # on the CPU, a 95% hit rate pays most at a few tokens, not at sixteen
-    gains = {k: expected_gain(0.95, k, CPU, 1) for k in (1, 4, 16)}
+    gains = {k: expected_gain(0.95, k, CPU.ratio(1, k), 1) for k in (1, 4, 16)}
     assert gains[4] > gains[16] > 1 and gains[4] > gains[1]
     # the same draft is worth less in a full batch (it adds a smaller share of the tokens)
-    assert expected_gain(0.95, 4, CPU, 8) < gains[4]
+    assert expected_gain(0.95, 4, CPU.ratio(8, 4), 8) < gains[4]
 
 
 def test_draft_length_follows_the_hit_rate_and_the_cost() -> None:
@@ -77,19 +86,21 @@ def test_a_sequence_whose_drafts_fail_waits_then_probes_with_one_token() -> None
     assert lookup.wait == 0 and lookup.backoff == params.SPEC_BACKOFF_MIN
 
 
-def test_step_cost_fits_fixed_plus_per_token() -> None:
+def test_step_cost_is_what_each_size_took_and_a_line_between() -> None:
     cost = StepCost()
-    assert cost.per_token_share() == params.SPEC_COST_PRIOR_PER_TOKEN  # nothing seen yet
+    prior = params.SPEC_COST_PRIOR_PER_TOKEN
+    assert cost.ratio(1, 4) == pytest.approx(1 + 4 * prior)  # nothing seen yet: the prior
     for _ in range(5):
         cost.observe(1, 0.018)
-    assert cost.per_token_share() == params.SPEC_COST_PRIOR_PER_TOKEN  # one size: no slope
+    assert cost.ratio(1, 4) == pytest.approx(1 + 4 * prior)  # one size: the prior's shape
     for n in (2, 4, 8, 16, 1, 1):
         cost.observe(n, 0.008 + 0.010 * n)  # 8 ms fixed, 10 ms a token
-    assert cost.per_token_share() == pytest.approx(0.010 / 0.018)
+    assert cost.ratio(1, 5) == pytest.approx(0.068 / 0.018)  # 6 tokens: never seen, the line
     cost.observe(400, 1.0)  # a prefill chunk: other kernels, not fitted
     cost.observe(0, 0.5)
-    assert cost.per_token_share() == pytest.approx(0.010 / 0.018)
-    flat = StepCost()
-    for n in (1, 8, 1, 8):
-        flat.observe(n, 0.02)  # a batch token costs nothing measurable
-    assert flat.per_token_share() == params.SPEC_COST_MIN_SHARE
+    assert cost.ratio(1, 5) == pytest.approx(0.068 / 0.018)
+    # a size seen costs what it took, line or not: two tokens as dear as two steps
+    for _ in range(50):
+        cost.observe(2, 0.036)
+    assert cost.ratio(1, 1) == pytest.approx(2.0, rel=0.01)
+    assert cost.ratio(2, 0) == 1.0

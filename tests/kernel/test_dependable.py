@@ -23,24 +23,7 @@ from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import Program, load
 from llmos.kernel.syscall import SyscallTable, grants_for
 from llmos.store.log import Log
-
-
-def _program(tmp_path: Path, front: str) -> Program:
-    path = tmp_path / "p.prompt"
-    path.write_text(f"---\n{front}\n---\n{{{{input}}}}\n")
-    return load(path)
-
-
-def _run(tmp_path: Path, program: Program, cpu: ScriptedCPU, text: str) -> Any:
-    table = SyscallTable(builtin_devices())
-    devices = Devices(table, grants_for(program.tools, {}, table.devices, "t"), CallContext())
-    seen: list[str] = []
-    try:
-        with Log.open(tmp_path / "logs.db") as log:
-            result = run_process(program, {"input": text}, cpu, log, seen.append, devices=devices)
-    finally:
-        table.close()
-    return result, "".join(seen)
+from tests.kernel import scripted
 
 
 @pytest.mark.parametrize(
@@ -98,12 +81,12 @@ def test_votes() -> None:
 
 
 def test_routed_arithmetic_is_called_and_stated_by_the_kernel(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
     )
     cpu = ScriptedCPU([])  # the model is not asked: calc's result is the answer
-    result, seen = _run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
+    result, seen = scripted.run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
     steps = result.extra["steps"]
     assert steps[0]["routed"] and steps[0]["arguments"] == '{"expression": "17 * 23.45"}'
     assert steps[1] == {"step": 1, "kind": "text", "from": "kernel"}
@@ -118,14 +101,14 @@ def test_a_fraction_is_stated_with_its_decimal_form() -> None:
 
 
 def test_a_misquoted_calc_result_is_retried_with_the_reason(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc, mode: grammar}\n"
         "llmos.verify: {cites: calc}",
     )
     call = ToolCall(id="c1", name="calc", arguments='{"expression": "17 * 23.45"}')
     cpu = ScriptedCPU([[call], "The answer is 41.4.", "The answer is 398.65."])
-    result, seen = _run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
+    result, seen = scripted.run(tmp_path, program, cpu, "17 books at 23.45 each: the total?")
     assert result.output == "The answer is 398.65." and seen == result.output
     assert "failed a check" in cpu.requests[2].messages[-1]["content"]
 
@@ -140,18 +123,18 @@ def test_a_cited_number_is_compared_as_a_number(answer: str) -> None:
 
 
 def test_an_answer_that_keeps_failing_its_check_fails_clearly(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: a\ntools: [calc]\nllmos.route: {arithmetic: calc}\nllmos.verify: {cites: calc}",
     )
     call = ToolCall(id="c1", name="calc", arguments='{"expression": "6 * 7"}')
     cpu = ScriptedCPU([[call], "It is 7.", "It is 8."])
     with pytest.raises(OutputError, match="verification failed"):
-        _run(tmp_path, program, cpu, "What is six times seven?")
+        scripted.run(tmp_path, program, cpu, "What is six times seven?")
 
 
 def test_redundancy_votes_over_verified_samples(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: x\noutput:\n  schema:\n    name: string\n    email?: string\n"
         "llmos.redundancy: {k: 3, vote: schema}\nllmos.verify: {grounded: [name, email]}",
@@ -162,17 +145,19 @@ def test_redundancy_votes_over_verified_samples(tmp_path: Path) -> None:
         json.dumps({"name": "Maria Lopez"}),
     ]
     cpu = ScriptedCPU(replies)
-    result, seen = _run(tmp_path, program, cpu, "Maria Lopez, maria@acme.com")
+    result, seen = scripted.run(tmp_path, program, cpu, "Maria Lopez, maria@acme.com")
     assert result.extra["redundancy"]["valid"] == 2
     assert result.output["name"] == "Maria Lopez" and json.loads(seen) == result.output
     assert len(cpu.requests) == 3 and {r.seed for r in cpu.requests[1:]} == {1, 2}
 
 
 def test_a_text_answer_keeps_its_form_under_redundancy(tmp_path: Path) -> None:
-    program = _program(tmp_path, "name: h\nllmos.redundancy: {k: 3}\nllmos.verify: {lines: 3}")
+    program = scripted.program(
+        tmp_path, "name: h\nllmos.redundancy: {k: 3}\nllmos.verify: {lines: 3}"
+    )
     two, three = "Snow falls\non the hill", "Snow falls\non the quiet hill\nnight comes"
     cpu = ScriptedCPU([two, three, "a\nb\nc\nd"])
-    result, seen = _run(tmp_path, program, cpu, "snow")
+    result, seen = scripted.run(tmp_path, program, cpu, "snow")
     assert result.output == three and seen == three
     assert result.extra["redundancy"]["valid"] == 1
     assert verify.lines(two, 3) == "the answer has 2 lines, not 3"
@@ -183,9 +168,9 @@ class GrammarCPU(ScriptedCPU):
 
 
 def test_a_form_of_n_lines_is_kept_by_the_grammar(tmp_path: Path) -> None:
-    program = _program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
+    program = scripted.program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
     cpu = GrammarCPU(['["Snow falls", "on the  quiet hill", "night comes"]'])
-    result, seen = _run(tmp_path, program, cpu, "snow")
+    result, seen = scripted.run(tmp_path, program, cpu, "snow")
     assert result.output == "Snow falls\non the quiet hill\nnight comes" == seen
     schema = cpu.requests[0].json_schema
     assert schema is not None and schema["minItems"] == schema["maxItems"] == 3
@@ -198,23 +183,23 @@ def test_a_form_of_n_lines_is_kept_by_the_grammar(tmp_path: Path) -> None:
 
 
 def test_a_text_answer_of_the_wrong_form_is_retried(tmp_path: Path) -> None:
-    program = _program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
+    program = scripted.program(tmp_path, "name: h\nllmos.verify: {lines: 3}")
     cpu = ScriptedCPU(["one line only", "a\nb\n\nc"])
-    result, _ = _run(tmp_path, program, cpu, "snow")
+    result, _ = scripted.run(tmp_path, program, cpu, "snow")
     assert result.output == "a\nb\n\nc"
     assert "2 lines" not in cpu.requests[1].messages[-1]["content"]
     assert "has 1 line, not 3" in cpu.requests[1].messages[-1]["content"]
 
 
 def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: x\noutput:\n  schema:\n    name: string\n"
         "llmos.redundancy: {k: 2}\nllmos.verify: {grounded: [name]}",
     )
     cpu = ScriptedCPU([json.dumps({"name": "Bob"}), json.dumps({"name": "Eve"})])
     with pytest.raises(OutputError, match="none of the 2 samples"):
-        _run(tmp_path, program, cpu, "Maria Lopez")
+        scripted.run(tmp_path, program, cpu, "Maria Lopez")
 
 
 @pytest.mark.parametrize(
@@ -230,7 +215,7 @@ def test_redundancy_with_no_sample_passing_fails_clearly(tmp_path: Path) -> None
 )
 def test_bad_settings_are_refused_at_load(tmp_path: Path, front: str, message: str) -> None:
     with pytest.raises(ProgramError, match=message):
-        _program(tmp_path, f"name: x\n{front}")
+        scripted.program(tmp_path, f"name: x\n{front}")
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -302,13 +287,13 @@ def test_a_grounded_number_is_one_of_the_inputs_numbers() -> None:
 
 
 def test_an_optional_grounded_field_left_null_is_left_out(tmp_path: Path) -> None:
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: x\noutput:\n  schema:\n    name: string\n    company?: string\n"
         "llmos.verify: {grounded: [name, company]}",
     )
     cpu = GrammarCPU([json.dumps({"name": "Maria Lopez", "company": None})])
-    result, seen = _run(tmp_path, program, cpu, "Maria Lopez wrote.")
+    result, seen = scripted.run(tmp_path, program, cpu, "Maria Lopez wrote.")
     assert result.output == {"name": "Maria Lopez"} and json.loads(seen) == result.output
     assert result.text == json.dumps({"name": "Maria Lopez"})
     asked = cpu.requests[0].json_schema
@@ -326,7 +311,9 @@ SUMS = (
 
 
 def _sums(tmp_path: Path, extra: str = "") -> Program:
-    return _program(tmp_path, f"name: inv\noutput:\n  schema:\n    total: number\n{extra}{SUMS}")
+    return scripted.program(
+        tmp_path, f"name: inv\noutput:\n  schema:\n    total: number\n{extra}{SUMS}"
+    )
 
 
 @pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
@@ -334,41 +321,41 @@ def test_a_checker_program_rejects_a_wrong_total_and_the_retry_is_believed(
     tmp_path: Path,
 ) -> None:
     cpu = ScriptedCPU(['{"total": 4.25}', '{"total": 7.25}'])
-    result, _ = _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+    result, _ = scripted.run(tmp_path, _sums(tmp_path), cpu, INVOICE)
     assert result.output == {"total": 7.25}
     assert "failed a check: not the sum of the lines" in cpu.requests[1].messages[-1]["content"]
     cpu = ScriptedCPU(['{"total": 4.25}', '{"total": 3.0}'])
     with pytest.raises(OutputError, match="verification failed: not the sum of the lines"):
-        _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+        scripted.run(tmp_path, _sums(tmp_path), cpu, INVOICE)
 
 
 @pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
 def test_samples_that_fail_the_checker_leave_the_vote(tmp_path: Path) -> None:
     program = _sums(tmp_path, "llmos.redundancy: {k: 4, vote: schema}\n")
     replies = ['{"total": 3.0}', '{"total": 4.25}', '{"total": 7.25}', '{"total": 3.0}']
-    result, seen = _run(tmp_path, program, ScriptedCPU(replies), INVOICE)
+    result, seen = scripted.run(tmp_path, program, ScriptedCPU(replies), INVOICE)
     assert result.output == {"total": 7.25} and json.loads(seen) == {"total": 7.25}
     assert result.extra["redundancy"]["valid"] == 1
-    crash = _program(
+    crash = scripted.program(
         tmp_path,
         "name: c\noutput:\n  schema:\n    total: number\n"
         "llmos.redundancy: {k: 2}\nllmos.verify: {check: 'output[0]'}",
     )
     with pytest.raises(OutputError, match="check raised KeyError"):
-        _run(tmp_path, crash, ScriptedCPU(['{"total": 1}', '{"total": 2}']), INVOICE)
+        scripted.run(tmp_path, crash, ScriptedCPU(['{"total": 1}', '{"total": 2}']), INVOICE)
 
 
 @pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
 def test_a_checker_sees_every_input_and_cannot_reach_the_disk(tmp_path: Path) -> None:
     marker = tmp_path / "written-by-check"
-    program = _program(
+    program = scripted.program(
         tmp_path,
         "name: c\nllmos.verify:\n  check: |\n"
         "    assert inputs == {'input': 'hi'} and input == 'hi' and output == 'hello'\n"
         f"    open({str(marker)!r}, 'w').write('x')\n",
     )
     with pytest.raises(OutputError, match="verification failed"):
-        _run(tmp_path, program, ScriptedCPU(["hello", "hello"]), "hi")
+        scripted.run(tmp_path, program, ScriptedCPU(["hello", "hello"]), "hi")
     assert not marker.exists()  # the check runs in the sandbox: the host's disk is not there
 
 
@@ -378,7 +365,7 @@ def test_a_checker_that_cannot_run_believes_nothing(
     monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed")
     cpu = ScriptedCPU(['{"total": 7.25}'])
     with pytest.raises(verify.CheckError, match=r"could not run: .*bwrap is not installed"):
-        _run(tmp_path, _sums(tmp_path), cpu, INVOICE)
+        scripted.run(tmp_path, _sums(tmp_path), cpu, INVOICE)
 
 
 @pytest.mark.parametrize(
@@ -391,4 +378,4 @@ def test_a_checker_that_cannot_run_believes_nothing(
 )
 def test_a_bad_checker_is_refused_at_load(tmp_path: Path, check: str, message: str) -> None:
     with pytest.raises(ProgramError, match=message):
-        _program(tmp_path, f"name: x\nllmos.verify: {{check: {check}}}")
+        scripted.program(tmp_path, f"name: x\nllmos.verify: {{check: {check}}}")

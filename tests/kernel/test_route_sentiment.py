@@ -6,47 +6,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from llmos.errors import ProgramError
 from llmos.hw.cpu.scripted import ScriptedCPU
-from llmos.hw.dev.base import CallContext
 from llmos.kernel import dependable
-from llmos.kernel.loop import Devices, run_process
-from llmos.kernel.plugins import devices as builtin_devices
-from llmos.kernel.program import Program, load
-from llmos.kernel.syscall import SyscallTable, grants_for
-from llmos.store.log import Log
+from llmos.kernel.program import load
+from tests.kernel import scripted
 
 LABELS = "[positive, negative, neutral]"
+BODY = "Classify: {{input}}"
 CLASSIFY = (
     f"tools: [sentiment]\nllmos.route: {{sentiment: label}}\nllmos.max_steps: 1\n"
     f"output:\n  format: json\n  schema:\n    label(enum): {LABELS}\n    why?: string"
 )
 
 
-def _program(tmp_path: Path, front: str) -> Program:
-    path = tmp_path / "p.prompt"
-    path.write_text(f"---\n{front}\n---\nClassify: {{{{input}}}}\n")
-    return load(path)
-
-
-def _run(tmp_path: Path, program: Program, cpu: ScriptedCPU, text: str) -> Any:
-    table = SyscallTable(builtin_devices())
-    devices = Devices(table, grants_for(program.tools, {}, table.devices, "t"), CallContext())
-    try:
-        with Log.open(tmp_path / "logs.db") as log:
-            return run_process(program, {"input": text}, cpu, log, None, devices=devices)
-    finally:
-        table.close()
-
-
 def test_a_confident_label_narrows_the_enum_the_cpu_is_held_to(tmp_path: Path) -> None:
-    program = _program(tmp_path, CLASSIFY)
+    program = scripted.program(tmp_path, CLASSIFY, BODY)
     cpu = ScriptedCPU(['{"label": "negative", "why": "rude"}'])
-    result = _run(tmp_path, program, cpu, "The food was cold and the waiter was rude.")
+    result, _ = scripted.run(tmp_path, program, cpu, "The food was cold and the waiter was rude.")
     [request] = cpu.requests
     assert request.tools is None  # the device is the kernel's: the model is not offered it
     props = request.json_schema["properties"]
@@ -60,16 +40,18 @@ def test_a_confident_label_narrows_the_enum_the_cpu_is_held_to(tmp_path: Path) -
 
 
 def test_the_narrowed_schema_is_enforced_on_the_answer(tmp_path: Path) -> None:
-    program = _program(tmp_path, CLASSIFY)
+    program = scripted.program(tmp_path, CLASSIFY, BODY)
     cpu = ScriptedCPU(['{"label": "positive"}', '{"label": "negative"}'])
-    result = _run(tmp_path, program, cpu, "The hotel room was dirty and smelled bad.")
+    result, _ = scripted.run(tmp_path, program, cpu, "The hotel room was dirty and smelled bad.")
     assert result.output == {"label": "negative"} and len(cpu.requests) == 2
 
 
 def test_a_mixed_text_leaves_the_choice_to_the_cpu(tmp_path: Path) -> None:
-    program = _program(tmp_path, CLASSIFY)
+    program = scripted.program(tmp_path, CLASSIFY, BODY)
     cpu = ScriptedCPU(['{"label": "neutral"}'])
-    result = _run(tmp_path, program, cpu, "Awful customer support, nobody answered my emails.")
+    result, _ = scripted.run(
+        tmp_path, program, cpu, "Awful customer support, nobody answered my emails."
+    )
     [request] = cpu.requests
     assert request.json_schema["properties"]["label"]["enum"] == [
         "positive",
@@ -85,14 +67,18 @@ def test_a_mixed_text_leaves_the_choice_to_the_cpu(tmp_path: Path) -> None:
 def test_a_label_outside_the_enum_narrows_nothing(tmp_path: Path) -> None:
     front = CLASSIFY.replace(LABELS, "[positive, negative]")
     cpu = ScriptedCPU(['{"label": "positive"}'])
-    _run(tmp_path, _program(tmp_path, front), cpu, "The museum is closed on Mondays.")
+    scripted.run(
+        tmp_path, scripted.program(tmp_path, front, BODY), cpu, "The museum is closed on Mondays."
+    )
     assert cpu.requests[0].json_schema["properties"]["label"]["enum"] == ["positive", "negative"]
 
 
 def test_the_route_counts_no_step_of_the_cpus(tmp_path: Path) -> None:
     front = CLASSIFY.replace("tools: [sentiment]", "tools: [sentiment, calc]")
     cpu = ScriptedCPU(['{"label": "positive"}'])
-    result = _run(tmp_path, _program(tmp_path, front), cpu, "What a great dinner.")
+    result, _ = scripted.run(
+        tmp_path, scripted.program(tmp_path, front, BODY), cpu, "What a great dinner."
+    )
     [request] = cpu.requests
     assert [t.name for t in request.tools or []] == ["calc"]  # one step left for the CPU
     assert result.output == {"label": "positive"}
@@ -112,7 +98,7 @@ def test_the_route_counts_no_step_of_the_cpus(tmp_path: Path) -> None:
 )
 def test_bad_route_settings_are_refused_at_load(tmp_path: Path, front: str, problem: str) -> None:
     with pytest.raises(ProgramError) as info:
-        _program(tmp_path, front)
+        scripted.program(tmp_path, front, BODY)
     message = str(info.value)
     assert problem in message and "\n" not in message and "llmos.route" in message
 

@@ -212,7 +212,8 @@ class _Cache:
 
 class MemoryStore:
     """The store behind `remember`, `recall`, `forget`, page-out/in and shared segments.
-    Thread-safe: one connection, one lock (`db.lock`)."""
+    Thread-safe: one connection under `db.lock`, the RAM vector caches under their own lock
+    (taken first), and a large scope's BM25 query on one worker thread (see the module note)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

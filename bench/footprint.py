@@ -13,8 +13,8 @@ kinds alternating round by round, REPEATS rounds; medians and spread are reporte
   full window, what a daemon allocates) and 4096 (the KV cache, 22.5 KiB a cell in f16, is
   allocated and touched whole when the model loads).
 - The `llm` CLI (Simon Willison's) on the same embedded model (its plugin offers no token
-  limit, so it writes a full reply), when it is installed, as the
-  reference the issue compares with.
+  limit, so it writes a full reply), when it is installed, as a reference: the same model
+  run by another command-line tool.
 
 Goals: `llmos --help` under 150 ms; a plain run at 250 MiB RSS or less.
 """

@@ -67,9 +67,10 @@ SPEC_NGRAM_MIN = 3  # the shortest tail n-gram looked up (2-grams draft common p
 SPEC_NGRAM_MAX = 4  # the longest tail n-gram looked up (longest first)
 SPEC_DRAFT_MAX = 16  # the most draft tokens verified for one sequence in one step
 # A draft's length is chosen for the most tokens per second: from how often this sequence's
-# drafted tokens held (a moving average) and what a step costs (fixed + per-token, measured).
+# drafted tokens held (decayed counts over a prior) and what a step of each size costs.
 SPEC_ACCEPT_PRIOR = 0.7  # a new sequence's chance that a drafted token holds
-SPEC_ACCEPT_ALPHA = 0.15  # weight of each verified token's outcome in that average
+SPEC_ACCEPT_STRENGTH = 2.0  # the prior weighs as much as this many verified tokens
+SPEC_ACCEPT_DECAY = 0.95  # each verified token's outcome weighs older ones this much less
 SPEC_MIN_GAIN = 0.03  # draft only when it is expected to raise tokens/s by this share
 SPEC_COST_PRIOR_PER_TOKEN = 0.5  # a batch token's share of a one-token step, until measured
 SPEC_COST_MIN_SHARE = 0.01  # the least a fitted step may cost, as a share of the average
@@ -268,29 +269,29 @@ QUANT_FTYPES = ("q4_1", "iq4_nl", "q4_0", "q8_0")  # the formats the embedded mo
 QUANT_MIN_SPEEDUP = 1.2  # a conversion is chosen only if >= this x the shipped file at N=16...
 QUANT_MIN_AGREEMENT = 0.90  # ...agrees with it on at least this share of next tokens...
 QUANT_MAX_PPL_RATIO = 1.05  # ...and has a perplexity at most this x (and is no slower at N=1)
-QUANT_TABLE_VERSION = 2  # bump with QUANT_MEASURED: recorded choices are then made again
+QUANT_TABLE_VERSION = 3  # bump with QUANT_MEASURED: recorded choices are then made again
 # kind of CPU (llmos.hw.cpu.weights.cpu_kind) -> format -> ratios against the shipped Q4_1
 # (bench/quant.py, 3 rounds; README "Weight formats" has the tables and their spread.)
 QUANT_MEASURED: dict[str, dict[str, dict[str, float]]] = {
-    "x86-avx2": {  # 2 cores, repacked kernels on; medians under a load average of 7-13
+    "x86-avx2": {  # 2 cores, repacked kernels on; medians on a quiet machine (load ~1-2)
         "iq4_nl": {
-            "speedup_prefill": 1.485,
-            "speedup_n1": 4.611,
-            "speedup_n16": 2.572,
+            "speedup_prefill": 1.177,
+            "speedup_n1": 1.193,
+            "speedup_n16": 1.199,
             "agreement": 0.7341,
             "ppl_ratio": 1.1734,
         },
         "q4_0": {
-            "speedup_prefill": 1.267,
-            "speedup_n1": 3.548,
-            "speedup_n16": 1.147,
+            "speedup_prefill": 1.517,
+            "speedup_n1": 1.334,
+            "speedup_n16": 1.307,
             "agreement": 0.6852,
             "ppl_ratio": 1.1705,
         },
         "q8_0": {
-            "speedup_prefill": 1.253,
-            "speedup_n1": 1.421,
-            "speedup_n16": 1.539,
+            "speedup_prefill": 1.097,
+            "speedup_n1": 1.095,
+            "speedup_n16": 0.933,
             "agreement": 0.956,
             "ppl_ratio": 1.0019,
         },

@@ -11,8 +11,9 @@ output is the model's own (no second model; greedy output unchanged).
 Verifying a draft is not free: on a CPU each extra token in a batch costs much of what a token
 costs alone (a small model is compute-bound), so a rejected draft is time lost. How long a
 draft is therefore follows the economics of each step. `StepCost` keeps what the engine's
-steps of each size took (a fitted line for sizes not yet seen), and each sequence keeps a
-moving average of how often its drafted tokens held. A draft of k tokens is expected to yield
+steps of each size took (a fitted line for sizes not yet seen), and each sequence keeps an
+estimate of how often its drafted tokens hold (decayed counts over a prior, see `feedback`).
+A draft of k tokens is expected to yield
 p + p^2 + ... + p^k more tokens for a step that many tokens longer; the length chosen is the
 one with the most tokens per second for the whole batch, and there is no draft unless that
 beats not drafting by params.SPEC_MIN_GAIN. Where a batch token is nearly free (a GPU) drafts
@@ -120,7 +121,8 @@ class Lookup:
         self.sizes = range(ngram_max, ngram_min - 1, -1)  # longest first
         self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self.draft_max = draft_max
-        self.p = params.SPEC_ACCEPT_PRIOR  # moving average: a drafted token held
+        self.hits = self.misses = 0.0  # verified drafted tokens that held / failed, decayed
+        self.p = params.SPEC_ACCEPT_PRIOR  # the chance a drafted token holds (see feedback)
         self.wait = 0  # steps left before a probe (while drafting does not pay)
         self.backoff = params.SPEC_BACKOFF_MIN
         self.drafted = self.accepted = 0  # totals, for statistics
@@ -175,14 +177,23 @@ class Lookup:
 
     def feedback(self, drafted: int, accepted: int) -> None:
         """Fold the last draft's outcome into the hit rate: each confirmed token a hit, the
-        first rejected one a miss (the tokens after it were never tested)."""
+        first rejected one a miss (the tokens after it were never tested). The rate is the
+        mean of a Beta posterior: decayed counts of hits and misses (each verified token
+        weighs older ones params.SPEC_ACCEPT_DECAY less) over a prior of
+        params.SPEC_ACCEPT_STRENGTH tokens at params.SPEC_ACCEPT_PRIOR. A copied span holds
+        for tens of tokens and then breaks once, so one miss after a long run of hits barely
+        moves it, while misses in a row (the sequence stopped copying) soon do."""
         self.drafted += drafted
         self.accepted += accepted
-        alpha = params.SPEC_ACCEPT_ALPHA
+        d = params.SPEC_ACCEPT_DECAY
+        hits, misses = self.hits, self.misses
         for _ in range(accepted):
-            self.p += alpha * (1.0 - self.p)
+            hits, misses = hits * d + 1.0, misses * d
         if accepted < drafted:
-            self.p -= alpha * self.p
+            hits, misses = hits * d, misses * d + 1.0
+        self.hits, self.misses = hits, misses
+        strength = params.SPEC_ACCEPT_STRENGTH
+        self.p = (hits + params.SPEC_ACCEPT_PRIOR * strength) / (hits + misses + strength)
         if accepted:  # a probe that held: drafting is judged again at the next step
             self.backoff = params.SPEC_BACKOFF_MIN
             self.wait = 0

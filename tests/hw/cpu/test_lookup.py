@@ -67,9 +67,32 @@ def test_hits_raise_the_rate_and_a_miss_lowers_it() -> None:
     assert lookup.p > p
     high = lookup.p
     lookup.feedback(4, 1)  # one hit, then a miss
-    alpha = params.SPEC_ACCEPT_ALPHA
-    assert lookup.p == pytest.approx((high + alpha * (1 - high)) * (1 - alpha))
+    d, prior, strength = (
+        params.SPEC_ACCEPT_DECAY,
+        params.SPEC_ACCEPT_PRIOR,
+        params.SPEC_ACCEPT_STRENGTH,
+    )
+    hits = sum(d**i for i in range(6))  # five hits, each then weighed less by every later token
+    misses = 1.0
+    hits -= 1.0  # ...the newest of the six weights is the miss's
+    assert lookup.p == pytest.approx((hits + prior * strength) / (hits + misses + strength))
+    assert lookup.p < high
     assert (lookup.drafted, lookup.accepted) == (8, 5)
+
+
+def test_one_miss_after_a_long_copy_keeps_drafting_but_misses_in_a_row_stop_it() -> None:
+    lookup = Lookup([1, 2, 3])
+    lookup.feedback(40, 40)  # a span copied whole
+    lookup.feedback(8, 3)  # it ends: one miss
+    assert lookup.p > 0.9
+    copied = Lookup(list(range(100, 140)) + list(range(100, 105)))
+    copied.hits, copied.misses, copied.p = lookup.hits, lookup.misses, lookup.p
+    assert len(copied.draft(16, CPU)) > 1  # still worth drafting on the CPU's costs
+    misses = 0
+    while len(copied.draft(16, CPU)) > 1:  # the sequence stopped copying: drafts fail at once
+        copied.feedback(2, 0)
+        misses += 1
+    assert 2 <= misses <= 6  # one miss is not enough to stop, a few in a row are
 
 
 def test_a_sequence_whose_drafts_fail_waits_then_probes_with_one_token() -> None:

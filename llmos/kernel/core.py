@@ -14,9 +14,10 @@ Signals: `kill` (the process ends at its next token, its output so far kept and 
 `stop` / `cont` (a stopped process is preempted, its KV saved, and resumes where it was),
 `renice` (a new priority, never above the parent's). `wait` blocks until exit. `approve` /
 `deny` decide the syscall a process waits on in `waiting_approval` (`llmos.kernel.security.guard`,
-which every syscall passes first and which writes the audit trail). `answer`
-resumes a process waiting on a question (the `ask` device); `off_cpu` gives a remote CPU's
-place back while a process waits on a child or a person (the `call` and `ask` devices).
+which every syscall passes first and which writes the audit trail). `answer` resumes a process
+waiting on a question (the `ask` device; the questions are `llmos.kernel.questions`); `off_cpu`
+gives a remote CPU's place back while a process waits on a child or a person (the `call` and
+`ask` devices).
 
 Invariants:
 - Every process that was spawned ends in the table as exited with a status (`ok`, `failed`,
@@ -60,6 +61,7 @@ from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.pool import PoolCPU
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
+from llmos.kernel.questions import Questions
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy
@@ -95,7 +97,7 @@ class Kernel:
         self._gates: dict[str, Gate] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._rates: dict[int, tuple[float, int]] = {}
-        self._questions: dict[int, _Question] = {}  # pid -> its pending `ask`
+        self.questions = Questions()  # the `ask`s processes wait on (kernel.questions)
         self.approvals = Approvals()  # calls waiting for `approve`/`deny` (security.guard)
         # Each owner's policy: the policy file (llmos.kernel.security.policy), read at every spawn.
         self.user_policy: Callable[[str], UserPolicy] = lambda owner: policy_for(
@@ -561,53 +563,18 @@ class Kernel:
     def ask(self, pid: int, question: str, timeout: float) -> str:
         """Put process `pid` in state waiting until `answer(pid, text)`; the answer.
         LlmosError if no answer comes within `timeout` seconds or the process is killed."""
-        proc = self._live(pid)
-        pending = _Question(question)
-        with self._lock:
-            if pid in self._questions:
-                raise LlmosError(f"process {pid} is already waiting for an answer")
-            self._questions[pid] = pending
-        proc.set_state(State.WAITING)
-        deadline = time.monotonic() + timeout
-        try:
-            with self.off_cpu(pid):
-                while not pending.event.wait(params.PROC_DEVICE_POLL_S):
-                    if proc.entity.killed or time.monotonic() >= deadline:
-                        break
-        finally:
-            with self._lock:
-                if self._questions.get(pid) is pending:
-                    del self._questions[pid]
-                answered = pending.event.is_set()
-            with proc.cond:
-                if proc.base_state == State.WAITING:
-                    proc.base_state = State.BLOCKED  # still in its syscall
-                    proc.cond.notify_all()
-        if answered:
-            return pending.answer
-        if proc.entity.killed:
-            raise LlmosError("killed while waiting for an answer")
-        raise LlmosError(f"no answer within {timeout:g} s")
+        return self.questions.ask(self._live(pid), question, timeout, lambda: self.off_cpu(pid))
 
     def answer(self, pid: int, text: str) -> Process:
         """Answer the question process `pid` is waiting on; NoSuchProcessError if it is not
         waiting for one."""
         proc = self._live(pid)
-        with self._lock:
-            pending = self._questions.pop(pid, None)
-            if pending is None:
-                raise NoSuchProcessError(
-                    f"process {pid} is not waiting for an answer (it is {proc.state.value})"
-                )
-            pending.answer = text
-            pending.event.set()
+        self.questions.answer(proc, text)
         return proc
 
     def question(self, pid: int) -> str | None:
         """The question process `pid` is waiting on, if any."""
-        with self._lock:
-            pending = self._questions.get(pid)
-        return None if pending is None else pending.text
+        return self.questions.pending(pid)
 
     # --- observing -------------------------------------------------------------------------------
     def ps(self, *, include_exited: bool = True, owner: str | None = None) -> list[dict[str, Any]]:
@@ -681,15 +648,6 @@ class Kernel:
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
-
-
-class _Question:
-    """A pending `ask`: its text, and the answer once `Kernel.answer` gives one."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.answer = ""
-        self.event = threading.Event()
 
 
 def _timeline(proc: Process, on_trace: Trace | None) -> Trace:

@@ -4,7 +4,8 @@ This is the embedded CPU's execution unit, written on llama.cpp's low-level API 
 `Llama` object decodes one sequence at a time and is not a multiplexer). One `Engine` owns one
 model and one context with `n_seq_max` sequence slots over a unified KV cache. A `Sequence` is
 one process's registers: the tokens whose KV is resident in its slot, the tokens still to feed,
-and its own sampler chain (with a grammar when its output is constrained).
+and its own `Sampler` (`llmos.hw.cpu.sampler`: greedy in place, or a llama.cpp chain with a
+grammar when its output is constrained).
 
 One engine step (`Engine.step`) is one `llama_decode` over a batch holding one token for every
 decoding sequence plus bounded prefill chunks for sequences still reading their prompt, so a
@@ -30,13 +31,13 @@ Invariants:
   Comparisons of greedy output (a continued or a restored reply with an uninterrupted one)
   hold exactly from the same layout, e.g. an empty prefix cache (`forget_prefixes`).
 
-What this module does not do: choose which sequences run (the scheduler does), chat templates
-or stop strings (see `llmos.hw.cpu.llama`), or decide when to swap to disk (the kernel does).
+What this module does not do: pick a sequence's tokens from the logits (its sampler does),
+choose which sequences run (the scheduler does), chat templates or stop strings (see
+`llmos.hw.cpu.llama`), or decide when to swap to disk (the kernel does).
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import itertools
 import os
@@ -48,11 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp as ll
-import numpy as np
 
 from llmos import params
 from llmos.errors import ContextOverflowError, LlmosError, ModelError
 from llmos.hw.cpu.lookup import Lookup, StepCost
+from llmos.hw.cpu.sampler import Sampler
 
 GGUF_MAGIC = b"GGUF"
 
@@ -113,138 +114,6 @@ def check_gguf(path: Path) -> None:
 
 class EngineFull(LlmosError):
     """The KV cache has no room for this batch (llama_decode returned 1)."""
-
-
-class Sampler:
-    """How one sequence picks its tokens: grammar, then end-of-generation ban, repeat penalty,
-    then greedy or top-k/top-p/temp/dist.
-
-    A greedy sampler without a grammar picks in Python over the logits row in place (the
-    banned tokens, the penalty on the few tokens of its window, then the first maximum): the
-    same token llama.cpp's chain picks, without the chain's pass over the whole vocabulary
-    per token (its repeat penalty looks every vocabulary entry up in a hash map, most of a
-    token's time outside llama_decode on a small model). Every other sampler is a llama.cpp
-    chain."""
-
-    def __init__(
-        self,
-        vocab: ll.llama_vocab_p,
-        *,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        seed: int,
-        grammar: str | None = None,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = params.REPEAT_LAST_N,
-        banned: list[int] | None = None,
-        n_vocab: int = 0,
-        lazy_triggers: list[str] | None = None,
-        chain: bool = False,
-    ) -> None:
-        self.ptr: ll.llama_sampler_p | None = None
-        # The greedy path (unless `chain` asks for llama.cpp's chain, to compare them).
-        self.greedy = temperature <= 0 and grammar is None and n_vocab > 0 and not chain
-        if self.greedy:
-            self.n_vocab = n_vocab
-            self.banned = np.array(sorted(set(banned or ())), dtype=np.intp)
-            self.penalty = np.float32(repeat_penalty)
-            self.window: collections.deque[int] | None = (
-                collections.deque(maxlen=repeat_last_n)
-                if repeat_penalty != 1.0 and repeat_last_n > 0
-                else None
-            )
-            return
-        sparams = ll.llama_sampler_chain_default_params()
-        sparams.no_perf = True
-        self.ptr = ll.llama_sampler_chain_init(sparams)
-        if grammar is not None:
-            if lazy_triggers:
-                # The grammar applies only from where a trigger pattern's first group matches
-                # (a tool call's opening marker); text before it is free, and fast.
-                pats = (ctypes.c_char_p * len(lazy_triggers))(*[p.encode() for p in lazy_triggers])
-                gptr = ll.llama_sampler_init_grammar_lazy_patterns(
-                    vocab,
-                    grammar.encode(),
-                    b"root",
-                    pats,
-                    len(lazy_triggers),
-                    (ll.llama_token * 0)(),
-                    0,
-                )
-            else:
-                gptr = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-            if not gptr:
-                ll.llama_sampler_free(self.ptr)
-                raise LlmosError("cannot build a grammar sampler from the output schema")
-            ll.llama_sampler_chain_add(self.ptr, gptr)
-        if banned:
-            # These tokens can never be sampled (end-of-generation, for ignore_eos).
-            biases = (ll.llama_logit_bias * len(banned))()
-            for i, token in enumerate(banned):
-                biases[i].token = ll.llama_token(token)
-                biases[i].bias = float("-inf")
-            ll.llama_sampler_chain_add(
-                self.ptr, ll.llama_sampler_init_logit_bias(n_vocab, len(banned), biases)
-            )
-        if repeat_penalty != 1.0:
-            # The binding declares a leading n_vocab that the C function no longer has; on the
-            # x86-64 and arm64 ABIs the ints and floats travel in separate registers, so
-            # passing last_n in both int positions is right for either signature.
-            ll.llama_sampler_chain_add(
-                self.ptr,
-                ll.llama_sampler_init_penalties(
-                    repeat_last_n, repeat_last_n, repeat_penalty, 0.0, 0.0
-                ),
-            )
-        if temperature <= 0:
-            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_greedy())
-        else:
-            if top_k > 0:
-                ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_top_k(top_k))
-            if 0 < top_p < 1:
-                ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_top_p(top_p, 1))
-            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_temp(temperature))
-            ll.llama_sampler_chain_add(self.ptr, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-
-    def sample(self, ctx: ll.llama_context_p, index: int) -> int:
-        """Sample from the logits at batch `index` and accept the token into the chain."""
-        if not self.greedy:
-            # llama_sampler_sample also accepts the token (grammar state advances).
-            return int(ll.llama_sampler_sample(self.ptr, ctx, index))
-        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
-        window = self.window
-        if not self.banned.size and not window:
-            token = int(row.argmax())
-        else:
-            # As llama.cpp's chain: the ban adds -inf; the penalty then multiplies a logit
-            # <= 0 by it and divides any other (float32 both), once per distinct token.
-            logits = row.copy()
-            logits[self.banned] = -np.inf
-            if window:
-                ids = np.fromiter(set(window), dtype=np.intp)
-                got = logits[ids]
-                logits[ids] = np.where(got <= 0, got * self.penalty, got / self.penalty)
-            token = int(logits.argmax())  # the first maximum, as the greedy sampler
-        if window is not None:
-            window.append(token)
-        return token
-
-    def accept(self, tokens: list[int]) -> None:
-        """Feed tokens sampled earlier (a continued reply, or one moved here from another
-        engine) into the chain's history, as if this chain had sampled them: the repeat
-        penalty's window is what it would have been."""
-        if self.greedy:
-            if self.window is not None:
-                self.window.extend(tokens)
-            return
-        for token in tokens:
-            ll.llama_sampler_accept(self.ptr, token)
-
-    def free(self) -> None:
-        if self.ptr:
-            ll.llama_sampler_free(self.ptr)
-        self.ptr = None
 
 
 _seq_ids = itertools.count(1)

@@ -34,7 +34,8 @@ child that fails, a timeout, a kill are failure results); every child spawned by
 exited, or been killed, when `call` returns.
 
 What this module does not do: find, schedule, run or kill the child (the handle does), or keep
-the question table (the kernel does, so that `ps` and `answer` see it).
+the question table (the kernel does, `llmos.kernel.questions`, so that `ps` and `answer` see
+it).
 """
 
 from __future__ import annotations

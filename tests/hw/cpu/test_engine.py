@@ -18,8 +18,9 @@ import llama_cpp as ll
 import pytest
 
 from llmos.errors import ContextOverflowError
-from llmos.hw.cpu.engine import Engine, EngineFull, Sampler, Sequence
+from llmos.hw.cpu.engine import Engine, EngineFull, Sequence
 from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
+from llmos.hw.cpu.sampler import Sampler
 
 pytestmark = pytest.mark.slow
 

@@ -86,6 +86,16 @@ from llmos.hw.dev.sandboxjail import (
 )
 from llmos.hw.dev.sandboxproc import SandboxUnavailable, count_processes, fresh_uid, kill_session
 
+# What the python and shell devices use (SandboxUnavailable is raised by the parts too).
+__all__ = [
+    "Limits",
+    "SandboxResult",
+    "SandboxUnavailable",
+    "Workspace",
+    "run_sandboxed",
+    "workspace",
+]
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -15,7 +15,7 @@ from llmos.errors import OutputError, ProgramError
 from llmos.hw.cpu.base import ToolCall, ToolSpec
 from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
-from llmos.hw.dev import sandbox
+from llmos.hw.dev import sandbox, sandboxjail
 from llmos.hw.dev.base import CallContext
 from llmos.kernel.dependable import redundancy, route, verify
 from llmos.kernel.loop import Devices, run_process
@@ -316,7 +316,7 @@ def _sums(tmp_path: Path, extra: str = "") -> Program:
     )
 
 
-@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+@pytest.mark.skipif(sandboxjail.unavailable() is not None, reason="no sandbox on this machine")
 def test_a_checker_program_rejects_a_wrong_total_and_the_retry_is_believed(
     tmp_path: Path,
 ) -> None:
@@ -329,7 +329,7 @@ def test_a_checker_program_rejects_a_wrong_total_and_the_retry_is_believed(
         scripted.run(tmp_path, _sums(tmp_path), cpu, INVOICE)
 
 
-@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+@pytest.mark.skipif(sandboxjail.unavailable() is not None, reason="no sandbox on this machine")
 def test_samples_that_fail_the_checker_leave_the_vote(tmp_path: Path) -> None:
     program = _sums(tmp_path, "llmos.redundancy: {k: 4, vote: schema}\n")
     replies = ['{"total": 3.0}', '{"total": 4.25}', '{"total": 7.25}', '{"total": 3.0}']
@@ -345,7 +345,7 @@ def test_samples_that_fail_the_checker_leave_the_vote(tmp_path: Path) -> None:
         scripted.run(tmp_path, crash, ScriptedCPU(['{"total": 1}', '{"total": 2}']), INVOICE)
 
 
-@pytest.mark.skipif(sandbox.unavailable() is not None, reason="no sandbox on this machine")
+@pytest.mark.skipif(sandboxjail.unavailable() is not None, reason="no sandbox on this machine")
 def test_a_checker_sees_every_input_and_cannot_reach_the_disk(tmp_path: Path) -> None:
     marker = tmp_path / "written-by-check"
     program = scripted.program(

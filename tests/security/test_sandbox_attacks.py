@@ -32,7 +32,7 @@ from adversary import AdversarialCPU, inject
 from conftest import Effects, Listener
 
 from llmos import params
-from llmos.hw.dev import sandbox
+from llmos.hw.dev import sandbox, sandboxjail
 from llmos.hw.dev.base import CallContext
 from llmos.hw.dev.python import PythonDevice
 from llmos.hw.dev.shell import ShellDevice
@@ -459,13 +459,13 @@ def test_attack_without_bubblewrap_nothing_runs(
 ) -> None:
     effects = _effects(world)
     monkeypatch.setattr(params, "SANDBOX_BWRAP", str(world.base / "no-bwrap"))
-    sandbox.unavailable.cache_clear()
+    sandboxjail.unavailable.cache_clear()
     try:
         python = _python(world, _spawn(_hostile_shell_command(world)))
         shell = _shell(world, "echo hi")
     finally:
         monkeypatch.undo()
-        sandbox.unavailable.cache_clear()
+        sandboxjail.unavailable.cache_clear()
     reason = "bubblewrap (bwrap) is not installed; install the Debian package bubblewrap"
     assert python["error"] == f"python sandbox unavailable: {reason}"
     assert shell["error"] == f"shell sandbox unavailable: {reason}"

@@ -30,7 +30,9 @@ import pytest
 
 from llmos.errors import ConfigError
 from llmos.hw.dev.base import CallContext
-from llmos.hw.dev.mcp import MCPDevices, MCPServerError, MCPSupervisor, ServerSpec, parse_config
+from llmos.hw.dev.mcp import MCPDevices
+from llmos.hw.dev.mcpconfig import ServerSpec, parse_config
+from llmos.hw.dev.mcpsupervisor import MCPServerError, MCPSupervisor
 from tests.servers import assert_no_new_children, descendants
 
 REPO = Path(__file__).resolve().parents[3]

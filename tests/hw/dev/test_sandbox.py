@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from llmos import params
-from llmos.hw.dev import sandbox
+from llmos.hw.dev import sandbox, sandboxjail
 from llmos.hw.dev.base import CallContext, DeviceResult
 from llmos.hw.dev.python import PythonDevice
-from llmos.hw.dev.sandbox import Limits, run_sandboxed, session_processes
+from llmos.hw.dev.sandbox import Limits, run_sandboxed
+from llmos.hw.dev.sandboxproc import session_processes
 
 
 def run(code: str, root: Path | None = None, **options: Any) -> DeviceResult:
@@ -200,19 +201,19 @@ def test_options_only_lower_limits() -> None:
 
 
 def test_isolation_is_reported() -> None:
-    layers = sandbox.isolation()
+    layers = sandboxjail.isolation()
     assert layers[:2] == ["rlimits", "process-group kill"]
     assert {"network namespace", "pid namespace", "seccomp filter"} <= set(layers)
 
 
 def test_missing_bubblewrap_refuses_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(params, "SANDBOX_BWRAP", "/nonexistent/bwrap")
-    sandbox.unavailable.cache_clear()
+    sandboxjail.unavailable.cache_clear()
     try:
         r = run("print(1)")
     finally:
         monkeypatch.undo()
-        sandbox.unavailable.cache_clear()
+        sandboxjail.unavailable.cache_clear()
     assert r.error == (
         "python sandbox unavailable: bubblewrap (bwrap) is not installed; "
         "install the Debian package bubblewrap"
@@ -221,6 +222,6 @@ def test_missing_bubblewrap_refuses_the_device(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_seccomp_program_is_well_formed() -> None:
-    prog = sandbox.seccomp_program("x86_64", (101,), (435,))
+    prog = sandboxjail.seccomp_program("x86_64", (101,), (435,))
     assert len(prog) % 8 == 0
     assert len(prog) // 8 == 4 + 2 + 2 + 2 + 1  # arch check, x32, clone3, ptrace, allow

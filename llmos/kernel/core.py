@@ -25,14 +25,15 @@ Invariants:
 - The kernel never waits on a process while holding a lock another process needs.
 
 What this module does not do: talk to clients (see `llmos.front.kerneld`), decide batching
-mechanics (see `llmos.hw.cpu.llama`), or place jobs in a CPU's slots (see `llmos.kernel.sched`).
+mechanics (see `llmos.hw.cpu.llama`), place jobs in a CPU's slots (see `llmos.kernel.sched`),
+or build what a process is given at spawn: its pager, devices and guard (see
+`llmos.kernel.spawn`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,23 +42,17 @@ from typing import Any
 
 from llmos import params
 from llmos.errors import (
-    AccessError,
     BudgetError,
-    InputError,
     LlmosError,
     NoSuchProcessError,
-    ProgramError,
     RequestError,
 )
 from llmos.hw.cpu.base import CPU
-from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins, recovery
+from llmos.kernel import spawn as spawn_setup
 from llmos.kernel.boot import System
-from llmos.kernel.handles import Handles
 from llmos.kernel.loop import Devices, Trace, context_limit, run_process
 from llmos.kernel.meter import Meter
-from llmos.kernel.mm.context import UNTRUSTED, Context, fence
-from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.pool import PoolCPU
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
@@ -66,13 +61,10 @@ from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy
 from llmos.kernel.security import principals
-from llmos.kernel.security.guard import Approvals, Guard
-from llmos.kernel.security.policy import UserPolicy, narrow_options, policy_for
-from llmos.kernel.security.quota import GuardedTable
-from llmos.kernel.syscall import grants_for
+from llmos.kernel.security.guard import Approvals
+from llmos.kernel.security.policy import UserPolicy, policy_for
 from llmos.store.audit import AuditLog
 from llmos.store.procs import ProcJournal
-from llmos.store.shm import SharedMemory
 
 
 class Kernel:
@@ -202,8 +194,9 @@ class Kernel:
             self._journal(proc, program, inputs, model)
         proc.context_limit = context_limit(program, cpu)
         try:
-            proc.memory = self._pager(program, proc, cpu)
-            proc.devices = self._devices(program, proc, user)
+            proc.memory = spawn_setup.pager(self.system, program, proc, cpu)
+            devices: Devices | None = spawn_setup.devices(self, program, proc, user)
+            proc.devices = devices
         except LlmosError as exc:
             self.meter.record(proc)
             self.table.reaped(proc)
@@ -269,7 +262,7 @@ class Kernel:
                 entity=proc.entity,
                 on_run=lambda run_id: setattr(proc, "run_id", run_id),
                 devices=proc.devices,
-                prepare=lambda ctx: self._prepare(proc, program, ctx),
+                prepare=lambda ctx: spawn_setup.prepare(self.system, proc, program, ctx),
                 on_trace=proc.on_trace,
                 resume=proc.resume,
             )
@@ -298,138 +291,7 @@ class Kernel:
                 self._threads.pop(proc.pid, None)
                 self._rates.pop(proc.pid, None)
 
-    # --- a process's memory and devices ---------------------------------------------------------
-    def _pager(self, program: Program, proc: Process, cpu: CPU) -> Pager:
-        """The memory manager of one process: its paging policy and swap key."""
-        name = str(program.llmos.get("paging") or params.PAGING_POLICY)
-        try:
-            policy = plugins.paging_policy(name, cpu_summarizer(cpu, proc.entity))
-        except InputError as exc:
-            raise ProgramError(f"{program.path}: llmos.paging: {exc}") from exc
-        reserve = int(program.gen_settings().get("max_tokens") or params.DEFAULT_MAX_OUTPUT_TOKENS)
-
-        def paged(segments: int, chars: int, limit: int) -> None:
-            # Said as it happens (before the step generates), never a silent truncation.
-            proc.notice(
-                f"the context did not fit its {limit}-token limit: {segments} segments "
-                f"({chars / 1e6:.1f} MB) were paged out to the swap store (page ids: "
-                f"`llmos logs {proc.run_id} --json`; read one: `llmos memory page ID`)"
-            )
-
-        return Pager(
-            store=lambda: self.system.memory,
-            owner=proc.owner,
-            process=f"{os.getpid()}.{proc.pid}.{secrets.token_hex(4)}",
-            policy=policy,
-            reserve=reserve,
-            label=str(program.path),
-            on_progress=lambda text: setattr(proc.entity, "progress", text),
-            on_paged=paged,
-        )
-
-    def _prepare(self, proc: Process, program: Program, context: Context) -> None:
-        """At spawn: attach the pager; page in the owner's memories most relevant to the
-        input (`llmos.memory.auto_recall` tokens) and the shared segments the program names
-        (`llmos.shm`). Both are untrusted: user-role messages fenced as data, never system."""
-        proc.context = context
-        pager: Pager = proc.memory
-        pager.attach(context)
-        for name in program.llmos.get("shm") or []:
-            seg = SharedMemory(self.system.memory).read(proc.owner, name)
-            context.insert_after_program(
-                "user",
-                fence(
-                    f"shared segment {seg.name} (version {seg.version}, owner {seg.owner})",
-                    seg.text,
-                ),
-                "shm",
-                {"shm": seg.name, "version": seg.version, "source": f"shm:{seg.name}"},
-                label=UNTRUSTED,
-            )
-        budget = int((program.llmos.get("memory") or {}).get("auto_recall") or 0)
-        if budget > 0:
-            query = " ".join(str(v) for v in proc.inputs.values() if isinstance(v, str))
-            if query.strip():
-                hits = self.system.memory.recall(proc.owner, query, params.RECALL_MAX_K)
-                recall_into(
-                    context, hits, budget, header="Memories from earlier runs that may help:"
-                )
-
-    def _devices(self, program: Program, proc: Process, user: UserPolicy) -> Devices | None:
-        """What a program that declares devices may call (None for one that declares none):
-        the intersection of what it declares, what its owner's policy allows and, for a
-        child, what its parent holds (device options narrowed to the parent's too). Its
-        syscalls go through its quotas. ProgramError if it declares devices that do not
-        exist or are not granted."""
-        declared = list(program.tools)
-        raw = program.llmos.get("devices") or {}
-        options: dict[str, Any] = {name: {} for name in raw} if isinstance(raw, list) else dict(raw)
-        if not declared and not options:
-            return None
-        table = self.system.syscalls
-        grants = grants_for(declared, options, table, str(program.path))
-        grants = {
-            name: dev
-            for name, dev in grants.items()
-            if user.allows_device(name, default_on=dev.default_on)
-        }
-        if proc.ppid:
-            held: Devices | None = self.table.get(proc.ppid).devices
-            grants = {n: d for n, d in grants.items() if held is not None and n in held.grants}
-            if held is not None:
-                options = {n: narrow_options(options.get(n), held.options.get(n)) for n in grants}
-        options = {n: o for n, o in options.items() if n in grants}
-        handles = Handles.for_process(self, proc.pid, proc.memory, user)
-        ctx = CallContext(
-            pid=proc.pid,
-            owner=proc.owner,
-            root=self.user_root(proc.owner),
-            proc=handles.proc,  # what the call/ask devices may do (llmos.hw.dev.proc)
-            memory=handles.memory,  # and the memory and shm devices (llmos.hw.dev.memory)
-            shm=handles.shm,
-        )
-        return Devices(
-            table=GuardedTable(table, user.quota, proc.entity),
-            grants=grants,
-            ctx=ctx,
-            options=options,
-            on_syscall=lambda busy: self._blocked(proc, busy),
-            guard=self._guard(proc),
-        )
-
-    # --- the syscall guard, approvals and the audit trail (llmos.kernel.security.guard) -----------
-    def _guard(self, proc: Process) -> Guard:
-        def segment(name: str) -> Any:
-            """The segment `name` as the owner sees it (None if missing or unreadable)."""
-            with contextlib.suppress(LlmosError):
-                for seg in SharedMemory(self.system.memory).list(proc.owner):
-                    if seg.name == name:
-                        return seg
-            return None
-
-        def shared(name: str) -> bool:
-            seg = segment(name)
-            return seg is not None and (
-                seg.owner != proc.owner or bool(seg.others) or any(seg.acl.values())
-            )
-
-        def foreign(name: str) -> str | None:
-            """The other owner of a segment that granted this owner write by name."""
-            seg = segment(name)
-            if seg is None or seg.owner == proc.owner or seg.acl.get(proc.owner) != "rw":
-                return None
-            return str(seg.owner)
-
-        return Guard(
-            proc,
-            self.user_policy(proc.owner),
-            self.audit,
-            self.approvals,
-            lambda: self.off_cpu(proc.pid),
-            shared,
-            foreign,
-        )
-
+    # --- approvals and the audit trail (llmos.kernel.security.guard) ---------------------------
     def audit(self) -> AuditLog:
         """The home's audit trail, opened on first use (AuditError if it cannot be)."""
         with self._lock:
@@ -450,24 +312,8 @@ class Kernel:
         return proc
 
     def user_root(self, owner: str) -> Path:
-        """The owner's private file namespace (what `fs` and `python` may touch), created
-        owner-only. The owner name is used as it is once valid (`principals.owner_name`
-        refuses any other with AccessError), so two owners never share a namespace."""
-        root = self.system.home
-        for part in (params.USERS_DIR_NAME, principals.owner_name(owner), "files"):
-            root = root / part
-            with contextlib.suppress(FileExistsError):
-                root.mkdir(mode=params.PRIVATE_DIR_MODE)
-            if root.is_symlink() or not root.is_dir():
-                raise AccessError(f"{root} is not a directory; refusing it as a file namespace")
-        return root
-
-    @staticmethod
-    def _blocked(proc: Process, busy: bool) -> None:
-        """A syscall starts (blocked) or ends (runnable again)."""
-        if busy:
-            proc.syscalls += 1
-        proc.set_state(State.BLOCKED if busy else State.RUNNABLE)
+        """The owner's private file namespace (`llmos.kernel.spawn.user_root`)."""
+        return spawn_setup.user_root(self.system.home, owner)
 
     def _log_unstarted(self, proc: Process, program: Program, cpu: CPU, error: str) -> None:
         log = self.system.log

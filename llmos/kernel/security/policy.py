@@ -37,10 +37,11 @@ range, or contradicts itself (a per-process token budget above the user's, a rel
 call path) is a `PolicyError` naming the file and the line, never a silent allow-all; a policy
 is re-read only when the file's mtime or size changes (`policy_for` caches it).
 
-What this module does not do: enforce anything (the kernel's spawn, `_devices`, the process
-handle and the quota guard do), decide who the owner is (the principals do), or check who may
-edit the file (it lives in the user's directory under the 0700 home; a user who can write it
-can raise their own limits, within what `llmos.params` caps and the kernel enforces).
+What this module does not do: enforce anything (the kernel's spawn with `llmos.kernel.spawn`,
+the process handle and the quota guard do), decide who the owner is (the principals do), or
+check who may edit the file (it lives in the user's directory under the 0700 home; a user who
+can write it can raise their own limits, within what `llmos.params` caps and the kernel
+enforces).
 """
 
 from __future__ import annotations

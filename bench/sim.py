@@ -1,7 +1,7 @@
 """The fleet at internet scale, by simulation: the kernel's real scheduler and routers driven by
 synthetic traces at 10, 100 and 1,000 CPUs.
 
-Each fleet size gets one trace (`llmos.kernel.sched.sim.make_trace`: 40 requests and 20 users
+Each fleet size gets one trace (`llmos.kernel.sched.simtrace.make_trace`: 40 requests and 20 users
 per CPU, so 40,000 requests from 20,000 users at 1,000 CPUs; heavy-tailed prompt and output
 lengths; Zipf-popular shared system prompts; users continuing their conversations; Poisson
 arrivals at 70% of the fleet's capacity; one CPU in twenty failing for a minute). Every router
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import emit, quick, table
 
-from llmos.kernel.sched import sim
+from llmos.kernel.sched import sim, simtrace
 
 
 def routers() -> list[sim.Router]:
@@ -46,9 +46,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[list[Any]] = []
     result: dict[str, Any] = {}
-    cost = sim.CostModel()
+    cost = simtrace.CostModel()
     for n in sizes:
-        trace = sim.make_trace(sim.Workload.for_fleet(n, seed=args.seed), n, cost)
+        trace = simtrace.make_trace(simtrace.Workload.for_fleet(n, seed=args.seed), n, cost)
         for router in routers():
             t0 = time.perf_counter()
             report = sim.Simulation(trace, router, n, cost=cost).run()

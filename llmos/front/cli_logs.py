@@ -27,7 +27,7 @@ from llmos.errors import InputError, NoSuchRunError
 from llmos.front.clikit import handle_errors
 
 if TYPE_CHECKING:
-    from llmos.store.log import RunRecord
+    from llmos.store.runrecord import RunRecord
 
 SWITCH_WORDS = ("off", "on", "status")
 

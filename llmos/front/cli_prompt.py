@@ -40,9 +40,9 @@ option_pairs = click.option(
 
 def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """`-o KEY VALUE` pairs as a checked `config` mapping (a usage error if one is bad)."""
-    from llmos.kernel import program as program_mod  # loaded only by the commands that run
+    from llmos.kernel import programconfig  # loaded only by the commands that run
 
-    known = program_mod.config_keys()
+    known = programconfig.config_keys()
     config: dict[str, Any] = {}
     for key, raw in pairs:
         if key not in known:
@@ -54,7 +54,7 @@ def options(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             config[key] = raw
     try:
-        return program_mod.check_config("-o", config)
+        return programconfig.check_config("-o", config)
     except LlmosError as exc:
         raise click.BadParameter(str(exc).removeprefix("-o: "), param_hint="-o") from exc
 

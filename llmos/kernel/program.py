@@ -22,7 +22,8 @@ input JSON Schema before anything is rendered.
 
 OS settings live in namespaced front-matter keys (`llmos.max_steps: 4`), so other Dotprompt
 runtimes still run the file. The nested form (`llmos: {max_steps: 4}`) is accepted too; the same
-key in both forms is an error. Keys and types are `params.LLMOS_KEYS`.
+key in both forms is an error. Keys and types are `params.LLMOS_KEYS`; the settings and `config`
+are checked in `llmos.kernel.programconfig`.
 
 Invariants:
 - Every failure is a `ProgramError` (the file is at fault, exit 3) or an `InputError` (the
@@ -57,6 +58,13 @@ from llmos.errors import InputError, LlmosError, ProgramError
 from llmos.hw.cpu.base import Message, ToolSpec
 from llmos.kernel import dependable, dotprompt
 from llmos.kernel.inputs import as_json, check_defaults, validate_inputs
+from llmos.kernel.programconfig import (
+    CONFIG_KEYS,
+    check_config_at,
+    check_str,
+    check_tools,
+    llmos_settings,
+)
 
 _T = TypeVar("_T")
 
@@ -65,22 +73,6 @@ Kind = Literal["dotprompt", "skill", "markdown", "chat"]
 _SKILL_NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MARKER = "<<<dotprompt:"
 _OUTPUT_FORMATS = ("text", "json")
-# config key -> (GenRequest keyword, accepted types, description for errors)
-_CONFIG_KEYS: dict[str, tuple[str, tuple[type, ...], str]] = {
-    "maxOutputTokens": ("max_tokens", (int,), "a positive integer"),
-    "temperature": ("temperature", (int, float), "a number"),
-    "topK": ("top_k", (int,), "a positive integer"),
-    "topP": ("top_p", (int, float), "a number"),
-    "stopSequences": ("stop", (list,), "a list of strings"),
-    "seed": ("seed", (int,), "an integer"),
-}
-_POSITIVE_LLMOS = ("budget", "max_steps", "max_output_tokens", "context")
-_TYPE_NAMES: dict[type, str] = {
-    int: "an integer",
-    list: "a list",
-    dict: "a mapping",
-    str: "a string",
-}
 
 
 @dataclass
@@ -131,7 +123,7 @@ class Program:
     def gen_settings(self) -> dict[str, Any]:
         """GenRequest keyword arguments from `config` (only the keys the program sets)."""
         out: dict[str, Any] = {}
-        for key, (kwarg, _types, _what) in _CONFIG_KEYS.items():
+        for key, (kwarg, _types, _what) in CONFIG_KEYS.items():
             if key in self.config:
                 value = self.config[key]
                 out[kwarg] = list(value) if isinstance(value, list) else value
@@ -414,100 +406,6 @@ def _parse_plain(path: Path, text: str) -> tuple[dict[str, Any], str]:
     return dict(parsed.raw or {}), str(parsed.template or "").strip()
 
 
-def _llmos_settings(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    valid = ", ".join(sorted(params.LLMOS_KEYS))
-    nested = raw.get("llmos")
-    if nested is not None and not isinstance(nested, dict):
-        raise ProgramError(f"{path}: 'llmos' must be a mapping of settings ({valid})")
-    items: list[tuple[str, str, Any]] = [(f"llmos.{k}", k, v) for k, v in (nested or {}).items()]
-    items += [(k, k[len("llmos.") :], v) for k, v in raw.items() if k.startswith("llmos.")]
-    for shown, key, value in items:
-        if key not in params.LLMOS_KEYS:
-            raise ProgramError(f"{path}: unknown key '{shown}' (valid llmos keys: {valid})")
-        if key in out:
-            raise ProgramError(f"{path}: 'llmos.{key}' is set twice")
-        expected = params.LLMOS_KEYS[key]
-        types = expected if isinstance(expected, tuple) else (expected,)
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise ProgramError(f"{path}: '{shown}' must be {names}, got {as_json(value)}")
-        number = value if isinstance(value, int) else 0
-        if key == "priority" and not params.MIN_PRIORITY <= number <= params.MAX_PRIORITY:
-            raise ProgramError(
-                f"{path}: '{shown}' must be between {params.MIN_PRIORITY} and"
-                f" {params.MAX_PRIORITY}, got {value}"
-            )
-        if key in _POSITIVE_LLMOS and number < 1:
-            raise ProgramError(f"{path}: '{shown}' must be positive, got {value}")
-        _check_memory_setting(path, shown, key, value)
-        if key in dependable.KEYS:
-            problem = dependable.check(shown, key, value)
-            if problem is not None:
-                raise ProgramError(f"{path}: {problem}")
-        out[key] = value
-    return out
-
-
-def _check_memory_setting(path: Path, shown: str, key: str, value: Any) -> None:
-    """The `llmos.paging`, `llmos.memory` and `llmos.shm` keys (see llmos.kernel.mm.paging and
-    llmos.store.shm)."""
-    if key == "paging" and not re.match(r"^[a-z][a-z0-9_-]*$", value):
-        raise ProgramError(f"{path}: '{shown}' must be a paging policy name, got {value!r}")
-    if key == "memory":
-        unknown = sorted(set(value) - {"auto_recall"})
-        if unknown:
-            raise ProgramError(f"{path}: '{shown}' has unknown keys {unknown} (valid: auto_recall)")
-        budget = value.get("auto_recall", 0)
-        if (
-            isinstance(budget, bool)
-            or not isinstance(budget, int)
-            or not 0 <= budget <= params.AUTO_RECALL_MAX_TOKENS
-        ):
-            raise ProgramError(
-                f"{path}: '{shown}.auto_recall' must be a token budget from 0 to "
-                f"{params.AUTO_RECALL_MAX_TOKENS}, got {as_json(budget)}"
-            )
-    if key == "shm" and not all(isinstance(n, str) and n for n in value):
-        raise ProgramError(f"{path}: '{shown}' must be a list of segment names")
-
-
-def config_keys() -> list[str]:
-    """The `config` keys a program (or `llmos run -o KEY VALUE`) may set."""
-    return list(_CONFIG_KEYS)
-
-
-def check_config(where: str, config: Any) -> dict[str, Any]:
-    """`config` checked as a program's would be; ProgramError names `where` and the key."""
-    return _check_config(Path(where), config)
-
-
-def _check_config(path: Path, config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ProgramError(f"{path}: 'config' must be a mapping")
-    for key, (_kwarg, types, what) in _CONFIG_KEYS.items():
-        if key not in config:
-            continue
-        value = config[key]
-        ok = isinstance(value, types) and not isinstance(value, bool)
-        if ok and key in ("maxOutputTokens", "topK"):
-            ok = value >= 1
-        if ok and key == "stopSequences":
-            ok = all(isinstance(s, str) and s for s in value)
-        if not ok:
-            raise ProgramError(f"{path}: 'config.{key}' must be {what}, got {as_json(value)}")
-    return dict(config)
-
-
-def _check_str(path: Path, raw: dict[str, Any], key: str) -> str | None:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ProgramError(f"{path}: '{key}' must be a string, got {as_json(value)}")
-    return value
-
-
 # --- Internals: the three formats ---------------------------------------------------------------
 
 
@@ -517,12 +415,12 @@ def _load_dotprompt(path: Path, text: str) -> Program:
     template = str(parsed.template or "")
     if not template.strip():
         raise ProgramError(f"{path}: the template (the text after the front matter) is empty")
-    llmos = _llmos_settings(path, raw)
-    config = _check_config(path, raw.get("config"))
-    name = _check_str(path, raw, "name") or path.stem
-    description = _check_str(path, raw, "description") or ""
-    model = _check_str(path, raw, "model") or None
-    tools = _check_tools(path, raw.get("tools"), "tools")
+    llmos = llmos_settings(path, raw)
+    config = check_config_at(path, raw.get("config"))
+    name = check_str(path, raw, "name") or path.stem
+    description = check_str(path, raw, "description") or ""
+    model = check_str(path, raw, "model") or None
+    tools = check_tools(path, raw.get("tools"), "tools")
 
     input_cfg = raw.get("input") or {}
     output_cfg = raw.get("output") or {}
@@ -570,7 +468,7 @@ def _load_skill(path: Path, text: str) -> Program:
     raw, body = _parse_plain(path, text)
     if not raw:
         raise ProgramError(f"{path}: a skill needs front matter with 'name' and 'description'")
-    name = _check_str(path, raw, "name")
+    name = check_str(path, raw, "name")
     folder = path.parent.name
     if not name:
         raise ProgramError(f"{path}: missing required field 'name'")
@@ -581,7 +479,7 @@ def _load_skill(path: Path, text: str) -> Program:
         )
     if name != folder:
         raise ProgramError(f"{path}: 'name' is '{name}' but the skill folder is '{folder}'")
-    description = _check_str(path, raw, "description")
+    description = check_str(path, raw, "description")
     if not description or not description.strip():
         raise ProgramError(f"{path}: missing required field 'description'")
     if len(description) > params.SKILL_DESCRIPTION_MAX:
@@ -590,7 +488,7 @@ def _load_skill(path: Path, text: str) -> Program:
             f" {params.SKILL_DESCRIPTION_MAX})"
         )
     for key in ("license", "compatibility"):
-        _check_str(path, raw, key)
+        check_str(path, raw, key)
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ProgramError(f"{path}: 'metadata' must be a mapping")
@@ -598,7 +496,7 @@ def _load_skill(path: Path, text: str) -> Program:
     if isinstance(tools_raw, str):
         tools = [t for t in re.split(r"[\s,]+", tools_raw) if t]
     else:
-        tools = _check_tools(path, tools_raw, "allowed-tools")
+        tools = check_tools(path, tools_raw, "allowed-tools")
     if not body:
         raise ProgramError(f"{path}: the skill has no instructions (the body is empty)")
     handled = {"name", "description", "allowed-tools", "llmos"}
@@ -608,7 +506,7 @@ def _load_skill(path: Path, text: str) -> Program:
         kind="skill",
         path=path,
         tools=tools,
-        llmos=_llmos_settings(path, raw),
+        llmos=llmos_settings(path, raw),
         extra={k: v for k, v in raw.items() if k not in handled and not k.startswith("llmos.")},
         template=body,
         source=text,
@@ -621,22 +519,14 @@ def _load_markdown(path: Path, text: str) -> Program:
         raise ProgramError(f"{path}: the program has no text after its front matter")
     handled = {"name", "description", "model", "config", "llmos"}
     return Program(
-        name=_check_str(path, raw, "name") or path.stem,
-        description=_check_str(path, raw, "description") or "",
+        name=check_str(path, raw, "name") or path.stem,
+        description=check_str(path, raw, "description") or "",
         kind="markdown",
         path=path,
-        model=_check_str(path, raw, "model") or None,
-        config=_check_config(path, raw.get("config")),
-        llmos=_llmos_settings(path, raw),
+        model=check_str(path, raw, "model") or None,
+        config=check_config_at(path, raw.get("config")),
+        llmos=llmos_settings(path, raw),
         extra={k: v for k, v in raw.items() if k not in handled and not k.startswith("llmos.")},
         template=body,
         source=text,
     )
-
-
-def _check_tools(path: Path, value: Any, key: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-        raise ProgramError(f"{path}: '{key}' must be a list of tool names")
-    return list(value)

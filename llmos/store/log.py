@@ -4,7 +4,8 @@ Each run of a program is a row in `runs`. The conversation it sent and the reply
 in `messages`, a content-addressed tree: a message's hash is the SHA-256 of its canonical JSON
 and its parent's hash, so a chain is named by its last hash (its head), and chains that share a
 prefix share those rows (a system prompt used by a thousand runs is stored once). `runs_fts` is
-an FTS5 index over each run's program, inputs, prompt, response and error.
+an FTS5 index over each run's program, inputs, prompt, response and error. A run read back is a
+`RunRecord` (`llmos.store.runrecord`).
 
 Invariants:
 - `start_run` writes the run, status 'running', before the CPU sees the prompt; the run then
@@ -45,7 +46,6 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,6 +53,7 @@ from typing import Any
 from llmos import config, params
 from llmos.errors import LogStoreError
 from llmos.store.db import Database, Migration
+from llmos.store.runrecord import RUN_COLUMNS, RunRecord
 from llmos.store.usage import Ledger
 from llmos.store.usage import migrate as _m002_usage
 from llmos.store.usage import migrate_cpu as _m003_usage_cpu
@@ -199,80 +200,6 @@ def _content_text(content: Any) -> str:
     return content if isinstance(content, str) else _dumps(content)
 
 
-# --- Records --------------------------------------------------------------------------------
-
-
-@dataclass
-class RunRecord:
-    """One row of `runs`, with its JSON columns decoded."""
-
-    id: str
-    started_at: float
-    ended_at: float | None
-    program: str
-    program_path: str | None
-    cpu: str
-    inputs: dict[str, Any]
-    prompt_head: str | None
-    response_head: str | None
-    response: str | None
-    status: str
-    error_kind: str | None
-    error: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float | None
-    duration_ms: float | None
-    pid: int | None
-    owner: str | None
-    parent_run: str | None
-    extra: dict[str, Any] | None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        """Generation speed, where the run has both a duration and generated tokens."""
-        if not self.duration_ms or self.duration_ms <= 0 or self.completion_tokens <= 0:
-            return None
-        return self.completion_tokens / (self.duration_ms / 1000.0)
-
-    def to_json(self, *, with_path: bool = True) -> dict[str, Any]:
-        """The run as `llmos logs --json` and the API show it; `with_path=False` leaves out
-        the program's file path (a remote caller is not shown the server's files)."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "owner": self.owner,
-            "program": self.program,
-            "cpu": self.cpu,
-            "status": self.status,
-            "inputs": self.inputs,
-            "response": self.response,
-            "error_kind": self.error_kind,
-            "error": self.error,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "duration_ms": self.duration_ms,
-            "ttft_ms": self.ttft_ms,
-            "parent_run": self.parent_run,
-            "context": (self.extra or {}).get("context"),  # accounting, page ids if it paged
-            "steps": (self.extra or {}).get("steps", []),  # a tool-using run's syscalls
-            "cpus": (self.extra or {}).get("cpus"),  # a pool's CPUs that served it, metered
-        }
-        if with_path:
-            out["program_path"] = self.program_path
-        return out
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> RunRecord:
-        values = dict(row)
-        values["inputs"] = json.loads(values["inputs"]) if values["inputs"] else {}
-        values["extra"] = json.loads(values["extra"]) if values["extra"] else None
-        return cls(**values)
-
-
-_RUN_COLUMNS = ", ".join(f"runs.{name}" for name in RunRecord.__dataclass_fields__)
-
 # --- The log --------------------------------------------------------------------------------
 
 
@@ -382,7 +309,7 @@ class Log:
         when given: another owner's run is never found, nor makes a prefix ambiguous)."""
         mine, args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
         row = conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?{mine}", (run_id, *args)
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?{mine}", (run_id, *args)
         ).fetchone()
         if row is not None:
             return row
@@ -390,7 +317,7 @@ class Log:
         if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
             return None
         rows = conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id >= ? AND id < ?{mine} ORDER BY id LIMIT 2",
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE id >= ? AND id < ?{mine} ORDER BY id LIMIT 2",
             (prefix, prefix + "g", *args),  # 'g' sorts after every hex digit
         ).fetchall()
         if len(rows) > 1:
@@ -551,7 +478,7 @@ class Log:
         if cpu is not None:
             where.append("runs.cpu = ?")
             args.append(cpu)
-        sql = f"SELECT {_RUN_COLUMNS} FROM {source}"
+        sql = f"SELECT {RUN_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"

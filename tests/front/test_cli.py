@@ -20,7 +20,8 @@ import jsonschema
 import pytest
 
 from llmos.kernel import program as program_mod
-from llmos.store.log import Log, RunRecord
+from llmos.store.log import Log
+from llmos.store.runrecord import RunRecord
 
 try:
     from tests.conftest import llmos_command

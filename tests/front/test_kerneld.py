@@ -31,7 +31,8 @@ from llmos.errors import RequestError
 from llmos.front import kerneld
 from llmos.front.kclient import KernelClient
 from llmos.kernel import api
-from llmos.store.log import Log, RunRecord, pid_alive
+from llmos.store.log import Log, pid_alive
+from llmos.store.runrecord import RunRecord
 
 try:
     from tests.conftest import run_llmos

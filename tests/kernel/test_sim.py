@@ -8,11 +8,13 @@ from collections import Counter
 
 import pytest
 
-from llmos.kernel.sched import sim
+from llmos.kernel.sched import sim, simtrace
 
 
-def _trace(n_cpus: int = 4, **over: float) -> sim.Trace:
-    return sim.make_trace(sim.Workload.for_fleet(n_cpus, **over), n_cpus, sim.CostModel())
+def _trace(n_cpus: int = 4, **over: float) -> simtrace.Trace:
+    return simtrace.make_trace(
+        simtrace.Workload.for_fleet(n_cpus, **over), n_cpus, simtrace.CostModel()
+    )
 
 
 def test_a_trace_is_a_function_of_its_seed() -> None:
@@ -49,19 +51,19 @@ def test_every_request_completes_on_every_router_despite_failures(router: type) 
 
 
 def test_a_failed_cpu_loses_its_cache_and_its_requests_continue_elsewhere() -> None:
-    req = sim.Request(0, "u0", 0.0, tuple(range(1, 33)), output=400)
+    req = simtrace.Request(0, "u0", 0.0, tuple(range(1, 33)), output=400)
     # CPU 0 fails while the request generates; it continues on CPU 1 and re-prefills its prompt
     # and the tokens it had produced (nothing lost, more computed).
-    trace = sim.Trace([req], [sim.Failure(at=3.0, cpu=0, down_s=1000.0)])
+    trace = simtrace.Trace([req], [simtrace.Failure(at=3.0, cpu=0, down_s=1000.0)])
     report = sim.Simulation(trace, sim.RoundRobin(), 2).run()
     assert (report.completed, report.lost) == (1, 0)
-    whole = sim.Simulation(sim.Trace([req], []), sim.RoundRobin(), 2).run()
+    whole = sim.Simulation(simtrace.Trace([req], []), sim.RoundRobin(), 2).run()
     assert report.sim_end_s > whole.sim_end_s
 
 
 def test_with_every_cpu_down_requests_wait_then_run_when_one_recovers() -> None:
-    reqs = [sim.Request(i, f"u{i}", 5.0 + i, (100 + i,), output=16) for i in range(3)]
-    trace = sim.Trace(reqs, [sim.Failure(at=1.0, cpu=0, down_s=30.0)])
+    reqs = [simtrace.Request(i, f"u{i}", 5.0 + i, (100 + i,), output=16) for i in range(3)]
+    trace = simtrace.Trace(reqs, [simtrace.Failure(at=1.0, cpu=0, down_s=30.0)])
     report = sim.Simulation(trace, sim.RoundRobin(), 1).run()
     assert report.completed == 3 and report.ttft_p50_s > 20.0  # they waited for the recovery
 
@@ -69,13 +71,13 @@ def test_with_every_cpu_down_requests_wait_then_run_when_one_recovers() -> None:
 def test_the_real_dispatcher_shares_one_cpu_fairly_between_users() -> None:
     # One user sends 6 long requests, another 1, at once, to a CPU with 2 slots: under the
     # fair policy the lone user's request is placed at once and finishes first.
-    reqs = [sim.Request(i, "heavy", 0.0, (1000 + i,), output=200) for i in range(6)]
-    reqs.append(sim.Request(6, "light", 0.0, (2000,), output=200))
-    s = sim.Simulation(sim.Trace(reqs, []), sim.RoundRobin(), 1, slots=2, policy="fair")
+    reqs = [simtrace.Request(i, "heavy", 0.0, (1000 + i,), output=200) for i in range(6)]
+    reqs.append(simtrace.Request(6, "light", 0.0, (2000,), output=200))
+    s = sim.Simulation(simtrace.Trace(reqs, []), sim.RoundRobin(), 1, slots=2, policy="fair")
     s.run()
     ended = {d.req.id: d.ended for d in s.done}
     assert ended[6] <= min(ended[i] for i in range(6))
-    fifo = sim.Simulation(sim.Trace(reqs, []), sim.RoundRobin(), 1, slots=2, policy="fifo")
+    fifo = sim.Simulation(simtrace.Trace(reqs, []), sim.RoundRobin(), 1, slots=2, policy="fifo")
     fifo.run()
     assert {d.req.id: d.ended for d in fifo.done}[6] > ended[6]  # fifo makes it wait
 

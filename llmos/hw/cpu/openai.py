@@ -28,6 +28,7 @@ Invariants:
   given a `dialects` file (`$LLMOS_HOME/openai-servers.json`), across runs, keyed by base URL
   and model, so the next run asks in the accepted form at once. A remembered adaptation that
   the server then refuses (the server changed) is forgotten and the request asked as written.
+  The dialects and their file are `llmos.hw.cpu.openaidialect`.
 - The context size (`n_ctx`) is, in order: what the server says (`llmos.hw.cpu.ctxsize`:
   llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`), else the configured
   `n_ctx`, else `params.OPENAI_DEFAULT_N_CTX`. The server is asked once, on first use, and the
@@ -50,10 +51,7 @@ after a reply fails its schema (the caller validates and retries).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,8 +66,16 @@ from llmos import params
 from llmos.errors import BackendError, ContextOverflowError, LlmosError
 from llmos.hw.cpu import ctxsize
 from llmos.hw.cpu.base import CPU, Capabilities, Chunk, GenRequest, Message, ToolCall, ToolSpec
+from llmos.hw.cpu.openaidialect import (
+    CONTEXT_MARKERS,
+    adapt,
+    adaptation_for,
+    is_context_error,
+    load_dialects,
+    save_dialect,
+    status_message,
+)
 
-_CONTEXT_MARKERS = ("context", "too many tokens", "prompt is too long")
 _FINISH_ALIASES = {"function_call": "tool_calls", "eos": "stop"}
 
 
@@ -100,96 +106,6 @@ def _one_line(text: str) -> str:
     line = " ".join(text.split())
     limit = params.OPENAI_ERROR_MAX_CHARS
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _status_message(exc: openai.APIStatusError) -> str:
-    """The server's own error text, not the client's `Error code: ...` wrapper."""
-    body: Any = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            for key in ("message", "detail", "msg"):
-                value = inner.get(key)
-                if isinstance(value, str) and value:
-                    return value
-                if value:
-                    return str(value)
-        elif isinstance(inner, str) and inner:
-            return inner
-    elif isinstance(body, str) and body:
-        return body
-    try:
-        text = exc.response.text
-    except Exception:  # a streamed response that was never read
-        text = ""
-    return text or exc.message
-
-
-def _is_context_error(status: int, message: str, body: object) -> bool:
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code") == "context_length_exceeded":
-            return True
-    if status not in (400, 413, 422):
-        return False
-    lowered = message.lower()
-    return any(marker in lowered for marker in _CONTEXT_MARKERS)
-
-
-_ADAPTATIONS = ("json_object", "no_stream_options", "tool_choice_auto")
-
-
-def _adapt(kwargs: dict[str, Any], adaptation: str) -> dict[str, Any]:
-    """`kwargs` in the form one learned adaptation asks for (unchanged if it does not apply)."""
-    response_format = kwargs.get("response_format")
-    if (
-        adaptation == "json_object"
-        and isinstance(response_format, dict)
-        and response_format.get("type") == "json_schema"
-    ):
-        schema = response_format["json_schema"]["schema"]
-        return {**kwargs, "response_format": {"type": "json_object", "schema": schema}}
-    if adaptation == "no_stream_options" and "stream_options" in kwargs:
-        return {k: v for k, v in kwargs.items() if k != "stream_options"}
-    if adaptation == "tool_choice_auto" and kwargs.get("tool_choice") == "required":
-        return {**kwargs, "tool_choice": "auto"}
-    return kwargs
-
-
-def _adaptation(kwargs: dict[str, Any], exc: openai.APIStatusError) -> str | None:
-    """The adaptation to make after `exc`, or None when no known server dialect explains it.
-
-    - llama-cpp-python's server knows no `response_format` of type `json_schema` (it answers
-      500 with a validation error) but enforces `{"type": "json_object", "schema": ...}` with a
-      grammar: ask in that form.
-    - Some servers refuse `stream_options` with a 400 or 422: ask without it (usage then falls
-      back to estimates).
-    - A server that refuses `tool_choice: "required"` (400, 422 or 500 naming `tool_choice`)
-      is asked with "auto": the tools stay offered, and the kernel reports a first reply
-      without a call as the server not enforcing `required` (`llmos.kernel.loop`).
-    Each change is made at most once, so the loop in `_open_stream` ends.
-    """
-    message = _status_message(exc)
-    if _is_context_error(exc.status_code, message, exc.body):
-        return None
-    lowered = message.lower()
-    response_format = kwargs.get("response_format")
-    if (
-        isinstance(response_format, dict)
-        and response_format.get("type") == "json_schema"
-        and exc.status_code in (400, 422, 500)
-        and ("response_format" in lowered or "json_schema" in lowered)
-    ):
-        return "json_object"
-    if (
-        kwargs.get("tool_choice") == "required"
-        and exc.status_code in (400, 422, 500)
-        and "tool_choice" in lowered
-    ):
-        return "tool_choice_auto"
-    if "stream_options" in kwargs and exc.status_code in (400, 422):
-        return "no_stream_options"
-    return None
 
 
 # OpenAI function names allow only [A-Za-z0-9_-]: device names like `time.now` (an MCP
@@ -259,7 +175,7 @@ class OpenAICPU(CPU):
         self.base_url = str(self._client.base_url).rstrip("/")
         self._dialects = dialects
         self._dialect_key = f"{self.base_url} {model}"
-        entry = _load_dialects(dialects).get(self._dialect_key, {})
+        entry = load_dialects(dialects).get(self._dialect_key, {})
         self.learned: set[str] = set(entry.get("adaptations", []))
         self._remembered_n_ctx: int | None = entry.get("n_ctx")
 
@@ -350,13 +266,13 @@ class OpenAICPU(CPU):
         (in the form already learned for this server, when there is one)."""
         written = kwargs
         for known in sorted(self.learned):
-            kwargs = _adapt(kwargs, known)
+            kwargs = adapt(kwargs, known)
         try:
             while True:
                 try:
                     return self._create(kwargs)
                 except openai.APIStatusError as exc:
-                    adaptation = _adaptation(kwargs, exc)
+                    adaptation = adaptation_for(kwargs, exc)
                     if adaptation is None:
                         if kwargs is written or not self.learned:
                             raise
@@ -364,7 +280,7 @@ class OpenAICPU(CPU):
                         kwargs = written
                         continue
                     self._remember(self.learned | {adaptation})
-                    kwargs = _adapt(kwargs, adaptation)
+                    kwargs = adapt(kwargs, adaptation)
         except LlmosError:
             raise
         except Exception as exc:
@@ -382,7 +298,7 @@ class OpenAICPU(CPU):
             entry["adaptations"] = sorted(self.learned)
         if self._remembered_n_ctx is not None:
             entry["n_ctx"] = self._remembered_n_ctx
-        _save_dialect(self._dialects, self._dialect_key, entry)
+        save_dialect(self._dialects, self._dialect_key, entry)
 
     def _forget_n_ctx(self) -> None:
         """The server refused a prompt as too long: the size it said may be stale."""
@@ -531,8 +447,8 @@ class OpenAICPU(CPU):
             where = "lost the connection to" if mid_stream else "cannot reach"
             raise BackendError(f"{where} OpenAI-compatible server at {url}: {reason}") from exc
         if isinstance(exc, openai.APIStatusError):
-            message = _status_message(exc)
-            if _is_context_error(exc.status_code, message, exc.body):
+            message = status_message(exc)
+            if is_context_error(exc.status_code, message, exc.body):
                 self._forget_n_ctx()
                 raise ContextOverflowError(
                     f"server {url} refused the prompt as too long for its context: "
@@ -543,7 +459,7 @@ class OpenAICPU(CPU):
             ) from exc
         if isinstance(exc, openai.APIError):  # an error event inside the SSE stream
             message = exc.message
-            if any(marker in message.lower() for marker in _CONTEXT_MARKERS):
+            if any(marker in message.lower() for marker in CONTEXT_MARKERS):
                 self._forget_n_ctx()
                 raise ContextOverflowError(
                     f"server {url} refused the prompt as too long for its context: "
@@ -552,50 +468,6 @@ class OpenAICPU(CPU):
             raise BackendError(f"server {url} reported an error: {_one_line(message)}") from exc
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         raise BackendError(f"malformed reply from server {url}: {detail}") from exc
-
-
-def _load_dialects(path: Path | None) -> dict[str, dict[str, Any]]:
-    """What is remembered per server: `{"adaptations": [...], "n_ctx": N}` (0: the server said
-    nothing); a list is an older file's adaptations. An unreadable file is as good as none."""
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in data.items():
-        entry: dict[str, Any] = {}
-        if isinstance(value, list):
-            value = {"adaptations": value}
-        if not isinstance(value, dict):
-            continue
-        adaptations = value.get("adaptations")
-        if isinstance(adaptations, list):
-            entry["adaptations"] = [a for a in adaptations if a in _ADAPTATIONS]
-        n_ctx = value.get("n_ctx")
-        if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx >= 0:
-            entry["n_ctx"] = n_ctx
-        out[str(key)] = entry
-    return out
-
-
-def _save_dialect(path: Path, key: str, entry: dict[str, Any]) -> None:
-    """Record what is known of one server (atomically: a reader never sees half a file); a
-    file that cannot be written only costs the next run its relearning."""
-    data = _load_dialects(path)
-    if entry:
-        data[key] = entry
-    else:
-        data.pop(key, None)
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
 
 
 def _message_text(message: Message) -> str:

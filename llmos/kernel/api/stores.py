@@ -25,7 +25,7 @@ from llmos.errors import (
 )
 from llmos.kernel.api.base import Caller, Empty, Request
 from llmos.kernel.core import Kernel
-from llmos.store.log import RunRecord
+from llmos.store.runrecord import RunRecord
 from llmos.store.shm import SharedMemory
 from llmos.store.usage import Usage, day_of, parse_day
 

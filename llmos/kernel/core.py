@@ -53,8 +53,9 @@ from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins, recovery
 from llmos.kernel.boot import System
+from llmos.kernel.calls import Devices, Trace
 from llmos.kernel.handles import Handles
-from llmos.kernel.loop import Devices, Trace, context_limit, run_process
+from llmos.kernel.loop import run_process
 from llmos.kernel.meter import Meter
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
@@ -62,6 +63,7 @@ from llmos.kernel.pool import PoolCPU
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.questions import Questions
+from llmos.kernel.reply import context_limit
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy

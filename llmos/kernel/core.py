@@ -51,12 +51,14 @@ from llmos.hw.cpu.base import CPU
 from llmos.kernel import plugins, recovery
 from llmos.kernel import spawn as spawn_setup
 from llmos.kernel.boot import System
-from llmos.kernel.loop import Devices, Trace, context_limit, run_process
+from llmos.kernel.calls import Devices, Trace
+from llmos.kernel.loop import run_process
 from llmos.kernel.meter import Meter
 from llmos.kernel.pool import PoolCPU
 from llmos.kernel.proc import Process, ProcessTable, State
 from llmos.kernel.program import Program
 from llmos.kernel.questions import Questions
+from llmos.kernel.reply import context_limit
 from llmos.kernel.sched.dispatch import PolicyDispatcher
 from llmos.kernel.sched.gate import Gate
 from llmos.kernel.sched.policy import Policy

@@ -94,10 +94,10 @@ class Process:
     output: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # one-line notes for its followers (stderr)
     syscalls: int = 0
-    devices: Any = None  # its llmos.kernel.loop.Devices (None for a program without devices)
+    devices: Any = None  # its llmos.kernel.calls.Devices (None for a program without devices)
     on_trace: Any = None  # called with each step of its loop (`llmos run --trace`)
     steps: list[dict[str, Any]] = field(default_factory=list)  # its loop's steps so far, timed
-    result: Any = None  # the llmos.kernel.loop.RunResult of a process that ran to its end
+    result: Any = None  # the llmos.kernel.reply.RunResult of a process that ran to its end
     exception: BaseException | None = None  # the LlmosError a failed process ended with
     context_limit: int = 0
     context: Any = None  # its llmos.kernel.mm.context.Context, once its program is rendered

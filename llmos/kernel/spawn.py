@@ -33,8 +33,8 @@ from llmos.hw.cpu.base import CPU
 from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins
 from llmos.kernel.boot import System
+from llmos.kernel.calls import Devices
 from llmos.kernel.handles import Handles
-from llmos.kernel.loop import Devices
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.proc import Process, State

@@ -17,7 +17,8 @@ from llmos.errors import StepLimitError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel.loop import Devices, run_process
+from llmos.kernel.calls import Devices
+from llmos.kernel.loop import run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
 from llmos.kernel.syscall import SyscallTable, grants_for

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel.loop import Devices, RunResult, run_process
+from llmos.kernel.calls import Devices
+from llmos.kernel.loop import run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import Program, load
+from llmos.kernel.reply import RunResult
 from llmos.kernel.syscall import SyscallTable, grants_for
 from llmos.store.log import Log
 

@@ -17,8 +17,9 @@ from llmos.hw.cpu.grammar import call_grammar
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev import sandbox, sandboxjail
 from llmos.hw.dev.base import CallContext
+from llmos.kernel.calls import Devices
 from llmos.kernel.dependable import redundancy, route, verify
-from llmos.kernel.loop import Devices, run_process
+from llmos.kernel.loop import run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import Program, load
 from llmos.kernel.syscall import SyscallTable, grants_for
@@ -261,14 +262,14 @@ def test_the_arithmetic_example_answers_through_calc(tmp_path: Path, embedded: A
 
 def test_a_grounded_field_may_only_be_a_phrase_of_the_input(tmp_path: Path) -> None:
     from llmos.kernel.dependable import Settings
-    from llmos.kernel.loop import _answer_schema
+    from llmos.kernel.dependable.answers import answer_schema
 
     text = "Reach Dana Whitfield at dana.w@northwind.com, Northwind Logistics."
     found = route.phrases(text)
     assert {"Dana Whitfield", "dana.w@northwind.com", "Northwind Logistics"} <= set(found)
     assert "Whitfield at dana.w@northwind.com, Northwind" not in found  # over 4 words
     program = load(EXAMPLES / "extract.prompt")
-    schema = _answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
+    schema = answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
     email = schema["properties"]["email"]
     # llama.cpp would skip a typed enum; an optional field is asked for, and may be null
     assert email["enum"] == [*found, None] and "type" not in email
@@ -278,11 +279,11 @@ def test_a_grounded_field_may_only_be_a_phrase_of_the_input(tmp_path: Path) -> N
 
 def test_a_grounded_number_is_one_of_the_inputs_numbers() -> None:
     from llmos.kernel.dependable import Settings
-    from llmos.kernel.loop import _answer_schema
+    from llmos.kernel.dependable.answers import answer_schema
 
     program = load(EXAMPLES / "invoice.prompt")
     text = "From: Acme\n  2 x pen @ 1.50 = 3.00\n  1 x ink @ 4.25 = 4.25\nTotal due: 7.25\n"
-    schema = _answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
+    schema = answer_schema(program.output_schema or {}, Settings.of(program.llmos), text)
     assert schema["properties"]["total"]["enum"] == [2, 1.5, 3.0, 1, 4.25, 7.25]
 
 

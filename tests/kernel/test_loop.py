@@ -13,9 +13,11 @@ from llmos.errors import BudgetError, OutputError
 from llmos.hw.cpu.base import ToolCall
 from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext
-from llmos.kernel.loop import Devices, RunResult, TextGate, run_process
+from llmos.kernel.calls import Devices
+from llmos.kernel.loop import run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import Program, load
+from llmos.kernel.reply import RunResult, TextGate
 from llmos.kernel.sched.policy import Entity
 from llmos.kernel.syscall import SyscallTable, grants_for
 from llmos.store.log import Log

@@ -16,8 +16,9 @@ from llmos.hw.cpu.scripted import ScriptedCPU
 from llmos.hw.dev.base import CallContext, Device, DeviceResult
 from llmos.kernel import api
 from llmos.kernel.boot import boot
+from llmos.kernel.calls import Devices
 from llmos.kernel.core import Kernel
-from llmos.kernel.loop import Devices, run_process
+from llmos.kernel.loop import run_process
 from llmos.kernel.plugins import devices as builtin_devices
 from llmos.kernel.program import load
 from llmos.kernel.syscall import SyscallTable, grants_for

@@ -31,11 +31,12 @@ a token depends on the batch's size, and attention sums a sequence's cells in ce
 the same prompt's greedy reply can change in its last bits with what ran before it, drafting
 or not (a reply measured alone and after another reply differed, with drafting off).
 
-What it gains is bounded by the hardware. On the 2-core AVX2 test machine with the Q8_0
-weights a step of one token takes ~15 ms, of two ~30 ms, of four ~51 ms and of seventeen
-~206 ms (~12 ms a token: the output layer, a fifth of the model, runs for every checked
-position): a 16-token draft accepted whole makes tokens ~1.25x faster at most, and shorter
-drafts less. bench/speculative.py measures it.
+What it gains is bounded by the hardware. On the 2-core AVX2 test machine (quiet), a step of
+one token takes ~13 ms with the shipped Q4_1 weights, of two ~24 ms, of four ~43 ms, of eight
+~79 ms and of sixteen ~154 ms (~9.6 ms a token: the model is compute-bound there, and the
+output layer, a fifth of it, runs for every checked position). So a reply that copies whole
+16-token drafts gets tokens ~1.36x faster at most (Q8_0 weights: ~1.6x), and one whose drafts
+break sooner much less. bench/speculative.py measures it.
 
 Invariants: the tail n-gram is indexed only once a later token exists, so a match always has a
 token after it; `extend` must see every token of the sequence, prompt first, in order; only

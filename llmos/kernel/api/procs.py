@@ -32,10 +32,10 @@ from llmos.kernel import program as program_mod
 from llmos.kernel.api.base import Caller, Empty, Handler, PidRequest, Request, owned
 from llmos.kernel.core import Kernel
 from llmos.kernel.inputs import parse_cli_inputs
-from llmos.kernel.loop import RunResult
 from llmos.kernel.mm.context import one_line
 from llmos.kernel.proc import Process
 from llmos.kernel.program import Program
+from llmos.kernel.reply import RunResult
 
 
 class SpawnRequest(Request):

@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from llmos import params
 from llmos.errors import AccessError, InputError, LlmosError, ProgramError
@@ -34,20 +35,31 @@ from llmos.hw.dev.base import CallContext
 from llmos.kernel import plugins
 from llmos.kernel.boot import System
 from llmos.kernel.calls import Devices
-from llmos.kernel.handles import Handles
+from llmos.kernel.handles import Handles, KernelOps
 from llmos.kernel.mm.context import UNTRUSTED, Context, fence
 from llmos.kernel.mm.paging import Pager, cpu_summarizer, recall_into
 from llmos.kernel.proc import Process, State
 from llmos.kernel.program import Program
 from llmos.kernel.security import principals
-from llmos.kernel.security.guard import Guard
+from llmos.kernel.security.guard import Approvals, Guard
 from llmos.kernel.security.policy import UserPolicy, narrow_options
 from llmos.kernel.security.quota import GuardedTable
 from llmos.kernel.syscall import grants_for
+from llmos.store.audit import AuditLog
 from llmos.store.shm import SharedMemory
 
-if TYPE_CHECKING:
-    from llmos.kernel.core import Kernel
+
+class Kernel(KernelOps, Protocol):
+    """What spawn-time set-up uses of `llmos.kernel.core.Kernel` (named here, not imported:
+    the kernel core imports this module)."""
+
+    @property
+    def system(self) -> System: ...
+
+    approvals: Approvals
+    user_policy: Callable[[str], UserPolicy]
+
+    def audit(self) -> AuditLog: ...
 
 
 def pager(system: System, program: Program, proc: Process, cpu: CPU) -> Pager:

@@ -61,6 +61,7 @@ class Sampler:
         self.greedy = temperature <= 0 and grammar is None and n_vocab > 0 and not chain
         if self.greedy:
             self.n_vocab = n_vocab
+            self.row_type = ctypes.c_float * n_vocab  # one logits row, read in place
             self.banned = np.array(sorted(set(banned or ())), dtype=np.intp)
             self.penalty = np.float32(repeat_penalty)
             self.window: collections.deque[int] | None = (
@@ -126,20 +127,24 @@ class Sampler:
         if not self.greedy:
             # llama_sampler_sample also accepts the token (grammar state advances).
             return int(ll.llama_sampler_sample(self.ptr, ctx, index))
-        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        address = ctypes.addressof(ll.llama_get_logits_ith(ctx, index).contents)
+        row = np.frombuffer(self.row_type.from_address(address), dtype=np.float32)
         window = self.window
         if not self.banned.size and not window:
             token = int(row.argmax())
         else:
             # As llama.cpp's chain: the ban adds -inf; the penalty then multiplies a logit
-            # <= 0 by it and divides any other (float32 both), once per distinct token.
-            logits = row.copy()
-            logits[self.banned] = -np.inf
-            if window:
-                ids = np.fromiter(set(window), dtype=np.intp)
-                got = logits[ids]
-                logits[ids] = np.where(got <= 0, got * self.penalty, got / self.penalty)
-            token = int(logits.argmax())  # the first maximum, as the greedy sampler
+            # <= 0 by it and divides any other (float32 both), once per distinct token. Done
+            # on the row itself, which is put back after: no copy of the whole vocabulary.
+            banned = self.banned
+            ids = np.fromiter(set(window), dtype=np.intp) if window else banned[:0]
+            kept_banned, kept_ids = row[banned], row[ids]
+            row[banned] = -np.inf
+            got = row[ids]
+            row[ids] = np.where(got <= 0, got * self.penalty, got / self.penalty)
+            token = int(row.argmax())  # the first maximum, as the greedy sampler
+            row[ids] = kept_ids
+            row[banned] = kept_banned
         if window is not None:
             window.append(token)
         return token

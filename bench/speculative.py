@@ -3,14 +3,18 @@
 Programs that copy from their input (repeat, correct, extract, rewrite) and programs that do
 not (a story, a poem, an explanation) each generate up to MAX_TOKENS tokens greedily on the
 embedded CPU; the side with drafting sets `GenRequest.speculative` (what `llmos.speculative:
-true` in a program does). Each side runs in a fresh process of its own, the two alternating
-over ROUNDS rounds; the rate is decode tokens/s (after the first token, to the last), the
-median over the rounds, and the outputs of the two sides are compared token for token.
+true` in a program does). Each program runs on each side in a fresh process of its own, the
+two sides back to back and their order alternating, program after program, over ROUNDS rounds:
+this machine's speed drifts over minutes, and a pair measured seconds apart sees the same
+machine. The rate is decode tokens/s (after the first token, to the last); a program's speedup
+is the median over the rounds of each round's on/off ratio, and the outputs of the two sides
+are compared token for token.
 
 Goals: at least 1.5x on the copy-heavy programs (their median), never below 0.97x on the
 others, identical greedy output.
 
-    python bench/speculative.py [--rounds N]      (BENCH_QUICK=1: one round, 64 tokens)
+    python bench/speculative.py [--rounds N] [--programs a,b]   (BENCH_QUICK=1: one round,
+                                                                64 tokens)
 
 A table, then one JSON line.
 """
@@ -72,43 +76,40 @@ PROGRAMS: dict[str, tuple[str, str]] = {
 }
 
 
-def side(speculative: bool) -> dict[str, Any]:
+def side(speculative: bool, name: str) -> dict[str, Any]:
     from llmos.hw.cpu.base import GenRequest
     from llmos.hw.cpu.llama import EmbeddedCPU, embedded_model_path
 
-    out: dict[str, Any] = {}
-    for name, (_, text) in PROGRAMS.items():
-        # A fresh CPU per program and no warm-up: the reply is alone in its KV cache, where
-        # drafting gives exactly the greedy tokens (llmos/hw/cpu/lookup.py says why a cache
-        # that held another reply can change its last bits, drafting or not). The rate is
-        # timed from the first token, so start-up costs are not in it.
-        cpu = EmbeddedCPU(embedded_model_path())
-        try:
-            request = GenRequest(
-                messages=[{"role": "user", "content": text}],
-                max_tokens=MAX_TOKENS,
-                temperature=0.0,
-                speculative=speculative,
-            )
-            first = None
-            reply = ""
-            tokens = 0
-            for chunk in cpu.generate(request):
-                if first is None and chunk.text:
-                    first = time.perf_counter()
-                reply += chunk.text
-                if chunk.done:
-                    tokens = chunk.completion_tokens
-            seconds = time.perf_counter() - (first or time.perf_counter())
-            rate = (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
-            out[name] = {"tokens": tokens, "tok_s": rate, "text": reply}
-        finally:
-            cpu.close()
-    return out
+    # A fresh CPU and no warm-up: the reply is alone in its KV cache, where drafting gives
+    # exactly the greedy tokens (llmos/hw/cpu/lookup.py says why a cache that held another
+    # reply can change its last bits, drafting or not). The rate is timed from the first
+    # token, so start-up costs are not in it.
+    cpu = EmbeddedCPU(embedded_model_path())
+    try:
+        request = GenRequest(
+            messages=[{"role": "user", "content": PROGRAMS[name][1]}],
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            speculative=speculative,
+        )
+        first = None
+        reply = ""
+        tokens = 0
+        for chunk in cpu.generate(request):
+            if first is None and chunk.text:
+                first = time.perf_counter()
+            reply += chunk.text
+            if chunk.done:
+                tokens = chunk.completion_tokens
+        seconds = time.perf_counter() - (first or time.perf_counter())
+        rate = (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
+        return {"tokens": tokens, "tok_s": rate, "text": reply}
+    finally:
+        cpu.close()
 
 
-def run_side(speculative: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--side", "on" if speculative else "off"]
+def run_side(speculative: bool, name: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--side", "on" if speculative else "off", "--programs", name]
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "LLMOS_HOME": home}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -122,34 +123,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--side", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--programs", help="the programs to run, comma-separated (default: all)")
     args = parser.parse_args()
+    names = args.programs.split(",") if args.programs else list(PROGRAMS)
+    unknown = [n for n in names if n not in PROGRAMS]
+    if unknown:
+        raise SystemExit(f"unknown program {unknown[0]!r}: use one of {', '.join(PROGRAMS)}")
     if args.side:
-        print(json.dumps(side(args.side == "on")))
+        print(json.dumps(side(args.side == "on", names[0])))
         return
-    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for r in range(args.rounds):
-        for flag in (False, True) if r % 2 == 0 else (True, False):
-            runs[flag].append(run_side(flag))
+    runs: dict[str, dict[bool, list[dict[str, Any]]]] = {n: {False: [], True: []} for n in names}
+    turn = 0
+    for _ in range(args.rounds):
+        for name in names:
+            for flag in (False, True) if turn % 2 == 0 else (True, False):
+                runs[name][flag].append(run_side(flag, name))
+            turn += 1
     rows = []
     by_program: dict[str, dict[str, Any]] = {}
-    for name, (kind, _) in PROGRAMS.items():
-        off = median([run[name]["tok_s"] for run in runs[False]])
-        on = median([run[name]["tok_s"] for run in runs[True]])
-        same = all(
-            a[name]["text"] == b[name]["text"] for a, b in zip(runs[False], runs[True], strict=True)
-        )
-        speedup = on / off if off else 0.0
-        rows.append([name, kind, runs[True][0][name]["tokens"], off, on, speedup, same])
+    for name in names:
+        kind = PROGRAMS[name][0]
+        off_runs, on_runs = runs[name][False], runs[name][True]
+        off = median([r["tok_s"] for r in off_runs])
+        on = median([r["tok_s"] for r in on_runs])
+        ratios = [b["tok_s"] / a["tok_s"] for a, b in zip(off_runs, on_runs, strict=True)]
+        speedup = median([x for x in ratios if x > 0]) if any(ratios) else 0.0
+        same = all(a["text"] == b["text"] for a, b in zip(off_runs, on_runs, strict=True))
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        rows.append([name, kind, on_runs[0]["tokens"], off, on, spread, speedup, same])
         by_program[name] = {
             "kind": kind,
             "off_tok_s": round(off, 2),
             "on_tok_s": round(on, 2),
             "speedup": round(speedup, 3),
+            "speedup_range": [round(min(ratios), 3), round(max(ratios), 3)],
             "identical": same,
         }
-    print(table(["program", "kind", "tokens", "off tok/s", "on tok/s", "x", "identical"], rows))
-    copy = median([p["speedup"] for p in by_program.values() if p["kind"] == "copy"])
-    worst_other = min(p["speedup"] for p in by_program.values() if p["kind"] == "other")
+    print(
+        table(
+            ["program", "kind", "tokens", "off tok/s", "on tok/s", "x range", "x", "identical"],
+            rows,
+        )
+    )
+    copy = median([p["speedup"] for p in by_program.values() if p["kind"] == "copy"] or [0.0])
+    worst_other = min([p["speedup"] for p in by_program.values() if p["kind"] == "other"] or [0.0])
     identical = sum(p["identical"] for p in by_program.values())
     print(
         f"copy-heavy median x{copy:.2f} (goal >= {GOAL_COPY}); others worst x{worst_other:.2f} "

@@ -35,7 +35,12 @@ ratio of the medians. "decode tok/s" counts only the tokens generated after ever
 the phase has its first token, over the time after that (for sequential: each process's own
 decode time, summed).
 
-    python bench/throughput.py [--rounds N]      (BENCH_QUICK=1: N = 1, 2; 16 tokens; 1 round)
+    python bench/throughput.py [--rounds R] [--ns 1,2,...]   (BENCH_QUICK=1: N = 1, 2; 16 tokens;
+                                                              1 round)
+
+`--ns` measures only the given N: each side's process is then short, so many rounds fit in a
+few minutes and the machine's own drift (its speed can change by 20-30% over minutes) is
+sampled on both sides alike.
 
 Goal: kernel >= 0.95 x raw at every N (wall rates, prefill included).
 """
@@ -338,6 +343,7 @@ def side_raw(tokens: dict[str, Any]) -> dict[str, Any]:
 def run_side(side: str, run: str, tokens_file: Path) -> dict[str, Any]:
     """One side in a fresh process; its result."""
     cmd = [sys.executable, __file__, "--side", side, "--run", run, "--tokens", str(tokens_file)]
+    cmd += ["--ns", ",".join(str(n) for n in NS)]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if side == "raw":  # llama.cpp as its users get it: the OpenMP runtime's own defaults
         env["GOMP_SPINCOUNT"] = RUNTIME_SPIN_COUNT
@@ -351,10 +357,19 @@ def run_side(side: str, run: str, tokens_file: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--ns", help="the N to measure, comma-separated (default: all)")
     parser.add_argument("--side", choices=["tokens", "kernel", "sequential", "raw"])
     parser.add_argument("--run", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ns:
+        global NS
+        try:
+            NS = tuple(sorted({int(x) for x in args.ns.split(",")}))
+        except ValueError:
+            raise SystemExit(f"--ns takes comma-separated numbers, not {args.ns!r}") from None
+        if not NS or min(NS) < 1:
+            raise SystemExit("--ns takes numbers of processes of 1 or more")
     if args.side:
         # Every side of one run shares one home (given by main): the model file the kernel
         # runs (a weight format converted at first boot lives in <home>/models) is the one
@@ -447,6 +462,7 @@ def main() -> None:
             "goal": GOAL,
             "pass": worst >= GOAL,
             "rounds": args.rounds,
+            "ns": list(NS),
             "tokens_per_process": TOKENS,
             "ignore_eos": True,
             "rates_include_prefill": True,

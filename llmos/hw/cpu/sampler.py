@@ -128,7 +128,7 @@ class Sampler:
             # llama_sampler_sample also accepts the token (grammar state advances).
             return int(ll.llama_sampler_sample(self.ptr, ctx, index))
         address = ctypes.addressof(ll.llama_get_logits_ith(ctx, index).contents)
-        row = np.frombuffer(self.row_type.from_address(address), dtype=np.float32)
+        row = np.frombuffer(memoryview(self.row_type.from_address(address)), dtype=np.float32)
         window = self.window
         if not self.banned.size and not window:
             token = int(row.argmax())

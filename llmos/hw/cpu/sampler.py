@@ -37,8 +37,9 @@ class Sampler:
     banned tokens, the penalty on the few tokens of its window, then the first maximum): the
     same token llama.cpp's chain picks, without the chain's pass over the whole vocabulary
     per token (its repeat penalty looks every vocabulary entry up in a hash map, most of a
-    token's time outside llama_decode on a small model). Every other sampler is a llama.cpp
-    chain."""
+    token's time outside llama_decode on a small model). It needs only the row's first
+    maximum when that token is neither banned nor in the window (with a penalty >= 1 both only
+    lower logits). Every other sampler is a llama.cpp chain."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class Sampler:
             self.n_vocab = n_vocab
             self.row_type = ctypes.c_float * n_vocab  # one logits row, read in place
             self.banned = np.array(sorted(set(banned or ())), dtype=np.intp)
+            self.banned_set = frozenset(int(t) for t in self.banned)
             self.penalty = np.float32(repeat_penalty)
             self.window: collections.deque[int] | None = (
                 collections.deque(maxlen=repeat_last_n)
@@ -130,9 +132,10 @@ class Sampler:
         address = ctypes.addressof(ll.llama_get_logits_ith(ctx, index).contents)
         row = np.frombuffer(memoryview(self.row_type.from_address(address)), dtype=np.float32)
         window = self.window
-        if not self.banned.size and not window:
-            token = int(row.argmax())
-        else:
+        token = int(row.argmax())  # the first maximum, as the greedy sampler
+        # The ban and a penalty >= 1 only lower logits, so a first maximum that is neither
+        # banned nor in the window stays the first maximum: most tokens end here.
+        if token in self.banned_set or (window and (token in window or self.penalty < 1)):
             # As llama.cpp's chain: the ban adds -inf; the penalty then multiplies a logit
             # <= 0 by it and divides any other (float32 both), once per distinct token. Done
             # on the row itself, which is put back after: no copy of the whole vocabulary.
@@ -142,7 +145,7 @@ class Sampler:
             row[banned] = -np.inf
             got = row[ids]
             row[ids] = np.where(got <= 0, got * self.penalty, got / self.penalty)
-            token = int(row.argmax())  # the first maximum, as the greedy sampler
+            token = int(row.argmax())
             row[ids] = kept_ids
             row[banned] = kept_banned
         if window is not None:

@@ -126,7 +126,7 @@ class BothSamplers:
 
 @pytest.mark.parametrize(
     ("ignore_eos", "penalty", "last_n"),
-    [(False, 1.0, 64), (True, 1.0, 64), (False, 1.1, 64), (True, 1.3, 4)],
+    [(False, 1.0, 64), (True, 1.0, 64), (False, 1.1, 64), (True, 1.3, 4), (False, 0.8, 16)],
 )
 def test_greedy_sampler_picks_what_the_llama_cpp_chain_picks(
     cpu: EmbeddedCPU, engine: Engine, ignore_eos: bool, penalty: float, last_n: int

@@ -5,6 +5,8 @@ run of this llmos is using, held until the run ends (`fresh_uid`). RLIMIT_NPROC 
 processes of a real uid host-wide, so the sandbox's process limit is set from
 `count_processes`. At the end of a run `kill_session` SIGKILLs the launcher's process group and
 every process in the sandbox's pid namespace, again and again until /proc lists none of them.
+One walk over /proc's stat files (`_processes`) serves the lookups by parent, pid namespace
+and session.
 
 Invariants: a uid handed out by `fresh_uid` is not handed out again until its run ends; every
 reading of /proc tolerates processes that vanish meanwhile; zombies do not count as live.
@@ -22,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from llmos import params
 
@@ -90,45 +93,18 @@ def kill_session(session: int, patience_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def _live(entry: str) -> tuple[int, str] | None:
-    """(parent pid, state) of process `entry` in /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{entry}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[1]), fields[0].decode()
+class _Stat(NamedTuple):
+    """What a process's /proc/<pid>/stat says of it, as far as this module reads it."""
+
+    pid: int
+    state: str  # "Z" for a zombie
+    parent: int
+    session: int
 
 
-def _sandbox_namespace(launcher: int) -> str | None:
-    """The pid namespace of the sandbox started by bwrap process `launcher` (its child's)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (_live(entry) or (0, ""))[0] == launcher:
-            with contextlib.suppress(OSError):
-                return os.readlink(f"/proc/{entry}/ns/pid")
-    return None
-
-
-def namespace_processes(ns: str) -> list[int]:
-    """Pids of live processes (not zombies) in pid namespace `ns` (for cleanup and tests)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            same = os.readlink(f"/proc/{entry}/ns/pid") == ns
-        except OSError:
-            continue
-        state = _live(entry)
-        if same and state is not None and state[1] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def session_processes(session: int) -> list[int]:
-    """Pids of live processes (not zombies) in session `session` (for checking cleanup)."""
-    found = []
+def _processes() -> Iterator[_Stat]:
+    """Each process /proc lists, zombies included, read from its stat file; a process that
+    vanishes before its file is read is skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -138,6 +114,33 @@ def session_processes(session: int) -> list[int]:
         except OSError:
             continue
         fields = data[data.rfind(b")") + 2 :].split()
-        if int(fields[3]) == session and fields[0] != b"Z":
-            found.append(int(entry))
+        yield _Stat(int(entry), fields[0].decode(), int(fields[1]), int(fields[3]))
+
+
+def _sandbox_namespace(launcher: int) -> str | None:
+    """The pid namespace of the sandbox started by bwrap process `launcher` (its child's)."""
+    for proc in _processes():
+        if proc.parent == launcher:
+            with contextlib.suppress(OSError):
+                return os.readlink(f"/proc/{proc.pid}/ns/pid")
+    return None
+
+
+def namespace_processes(ns: str) -> list[int]:
+    """Pids of live processes (not zombies) in pid namespace `ns` (for cleanup and tests)."""
+    found = []
+    for proc in _processes():
+        if proc.state == "Z":
+            continue
+        try:
+            same = os.readlink(f"/proc/{proc.pid}/ns/pid") == ns
+        except OSError:
+            continue
+        if same:
+            found.append(proc.pid)
     return found
+
+
+def session_processes(session: int) -> list[int]:
+    """Pids of live processes (not zombies) in session `session` (for checking cleanup)."""
+    return [proc.pid for proc in _processes() if proc.session == session and proc.state != "Z"]

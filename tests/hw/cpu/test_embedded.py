@@ -315,7 +315,7 @@ def test_concurrent_generation_completes_every_request(cpu: EmbeddedCPU) -> None
     "all sequences in one llama_decode over a unified KV cache (kv_unified=True), and "
     "llama.cpp's numerics depend on the batch and KV-cell layout, so about half of the "
     "sequences diverge from their solo text after a few tokens (a documented limit: "
-    "preemption is exact, tested at batch size 1 in test_engine/test_kernel)",
+    "preemption is exact, tested at batch size 1 in test_engine/test_kernel_scheduling)",
     strict=False,
 )
 def test_concurrent_generation_matches_solo_generation(cpu: EmbeddedCPU) -> None:

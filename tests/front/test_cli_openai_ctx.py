@@ -2,7 +2,7 @@
 paged to fit that size instead of being sent whole (which such a server refuses: exit 8).
 
 The server is the scripted SSE fake of tests/servers.py answering llama.cpp's `/props` (the
-real llama-cpp-python server says no size; tests/hw/cpu/test_openai_cpu.py covers it)."""
+real llama-cpp-python server says no size; tests/hw/cpu/test_openai_cpu_ctxsize.py covers it)."""
 
 from __future__ import annotations
 

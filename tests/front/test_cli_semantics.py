@@ -2,7 +2,7 @@
 errors are one line, "not found" has its own exit code, a folder that is not a skill says what
 it lacks, and the README's exit-code table names every code the command can return.
 
-(Budgets, priorities and `kill` of an exited process need a daemon: `test_kerneld.py`; shared
+(Budgets, priorities and `kill` of an exited process need a daemon: `test_kerneld_procs.py`; shared
 segments' newlines: `tests/store/test_shm.py`.)
 """
 

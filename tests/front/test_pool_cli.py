@@ -15,7 +15,7 @@ import pytest
 
 from llmos.front.kclient import KernelClient
 from tests.conftest import RunCli
-from tests.front.test_kerneld import (
+from tests.front.kerneld_harness import (
     daemon_pid,
     error_line,
     info,

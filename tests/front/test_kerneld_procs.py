@@ -1,28 +1,14 @@
-"""The kernel daemon through real subprocesses: `llmos kernel start` runs a real daemon on the
-embedded model, and every client command talks to it over its Unix socket.
-
-Each test that starts a daemon stops it in a finalizer and asserts that its process is gone.
-The machine these run on has few cores, so programs are tiny (a few tokens) and the long
-program is always stopped or killed, never run to its end.
-"""
+"""Processes on one shared kernel daemon, driven by client commands over its socket."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import pwd
 import re
 import shutil
-import signal
 import socket
-import stat
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,181 +17,23 @@ from llmos.errors import RequestError
 from llmos.front import kerneld
 from llmos.front.kclient import KernelClient
 from llmos.kernel import api
-from llmos.store.log import Log, pid_alive
-from llmos.store.runrecord import RunRecord
-
-try:
-    from tests.conftest import run_llmos
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from conftest import run_llmos  # type: ignore[no-redef,import-not-found,unused-ignore]
-
-OWNER = pwd.getpwuid(os.geteuid()).pw_name  # the kernel names the socket's peer by its uid
-ENV = {"LOGNAME": "kdtester", "USER": "kdtester"}  # what a client could claim: ignored
-NOT_RUNNING = "kernel is not running (start it with `llmos kernel start`)"
-PS_HEADER = "   PID  PPID OWNER      STATE        PRI  TOKENS              CTX  BUDGET PROGRAM"
-
-SHORT = """---
-name: short
-description: Says hello in a few tokens.
-config:
-  temperature: 0
-  maxOutputTokens: 6
----
-{{role "user"}}
-Say hello to the world.
-"""
-LONG = """---
-name: long
-description: A story that runs far longer than any test waits.
-config:
-  temperature: 0.8
-  maxOutputTokens: 4000
----
-{{role "system"}}
-You are a storyteller who writes very long stories.
-{{role "user"}}
-Write a very long story about a dragon and a castle, with many chapters.
-"""
-DIGEST = """---
-name: digest
-description: Reads a long input in a small context; one token out.
-config:
-  temperature: 0
-  maxOutputTokens: 1
-input:
-  schema:
-    input: string
-llmos.context: 512
----
-{{role "user"}}
-{{input}}
-"""
-TINY = """---
-name: tiny
-description: One token.
-config:
-  temperature: 0
-  maxOutputTokens: 1
----
-{{role "user"}}
-Say yes.
-"""
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def make_home() -> Path:
-    """A short-pathed home (a Unix socket path must fit in 107 bytes) with the test programs."""
-    base = Path(tempfile.mkdtemp(prefix="kd-", dir="/tmp"))
-    home = base / "home"
-    progs = base / "progs"
-    progs.mkdir()
-    for name, text in (("short", SHORT), ("long", LONG), ("tiny", TINY), ("digest", DIGEST)):
-        (progs / f"{name}.prompt").write_text(text, encoding="utf-8")
-    return home
-
-
-def progs_dir(home: Path) -> Path:
-    return home.parent / "progs"
-
-
-def llmos(
-    home: Path, *args: str | int, input: str | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return run_llmos(
-        *(str(a) for a in args),
-        home=home,
-        input=input,
-        env=ENV,
-        cwd=progs_dir(home),
-        timeout=timeout,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.stdout
-
-
-def error_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
-    """The one error line of a failed command, after checking its shape and exit code."""
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("llmos: error: "), lines[0]
-    assert proc.stdout == ""
-    return lines[0].removeprefix("llmos: error: ")
-
-
-def until(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def ps(home: Path, *, all: bool = True) -> dict[int, dict[str, Any]]:
-    out = ok(llmos(home, "ps", "--json", *(["--all"] if all else [])))
-    return {p["pid"]: p for p in json.loads(out)}
-
-
-def info(home: Path, pid: int) -> dict[str, Any]:
-    procs = KernelClient(home).request("ps", all=True)["processes"]
-    return next(p for p in procs if p["pid"] == pid)
-
-
-def get_run(home: Path, run_id: str) -> RunRecord:
-    log = Log.open(home / "logs.db")
-    try:
-        record = log.get_run(run_id)
-    finally:
-        log.close()
-    assert record is not None
-    return record
-
-
-def daemon_pid(home: Path) -> int:
-    return int((home / "kernel.pid").read_text().strip())
-
-
-def start(home: Path, *args: str) -> int:
-    out = ok(llmos(home, "kernel", "start", *args))
-    pid = int(out.strip())
-    assert pid == daemon_pid(home)
-    assert pid_alive(pid)
-    return pid
-
-
-def stop_and_check(home: Path, pid: int) -> None:
-    """Stop the daemon if it still runs; fail if its process outlives that."""
-    if pid_alive(pid) and (home / "kernel.sock").exists():
-        llmos(home, "kernel", "stop")
-    deadline = time.monotonic() + 20
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"kernel daemon {pid} was still running after `kernel stop`")
-
-
-def raw(home: Path, data: bytes) -> dict[str, Any]:
-    """Send raw bytes on the socket; the daemon's one reply line."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        sock.connect(str(home / "kernel.sock"))
-        # The daemon stops reading an oversized request; its reply is still there.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        reply = sock.makefile("rb").readline()
-    value = json.loads(reply)
-    assert isinstance(value, dict)
-    return value
+from llmos.store.log import Log
+from tests.front.kerneld_harness import (
+    OWNER,
+    PS_HEADER,
+    error_line,
+    get_run,
+    info,
+    llmos,
+    make_home,
+    ok,
+    progs_dir,
+    ps,
+    raw,
+    start,
+    stop_and_check,
+    until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -218,78 +46,6 @@ def kd() -> Iterator[Path]:
     finally:
         stop_and_check(home, pid)
         shutil.rmtree(home.parent, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh() -> Iterator[Path]:
-    """A home of the test's own, for tests that start daemons with other settings."""
-    home = make_home()
-    yield home
-    pid = daemon_pid(home) if (home / "kernel.pid").exists() else 0
-    if pid:
-        stop_and_check(home, pid)
-    shutil.rmtree(home.parent, ignore_errors=True)
-
-
-# --- no kernel ---------------------------------------------------------------------------------
-
-
-def test_client_commands_without_a_kernel_exit_13(fresh: Path) -> None:
-    fresh.mkdir(mode=0o700)
-    for args in (
-        ["ps"],
-        ["kill", "1"],
-        ["stop", "1"],
-        ["wait", "1"],
-        ["top", "--once"],
-        ["logs", "-f", "1"],
-        ["kernel", "status"],
-        ["kernel", "stop"],
-        ["run", "-d", "short.prompt"],
-    ):
-        assert error_line(llmos(fresh, *args), 13) == NOT_RUNNING, args
-    assert sorted(os.listdir(fresh)) == []  # asking a kernel creates nothing
-    # `llmos run` without -d needs no daemon.
-    proc = llmos(fresh, "run", "tiny.prompt")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() != ""
-
-
-# --- start, status, stop ------------------------------------------------------------------------
-
-
-def test_start_status_stop(fresh: Path) -> None:
-    assert not fresh.exists()
-    pid = start(fresh, "--policy", "fair", "--max-resident", "4", "--max-processes", "7")
-    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700  # the daemon created it: owner only
-    sock = fresh / "kernel.sock"
-    assert stat.S_ISSOCK(sock.stat().st_mode)
-    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-
-    st = json.loads(ok(llmos(fresh, "kernel", "status", "--json")))
-    assert st["pid"] == pid
-    assert st["policy"] == "fair"
-    assert st["max_resident"] == 4
-    assert st["max_processes"] == 7
-    assert st["counts"] == {}
-    assert (st["live"], st["exited"], st["lost"]) == (0, 0, [])
-    assert st["socket"] == str(sock)
-    text = ok(llmos(fresh, "kernel", "status")).splitlines()
-    assert text[0].startswith(f"kernel running: pid {pid}, up 0:0")
-    assert text[0].endswith(", policy fair")
-    assert text[1] == "processes: 0 live, 0 exited; limits 7 processes, 4 resident"
-
-    again = llmos(fresh, "kernel", "start")
-    assert error_line(again, 13) == f"kernel already running (pid {pid})"
-    assert daemon_pid(fresh) == pid and pid_alive(pid)
-
-    proc = llmos(fresh, "kernel", "stop")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == f"llmos: kernel stopped (pid {pid}, 0 processes killed)\n"
-    assert not pid_alive(pid)
-    assert not sock.exists()
-    assert not (fresh / "kernel.pid").exists()
-    assert error_line(llmos(fresh, "kernel", "status"), 13) == NOT_RUNNING
 
 
 # --- processes on the shared daemon ------------------------------------------------------------
@@ -534,76 +290,3 @@ def test_top_once_shows_users_and_processes(kd: Path) -> None:
         assert info(kd, pid)["budget"] == params.POLICY_PROCESS_TOKENS  # the default policy
     finally:
         llmos(kd, "kill", pid)
-
-
-# --- daemons with settings of their own ----------------------------------------------------------
-
-
-def test_admission_control_then_sigterm(fresh: Path) -> None:
-    dpid = start(fresh, "--max-processes", "2")
-    a = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
-    ok(llmos(fresh, "stop", a))
-    b = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
-    ok(llmos(fresh, "stop", b))
-    assert (a, b) == (1, 2)
-    refused = llmos(fresh, "run", "-d", "long.prompt")
-    assert error_line(refused, 11) == "process table full: 2 live processes (limit 2)"
-    ok(llmos(fresh, "kill", a))
-    assert llmos(fresh, "wait", a).returncode == 14
-    c = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
-    assert c == 3  # the refused spawn used no pid
-    assert sorted(p for p, i in ps(fresh, all=False).items()) == [b, c]
-    until(lambda: info(fresh, c)["run_id"], 60, "c to start its run")
-    run_c = info(fresh, c)["run_id"]
-
-    # SIGTERM: a clean shutdown, like `kernel stop`.
-    os.kill(dpid, signal.SIGTERM)
-    until(lambda: not pid_alive(dpid), 30, "the daemon to exit on SIGTERM")
-    assert not (fresh / "kernel.sock").exists()
-    assert not (fresh / "kernel.pid").exists()
-    assert get_run(fresh, run_c).status == "cancelled"
-    assert error_line(llmos(fresh, "ps"), 13) == NOT_RUNNING
-
-
-def test_top_shows_a_running_process_rate_and_stop_counts_in_words(fresh: Path) -> None:
-    """`top --once` (a first snapshot) shows a generating process's tokens/s, not 0.0; `kernel
-    stop` says "1 process killed", not "1 processes"."""
-    dpid = start(fresh)
-    pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
-    until(lambda: info(fresh, pid)["generated_tokens"] >= 3, 120, "long to generate")
-    lines = ok(llmos(fresh, "top", "--once")).splitlines()
-    row = next(ln.split() for ln in lines if ln.split()[:1] == [str(pid)])
-    assert row[2] == "running" and float(row[4]) > 0.0, row  # STATE, TOK/S
-    stopped = llmos(fresh, "kernel", "stop")
-    assert stopped.returncode == 0, stopped.stderr
-    assert stopped.stderr == f"llmos: kernel stopped (pid {dpid}, 1 process killed)\n"
-
-
-def test_sigkilled_daemon_restarts_and_reports_lost(fresh: Path) -> None:
-    old = start(fresh)
-    pid = int(ok(llmos(fresh, "run", "-d", "long.prompt")))
-    until(lambda: info(fresh, pid)["generated_tokens"] >= 1, 120, "long to generate")
-    run_id = info(fresh, pid)["run_id"]
-    os.kill(old, signal.SIGKILL)
-    until(lambda: not pid_alive(old), 30, "the daemon to die")
-    assert (fresh / "kernel.sock").exists()  # stale
-    assert error_line(llmos(fresh, "ps"), 13) == NOT_RUNNING
-
-    proc = llmos(fresh, "kernel", "start")
-    assert proc.returncode == 0, proc.stderr
-    new = int(proc.stdout)
-    assert new != old and pid_alive(new)
-    assert proc.stderr.splitlines() == [
-        f"llmos: kernel started (pid {new}, policy priority)",
-        f"llmos: kernel restarted; 1 process was lost: run {run_id[:12]} long (owner {OWNER})",
-    ]
-    st = json.loads(ok(llmos(fresh, "kernel", "status", "--json")))
-    assert st["lost"] == [{"run_id": run_id, "program": "long", "owner": OWNER}]
-    assert st["live"] == 0
-    record = get_run(fresh, run_id)
-    assert (record.status, record.error_kind) == ("failed", "lost")
-    assert record.error == f"the kernel daemon (pid {old}) was killed before the process finished"
-    assert ps(fresh) == {}
-    # The new kernel works.
-    assert int(ok(llmos(fresh, "run", "-d", "long.prompt"))) == 1
-    ok(llmos(fresh, "kill", 1))

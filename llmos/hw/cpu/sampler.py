@@ -61,7 +61,6 @@ class Sampler:
         # The greedy path (unless `chain` asks for llama.cpp's chain, to compare them).
         self.greedy = temperature <= 0 and grammar is None and n_vocab > 0 and not chain
         if self.greedy:
-            self.n_vocab = n_vocab
             self.row_type = ctypes.c_float * n_vocab  # one logits row, read in place
             self.banned = np.array(sorted(set(banned or ())), dtype=np.intp)
             self.banned_set = frozenset(int(t) for t in self.banned)
